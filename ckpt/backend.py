@@ -1,0 +1,102 @@
+"""The array backend handle: numpy on the CPU, cupy on an NVIDIA GPU.
+
+Ops are written once against `backend.xp`; nothing else in ckpt imports cupy. The handle also gives
+synchronisation (for honest timing) and the allocator meter (the backend's own high-water mark).
+"""
+
+import time
+import tracemalloc
+
+import numpy as np
+
+from .errors import ConfigError
+
+
+class Backend:
+    name = "cpu"
+
+    def __init__(self):
+        self.xp = np
+
+    def asarray(self, host_array):
+        return self.xp.asarray(host_array)
+
+    def to_host(self, array):
+        return np.asarray(array)
+
+    def sync(self):
+        """Wait for queued work; a no-op on the CPU."""
+
+    def clock(self):
+        self.sync()
+        return time.perf_counter()
+
+    # The allocator meter: numpy reports its buffers to tracemalloc.
+    def meter_start(self):
+        if not tracemalloc.is_tracing():
+            tracemalloc.start()
+        tracemalloc.reset_peak()
+
+    def meter_reset(self):
+        tracemalloc.reset_peak()
+
+    def note_step(self):
+        """Called after every schedule step; tracemalloc keeps its own high-water mark."""
+
+    def meter_peak(self):
+        return tracemalloc.get_traced_memory()[1]
+
+    def meter_stop(self):
+        tracemalloc.stop()
+
+
+class CupyBackend(Backend):
+    name = "cuda"
+
+    def __init__(self, cupy):
+        self.xp = cupy
+        self._pool = cupy.get_default_memory_pool()
+        self._peak = 0
+        self._tracking = False
+
+    def to_host(self, array):
+        return self.xp.asnumpy(array)
+
+    def sync(self):
+        self.xp.cuda.get_current_stream().synchronize()
+
+    # cupy's pool knows the bytes in use now but keeps no high-water mark, so the executor
+    # samples it after every step (see `note_step`).
+    def meter_start(self):
+        self._tracking = True
+        self._peak = self._pool.used_bytes()
+
+    def meter_reset(self):
+        self._peak = self._pool.used_bytes()
+
+    def note_step(self):
+        if self._tracking:
+            self._peak = max(self._peak, self._pool.used_bytes())
+
+    def meter_peak(self):
+        return self._peak
+
+    def meter_stop(self):
+        self._tracking = False
+
+
+def get_backend(device):
+    if device == "cpu":
+        return Backend()
+    if device == "cuda":
+        try:
+            import cupy
+        except ImportError:
+            raise ConfigError("--device cuda needs cupy: pip install 'ckpt-recompute[cuda12]'") from None
+        try:
+            if cupy.cuda.runtime.getDeviceCount() < 1:
+                raise ConfigError("--device cuda: no GPU is available on this machine")
+        except cupy.cuda.runtime.CUDARuntimeError:
+            raise ConfigError("--device cuda: no GPU is available on this machine") from None
+        return CupyBackend(cupy)
+    raise ConfigError(f"unknown device {device!r}: use cpu or cuda")

@@ -1,0 +1,139 @@
+"""ModelSpec → networkx.DiGraph with shapes, dtypes, bytes, FLOPs and saved residuals per node.
+
+Node attributes:
+  leaves (inputs and parameters): kind ("input" | "param"), shape, dtype, bytes, grad (bool)
+  op nodes: kind "op", op, inputs (ordered names; an edge u -> v for each distinct input), attrs,
+            shape, dtype, bytes, flops, needs (per input: residual names its VJP reads), grad (bool:
+            on a path from a leaf that takes a gradient, so its gradient is computed)
+Graph attributes: name, output, seed, dtype, order (op nodes in topological order), file.
+"""
+
+import zlib
+
+import networkx as nx
+import numpy as np
+
+from ..errors import ConfigError, ShapeError
+from ..ops import OUT, REGISTRY, size
+
+ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "int32": 4, "int64": 8}
+
+
+def nbytes(shape, dtype):
+    return size(shape) * ITEMSIZE[dtype]
+
+
+def node_seed(seed, name):
+    """A per-node seed that is the same in every process (Python's hash() is salted)."""
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63
+
+
+def build_graph(spec):
+    g = nx.DiGraph(name=spec.name, output=spec.output, seed=spec.seed, dtype=spec.dtype, file=spec.file)
+    for leaf in spec.leaves.values():
+        g.add_node(leaf.name, kind=leaf.kind, shape=leaf.shape, dtype=leaf.dtype,
+                   bytes=nbytes(leaf.shape, leaf.dtype), grad=leaf.grad, line=leaf.line, spec=leaf)
+    position = {}
+    for i, n in enumerate(spec.nodes):
+        position[n.name] = i
+        g.add_node(n.name, kind="op", op=n.op, inputs=list(n.inputs), attrs=dict(n.attrs), line=n.line)
+        if n.op == "dropout":
+            g.nodes[n.name]["attrs"]["_seed"] = node_seed(spec.seed, n.name)
+    for n in spec.nodes:
+        for u in n.inputs:
+            g.add_edge(u, n.name)
+    try:
+        cycle = nx.find_cycle(g)
+        names = " -> ".join([u for u, _ in cycle] + [cycle[0][0]])
+        first = min((u for u, _ in cycle), key=lambda u: position.get(u, 0))
+        raise ConfigError(f"cycle: {names}", file=spec.file, line=g.nodes[first].get("line"), key=first)
+    except nx.NetworkXNoCycle:
+        pass
+    order = [v for v in nx.lexicographical_topological_sort(g, key=lambda v: position.get(v, -1))
+             if g.nodes[v]["kind"] == "op"]
+    for v in order:
+        _infer(g, v, spec.file)
+    out = g.nodes[spec.output]
+    if out["shape"] != ():
+        raise ConfigError(f"output {spec.output!r} must be a scalar to differentiate, but has shape {out['shape']}",
+                          file=spec.file, line=out.get("line"), key="output")
+    _mark_grad(g, order)
+    g.graph["order"] = order
+    return g
+
+
+def _infer(g, v, file):
+    d = g.nodes[v]
+    op = REGISTRY[d["op"]]
+    ins = [g.nodes[u] for u in d["inputs"]]
+    for i, u in enumerate(ins):
+        is_int = u["dtype"].startswith("int")
+        if is_int != (i in op.int_inputs):
+            want = "integer labels" if i in op.int_inputs else "floating-point values"
+            raise ConfigError(f"{d['op']} input {i + 1} ({d['inputs'][i]!r}) must hold {want}, not {u['dtype']}",
+                              file=file, line=d.get("line"), key=v)
+    try:
+        d["shape"] = tuple(int(s) for s in op.shape([u["shape"] for u in ins], d["attrs"]))
+    except ShapeError as e:
+        raise ConfigError(f"shape mismatch: {e.message}", file=file, line=d.get("line"), key=v) from None
+    d["dtype"] = next(u["dtype"] for u in ins if not u["dtype"].startswith("int"))
+    d["bytes"] = nbytes(d["shape"], d["dtype"])
+    d["flops"] = int(op.flops([u["shape"] for u in ins], d["shape"], d["attrs"]))
+    d["needs"] = [tuple(op.needs(i)) for i in range(len(ins))]
+
+
+def _mark_grad(g, order):
+    """An op node takes a gradient when it depends on a leaf that does and feeds the output."""
+    feeds = nx.ancestors(g, g.graph["output"]) | {g.graph["output"]}
+    for v in g.nodes:
+        if g.nodes[v]["kind"] != "op":
+            g.nodes[v]["grad"] = g.nodes[v]["grad"] and v in feeds
+    for v in order:
+        d = g.nodes[v]
+        d["grad"] = v in feeds and any(g.nodes[u]["grad"] for u in d["inputs"])
+
+
+def residuals(g, w, i):
+    """Names of the values that the VJP of op node w for its input i reads."""
+    d = g.nodes[w]
+    return [w if r == OUT else d["inputs"][r] for r in d["needs"][i]]
+
+
+def leaf_values(g, dtype_override=None):
+    """Host (numpy) arrays for every input and parameter, reproducible from the config's seed."""
+    seed = g.graph["seed"]
+    values = {}
+    for v, d in g.nodes(data=True):
+        if d["kind"] == "op":
+            continue
+        values[v] = _init(v, d, seed, g.graph.get("file"))
+    return values
+
+
+def _init(name, d, seed, file):
+    shape, spec = d["shape"], d["spec"]
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    np_dtype = np.dtype(d["dtype"])  # bfloat16 never gets here: `run` refuses it first
+    if spec.init == "value":
+        try:
+            arr = np.asarray(spec.value, dtype=np_dtype)
+            return np.array(np.broadcast_to(arr, shape))
+        except (ValueError, TypeError):
+            raise ConfigError(f"value does not fit shape {shape}", file=file, line=spec.line, key=name) from None
+    if spec.init == "normal":
+        arr = rng.standard_normal(shape) * spec.scale
+    elif spec.init == "uniform":
+        arr = rng.uniform(-spec.scale, spec.scale, shape)
+    elif spec.init == "xavier":
+        fan_in = shape[0] if len(shape) <= 2 else int(np.prod(shape[1:]))
+        fan_out = shape[-1] if len(shape) <= 2 else shape[0] * int(np.prod(shape[2:]))
+        arr = rng.standard_normal(shape) * spec.scale * np.sqrt(2.0 / (fan_in + fan_out)) if shape else rng.standard_normal()
+    elif spec.init == "zeros":
+        arr = np.zeros(shape)
+    elif spec.init == "ones":
+        arr = np.ones(shape) * spec.scale
+    elif spec.init == "randint":
+        arr = rng.integers(0, spec.high, shape)
+    elif spec.init == "causal_mask":
+        arr = np.triu(np.full(shape, -1e9), k=1)
+    return np.asarray(arr, dtype=np_dtype)

@@ -1,0 +1,72 @@
+"""Lowering a model graph to the joint forward+backward DAG: the planners' one input.
+
+Every forward op node v that feeds the output becomes a node `v` (kind "forward"; ram = bytes of
+its value). Every value that takes a gradient becomes a node `grad:v` (kind "backward") that
+*pulls* its gradient from its consumers: it reads each consumer's gradient node and the residuals
+that consumer's VJP saves for that input, and writes dL/dv (ram = bytes of v; 0 for inputs and
+parameters, whose gradients are resident). The output's gradient node is the seed and reads the
+output's value, so every schedule computes the loss. An edge u -> x means x reads u's output.
+
+Memory model (Checkmate's): a node's output is live from the step that computes it to the step
+that frees it; computing x needs every predecessor live and costs ram(x) more bytes.
+"""
+
+import networkx as nx
+
+from ..ops import size
+from .graph import residuals
+
+GRAD = "grad:"
+
+
+def grad_id(v):
+    return GRAD + v
+
+
+def lower(g):
+    j = nx.DiGraph(name=g.graph["name"], output=g.graph["output"])
+    out = g.graph["output"]
+    needed = nx.ancestors(g, out) | {out}
+    fwd = [v for v in g.graph["order"] if v in needed]
+    for v in fwd:
+        d = g.nodes[v]
+        j.add_node(v, kind="forward", ref=v, cost=float(d["flops"] + _elems(d)), ram=d["bytes"])
+        for u in set(d["inputs"]):
+            if g.nodes[u]["kind"] == "op":
+                j.add_edge(u, v)
+    index = {v: i for i, v in enumerate(fwd)}
+    takes_grad = [v for v in g.nodes if g.nodes[v]["grad"] and (g.nodes[v]["kind"] != "op" or v in index)]
+
+    def grad_consumers(v):
+        return [(w, i) for w in g.successors(v) if g.nodes[w]["kind"] == "op" and g.nodes[w]["grad"]
+                for i, u in enumerate(g.nodes[w]["inputs"]) if u == v]
+
+    def key(v):  # gradients in reverse topological order; a leaf's right after its last consumer's
+        if v in index:
+            return index[v]
+        return min(index[w] for w, _ in grad_consumers(v)) - 0.5
+
+    bwd = sorted(takes_grad, key=lambda v: (-key(v), v))
+    for v in bwd:
+        d = g.nodes[v]
+        b = grad_id(v)
+        is_op = d["kind"] == "op"
+        cons = grad_consumers(v)
+        cost = sum(g.nodes[w]["flops"] for w, _ in cons) + (_elems(d) if is_op else 0)
+        j.add_node(b, kind="backward", ref=v, cost=float(cost), ram=d["bytes"] if is_op else 0)
+        if v == out:
+            j.add_edge(v, b)
+        for w, i in cons:
+            j.add_edge(grad_id(w), b)
+            for r in residuals(g, w, i):
+                if g.nodes[r]["kind"] == "op":
+                    j.add_edge(r, b)
+    j.graph["order"] = fwd + [grad_id(v) for v in bwd]
+    leaves = [v for v in g.nodes if g.nodes[v]["kind"] != "op"]
+    j.graph["resident"] = sum(g.nodes[v]["bytes"] * (2 if g.nodes[v]["grad"] else 1) for v in leaves)
+    return j
+
+
+def _elems(d):
+    """Cost of touching a value once: one unit per element, so reshapes and copies are not free."""
+    return size(d["shape"])

@@ -1,0 +1,81 @@
+"""The op registry: every op's rules live in one `Op` record, declared once.
+
+An op declares its forward, its VJP (one input at a time: the joint graph computes each value's
+gradient by pulling from the value's consumers), its JVP, its shape rule, its FLOP estimate and,
+for each input, the residuals that input's VJP reads (`needs`). The executor, the planners and the
+tests all read these records, so the memory model cannot drift from the code.
+"""
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..errors import ShapeError
+
+OUT = "out"  # in `needs`: the op's own output is a residual
+
+
+@dataclass
+class Ctx:
+    """What a VJP/JVP rule may read: the residual arrays (others are None), static shapes, attrs."""
+
+    ins: list
+    out: object
+    in_shapes: list
+    out_shape: tuple
+    attrs: dict
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    arity: tuple  # (least, most) inputs
+    shape: Callable  # (in_shapes, attrs) -> out_shape; raises ShapeError
+    forward: Callable  # (xp, ins, attrs) -> out
+    vjp: Callable  # (xp, i, g, ctx) -> gradient with respect to input i
+    jvp: Callable  # (xp, tangents, ctx) -> output tangent (tangents are arrays, zeros where constant)
+    needs: Callable  # i -> tuple of input indices and/or OUT read by vjp for input i
+    flops: Callable  # (in_shapes, out_shape, attrs) -> int
+    attrs: dict = field(default_factory=dict)  # name -> default; REQUIRED marks a required attr
+    int_inputs: tuple = ()  # input positions that hold integer labels and take no gradient
+    # For the registry-generated tests: input shapes, attrs, and whether inputs must be positive.
+    example: dict = field(default_factory=dict)
+
+
+REQUIRED = object()
+REGISTRY: dict[str, Op] = {}
+
+
+def register(op):
+    assert op.name not in REGISTRY, op.name
+    REGISTRY[op.name] = op
+    return op
+
+
+def size(shape):
+    return int(np.prod(shape, dtype=np.int64)) if shape else 1
+
+
+def shape_error(op, msg, shapes):
+    return ShapeError(f"{op}: {msg} (input shapes {', '.join(str(tuple(s)) for s in shapes)})")
+
+
+def broadcast_shapes(op, shapes):
+    try:
+        return tuple(np.broadcast_shapes(*[tuple(s) for s in shapes]))
+    except ValueError:
+        raise shape_error(op, "shapes do not broadcast", shapes) from None
+
+
+def unbroadcast(xp, g, shape):
+    """Sum a broadcast gradient back down to `shape` (the inverse of numpy broadcasting)."""
+    shape = tuple(shape)
+    if g.shape == shape:
+        return g
+    lead = g.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(i + lead for i, n in enumerate(shape) if n == 1 and g.shape[i + lead] != 1)
+    return g.sum(axis=axes, keepdims=True).reshape(shape) if axes else g.reshape(shape)
+
+
+from . import elementwise, tensor, nn  # noqa: E402,F401  (each module registers its ops)

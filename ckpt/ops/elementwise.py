@@ -1,0 +1,91 @@
+"""Elementwise ops: broadcasting binaries and unary maps. One block per op."""
+
+import math
+
+from . import OUT, Op, broadcast_shapes, register, size, unbroadcast
+
+
+def _same_shape(op):
+    def rule(shapes, attrs):
+        return tuple(shapes[0])
+    return rule
+
+
+def _ew_flops(k):
+    return lambda shapes, out, attrs: k * size(out)
+
+
+def unary(name, f, df, needs, k=1, positive=False):
+    """A unary map y = f(x) whose derivative `df(xp, x, y)` reads x, y or neither (`needs`)."""
+    register(Op(
+        name=name, arity=(1, 1), shape=_same_shape(name),
+        forward=lambda xp, ins, a: f(xp, ins[0]),
+        vjp=lambda xp, i, g, c: g * df(xp, c.ins[0], c.out),
+        jvp=lambda xp, t, c: t[0] * df(xp, c.ins[0], c.out),
+        needs=lambda i: needs, flops=_ew_flops(k),
+        example={"shapes": [(3, 4)], "positive": positive},
+    ))
+
+
+# ---- unary maps --------------------------------------------------------------------------------
+unary("neg", lambda xp, x: -x, lambda xp, x, y: -1.0, needs=())
+unary("exp", lambda xp, x: xp.exp(x), lambda xp, x, y: y, needs=(OUT,))
+unary("log", lambda xp, x: xp.log(x), lambda xp, x, y: 1.0 / x, needs=(0,), positive=True)
+unary("sin", lambda xp, x: xp.sin(x), lambda xp, x, y: xp.cos(x), needs=(0,))
+unary("cos", lambda xp, x: xp.cos(x), lambda xp, x, y: -xp.sin(x), needs=(0,))
+unary("tanh", lambda xp, x: xp.tanh(x), lambda xp, x, y: 1.0 - y * y, needs=(OUT,))
+unary("sigmoid", lambda xp, x: 0.5 * (xp.tanh(0.5 * x) + 1.0), lambda xp, x, y: y * (1.0 - y), needs=(OUT,), k=4)
+unary("relu", lambda xp, x: xp.maximum(x, 0), lambda xp, x, y: y > 0, needs=(OUT,))
+
+_C = math.sqrt(2.0 / math.pi)
+
+
+def _gelu(xp, x):  # the tanh approximation used by GPT-2
+    return 0.5 * x * (1.0 + xp.tanh(_C * (x + 0.044715 * x * x * x)))
+
+
+def _dgelu(xp, x, y):
+    t = xp.tanh(_C * (x + 0.044715 * x * x * x))
+    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * _C * (1.0 + 3 * 0.044715 * x * x)
+
+
+unary("gelu", _gelu, _dgelu, needs=(0,), k=8)
+
+
+def _scale_vjp(xp, i, g, c):
+    return g * c.attrs["factor"]
+
+
+register(Op(
+    name="scale", arity=(1, 1), shape=_same_shape("scale"), attrs={"factor": 1.0},
+    forward=lambda xp, ins, a: ins[0] * a["factor"], vjp=_scale_vjp,
+    jvp=lambda xp, t, c: t[0] * c.attrs["factor"], needs=lambda i: (), flops=_ew_flops(1),
+    example={"shapes": [(3, 4)], "attrs": {"factor": 0.5}},
+))
+
+
+# ---- broadcasting binaries ---------------------------------------------------------------------
+def binary(name, f, vjp, jvp, needs, positive=False):
+    register(Op(
+        name=name, arity=(2, 2), shape=lambda shapes, a: broadcast_shapes(name, shapes),
+        forward=lambda xp, ins, a: f(ins[0], ins[1]),
+        vjp=lambda xp, i, g, c: unbroadcast(xp, vjp(i, g, c), c.in_shapes[i]),
+        jvp=jvp, needs=lambda i: needs[i], flops=_ew_flops(1),
+        example={"shapes": [(3, 4), (4,)], "positive": positive},
+    ))
+
+
+binary("add", lambda a, b: a + b,
+       lambda i, g, c: g,
+       lambda xp, t, c: t[0] + t[1], needs=((), ()))
+binary("sub", lambda a, b: a - b,
+       lambda i, g, c: g if i == 0 else -g,
+       lambda xp, t, c: t[0] - t[1], needs=((), ()))
+binary("mul", lambda a, b: a * b,
+       lambda i, g, c: g * c.ins[1 - i],
+       lambda xp, t, c: t[0] * c.ins[1] + c.ins[0] * t[1], needs=((1,), (0,)))
+binary("div", lambda a, b: a / b,
+       lambda i, g, c: g / c.ins[1] if i == 0 else -g * c.out / c.ins[1],
+       lambda xp, t, c: (t[0] - c.out * t[1]) / c.ins[1], needs=((1,), (1, OUT)), positive=True)
+
+

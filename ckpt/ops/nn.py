@@ -1,0 +1,347 @@
+"""Network ops: softmax, layernorm, convolution, pooling, dropout and losses. One block per op."""
+
+from . import OUT, Op, register, shape_error, size
+from ..errors import ShapeError
+
+
+# ---- softmax, log_softmax ----------------------------------------------------------------------
+def _softmax(xp, x, axis):
+    e = xp.exp(x - x.max(axis=axis, keepdims=True))
+    e /= e.sum(axis=axis, keepdims=True)
+    return e
+
+
+def _log_softmax(xp, x, axis):
+    z = x - x.max(axis=axis, keepdims=True)
+    return z - xp.log(xp.exp(z).sum(axis=axis, keepdims=True))
+
+
+def _check_axis(op):
+    def rule(shapes, a):
+        s = tuple(shapes[0])
+        if not s or not -len(s) <= a["axis"] < len(s):
+            raise shape_error(op, f"axis {a['axis']} is out of range", shapes)
+        return s
+    return rule
+
+
+register(Op(
+    name="softmax", arity=(1, 1), shape=_check_axis("softmax"), attrs={"axis": -1},
+    forward=lambda xp, ins, a: _softmax(xp, ins[0], a["axis"]),
+    vjp=lambda xp, i, g, c: c.out * (g - (g * c.out).sum(axis=c.attrs["axis"], keepdims=True)),
+    jvp=lambda xp, t, c: c.out * (t[0] - (t[0] * c.out).sum(axis=c.attrs["axis"], keepdims=True)),
+    needs=lambda i: (OUT,), flops=lambda s, o, a: 5 * size(o),
+    example={"shapes": [(3, 5)]},
+))
+
+register(Op(
+    name="log_softmax", arity=(1, 1), shape=_check_axis("log_softmax"), attrs={"axis": -1},
+    forward=lambda xp, ins, a: _log_softmax(xp, ins[0], a["axis"]),
+    vjp=lambda xp, i, g, c: g - xp.exp(c.out) * g.sum(axis=c.attrs["axis"], keepdims=True),
+    jvp=lambda xp, t, c: t[0] - (xp.exp(c.out) * t[0]).sum(axis=c.attrs["axis"], keepdims=True),
+    needs=lambda i: (OUT,), flops=lambda s, o, a: 5 * size(o),
+    example={"shapes": [(3, 5)]},
+))
+
+
+# ---- layernorm over the last axis: y = (x - mean) / sqrt(var + eps) * gamma + beta --------------
+def _ln_shape(shapes, a):
+    x = tuple(shapes[0])
+    if not x or tuple(shapes[1]) != x[-1:] or tuple(shapes[2]) != x[-1:]:
+        raise shape_error("layernorm", "needs x (..., d), gamma (d,) and beta (d,)", shapes)
+    return x
+
+
+def _ln_stats(xp, x, eps):
+    mu = x.mean(axis=-1, keepdims=True)
+    xc = x - mu
+    rstd = 1.0 / xp.sqrt((xc * xc).mean(axis=-1, keepdims=True) + eps)
+    return xc * rstd, rstd
+
+
+def _ln_forward(xp, ins, a):
+    xhat, _ = _ln_stats(xp, ins[0], a["eps"])
+    xhat *= ins[1]
+    xhat += ins[2]
+    return xhat
+
+
+def _lead_sum(g):
+    return g.reshape(-1, g.shape[-1]).sum(axis=0)
+
+
+def _ln_vjp(xp, i, g, c):
+    if i == 2:
+        return _lead_sum(g)
+    xhat, rstd = _ln_stats(xp, c.ins[0], c.attrs["eps"])
+    if i == 1:
+        return _lead_sum(g * xhat)
+    dxhat = g * c.ins[1]
+    return rstd * (dxhat - dxhat.mean(axis=-1, keepdims=True) - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True))
+
+
+def _ln_jvp(xp, t, c):
+    xhat, rstd = _ln_stats(xp, c.ins[0], c.attrs["eps"])
+    tx = t[0]
+    dxhat = rstd * (tx - tx.mean(axis=-1, keepdims=True) - xhat * (xhat * tx).mean(axis=-1, keepdims=True))
+    return dxhat * c.ins[1] + xhat * t[1] + t[2]
+
+
+register(Op(
+    name="layernorm", arity=(3, 3), shape=_ln_shape, attrs={"eps": 1e-5},
+    forward=_ln_forward, vjp=_ln_vjp, jvp=_ln_jvp,
+    needs=lambda i: ((0, 1), (0,), ())[i], flops=lambda s, o, a: 8 * size(o),
+    example={"shapes": [(2, 3, 6), (6,), (6,)]},
+))
+
+
+# ---- conv2d (NCHW, weights OCkk): im2col by kernel offsets, never a loop over pixels -----------
+def _conv_geometry(shapes, a):
+    x, w = tuple(shapes[0]), tuple(shapes[1])
+    if len(x) != 4 or len(w) != 4:
+        raise shape_error("conv2d", "needs x (N, C, H, W) and weights (O, C, kh, kw)", shapes)
+    if x[1] != w[1]:
+        raise shape_error("conv2d", f"input has {x[1]} channels, weights expect {w[1]}", shapes)
+    if len(shapes) == 3 and tuple(shapes[2]) != (w[0],):
+        raise shape_error("conv2d", f"bias must have shape ({w[0]},)", shapes)
+    s, p = a["stride"], a["padding"]
+    if not isinstance(s, int) or s < 1 or not isinstance(p, int) or p < 0:
+        raise ShapeError("conv2d: stride must be a positive integer and padding a non-negative one")
+    oh, ow = (x[2] + 2 * p - w[2]) // s + 1, (x[3] + 2 * p - w[3]) // s + 1
+    if oh < 1 or ow < 1:
+        raise shape_error("conv2d", "kernel is larger than the padded input", shapes)
+    return oh, ow
+
+
+def _conv_shape(shapes, a):
+    oh, ow = _conv_geometry(shapes, a)
+    return (shapes[0][0], shapes[1][0], oh, ow)
+
+
+def _windows(xp, x, kh, kw, oh, ow, s, p):
+    """im2col: (N, C, kh, kw, OH, OW), one strided copy per kernel offset."""
+    if p:
+        x = xp.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+    n, ch = x.shape[:2]
+    cols = xp.empty((n, ch, kh, kw, oh, ow), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, i, j] = x[:, :, i:i + s * oh:s, j:j + s * ow:s]
+    return cols
+
+
+def _conv(xp, x, w, b, a, out_shape):
+    kh, kw = w.shape[2:]
+    cols = _windows(xp, x, kh, kw, out_shape[2], out_shape[3], a["stride"], a["padding"])
+    y = xp.tensordot(w, cols, axes=([1, 2, 3], [1, 2, 3]))  # (O, N, OH, OW)
+    y = xp.ascontiguousarray(y.transpose(1, 0, 2, 3))
+    if b is not None:
+        y += b.reshape(1, -1, 1, 1)
+    return y
+
+
+def _conv_forward(xp, ins, a):
+    x, w = ins[0], ins[1]
+    oh, ow = _conv_geometry([x.shape, w.shape], a)
+    return _conv(xp, x, w, ins[2] if len(ins) == 3 else None, a, (x.shape[0], w.shape[0], oh, ow))
+
+
+def _conv_vjp(xp, i, g, c):
+    s, p = c.attrs["stride"], c.attrs["padding"]
+    n, ch, h, wd = c.in_shapes[0]
+    _, _, kh, kw = c.in_shapes[1]
+    oh, ow = c.out_shape[2:]
+    if i == 2:
+        return g.sum(axis=(0, 2, 3))
+    if i == 1:
+        cols = _windows(xp, c.ins[0], kh, kw, oh, ow, s, p)
+        return xp.tensordot(g, cols, axes=([0, 2, 3], [0, 4, 5]))
+    dcols = xp.tensordot(c.ins[1], g, axes=([0], [1]))  # (C, kh, kw, N, OH, OW)
+    dx = xp.zeros((n, ch, h + 2 * p, wd + 2 * p), dtype=g.dtype)
+    for r in range(kh):
+        for q in range(kw):
+            dx[:, :, r:r + s * oh:s, q:q + s * ow:s] += dcols[:, r, q].transpose(1, 0, 2, 3)
+    return dx[:, :, p:p + h, p:p + wd] if p else dx
+
+
+def _conv_jvp(xp, t, c):
+    x, w = c.ins[0], c.ins[1]
+    y = _conv(xp, t[0], w, None, c.attrs, c.out_shape) + _conv(xp, x, t[1], None, c.attrs, c.out_shape)
+    return y + t[2].reshape(1, -1, 1, 1) if len(t) == 3 else y
+
+
+register(Op(
+    name="conv2d", arity=(2, 3), shape=_conv_shape, attrs={"stride": 1, "padding": 0},
+    forward=_conv_forward, vjp=_conv_vjp, jvp=_conv_jvp,
+    needs=lambda i: ((1,), (0,), ())[i],
+    flops=lambda s, o, a: 2 * size(o) * s[1][1] * s[1][2] * s[1][3],
+    example={"shapes": [(2, 3, 5, 5), (4, 3, 3, 3), (4,)], "attrs": {"stride": 2, "padding": 1}},
+))
+
+
+# ---- pooling and upsampling over non-overlapping k x k windows ----------------------------------
+def _pool_shape(op):
+    def rule(shapes, a):
+        x, k = tuple(shapes[0]), a["kernel"]
+        if len(x) != 4 or not isinstance(k, int) or k < 1 or x[2] % k or x[3] % k:
+            raise shape_error(op, f"needs (N, C, H, W) with H and W divisible by kernel {k}", shapes)
+        return (x[0], x[1], x[2] // k, x[3] // k)
+    return rule
+
+
+def _blocks(x, k):
+    n, ch, h, w = x.shape
+    return x.reshape(n, ch, h // k, k, w // k, k)
+
+
+def _maxpool_vjp(xp, i, g, c):
+    k = c.attrs["kernel"]
+    # Ties (equal maxima in one window) each take the gradient; random inputs make them vanishingly rare.
+    hit = _blocks(c.ins[0], k) == c.out[:, :, :, None, :, None]
+    return (hit * g[:, :, :, None, :, None]).reshape(c.in_shapes[0])
+
+
+def _maxpool_jvp(xp, t, c):
+    k = c.attrs["kernel"]
+    hit = _blocks(c.ins[0], k) == c.out[:, :, :, None, :, None]
+    return (hit * _blocks(t[0], k)).sum(axis=(3, 5)) / hit.sum(axis=(3, 5))
+
+
+register(Op(
+    name="maxpool2d", arity=(1, 1), shape=_pool_shape("maxpool2d"), attrs={"kernel": 2},
+    forward=lambda xp, ins, a: _blocks(ins[0], a["kernel"]).max(axis=(3, 5)),
+    vjp=_maxpool_vjp, jvp=_maxpool_jvp, needs=lambda i: (0, OUT),
+    flops=lambda s, o, a: size(s[0]), example={"shapes": [(2, 3, 4, 6)]},
+))
+
+
+def _avgpool_vjp(xp, i, g, c):
+    k = c.attrs["kernel"]
+    n, ch, oh, ow = g.shape
+    rep = xp.broadcast_to((g * (1.0 / (k * k)))[:, :, :, None, :, None], (n, ch, oh, k, ow, k))
+    return rep.reshape(c.in_shapes[0])
+
+
+register(Op(
+    name="avgpool2d", arity=(1, 1), shape=_pool_shape("avgpool2d"), attrs={"kernel": 2},
+    forward=lambda xp, ins, a: _blocks(ins[0], a["kernel"]).mean(axis=(3, 5)),
+    vjp=_avgpool_vjp, jvp=lambda xp, t, c: _blocks(t[0], c.attrs["kernel"]).mean(axis=(3, 5)),
+    needs=lambda i: (), flops=lambda s, o, a: size(s[0]), example={"shapes": [(2, 3, 4, 6)]},
+))
+
+
+def _upsample_shape(shapes, a):
+    x, k = tuple(shapes[0]), a["scale"]
+    if len(x) != 4 or not isinstance(k, int) or k < 1:
+        raise shape_error("upsample2d", "needs (N, C, H, W) and a positive integer scale", shapes)
+    return (x[0], x[1], x[2] * k, x[3] * k)
+
+
+def _upsample(xp, x, k):
+    n, ch, h, w = x.shape
+    return xp.broadcast_to(x[:, :, :, None, :, None], (n, ch, h, k, w, k)).reshape(n, ch, h * k, w * k)
+
+
+register(Op(
+    name="upsample2d", arity=(1, 1), shape=_upsample_shape, attrs={"scale": 2},
+    forward=lambda xp, ins, a: _upsample(xp, ins[0], a["scale"]),
+    vjp=lambda xp, i, g, c: _blocks(g, c.attrs["scale"]).sum(axis=(3, 5)),
+    jvp=lambda xp, t, c: _upsample(xp, t[0], c.attrs["scale"]),
+    needs=lambda i: (), flops=lambda s, o, a: size(o), example={"shapes": [(2, 3, 2, 3)]},
+))
+
+
+# ---- dropout: the mask is a pure function of (seed, node, element), so a recompute redraws it ----
+_GOLDEN, _M1, _M2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+
+
+def dropout_keep(xp, shape, seed, p):
+    """Boolean keep-mask from splitmix64 of each element's index: identical on numpy and cupy."""
+    u64 = xp.uint64
+    z = xp.arange(size(shape), dtype=u64) + u64((seed * _GOLDEN) % 2**64)
+    z = z + u64(_GOLDEN)
+    z = (z ^ (z >> u64(30))) * u64(_M1)
+    z = (z ^ (z >> u64(27))) * u64(_M2)
+    z = z ^ (z >> u64(31))
+    threshold = u64(min(int(p * 2**64), 2**64 - 1))
+    return (z >= threshold).reshape(shape)
+
+
+def _dropout_scale(xp, shape, a, dtype):
+    p = a["p"]
+    keep = dropout_keep(xp, shape, a["_seed"], p)
+    return keep * dtype.type(1.0 / (1.0 - p))
+
+
+def _dropout_shape(shapes, a):
+    if not 0.0 <= a["p"] < 1.0:
+        raise ShapeError(f"dropout: p must be in [0, 1), got {a['p']}")
+    return tuple(shapes[0])
+
+
+register(Op(
+    name="dropout", arity=(1, 1), shape=_dropout_shape, attrs={"p": 0.1, "_seed": 0},
+    forward=lambda xp, ins, a: ins[0] * _dropout_scale(xp, ins[0].shape, a, ins[0].dtype),
+    vjp=lambda xp, i, g, c: g * _dropout_scale(xp, g.shape, c.attrs, g.dtype),
+    jvp=lambda xp, t, c: t[0] * _dropout_scale(xp, t[0].shape, c.attrs, t[0].dtype),
+    needs=lambda i: (), flops=lambda s, o, a: 12 * size(o),
+    example={"shapes": [(4, 8)], "attrs": {"p": 0.25, "_seed": 7}},
+))
+
+
+# ---- losses ------------------------------------------------------------------------------------
+def _mse_shape(shapes, a):
+    if tuple(shapes[0]) != tuple(shapes[1]):
+        raise shape_error("mse", "prediction and target shapes differ", shapes)
+    return ()
+
+
+register(Op(
+    name="mse", arity=(2, 2), shape=_mse_shape,
+    forward=lambda xp, ins, a: ((ins[0] - ins[1]) ** 2).mean(),
+    vjp=lambda xp, i, g, c: (c.ins[0] - c.ins[1]) * (g * ((2.0 if i == 0 else -2.0) / size(c.in_shapes[0]))),
+    jvp=lambda xp, t, c: (2.0 * (c.ins[0] - c.ins[1]) * (t[0] - t[1])).mean(),
+    needs=lambda i: (0, 1), flops=lambda s, o, a: 3 * size(s[0]),
+    example={"shapes": [(3, 4), (3, 4)]},
+))
+
+
+def _xent_shape(shapes, a):
+    logits, labels = tuple(shapes[0]), tuple(shapes[1])
+    if len(logits) < 1 or logits[:-1] != labels:
+        raise shape_error("softmax_cross_entropy", "needs logits (..., classes) and labels (...)", shapes)
+    return ()
+
+
+def _onehot(xp, labels, classes, dtype):
+    return (labels[..., None] == xp.arange(classes)).astype(dtype)
+
+
+def _xent_forward(xp, ins, a):
+    logp = _log_softmax(xp, ins[0], -1)
+    picked = xp.take_along_axis(logp, ins[1][..., None].astype(xp.int64), axis=-1)
+    return -picked.mean()
+
+
+def _xent_vjp(xp, i, g, c):
+    logits = c.ins[0]
+    n = size(c.in_shapes[1])
+    p = _softmax(xp, logits, -1)
+    p -= _onehot(xp, c.ins[1], logits.shape[-1], logits.dtype)
+    p *= g * (1.0 / n)
+    return p
+
+
+def _xent_jvp(xp, t, c):
+    logits = c.ins[0]
+    p = _softmax(xp, logits, -1)
+    tl = t[0] - (p * t[0]).sum(axis=-1, keepdims=True)
+    return -(tl * _onehot(xp, c.ins[1], logits.shape[-1], logits.dtype)).sum(axis=-1).mean()
+
+
+register(Op(
+    name="softmax_cross_entropy", arity=(2, 2), shape=_xent_shape,
+    forward=_xent_forward, vjp=_xent_vjp, jvp=_xent_jvp,
+    needs=lambda i: (0, 1), flops=lambda s, o, a: 6 * size(s[0]), int_inputs=(1,),
+    example={"shapes": [(3, 5), (3,)]},
+))

@@ -1,0 +1,209 @@
+"""Reductions, shape ops, concat and matrix products. One block per op."""
+
+import numpy as np
+
+from . import REQUIRED, Op, register, shape_error, size, unbroadcast
+from ..errors import ShapeError
+
+
+def _axes(op, axis, ndim):
+    """Normalise an `axis` attr (None, int or list) to a sorted tuple of non-negative axes."""
+    if axis is None:
+        return tuple(range(ndim))
+    items = [axis] if isinstance(axis, int) else list(axis)
+    out = []
+    for a in items:
+        if not isinstance(a, int) or not -ndim <= a < max(ndim, 1):
+            raise ShapeError(f"{op}: axis {a!r} is out of range for {ndim} dimensions")
+        out.append(a % ndim if ndim else 0)
+    return tuple(sorted(set(out)))
+
+
+# ---- sum, mean ---------------------------------------------------------------------------------
+def _reduce_shape(op):
+    def rule(shapes, a):
+        s = tuple(shapes[0])
+        axes = _axes(op, a["axis"], len(s))
+        if a["keepdims"]:
+            return tuple(1 if i in axes else n for i, n in enumerate(s))
+        return tuple(n for i, n in enumerate(s) if i not in axes)
+    return rule
+
+
+def _expand(xp, g, c):
+    """Broadcast a reduced gradient back to the input's shape."""
+    shape = tuple(c.in_shapes[0])
+    axes = _axes("", c.attrs["axis"], len(shape))
+    if not c.attrs["keepdims"]:
+        g = g.reshape(tuple(1 if i in axes else n for i, n in enumerate(shape)))
+    return xp.broadcast_to(g, shape)
+
+
+def _count(c):
+    shape = tuple(c.in_shapes[0])
+    return size([shape[i] for i in _axes("", c.attrs["axis"], len(shape))])
+
+
+def _reduce_flops(shapes, out, a):
+    return size(shapes[0])
+
+
+register(Op(
+    name="sum", arity=(1, 1), shape=_reduce_shape("sum"), attrs={"axis": None, "keepdims": False},
+    forward=lambda xp, ins, a: ins[0].sum(axis=_axes("sum", a["axis"], ins[0].ndim), keepdims=a["keepdims"]),
+    vjp=lambda xp, i, g, c: _expand(xp, g, c),
+    jvp=lambda xp, t, c: t[0].sum(axis=_axes("sum", c.attrs["axis"], t[0].ndim), keepdims=c.attrs["keepdims"]),
+    needs=lambda i: (), flops=_reduce_flops,
+    example={"shapes": [(3, 4, 5)], "attrs": {"axis": [0, 2]}},
+))
+
+register(Op(
+    name="mean", arity=(1, 1), shape=_reduce_shape("mean"), attrs={"axis": None, "keepdims": False},
+    forward=lambda xp, ins, a: ins[0].mean(axis=_axes("mean", a["axis"], ins[0].ndim), keepdims=a["keepdims"]),
+    vjp=lambda xp, i, g, c: _expand(xp, g * (1.0 / _count(c)), c),
+    jvp=lambda xp, t, c: t[0].mean(axis=_axes("mean", c.attrs["axis"], t[0].ndim), keepdims=c.attrs["keepdims"]),
+    needs=lambda i: (), flops=_reduce_flops,
+    example={"shapes": [(3, 4, 5)], "attrs": {"axis": 1, "keepdims": True}},
+))
+
+
+# ---- reshape, transpose ------------------------------------------------------------------------
+def _reshape_shape(shapes, a):
+    target = list(a["shape"])
+    n = size(shapes[0])
+    if any(not isinstance(d, int) or d < -1 or d == 0 for d in target) or target.count(-1) > 1:
+        raise ShapeError(f"reshape: target shape {tuple(target)} must hold positive sizes and at most one -1")
+    known = size([d for d in target if d != -1])
+    if -1 in target:
+        if n % known:
+            raise shape_error("reshape", f"cannot reshape {n} elements to {tuple(target)}", shapes)
+        target[target.index(-1)] = n // known
+    if size(target) != n:
+        raise shape_error("reshape", f"cannot reshape {n} elements to {tuple(target)}", shapes)
+    return tuple(target)
+
+
+register(Op(
+    name="reshape", arity=(1, 1), shape=_reshape_shape, attrs={"shape": REQUIRED},
+    forward=lambda xp, ins, a: ins[0].reshape(a["shape"]),
+    vjp=lambda xp, i, g, c: g.reshape(c.in_shapes[0]),
+    jvp=lambda xp, t, c: t[0].reshape(c.out_shape),
+    needs=lambda i: (), flops=lambda s, o, a: 0,
+    example={"shapes": [(3, 4)], "attrs": {"shape": [2, -1]}},
+))
+
+
+def _perm(a, ndim):
+    axes = a["axes"]
+    if axes is None:
+        return tuple(reversed(range(ndim)))
+    if sorted(x % ndim if isinstance(x, int) and -ndim <= x < ndim else -99 for x in axes) != list(range(ndim)):
+        raise ShapeError(f"transpose: axes {axes} are not a permutation of {ndim} dimensions")
+    return tuple(x % ndim for x in axes)
+
+
+register(Op(
+    name="transpose", arity=(1, 1), attrs={"axes": None},
+    shape=lambda shapes, a: tuple(shapes[0][p] for p in _perm(a, len(shapes[0]))),
+    forward=lambda xp, ins, a: xp.ascontiguousarray(ins[0].transpose(_perm(a, ins[0].ndim))),
+    vjp=lambda xp, i, g, c: xp.ascontiguousarray(g.transpose(np.argsort(_perm(c.attrs, g.ndim)))),
+    jvp=lambda xp, t, c: xp.ascontiguousarray(t[0].transpose(_perm(c.attrs, t[0].ndim))),
+    needs=lambda i: (), flops=lambda s, o, a: 0,
+    example={"shapes": [(2, 3, 4)], "attrs": {"axes": [1, 2, 0]}},
+))
+
+
+# ---- concat ------------------------------------------------------------------------------------
+def _concat_shape(shapes, a):
+    nd = len(shapes[0])
+    if nd == 0 or any(len(s) != nd for s in shapes):
+        raise shape_error("concat", "inputs need the same number of dimensions (at least 1)", shapes)
+    ax = _axes("concat", a["axis"], nd)[0]
+    if any(tuple(s[:ax]) + tuple(s[ax + 1:]) != tuple(shapes[0][:ax]) + tuple(shapes[0][ax + 1:]) for s in shapes):
+        raise shape_error("concat", f"shapes differ off axis {ax}", shapes)
+    return tuple(shapes[0][:ax]) + (sum(s[ax] for s in shapes),) + tuple(shapes[0][ax + 1:])
+
+
+def _concat_slice(c, i):
+    ax = _axes("concat", c.attrs["axis"], len(c.out_shape))[0]
+    start = sum(s[ax] for s in c.in_shapes[:i])
+    return (slice(None),) * ax + (slice(start, start + c.in_shapes[i][ax]),)
+
+
+register(Op(
+    name="concat", arity=(1, 64), shape=_concat_shape, attrs={"axis": 0},
+    forward=lambda xp, ins, a: xp.concatenate(ins, axis=_axes("concat", a["axis"], ins[0].ndim)[0]),
+    vjp=lambda xp, i, g, c: g[_concat_slice(c, i)],
+    jvp=lambda xp, t, c: xp.concatenate(t, axis=_axes("concat", c.attrs["axis"], t[0].ndim)[0]),
+    needs=lambda i: (), flops=lambda s, o, a: 0,
+    example={"shapes": [(2, 3), (2, 5)], "attrs": {"axis": 1}},
+))
+
+
+# ---- matmul (batched), linear ------------------------------------------------------------------
+def _matmul_shape(shapes, a):
+    sa, sb = tuple(shapes[0]), tuple(shapes[1])
+    if len(sa) < 2 or len(sb) < 2:
+        raise shape_error("matmul", "both operands need at least 2 dimensions", shapes)
+    if sa[-1] != sb[-2]:
+        raise shape_error("matmul", f"inner sizes differ ({sa[-1]} vs {sb[-2]})", shapes)
+    try:
+        batch = np.broadcast_shapes(sa[:-2], sb[:-2])
+    except ValueError:
+        raise shape_error("matmul", "batch dimensions do not broadcast", shapes) from None
+    return tuple(batch) + (sa[-2], sb[-1])
+
+
+def _matmul_vjp(xp, i, g, c):
+    if i == 0:
+        return unbroadcast(xp, g @ c.ins[1].swapaxes(-1, -2), c.in_shapes[0])
+    return unbroadcast(xp, c.ins[0].swapaxes(-1, -2) @ g, c.in_shapes[1])
+
+
+register(Op(
+    name="matmul", arity=(2, 2), shape=_matmul_shape,
+    forward=lambda xp, ins, a: ins[0] @ ins[1], vjp=_matmul_vjp,
+    jvp=lambda xp, t, c: t[0] @ c.ins[1] + c.ins[0] @ t[1],
+    needs=lambda i: (1,) if i == 0 else (0,),
+    flops=lambda s, o, a: 2 * size(o) * s[0][-1],
+    example={"shapes": [(2, 3, 4), (4, 5)]},
+))
+
+
+def _linear_shape(shapes, a):
+    x, w = tuple(shapes[0]), tuple(shapes[1])
+    if len(x) < 1 or len(w) != 2 or x[-1] != w[0]:
+        raise shape_error("linear", "needs x (..., in) and W (in, out)", shapes)
+    if len(shapes) == 3 and tuple(shapes[2]) != (w[1],):
+        raise shape_error("linear", f"bias must have shape ({w[1]},)", shapes)
+    return x[:-1] + (w[1],)
+
+
+def _linear_forward(xp, ins, a):
+    y = ins[0] @ ins[1]
+    if len(ins) == 3:
+        y += ins[2]  # in place: y is fresh, and this saves a temporary the size of the output
+    return y
+
+
+def _linear_vjp(xp, i, g, c):
+    if i == 0:
+        return g @ c.ins[1].T
+    if i == 1:
+        x = c.ins[0]
+        return x.reshape(-1, x.shape[-1]).T @ g.reshape(-1, g.shape[-1])
+    return g.reshape(-1, g.shape[-1]).sum(axis=0)
+
+
+def _linear_jvp(xp, t, c):
+    y = t[0] @ c.ins[1] + c.ins[0] @ t[1]
+    return y + t[2] if len(t) == 3 else y
+
+
+register(Op(
+    name="linear", arity=(2, 3), shape=_linear_shape,
+    forward=_linear_forward, vjp=_linear_vjp, jvp=_linear_jvp,
+    needs=lambda i: ((1,), (0,), ())[i],
+    flops=lambda s, o, a: 2 * size(o) * s[0][-1] + (size(o) if len(s) == 3 else 0),
+    example={"shapes": [(2, 3, 4), (4, 5), (5,)]},
+))
