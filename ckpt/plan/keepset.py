@@ -29,7 +29,9 @@ class JointIndex:
         self.residuals = {u for u in self.fwd if self.breaders[u]}
 
 
-def keep_schedule(ix, keep):
+def keep_schedule(ix, keep, eager=False):
+    """`eager`: a recomputed value outside `keep` is dropped once the gradient that wanted it is
+    computed, instead of being kept until its last reader."""
     steps = []
     live = set()
     fpos = {u: i for i, u in enumerate(ix.fwd)}
@@ -45,22 +47,27 @@ def keep_schedule(ix, keep):
 
     remaining = {u: len(ix.breaders[u]) for u in ix.order}  # gradient readers not yet computed
 
+    current = set()  # operands of the gradient being computed (the eager policy's only demand)
+
     def sweep():
-        demanded = {}
+        demanded, now = {}, {}
         for u in reversed(ix.fwd):
-            d = remaining[u] > 0
-            if not d:
-                for c in ix.fsuccs[u]:
-                    if c not in live and demanded[c]:
-                        d = True
-                        break
-            demanded[u] = d
-            if u in live and not d:
+            d, e = remaining[u] > 0, u in current
+            for c in ix.fsuccs[u]:
+                if c not in live:
+                    e = e or now[c]
+                # under the eager policy a live value outside `keep` is about to be dropped, so
+                # what it was recomputed from stays demanded
+                if c not in live or (eager and c not in keep):
+                    d = d or demanded[c]
+            demanded[u], now[u] = d, e
+            if u in live and not (d if (u in keep or not eager) else e):
                 steps.append((FREE, u))
                 live.discard(u)
 
     sweep()
     for b in ix.bwd:
+        current = set(ix.fpreds[b])
         missing, stack = set(), [u for u in ix.fpreds[b] if u not in live]
         while stack:
             u = stack.pop()
@@ -81,5 +88,6 @@ def keep_schedule(ix, keep):
         if remaining[b] == 0:
             steps.append((FREE, b))
             live.discard(b)
+        current = set()
         sweep()
     return steps

@@ -1,0 +1,200 @@
+"""Exact dynamic programming for chains: multi-level recompute over heterogeneous layers.
+
+A chain is a joint graph whose forward nodes a_1..a_l form a path, and whose gradient nodes fall
+into one group per op: group k reads grad(a_k) and some of {a_{k-1}, a_k}, writes grad(a_{k-1}) and
+the gradients of op k's parameters. A final step L = l + 1 is the seed, reading a_l.
+
+Opt(i, j, h, m) is the least forward cost to run groups j, j-1, ..., i+1 given a_i and grad(a_j)
+live (and a_j when h), within m bytes for everything live in the subproblem; it ends with a_i and
+grad(a_i) live. Three moves (Griewank's advance/takeshot/reverse, as in Beaumont et al. 2019):
+  base   j = i+1: (re)compute a_j if group j reads it, run group j;
+  direct group j does not read a_{j-1} and a_j is at hand: run it, then Opt(i, j-1, False, m);
+  split  advance from a_i to a_k, keep a_k: Opt(k, j, h, m - x_i), then Opt(i, k, True, m).
+Memory is counted in slots of a common unit: the gcd of all sizes when that gives few enough slots
+(then the plan is exact to the byte), else a coarser unit with sizes rounded up (then feasible but
+possibly a little off the optimum; the plan says so).
+"""
+
+import math
+import time
+
+import numpy as np
+
+from ..schedule import COMPUTE, FREE, Plan
+
+MAX_SLOTS = 512
+MAX_CELLS = 4e7  # table cells (2 x L x L x slots) beyond which the DP is not attempted
+
+
+class Chain:
+    """The chain view of a joint graph, or None from `Chain.of` when the graph is not a chain."""
+
+    @classmethod
+    def of(cls, ix):
+        fwd = ix.fwd
+        if not fwd:
+            return None
+        for k, a in enumerate(fwd):
+            if ix.fpreds[a] != ([] if k == 0 else [fwd[k - 1]]):
+                return None
+        grad_of = {}  # forward node -> its gradient node
+        for b in ix.bwd:
+            grad_of[ix.joint.nodes[b]["ref"]] = b
+        if fwd[-1] not in grad_of or ix.preds[grad_of[fwd[-1]]] != [fwd[-1]]:
+            return None
+        groups = {k: [] for k in range(1, len(fwd) + 1)}
+        bpos = {grad_of[a]: k + 1 for k, a in enumerate(fwd) if a in grad_of}
+        for b in ix.bwd:
+            if b == grad_of[fwd[-1]]:
+                continue
+            bp = [u for u in ix.preds[b] if ix.joint.nodes[u]["kind"] == "backward"]
+            if len(bp) != 1 or bp[0] not in bpos:
+                return None
+            k = bpos[bp[0]]
+            if not set(ix.fpreds[b]) <= ({fwd[k - 1]} | ({fwd[k - 2]} if k >= 2 else set())):
+                return None
+            groups[k].append(b)
+        for k in range(2, len(fwd) + 1):  # group k must hand grad(a_{k-1}) on, and nothing else may
+            if grad_of.get(fwd[k - 2]) not in groups[k]:
+                return None
+        return cls(ix, fwd, groups, grad_of)
+
+    def __init__(self, ix, fwd, groups, grad_of):
+        l = len(fwd)
+        self.ix, self.fwd, self.l, self.L = ix, fwd, l, l + 1
+        self.seed = grad_of[fwd[-1]]
+        self.groups = [None] + [groups[k] for k in range(1, l + 1)] + [[self.seed]]
+        self.x = [0] + [ix.ram[a] for a in fwd] + [0]
+        self.c = [0.0] + [ix.cost[a] for a in fwd] + [0.0]
+        self.gsz = [0] + [ix.ram[grad_of[a]] if a in grad_of else 0 for a in fwd] + [0]
+        self.grad = [None] + [grad_of.get(a) for a in fwd] + [None]
+        self.needs_in = [False] * (self.L + 1)
+        self.needs_out = [False] * (self.L + 1)
+        self.extra = [0] * (self.L + 1)
+        for k in range(1, self.L + 1):
+            reads = set().union(*[ix.fpreds[b] for b in self.groups[k]])
+            self.needs_in[k] = k >= 2 and fwd[k - 2] in reads
+            self.needs_out[k] = k <= l and fwd[k - 1] in reads
+            held, peak = 0, 0
+            for b in self.groups[k]:
+                peak = max(peak, held + ix.ram[b])
+                if ix.breaders[b]:
+                    held += ix.ram[b]
+            self.extra[k] = peak
+
+    def sizes(self):
+        return [s for s in self.x + self.gsz + self.extra if s > 0]
+
+
+def solve_chain(chain, budget_managed):
+    """Returns a Plan, or None when the table would be too large (the caller falls back)."""
+    start = time.perf_counter()
+    L = chain.L
+    sizes = chain.sizes()
+    unit = math.gcd(*sizes) if sizes else 1
+    exact = True
+    if budget_managed // unit > MAX_SLOTS:
+        unit, exact = max(unit, math.ceil(budget_managed / MAX_SLOTS)), False
+        exact = all(s % unit == 0 for s in sizes)
+    S = int(budget_managed // unit)
+    if 2 * (L + 1) ** 2 * (S + 1) > MAX_CELLS:
+        return None
+
+    def slots(b):
+        return -(-b // unit)
+
+    x = [slots(v) for v in chain.x]
+    gs = [slots(v) for v in chain.gsz]
+    ex = [slots(v) for v in chain.extra]
+    c = chain.c
+    nin, nout = chain.needs_in, chain.needs_out
+    INF = np.inf
+    m = np.arange(S + 1)
+    T = np.full((2, L + 1, L + 1, S + 1), INF)
+    C = np.full((2, L + 1, L + 1, S + 1), -9, dtype=np.int32)  # -1 base, -2 direct, k split
+    csum = np.concatenate([[0.0], np.cumsum(c[1:])])  # csum[k] = c_1 + ... + c_k
+
+    for d in range(1, L + 1):
+        for i in range(0, L - d + 1):
+            j = i + d
+            # P[k] for k in (i, j): the advance's peak above a_i from a_i to a_k
+            if d > 1:
+                ks = np.arange(i + 1, j)
+                step = np.array([(x[t - 1] if t - 1 > i else 0) + x[t] for t in range(i + 1, j)])
+                P = np.maximum.accumulate(step)
+                adv = csum[i + 1:j] - csum[i]
+            for h in (0, 1):
+                base = x[i] + gs[j] + (x[j] if h else 0)
+                best = np.full(S + 1, INF)
+                choice = np.full(S + 1, -9, dtype=np.int32)
+                if d == 1:
+                    A = x[j] if nout[j] else 0
+                    peak = max(base + (x[j] if nout[j] and not h else 0), x[i] + gs[j] + A + ex[j])
+                    cost = c[j] if nout[j] and not h else 0.0
+                    ok = m >= peak
+                    best[ok], choice[ok] = cost, -1
+                else:
+                    if not nin[j] and (h or not nout[j]):
+                        A = x[j] if nout[j] else 0
+                        peak = max(base, x[i] + gs[j] + A + ex[j])
+                        cand = np.where(m >= peak, T[0, i, j - 1], INF)
+                        better = cand < best
+                        best[better], choice[better] = cand[better], -2
+                    # split at every k at once: rows are k, columns are m
+                    sub1 = np.full((len(ks), S + 1), INF)
+                    if x[i] <= S:
+                        sub1[:, x[i]:] = T[h, i + 1:j, j, :S + 1 - x[i]]
+                    total = adv[:, None] + sub1 + T[1, i, i + 1:j, :]
+                    total[m[None, :] < (base + P)[:, None]] = INF
+                    kbest = np.argmin(total, axis=0)
+                    cand = total[kbest, m]
+                    better = cand < best
+                    best[better], choice[better] = cand[better], (ks[kbest])[better]
+                T[h, i, j], C[h, i, j] = best, choice
+
+    cost = T[0, 0, L, S]
+    feasible = np.flatnonzero(np.isfinite(T[0, 0, L]))
+    min_managed = int(feasible[0] * unit) if len(feasible) else None
+    if not np.isfinite(cost):
+        plan = Plan("budget", None, solver="chain-dp")
+        plan.notes.update(min_managed=min_managed, exact=exact)
+        return plan
+    steps = []
+    _emit(chain, C, x, steps, 0, L, 0, S)
+    plan = Plan("budget", steps, solver="chain-dp" if exact else "chain-dp (rounded)",
+                solve_time_s=time.perf_counter() - start, lower_bound=None)
+    plan.notes.update(exact=exact, unit_bytes=int(unit), slots=S, dp_cost=float(cost), min_managed=min_managed)
+    return plan
+
+
+def _emit(ch, C, x, steps, i, j, h, m):
+    fwd = ch.fwd
+    choice = int(C[h, i, j, m])
+    if choice == -9:
+        raise AssertionError(f"chain DP: no choice recorded for ({i}, {j}, {h}, {m})")
+    if choice in (-1, -2):
+        live_out = bool(h)
+        if ch.needs_out[j] and not h:
+            steps.append((COMPUTE, fwd[j - 1]))
+            live_out = True
+        if live_out and not ch.needs_out[j]:
+            steps.append((FREE, fwd[j - 1]))
+            live_out = False
+        for b in ch.groups[j]:
+            steps.append((COMPUTE, b))
+            if not ch.ix.breaders[b]:
+                steps.append((FREE, b))
+        if j < ch.L and ch.grad[j] is not None:
+            steps.append((FREE, ch.grad[j]))
+        if live_out:
+            steps.append((FREE, fwd[j - 1]))
+        if choice == -2:
+            _emit(ch, C, x, steps, i, j - 1, 0, m)
+        return
+    k = choice
+    for t in range(i + 1, k + 1):
+        steps.append((COMPUTE, fwd[t - 1]))
+        if t - 1 > i:
+            steps.append((FREE, fwd[t - 2]))
+    _emit(ch, C, x, steps, k, j, h, m - x[i])
+    _emit(ch, C, x, steps, i, k, 1, m)

@@ -1,0 +1,134 @@
+"""The Checkmate MILP (Jain et al. 2020) on the joint graph, solved by HiGHS through scipy.
+
+Stages t = 0..n-1 follow the joint graph's topological order; stage t computes node t for the
+first time (the frontier) and may recompute earlier nodes. Variables: R[t,i] (compute i in stage
+t), S[t,i] (i is kept from stage t-1 into stage t), FREE[t,i,k] (i is dropped right after k is
+computed in stage t) and U[t,k] (bytes live after computing k in stage t, at most the budget).
+"""
+
+import time
+
+import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, milp
+from scipy.sparse import coo_matrix
+
+from ..schedule import COMPUTE, FREE, Plan
+
+
+class _Vars:
+    def __init__(self):
+        self.n = 0
+        self.lb, self.ub, self.integer, self.cost = [], [], [], []
+
+    def add(self, lb=0.0, ub=1.0, integer=True, cost=0.0):
+        self.lb.append(lb)
+        self.ub.append(ub)
+        self.integer.append(1 if integer else 0)
+        self.cost.append(cost)
+        self.n += 1
+        return self.n - 1
+
+
+class _Rows:
+    def __init__(self):
+        self.r, self.c, self.v, self.lo, self.hi = [], [], [], [], []
+
+    def add(self, terms, lo, hi):
+        row = len(self.lo)
+        for col, val in terms:
+            self.r.append(row)
+            self.c.append(col)
+            self.v.append(val)
+        self.lo.append(lo)
+        self.hi.append(hi)
+
+
+def solve_milp(ix, budget_managed, time_limit=30.0):
+    """Returns (Plan or None, status text). The plan carries HiGHS's lower bound on the cost."""
+    order = ix.order
+    n = len(order)
+    idx = {x: i for i, x in enumerate(order)}
+    deps = [[idx[u] for u in ix.preds[x]] for x in order]
+    users = [[] for _ in range(n)]
+    for k in range(n):
+        for i in deps[k]:
+            users[i].append(k)
+    mem = [float(ix.ram[x]) for x in order]
+    cost = [float(ix.cost[x]) for x in order]
+    if any(mem[k] + sum(mem[i] for i in deps[k]) > budget_managed for k in range(n)):
+        return None, "infeasible (one step alone exceeds the budget)"
+
+    V, rows = _Vars(), _Rows()
+    R = [[V.add(lb=1.0 if i == t else 0.0, cost=cost[i]) for i in range(t + 1)] for t in range(n)]
+    S = [[V.add() for i in range(t)] for t in range(n)]
+    U = [[V.add(ub=float(budget_managed), integer=False) for k in range(t + 1)] for t in range(n)]
+
+    def s(t, i):
+        return S[t][i] if t < n and i < t else None
+
+    for t in range(n):
+        for k in range(t + 1):
+            for i in deps[k]:  # operands are computed in this stage or kept from the last
+                rows.add([(R[t][k], 1.0), (R[t][i], -1.0), (S[t][i], -1.0)], -np.inf, 0.0)
+        if t:
+            for i in range(t):
+                terms = [(S[t][i], 1.0), (R[t - 1][i], -1.0)]
+                if i < t - 1:
+                    terms.append((S[t - 1][i], -1.0))
+                rows.add(terms, -np.inf, 0.0)
+        # memory after computing node 0 of the stage, then node by node
+        rows.add([(U[t][0], 1.0), (R[t][0], -mem[0])] + [(S[t][i], -mem[i]) for i in range(t)], 0.0, 0.0)
+        for k in range(t + 1):
+            frees = []
+            for i in deps[k] + [k]:
+                later = [j for j in users[i] if k < j <= t]
+                f = V.add()
+                frees.append((f, i))
+                # hazards: k not computed, i kept into the next stage, a later user in this stage
+                haz = [(R[t][k], 1.0)] + ([(s(t + 1, i), -1.0)] if s(t + 1, i) is not None else []) + \
+                      [(R[t][j], -1.0) for j in later]
+                maxh = 2 + len(later)
+                rows.add([(f, -1.0)] + haz, -np.inf, 0.0)  # no hazard -> free
+                rows.add([(f, -float(maxh))] + haz, 1.0 - maxh, np.inf)  # any hazard -> keep
+            if k < t:
+                rows.add([(U[t][k + 1], 1.0), (U[t][k], -1.0), (R[t][k + 1], -mem[k + 1])]
+                         + [(f, mem[i]) for f, i in frees], 0.0, 0.0)
+
+    A = coo_matrix((rows.v, (rows.r, rows.c)), shape=(len(rows.lo), V.n)).tocsr()
+    start = time.perf_counter()
+    res = milp(c=np.array(V.cost), constraints=LinearConstraint(A, rows.lo, rows.hi),
+               integrality=np.array(V.integer), bounds=Bounds(V.lb, V.ub),
+               options={"time_limit": float(time_limit), "disp": False, "mip_rel_gap": 1e-9})
+    elapsed = time.perf_counter() - start
+    if res.x is None:
+        return None, "infeasible" if res.status == 2 else f"no solution within {time_limit:g} s"
+    x = np.round(res.x).astype(int)
+    steps = _to_steps(order, deps, users, [[x[v] for v in row] for row in R], [[x[v] for v in row] for row in S])
+    plan = Plan("budget", steps, solver="milp", solve_time_s=elapsed,
+                lower_bound=float(getattr(res, "mip_dual_bound", None) or res.fun))
+    plan.notes["optimal"] = res.status == 0
+    plan.notes["milp_size"] = {"variables": V.n, "constraints": len(rows.lo)}
+    return plan, "optimal" if res.status == 0 else "time limit"
+
+
+def _to_steps(order, deps, users, R, S):
+    n = len(order)
+    live, steps = set(), []
+    for t in range(n):
+        keep_next = {i for i in range(t + 1) if t + 1 < n and i < t + 1 and S[t + 1][i]}
+        computed = [k for k in range(t + 1) if R[t][k]]
+        used = {i for k in computed for i in deps[k]}
+        for i in sorted(live):  # carried in but neither used here nor kept further
+            if not (i < t and S[t][i]) or (i not in used and i not in keep_next):
+                steps.append((FREE, order[i]))
+                live.discard(i)
+        for pos, k in enumerate(computed):
+            if k not in live:
+                steps.append((COMPUTE, order[k]))
+                live.add(k)
+            later = set(computed[pos + 1:])
+            for i in deps[k] + [k]:
+                if i in live and i not in keep_next and not any(j in later for j in users[i]):
+                    steps.append((FREE, order[i]))
+                    live.discard(i)
+    return steps
