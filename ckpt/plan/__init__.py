@@ -67,16 +67,67 @@ def _budget(joint, ix, budget, time_limit):
     return p
 
 
+def smallest_peak(joint, ix, time_limit=30.0):
+    """(bytes, exact): the least peak any schedule reaches, exact for chains and small DAGs."""
+    resident = joint.graph.get("resident", 0)
+    sa_sim = simulate(joint, store_all(ix).steps, check=False)
+    chain = Chain.of(ix)
+    if chain is not None:
+        p = solve_chain(chain, sa_sim.peak_managed)
+        if p is not None:
+            return resident + p.notes["min_managed"], p.notes["exact"]
+    _, sim = least_memory(ix, joint)
+    hi = min(sim.peak_managed, sa_sim.peak_managed)
+    if chain is not None or len(ix.order) > MILP_MAX_NODES // 2:
+        return resident + hi, False
+    # no step can run with less than its operands and its output live
+    lo = max(ix.ram[x] + sum(ix.ram[u] for u in ix.preds[x]) for x in ix.order)
+    while lo < hi:  # bisect on the MILP's feasibility
+        mid = (lo + hi) // 2
+        p, status = solve_milp(ix, mid, time_limit=min(time_limit, 10.0))
+        if p is not None:
+            hi = simulate(joint, p.steps, check=False).peak_managed
+        elif status.startswith("infeasible"):
+            lo = mid + 1
+        else:
+            return resident + hi, False
+    return resident + hi, True
+
+
+def plan_table(joint, names, budget, time_limit=30.0, ix=None, strict=False, budgets=None):
+    """One row per strategy (or, with `budgets`, one budget-strategy row per budget) for reports."""
+    ix = ix or JointIndex(joint)
+    sa_sim = simulate(joint, store_all(ix).steps, check=False)
+    jobs = [("budget", b) for b in budgets] if budgets is not None else [(n, budget) for n in names]
+    rows = []
+    for name, b in jobs:
+        row = {"name": name, "budget_bytes": b, "resident_bytes": joint.graph.get("resident", 0)}
+        try:
+            p, sim = plan(joint, name, b, time_limit=time_limit, ix=ix)
+        except BudgetError as e:
+            if strict:
+                raise
+            row.update(feasible=False, peak_bytes=None, managed_bytes=None, overhead=None, cost=None, stored=None,
+                       recomputed=None, solver="-", solve_time_s=0.0, error=str(e), min_peak_bytes=e.min_peak)
+            rows.append(row)
+            continue
+        overhead = (sim.cost - sa_sim.cost) / sa_sim.cost if sa_sim.cost else 0.0
+        lb = None if p.lower_bound is None else (p.lower_bound - sa_sim.cost) / sa_sim.cost if sa_sim.cost else 0.0
+        row.update(feasible=b is None or sim.peak <= b, peak_bytes=sim.peak, managed_bytes=sim.peak_managed,
+                   overhead=overhead, cost=sim.cost, stored=sim.stored, recomputed=sim.recomputes,
+                   solver=p.solver, solve_time_s=p.solve_time_s, lower_bound_overhead=lb)
+        rows.append(row)
+    return rows
+
+
 def _fail(joint, ix, budget, resident, chain_min=None, exact=True):
     if chain_min is not None:
         best = resident + chain_min
-        how = "the smallest feasible peak is" if exact else "the smallest peak the chain DP reaches is"
     else:
-        _, sim = least_memory(ix, joint)
-        best = sim.peak
-        how = "the smallest peak ckpt can schedule is"
+        best, exact = smallest_peak(joint, ix)
+    how = "the smallest feasible peak is" if exact else "the smallest peak ckpt can schedule is"
     raise BudgetError(f"no schedule fits a memory budget of {fmt_bytes(budget)} ({budget} bytes): {how} "
                       f"{fmt_bytes(best)} ({best} bytes; {fmt_bytes(resident)} of it resident)", min_peak=best)
 
 
-__all__ = ["STRATEGIES", "plan", "JointIndex"]
+__all__ = ["STRATEGIES", "plan", "plan_table", "smallest_peak", "JointIndex"]
