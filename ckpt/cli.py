@@ -52,7 +52,7 @@ dtype_opt = click.option("--dtype", type=click.Choice(["float16", "bfloat16", "f
                          help="Override the config's float dtype.")
 budget_opt = click.option("--memory-budget", "budget", metavar="SIZE",
                           help="Peak memory allowed: 512MiB, 2GB, 1.5GiB, bytes, or 0.8x of store-all's peak.")
-time_limit_opt = click.option("--time-limit", default=30.0, show_default=True, type=click.FloatRange(min=0.1),
+time_limit_opt = click.option("--time-limit", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
                               help="Seconds the exact DAG solver (MILP) may take before the heuristic answers.")
 
 
@@ -232,9 +232,13 @@ def plan(config, budget, strategy, sweep, points, time_limit, sets, dtype, as_js
         return
     click.echo(f"model {doc['model']}: {len(model.index.fwd)} forward and {len(model.index.bwd)} gradient nodes; "
                f"budget {fmt_bytes(budget_b) if budget_b else 'none'}")
-    trows = [(r["name"], "yes" if r["feasible"] else "no", fmt_bytes(r["peak_bytes"]), fmt_bytes(r["resident_bytes"]),
-              fmt_bytes(r["managed_bytes"]), fmt_pct(r["overhead"]), r["stored"], r["recomputed"], r["solver"],
-              fmt_time(r["solve_time_s"])) for r in rows]
+    def b(n):
+        return "-" if n is None else fmt_bytes(n)
+
+    trows = [(r["name"], "yes" if r["feasible"] else "no", b(r["peak_bytes"]), b(r["resident_bytes"]),
+              b(r["managed_bytes"]), fmt_pct(r["overhead"]), "-" if r["stored"] is None else r["stored"],
+              "-" if r["recomputed"] is None else r["recomputed"], r["solver"], fmt_time(r["solve_time_s"]))
+             for r in rows]
     click.echo(table(trows, ["strategy", "fits", "peak", "resident", "managed", "overhead", "stored",
                              "recomputed", "solver", "solve time"]))
     for r in rows:

@@ -4,6 +4,8 @@ The planners see only the joint forward+backward graph (ckpt.model.joint): node 
 bytes and edges. Nothing here allocates a tensor.
 """
 
+import time
+
 from ..errors import BudgetError, ConfigError
 from ..simulate import simulate
 from ..sizes import fmt_bytes
@@ -20,6 +22,7 @@ MILP_MAX_NODES = 120  # joint nodes; beyond this HiGHS rarely closes the Checkma
 def plan(joint, strategy, budget=None, time_limit=30.0, ix=None):
     """(Plan, Simulation) for one strategy. `budget` bounds the whole peak, resident included."""
     ix = ix or JointIndex(joint)
+    start = time.perf_counter()
     if strategy == "store-all":
         p = store_all(ix)
     elif strategy == "sqrt-n":
@@ -30,6 +33,8 @@ def plan(joint, strategy, budget=None, time_limit=30.0, ix=None):
         p = _budget(joint, ix, budget, time_limit)
     else:
         raise ConfigError(f"unknown strategy {strategy!r} (use one of {', '.join(STRATEGIES)})")
+    if not p.solve_time_s:
+        p.solve_time_s = time.perf_counter() - start
     return p, simulate(joint, p.steps)
 
 
@@ -52,19 +57,25 @@ def _budget(joint, ix, budget, time_limit):
                 _fail(joint, ix, budget, resident, chain_min=p.notes.get("min_managed"), exact=p.notes["exact"])
             return p
         status = "chain too long for the DP table"
-    elif len(ix.order) <= MILP_MAX_NODES:
-        p, status = solve_milp(ix, managed, time_limit=time_limit)
-        if p is not None:
-            return p
-        if status.startswith("infeasible"):
+    h = heuristic(ix, managed, joint)
+    if chain is None and len(ix.order) <= MILP_MAX_NODES:
+        m, status = solve_milp(ix, managed, time_limit=time_limit)
+        if m is not None and m.notes["optimal"]:
+            return m
+        if m is None and status.startswith("infeasible"):
             _fail(joint, ix, budget, resident)
-    p = heuristic(ix, managed, joint)
-    if p is None:
+        if m is not None:  # the time limit struck: the better of the incumbent and the heuristic
+            m.solver = "milp (time limit)"
+            if h is None or simulate(joint, m.steps, check=False).cost <= simulate(joint, h.steps, check=False).cost:
+                return m
+            h.lower_bound = m.lower_bound
+    if h is None:
         _fail(joint, ix, budget, resident)
-    p.lower_bound = sa_sim.cost  # nothing recomputed: a bound every schedule respects
+    if h.lower_bound is None:
+        h.lower_bound = sa_sim.cost  # nothing recomputed: a bound every schedule respects
     if status:
-        p.notes["exact_solver"] = status
-    return p
+        h.notes["exact_solver"] = status
+    return h
 
 
 def smallest_peak(joint, ix, time_limit=30.0):

@@ -82,26 +82,69 @@ class Chain:
                     held += ix.ram[b]
             self.extra[k] = peak
 
+    @property
+    def backward_cost(self):
+        """Every schedule runs each gradient node once: the cost the DP leaves out."""
+        return sum(self.ix.cost[b] for g in self.groups[1:] for b in g)
+
     def sizes(self):
         return [s for s in self.x + self.gsz + self.extra if s > 0]
 
 
+def _unit(sizes, budget):
+    """Slot size: the gcd of the sizable values (a scalar loss must not force 4-byte slots), made
+    coarser when the budget would need more than MAX_SLOTS slots."""
+    if not sizes:
+        return 1
+    big = [s for s in sizes if s * 64 >= max(sizes)]
+    unit = math.gcd(*big)
+    if budget // unit > MAX_SLOTS:
+        unit = math.ceil(budget / MAX_SLOTS)
+    return unit
+
+
 def solve_chain(chain, budget_managed):
-    """Returns a Plan, or None when the table would be too large (the caller falls back)."""
+    """Returns a Plan (steps None when infeasible), or None when the table would be too large.
+
+    Sizes are rounded up to slots, so the plan always fits. When some size is not a whole number
+    of slots, the DP runs again with sizes rounded down: a relaxation whose cost bounds every
+    schedule's from below. Equal costs prove the plan optimal to the byte."""
     start = time.perf_counter()
-    L = chain.L
     sizes = chain.sizes()
-    unit = math.gcd(*sizes) if sizes else 1
-    exact = True
-    if budget_managed // unit > MAX_SLOTS:
-        unit, exact = max(unit, math.ceil(budget_managed / MAX_SLOTS)), False
-        exact = all(s % unit == 0 for s in sizes)
+    unit = _unit(sizes, budget_managed)
     S = int(budget_managed // unit)
-    if 2 * (L + 1) ** 2 * (S + 1) > MAX_CELLS:
+    if 2 * (chain.L + 1) ** 2 * (S + 1) > MAX_CELLS:
         return None
+    rounded = any(s % unit for s in sizes)
+    T, C, x = _table(chain, unit, S, math.ceil)
+    cost = T[0, 0, chain.L, S]
+    feasible = np.flatnonzero(np.isfinite(T[0, 0, chain.L]))
+    lower, min_lower = cost, None
+    if rounded:
+        T2, _, _ = _table(chain, unit, S, math.floor)
+        lower = T2[0, 0, chain.L, S]
+        lf = np.flatnonzero(np.isfinite(T2[0, 0, chain.L]))
+        min_lower = int(lf[0] * unit) if len(lf) else None
+    exact = not rounded or lower == cost
+    plan = Plan("budget", None, solver="chain-dp" if exact else "chain-dp (rounded)",
+                lower_bound=None if not np.isfinite(lower) else float(lower + chain.backward_cost))
+    plan.notes.update(exact=bool(exact), unit_bytes=int(unit), slots=S,
+                      min_managed=int(feasible[0] * unit) if len(feasible) else None, min_managed_lower=min_lower)
+    if np.isfinite(cost):
+        steps = []
+        _emit(chain, C, x, steps, 0, chain.L, 0, S)
+        plan.steps = steps
+        plan.notes["dp_cost"] = float(cost)
+    plan.solve_time_s = time.perf_counter() - start
+    return plan
+
+
+def _table(chain, unit, S, rnd):
+    """The DP table over (h, i, j, m slots) and its choices, with sizes rounded by `rnd`."""
+    L = chain.L
 
     def slots(b):
-        return -(-b // unit)
+        return int(rnd(b / unit))
 
     x = [slots(v) for v in chain.x]
     gs = [slots(v) for v in chain.gsz]
@@ -152,19 +195,7 @@ def solve_chain(chain, budget_managed):
                     best[better], choice[better] = cand[better], (ks[kbest])[better]
                 T[h, i, j], C[h, i, j] = best, choice
 
-    cost = T[0, 0, L, S]
-    feasible = np.flatnonzero(np.isfinite(T[0, 0, L]))
-    min_managed = int(feasible[0] * unit) if len(feasible) else None
-    if not np.isfinite(cost):
-        plan = Plan("budget", None, solver="chain-dp")
-        plan.notes.update(min_managed=min_managed, exact=exact)
-        return plan
-    steps = []
-    _emit(chain, C, x, steps, 0, L, 0, S)
-    plan = Plan("budget", steps, solver="chain-dp" if exact else "chain-dp (rounded)",
-                solve_time_s=time.perf_counter() - start, lower_bound=None)
-    plan.notes.update(exact=exact, unit_bytes=int(unit), slots=S, dp_cost=float(cost), min_managed=min_managed)
-    return plan
+    return T, C, x
 
 
 def _emit(ch, C, x, steps, i, j, h, m):
