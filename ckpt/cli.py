@@ -56,7 +56,18 @@ time_limit_opt = click.option("--time-limit", default=10.0, show_default=True, t
                               help="Seconds the exact DAG solver (MILP) may take before the heuristic answers.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Turns ckpt's typed errors into one line on stderr and the error's exit code."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except CkptError as e:
+            click.echo(f"ckpt: error: {e}", err=True)
+            ctx.exit(e.exit_code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ckpt")
 def cli():
     """ckpt: what to keep, what to recompute, and what it costs, for training deep networks."""
@@ -265,8 +276,7 @@ def _sweep(model, points, time_limit):
 def main():
     try:
         rv = cli.main(standalone_mode=False)
-    except CkptError as e:
-        click.echo(f"ckpt: error: {e}", err=True)
+    except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.exceptions.Abort:
         click.echo("ckpt: aborted", err=True)

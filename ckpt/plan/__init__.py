@@ -109,12 +109,19 @@ def plan_table(joint, names, budget, time_limit=30.0, ix=None, strict=False, bud
     """One row per strategy (or, with `budgets`, one budget-strategy row per budget) for reports."""
     ix = ix or JointIndex(joint)
     sa_sim = simulate(joint, store_all(ix).steps, check=False)
-    jobs = [("budget", b) for b in budgets] if budgets is not None else [(n, budget) for n in names]
-    rows = []
+    # A sweep runs from the smallest budget up and keeps the best plan so far: a plan that fits a
+    # smaller budget fits a larger one, so the frontier is monotone even where a solver stopped
+    # at its time limit.
+    jobs = [("budget", b) for b in sorted(budgets)] if budgets is not None else [(n, budget) for n in names]
+    rows, carried = [], None
     for name, b in jobs:
         row = {"name": name, "budget_bytes": b, "resident_bytes": joint.graph.get("resident", 0)}
         try:
             p, sim = plan(joint, name, b, time_limit=time_limit, ix=ix)
+            if budgets is not None:
+                if carried is not None and carried[1].cost < sim.cost:
+                    p, sim = carried
+                carried = (p, sim)
         except BudgetError as e:
             if strict:
                 raise

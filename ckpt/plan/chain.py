@@ -9,7 +9,8 @@ live (and a_j when h), within m bytes for everything live in the subproblem; it 
 grad(a_i) live. Three moves (Griewank's advance/takeshot/reverse, as in Beaumont et al. 2019):
   base   j = i+1: (re)compute a_j if group j reads it, run group j;
   direct group j does not read a_{j-1} and a_j is at hand: run it, then Opt(i, j-1, False, m);
-  split  advance from a_i to a_k, keep a_k: Opt(k, j, h, m - x_i), then Opt(i, k, True, m).
+  split  advance from a_i to a_k, keep a_k: Opt(k, j, h, m - x_i), then Opt(i, k, h', m) where
+         h' says whether group k reads a_k (if not, a_k is dropped first).
 Memory is counted in slots of a common unit: the gcd of all sizes when that gives few enough slots
 (then the plan is exact to the byte), else a coarser unit with sizes rounded up (then feasible but
 possibly a little off the optimum; the plan says so).
@@ -156,6 +157,7 @@ def _table(chain, unit, S, rnd):
     T = np.full((2, L + 1, L + 1, S + 1), INF)
     C = np.full((2, L + 1, L + 1, S + 1), -9, dtype=np.int32)  # -1 base, -2 direct, k split
     csum = np.concatenate([[0.0], np.cumsum(c[1:])])  # csum[k] = c_1 + ... + c_k
+    nout_k = np.array(nout, dtype=bool)
 
     for d in range(1, L + 1):
         for i in range(0, L - d + 1):
@@ -187,7 +189,9 @@ def _table(chain, unit, S, rnd):
                     sub1 = np.full((len(ks), S + 1), INF)
                     if x[i] <= S:
                         sub1[:, x[i]:] = T[h, i + 1:j, j, :S + 1 - x[i]]
-                    total = adv[:, None] + sub1 + T[1, i, i + 1:j, :]
+                    # after the right part, a_k stays live only if group k reads it
+                    rest = np.where(nout_k[i + 1:j, None], T[1, i, i + 1:j, :], T[0, i, i + 1:j, :])
+                    total = adv[:, None] + sub1 + rest
                     total[m[None, :] < (base + P)[:, None]] = INF
                     kbest = np.argmin(total, axis=0)
                     cand = total[kbest, m]
@@ -228,4 +232,8 @@ def _emit(ch, C, x, steps, i, j, h, m):
         if t - 1 > i:
             steps.append((FREE, fwd[t - 2]))
     _emit(ch, C, x, steps, k, j, h, m - x[i])
-    _emit(ch, C, x, steps, i, k, 1, m)
+    if ch.needs_out[k]:
+        _emit(ch, C, x, steps, i, k, 1, m)
+    else:
+        steps.append((FREE, fwd[k - 1]))
+        _emit(ch, C, x, steps, i, k, 0, m)
