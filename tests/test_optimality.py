@@ -1,0 +1,69 @@
+"""The budget strategy against known optima: Revolve's binomial formula on uniform chains, and an
+exhaustive search over schedules on small DAGs."""
+
+import math
+
+import pytest
+
+from ckpt.plan import plan
+from ckpt.plan.chain import Chain
+from ckpt.plan.keepset import JointIndex
+from ckpt.simulate import simulate
+from helpers import exhaustive_cost, random_joint, revolve_bruteforce, revolve_count, uniform_chain_joint
+
+
+@pytest.mark.parametrize("l", range(1, 8))
+@pytest.mark.parametrize("s", range(1, 5))
+def test_revolve_formula_against_bruteforce(l, s):
+    assert revolve_count(l, s) == revolve_bruteforce(l, s)
+
+
+def test_revolve_formula_known_values():
+    assert revolve_count(10, 1) == 45  # one slot: every reversal restarts from the input
+    assert revolve_count(10, 10) == 9  # a slot per state: one sweep, the last step not counted
+
+
+@pytest.mark.parametrize("l", [1, 2, 3, 5, 8, 13, 20, 30])
+def test_budget_strategy_meets_revolve_on_uniform_chains(l):
+    """Mapping of ckpt's memory model onto Revolve's convention, for a chain whose every value and
+    gradient takes one unit and whose step k is reversed from a_{k-1}:
+      - Revolve's s slots include the chain's input; ckpt's input is resident (costs nothing), so
+        s - 1 units hold checkpoints;
+      - ckpt also counts what Revolve leaves out: one unit for the gradient being passed back and
+        two for an advance (the value read and the value written; Revolve overwrites in place).
+    So s slots are a managed budget of s + 2 units. ckpt's count of forward evaluations includes
+    the loss value itself, which Revolve's "the step being reversed is not counted" leaves out:
+    ckpt's count is F(l, s) + 1."""
+    j = uniform_chain_joint(l)
+    ix = JointIndex(j)
+    assert Chain.of(ix) is not None
+    for s in range(1, l + 2):
+        p, sim = plan(j, "budget", s + 2, ix=ix)
+        assert p.solver == "chain-dp" or p.solver == "store-all fits"
+        assert sim.forward_computes == revolve_count(l, s) + 1, (l, s)
+        assert sim.peak_managed <= s + 2
+
+
+def test_chain_dp_on_a_long_chain_meets_revolve():
+    j = uniform_chain_joint(200)
+    p, sim = plan(j, "budget", 12, ix=JointIndex(j))
+    assert p.solver.startswith("chain-dp") and sim.peak_managed <= 12
+    assert sim.forward_computes == revolve_count(200, 10) + 1
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_budget_strategy_equals_exhaustive_search_on_small_dags(seed):
+    j = random_joint(seed, n_ops=4)
+    ix = JointIndex(j)
+    _, sa = plan(j, "store-all", ix=ix)
+    floor = max(ix.ram[x] + sum(ix.ram[u] for u in ix.preds[x]) for x in ix.order)
+    checked = 0
+    for b in sorted({floor, (floor + sa.peak_managed) // 2, sa.peak_managed - 8, sa.peak_managed}):
+        best = exhaustive_cost(j, b)
+        if math.isinf(best):
+            continue
+        p, sim = plan(j, "budget", b + sa.resident, ix=ix)
+        assert sim.peak_managed <= b
+        assert sim.cost == pytest.approx(best, rel=1e-9), (seed, b, p.solver)
+        checked += 1
+    assert checked >= 1
