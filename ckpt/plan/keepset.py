@@ -31,63 +31,104 @@ class JointIndex:
 
 def keep_schedule(ix, keep, eager=False):
     """`eager`: a recomputed value outside `keep` is dropped once the gradient that wanted it is
-    computed, instead of being kept until its last reader."""
+    computed, instead of being kept until its last reader.
+
+    Demand is kept up to date incrementally, so a schedule costs time linear in the graph:
+    `support[u]` counts the reasons u is still demanded (a gradient still to come reads it, or a
+    consumer that will have to be recomputed is demanded); it only ever falls, and u is freed
+    the moment it reaches zero."""
     steps = []
     live = set()
-    fpos = {u: i for i, u in enumerate(ix.fwd)}
-    last_fwd_reader = {u: max((fpos[c] for c in ix.fsuccs[u]), default=-1) for u in ix.fwd}
+    fwd, fpreds, fsuccs = ix.fwd, ix.fpreds, ix.fsuccs
+    fpos = {u: i for i, u in enumerate(fwd)}
+    fwd_set = set(fwd)
+    last_fwd_reader = {u: max((fpos[c] for c in fsuccs[u]), default=-1) for u in fwd}
 
-    for i, x in enumerate(ix.fwd):
+    def drop(u):
+        steps.append((FREE, u))
+        live.discard(u)
+
+    for i, x in enumerate(fwd):
         steps.append((COMPUTE, x))
         live.add(x)
-        for u in ix.fpreds[x] + [x]:
+        for u in fpreds[x] + [x]:
             if u in live and u not in keep and last_fwd_reader[u] <= i:
-                steps.append((FREE, u))
-                live.discard(u)
+                drop(u)
 
     remaining = {u: len(ix.breaders[u]) for u in ix.order}  # gradient readers not yet computed
 
-    current = set()  # operands of the gradient being computed (the eager policy's only demand)
+    def by_demand(u):  # freed when `support` runs out (else by the eager rule)
+        return u in keep or not eager
 
-    def sweep():
-        demanded, now = {}, {}
-        for u in reversed(ix.fwd):
-            d, e = remaining[u] > 0, u in current
-            for c in ix.fsuccs[u]:
-                if c not in live:
-                    e = e or now[c]
-                # under the eager policy a live value outside `keep` is about to be dropped, so
-                # what it was recomputed from stays demanded
-                if c not in live or (eager and c not in keep):
-                    d = d or demanded[c]
-            demanded[u], now[u] = d, e
-            if u in live and not (d if (u in keep or not eager) else e):
-                steps.append((FREE, u))
-                live.discard(u)
+    def counts(c):  # does demand on c pass on to what c is computed from?
+        return c not in live or not by_demand(c)
 
-    sweep()
+    support = {}
+    for u in reversed(fwd):
+        support[u] = (remaining[u] > 0) + sum(1 for c in fsuccs[u] if counts(c) and support[c] > 0)
+
+    def lose(u):
+        """One reason for demanding u is gone."""
+        support[u] -= 1
+        if support[u] == 0:
+            if u in live:
+                if by_demand(u):
+                    drop(u)
+                # a live value outside `keep` (eager) still counts for its sources: they lose
+                # that reason now that nothing demands it
+                if not by_demand(u):
+                    for p in fpreds[u]:
+                        lose(p)
+            else:
+                for p in fpreds[u]:
+                    lose(p)
+
+    for u in fwd:
+        if u in live and support[u] == 0 and by_demand(u):
+            drop(u)
+
     for b in ix.bwd:
-        current = set(ix.fpreds[b])
-        missing, stack = set(), [u for u in ix.fpreds[b] if u not in live]
+        missing, stack = set(), [u for u in fpreds[b] if u not in live]
         while stack:
             u = stack.pop()
             if u not in missing:
                 missing.add(u)
-                stack.extend(p for p in ix.fpreds[u] if p not in live and p not in missing)
-        for u in sorted(missing, key=ix.pos.__getitem__):
+                stack.extend(p for p in fpreds[u] if p not in live and p not in missing)
+        batch = sorted(missing, key=ix.pos.__getitem__)
+        for n, u in enumerate(batch):
             steps.append((COMPUTE, u))
             live.add(u)
-            sweep()
+            if support[u] > 0 and by_demand(u):  # u live now: its sources lose u's demand
+                for p in fpreds[u]:
+                    lose(p)
+            if eager:
+                _drop_unwanted(fpreds, fwd_set, live, keep, fpreds[b], batch[n + 1:], drop)
         steps.append((COMPUTE, b))
         live.add(b)
         for u in ix.preds[b]:
             remaining[u] -= 1
-            if ix.joint.nodes[u]["kind"] == "backward" and remaining[u] == 0:
-                steps.append((FREE, u))
-                live.discard(u)
+            if ix.joint.nodes[u]["kind"] == "backward":
+                if remaining[u] == 0:
+                    drop(u)
+            elif remaining[u] == 0:
+                lose(u)
         if remaining[b] == 0:
-            steps.append((FREE, b))
-            live.discard(b)
-        current = set()
-        sweep()
+            drop(b)
+        if eager:
+            _drop_unwanted(fpreds, fwd_set, live, keep, (), (), drop)
     return steps
+
+
+def _drop_unwanted(fpreds, fwd, live, keep, current, pending, drop):
+    """Eager policy: drop every live value outside `keep` that neither the gradient being
+    computed reads nor the rest of its recompute batch needs."""
+    wanted, stack = set(), list(current) + list(pending)
+    while stack:
+        u = stack.pop()
+        if u in wanted:
+            continue
+        wanted.add(u)
+        if u not in live:
+            stack.extend(fpreds[u])
+    for u in [u for u in live if u not in keep and u not in wanted and u in fwd]:
+        drop(u)
