@@ -54,7 +54,7 @@ def _budget(joint, ix, budget, time_limit):
         p = solve_chain(chain, managed)
         if p is not None:
             if p.steps is None:
-                _fail(joint, ix, budget, resident, chain_min=p.notes.get("min_managed"), exact=p.notes["exact"])
+                _fail(joint, ix, budget, resident, chain_min=p.notes.get("min_managed"), exact=p.notes["min_exact"])
             return p
         status = "chain too long for the DP table"
     h = heuristic(ix, managed, joint)
@@ -86,7 +86,7 @@ def smallest_peak(joint, ix, time_limit=30.0):
     if chain is not None:
         p = solve_chain(chain, sa_sim.peak_managed)
         if p is not None:
-            return resident + p.notes["min_managed"], p.notes["exact"]
+            return resident + p.notes["min_managed"], p.notes["min_exact"]
     _, sim = least_memory(ix, joint)
     hi = min(sim.peak_managed, sa_sim.peak_managed)
     if chain is not None or len(ix.order) > MILP_MAX_NODES // 2:

@@ -117,32 +117,57 @@ def solve_chain(chain, budget_managed):
     if 2 * (chain.L + 1) ** 2 * (S + 1) > MAX_CELLS:
         return None
     rounded = any(s % unit for s in sizes)
-    T, C, x = _table(chain, unit, S, math.ceil)
-    cost = T[0, 0, chain.L, S]
-    feasible = np.flatnonzero(np.isfinite(T[0, 0, chain.L]))
-    lower, min_lower = cost, None
+    # Values smaller than a slot (a scalar loss and its gradient) take no slot: their bytes are set
+    # aside from the budget instead (S_up slots are then safe), and a plan for a slot or two more
+    # is also taken when its real peak, walked byte by byte, still fits.
+    tiny = sum(v for v in chain.x + chain.gsz if 0 < v < unit) + max([v for v in chain.extra if v < unit], default=0)
+    S_up = int((budget_managed - tiny) // unit)
+    T, C, x = _table(chain, unit, S + 2, lambda v: 0 if v < 1 else math.ceil(v))
+    finite = np.isfinite(T[0, 0, chain.L])
+    plan = Plan("budget", None, solver="chain-dp")
+    for m in range(S + 2, max(S_up, 0) - 1, -1):
+        if finite[m]:
+            steps = []
+            _emit(chain, C, x, steps, 0, chain.L, 0, m)
+            if m <= S_up or peak_managed(chain.ix, steps) <= budget_managed:
+                plan.steps, cost = steps, T[0, 0, chain.L, m]
+                break
+    feasible = np.flatnonzero(finite)
+    min_managed = None
+    if len(feasible):
+        steps = []
+        _emit(chain, C, x, steps, 0, chain.L, 0, int(feasible[0]))
+        min_managed = peak_managed(chain.ix, steps)
+    lower, min_lower = None, min_managed
     if rounded:
         T2, _, _ = _table(chain, unit, S, math.floor)
         lower = T2[0, 0, chain.L, S]
         lf = np.flatnonzero(np.isfinite(T2[0, 0, chain.L]))
         min_lower = int(lf[0] * unit) if len(lf) else None
-    exact = not rounded or lower == cost
-    plan = Plan("budget", None, solver="chain-dp" if exact else "chain-dp (rounded)",
-                lower_bound=None if not np.isfinite(lower) else float(lower + chain.backward_cost))
-    plan.notes.update(exact=bool(exact), unit_bytes=int(unit), slots=S,
-                      min_managed=int(feasible[0] * unit) if len(feasible) else None, min_managed_lower=min_lower)
-    if np.isfinite(cost):
-        steps = []
-        _emit(chain, C, x, steps, 0, chain.L, 0, S)
-        plan.steps = steps
+    exact = plan.steps is not None and (not rounded or lower == cost)
+    exact_min = min_managed is not None and min_lower == min_managed
+    plan.solver = "chain-dp" if exact or plan.steps is None else "chain-dp (rounded)"
+    if plan.steps is not None:
+        plan.lower_bound = float((cost if exact else lower) + chain.backward_cost)
         plan.notes["dp_cost"] = float(cost)
+    plan.notes.update(exact=bool(exact), unit_bytes=int(unit), slots=S, min_managed=min_managed,
+                      min_exact=bool(exact_min))
     plan.solve_time_s = time.perf_counter() - start
     return plan
 
 
-def _table(chain, unit, S, rnd):
+def peak_managed(ix, steps):
+    live = peak = 0
+    for kind, x in steps:
+        live += ix.ram[x] if kind == COMPUTE else -ix.ram[x]
+        peak = max(peak, live)
+    return peak
+
+
+def _table(chain, unit, S, rnd, S_up=None):
     """The DP table over (h, i, j, m slots) and its choices, with sizes rounded by `rnd`."""
     L = chain.L
+    S = S if S_up is None else max(S_up, 0)
 
     def slots(b):
         return int(rnd(b / unit))

@@ -41,7 +41,6 @@ def keep_schedule(ix, keep, eager=False):
     live = set()
     fwd, fpreds, fsuccs = ix.fwd, ix.fpreds, ix.fsuccs
     fpos = {u: i for i, u in enumerate(fwd)}
-    fwd_set = set(fwd)
     last_fwd_reader = {u: max((fpos[c] for c in fsuccs[u]), default=-1) for u in fwd}
 
     def drop(u):
@@ -95,6 +94,12 @@ def keep_schedule(ix, keep, eager=False):
                 missing.add(u)
                 stack.extend(p for p in fpreds[u] if p not in live and p not in missing)
         batch = sorted(missing, key=ix.pos.__getitem__)
+        current = set(fpreds[b])
+        if eager:  # the last batch step that reads each value: after it, the value may go
+            last_use = {}
+            for n, u in enumerate(batch):
+                for p in fpreds[u]:
+                    last_use[p] = n
         for n, u in enumerate(batch):
             steps.append((COMPUTE, u))
             live.add(u)
@@ -102,7 +107,9 @@ def keep_schedule(ix, keep, eager=False):
                 for p in fpreds[u]:
                     lose(p)
             if eager:
-                _drop_unwanted(fpreds, fwd_set, live, keep, fpreds[b], batch[n + 1:], drop)
+                for p in fpreds[u]:
+                    if last_use[p] == n and p in live and p not in keep and p not in current:
+                        drop(p)
         steps.append((COMPUTE, b))
         live.add(b)
         for u in ix.preds[b]:
@@ -115,20 +122,7 @@ def keep_schedule(ix, keep, eager=False):
         if remaining[b] == 0:
             drop(b)
         if eager:
-            _drop_unwanted(fpreds, fwd_set, live, keep, (), (), drop)
+            for u in current:
+                if u in live and u not in keep:
+                    drop(u)
     return steps
-
-
-def _drop_unwanted(fpreds, fwd, live, keep, current, pending, drop):
-    """Eager policy: drop every live value outside `keep` that neither the gradient being
-    computed reads nor the rest of its recompute batch needs."""
-    wanted, stack = set(), list(current) + list(pending)
-    while stack:
-        u = stack.pop()
-        if u in wanted:
-            continue
-        wanted.add(u)
-        if u not in live:
-            stack.extend(fpreds[u])
-    for u in [u for u in live if u not in keep and u not in wanted and u in fwd]:
-        drop(u)
