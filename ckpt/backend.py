@@ -4,6 +4,7 @@ Ops are written once against `backend.xp`; nothing else in ckpt imports cupy. Th
 synchronisation (for honest timing) and the allocator meter (the backend's own high-water mark).
 """
 
+import os
 import time
 import tracemalloc
 
@@ -23,6 +24,13 @@ class Backend:
 
     def to_host(self, array):
         return np.asarray(array)
+
+    def memory_bytes(self):
+        """Physical memory of the machine (0 when unknown)."""
+        try:
+            return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return 0
 
     def sync(self):
         """Wait for queued work; a no-op on the CPU."""
@@ -61,6 +69,9 @@ class CupyBackend(Backend):
 
     def to_host(self, array):
         return self.xp.asnumpy(array)
+
+    def memory_bytes(self):
+        return self.xp.cuda.Device().mem_info[1]
 
     def sync(self):
         self.xp.cuda.get_current_stream().synchronize()

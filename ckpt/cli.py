@@ -10,7 +10,9 @@ from .errors import CkptError, ConfigError
 from .model.joint import GRAD
 from .plan import STRATEGIES, plan as make_plan, plan_table, smallest_peak
 from .report import emit_json, fmt_bytes, fmt_pct, fmt_time, fmt_value, gradient_summary, table
-from .session import check_gradients, load_model, raise_if_failed, run_plan, time_side_by_side
+from .model.costgraph import cost_graph_doc, write_json_atomic
+from .session import (check_gradients, load_model, raise_if_failed, require_memory, require_model, run_plan,
+                      time_side_by_side)
 from .sizes import parse_size
 
 
@@ -88,9 +90,11 @@ def cli():
 def run(config, steps, strategy, budget, time_limit, device, trace, sets, dtype, as_json):
     """Run forward+backward steps under a strategy; report loss, gradients, memory and time."""
     model = load_model(config, _overrides(sets), dtype)
+    require_model(model, "run")
     budget_b = _budget(budget, model)
     backend = get_backend(device)
     p, sim = make_plan(model.joint, strategy, budget_b, time_limit=time_limit, ix=model.index)
+    require_memory(model, sim.peak, backend)
     sa, sa_sim = make_plan(model.joint, "store-all", ix=model.index)
     r = run_plan(model, p.steps, backend, n_steps=steps)
     measured_overhead = None
@@ -235,7 +239,7 @@ def plan(config, budget, strategy, sweep, points, time_limit, sets, dtype, as_js
         names = tuple(n for n in names if n != "budget")
     rows = plan_table(model.joint, names, budget_b, time_limit=time_limit, ix=model.index,
                       strict=strategy == "budget")
-    doc = {"model": model.graph.graph["name"], "config": config, "budget_bytes": budget_b, "strategies": rows}
+    doc = {"model": model.joint.graph["name"], "config": config, "budget_bytes": budget_b, "strategies": rows}
     if sweep:
         doc["sweep"] = _sweep(model, points, time_limit)
     if as_json:
@@ -262,6 +266,24 @@ def plan(config, budget, strategy, sweep, points, time_limit, sets, dtype, as_js
         srows = [(fmt_bytes(s["budget_bytes"]), fmt_bytes(s["peak_bytes"]) if s["feasible"] else "-",
                   fmt_pct(s["overhead"]) if s["feasible"] else "infeasible", s["solver"]) for s in doc["sweep"]]
         click.echo(table(srows, ["budget", "peak", "overhead", "solver"]))
+
+
+# ---- export ------------------------------------------------------------------------------------
+@cli.command()
+@config_arg
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the JSON.")
+@set_opt
+@dtype_opt
+def export(config, output, sets, dtype):
+    """Write the model's joint forward+backward graph as node-link JSON with costs and bytes."""
+    model = load_model(config, _overrides(sets), dtype)
+    require_model(model, "export")
+    try:
+        write_json_atomic(output, cost_graph_doc(model.joint))
+    except OSError as e:
+        raise ConfigError(f"cannot write: {e.strerror}", file=output) from None
+    click.echo(f"wrote {output}: {len(model.index.order)} nodes ({len(model.index.fwd)} forward, "
+               f"{len(model.index.bwd)} backward), {model.joint.number_of_edges()} edges", err=True)
 
 
 def _sweep(model, points, time_limit):

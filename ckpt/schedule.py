@@ -52,7 +52,7 @@ def validate(joint, steps):
             live.discard(x)
         else:
             raise ScheduleError(f"step {n}: unknown step kind {kind!r}")
-    missing = [x for x in joint if joint.nodes[x]["kind"] == "backward" and x not in done]
+    missing = [x for x in joint if x not in done]
     if missing:
         raise ScheduleError(f"schedule never computes {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
     return steps

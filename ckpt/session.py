@@ -10,8 +10,10 @@ from .backend import get_backend
 from .errors import CheckFailed, ConfigError
 from .execute import Executor, forward_value
 from .model import build_graph, leaf_values, load_config, lower
+from .model.costgraph import load_cost_graph
 from .plan import JointIndex, plan
 from .simulate import simulate  # noqa: F401  (re-exported for scripts)
+from .sizes import fmt_bytes
 
 
 @dataclass
@@ -24,6 +26,13 @@ class Model:
 
 
 def load_model(path, overrides=None, dtype=None):
+    """A YAML model config, or (for `.json`) a cost graph from another tool, which can be planned
+    but not run."""
+    if str(path).lower().endswith(".json"):
+        if overrides or dtype:
+            raise ConfigError("--set and --dtype apply to YAML model configs, not to cost graphs", file=path)
+        j = load_cost_graph(path)
+        return Model(path, None, None, j, JointIndex(j))
     overrides = dict(overrides or {})
     if dtype is not None:
         overrides["dtype"] = dtype
@@ -31,6 +40,20 @@ def load_model(path, overrides=None, dtype=None):
     g = build_graph(spec)
     j = lower(g)
     return Model(path, spec, g, j, JointIndex(j))
+
+
+def require_model(model, command):
+    if model.graph is None:
+        raise ConfigError(f"{command} needs a YAML model config; a cost graph can only be planned", file=model.path)
+
+
+def require_memory(model, predicted_peak, backend):
+    """Refuse, before allocating anything, a step that cannot fit in this machine's memory."""
+    have = backend.memory_bytes()
+    if have and predicted_peak > have:
+        raise ConfigError(f"running this model needs {fmt_bytes(predicted_peak)} (the plan's predicted peak) but "
+                          f"{backend.name} memory is {fmt_bytes(have)}; `ckpt plan` plans it without running it",
+                          file=model.path)
 
 
 def device_leaves(model, backend):

@@ -42,13 +42,11 @@ def build_graph(spec):
     for n in spec.nodes:
         for u in n.inputs:
             g.add_edge(u, n.name)
-    try:
+    if not nx.is_directed_acyclic_graph(g):  # linear time; find_cycle only to name the cycle
         cycle = nx.find_cycle(g)
         names = " -> ".join([u for u, _ in cycle] + [cycle[0][0]])
         first = min((u for u, _ in cycle), key=lambda u: position.get(u, 0))
         raise ConfigError(f"cycle: {names}", file=spec.file, line=g.nodes[first].get("line"), key=first)
-    except nx.NetworkXNoCycle:
-        pass
     order = [v for v in nx.lexicographical_topological_sort(g, key=lambda v: position.get(v, -1))
              if g.nodes[v]["kind"] == "op"]
     for v in order:

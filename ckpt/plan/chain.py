@@ -32,32 +32,41 @@ class Chain:
 
     @classmethod
     def of(cls, ix):
-        fwd = ix.fwd
+        """Recognised from the structure alone, so cost graphs from other tools qualify too: the
+        forward nodes form a path; one gradient node (the seed) reads only a_l; group k is the
+        set of gradient nodes reading grad(a_k), of which exactly one (grad(a_{k-1})) is read by
+        later gradient nodes, and group k reads at most a_{k-1} and a_k."""
+        fwd, joint = ix.fwd, ix.joint
         if not fwd:
             return None
         for k, a in enumerate(fwd):
             if ix.fpreds[a] != ([] if k == 0 else [fwd[k - 1]]):
                 return None
-        grad_of = {}  # forward node -> its gradient node
-        for b in ix.bwd:
-            grad_of[ix.joint.nodes[b]["ref"]] = b
-        if fwd[-1] not in grad_of or ix.preds[grad_of[fwd[-1]]] != [fwd[-1]]:
+
+        def bpreds(b):
+            return [u for u in ix.preds[b] if joint.nodes[u]["kind"] == "backward"]
+
+        roots = [b for b in ix.bwd if not bpreds(b)]
+        if len(roots) != 1 or ix.fpreds[roots[0]] != [fwd[-1]]:
             return None
-        groups = {k: [] for k in range(1, len(fwd) + 1)}
-        bpos = {grad_of[a]: k + 1 for k, a in enumerate(fwd) if a in grad_of}
-        for b in ix.bwd:
-            if b == grad_of[fwd[-1]]:
-                continue
-            bp = [u for u in ix.preds[b] if ix.joint.nodes[u]["kind"] == "backward"]
-            if len(bp) != 1 or bp[0] not in bpos:
+        grad_of = {fwd[-1]: roots[0]}
+        groups = {}
+        for k in range(len(fwd), 0, -1):
+            g = grad_of[fwd[k - 1]]
+            members = [b for b in ix.breaders[g] if bpreds(b) == [g]]
+            if len(members) != len(ix.breaders[g]):
+                return None  # something else reads grad(a_k) too
+            allowed = {fwd[k - 1]} | ({fwd[k - 2]} if k >= 2 else set())
+            if any(not set(ix.fpreds[b]) <= allowed for b in members):
                 return None
-            k = bpos[bp[0]]
-            if not set(ix.fpreds[b]) <= ({fwd[k - 1]} | ({fwd[k - 2]} if k >= 2 else set())):
+            passing = [b for b in members if ix.breaders[b]]
+            if len(passing) != (1 if k >= 2 else 0):
                 return None
-            groups[k].append(b)
-        for k in range(2, len(fwd) + 1):  # group k must hand grad(a_{k-1}) on, and nothing else may
-            if grad_of.get(fwd[k - 2]) not in groups[k]:
-                return None
+            if k >= 2:
+                grad_of[fwd[k - 2]] = passing[0]
+            groups[k] = members
+        if sum(len(m) for m in groups.values()) + 1 != len(ix.bwd):
+            return None
         return cls(ix, fwd, groups, grad_of)
 
     def __init__(self, ix, fwd, groups, grad_of):

@@ -23,38 +23,45 @@ def _spread(items, k):
     return [items[min(len(items) - 1, int((i + 1) * stride) - 1)] for i in range(k)]
 
 
-def candidates(ix):
-    """Keep-sets to try, from least memory to most."""
+def families(ix):
+    """Families of keep-sets, each ordered from least memory to most."""
     points = articulation_points(ix)
     res = [u for u in ix.fwd if u in ix.residuals]
     # values whose recompute is cheap for their size are dropped first
     by_value = sorted(res, key=lambda u: (ix.ram[u] / max(ix.cost[u], 1e-9), ix.pos[u]))
-    seen = set()
-    sizes = sorted({0, 1, 2, len(points)} | {round(len(points) ** e) for e in (0.25, 0.5, 0.75)}
-                   | {int(len(points) * f) for f in (0.125, 0.25, 0.5, 0.75)})
-    for k in sizes:
-        key = ("points", k)
-        if key not in seen:
-            seen.add(key)
-            yield frozenset(_spread(points, k))
-    steps = sorted({int(len(by_value) * f / 16) for f in range(17)})
-    for n in steps:  # drop the n values with the most bytes per unit of recompute cost
-        yield frozenset(by_value[n:]) | frozenset(_spread(points, round(math.sqrt(len(points)))))
-        yield frozenset(by_value[n:])
+    counts = sorted({0, 1, 2, len(points)} | {round(len(points) ** e) for e in (0.25, 0.5, 0.75)}
+                    | {int(len(points) * f) for f in (0.125, 0.25, 0.5, 0.75)})
+    spread = [frozenset(_spread(points, k)) for k in counts]
+    drops = sorted({int(len(by_value) * f / 16) for f in range(17)}, reverse=True)
+    root = frozenset(_spread(points, round(math.sqrt(len(points)))))
+    return [spread, [frozenset(by_value[n:]) for n in drops], [frozenset(by_value[n:]) | root for n in drops]]
 
 
 def heuristic(ix, budget_managed, joint):
-    best = None
-    tried = set()
-    for keep in candidates(ix):
-        for eager in (False, True):
-            if (keep, eager) in tried:
-                continue
-            tried.add((keep, eager))
+    """The cheapest plan that fits among the families, both policies. Within a family, memory
+    grows along the list and cost falls, so a bisection finds the first that fits; its
+    neighbours are tried too, since neither trend is strict."""
+    best, seen = None, {}
+
+    def evaluate(keep, eager):
+        if (keep, eager) not in seen:
             steps = keep_schedule(ix, keep, eager=eager)
-            sim = simulate(joint, steps, check=False)
-            if sim.peak_managed <= budget_managed and (best is None or sim.cost < best[0]):
-                best = (sim.cost, steps, len(keep), eager)
+            seen[(keep, eager)] = (steps, simulate(joint, steps, check=False))
+        return seen[(keep, eager)]
+
+    for family in families(ix):
+        for eager in (False, True):
+            lo, hi = 0, len(family) - 1
+            while lo < hi:  # the last set that fits (most memory within the budget)
+                mid = (lo + hi + 1) // 2
+                if evaluate(family[mid], eager)[1].peak_managed <= budget_managed:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            for k in range(max(0, lo - 1), min(len(family), lo + 2)):
+                steps, sim = evaluate(family[k], eager)
+                if sim.peak_managed <= budget_managed and (best is None or sim.cost < best[0]):
+                    best = (sim.cost, steps, len(family[k]), eager)
     if best is None:
         return None
     plan = Plan("budget", best[1], solver="heuristic")
