@@ -49,16 +49,16 @@ def parse_cost_graph(doc, file="<graph>"):
             raise err(f"node {n} has no 'id'", key=f"nodes[{n}]")
         nid = str(node["id"])
         if nid in position:
-            raise err(f"repeated node id {nid!r}", key=nid)
+            raise err(f"repeated node id {nid!r}", key=f"node {nid}")
         cost = node.get("cost_cpu")
         ram = node.get("cost_ram")
         if not _number(cost) or cost < 0:
-            raise err(f"cost_cpu must be a number >= 0, got {cost!r}", key=nid)
+            raise err(f"cost_cpu must be a number >= 0, got {cost!r}", key=f"node {nid}")
         if not _number(ram) or ram < 0 or int(ram) != ram:
-            raise err(f"cost_ram must be a whole number of bytes >= 0, got {ram!r}", key=nid)
+            raise err(f"cost_ram must be a whole number of bytes >= 0, got {ram!r}", key=f"node {nid}")
         back = node.get("backward", False)
         if not isinstance(back, bool):
-            raise err(f"backward must be true or false, got {back!r}", key=nid)
+            raise err(f"backward must be true or false, got {back!r}", key=f"node {nid}")
         position[nid] = n
         j.add_node(nid, kind="backward" if back else "forward", ref=str(node.get("ref", nid)),
                    cost=float(cost), ram=int(ram))

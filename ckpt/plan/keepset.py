@@ -20,10 +20,12 @@ class JointIndex:
         self.fwd = [x for x in order if joint.nodes[x]["kind"] == "forward"]
         self.bwd = [x for x in order if joint.nodes[x]["kind"] == "backward"]
         self.pos = {x: i for i, x in enumerate(order)}
-        self.preds = {x: list(joint.predecessors(x)) for x in order}
+        # neighbours in graph order, so that a plan does not depend on how the graph was built
+        self.preds = {x: sorted(joint.predecessors(x), key=self.pos.__getitem__) for x in order}
         self.fpreds = {x: [u for u in self.preds[x] if joint.nodes[u]["kind"] == "forward"] for x in order}
-        self.fsuccs = {u: [x for x in joint.successors(u) if joint.nodes[x]["kind"] == "forward"] for u in self.fwd}
-        self.breaders = {u: [x for x in joint.successors(u) if joint.nodes[x]["kind"] == "backward"] for u in order}
+        succs = {x: sorted(joint.successors(x), key=self.pos.__getitem__) for x in order}
+        self.fsuccs = {u: [x for x in succs[u] if joint.nodes[x]["kind"] == "forward"] for u in self.fwd}
+        self.breaders = {u: [x for x in succs[u] if joint.nodes[x]["kind"] == "backward"] for u in order}
         self.ram = {x: joint.nodes[x]["ram"] for x in order}
         self.cost = {x: joint.nodes[x]["cost"] for x in order}
         self.residuals = {u for u in self.fwd if self.breaders[u]}
