@@ -1,5 +1,6 @@
 """The command line: one click group; JSON and exit codes are decided here and nowhere else."""
 
+import os
 import sys
 
 import click
@@ -11,8 +12,8 @@ from .model.joint import GRAD
 from .plan import STRATEGIES, plan as make_plan, plan_table, smallest_peak
 from .report import emit_json, fmt_bytes, fmt_pct, fmt_time, fmt_value, gradient_summary, table
 from .model.costgraph import cost_graph_doc, write_json_atomic
-from .session import (check_gradients, load_model, raise_if_failed, require_memory, require_model, run_plan,
-                      time_side_by_side)
+from .session import (check_gradients, jacobian as jacobian_of, load_model, numeric_study, raise_if_failed,
+                      require_memory, require_model, run_plan, time_side_by_side)
 from .sizes import parse_size
 
 
@@ -146,32 +147,41 @@ def run(config, steps, strategy, budget, time_limit, device, trace, sets, dtype,
         click.echo(f"budget    {fmt_bytes(budget_b)}: " + ("met" if sim.peak <= budget_b else "EXCEEDED"))
 
 
-def _print_trace(model, steps, backend):
-    """The seed's §2.6 traces: v-k..v0 for inputs and parameters, v1..vn for ops, bars for adjoints."""
-    from .execute import Executor
-    from .session import device_leaves
-    g = model.graph
+def _numbering(g):
+    """The seed's numbering: inputs and parameters v-k..v0, op nodes v1..vn in topological order."""
     leaves = [v for v, d in g.nodes(data=True) if d["kind"] != "op"]
     num = {v: i - len(leaves) + 1 for i, v in enumerate(leaves)}
     num.update({v: i + 1 for i, v in enumerate(g.graph["order"])})
-    seen = {}
-    host = device_leaves(model, backend)
-    Executor(g, model.joint, steps, backend).step(host, on_value=lambda x, a: seen.setdefault(x, backend.to_host(a)))
+    return leaves, num
 
+
+def _print_primal(g, num, leaves, host, values):
     def name(v):
         return f"v{num[v]}"
 
     click.echo("forward primal trace")
     for v in leaves:
-        click.echo(f"  {name(v):>5} = {v:<24} = {fmt_value(backend.to_host(host[v]))}")
+        click.echo(f"  {name(v):>5} = {v:<24} = {fmt_value(host[v])}")
     for v in g.graph["order"]:
-        if v not in seen:
+        if v not in values:
             continue
         d = g.nodes[v]
         expr = f"{d['op']}({', '.join(name(u) for u in d['inputs'])})"
         label = f"   [{v}]" if v != name(v) else ""
-        click.echo(f"  {name(v):>5} = {expr:<24} = {fmt_value(seen[v])}{label}")
+        click.echo(f"  {name(v):>5} = {expr:<24} = {fmt_value(values[v])}{label}")
     click.echo(f"      y = {name(g.graph['output'])}")
+
+
+def _print_trace(model, steps, backend):
+    """The seed's §2.6 reverse-mode traces: the primal trace, then the adjoints v̄ in reverse."""
+    from .execute import Executor
+    from .session import device_leaves
+    g = model.graph
+    leaves, num = _numbering(g)
+    seen = {}
+    host = device_leaves(model, backend)
+    Executor(g, model.joint, steps, backend).step(host, on_value=lambda x, a: seen.setdefault(x, backend.to_host(a)))
+    _print_primal(g, num, leaves, {k: backend.to_host(v) for k, v in host.items()}, seen)
     click.echo("reverse adjoint trace")
     for x in model.joint.graph["order"]:
         if not x.startswith(GRAD) or x not in seen:
@@ -181,11 +191,150 @@ def _print_trace(model, steps, backend):
         if v == g.graph["output"]:
             expr = "y\u0304 (seed)"
         else:
-            terms = [f"v\u0304{num[w]}·∂{name(w)}/∂{name(v)}" for w in g.successors(v)
+            terms = [f"v\u0304{num[w]}·∂v{num[w]}/∂v{num[v]}" for w in g.successors(v)
                      if g.nodes[w].get("grad") and g.nodes[w]["kind"] == "op"
                      for u in g.nodes[w]["inputs"] if u == v]
             expr = " + ".join(terms)
         click.echo(f"  {bar:>6} = {expr:<24} = {fmt_value(seen[x])}")
+
+
+def _print_tangent_trace(model, wrt, backend):
+    """The seed's §2.6 forward-mode traces: each value with its tangent v̇ = dv/d(wrt[0])."""
+    import numpy as np
+
+    from .autodiff import jvp
+    from .model import leaf_values
+    from .model.graph import retarget
+    g = model.graph
+    leaves, num = _numbering(g)
+    names = [v for v in leaves if g.nodes[v]["grad"] and not g.nodes[v]["dtype"].startswith("int")]
+    target = wrt or (names[0] if names else None)
+    if target is None:
+        raise ConfigError("no input or parameter takes a gradient: name one with --wrt", file=model.path)
+    retarget(g, wrt=[target])  # validates the name
+    host = leaf_values(g)
+    t = np.zeros(host[target].shape, dtype=host[target].dtype)
+    t.reshape(-1)[0] = 1.0
+    device = {k: backend.asarray(v) for k, v in host.items()}
+    r = jvp(g, device, {target: backend.asarray(t)}, backend, record=True)
+    values = {v: backend.to_host(a) for v, a, _ in r.trace}
+    _print_primal(g, num, leaves, host, values)
+    what = f"{target}[0]" if host[target].ndim else target
+    click.echo(f"forward tangent trace (v\u0307 = dv/d{what})")
+    for v in leaves:
+        tv = t if v == target else np.zeros(())
+        click.echo(f"  {'v' + chr(0x307) + str(num[v]):>6} = {'':<24} = {fmt_value(tv)}")
+    for v, _, tan in r.trace:
+        d = g.nodes[v]
+        terms = [f"∂v{num[v]}/∂v{num[u]}·v\u0307{num[u]}" for u in d["inputs"]]
+        click.echo(f"  {'v' + chr(0x307) + str(num[v]):>6} = {' + '.join(terms):<24} = "
+                   f"{fmt_value(tan if tan is not None else np.zeros(d['shape']))}")
+    click.echo(f"  dy/d{what} = {fmt_value(r.tangent)}")
+
+
+@cli.command()
+@config_arg
+@click.option("--mode", default="reverse", show_default=True, type=click.Choice(["forward", "reverse"]))
+@click.option("--wrt", help="Forward mode: the input or parameter whose first element carries the tangent.")
+@set_opt
+def trace(config, mode, wrt, sets):
+    """Print the primal, tangent (forward) or adjoint (reverse) traces in the seed's notation."""
+    model = load_model(config, _overrides(sets))
+    require_model(model, "trace")
+    backend = get_backend("cpu")
+    if mode == "reverse":
+        p, _ = make_plan(model.joint, "store-all", ix=model.index)
+        _print_trace(model, p.steps, backend)
+    else:
+        _print_tangent_trace(model, wrt, backend)
+
+
+# ---- jacobian, numeric -------------------------------------------------------------------------
+@cli.command()
+@config_arg
+@click.option("--of", "of", metavar="NODE", help="The node to differentiate (default: the output).")
+@click.option("--wrt", multiple=True, metavar="NAME", help="Inputs or parameters (repeatable; default: those with grad).")
+@click.option("--mode", default="auto", show_default=True, type=click.Choice(["forward", "reverse", "auto"]))
+@set_opt
+@dtype_opt
+@json_opt
+def jacobian(config, of, wrt, mode, sets, dtype, as_json):
+    """The full Jacobian: a column per forward pass or a row per reverse pass; auto picks fewer passes."""
+    import numpy as np
+    model = load_model(config, _overrides(sets), dtype)
+    res = jacobian_of(model, of=of, wrt=list(wrt) or None, mode=mode)
+    J = res.pop("jacobian")
+    if as_json:
+        res["jacobian"] = J.tolist()
+        res["shape"] = list(J.shape)
+        emit_json(res)
+        return
+    click.echo(f"d {res['of']} / d ({', '.join(res['wrt'])}): {res['outputs']} x {res['inputs']}")
+    click.echo(f"mode      {res['reason']}")
+    click.echo(f"passes    {res['passes']}, {fmt_time(res['time_s'])}, peak memory {fmt_bytes(res['peak_bytes'])}")
+    if J.size <= 144:
+        click.echo(np.array2string(J, precision=6, suppress_small=True, max_line_width=120))
+    else:
+        click.echo(f"J has {J.size} entries; norm {np.linalg.norm(J):.6g} (--json prints them all)")
+
+
+@cli.command()
+@config_arg
+@click.option("--wrt", metavar="NAME", help="The input or parameter to perturb (default: the first with grad).")
+@click.option("--plot", "plot_file", type=click.Path(dir_okay=False), help="Draw error against h on log axes (PNG or SVG).")
+@set_opt
+@json_opt
+def numeric(config, wrt, plot_file, sets, as_json):
+    """Numeric differences at h = 1e-1 ... 1e-12 against reverse mode: truncation against round-off."""
+    res = numeric_study(config, wrt=wrt, overrides=_overrides(sets))
+    if plot_file:
+        _plot_numeric(res, plot_file)
+    if as_json:
+        emit_json(res)
+        return
+    cols = [f"{m}_{d}" for d in ("float32", "float64") for m in ("forward", "backward", "central")]
+    click.echo(f"d loss / d {res['wrt']} along a {res['direction']} direction: exact (reverse mode, float64) "
+               f"= {res['exact']:.12g}")
+    rows = []
+    for r in res["steps"]:
+        rows.append([f"{r['h']:.0e}"] + [f"{r[c]:.2e}" + ("*" if res["best"][c]["h"] == r["h"] else " ")
+                                        for c in cols])
+    click.echo("relative error of each difference (* marks the best h of each column)")
+    click.echo(table(rows, ["h"] + [c.replace("_float", " f") for c in cols]))
+    for d in ("float32", "float64"):
+        b = res["best"][f"central_{d}"]
+        f = res["best"][f"forward_{d}"]
+        click.echo(f"{d}: central is best at h = {b['h']:.0e} (error {b['rel_error']:.1e}), forward at "
+                   f"h = {f['h']:.0e} (error {f['rel_error']:.1e}); below those steps round-off "
+                   f"(eps*|f|/h) overtakes truncation (h^2 for central, h for one-sided)")
+    if plot_file:
+        click.echo(f"wrote {plot_file}")
+
+
+def _plot_numeric(res, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ConfigError("--plot needs matplotlib: pip install 'ckpt-recompute[plot]'") from None
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    hs = [r["h"] for r in res["steps"]]
+    for d, style in (("float32", "--"), ("float64", "-")):
+        for m in ("forward", "backward", "central"):
+            ax.loglog(hs, [max(r[f"{m}_{d}"], 1e-17) for r in res["steps"]], style, marker="o", ms=3,
+                      label=f"{m} ({d})")
+    ax.set_xlabel("step h")
+    ax.set_ylabel("relative error")
+    ax.set_title(f"numeric derivative of the loss along {res['wrt']}")
+    ax.invert_xaxis()
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path + ".tmp" + os.path.splitext(path)[1]
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
 
 
 # ---- check -------------------------------------------------------------------------------------

@@ -52,8 +52,8 @@ class Executor:
                     need = set(wd["needs"][i])
                     ins = [u2 if k in need else None for k, u2 in enumerate(wd["inputs"])]
                     terms.append((op, i, w, ins, OUT in need, shapes, wd["shape"], wd["attrs"]))
-        seed = (nd["shape"], nd["dtype"]) if v == self.out else None
-        return (2 if nd["kind"] == "op" else 3, GRAD + v, (terms, seed, nd["shape"]))
+        seed_spec = (nd["shape"], nd["dtype"]) if v == self.out else None
+        return (2 if nd["kind"] == "op" else 3, GRAD + v, (terms, seed_spec, nd["shape"]))
 
     def _owned(self, arr, others=()):
         """Each held value owns its buffer, so that counting nbytes is counting memory."""
@@ -61,8 +61,9 @@ class Executor:
             return arr.copy()
         return arr
 
-    def step(self, leaves, on_value=None):
-        """One pass; `on_value(node, array)`, when given, sees every value and gradient computed."""
+    def step(self, leaves, on_value=None, seed=None):
+        """One pass; `on_value(node, array)`, when given, sees every value and gradient computed.
+        `seed` is the output's cotangent (default ones: the gradient of a scalar loss)."""
         xp, note = self.xp, self.backend.note_step
         vals = {}  # forward values and activation gradients (managed), by joint node id
         leaf_grads = {}
@@ -82,13 +83,13 @@ class Executor:
                 out = self._owned(out, [vals.get(u) for u in inputs])
                 vals[x] = out
                 live += out.nbytes
-                if x == self.out:
+                if x == self.out and out.ndim == 0:
                     loss = float(self.backend.to_host(out))
             else:
-                terms, seed, shape = data
+                terms, seed_spec, shape = data
                 grad = None
-                if seed is not None:
-                    grad = xp.ones(seed[0], dtype=seed[1])
+                if seed_spec is not None:
+                    grad = xp.ones(*seed_spec) if seed is None else seed.copy()
                 parents = []
                 for op, i, w, ins, need_out, shapes, wshape, attrs in terms:
                     gw = vals[GRAD + w]
@@ -98,7 +99,7 @@ class Executor:
                     c = op.vjp(xp, i, gw, ctx)
                     if grad is None:
                         grad = c
-                    elif len(parents) == 2 and seed is None:
+                    elif len(parents) == 2 and seed_spec is None:
                         grad = grad + c  # a fresh buffer: later terms may add in place
                     else:
                         grad += c
@@ -119,23 +120,3 @@ class Executor:
             note()
         resident = sum(a.nbytes for a in leaves.values()) + sum(a.nbytes for a in leaf_grads.values())
         return StepResult(loss, leaf_grads, peak, timeline, resident)
-
-
-def forward_value(g, leaves, backend):
-    """The output's value by a plain forward pass (for numeric differences: no tape, no plan)."""
-    xp = backend.xp
-    order = g.graph["order"]
-    last = {}
-    for i, v in enumerate(order):
-        for u in g.nodes[v]["inputs"]:
-            last[u] = i
-    vals = {}
-    for i, v in enumerate(order):
-        d = g.nodes[v]
-        op = REGISTRY[d["op"]]
-        vals[v] = op.forward(xp, [vals[u] if u in vals else leaves[u] for u in d["inputs"]], d["attrs"])
-        for u in d["inputs"]:
-            if last.get(u) == i and u in vals:
-                del vals[u]
-        if v == g.graph["output"]:
-            return float(backend.to_host(vals[v]))

@@ -8,8 +8,9 @@ import numpy as np
 
 from .backend import get_backend
 from .errors import CheckFailed, ConfigError
-from .execute import Executor, forward_value
-from .model import build_graph, leaf_values, load_config, lower
+from .autodiff import DEFAULT_STEP, evaluate, jvp, numeric_derivative
+from .execute import Executor
+from .model import build_graph, leaf_values, load_config, lower, retarget
 from .model.costgraph import load_cost_graph
 from .plan import JointIndex, plan
 from .simulate import simulate  # noqa: F401  (re-exported for scripts)
@@ -120,19 +121,6 @@ def time_side_by_side(model, plans, backend, n_steps=5, leaves=None):
 
 
 # ---- numeric check of the reverse-mode gradient (the seed's §1.1) ----------------------------------
-DEFAULT_STEP = {"central": 1e-6, "forward": 1e-8, "backward": 1e-8}
-
-
-def numeric_derivative(f, method, h):
-    if method == "central":
-        return (f(h) - f(-h)) / (2 * h)
-    if method == "forward":
-        return (f(h) - f(0.0)) / h
-    if method == "backward":
-        return (f(0.0) - f(-h)) / h
-    raise ConfigError(f"unknown method {method!r}: use central, forward or backward")
-
-
 def check_gradients(path, method="central", step=None, tol=None, overrides=None, seed=0, max_elements=16):
     """Reverse-mode gradients against numeric differences in float64, in one random direction per
     gradient and along every element of tensors of at most `max_elements`."""
@@ -163,7 +151,7 @@ def check_gradients(path, method="central", step=None, tol=None, overrides=None,
             def f(t, name=name, d=d):
                 shifted = dict(host)
                 shifted[name] = base + t * d
-                return forward_value(model.graph, shifted, backend)
+                return float(backend.to_host(evaluate(model.graph, shifted, backend)))
             num = numeric_derivative(f, method, h)
             ana = float(np.sum(np.asarray(grad) * d))
             err = abs(num - ana) / max(abs(num), abs(ana), 1e-300)
@@ -179,3 +167,124 @@ def raise_if_failed(result):
     if not result["passed"]:
         raise CheckFailed(f"gradient check failed: worst relative error {result['worst_rel_error']:.3g} "
                           f"> tolerance {result['tolerance']:g}")
+
+
+# ---- Jacobians in forward and reverse mode (the seed's §2.5) --------------------------------------
+MAX_PASSES = 4096
+
+
+def _wrt_leaves(g):
+    return [v for v, d in g.nodes(data=True) if d["kind"] != "op" and d["grad"]]
+
+
+def jacobian(model, of=None, wrt=None, mode="auto", backend=None):
+    """The full Jacobian of node `of` (default: the output) with respect to the leaves `wrt`:
+    a column per forward pass (J·e_j) or a row per reverse pass (e_i^T·J)."""
+    require_model(model, "jacobian")
+    backend = backend or get_backend("cpu")
+    g = retarget(model.graph, of, wrt)
+    cols = _wrt_leaves(g)
+    if not cols:
+        raise ConfigError("no input or parameter to differentiate with respect to: name one with --wrt",
+                          file=model.path)
+    out = g.graph["output"]
+    n = sum(int(np.prod(g.nodes[v]["shape"], dtype=np.int64)) for v in cols)
+    m = int(np.prod(g.nodes[out]["shape"], dtype=np.int64))
+    if mode == "auto":
+        mode = "forward" if n < m else "reverse"
+        reason = (f"forward: {n} input elements < {m} output elements, so {n} columns cost fewer passes"
+                  if mode == "forward" else
+                  f"reverse: {m} output element{'s' if m != 1 else ''} <= {n} input elements, "
+                  f"so {m} row{'s' if m != 1 else ''} cost fewer passes")
+    elif mode in ("forward", "reverse"):
+        reason = f"{mode}: as asked ({n} inputs, {m} outputs)"
+    else:
+        raise ConfigError(f"unknown mode {mode!r}: use forward, reverse or auto")
+    passes = n if mode == "forward" else m
+    if passes > MAX_PASSES:
+        raise ConfigError(f"{mode} mode would take {passes} passes (over {MAX_PASSES}): narrow it with --of or --wrt",
+                          file=model.path)
+    host = leaf_values(g)
+    leaves = {k: backend.asarray(v) for k, v in host.items()}
+    resident = sum(a.nbytes for a in host.values())
+    J = np.zeros((m, n))
+    t0 = backend.clock()
+    if mode == "forward":
+        peak = 0
+        for j in range(n):
+            e = np.zeros(n)
+            e[j] = 1.0
+            tangents, at = {}, 0
+            for v in cols:
+                k = host[v].size
+                tangents[v] = backend.asarray(e[at:at + k].reshape(host[v].shape).astype(host[v].dtype))
+                at += k
+            r = jvp(g, leaves, tangents, backend, target=out)
+            J[:, j] = backend.to_host(r.tangent).reshape(-1)
+            peak = max(peak, r.peak_bytes)
+        peak += resident + sum(host[v].nbytes for v in cols)  # the tangents of the inputs
+    else:
+        joint = lower(g)
+        ix = JointIndex(joint)
+        p, sim = plan(joint, "store-all", ix=ix)
+        ex = Executor(g, joint, p.steps, backend)
+        dtype = g.nodes[out]["dtype"]
+        for i in range(m):
+            e = np.zeros(m, dtype=dtype)
+            e[i] = 1.0
+            r = ex.step(leaves, seed=backend.asarray(e.reshape(g.nodes[out]["shape"])))
+            J[i] = np.concatenate([backend.to_host(r.grads[v]).reshape(-1) for v in cols])
+        peak = sim.peak
+    elapsed = backend.clock() - t0
+    labels = [f"{v}{list(idx) if host[v].ndim else ''}" for v in cols for idx in np.ndindex(host[v].shape)]
+    return {"of": out, "wrt": cols, "mode": mode, "reason": reason, "passes": passes, "inputs": n, "outputs": m,
+            "time_s": elapsed, "peak_bytes": int(peak), "jacobian": J, "columns": labels}
+
+
+# ---- the numeric-differentiation study (the seed's §1.1) ------------------------------------------
+STEPS = [10.0 ** -k for k in range(1, 13)]
+
+
+def numeric_study(path, wrt=None, overrides=None, seed=0):
+    """Forward, backward and central differences at h = 1e-1 ... 1e-12, in float32 and float64,
+    each against the exact derivative from reverse mode in float64, along one direction."""
+    exact_model = load_model(path, overrides, dtype="float64")
+    g64 = retarget(exact_model.graph, wrt=[wrt] if wrt else None)
+    cols = _wrt_leaves(g64)
+    if not cols:
+        raise ConfigError("no input or parameter takes a gradient: name one with --wrt", file=path)
+    name = wrt or cols[0]
+    backend = get_backend("cpu")
+    host64 = leaf_values(g64)
+    rng = np.random.default_rng(seed)
+    d = rng.standard_normal(host64[name].shape)
+    d = d / np.linalg.norm(d) if d.ndim else np.float64(1.0)
+    joint = lower(retarget(g64, wrt=[name]))
+    p, _ = plan(joint, "store-all", ix=JointIndex(joint))
+    r = Executor(retarget(g64, wrt=[name]), joint, p.steps, backend).step(dict(host64))
+    exact = float(np.sum(backend.to_host(r.grads[name]) * d))
+    f0 = r.loss
+    rows = {h: {} for h in STEPS}
+    best = {}
+    for dtype in ("float32", "float64"):
+        model = load_model(path, overrides, dtype=dtype)
+        host = leaf_values(model.graph)
+        base = host[name]
+        dd = np.asarray(d, dtype=base.dtype)
+
+        def f(t):
+            shifted = dict(host)
+            shifted[name] = (base + base.dtype.type(t) * dd).astype(base.dtype)
+            return float(evaluate(model.graph, shifted, backend))
+
+        for method in ("forward", "backward", "central"):
+            errs = []
+            for h in STEPS:
+                num = numeric_derivative(f, method, h)
+                err = abs(num - exact) / max(abs(exact), 1e-300)
+                rows[h][f"{method}_{dtype}"] = err
+                errs.append((err, h))
+            e, h = min(errs)
+            best[f"{method}_{dtype}"] = {"h": h, "rel_error": e}
+    return {"wrt": name, "exact": exact, "value": f0, "direction": "random unit" if np.ndim(d) else "1",
+            "steps": [{"h": h, **rows[h]} for h in STEPS], "best": best}

@@ -80,6 +80,29 @@ def _infer(g, v, file):
     d["needs"] = [tuple(op.needs(i)) for i in range(len(ins))]
 
 
+def retarget(g, of=None, wrt=None):
+    """A copy of the graph whose output is `of` (any node, of any shape) and whose gradients are
+    taken with respect to the leaves `wrt` (default: those the config marks)."""
+    h = g.copy()
+    if of is not None:
+        if of not in h or h.nodes[of]["kind"] != "op":
+            near = [v for v in g.graph["order"] if v.endswith(str(of))][:1]
+            raise ConfigError(f"--of {of!r} is not an op node" + (f" (did you mean {near[0]!r}?)" if near else ""),
+                              file=g.graph.get("file"))
+        h.graph["output"] = of
+    for v, d in h.nodes(data=True):
+        if d["kind"] != "op":
+            d["grad"] = d["spec"].grad if wrt is None else v in wrt
+    if wrt is not None:
+        for v in wrt:
+            if v not in h or h.nodes[v]["kind"] == "op":
+                raise ConfigError(f"--wrt {v!r} is not an input or parameter", file=g.graph.get("file"))
+            if h.nodes[v]["dtype"].startswith("int"):
+                raise ConfigError(f"--wrt {v!r} holds integers and has no derivative", file=g.graph.get("file"))
+    _mark_grad(h, h.graph["order"])
+    return h
+
+
 def _mark_grad(g, order):
     """An op node takes a gradient when it depends on a leaf that does and feeds the output."""
     feeds = nx.ancestors(g, g.graph["output"]) | {g.graph["output"]}
