@@ -285,7 +285,7 @@ def jacobian(config, of, wrt, mode, sets, dtype, as_json):
 @set_opt
 @json_opt
 def numeric(config, wrt, plot_file, sets, as_json):
-    """Numeric differences at h = 1e-1 ... 1e-12 against reverse mode: truncation against round-off."""
+    """Numeric differences against reverse mode for h from 1e-1 to 1e-12: truncation vs round-off."""
     res = numeric_study(config, wrt=wrt, overrides=_overrides(sets))
     if plot_file:
         _plot_numeric(res, plot_file)
