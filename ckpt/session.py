@@ -13,7 +13,6 @@ from .execute import Executor
 from .model import build_graph, leaf_values, load_config, lower, retarget
 from .model.costgraph import load_cost_graph
 from .plan import JointIndex, plan
-from .simulate import simulate  # noqa: F401  (re-exported for scripts)
 from .sizes import fmt_bytes
 
 

@@ -8,7 +8,6 @@ import pytest
 from ckpt.plan import plan
 from ckpt.plan.chain import Chain
 from ckpt.plan.keepset import JointIndex
-from ckpt.simulate import simulate
 from helpers import exhaustive_cost, random_joint, revolve_bruteforce, revolve_count, uniform_chain_joint
 
 

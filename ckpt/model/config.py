@@ -217,7 +217,7 @@ class _Reader:
         full = prefix + name
         key = f"{kind}s.{full}"
         if not isinstance(m, dict):
-            raise self.err(f"must be a mapping with shape and init or value", self.doc, key=key)
+            raise self.err("must be a mapping with shape and init or value", self.doc, key=key)
         self.check_keys(m, _LEAF_KEYS, key)
         ldtype = m.get("dtype", dtype)
         if ldtype not in DTYPES + (INT_DTYPES if kind == "input" else ()):

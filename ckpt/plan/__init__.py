@@ -93,9 +93,13 @@ def smallest_peak(joint, ix, time_limit=30.0):
         return resident + hi, False
     # no step can run with less than its operands and its output live
     lo = max(ix.ram[x] + sum(ix.ram[u] for u in ix.preds[x]) for x in ix.order)
-    while lo < hi:  # bisect on the MILP's feasibility
+    deadline = time.perf_counter() + time_limit
+    while lo < hi:  # bisect on the MILP's feasibility, within the time limit overall
+        left = deadline - time.perf_counter()
+        if left <= 0.5:
+            return resident + hi, False
         mid = (lo + hi) // 2
-        p, status = solve_milp(ix, mid, time_limit=min(time_limit, 10.0))
+        p, status = solve_milp(ix, mid, time_limit=min(left, 10.0))
         if p is not None:
             hi = simulate(joint, p.steps, check=False).peak_managed
         elif status.startswith("infeasible"):
