@@ -272,6 +272,9 @@ def jacobian(config, of, wrt, mode, sets, dtype, as_json):
     click.echo(f"d {res['of']} / d ({', '.join(res['wrt'])}): {res['outputs']} x {res['inputs']}")
     click.echo(f"mode      {res['reason']}")
     click.echo(f"passes    {res['passes']}, {fmt_time(res['time_s'])}, peak memory {fmt_bytes(res['peak_bytes'])}")
+    mem = res["peak_bytes_by_mode"]
+    click.echo(f"memory    forward mode {fmt_bytes(mem['forward'])} (no tape), reverse mode "
+               f"{fmt_bytes(mem['reverse'])} (residuals stored for the backward pass)")
     if J.size <= 144:
         click.echo(np.array2string(J, precision=6, suppress_small=True, max_line_width=120))
     else:

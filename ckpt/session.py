@@ -235,9 +235,19 @@ def jacobian(model, of=None, wrt=None, mode="auto", backend=None):
             J[i] = np.concatenate([backend.to_host(r.grads[v]).reshape(-1) for v in cols])
         peak = sim.peak
     elapsed = backend.clock() - t0
+    # the other mode's peak, for comparison: forward mode holds no tape, reverse mode stores residuals
+    if mode == "forward":
+        joint = lower(g)
+        other = plan(joint, "store-all", ix=JointIndex(joint))[1].peak
+    else:
+        tangents = {v: backend.asarray(np.zeros_like(host[v])) for v in cols}
+        other = jvp(g, leaves, tangents, backend, target=out).peak_bytes + resident + \
+            sum(host[v].nbytes for v in cols)
+    memory = {mode: int(peak), ("reverse" if mode == "forward" else "forward"): int(other)}
     labels = [f"{v}{list(idx) if host[v].ndim else ''}" for v in cols for idx in np.ndindex(host[v].shape)]
     return {"of": out, "wrt": cols, "mode": mode, "reason": reason, "passes": passes, "inputs": n, "outputs": m,
-            "time_s": elapsed, "peak_bytes": int(peak), "jacobian": J, "columns": labels}
+            "time_s": elapsed, "peak_bytes": int(peak), "peak_bytes_by_mode": memory, "jacobian": J,
+            "columns": labels}
 
 
 # ---- the numeric-differentiation study (the seed's §1.1) ------------------------------------------
