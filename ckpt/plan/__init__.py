@@ -55,7 +55,15 @@ def _budget(joint, ix, budget, time_limit):
         if p is not None:
             if p.steps is None:
                 _fail(joint, ix, budget, resident, chain_min=p.notes.get("min_managed"), exact=p.notes["min_exact"])
-            return p
+            if p.notes["exact"]:
+                return p
+            # not proved optimal: the heuristic may do better where the slots were rounded
+            h = heuristic(ix, managed, joint)
+            if h is None or simulate(joint, p.steps, check=False).cost <= simulate(joint, h.steps, check=False).cost:
+                return p
+            h.lower_bound = p.lower_bound
+            h.notes["exact_solver"] = "chain-dp (rounded) was costlier"
+            return h
         status = "chain too long for the DP table"
     h = heuristic(ix, managed, joint)
     if chain is None and len(ix.order) <= MILP_MAX_NODES:
