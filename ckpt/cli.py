@@ -12,8 +12,9 @@ from .model.joint import GRAD
 from .plan import STRATEGIES, plan as make_plan, plan_table, smallest_peak
 from .report import emit_json, fmt_bytes, fmt_pct, fmt_time, fmt_value, gradient_summary, table
 from .model.costgraph import cost_graph_doc, write_json_atomic
-from .session import (check_gradients, jacobian as jacobian_of, load_model, numeric_study, raise_if_failed,
-                      require_memory, require_model, run_plan, time_side_by_side)
+from .session import (check_gradients, jacobian as jacobian_of, load_model, methods as methods_study, numeric_study,
+                      raise_if_failed, require_memory, require_model, run_plan, swell as swell_study,
+                      time_side_by_side)
 from .sizes import parse_size
 
 
@@ -314,13 +315,107 @@ def numeric(config, wrt, plot_file, sets, as_json):
         click.echo(f"wrote {plot_file}")
 
 
-def _plot_numeric(res, path):
+@cli.command()
+@click.argument("config", required=False, type=click.Path(dir_okay=False))
+@click.option("--swell", is_flag=True, help="The expression-swell experiment instead of a config.")
+@click.option("--depth", default=8, show_default=True, type=click.IntRange(1, 12), help="Deepest composition in --swell.")
+@click.option("--family", default="sinx", show_default=True, type=click.Choice(["sinx", "seed"]),
+              help="--swell: x' = sin(x)*x + x, or the seed's f(x, x) = ln(x) + x*x - sin(x).")
+@click.option("--plot", "plot_file", type=click.Path(dir_okay=False), help="--swell: sizes against depth on log axes.")
+@set_opt
+@json_opt
+def methods(config, swell, depth, family, plot_file, sets, as_json):
+    """Numeric, symbolic and automatic differentiation side by side, or the expression swell."""
+    if swell:
+        res = swell_study(depth, family)
+        if plot_file:
+            _plot_swell(res, plot_file)
+        if as_json:
+            emit_json(res)
+            return
+        click.echo(f"expression swell, family {family}: sizes in expression-tree nodes")
+        click.echo(table([(r["depth"], r["function_size"], r["derivative_size"], r["derivative_cse_size"],
+                           r["reverse_ops"]) for r in res["rows"]],
+                         ["depth", "f (tree)", "f' (tree)", "f' (after CSE)", "reverse-mode ops"]))
+        rows = res["rows"]
+        if len(rows) >= 2:
+            click.echo(f"per level: the derivative tree grows x{rows[-1]['derivative_size'] / rows[-2]['derivative_size']:.2f}, "
+                       f"reverse mode adds {rows[-1]['reverse_ops'] - rows[-2]['reverse_ops']} ops")
+        if plot_file:
+            click.echo(f"wrote {plot_file}")
+        return
+    if config is None:
+        raise ConfigError("methods needs a CONFIG, or --swell")
+    res = methods_study(config, overrides=_overrides(sets))
+    if as_json:
+        emit_json(res)
+        return
+    click.echo(f"{res['model']}: f = {res['value']:.10g}; reverse mode runs {res['reverse_ops']} operations "
+               f"({fmt_time(res['reverse_time_s'])} for every derivative at once)")
+    if res["symbolic"]:
+        click.echo(f"symbolic: f as one closed-form expression has {res['symbolic']['expression_size']} tree nodes")
+    rows = []
+    for r in res["inputs"]:
+        rows.append([r["name"], f"{r['numeric']:.12g}", f"{r['symbolic']:.12g}" if "symbolic" in r else "-",
+                     f"{r['reverse']:.12g}", f"{r['numeric_vs_reverse']:.1e}",
+                     f"{r['symbolic_vs_reverse']:.1e}" if "symbolic" in r else "-",
+                     r.get("derivative_size", "-"), fmt_time(r["numeric_time_s"]),
+                     fmt_time(r["symbolic_time_s"]) if "symbolic" in r else "-"])
+    click.echo(table(rows, ["d/d", "numeric (central)", "symbolic", "reverse mode", "num vs rev", "sym vs rev",
+                            "f' tree nodes", "numeric time", "symbolic time"]))
+    for r in res["inputs"]:
+        if "derivative" in r:
+            d = r["derivative"] if len(r["derivative"]) <= 200 else r["derivative"][:200] + " ..."
+            click.echo(f"d/d{r['name']} = {d}")
+            if "simplified" in r:
+                click.echo(f"   simplified: {r['simplified']}")
+    if res["symbolic_note"]:
+        click.echo(res["symbolic_note"])
+
+
+def _plot_swell(res, path):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    depth = [r["depth"] for r in res["rows"]]
+    for key, label in (("derivative_size", "symbolic derivative (tree)"),
+                       ("derivative_cse_size", "symbolic derivative (after CSE)"),
+                       ("reverse_ops", "reverse-mode operations")):
+        ax.semilogy(depth, [r[key] for r in res["rows"]], marker="o", label=label)
+    ax.set_xlabel("depth of composition")
+    ax.set_ylabel("size")
+    ax.set_title(f"expression swell ({res['family']})")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    _save(fig, plt, path)
+
+
+def _pyplot():
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         raise ConfigError("--plot needs matplotlib: pip install 'ckpt-recompute[plot]'") from None
+    return plt
+
+
+def _save(fig, plt, path):
+    """Render beside the target, then rename: a crash never leaves half an image."""
+    fig.tight_layout()
+    tmp = path + ".tmp" + os.path.splitext(path)[1]
+    try:
+        fig.savefig(tmp)
+        os.replace(tmp, path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot write the plot: {e}", file=path) from None
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _plot_numeric(res, path):
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
     hs = [r["h"] for r in res["steps"]]
     for d, style in (("float32", "--"), ("float64", "-")):
@@ -333,11 +428,7 @@ def _plot_numeric(res, path):
     ax.invert_xaxis()
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = path + ".tmp" + os.path.splitext(path)[1]
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    _save(fig, plt, path)
 
 
 # ---- check -------------------------------------------------------------------------------------

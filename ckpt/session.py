@@ -297,3 +297,120 @@ def numeric_study(path, wrt=None, overrides=None, seed=0):
             best[f"{method}_{dtype}"] = {"h": h, "rel_error": e}
     return {"wrt": name, "exact": exact, "value": f0, "direction": "random unit" if np.ndim(d) else "1",
             "steps": [{"h": h, **rows[h]} for h in STEPS], "best": best}
+
+
+# ---- three ways to differentiate, side by side (the seed's §1) ----------------------------------
+def reverse_op_count(g):
+    """Operations reverse mode runs: every forward op, and one VJP term per (consumer, input) pair
+    on the gradient's path."""
+    ops = len(g.graph["order"])
+    terms = sum(1 for w in g.graph["order"] if g.nodes[w]["grad"]
+                for u in g.nodes[w]["inputs"] if g.nodes[u]["grad"])
+    return ops + terms
+
+
+def methods(path, overrides=None, simplify_limit=4000):
+    """For each input that takes a gradient: the derivative by central differences, by symbolic
+    differentiation (sympy) and by reverse mode, their disagreements, times and sizes."""
+    import time as _time
+
+    from .autodiff.symbolic import INSTALL, Unsupported, cse_size, load_sympy, to_sympy, tree_size
+    model = load_model(path, overrides, dtype="float64")
+    require_model(model, "methods")
+    g = model.graph
+    backend = get_backend("cpu")
+    host = leaf_values(g)
+    names = _wrt_leaves(g)
+    if not names:
+        raise ConfigError("no input or parameter takes a gradient (grad: true)", file=path)
+    p, _ = plan(model.joint, "store-all", ix=model.index)
+    ex = Executor(g, model.joint, p.steps, backend)
+    t0 = _time.perf_counter()
+    r = ex.step(dict(host))
+    t_rev = _time.perf_counter() - t0
+    rev = {v: backend.to_host(r.grads[v]) for v in names}
+    out = {"model": g.graph["name"], "value": r.loss, "reverse_ops": reverse_op_count(g), "inputs": [],
+           "symbolic": None, "reverse_time_s": t_rev}
+    sp = load_sympy()
+    sym_note, expr, syms = None, None, None
+    if sp is None:
+        sym_note = INSTALL
+    else:
+        try:
+            expr, syms = to_sympy(sp, g)
+            out["symbolic"] = {"expression_size": tree_size(sp, expr)}
+        except Unsupported as e:
+            sym_note = f"symbolic differentiation skipped: {e}"
+    out["symbolic_note"] = sym_note
+    eps = np.finfo(np.float64).eps
+    for v in names:
+        x = host[v]
+        if x.shape != ():
+            d = np.random.default_rng(0).standard_normal(x.shape)
+            d /= np.linalg.norm(d)
+        else:
+            d = np.float64(1.0)
+        h = eps ** (1 / 3) * max(1.0, float(np.max(np.abs(x))))
+        t0 = _time.perf_counter()
+
+        def f(t, v=v, d=d):
+            shifted = dict(host)
+            shifted[v] = x + t * d
+            return float(evaluate(g, shifted, backend))
+        num = numeric_derivative(f, "central", h)
+        t_num = _time.perf_counter() - t0
+        exact = float(np.sum(rev[v] * d))
+        row = {"name": v, "reverse": exact, "numeric": num, "numeric_step": h, "numeric_time_s": t_num,
+               "numeric_vs_reverse": abs(num - exact) / max(abs(exact), 1e-300)}
+        if expr is not None:
+            t0 = _time.perf_counter()
+            dexpr = sp.diff(expr, syms[v])
+            value = float(dexpr.evalf(subs={syms[k]: float(host[k]) for k in syms}))
+            row["symbolic_time_s"] = _time.perf_counter() - t0
+            row.update(symbolic=value, symbolic_vs_reverse=abs(value - exact) / max(abs(exact), 1e-300),
+                       derivative=str(dexpr), derivative_size=tree_size(sp, dexpr), derivative_cse_size=cse_size(sp, dexpr))
+            if row["derivative_size"] <= simplify_limit:
+                simple = sp.simplify(dexpr)
+                row.update(simplified=str(simple), simplified_size=tree_size(sp, simple))
+        out["inputs"].append(row)
+    return out
+
+
+SWELL_FAMILIES = {
+    # x_{k+1} = sin(x_k) * x_k + x_k
+    "sinx": ["  - {{name: s{k}, op: sin, inputs: [{x}]}}", "  - {{name: p{k}, op: mul, inputs: [s{k}, {x}]}}",
+             "  - {{name: x{k1}, op: add, inputs: [p{k}, {x}]}}"],
+    # the seed's f(x1, x2) = ln(x1) + x1*x2 - sin(x2) applied to (x_k, x_k)
+    "seed": ["  - {{name: l{k}, op: log, inputs: [{x}]}}", "  - {{name: q{k}, op: mul, inputs: [{x}, {x}]}}",
+             "  - {{name: s{k}, op: sin, inputs: [{x}]}}", "  - {{name: a{k}, op: add, inputs: [l{k}, q{k}]}}",
+             "  - {{name: x{k1}, op: sub, inputs: [a{k}, s{k}]}}"],
+}
+
+
+def swell_config(family, depth):
+    lines = [f"name: swell_{family}_{depth}", "dtype: float64", "inputs:", "  x0: {shape: [], value: 1.5, grad: true}",
+             "nodes:"]
+    for k in range(depth):
+        lines += [t.format(k=k, k1=k + 1, x=f"x{k}") for t in SWELL_FAMILIES[family]]
+    lines.append(f"output: x{depth}")
+    return "\n".join(lines) + "\n"
+
+
+def swell(depth, family="sinx"):
+    """Depth against the size of the symbolic derivative (a tree, and after common-subexpression
+    elimination) and against reverse mode's operation count."""
+    from .autodiff.symbolic import INSTALL, cse_size, load_sympy, to_sympy, tree_size
+    from .model import parse_config
+    if family not in SWELL_FAMILIES:
+        raise ConfigError(f"unknown family {family!r}: use {' or '.join(SWELL_FAMILIES)}")
+    sp = load_sympy()
+    if sp is None:
+        raise ConfigError(INSTALL)
+    rows = []
+    for d in range(1, depth + 1):
+        g = build_graph(parse_config(swell_config(family, d)))
+        expr, syms = to_sympy(sp, g)
+        dexpr = sp.diff(expr, syms["x0"])
+        rows.append({"depth": d, "function_size": tree_size(sp, expr), "derivative_size": tree_size(sp, dexpr),
+                     "derivative_cse_size": cse_size(sp, dexpr), "reverse_ops": reverse_op_count(g)})
+    return {"family": family, "rows": rows}
