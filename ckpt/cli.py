@@ -7,7 +7,7 @@ import click
 
 from . import __version__
 from .backend import get_backend
-from .errors import CkptError, ConfigError
+from .errors import CheckFailed, CkptError, ConfigError
 from .model.joint import GRAD
 from .plan import STRATEGIES, plan as make_plan, plan_table, smallest_peak
 from .report import emit_json, fmt_bytes, fmt_pct, fmt_time, fmt_value, gradient_summary, table
@@ -86,10 +86,12 @@ def cli():
 @time_limit_opt
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
 @click.option("--trace", is_flag=True, help="Print the primal and adjoint traces in the seed's notation.")
+@click.option("--plot-memory", "plot_file", type=click.Path(dir_okay=False),
+              help="Draw the memory timeline, predicted and measured (PNG or SVG).")
 @set_opt
 @dtype_opt
 @json_opt
-def run(config, steps, strategy, budget, time_limit, device, trace, sets, dtype, as_json):
+def run(config, steps, strategy, budget, time_limit, device, trace, plot_file, sets, dtype, as_json):
     """Run forward+backward steps under a strategy; report loss, gradients, memory and time."""
     model = load_model(config, _overrides(sets), dtype)
     require_model(model, "run")
@@ -97,6 +99,8 @@ def run(config, steps, strategy, budget, time_limit, device, trace, sets, dtype,
     backend = get_backend(device)
     p, sim = make_plan(model.joint, strategy, budget_b, time_limit=time_limit, ix=model.index)
     require_memory(model, sim.peak, backend)
+    if plot_file:
+        _pyplot()
     sa, sa_sim = make_plan(model.joint, "store-all", ix=model.index)
     r = run_plan(model, p.steps, backend, n_steps=steps)
     measured_overhead = None
@@ -118,6 +122,8 @@ def run(config, steps, strategy, budget, time_limit, device, trace, sets, dtype,
         "recomputes": sim.recomputes,
         "time_s": r.time_s, "steps": steps,
     }
+    if plot_file:
+        _plot_memory(model, p.steps, sim, r, budget_b, plot_file, strategy)
     if as_json:
         emit_json(doc)
         return
@@ -389,6 +395,55 @@ def _plot_swell(res, path):
     _save(fig, plt, path)
 
 
+def _plot_frontier(doc, path):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    mib = 2.0 ** 20
+    pts = [r for r in doc["sweep"] if r["feasible"]]
+    ax.plot([100 * r["overhead"] for r in pts], [r["peak_bytes"] / mib for r in pts], "-o", label="budget (frontier)")
+    for r in doc["strategies"]:
+        if r["name"] != "budget" and r["peak_bytes"] is not None:
+            ax.plot([100 * r["overhead"]], [r["peak_bytes"] / mib], "s", ms=8, label=r["name"])
+    if doc["budget_bytes"]:
+        ax.axhline(doc["budget_bytes"] / mib, color="red", ls="--", lw=1, label="memory budget")
+    ax.set_xlabel("compute overhead over store-all (%)")
+    ax.set_ylabel("predicted peak (MiB)")
+    ax.set_title(f"memory / recompute trade-off: {doc['model']}")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    _save(fig, plt, path)
+
+
+def _plot_memory(model, steps, sim, r, budget, path, strategy):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=100)
+    mib = 2.0 ** 20
+    x = range(len(steps))
+    ax.plot(x, [(sim.resident + b) / mib for b in sim.timeline], label="predicted (simulator)")
+    ax.plot(x, [(r.resident + b) / mib for b in r.timeline], "--", label="measured (executor)")
+    nodes = model.joint.nodes
+    first_back = next((i for i, (k, n) in enumerate(steps) if k == "compute" and nodes[n]["kind"] == "backward"),
+                      len(steps))
+    ax.axvspan(0, first_back, color="tab:blue", alpha=0.07, label="forward")
+    ax.axvspan(first_back, len(steps), color="tab:orange", alpha=0.07, label="backward")
+    seen, rec = set(), []
+    for i, (k, n) in enumerate(steps):
+        if k == "compute" and nodes[n]["kind"] == "forward":
+            if n in seen:
+                rec.append(i)
+            seen.add(n)
+    if rec:
+        ax.plot(rec, [(sim.resident + sim.timeline[i]) / mib for i in rec], "x", color="tab:red", ms=4,
+                label="recompute")
+    if budget:
+        ax.axhline(budget / mib, color="red", ls=":", lw=1, label="budget")
+    ax.set_xlabel("schedule step")
+    ax.set_ylabel("bytes live (MiB)")
+    ax.set_title(f"memory timeline: {model.joint.graph['name']}, {strategy}")
+    ax.legend(fontsize=8, loc="upper right")
+    _save(fig, plt, path)
+
+
 def _pyplot():
     try:
         import matplotlib
@@ -467,11 +522,13 @@ def check(config, method, step, tol, sets, as_json):
 @click.option("--strategy", default="all", show_default=True, type=click.Choice(STRATEGIES + ("all",)))
 @click.option("--sweep", is_flag=True, help="Print the trade-off frontier over budgets from the smallest feasible to store-all's peak.")
 @click.option("--points", default=8, show_default=True, type=click.IntRange(min=2), help="Budgets in --sweep.")
+@click.option("--plot", "plot_file", type=click.Path(dir_okay=False),
+              help="With --sweep: draw the frontier, peak against overhead (PNG or SVG).")
 @time_limit_opt
 @set_opt
 @dtype_opt
 @json_opt
-def plan(config, budget, strategy, sweep, points, time_limit, sets, dtype, as_json):
+def plan(config, budget, strategy, sweep, points, plot_file, time_limit, sets, dtype, as_json):
     """Plan without running: predicted peak and compute overhead of each strategy."""
     model = load_model(config, _overrides(sets), dtype)
     budget_b = _budget(budget, model)
@@ -483,8 +540,14 @@ def plan(config, budget, strategy, sweep, points, time_limit, sets, dtype, as_js
     rows = plan_table(model.joint, names, budget_b, time_limit=time_limit, ix=model.index,
                       strict=strategy == "budget")
     doc = {"model": model.joint.graph["name"], "config": config, "budget_bytes": budget_b, "strategies": rows}
+    if plot_file and not sweep:
+        raise ConfigError("--plot draws the --sweep frontier: add --sweep")
+    if plot_file:
+        _pyplot()  # say how to install matplotlib before the sweep, not after
     if sweep:
         doc["sweep"] = _sweep(model, points, time_limit)
+    if plot_file:
+        _plot_frontier(doc, plot_file)
     if as_json:
         emit_json(doc)
         return
@@ -509,6 +572,8 @@ def plan(config, budget, strategy, sweep, points, time_limit, sets, dtype, as_js
         srows = [(fmt_bytes(s["budget_bytes"]), fmt_bytes(s["peak_bytes"]) if s["feasible"] else "-",
                   fmt_pct(s["overhead"]) if s["feasible"] else "infeasible", s["solver"]) for s in doc["sweep"]]
         click.echo(table(srows, ["budget", "peak", "overhead", "solver"]))
+    if plot_file:
+        click.echo(f"wrote {plot_file}")
 
 
 # ---- export ------------------------------------------------------------------------------------
@@ -527,6 +592,78 @@ def export(config, output, sets, dtype):
         raise ConfigError(f"cannot write: {e.strerror}", file=output) from None
     click.echo(f"wrote {output}: {len(model.index.order)} nodes ({len(model.index.fwd)} forward, "
                f"{len(model.index.bwd)} backward), {model.joint.number_of_edges()} edges", err=True)
+
+
+# ---- bench -------------------------------------------------------------------------------------
+def _tolerance(text):
+    t = str(text).strip()
+    try:
+        value = float(t[:-1]) / 100 if t.endswith("%") else float(t)
+    except ValueError:
+        raise ConfigError(f"cannot read time tolerance {text!r}: use 10% or 0.1") from None
+    if value < 0:
+        raise ConfigError(f"time tolerance must be >= 0, got {text!r}")
+    return value
+
+
+@cli.command()
+@click.argument("configs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--strategy", "strategies", multiple=True, type=click.Choice(STRATEGIES),
+              help="Repeatable; default: all three.")
+@click.option("--memory-budget", "budgets", multiple=True, metavar="SIZE",
+              help="Budgets for the budget strategy (repeatable; default 0.8x of store-all's peak).")
+@click.option("--steps", default=5, show_default=True, type=click.IntRange(min=1), help="Timed steps per entry.")
+@click.option("--baseline", type=click.Path(dir_okay=False), help="Compare with this baseline (exit 1 on a regression).")
+@click.option("--time-tolerance", default="10%", show_default=True, help="Allowed rise of the time ratio to store-all.")
+@click.option("--update-baseline", is_flag=True, help="Write the results into --baseline (atomically) instead.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
+@time_limit_opt
+@set_opt
+@json_opt
+def bench(configs, strategies, budgets, steps, baseline, time_tolerance, update_baseline, output, time_limit, sets,
+          as_json):
+    """Measure memory and time per config and strategy; compare with or update a baseline."""
+    from .bench import compare, load_baseline, run_bench, save_baseline
+    from .model.costgraph import write_json_atomic
+    tol = _tolerance(time_tolerance)
+    if update_baseline and not baseline:
+        raise ConfigError("--update-baseline needs --baseline FILE")
+    base = None
+    if baseline and (not update_baseline or os.path.exists(baseline)):
+        base = load_baseline(baseline)  # a corrupt baseline stops here, before anything is written
+    entries = run_bench(configs, strategies or STRATEGIES, budgets or ("0.8x",), steps=steps,
+                        time_limit=time_limit, overrides=_overrides(sets), progress=not as_json)
+    if output:
+        write_json_atomic(output, {"entries": entries}, sort_keys=True)
+    if update_baseline:
+        merged = dict(base or {})
+        merged.update(entries)
+        save_baseline(baseline, merged)
+    rows = compare(entries, base, tol) if base is not None and not update_baseline else []
+    regressions = [r for r in rows if r[4] == "regression"]
+    if as_json:
+        emit_json({"entries": entries, "comparison": [dict(zip(("entry", "figure", "baseline", "current", "status"), r))
+                                                      for r in rows], "regressions": len(regressions)})
+    else:
+        trows = [(k, "yes" if e.get("feasible") else "no", fmt_bytes(e["peak_predicted"]) if e.get("feasible") else "-",
+                  fmt_bytes(e["peak_measured"]) if e.get("feasible") else "-",
+                  fmt_bytes(e["peak_allocator"]) if e.get("feasible") else "-",
+                  fmt_time(e.get("time_s")) if e.get("feasible") else "-",
+                  f"{e['time_ratio']:.3f}" if e.get("feasible") else "-") for k, e in sorted(entries.items())]
+        click.echo(table(trows, ["entry", "fits", "predicted", "measured", "allocator", "step time", "vs store-all"]))
+        if update_baseline:
+            click.echo(f"baseline {baseline} updated ({len(entries)} entries)")
+        elif base is not None:
+            changed = [r for r in rows if r[4] != "same"]
+            if changed:
+                click.echo("\nchanges against the baseline")
+                fmt = lambda fig, v: "-" if v is None else (f"{v:.3f}" if fig == "time_ratio" else str(v))  # noqa: E731
+                click.echo(table([(k, f, fmt(f, b), fmt(f, c), st) for k, f, b, c, st in changed],
+                                 ["entry", "figure", "baseline", "current", "status"]))
+            click.echo(f"{len(regressions)} regression(s), {sum(r[4] == 'improved' for r in rows)} improvement(s) "
+                       f"to record, time tolerance {tol:.0%}")
+    if regressions:
+        raise CheckFailed(f"{len(regressions)} regression(s) against {baseline}")
 
 
 def _sweep(model, points, time_limit):

@@ -104,13 +104,13 @@ def cost_graph_doc(joint):
             "nodes": nodes, "links": links}
 
 
-def write_json_atomic(path, doc):
+def write_json_atomic(path, doc, sort_keys=False):
     """Write to a temporary file beside `path`, then rename: a crash never leaves half a file."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".ckpt-", suffix=".json", dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1)
+            json.dump(doc, f, indent=1, sort_keys=sort_keys)
             f.write("\n")
         os.replace(tmp, path)
     except BaseException:

@@ -1,0 +1,150 @@
+"""Benchmarks and their baselines: memory figures that compare exactly, times that compare as
+ratios to store-all measured in the same run (a ratio holds from one machine to the next)."""
+
+import json
+import os
+import statistics
+import sys
+import time
+
+import click
+
+from .backend import get_backend
+from .errors import BudgetError, ConfigError
+from .execute import Executor
+from .model.costgraph import write_json_atomic
+from .plan import plan
+from .session import device_leaves, load_model, require_memory, require_model, run_plan
+
+SCHEMA = 1
+# the allocator's figure includes a few interpreter objects, so it may wobble by a little
+ALLOCATOR_SLACK, ALLOCATOR_SLACK_BYTES = 0.02, 4096
+
+
+def entry_key(config, strategy, budget_spec):
+    name = os.path.splitext(os.path.basename(config))[0]
+    return f"{name}:{strategy}" + (f"@{budget_spec}" if strategy == "budget" else "")
+
+
+def _budget_bytes(spec, sa_sim):
+    from .sizes import parse_size
+    text = str(spec).strip()
+    if text.lower().endswith("x"):
+        try:
+            return int(float(text[:-1]) * sa_sim.peak)
+        except ValueError:
+            raise ConfigError(f"cannot read memory budget {spec!r}") from None
+    return parse_size(text, what="memory budget")
+
+
+def run_bench(configs, strategies, budgets, steps=5, time_limit=10.0, overrides=None, progress=True):
+    """One entry per (config, strategy[, budget]): predicted and measured peaks, allocator peak,
+    median step time, and that time over store-all's, interleaved in one process."""
+    jobs = [(c, s, b) for c in configs for s in strategies for b in (budgets if s == "budget" else [None])]
+    entries = {}
+    backend = get_backend("cpu")
+    progress = progress and sys.stderr.isatty()  # a bar only where someone watches it
+    bar = click.progressbar(length=len(jobs), label="benchmarking", file=sys.stderr) if progress else None
+    try:
+        if bar:
+            bar.__enter__()
+        for config in configs:
+            model = load_model(config, overrides)
+            require_model(model, "bench")
+            sa, sa_sim = plan(model.joint, "store-all", ix=model.index)
+            require_memory(model, sa_sim.peak, backend)
+            leaves = device_leaves(model, backend)
+            sa_ex = Executor(model.graph, model.joint, sa.steps, backend)
+            for c, strategy, spec in [j for j in jobs if j[0] == config]:
+                key = entry_key(c, strategy, spec)
+                budget = _budget_bytes(spec, sa_sim) if strategy == "budget" else None
+                try:
+                    p, sim = plan(model.joint, strategy, budget, time_limit=time_limit, ix=model.index)
+                except BudgetError as e:
+                    entries[key] = {"feasible": False, "error": str(e)}
+                    if bar:
+                        bar.update(1)
+                    continue
+                r = run_plan(model, p.steps, backend, n_steps=1, leaves=leaves, warmup=1)
+                ex = Executor(model.graph, model.joint, p.steps, backend)
+                mine, ratios = [], []
+                for _ in range(steps):  # interleaved with store-all, so that drift hits both
+                    t0 = time.perf_counter()
+                    ex.step(leaves)
+                    mine.append(time.perf_counter() - t0)
+                    if strategy != "store-all":
+                        t0 = time.perf_counter()
+                        sa_ex.step(leaves)
+                        ratios.append(mine[-1] / (time.perf_counter() - t0))
+                t = statistics.median(mine)
+                # store-all is the reference: its ratio is 1 by definition
+                ratio = statistics.median(ratios) if ratios else 1.0
+                entries[key] = {
+                    "feasible": True, "solver": p.solver, "budget_bytes": budget,
+                    "peak_predicted": sim.peak, "peak_measured": r.resident + r.measured_managed,
+                    "peak_allocator": r.allocator_peak, "time_s": t, "time_ratio": ratio,
+                    "overhead_predicted": (sim.cost - sa_sim.cost) / sa_sim.cost if sa_sim.cost else 0.0,
+                }
+                if bar:
+                    bar.update(1)
+    finally:
+        if bar:
+            bar.__exit__(None, None, None)
+    return entries
+
+
+def load_baseline(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError("no such baseline (write one with --update-baseline)", file=path) from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"baseline is not JSON: {e.msg}", file=path, line=e.lineno) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read baseline: {e.__class__.__name__}", file=path) from None
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA or not isinstance(doc.get("entries"), dict):
+        raise ConfigError(f"not a ckpt baseline (want an object with schema {SCHEMA} and entries)", file=path)
+    for key, e in doc["entries"].items():
+        need = ("peak_predicted", "peak_measured", "peak_allocator", "time_ratio") if e.get("feasible", True) else ()
+        if not isinstance(e, dict) or any(not isinstance(e.get(k), (int, float)) for k in need):
+            raise ConfigError(f"baseline entry {key!r} lacks its figures", file=path)
+    return doc["entries"]
+
+
+def save_baseline(path, entries):
+    """Sorted keys, one figure per line: stable under version control. Written atomically."""
+    keep = ("feasible", "solver", "budget_bytes", "peak_predicted", "peak_measured", "peak_allocator",
+            "time_ratio", "overhead_predicted", "error")
+    doc = {"schema": SCHEMA, "entries": {k: {f: v for f, v in e.items() if f in keep} for k, e in entries.items()}}
+    write_json_atomic(path, doc, sort_keys=True)
+
+
+def compare(current, baseline, time_tolerance):
+    """Rows of (key, figure, baseline, current, status); status is regression, improved, same,
+    new (not in the baseline) or not run (in the baseline only: a run may cover a subset)."""
+    rows = []
+    for key in sorted(set(current) | set(baseline)):
+        cur, base = current.get(key), baseline.get(key)
+        if base is None:
+            rows.append((key, "-", None, None, "new"))
+            continue
+        if cur is None:
+            rows.append((key, "-", None, None, "not run"))
+            continue
+        if not cur.get("feasible", True) or not base.get("feasible", True):
+            same = cur.get("feasible", True) == base.get("feasible", True)
+            status = "same" if same else ("regression" if not cur.get("feasible", True) else "improved")
+            rows.append((key, "feasible", base.get("feasible", True), cur.get("feasible", True), status))
+            continue
+        for fig in ("peak_predicted", "peak_measured"):
+            b, c = base[fig], cur[fig]
+            rows.append((key, fig, b, c, "regression" if c > b else "improved" if c < b else "same"))
+        b, c = base["peak_allocator"], cur["peak_allocator"]
+        slack = b * ALLOCATOR_SLACK + ALLOCATOR_SLACK_BYTES
+        status = "regression" if c > b + slack else "improved" if c < b - slack else "same"
+        rows.append((key, "peak_allocator", b, c, status))
+        b, c = base["time_ratio"], cur["time_ratio"]
+        status = "regression" if c > b * (1 + time_tolerance) else "improved" if c < b * (1 - time_tolerance) else "same"
+        rows.append((key, "time_ratio", b, c, status))
+    return rows

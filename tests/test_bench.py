@@ -1,0 +1,120 @@
+"""Benchmarks against a baseline: regressions caught both ways, ratios not times, corrupt baselines
+refused and never overwritten; plots rendered to files of the expected size."""
+
+import importlib.util
+import json
+import struct
+
+import pytest
+from click.testing import CliRunner
+
+from ckpt.bench import compare, load_baseline, run_bench, save_baseline
+from ckpt.cli import cli
+from ckpt.errors import ConfigError
+from conftest import config_path
+
+needs_mpl = pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None,
+                               reason="matplotlib is not installed (optional: pip install 'ckpt-recompute[plot]')")
+
+
+@pytest.fixture(scope="module")
+def entries():
+    return run_bench([config_path("seed_example")], ("store-all", "sqrt-n"), ("0.8x",), steps=3, progress=False)
+
+
+def _statuses(rows):
+    return {(k, f): st for k, f, _, _, st in rows}
+
+
+def test_unchanged_run_passes(entries):
+    rows = compare(entries, json.loads(json.dumps(entries)), 0.1)
+    assert all(st == "same" for *_, st in rows)
+
+
+def test_planted_memory_increase_is_caught(entries):
+    base = json.loads(json.dumps(entries))
+    cur = json.loads(json.dumps(entries))
+    cur["seed_example:sqrt-n"]["peak_measured"] += 8
+    cur["seed_example:sqrt-n"]["peak_predicted"] += 8
+    st = _statuses(compare(cur, base, 0.1))
+    assert st[("seed_example:sqrt-n", "peak_measured")] == "regression"
+    # and a decrease is an improvement to record, not a failure
+    st = _statuses(compare(base, cur, 0.1))
+    assert st[("seed_example:sqrt-n", "peak_measured")] == "improved"
+
+
+def test_planted_slowdown_is_caught_and_a_slower_machine_is_not(entries):
+    base = json.loads(json.dumps(entries))
+    slow = json.loads(json.dumps(entries))
+    slow["seed_example:sqrt-n"]["time_ratio"] *= 1.5
+    assert _statuses(compare(slow, base, 0.1))[("seed_example:sqrt-n", "time_ratio")] == "regression"
+    machine = json.loads(json.dumps(entries))
+    for e in machine.values():  # everything twice as slow: the ratios to store-all do not move
+        e["time_s"] *= 2
+    assert all(st == "same" for *_, st in compare(machine, base, 0.1))
+
+
+def test_subset_and_new_entries(entries):
+    base = {"seed_example:store-all": entries["seed_example:store-all"], "other:store-all": entries["seed_example:store-all"]}
+    st = {k: s for k, _, _, _, s in compare(entries, base, 0.1)}
+    assert st["other:store-all"] == "not run" and st["seed_example:sqrt-n"] == "new"
+
+
+def test_baseline_round_trip_is_stable(tmp_path, entries):
+    path = tmp_path / "b.json"
+    save_baseline(str(path), entries)
+    first = path.read_text()
+    save_baseline(str(path), load_baseline(str(path)))
+    assert path.read_text() == first
+    assert list(json.loads(first)["entries"]) == sorted(entries)
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"schema": 99, "entries": {}}', '{"entries": []}',
+                                  '{"schema": 1, "entries": {"a:store-all": {"peak_measured": "x"}}}'])
+def test_corrupt_baseline_is_exit_2_and_never_overwritten(tmp_path, text):
+    path = tmp_path / "b.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError):
+        load_baseline(str(path))
+    for extra in ([], ["--update-baseline"]):
+        res = CliRunner().invoke(cli, ["bench", config_path("seed_example"), "--strategy", "store-all",
+                                       "--baseline", str(path)] + extra)
+        assert res.exit_code == 2 and "baseline" in res.output
+        assert path.read_text() == text
+
+
+def test_cli_regression_exit_codes(tmp_path):
+    path = tmp_path / "b.json"
+    args = ["bench", config_path("seed_example"), "--strategy", "store-all", "--steps", "2", "--baseline", str(path)]
+    assert CliRunner().invoke(cli, args + ["--update-baseline"]).exit_code == 0
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    doc = json.loads(path.read_text())
+    doc["entries"]["seed_example:store-all"]["peak_measured"] -= 8  # the code now "uses" more memory
+    path.write_text(json.dumps(doc))
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 1 and "regression" in res.output
+
+
+def _png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])
+
+
+@needs_mpl
+def test_frontier_and_memory_plots(tmp_path):
+    f = tmp_path / "frontier.png"
+    res = CliRunner().invoke(cli, ["plan", config_path("mlp_deep"), "--sweep", "--points", "4", "--memory-budget",
+                                   "0.9x", "--plot", str(f), "--set", "L=4", "--set", "B=8", "--set", "D=16"])
+    assert res.exit_code == 0, res.output
+    assert _png_size(f) == (700, 450)
+    m = tmp_path / "memory.png"
+    res = CliRunner().invoke(cli, ["run", config_path("mlp_deep"), "--strategy", "sqrt-n", "--steps", "1",
+                                   "--plot-memory", str(m), "--set", "L=4", "--set", "B=8", "--set", "D=16"])
+    assert res.exit_code == 0, res.output
+    assert _png_size(m) == (900, 450)
+
+
+def test_plot_without_sweep_is_bad_input(tmp_path):
+    res = CliRunner().invoke(cli, ["plan", config_path("seed_example"), "--plot", str(tmp_path / "x.png")])
+    assert res.exit_code == 2 and "--sweep" in res.output
