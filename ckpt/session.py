@@ -368,6 +368,7 @@ def methods(path, overrides=None, simplify_limit=4000):
             value = float(dexpr.evalf(subs={syms[k]: float(host[k]) for k in syms}))
             row["symbolic_time_s"] = _time.perf_counter() - t0
             row.update(symbolic=value, symbolic_vs_reverse=abs(value - exact) / max(abs(exact), 1e-300),
+                       numeric_vs_symbolic=abs(num - value) / max(abs(value), 1e-300),
                        derivative=str(dexpr), derivative_size=tree_size(sp, dexpr), derivative_cse_size=cse_size(sp, dexpr))
             if row["derivative_size"] <= simplify_limit:
                 simple = sp.simplify(dexpr)
