@@ -69,20 +69,19 @@ def keep_schedule(ix, keep, eager=False):
         support[u] = (remaining[u] > 0) + sum(1 for c in fsuccs[u] if counts(c) and support[c] > 0)
 
     def lose(u):
-        """One reason for demanding u is gone."""
-        support[u] -= 1
-        if support[u] == 0:
-            if u in live:
-                if by_demand(u):
-                    drop(u)
-                # a live value outside `keep` (eager) still counts for its sources: they lose
-                # that reason now that nothing demands it
-                if not by_demand(u):
-                    for p in fpreds[u]:
-                        lose(p)
+        """One reason for demanding u is gone (iteratively: chains of values can be long)."""
+        stack = [u]
+        while stack:
+            u = stack.pop()
+            support[u] -= 1
+            if support[u]:
+                continue
+            if u in live and by_demand(u):
+                drop(u)
             else:
-                for p in fpreds[u]:
-                    lose(p)
+                # a value no longer demanded (live outside `keep` under the eager policy, or
+                # already dropped) no longer demands what it is computed from
+                stack.extend(fpreds[u])
 
     for u in fwd:
         if u in live and support[u] == 0 and by_demand(u):
