@@ -48,9 +48,6 @@ class Backend:
     def meter_reset(self):
         tracemalloc.reset_peak()
 
-    def note_step(self):
-        """Called after every schedule step; tracemalloc keeps its own high-water mark."""
-
     def meter_peak(self):
         return tracemalloc.get_traced_memory()[1]
 
@@ -63,9 +60,21 @@ class CupyBackend(Backend):
 
     def __init__(self, cupy):
         self.xp = cupy
-        self._pool = cupy.get_default_memory_pool()
-        self._peak = 0
-        self._tracking = False
+        pool = self._pool = cupy.get_default_memory_pool()
+
+        class PeakHook(cupy.cuda.MemoryHook):
+            """The pool's bytes in use at every allocation: a true high-water mark, temporaries
+            inside ops included (sampling between steps would miss them)."""
+
+            name = "ckpt-peak"
+
+            def __init__(self):
+                self.peak = pool.used_bytes()
+
+            def malloc_postprocess(self, **kwargs):
+                self.peak = max(self.peak, pool.used_bytes())
+
+        self._hook = PeakHook()
 
     def to_host(self, array):
         return self.xp.asnumpy(array)
@@ -76,24 +85,18 @@ class CupyBackend(Backend):
     def sync(self):
         self.xp.cuda.get_current_stream().synchronize()
 
-    # cupy's pool knows the bytes in use now but keeps no high-water mark, so the executor
-    # samples it after every step (see `note_step`).
     def meter_start(self):
-        self._tracking = True
-        self._peak = self._pool.used_bytes()
+        self._hook.peak = self._pool.used_bytes()
+        self._hook.__enter__()
 
     def meter_reset(self):
-        self._peak = self._pool.used_bytes()
-
-    def note_step(self):
-        if self._tracking:
-            self._peak = max(self._peak, self._pool.used_bytes())
+        self._hook.peak = self._pool.used_bytes()
 
     def meter_peak(self):
-        return self._peak
+        return self._hook.peak
 
     def meter_stop(self):
-        self._tracking = False
+        self._hook.__exit__(None, None, None)
 
 
 def get_backend(device):

@@ -64,7 +64,7 @@ class Executor:
     def step(self, leaves, on_value=None, seed=None):
         """One pass; `on_value(node, array)`, when given, sees every value and gradient computed.
         `seed` is the output's cotangent (default ones: the gradient of a scalar loss)."""
-        xp, note = self.xp, self.backend.note_step
+        xp = self.xp
         vals = {}  # forward values and activation gradients (managed), by joint node id
         leaf_grads = {}
         live, peak, timeline, loss = 0, 0, [], None
@@ -117,6 +117,5 @@ class Executor:
                 on_value(x, vals[x] if code != 3 else leaf_grads[x[len(GRAD):]])
             peak = max(peak, live)
             timeline.append(live)
-            note()
         resident = sum(a.nbytes for a in leaves.values()) + sum(a.nbytes for a in leaf_grads.values())
         return StepResult(loss, leaf_grads, peak, timeline, resident)

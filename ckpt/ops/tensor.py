@@ -106,7 +106,7 @@ register(Op(
     name="transpose", arity=(1, 1), attrs={"axes": None},
     shape=lambda shapes, a: tuple(shapes[0][p] for p in _perm(a, len(shapes[0]))),
     forward=lambda xp, ins, a: xp.ascontiguousarray(ins[0].transpose(_perm(a, ins[0].ndim))),
-    vjp=lambda xp, i, g, c: xp.ascontiguousarray(g.transpose(np.argsort(_perm(c.attrs, g.ndim)))),
+    vjp=lambda xp, i, g, c: xp.ascontiguousarray(g.transpose(tuple(int(a) for a in np.argsort(_perm(c.attrs, g.ndim))))),
     jvp=lambda xp, t, c: xp.ascontiguousarray(t[0].transpose(_perm(c.attrs, t[0].ndim))),
     needs=lambda i: (), flops=lambda s, o, a: 0,
     example={"shapes": [(2, 3, 4)], "attrs": {"axes": [1, 2, 0]}},

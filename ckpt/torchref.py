@@ -1,0 +1,52 @@
+"""A PyTorch mirror of a model graph, op by op, written independently of ckpt's VJP rules: the
+reference that the tests compare gradients with and the GPU benchmark compares speed with.
+Needs torch (optional); import this module only where torch is wanted."""
+
+import numpy as np
+import torch
+
+from .ops.nn import dropout_keep
+
+F = torch.nn.functional
+
+
+def _axes(axis, ndim):
+    if axis is None:
+        return tuple(range(ndim))
+    return tuple(a % ndim for a in ([axis] if isinstance(axis, int) else axis))
+
+
+TORCH = {
+    "add": lambda x, a: x[0] + x[1], "sub": lambda x, a: x[0] - x[1], "mul": lambda x, a: x[0] * x[1],
+    "div": lambda x, a: x[0] / x[1], "neg": lambda x, a: -x[0], "exp": lambda x, a: torch.exp(x[0]),
+    "log": lambda x, a: torch.log(x[0]), "sin": lambda x, a: torch.sin(x[0]), "cos": lambda x, a: torch.cos(x[0]),
+    "tanh": lambda x, a: torch.tanh(x[0]), "sigmoid": lambda x, a: torch.sigmoid(x[0]),
+    "relu": lambda x, a: torch.relu(x[0]), "gelu": lambda x, a: F.gelu(x[0], approximate="tanh"),
+    "scale": lambda x, a: x[0] * a["factor"], "matmul": lambda x, a: x[0] @ x[1],
+    "linear": lambda x, a: x[0] @ x[1] + (x[2] if len(x) == 3 else 0),
+    "sum": lambda x, a: x[0].sum(dim=_axes(a["axis"], x[0].ndim), keepdim=a["keepdims"]),
+    "mean": lambda x, a: x[0].mean(dim=_axes(a["axis"], x[0].ndim), keepdim=a["keepdims"]),
+    "reshape": lambda x, a: x[0].reshape(a["shape"]),
+    "transpose": lambda x, a: x[0].permute(*(a["axes"] or reversed(range(x[0].ndim)))),
+    "concat": lambda x, a: torch.cat(x, dim=a["axis"]),
+    "softmax": lambda x, a: torch.softmax(x[0], dim=a["axis"]),
+    "log_softmax": lambda x, a: torch.log_softmax(x[0], dim=a["axis"]),
+    "layernorm": lambda x, a: F.layer_norm(x[0], x[0].shape[-1:], x[1], x[2], a["eps"]),
+    "conv2d": lambda x, a: F.conv2d(x[0], x[1], x[2] if len(x) == 3 else None, a["stride"], a["padding"]),
+    "maxpool2d": lambda x, a: F.max_pool2d(x[0], a["kernel"]),
+    "avgpool2d": lambda x, a: F.avg_pool2d(x[0], a["kernel"]),
+    "upsample2d": lambda x, a: F.interpolate(x[0], scale_factor=a["scale"], mode="nearest"),
+    "dropout": lambda x, a: x[0] * torch.from_numpy(
+        dropout_keep(np, tuple(x[0].shape), a["_seed"], a["p"]).astype(np.float32)).to(x[0].device, x[0].dtype)
+    / (1 - a["p"]),
+    "mse": lambda x, a: F.mse_loss(x[0], x[1]),
+    "softmax_cross_entropy": lambda x, a: F.cross_entropy(x[0].reshape(-1, x[0].shape[-1]), x[1].reshape(-1)),
+}
+
+
+def forward(g, values):
+    """Evaluate the graph's ops in torch; `values` maps leaf names to tensors and gains every node."""
+    for v in g.graph["order"]:
+        d = g.nodes[v]
+        values[v] = TORCH[d["op"]]([values[u] for u in d["inputs"]], d["attrs"])
+    return values[g.graph["output"]]
