@@ -1,7 +1,6 @@
 """Benchmarks and their baselines: memory figures that compare exactly, times that compare as
 ratios to store-all measured in the same run (a ratio holds from one machine to the next)."""
 
-import json
 import os
 import statistics
 import sys
@@ -12,7 +11,7 @@ import click
 from .backend import get_backend
 from .errors import BudgetError, ConfigError
 from .execute import Executor
-from .model.costgraph import write_json_atomic
+from .jsonio import read_json, write_json_atomic
 from .plan import plan
 from .session import device_leaves, load_model, require_memory, require_model, run_plan
 
@@ -94,15 +93,7 @@ def run_bench(configs, strategies, budgets, steps=5, time_limit=10.0, overrides=
 
 
 def load_baseline(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except FileNotFoundError:
-        raise ConfigError("no such baseline (write one with --update-baseline)", file=path) from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"baseline is not JSON: {e.msg}", file=path, line=e.lineno) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read baseline: {e.__class__.__name__}", file=path) from None
+    doc = read_json(path, "baseline")
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA or not isinstance(doc.get("entries"), dict):
         raise ConfigError(f"not a ckpt baseline (want an object with schema {SCHEMA} and entries)", file=path)
     for key, e in doc["entries"].items():

@@ -11,7 +11,8 @@ from .errors import CheckFailed, CkptError, ConfigError
 from .model.joint import GRAD
 from .plan import STRATEGIES, plan as make_plan, plan_table, smallest_peak
 from .report import emit_json, fmt_bytes, fmt_pct, fmt_time, fmt_value, gradient_summary, table
-from .model.costgraph import cost_graph_doc, write_json_atomic
+from .jsonio import write_json_atomic
+from .model.costgraph import cost_graph_doc
 from .session import (check_gradients, jacobian as jacobian_of, load_model, methods as methods_study, numeric_study,
                       raise_if_failed, require_memory, require_model, run_plan, swell as swell_study,
                       time_side_by_side)
@@ -624,7 +625,6 @@ def bench(configs, strategies, budgets, steps, baseline, time_tolerance, update_
           as_json):
     """Measure memory and time per config and strategy; compare with or update a baseline."""
     from .bench import compare, load_baseline, run_bench, save_baseline
-    from .model.costgraph import write_json_atomic
     tol = _tolerance(time_tolerance)
     if update_baseline and not baseline:
         raise ConfigError("--update-baseline needs --baseline FILE")

@@ -9,27 +9,17 @@ output is live from the step that computes it to the step of its last reader; th
 is the output being computed plus every older output still live; the peak is the largest sum.
 """
 
-import json
 import math
 import os
-import tempfile
 
 import networkx as nx
 
 from ..errors import ConfigError
+from ..jsonio import read_json
 
 
 def load_cost_graph(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except FileNotFoundError:
-        raise ConfigError("no such file", file=path) from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"not JSON: {e.msg}", file=path, line=e.lineno) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read: {e.__class__.__name__}", file=path) from None
-    return parse_cost_graph(doc, file=path)
+    return parse_cost_graph(read_json(path, "graph file"), file=path)
 
 
 def parse_cost_graph(doc, file="<graph>"):
@@ -102,18 +92,3 @@ def cost_graph_doc(joint):
     return {"directed": True, "multigraph": False,
             "graph": {"name": joint.graph.get("name", ""), "resident_bytes": joint.graph.get("resident", 0)},
             "nodes": nodes, "links": links}
-
-
-def write_json_atomic(path, doc, sort_keys=False):
-    """Write to a temporary file beside `path`, then rename: a crash never leaves half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".ckpt-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1, sort_keys=sort_keys)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
