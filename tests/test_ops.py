@@ -33,6 +33,16 @@ def _ctx(op, ins, out, attrs):
     return Ctx(ins, out, [np.shape(a) for a in ins], np.shape(out), attrs)
 
 
+def _case(name, seed):
+    """An op, its example inputs and output, a context holding everything, and a cotangent."""
+    op = REGISTRY[name]
+    rng = np.random.default_rng(seed)
+    ins = _inputs(op, rng)
+    attrs = _attrs(op)
+    out = np.asarray(op.forward(np, ins, attrs))
+    return op, rng, ins, attrs, out, _ctx(op, ins, out, attrs), rng.standard_normal(out.shape)
+
+
 def _float_positions(op, ins):
     return [i for i in range(len(ins)) if i not in op.int_inputs]
 
@@ -50,13 +60,7 @@ def test_op_declares_example_and_shape(name):
 
 @pytest.mark.parametrize("name", OPS)
 def test_vjp_and_jvp_match_central_differences(name):
-    op = REGISTRY[name]
-    rng = np.random.default_rng(1)
-    ins = _inputs(op, rng)
-    attrs = _attrs(op)
-    out = np.asarray(op.forward(np, ins, attrs))
-    ctx = _ctx(op, ins, out, attrs)
-    g = rng.standard_normal(out.shape)
+    op, rng, ins, attrs, out, ctx, g = _case(name, 1)
     h = 1e-6
     for i in _float_positions(op, ins):
         t = rng.standard_normal(np.shape(ins[i]))
@@ -82,13 +86,7 @@ def test_vjp_and_jvp_match_central_differences(name):
 
 @pytest.mark.parametrize("name", OPS)
 def test_adjoint_identity(name):
-    op = REGISTRY[name]
-    rng = np.random.default_rng(2)
-    ins = _inputs(op, rng)
-    attrs = _attrs(op)
-    out = np.asarray(op.forward(np, ins, attrs))
-    ctx = _ctx(op, ins, out, attrs)
-    g = rng.standard_normal(out.shape)
+    op, rng, ins, attrs, out, ctx, g = _case(name, 2)
     tangents = [np.zeros(np.shape(a)) if i in op.int_inputs else rng.standard_normal(np.shape(a))
                 for i, a in enumerate(ins)]
     lhs = sum(np.sum(np.asarray(op.vjp(np, i, g, ctx)) * tangents[i]) for i in _float_positions(op, ins))
