@@ -3,17 +3,17 @@ ratios to store-all measured in the same run (a ratio holds from one machine to 
 
 import os
 import statistics
+from contextlib import nullcontext
 import sys
-import time
 
 import click
 
 from .backend import get_backend
 from .errors import BudgetError, ConfigError
-from .execute import Executor
 from .jsonio import read_json, write_json_atomic
 from .plan import plan
-from .session import device_leaves, load_model, require_memory, require_model, run_plan
+from .session import device_leaves, load_model, require_memory, require_model, run_plan, time_side_by_side
+from .sizes import parse_budget
 
 SCHEMA = 1
 # the allocator's figure includes a few interpreter objects, so it may wobble by a little
@@ -25,17 +25,6 @@ def entry_key(config, strategy, budget_spec):
     return f"{name}:{strategy}" + (f"@{budget_spec}" if strategy == "budget" else "")
 
 
-def _budget_bytes(spec, sa_sim):
-    from .sizes import parse_size
-    text = str(spec).strip()
-    if text.lower().endswith("x"):
-        try:
-            return int(float(text[:-1]) * sa_sim.peak)
-        except ValueError:
-            raise ConfigError(f"cannot read memory budget {spec!r}") from None
-    return parse_size(text, what="memory budget")
-
-
 def run_bench(configs, strategies, budgets, steps=5, time_limit=10.0, overrides=None, progress=True):
     """One entry per (config, strategy[, budget]): predicted and measured peaks, allocator peak,
     median step time, and that time over store-all's, interleaved in one process."""
@@ -43,20 +32,17 @@ def run_bench(configs, strategies, budgets, steps=5, time_limit=10.0, overrides=
     entries = {}
     backend = get_backend("cpu")
     progress = progress and sys.stderr.isatty()  # a bar only where someone watches it
-    bar = click.progressbar(length=len(jobs), label="benchmarking", file=sys.stderr) if progress else None
-    try:
-        if bar:
-            bar.__enter__()
+    shown = click.progressbar(length=len(jobs), label="benchmarking", file=sys.stderr) if progress else nullcontext()
+    with shown as bar:
         for config in configs:
             model = load_model(config, overrides)
             require_model(model, "bench")
             sa, sa_sim = plan(model.joint, "store-all", ix=model.index)
             require_memory(model, sa_sim.peak, backend)
             leaves = device_leaves(model, backend)
-            sa_ex = Executor(model.graph, model.joint, sa.steps, backend)
             for c, strategy, spec in [j for j in jobs if j[0] == config]:
                 key = entry_key(c, strategy, spec)
-                budget = _budget_bytes(spec, sa_sim) if strategy == "budget" else None
+                budget = parse_budget(spec, sa_sim.peak) if strategy == "budget" else None
                 try:
                     p, sim = plan(model.joint, strategy, budget, time_limit=time_limit, ix=model.index)
                 except BudgetError as e:
@@ -65,19 +51,14 @@ def run_bench(configs, strategies, budgets, steps=5, time_limit=10.0, overrides=
                         bar.update(1)
                     continue
                 r = run_plan(model, p.steps, backend, n_steps=1, leaves=leaves, warmup=1)
-                ex = Executor(model.graph, model.joint, p.steps, backend)
-                mine, ratios = [], []
-                for _ in range(steps):  # interleaved with store-all, so that drift hits both
-                    t0 = time.perf_counter()
-                    ex.step(leaves)
-                    mine.append(time.perf_counter() - t0)
-                    if strategy != "store-all":
-                        t0 = time.perf_counter()
-                        sa_ex.step(leaves)
-                        ratios.append(mine[-1] / (time.perf_counter() - t0))
+                if strategy == "store-all":  # the reference: its ratio is 1 by definition
+                    (mine,) = time_side_by_side(model, [p.steps], backend, n_steps=steps, leaves=leaves)
+                    ratio = 1.0
+                else:
+                    mine, base = time_side_by_side(model, [p.steps, sa.steps], backend, n_steps=steps,
+                                                   leaves=leaves)
+                    ratio = statistics.median(a / b for a, b in zip(mine, base))
                 t = statistics.median(mine)
-                # store-all is the reference: its ratio is 1 by definition
-                ratio = statistics.median(ratios) if ratios else 1.0
                 entries[key] = {
                     "feasible": True, "solver": p.solver, "budget_bytes": budget,
                     "peak_predicted": sim.peak, "peak_measured": r.resident + r.measured_managed,
@@ -86,9 +67,6 @@ def run_bench(configs, strategies, budgets, steps=5, time_limit=10.0, overrides=
                 }
                 if bar:
                     bar.update(1)
-    finally:
-        if bar:
-            bar.__exit__(None, None, None)
     return entries
 
 

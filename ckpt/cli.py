@@ -1,6 +1,7 @@
 """The command line: one click group; JSON and exit codes are decided here and nowhere else."""
 
 import os
+import statistics
 import sys
 
 import click
@@ -16,7 +17,7 @@ from .model.costgraph import cost_graph_doc
 from .session import (check_gradients, jacobian as jacobian_of, load_model, methods as methods_study, numeric_study,
                       raise_if_failed, require_memory, require_model, run_plan, swell as swell_study,
                       time_side_by_side)
-from .sizes import parse_size
+from .sizes import parse_budget
 
 
 def _overrides(pairs):
@@ -33,20 +34,10 @@ def _overrides(pairs):
 
 
 def _budget(text, model):
-    """Bytes from `512MiB`, `2GB`, plain bytes, or a fraction of store-all's peak such as `0.8x`."""
+    """Bytes of a --memory-budget (None when not given)."""
     if text is None:
         return None
-    t = str(text).strip()
-    if t.lower().endswith("x"):
-        try:
-            frac = float(t[:-1])
-        except ValueError:
-            raise ConfigError(f"cannot read memory budget {text!r}") from None
-        if frac <= 0:
-            raise ConfigError(f"memory budget must be positive, got {text!r}")
-        _, sim = make_plan(model.joint, "store-all", ix=model.index)
-        return int(frac * sim.peak)
-    return parse_size(t, what="memory budget")
+    return parse_budget(text, make_plan(model.joint, "store-all", ix=model.index)[1].peak)
 
 
 config_arg = click.argument("config", type=click.Path(dir_okay=False))
@@ -107,7 +98,7 @@ def run(config, steps, strategy, budget, time_limit, device, trace, plot_file, s
     measured_overhead = None
     if strategy != "store-all":
         t_plan, t_sa = time_side_by_side(model, [p.steps, sa.steps], backend, n_steps=steps)
-        measured_overhead = t_plan / t_sa - 1.0
+        measured_overhead = statistics.median(t_plan) / statistics.median(t_sa) - 1.0
     doc = {
         "model": model.graph.graph["name"], "config": config, "strategy": strategy, "device": device,
         "solver": p.solver, "dtype": model.graph.graph["dtype"],

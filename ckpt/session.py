@@ -87,9 +87,8 @@ def run_plan(model, steps, backend, n_steps=5, leaves=None, warmup=1):
     times = []
     for _ in range(n_steps):
         t0 = backend.clock()
-        r = ex.step(leaves)
+        ex.step(leaves)  # the step's gradients go at once, before the metered step, as in training
         times.append(backend.clock() - t0)
-    del r  # drop the last step's gradients before the metered step, as a training loop would
     backend.meter_start()
     try:
         # fresh copies under the meter, so that the allocator's figure includes the resident bytes
@@ -105,7 +104,8 @@ def run_plan(model, steps, backend, n_steps=5, leaves=None, warmup=1):
 
 
 def time_side_by_side(model, plans, backend, n_steps=5, leaves=None):
-    """Median step time of each schedule, interleaved in one process so that drift hits all alike."""
+    """Step times of each schedule (a list per schedule), interleaved in one process after a
+    warm-up, so that drift hits all alike: pair them up for ratios."""
     leaves = leaves if leaves is not None else device_leaves(model, backend)
     exs = [Executor(model.graph, model.joint, s, backend) for s in plans]
     for ex in exs:
@@ -116,7 +116,7 @@ def time_side_by_side(model, plans, backend, n_steps=5, leaves=None):
             t0 = backend.clock()
             ex.step(leaves)
             ts.append(backend.clock() - t0)
-    return [statistics.median(ts) for ts in times]
+    return times
 
 
 # ---- numeric check of the reverse-mode gradient (the seed's §1.1) ----------------------------------
@@ -131,7 +131,7 @@ def check_gradients(path, method="central", step=None, tol=None, overrides=None,
     backend = get_backend("cpu")
     host = leaf_values(model.graph)
     sa, _ = plan(model.joint, "store-all", ix=model.index)
-    r = Executor(model.graph, model.joint, sa.steps, backend).step({k: v for k, v in host.items()})
+    r = Executor(model.graph, model.joint, sa.steps, backend).step(dict(host))
     rng = np.random.default_rng(seed)
     # Below this absolute difference a finite difference cannot tell two slopes apart: the
     # rounding error of f, eps*|f|, divided by the step (the seed's round-off term).

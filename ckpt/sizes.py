@@ -24,6 +24,20 @@ def parse_size(text, *, what="size"):
     return int(value)
 
 
+def parse_budget(text, store_all_peak):
+    """A memory budget: a size, or a fraction of store-all's peak such as `0.8x`."""
+    t = str(text).strip()
+    if not t.lower().endswith("x"):
+        return parse_size(t, what="memory budget")
+    try:
+        frac = float(t[:-1])
+    except ValueError:
+        raise ConfigError(f"cannot read memory budget {text!r}") from None
+    if frac <= 0:
+        raise ConfigError(f"memory budget must be positive, got {text!r}")
+    return int(frac * store_all_peak)
+
+
 def fmt_bytes(n):
     """Human-readable binary size with enough digits to tell plans apart."""
     n = int(n)
