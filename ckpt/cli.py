@@ -14,9 +14,9 @@ from .plan import STRATEGIES, plan as make_plan, plan_table, smallest_peak
 from .report import emit_json, fmt_bytes, fmt_pct, fmt_time, fmt_value, gradient_summary, table
 from .jsonio import write_json_atomic
 from .model.costgraph import cost_graph_doc
-from .session import (check_gradients, jacobian as jacobian_of, load_model, methods as methods_study, numeric_study,
-                      raise_if_failed, require_memory, require_model, run_plan, swell as swell_study,
-                      time_side_by_side)
+from .session import (check_gradients, jacobian as jacobian_of, load_model, measure_costs, methods as methods_study,
+                      numeric_study, raise_if_failed, require_memory, require_model, run_plan, swell as swell_study,
+                      time_side_by_side, with_costs)
 from .sizes import parse_budget
 
 
@@ -520,13 +520,19 @@ def check(config, method, step, tol, sets, as_json):
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False),
               help="With --sweep: draw the frontier, peak against overhead (PNG or SVG).")
 @time_limit_opt
+@click.option("--device", type=click.Choice(["cpu", "cuda"]),
+              help="Time every forward and gradient node on this device and plan with the measured costs "
+                   "(the report then predicts step times). Default: FLOP costs, nothing is run.")
 @set_opt
 @dtype_opt
 @json_opt
-def plan(config, budget, strategy, sweep, points, plot_file, time_limit, sets, dtype, as_json):
+def plan(config, budget, strategy, sweep, points, plot_file, time_limit, device, sets, dtype, as_json):
     """Plan without running: predicted peak and compute overhead of each strategy."""
     model = load_model(config, _overrides(sets), dtype)
     budget_b = _budget(budget, model)
+    if device is not None:
+        require_model(model, "plan --device")
+        model = with_costs(model, measure_costs(model, get_backend(device)))
     names = STRATEGIES if strategy == "all" else (strategy,)
     if budget_b is None and "budget" in names:
         if strategy == "budget":
@@ -534,7 +540,8 @@ def plan(config, budget, strategy, sweep, points, plot_file, time_limit, sets, d
         names = tuple(n for n in names if n != "budget")
     rows = plan_table(model.joint, names, budget_b, time_limit=time_limit, ix=model.index,
                       strict=strategy == "budget")
-    doc = {"model": model.joint.graph["name"], "config": config, "budget_bytes": budget_b, "strategies": rows}
+    doc = {"model": model.joint.graph["name"], "config": config, "budget_bytes": budget_b, "strategies": rows,
+           "costs": f"seconds measured on {device}" if device else "flops"}
     if plot_file and not sweep:
         raise ConfigError("--plot draws the --sweep frontier: add --sweep")
     if plot_file:
@@ -554,9 +561,13 @@ def plan(config, budget, strategy, sweep, points, plot_file, time_limit, sets, d
     trows = [(r["name"], "yes" if r["feasible"] else "no", b(r["peak_bytes"]), b(r["resident_bytes"]),
               b(r["managed_bytes"]), fmt_pct(r["overhead"]), "-" if r["stored"] is None else r["stored"],
               "-" if r["recomputed"] is None else r["recomputed"], r["solver"], fmt_time(r["solve_time_s"]))
+             + ((("-" if r["cost"] is None else fmt_time(r["cost"])),) if device else ())
              for r in rows]
     click.echo(table(trows, ["strategy", "fits", "peak", "resident", "managed", "overhead", "stored",
-                             "recomputed", "solver", "solve time"]))
+                             "recomputed", "solver", "solve time"] + (["step (predicted)"] if device else [])))
+    if device:
+        click.echo(f"costs: seconds per node measured on {device} (median of 3 profiled steps, synchronised "
+                   "after every node); step (predicted) is their sum over the schedule")
     for r in rows:
         if r.get("error"):
             click.echo(f"{r['name']}: {r['error']}")

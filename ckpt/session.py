@@ -119,6 +119,41 @@ def time_side_by_side(model, plans, backend, n_steps=5, leaves=None):
     return times
 
 
+def measure_costs(model, backend, n_steps=3):
+    """Seconds each joint node takes on `backend`: a store-all step (sqrt-n where store-all does not
+    fit the device) with a synchronised clock read after every node, median over `n_steps` steps
+    after a warm-up. Synchronising after every node adds the launch latency to each small node, as
+    running it alone would."""
+    have = backend.memory_bytes()
+    p, sim = plan(model.joint, "store-all", ix=model.index)
+    if have and sim.peak > have:
+        p, sim = plan(model.joint, "sqrt-n", ix=model.index)
+        require_memory(model, sim.peak, backend)
+    ex = Executor(model.graph, model.joint, p.steps, backend)
+    leaves = device_leaves(model, backend)
+    ex.step(leaves)
+    samples = {x: [] for x in model.index.order}
+    last = [0.0]
+
+    def took(x, _value):
+        now = backend.clock()
+        samples[x].append(now - last[0])
+        last[0] = now
+
+    for _ in range(n_steps):
+        last[0] = backend.clock()
+        ex.step(leaves, on_value=took)
+    return {x: statistics.median(ts) for x, ts in samples.items()}
+
+
+def with_costs(model, costs):
+    """The model with its joint graph's node costs replaced (seconds, from `measure_costs`)."""
+    j = model.joint.copy()
+    for x, c in costs.items():
+        j.nodes[x]["cost"] = float(c)
+    return Model(model.path, model.spec, model.graph, j, JointIndex(j))
+
+
 # ---- numeric check of the reverse-mode gradient (the seed's §1.1) ----------------------------------
 def check_gradients(path, method="central", step=None, tol=None, overrides=None, seed=0, max_elements=16):
     """Reverse-mode gradients against numeric differences in float64, in one random direction per

@@ -63,6 +63,21 @@ def test_gpu_matches_prediction_and_cpu(name):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(REASON is not None, reason=REASON or "")
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_fused_dropout_kernel_gives_numpys_bits(dtype):
+    from ckpt.ops.nn import _dropout
+    xp = get_backend("cuda").xp
+    x = np.random.default_rng(0).standard_normal((3, 257, 129)).astype(dtype)
+    for a in ({"p": 0.3, "_seed": 12345}, {"p": 0.0, "_seed": 0}, {"p": 0.9, "_seed": 2**40 + 7}):
+        want = _dropout(np, x, a)
+        got = _dropout(xp, xp.asarray(x), a)
+        assert got.dtype == want.dtype and np.array_equal(xp.asnumpy(got), want), a
+    strided = xp.asarray(x).transpose(2, 0, 1)  # the mask follows the logical (C-order) index
+    assert np.array_equal(xp.asnumpy(_dropout(xp, strided, a)), _dropout(np, x.transpose(2, 0, 1), a))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(REASON is not None, reason=REASON or "")
 def test_cli_run_on_cuda_reports_device_memory():
     res = CliRunner().invoke(cli, ["run", config_path("gpt_small"), "--device", "cuda", "--json", "--steps", "2"])
     assert res.exit_code == 0, res.output
@@ -107,3 +122,16 @@ def test_cupy_handle_plumbing_on_a_numpy_stand_in():
     r = run_plan(model, p.steps, backend, n_steps=1, leaves=device_leaves(model, backend), warmup=0)
     assert r.measured_managed == sim.peak_managed and r.allocator_peak == 1024
     assert backend.memory_bytes() == 2**34
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(REASON is not None, reason=REASON or "")
+def test_cli_plan_with_costs_measured_on_cuda():
+    res = CliRunner().invoke(cli, ["plan", config_path("gpt_small"), "--device", "cuda", "--json",
+                                   "--memory-budget", "0.6x"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    rows = {r["name"]: r for r in doc["strategies"]}
+    assert doc["costs"] == "seconds measured on cuda"
+    assert 0 < rows["store-all"]["cost"] < rows["sqrt-n"]["cost"] < 10
+    assert rows["budget"]["peak_bytes"] <= doc["budget_bytes"]

@@ -86,3 +86,24 @@ def test_frontier_is_monotone(name):
     overheads = [r["overhead"] for r in rows]
     assert all(r["feasible"] for r in rows)
     assert all(b <= a + 1e-12 for a, b in zip(overheads, overheads[1:])), overheads  # budget up, overhead down
+
+
+def test_plan_with_costs_measured_on_the_cpu():
+    """`plan --device cpu`: every joint node timed, and the plans' predicted times are sums of those
+    times, so sqrt-n (store-all's computations and more) predicts a longer step."""
+    import json
+    from click.testing import CliRunner
+    from ckpt.cli import cli
+    from ckpt.session import measure_costs
+    from conftest import SMALL, config_path
+    model = load_model(config_path("gpt_small"), SMALL["gpt_small"])
+    costs = measure_costs(model, get_backend("cpu"), n_steps=1)
+    assert set(costs) == set(model.index.order) and all(c > 0 for c in costs.values())
+    res = CliRunner().invoke(cli, ["plan", config_path("gpt_small"), "--device", "cpu", "--json",
+                                   "--memory-budget", "0.8x"] + [f"--set={k}={v}" for k, v in SMALL["gpt_small"].items()])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["costs"] == "seconds measured on cpu"
+    rows = {r["name"]: r for r in doc["strategies"]}
+    assert 0 < rows["store-all"]["cost"] < rows["sqrt-n"]["cost"] < 10
+    assert rows["budget"]["peak_bytes"] <= doc["budget_bytes"]

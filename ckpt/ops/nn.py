@@ -255,22 +255,54 @@ register(Op(
 _GOLDEN, _M1, _M2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
 
 
+def _hash_params(seed, p):
+    offset = (seed * _GOLDEN + _GOLDEN) % 2**64  # element k hashes k + offset
+    return offset, min(int(p * 2**64), 2**64 - 1)  # kept where the hash >= threshold
+
+
 def dropout_keep(xp, shape, seed, p):
     """Boolean keep-mask from splitmix64 of each element's index: identical on numpy and cupy."""
     u64 = xp.uint64
-    z = xp.arange(size(shape), dtype=u64) + u64((seed * _GOLDEN) % 2**64)
-    z = z + u64(_GOLDEN)
+    offset, threshold = _hash_params(seed, p)
+    z = xp.arange(size(shape), dtype=u64) + u64(offset)
     z = (z ^ (z >> u64(30))) * u64(_M1)
     z = (z ^ (z >> u64(27))) * u64(_M2)
     z = z ^ (z >> u64(31))
-    threshold = u64(min(int(p * 2**64), 2**64 - 1))
-    return (z >= threshold).reshape(shape)
+    return (z >= u64(threshold)).reshape(shape)
 
 
-def _dropout_scale(xp, shape, a, dtype):
-    p = a["p"]
-    keep = dropout_keep(xp, shape, a["_seed"], p)
-    return keep * dtype.type(1.0 / (1.0 - p))
+# The same splitmix64 and product as one CUDA kernel, where the array module can compile one
+# (cupy): the array-at-a-time hash above makes ten passes over 8-byte integers per element, which
+# on a GPU costs more than the attention matmuls it sits between. tests/test_gpu.py checks that
+# both give the same bits.
+_DROPOUT_CUDA = """
+unsigned long long z = (unsigned long long)i + offset;
+z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+z = z ^ (z >> 31);
+y = x * (z >= threshold ? scale : (T)0);
+"""
+_kernels = {}
+
+
+def _fused_dropout(xp):
+    if xp not in _kernels:
+        make = getattr(xp, "ElementwiseKernel", None)
+        _kernels[xp] = make and make("T x, uint64 offset, uint64 threshold, T scale", "T y", _DROPOUT_CUDA,
+                                     "ckpt_dropout")
+    return _kernels[xp]
+
+
+def _dropout(xp, x, a):
+    """x times the keep-mask scaled by 1 / (1 - p), in x's dtype."""
+    scale = x.dtype.type(1.0 / (1.0 - a["p"]))
+    kernel = _fused_dropout(xp)
+    if kernel:
+        offset, threshold = _hash_params(a["_seed"], a["p"])
+        return kernel(x, xp.uint64(offset), xp.uint64(threshold), scale)
+    mask = dropout_keep(xp, x.shape, a["_seed"], a["p"]).astype(x.dtype)
+    mask *= scale
+    return x * mask
 
 
 def _dropout_shape(shapes, a):
@@ -281,9 +313,9 @@ def _dropout_shape(shapes, a):
 
 register(Op(
     name="dropout", arity=(1, 1), shape=_dropout_shape, attrs={"p": 0.1, "_seed": 0},
-    forward=lambda xp, ins, a: ins[0] * _dropout_scale(xp, ins[0].shape, a, ins[0].dtype),
-    vjp=lambda xp, i, g, c: g * _dropout_scale(xp, g.shape, c.attrs, g.dtype),
-    jvp=lambda xp, t, c: t[0] * _dropout_scale(xp, t[0].shape, c.attrs, t[0].dtype),
+    forward=lambda xp, ins, a: _dropout(xp, ins[0], a),
+    vjp=lambda xp, i, g, c: _dropout(xp, g, c.attrs),
+    jvp=lambda xp, t, c: _dropout(xp, t[0], c.attrs),
     needs=lambda i: (), flops=lambda s, o, a: 12 * size(o),
     example={"shapes": [(4, 8)], "attrs": {"p": 0.25, "_seed": 7}},
 ))
