@@ -119,9 +119,23 @@ def torch_comparison(backend, steps, fixed):
     except ImportError:
         print("torch is not installed: no PyTorch comparison")
         return
+    model = large_gpt(backend, fixed)
+    while True:
+        try:
+            return compare(torch, forward, backend, steps, model)
+        except Exception as e:  # both frameworks hold a model: halve the batch if they do not fit
+            b = model.spec.dims["B"]
+            if "OutOfMemory" not in type(e).__name__ or b < 2:
+                raise
+            print(f"out of device memory at B={b}: {e}; trying B={b // 2}")
+            model = None
+            release(backend)
+            model = load_model(config("gpt_small"), {**fixed, "B": b // 2})
+
+
+def compare(torch, forward, backend, steps, model):
     F = torch.nn.functional
     dev = "cuda" if backend.name == "cuda" else "cpu"
-    model = large_gpt(backend, fixed)
     dims = ", ".join(f"{k}={v}" for k, v in model.spec.dims.items())
     leaves = device_leaves(model, backend)
     sa, sa_sim = plan(model.joint, "store-all", ix=model.index)
