@@ -109,7 +109,56 @@ def _numpy_standing_in_for_cupy():
         Device=lambda: types.SimpleNamespace(mem_info=(2**30, 2**34)))
     fake.get_default_memory_pool = lambda: Pool()
     fake.asnumpy = np.asarray
+    fake.ElementwiseKernel = _InterpretedKernel
+    fake.ReductionKernel = _InterpretedReduction
     return fake
+
+
+def _python(body):
+    """The C of ckpt's kernel bodies as numpy expressions: casts and declarations dropped, the
+    ternary as `where`, the element index as `i`."""
+    import re
+    body = body.replace("(T)", "").replace("(unsigned long long)", "").replace("unsigned long long ", "")
+    body = re.sub(r"\bT (\w+ =)", r"\1", body)
+    body = re.sub(r"0x([0-9A-Fa-f]+)ull", lambda m: str(int(m.group(1), 16)), body)
+    body = re.sub(r"\(([^?()]+)\?([^:()]+):([^()]+)\)", r"where(\1, \2, \3)", body)
+    return [st.strip() for st in body.split(";") if st.strip()]
+
+
+def _names(params):
+    return [p.split()[-1] for p in params.split(",")]
+
+
+class _InterpretedKernel:
+    """cupy.ElementwiseKernel run by numpy: arguments broadcast, `i` the C-order element index,
+    T the dtype of the first T argument. Lets the CPU suite run each kernel body's formula."""
+
+    def __init__(self, params, out, body, name):
+        self.params, self.out, self.body = params, _names(out)[0], _python(body)
+        self.ttype = [p.split()[-1] for p in params.split(",") if p.split()[0] == "T"]
+
+    def __call__(self, *args):
+        env = dict(zip(_names(self.params), args), tanh=np.tanh, exp=np.exp, where=np.where)
+        arrays = [a for a in args if isinstance(a, np.ndarray)]
+        shape = np.broadcast_shapes(*[a.shape for a in arrays])
+        env["i"] = np.arange(int(np.prod(shape)), dtype=np.uint64).reshape(shape)
+        dtype = env[self.ttype[0]].dtype
+        for st in self.body:
+            name, expr = (t.strip() for t in st.split("=", 1))
+            env[name] = eval(expr, {}, env)
+        return np.ascontiguousarray(np.broadcast_to(env[self.out], shape).astype(dtype))
+
+
+class _InterpretedReduction:
+    """cupy.ReductionKernel run by numpy, for sums (`a + b`) of a mapped expression."""
+
+    def __init__(self, params, out, map_expr, reduce_expr, post, identity, name):
+        assert reduce_expr == "a + b" and identity == "0"
+        self.params, self.map = params, map_expr
+
+    def __call__(self, *args, axis=None, keepdims=False):
+        env = dict(zip(_names(self.params), args))
+        return eval(self.map, {}, env).sum(axis=axis, keepdims=keepdims).astype(args[0].dtype)
 
 
 def test_cupy_handle_plumbing_on_a_numpy_stand_in():
@@ -135,3 +184,27 @@ def test_cli_plan_with_costs_measured_on_cuda():
     assert doc["costs"] == "seconds measured on cuda"
     assert 0 < rows["store-all"]["cost"] < rows["sqrt-n"]["cost"] < 10
     assert rows["budget"]["peak_bytes"] <= doc["budget_bytes"]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_fused_kernels_give_the_array_rules_on_a_numpy_interpreter(dtype):
+    """The kernels' formulas and the Python around them (arguments, broadcasting, axes), checked on
+    the CPU: every op of gpt_small and unet_small through the stand-in, whose kernels numpy
+    interprets, against the array rules; the same bytes, gradients equal to rounding."""
+    from ckpt.backend import Backend, CupyBackend
+    fake = CupyBackend(_numpy_standing_in_for_cupy())
+    for name in ("gpt_small", "unet_small"):
+        model = load_model(config_path(name), SMALL[name], dtype=dtype)
+        p, sim = plan(model.joint, "sqrt-n", ix=model.index)
+        ref = run_plan(model, p.steps, Backend(), n_steps=0, warmup=0)
+        r = run_plan(model, p.steps, fake, n_steps=0, leaves=device_leaves(model, fake), warmup=0)
+        assert r.measured_managed == sim.peak_managed and r.timeline == ref.timeline
+        tol = 1e-12 if dtype == "float64" else 1e-5
+        assert r.loss == pytest.approx(ref.loss, rel=tol)
+        for k, g in ref.grads.items():
+            assert r.grads[k].dtype == g.dtype
+            assert np.linalg.norm(r.grads[k] - g) <= tol * max(np.linalg.norm(g), 1e-12), (name, k)
+    from ckpt.ops import _kernels
+    used = {n for (xp, n), k in _kernels.items() if xp is fake.xp and k}
+    assert used == {"dropout", "gelu", "gelu_vjp", "exp_sub", "rowdot", "softmax_vjp",
+                    "ln_sqdev", "ln_fwd", "ln_gxhat", "ln_dx"}

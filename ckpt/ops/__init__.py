@@ -78,4 +78,31 @@ def unbroadcast(xp, g, shape):
     return g.sum(axis=axes, keepdims=True).reshape(shape) if axes else g.reshape(shape)
 
 
+# ---- fused kernels ---------------------------------------------------------------------------
+# Array-at-a-time rules make one pass over memory per operation; on a GPU the elementwise and
+# row-wise parts of gelu, softmax, layernorm and dropout cost more in those passes than in
+# arithmetic. Where the array module compiles CUDA (cupy has ElementwiseKernel and
+# ReductionKernel), such an op gives the same formula as one kernel next to its array rule; on
+# numpy the array rule runs. tests/test_gpu.py holds each kernel to its array rule.
+_kernels = {}
+_enabled = [True]
+
+
+def use_kernels(on):
+    """Switch fused kernels off (False) or on: for timing them side by side with the array rules."""
+    _enabled[0] = bool(on)
+
+
+def kernel(xp, maker, name, *spec, dtype=None):
+    """`xp.<maker>(*spec, "ckpt_" + name)` compiled once, or None where the array rule must run:
+    numpy, kernels switched off, or (when `dtype` is given) a dtype other than float32/float64."""
+    if not _enabled[0] or (dtype is not None and dtype not in (np.float32, np.float64)):
+        return None
+    key = (xp, name)
+    if key not in _kernels:
+        make = getattr(xp, maker, None)
+        _kernels[key] = make(*spec, "ckpt_" + name) if make is not None else None
+    return _kernels[key]
+
+
 from . import elementwise, tensor, nn  # noqa: E402,F401  (each module registers its ops)

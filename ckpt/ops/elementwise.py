@@ -2,7 +2,7 @@
 
 import math
 
-from . import OUT, Op, broadcast_shapes, register, size, unbroadcast
+from . import OUT, Op, broadcast_shapes, kernel, register, size, unbroadcast
 
 
 def _same_shape(op):
@@ -15,12 +15,13 @@ def _ew_flops(k):
     return lambda shapes, out, attrs: k * size(out)
 
 
-def unary(name, f, df, needs, k=1, positive=False):
-    """A unary map y = f(x) whose derivative `df(xp, x, y)` reads x, y or neither (`needs`)."""
+def unary(name, f, df, needs, k=1, positive=False, vjp=None):
+    """A unary map y = f(x) whose derivative `df(xp, x, y)` reads x, y or neither (`needs`);
+    `vjp(xp, g, x, y)`, where given, computes g * df in one go."""
     register(Op(
         name=name, arity=(1, 1), shape=_same_shape(name),
         forward=lambda xp, ins, a: f(xp, ins[0]),
-        vjp=lambda xp, i, g, c: g * df(xp, c.ins[0], c.out),
+        vjp=(lambda xp, i, g, c: vjp(xp, g, c.ins[0], c.out)) if vjp else (lambda xp, i, g, c: g * df(xp, c.ins[0], c.out)),
         jvp=lambda xp, t, c: t[0] * df(xp, c.ins[0], c.out),
         needs=lambda i: needs, flops=_ew_flops(k),
         example={"shapes": [(3, 4)], "positive": positive},
@@ -40,7 +41,14 @@ unary("relu", lambda xp, x: xp.maximum(x, 0), lambda xp, x, y: y > 0, needs=(OUT
 _C = math.sqrt(2.0 / math.pi)
 
 
+_GELU_TANH_ARG = f"(T){_C!r} * (x + (T)0.044715 * x * x * x)"  # the same formulas as one kernel each
+
+
 def _gelu(xp, x):  # the tanh approximation used by GPT-2
+    k = kernel(xp, "ElementwiseKernel", "gelu", "T x", "T y",
+               f"y = (T)0.5 * x * ((T)1 + tanh({_GELU_TANH_ARG}))", dtype=x.dtype)
+    if k:
+        return k(x)
     return 0.5 * x * (1.0 + xp.tanh(_C * (x + 0.044715 * x * x * x)))
 
 
@@ -49,7 +57,15 @@ def _dgelu(xp, x, y):
     return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * _C * (1.0 + 3 * 0.044715 * x * x)
 
 
-unary("gelu", _gelu, _dgelu, needs=(0,), k=8)
+def _gelu_vjp(xp, g, x, y):
+    k = kernel(xp, "ElementwiseKernel", "gelu_vjp", "T x, T g", "T dx",
+               f"T t = tanh({_GELU_TANH_ARG}); "
+               f"dx = g * ((T)0.5 * ((T)1 + t) + (T)0.5 * x * ((T)1 - t * t) * (T){_C!r} * ((T)1 + (T){3 * 0.044715!r} * x * x))",
+               dtype=x.dtype)
+    return k(x, g) if k else g * _dgelu(xp, x, y)
+
+
+unary("gelu", _gelu, _dgelu, needs=(0,), k=8, vjp=_gelu_vjp)
 
 
 def _scale_vjp(xp, i, g, c):

@@ -1,14 +1,25 @@
 """Network ops: softmax, layernorm, convolution, pooling, dropout and losses. One block per op."""
 
-from . import OUT, Op, register, shape_error, size
+from . import OUT, Op, kernel, register, shape_error, size
 from ..errors import ShapeError
 
 
 # ---- softmax, log_softmax ----------------------------------------------------------------------
 def _softmax(xp, x, axis):
-    e = xp.exp(x - x.max(axis=axis, keepdims=True))
+    m = x.max(axis=axis, keepdims=True)
+    k = kernel(xp, "ElementwiseKernel", "exp_sub", "T x, T m", "T e", "e = exp(x - m)", dtype=x.dtype)
+    e = k(x, m) if k else xp.exp(x - m)
     e /= e.sum(axis=axis, keepdims=True)
     return e
+
+
+def _softmax_vjp(xp, g, y, axis):
+    """y * (g - sum(g * y)) along the axis: the VJP and the JVP of y = softmax(x)."""
+    dot = kernel(xp, "ReductionKernel", "rowdot", "T g, T y", "T s", "g * y", "a + b", "s = a", "0", dtype=g.dtype)
+    if dot:
+        s = dot(g, y, axis=axis, keepdims=True)
+        return kernel(xp, "ElementwiseKernel", "softmax_vjp", "T y, T g, T s", "T dx", "dx = y * (g - s)")(y, g, s)
+    return y * (g - (g * y).sum(axis=axis, keepdims=True))
 
 
 def _log_softmax(xp, x, axis):
@@ -28,8 +39,8 @@ def _check_axis(op):
 register(Op(
     name="softmax", arity=(1, 1), shape=_check_axis("softmax"), attrs={"axis": -1},
     forward=lambda xp, ins, a: _softmax(xp, ins[0], a["axis"]),
-    vjp=lambda xp, i, g, c: c.out * (g - (g * c.out).sum(axis=c.attrs["axis"], keepdims=True)),
-    jvp=lambda xp, t, c: c.out * (t[0] - (t[0] * c.out).sum(axis=c.attrs["axis"], keepdims=True)),
+    vjp=lambda xp, i, g, c: _softmax_vjp(xp, g, c.out, c.attrs["axis"]),
+    jvp=lambda xp, t, c: _softmax_vjp(xp, t[0], c.out, c.attrs["axis"]),
     needs=lambda i: (OUT,), flops=lambda s, o, a: 5 * size(o),
     example={"shapes": [(3, 5)]},
 ))
@@ -59,7 +70,31 @@ def _ln_stats(xp, x, eps):
     return xc * rstd, rstd
 
 
+# Fused layernorm: the row statistics by the array module's reductions, every elementwise stretch as
+# one kernel over x (xhat = (x - mu) * rstd is recomputed inside each kernel, never stored).
+_XHAT = "((x - mu) * rstd)"
+
+
+def _ln_fused(xp, x, eps):
+    """(mu, rstd, kernels) where kernels are compiled, else None (see ops.kernel)."""
+    def k(name, params, out, body):
+        return kernel(xp, "ElementwiseKernel", "ln_" + name, params, out, body, dtype=x.dtype)
+    sqdev = k("sqdev", "T x, T mu", "T d", "T c = x - mu; d = c * c")
+    if not sqdev:
+        return None
+    mu = x.mean(axis=-1, keepdims=True)
+    rstd = 1.0 / xp.sqrt(sqdev(x, mu).mean(axis=-1, keepdims=True) + eps)
+    ks = {"fwd": k("fwd", "T x, T mu, T rstd, T gamma, T beta", "T y", f"y = {_XHAT} * gamma + beta"),
+          "gxhat": k("gxhat", "T g, T x, T mu, T rstd", "T t", f"t = g * {_XHAT}"),
+          "dx": k("dx", "T gg, T x, T mu, T rstd, T m1, T m2", "T dx", f"dx = rstd * (gg - m1 - {_XHAT} * m2)")}
+    return mu, rstd, ks
+
+
 def _ln_forward(xp, ins, a):
+    fused = _ln_fused(xp, ins[0], a["eps"])
+    if fused:
+        mu, rstd, k = fused
+        return k["fwd"](ins[0], mu, rstd, ins[1], ins[2])
     xhat, _ = _ln_stats(xp, ins[0], a["eps"])
     xhat *= ins[1]
     xhat += ins[2]
@@ -73,7 +108,17 @@ def _lead_sum(g):
 def _ln_vjp(xp, i, g, c):
     if i == 2:
         return _lead_sum(g)
-    xhat, rstd = _ln_stats(xp, c.ins[0], c.attrs["eps"])
+    x = c.ins[0]
+    fused = _ln_fused(xp, x, c.attrs["eps"])
+    if fused:
+        mu, rstd, k = fused
+        if i == 1:
+            return _lead_sum(k["gxhat"](g, x, mu, rstd))
+        gg = g * c.ins[1]
+        m1 = gg.mean(axis=-1, keepdims=True)
+        m2 = k["gxhat"](gg, x, mu, rstd).mean(axis=-1, keepdims=True)
+        return k["dx"](gg, x, mu, rstd, m1, m2)
+    xhat, rstd = _ln_stats(xp, x, c.attrs["eps"])
     if i == 1:
         return _lead_sum(g * xhat)
     dxhat = g * c.ins[1]
@@ -271,10 +316,9 @@ def dropout_keep(xp, shape, seed, p):
     return (z >= u64(threshold)).reshape(shape)
 
 
-# The same splitmix64 and product as one CUDA kernel, where the array module can compile one
-# (cupy): the array-at-a-time hash above makes ten passes over 8-byte integers per element, which
-# on a GPU costs more than the attention matmuls it sits between. tests/test_gpu.py checks that
-# both give the same bits.
+# The same splitmix64 and product as one kernel where the array module compiles CUDA: the
+# array-at-a-time hash above makes ten passes over 8-byte integers per element, which on a GPU costs
+# more than the attention matmuls around it. The kernel covers float16 too (it only multiplies).
 _DROPOUT_CUDA = """
 unsigned long long z = (unsigned long long)i + offset;
 z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -282,24 +326,16 @@ z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
 z = z ^ (z >> 31);
 y = x * (z >= threshold ? scale : (T)0);
 """
-_kernels = {}
-
-
-def _fused_dropout(xp):
-    if xp not in _kernels:
-        make = getattr(xp, "ElementwiseKernel", None)
-        _kernels[xp] = make and make("T x, uint64 offset, uint64 threshold, T scale", "T y", _DROPOUT_CUDA,
-                                     "ckpt_dropout")
-    return _kernels[xp]
 
 
 def _dropout(xp, x, a):
     """x times the keep-mask scaled by 1 / (1 - p), in x's dtype."""
     scale = x.dtype.type(1.0 / (1.0 - a["p"]))
-    kernel = _fused_dropout(xp)
-    if kernel:
+    k = kernel(xp, "ElementwiseKernel", "dropout", "T x, uint64 offset, uint64 threshold, T scale", "T y",
+               _DROPOUT_CUDA)
+    if k:
         offset, threshold = _hash_params(a["_seed"], a["p"])
-        return kernel(x, xp.uint64(offset), xp.uint64(threshold), scale)
+        return k(x, xp.uint64(offset), xp.uint64(threshold), scale)
     mask = dropout_keep(xp, x.shape, a["_seed"], a["p"]).astype(x.dtype)
     mask *= scale
     return x * mask

@@ -179,8 +179,16 @@ def _linear_shape(shapes, a):
     return x[:-1] + (w[1],)
 
 
+def _rows_matmul(xp, a, b):
+    """a (..., k) @ b (k, n) as one 2-D product (one GEMM, not one per leading index), written into
+    an array that owns its buffer."""
+    out = xp.empty(a.shape[:-1] + (b.shape[1],), dtype=xp.result_type(a.dtype, b.dtype))
+    xp.matmul(a.reshape(-1, a.shape[-1]), b, out=out.reshape(-1, b.shape[1]))
+    return out
+
+
 def _linear_forward(xp, ins, a):
-    y = ins[0] @ ins[1]
+    y = _rows_matmul(xp, ins[0], ins[1])
     if len(ins) == 3:
         y += ins[2]  # in place: y is fresh, and this saves a temporary the size of the output
     return y
@@ -188,7 +196,7 @@ def _linear_forward(xp, ins, a):
 
 def _linear_vjp(xp, i, g, c):
     if i == 0:
-        return g @ c.ins[1].T
+        return _rows_matmul(xp, g, c.ins[1].T)
     if i == 1:
         x = c.ins[0]
         return x.reshape(-1, x.shape[-1]).T @ g.reshape(-1, g.shape[-1])
