@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from ckpt.backend import get_backend
 from ckpt.cli import cli
 from ckpt.errors import ConfigError
-from ckpt.plan import plan
+from ckpt.plan import plan, smallest_peak
 from ckpt.session import device_leaves, load_model, run_plan
 from conftest import SMALL, config_path
 
@@ -44,8 +44,8 @@ def test_gpu_matches_prediction_and_cpu(name):
     sa, sa_sim = plan(model.joint, "store-all", ix=model.index)
     ref = run_plan(model, sa.steps, cpu, n_steps=1, leaves=cpu_leaves, warmup=0)
     gpu_ref = None
-    for strategy, budget in (("store-all", None), ("sqrt-n", None),
-                             ("budget", sa_sim.resident + sa_sim.peak_managed * 3 // 4)):
+    budget = max(sa_sim.resident + sa_sim.peak_managed * 3 // 4, smallest_peak(model.joint, model.index)[0])
+    for strategy in ("store-all", "sqrt-n", "budget"):
         p, sim = plan(model.joint, strategy, budget, time_limit=5, ix=model.index)
         r = run_plan(model, p.steps, cuda, n_steps=1, leaves=gpu_leaves, warmup=1)
         assert r.measured_managed == sim.peak_managed and r.timeline == sim.timeline
