@@ -78,6 +78,38 @@ def test_fused_dropout_kernel_gives_numpys_bits(dtype):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(REASON is not None, reason=REASON or "")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fused_kernels_give_the_array_rules_on_cuda(dtype):
+    """Each op with a kernel (gelu, softmax by rows and along other axes, layernorm), forward and
+    VJP, against the same op's array rule on the same device."""
+    from ckpt.ops import REGISTRY, Ctx, use_kernels
+    xp = get_backend("cuda").xp
+    rng = np.random.default_rng(1)
+    tol = 2e-6 if dtype == "float32" else 1e-13
+    cases = [("gelu", [(4, 300)], {}), ("softmax", [(3, 1)], {"axis": -1}), ("softmax", [(2, 5, 7)], {"axis": -1}),
+             ("softmax", [(4, 1024)], {"axis": -1}), ("softmax", [(2, 1500)], {"axis": -1}),
+             ("softmax", [(6, 5, 4)], {"axis": 1}), ("layernorm", [(3, 4, 40), (40,), (40,)], {"eps": 1e-5})]
+    for name, shapes, attrs in cases:
+        op = REGISTRY[name]
+        ins = [xp.asarray(rng.standard_normal(s).astype(dtype)) for s in shapes]
+        runs = []
+        for on in (True, False):
+            use_kernels(on)
+            try:
+                y = op.forward(xp, ins, attrs)
+                g = xp.asarray(np.random.default_rng(2).standard_normal(y.shape).astype(dtype))
+                ctx = Ctx(ins, y, shapes, y.shape, attrs)
+                runs.append([y] + [op.vjp(xp, i, g, ctx) for i in range(len(ins))])
+            finally:
+                use_kernels(True)
+        for a, b in zip(*runs):
+            a, b = xp.asnumpy(a), xp.asnumpy(b)
+            assert a.dtype == b.dtype and a.shape == b.shape, name
+            assert np.abs(a - b).max() <= tol * max(np.abs(b).max(), 1.0), (name, shapes)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(REASON is not None, reason=REASON or "")
 def test_cli_run_on_cuda_reports_device_memory():
     res = CliRunner().invoke(cli, ["run", config_path("gpt_small"), "--device", "cuda", "--json", "--steps", "2"])
     assert res.exit_code == 0, res.output

@@ -5,7 +5,71 @@ from ..errors import ShapeError
 
 
 # ---- softmax, log_softmax ----------------------------------------------------------------------
+# Softmax over the last axis as one CUDA block per row, where the array module compiles raw CUDA:
+# the row's max, exponentials and sum in one kernel (the array rule makes four passes over memory
+# and two reductions), and the VJP's row dot product and product in another.
+_ROWS_CUDA = """
+__device__ __forceinline__ T ckpt_block_sum(T v, T* sh) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    __syncthreads();  /* sh may still be read from the previous reduction */
+    if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = v;
+    __syncthreads();
+    v = sh[0];
+    for (int k = 1; k < (int)(blockDim.x >> 5); k++) v += sh[k];
+    return v;
+}
+__device__ __forceinline__ T ckpt_block_max(T v, T* sh) {
+    for (int o = 16; o > 0; o >>= 1) { T w = __shfl_xor_sync(0xffffffffu, v, o); v = w > v ? w : v; }
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = v;
+    __syncthreads();
+    v = sh[0];
+    for (int k = 1; k < (int)(blockDim.x >> 5); k++) v = sh[k] > v ? sh[k] : v;
+    return v;
+}
+extern "C" __global__ void ckpt_softmax_rows_T(const T* x, T* y, int n) {
+    __shared__ T sh[32];
+    const T* xr = x + (long long)blockIdx.x * n;
+    T* yr = y + (long long)blockIdx.x * n;
+    T m = xr[0];
+    for (int j = threadIdx.x; j < n; j += blockDim.x) m = xr[j] > m ? xr[j] : m;
+    m = ckpt_block_max(m, sh);
+    T s = 0;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) { T e = EXP(xr[j] - m); yr[j] = e; s += e; }
+    s = ckpt_block_sum(s, sh);
+    for (int j = threadIdx.x; j < n; j += blockDim.x) yr[j] = yr[j] / s;
+}
+extern "C" __global__ void ckpt_softmax_rows_vjp_T(const T* y, const T* g, T* dx, int n) {
+    __shared__ T sh[32];
+    long long base = (long long)blockIdx.x * n;
+    T s = 0;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) s += g[base + j] * y[base + j];
+    s = ckpt_block_sum(s, sh);
+    for (int j = threadIdx.x; j < n; j += blockDim.x) dx[base + j] = y[base + j] * (g[base + j] - s);
+}
+"""
+
+
+def _rows_kernel(xp, which, x, axis):
+    """The compiled row kernel for x's dtype, or None where the other rules must run."""
+    if x.ndim == 0 or axis not in (-1, x.ndim - 1) or x.size == 0:
+        return None
+    t = {"float32": "float", "float64": "double"}.get(str(x.dtype))
+    code = "typedef %s T;\n#define EXP %s\n" % (t, "expf" if t == "float" else "exp") + _ROWS_CUDA
+    return t and kernel(xp, "RawKernel", f"softmax_rows{which}_{t}", code.replace("_T(", f"_{t}("))
+
+
+def _launch_rows(xp, k, arrays, n):
+    block = min(256, max(32, 1 << (n - 1).bit_length()))  # whole warps, at most 256 threads
+    out = xp.empty(arrays[0].shape, dtype=arrays[0].dtype)
+    k((arrays[0].size // n,), (block,), tuple(xp.ascontiguousarray(a) for a in arrays) + (out, xp.int32(n)))
+    return out
+
+
 def _softmax(xp, x, axis):
+    rows = _rows_kernel(xp, "", x, axis)
+    if rows:
+        return _launch_rows(xp, rows, [x], x.shape[-1])
     m = x.max(axis=axis, keepdims=True)
     k = kernel(xp, "ElementwiseKernel", "exp_sub", "T x, T m", "T e", "e = exp(x - m)", dtype=x.dtype)
     e = k(x, m) if k else xp.exp(x - m)
@@ -15,6 +79,9 @@ def _softmax(xp, x, axis):
 
 def _softmax_vjp(xp, g, y, axis):
     """y * (g - sum(g * y)) along the axis: the VJP and the JVP of y = softmax(x)."""
+    rows = _rows_kernel(xp, "_vjp", y, axis)
+    if rows:
+        return _launch_rows(xp, rows, [y, g], y.shape[-1])
     dot = kernel(xp, "ReductionKernel", "rowdot", "T g, T y", "T s", "g * y", "a + b", "s = a", "0", dtype=g.dtype)
     if dot:
         s = dot(g, y, axis=axis, keepdims=True)
