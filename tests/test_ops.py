@@ -102,3 +102,20 @@ def test_dropout_mask_is_reproducible_and_has_the_right_rate():
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     assert abs(a.mean() - 0.7) < 0.01
     assert size((2, 3)) == 6
+
+
+@pytest.mark.parametrize("sa,sb", [((2, 9, 9), (2, 9, 2)), ((2, 2, 9), (9, 9)), ((2, 2, 9), (2, 9, 9)), ((9, 9), (3, 9, 2)), ((2, 9, 9), (9, 2))])
+def test_matmul_vjp_by_the_transposed_product_where_an_operand_is_big(sa, sb):
+    """dA = g B^T and dB = A^T g, also where the VJP takes the transpose of the smaller product."""
+    from ckpt.ops import REGISTRY, Ctx
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal(sa), rng.standard_normal(sb)
+    y = a @ b
+    g = rng.standard_normal(y.shape)
+    op = REGISTRY["matmul"]
+    da = op.vjp(np, 0, g, Ctx([None, b], None, [sa, sb], y.shape, {}))
+    db = op.vjp(np, 1, g, Ctx([a, None], None, [sa, sb], y.shape, {}))
+    want_a = np.einsum("...mn,...kn->...mk", g, np.broadcast_to(b, y.shape[:-2] + sb[-2:]))
+    want_b = np.einsum("...mk,...mn->...kn", np.broadcast_to(a, y.shape[:-2] + sa[-2:]), g)
+    np.testing.assert_allclose(da, want_a.reshape((-1,) + sa).sum(axis=0) if want_a.shape != sa else want_a, rtol=1e-12)
+    np.testing.assert_allclose(db, want_b.reshape((-1,) + sb).sum(axis=0) if want_b.shape != sb else want_b, rtol=1e-12)

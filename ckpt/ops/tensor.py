@@ -155,9 +155,17 @@ def _matmul_shape(shapes, a):
 
 
 def _matmul_vjp(xp, i, g, c):
+    a, b = c.ins
+    # dA = g B^T and dB = A^T g. A batched product copies a transposed operand first (cupy does), so
+    # where that operand is the big one (attention's probabilities in dV = P^T dC), take the
+    # transpose of the product of the small ones instead: dB = (g^T A)^T.
     if i == 0:
-        return unbroadcast(xp, g @ c.ins[1].swapaxes(-1, -2), c.in_shapes[0])
-    return unbroadcast(xp, c.ins[0].swapaxes(-1, -2) @ g, c.in_shapes[1])
+        if b.size > g.size + size(c.in_shapes[0]):
+            return unbroadcast(xp, (b @ g.swapaxes(-1, -2)).swapaxes(-1, -2), c.in_shapes[0])
+        return unbroadcast(xp, g @ b.swapaxes(-1, -2), c.in_shapes[0])
+    if a.size > g.size + size(c.in_shapes[1]):
+        return unbroadcast(xp, (g.swapaxes(-1, -2) @ a).swapaxes(-1, -2), c.in_shapes[1])
+    return unbroadcast(xp, a.swapaxes(-1, -2) @ g, c.in_shapes[1])
 
 
 register(Op(
