@@ -81,9 +81,10 @@ def unbroadcast(xp, g, shape):
 # ---- fused kernels ---------------------------------------------------------------------------
 # Array-at-a-time rules make one pass over memory per operation; on a GPU the elementwise and
 # row-wise parts of gelu, softmax, layernorm and dropout cost more in those passes than in
-# arithmetic. Where the array module compiles CUDA (cupy has ElementwiseKernel and
-# ReductionKernel), such an op gives the same formula as one kernel next to its array rule; on
-# numpy the array rule runs. tests/test_gpu.py holds each kernel to its array rule.
+# arithmetic. Where the array module compiles CUDA (cupy's ElementwiseKernel, ReductionKernel and
+# RawKernel), such an op gives the same formula as one kernel next to its array rule; on numpy the
+# array rule runs. tests/test_gpu.py holds each kernel to its array rule (on the CPU through a numpy
+# interpreter of the kernel bodies, on a GPU against the array rule on the device).
 _kernels = {}
 _enabled = [True]
 

@@ -18,10 +18,13 @@ def _ew_flops(k):
 def unary(name, f, df, needs, k=1, positive=False, vjp=None):
     """A unary map y = f(x) whose derivative `df(xp, x, y)` reads x, y or neither (`needs`);
     `vjp(xp, g, x, y)`, where given, computes g * df in one go."""
+    if vjp is None:
+        def vjp(xp, g, x, y):
+            return g * df(xp, x, y)
     register(Op(
         name=name, arity=(1, 1), shape=_same_shape(name),
         forward=lambda xp, ins, a: f(xp, ins[0]),
-        vjp=(lambda xp, i, g, c: vjp(xp, g, c.ins[0], c.out)) if vjp else (lambda xp, i, g, c: g * df(xp, c.ins[0], c.out)),
+        vjp=lambda xp, i, g, c: vjp(xp, g, c.ins[0], c.out),
         jvp=lambda xp, t, c: t[0] * df(xp, c.ins[0], c.out),
         needs=lambda i: needs, flops=_ew_flops(k),
         example={"shapes": [(3, 4)], "positive": positive},

@@ -55,8 +55,10 @@ def _rows_kernel(xp, which, x, axis):
     if x.ndim == 0 or axis not in (-1, x.ndim - 1) or x.size == 0:
         return None
     t = {"float32": "float", "float64": "double"}.get(str(x.dtype))
+    if t is None:
+        return None
     code = "typedef %s T;\n#define EXP %s\n" % (t, "expf" if t == "float" else "exp") + _ROWS_CUDA
-    return t and kernel(xp, "RawKernel", f"softmax_rows{which}_{t}", code.replace("_T(", f"_{t}("))
+    return kernel(xp, "RawKernel", f"softmax_rows{which}_{t}", code.replace("_T(", f"_{t}("))
 
 
 def _launch_rows(xp, k, arrays, n):
