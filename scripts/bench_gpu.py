@@ -196,7 +196,7 @@ def compare(torch, forward, backend, steps, model):
     if dev == "cuda":
         print(f"allocators after the runs: cupy pool {fmt_bytes(backend.xp.get_default_memory_pool().total_bytes())}, "
               f"torch max allocated {fmt_bytes(torch.cuda.max_memory_allocated())}")
-    del ex, tvals, leaves
+    ex = tvals = leaves = None  # free both models before profiling
     release(backend)
     where_time_goes(measure_costs(model, backend), model)
     release(backend)
