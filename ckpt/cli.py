@@ -382,12 +382,7 @@ def _plot_swell(res, path):
                        ("derivative_cse_size", "symbolic derivative (after CSE)"),
                        ("reverse_ops", "reverse-mode operations")):
         ax.semilogy(depth, [r[key] for r in res["rows"]], marker="o", label=label)
-    ax.set_xlabel("depth of composition")
-    ax.set_ylabel("size")
-    ax.set_title(f"expression swell ({res['family']})")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    _save(fig, plt, path)
+    _finish(fig, ax, plt, path, "depth of composition", "size", f"expression swell ({res['family']})")
 
 
 def _plot_frontier(doc, path):
@@ -401,12 +396,8 @@ def _plot_frontier(doc, path):
             ax.plot([100 * r["overhead"]], [r["peak_bytes"] / mib], "s", ms=8, label=r["name"])
     if doc["budget_bytes"]:
         ax.axhline(doc["budget_bytes"] / mib, color="red", ls="--", lw=1, label="memory budget")
-    ax.set_xlabel("compute overhead over store-all (%)")
-    ax.set_ylabel("predicted peak (MiB)")
-    ax.set_title(f"memory / recompute trade-off: {doc['model']}")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    _save(fig, plt, path)
+    _finish(fig, ax, plt, path, "compute overhead over store-all (%)", "predicted peak (MiB)",
+            f"memory / recompute trade-off: {doc['model']}")
 
 
 def _plot_memory(model, steps, sim, r, budget, path, strategy):
@@ -432,11 +423,8 @@ def _plot_memory(model, steps, sim, r, budget, path, strategy):
                 label="recompute")
     if budget:
         ax.axhline(budget / mib, color="red", ls=":", lw=1, label="budget")
-    ax.set_xlabel("schedule step")
-    ax.set_ylabel("bytes live (MiB)")
-    ax.set_title(f"memory timeline: {model.joint.graph['name']}, {strategy}")
-    ax.legend(fontsize=8, loc="upper right")
-    _save(fig, plt, path)
+    _finish(fig, ax, plt, path, "schedule step", "bytes live (MiB)",
+            f"memory timeline: {model.joint.graph['name']}, {strategy}", grid=False, fontsize=8, loc="upper right")
 
 
 def _pyplot():
@@ -447,6 +435,17 @@ def _pyplot():
     except ImportError:
         raise ConfigError("--plot needs matplotlib: pip install 'ckpt-recompute[plot]'") from None
     return plt
+
+
+def _finish(fig, ax, plt, path, xlabel, ylabel, title, grid=True, **legend):
+    """Label the axes, add the grid and the legend, and save (every plot ends so)."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if grid:
+        ax.grid(True, alpha=0.3)
+    ax.legend(**legend)
+    _save(fig, plt, path)
 
 
 def _save(fig, plt, path):
@@ -472,13 +471,9 @@ def _plot_numeric(res, path):
         for m in ("forward", "backward", "central"):
             ax.loglog(hs, [max(r[f"{m}_{d}"], 1e-17) for r in res["steps"]], style, marker="o", ms=3,
                       label=f"{m} ({d})")
-    ax.set_xlabel("step h")
-    ax.set_ylabel("relative error")
-    ax.set_title(f"numeric derivative of the loss along {res['wrt']}")
     ax.invert_xaxis()
-    ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8)
-    _save(fig, plt, path)
+    _finish(fig, ax, plt, path, "step h", "relative error", f"numeric derivative of the loss along {res['wrt']}",
+            fontsize=8)
 
 
 # ---- check -------------------------------------------------------------------------------------
