@@ -1,0 +1,81 @@
+"""ckpt bench: memory and time per config and strategy, against a committed baseline."""
+
+import os
+
+import click
+
+from ..errors import CheckFailed, ConfigError
+from ..jsonio import write_json_atomic
+from ..plan import STRATEGIES
+from ..report import emit_json, fmt_bytes, fmt_time, table
+from .common import json_opt, overrides, set_opt, time_limit_opt
+
+
+def _tolerance(text):
+    t = str(text).strip()
+    try:
+        value = float(t[:-1]) / 100 if t.endswith("%") else float(t)
+    except ValueError:
+        raise ConfigError(f"cannot read time tolerance {text!r}: use 10% or 0.1") from None
+    if value < 0:
+        raise ConfigError(f"time tolerance must be >= 0, got {text!r}")
+    return value
+
+
+@click.command()
+@click.argument("configs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--strategy", "strategies", multiple=True, type=click.Choice(STRATEGIES),
+              help="Repeatable; default: all three.")
+@click.option("--memory-budget", "budgets", multiple=True, metavar="SIZE",
+              help="Budgets for the budget strategy (repeatable; default 0.8x of store-all's peak).")
+@click.option("--steps", default=5, show_default=True, type=click.IntRange(min=1), help="Timed steps per entry.")
+@click.option("--baseline", type=click.Path(dir_okay=False), help="Compare with this baseline (exit 1 on a regression).")
+@click.option("--time-tolerance", default="10%", show_default=True, help="Allowed rise of the time ratio to store-all.")
+@click.option("--update-baseline", is_flag=True, help="Write the results into --baseline (atomically) instead.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
+@time_limit_opt
+@set_opt
+@json_opt
+def bench(configs, strategies, budgets, steps, baseline, time_tolerance, update_baseline, output, time_limit, sets,
+          as_json):
+    """Measure memory and time per config and strategy; compare with or update a baseline."""
+    from .bench import compare, load_baseline, run_bench, save_baseline
+    tol = _tolerance(time_tolerance)
+    if update_baseline and not baseline:
+        raise ConfigError("--update-baseline needs --baseline FILE")
+    base = None
+    if baseline and (not update_baseline or os.path.exists(baseline)):
+        base = load_baseline(baseline)  # a corrupt baseline stops here, before anything is written
+    entries = run_bench(configs, strategies or STRATEGIES, budgets or ("0.8x",), steps=steps,
+                        time_limit=time_limit, overrides=overrides(sets), progress=not as_json)
+    if output:
+        write_json_atomic(output, {"entries": entries}, sort_keys=True)
+    if update_baseline:
+        merged = dict(base or {})
+        merged.update(entries)
+        save_baseline(baseline, merged)
+    rows = compare(entries, base, tol) if base is not None and not update_baseline else []
+    regressions = [r for r in rows if r[4] == "regression"]
+    if as_json:
+        emit_json({"entries": entries, "comparison": [dict(zip(("entry", "figure", "baseline", "current", "status"), r))
+                                                      for r in rows], "regressions": len(regressions)})
+    else:
+        trows = [(k, "yes" if e.get("feasible") else "no", fmt_bytes(e["peak_predicted"]) if e.get("feasible") else "-",
+                  fmt_bytes(e["peak_measured"]) if e.get("feasible") else "-",
+                  fmt_bytes(e["peak_allocator"]) if e.get("feasible") else "-",
+                  fmt_time(e.get("time_s")) if e.get("feasible") else "-",
+                  f"{e['time_ratio']:.3f}" if e.get("feasible") else "-") for k, e in sorted(entries.items())]
+        click.echo(table(trows, ["entry", "fits", "predicted", "measured", "allocator", "step time", "vs store-all"]))
+        if update_baseline:
+            click.echo(f"baseline {baseline} updated ({len(entries)} entries)")
+        elif base is not None:
+            changed = [r for r in rows if r[4] != "same"]
+            if changed:
+                click.echo("\nchanges against the baseline")
+                fmt = lambda fig, v: "-" if v is None else (f"{v:.3f}" if fig == "time_ratio" else str(v))  # noqa: E731
+                click.echo(table([(k, f, fmt(f, b), fmt(f, c), st) for k, f, b, c, st in changed],
+                                 ["entry", "figure", "baseline", "current", "status"]))
+            click.echo(f"{len(regressions)} regression(s), {sum(r[4] == 'improved' for r in rows)} improvement(s) "
+                       f"to record, time tolerance {tol:.0%}")
+    if regressions:
+        raise CheckFailed(f"{len(regressions)} regression(s) against {baseline}")

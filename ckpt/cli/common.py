@@ -1,0 +1,43 @@
+"""What every command shares: options, --set parsing and the budget parser."""
+
+import click
+
+from ..errors import ConfigError
+from ..sizes import parse_budget
+
+
+def overrides(pairs):
+    out = {}
+    for p in pairs:
+        if "=" not in p:
+            raise ConfigError(f"--set {p!r}: use KEY=VALUE, for example --set B=64")
+        k, v = p.split("=", 1)
+        try:
+            out[k.strip()] = int(v)
+        except ValueError:
+            raise ConfigError(f"--set {p!r}: the value must be an integer") from None
+    return out
+
+
+def budget_bytes(text, model):
+    """Bytes of a --memory-budget (None when not given)."""
+    if text is None:
+        return None
+    return parse_budget(text, _store_all_peak(model))
+
+
+config_arg = click.argument("config", type=click.Path(dir_okay=False))
+json_opt = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout, nothing else.")
+set_opt = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                       help="Override a dim of the config (repeatable), e.g. --set B=64.")
+dtype_opt = click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32", "float64"]),
+                         help="Override the config's float dtype.")
+budget_opt = click.option("--memory-budget", "budget", metavar="SIZE",
+                          help="Peak memory allowed: 512MiB, 2GB, 1.5GiB, bytes, or 0.8x of store-all's peak.")
+time_limit_opt = click.option("--time-limit", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
+                              help="Seconds the exact DAG solver (MILP) may take before the heuristic answers.")
+
+
+def _store_all_peak(model):
+    from ..plan import plan
+    return plan(model.joint, "store-all", ix=model.index)[1].peak

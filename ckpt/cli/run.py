@@ -1,0 +1,195 @@
+"""ckpt run and ckpt trace: execute a schedule, report memory and time, print the seed's traces."""
+
+import statistics
+
+import click
+
+from .. import plots
+from ..backend import get_backend
+from ..errors import ConfigError
+from ..model.joint import GRAD
+from ..plan import STRATEGIES, plan as make_plan
+from ..report import emit_json, fmt_bytes, fmt_pct, fmt_time, fmt_value, gradient_summary, table
+from ..session import load_model, require_memory, require_model, run_plan, time_side_by_side
+from .common import budget_bytes, budget_opt, config_arg, dtype_opt, json_opt, overrides, set_opt, time_limit_opt
+
+
+@click.command()
+@config_arg
+@click.option("--steps", default=5, show_default=True, type=click.IntRange(min=1), help="Timed steps.")
+@click.option("--strategy", default="store-all", show_default=True, type=click.Choice(STRATEGIES))
+@budget_opt
+@time_limit_opt
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
+@click.option("--trace", is_flag=True, help="Print the primal and adjoint traces in the seed's notation.")
+@click.option("--plot-memory", "plot_file", type=click.Path(dir_okay=False),
+              help="Draw the memory timeline, predicted and measured (PNG or SVG).")
+@set_opt
+@dtype_opt
+@json_opt
+def run(config, steps, strategy, budget, time_limit, device, trace, plot_file, sets, dtype, as_json):
+    """Run forward+backward steps under a strategy; report loss, gradients, memory and time."""
+    model = load_model(config, overrides(sets), dtype)
+    require_model(model, "run")
+    budget_b = budget_bytes(budget, model)
+    backend = get_backend(device)
+    p, sim = make_plan(model.joint, strategy, budget_b, time_limit=time_limit, ix=model.index)
+    require_memory(model, sim.peak, backend)
+    if plot_file:
+        plots.pyplot()
+    sa, sa_sim = make_plan(model.joint, "store-all", ix=model.index)
+    if strategy == "store-all":
+        r = run_plan(model, p.steps, backend, n_steps=steps)
+        time_s, measured_overhead = r.time_s, None
+    else:  # the plan's step times come from the side-by-side run with store-all
+        r = run_plan(model, p.steps, backend, n_steps=0)
+        t_plan, t_sa = time_side_by_side(model, [p.steps, sa.steps], backend, n_steps=steps)
+        time_s = statistics.median(t_plan)
+        measured_overhead = time_s / statistics.median(t_sa) - 1.0
+    doc = {
+        "model": model.graph.graph["name"], "config": config, "strategy": strategy, "device": device,
+        "solver": p.solver, "dtype": model.graph.graph["dtype"],
+        "budget_bytes": budget_b,
+        "loss": r.loss,
+        "gradients": {k: gradient_summary(v) for k, v in sorted(r.grads.items())},
+        "peak_bytes": {"predicted": sim.peak, "measured": r.resident + r.measured_managed,
+                       "allocator": r.allocator_peak},
+        "resident_bytes": {"predicted": sim.resident, "measured": r.resident},
+        "managed_peak_bytes": {"predicted": sim.peak_managed, "measured": r.measured_managed},
+        "overhead": {"predicted": sim.cost / sa_sim.cost - 1.0 if sa_sim.cost else 0.0,
+                     "measured": measured_overhead},
+        "recomputes": sim.recomputes,
+        "time_s": time_s, "steps": steps,
+    }
+    if plot_file:
+        plots.plot_memory(model, p.steps, sim, r, budget_b, plot_file, strategy)
+    if as_json:
+        emit_json(doc)
+        return
+    if trace:
+        _print_trace(model, p.steps, backend)
+    g = model.graph
+    n_ops = len(g.graph["order"])
+    n_params = sum(1 for _, d in g.nodes(data=True) if d["kind"] == "param")
+    click.echo(f"model     {doc['model']} ({n_ops} ops, {n_params} parameters), {doc['dtype']}, {device}")
+    click.echo(f"strategy  {strategy}" + (f" (solver: {p.solver})" if strategy == "budget" else ""))
+    click.echo(f"loss      {r.loss:.6g}")
+    click.echo("gradients")
+    shown = sorted(r.grads.items())
+    for k, v in shown[:12]:
+        click.echo(f"  {k}: {fmt_value(v)}")
+    if len(shown) > 12:
+        click.echo(f"  ... and {len(shown) - 12} more (--json lists every gradient)")
+    rows = [
+        ("resident", fmt_bytes(sim.resident), fmt_bytes(r.resident)),
+        ("managed peak", fmt_bytes(sim.peak_managed), fmt_bytes(r.measured_managed)),
+        ("peak (model)", fmt_bytes(sim.peak), fmt_bytes(r.resident + r.measured_managed)),
+        ("allocator peak", "-", fmt_bytes(r.allocator_peak)),
+        ("compute overhead", fmt_pct(doc["overhead"]["predicted"]), fmt_pct(measured_overhead) if strategy != "store-all" else fmt_pct(0.0)),
+        ("step time (median)", "-", fmt_time(time_s)),
+    ]
+    click.echo(table(rows, ["", "predicted", "measured"]))
+    if budget_b is not None:
+        click.echo(f"budget    {fmt_bytes(budget_b)}: " + ("met" if sim.peak <= budget_b else "EXCEEDED"))
+
+
+def _numbering(g):
+    """The seed's numbering: inputs and parameters v-k..v0, op nodes v1..vn in topological order."""
+    leaves = [v for v, d in g.nodes(data=True) if d["kind"] != "op"]
+    num = {v: i - len(leaves) + 1 for i, v in enumerate(leaves)}
+    num.update({v: i + 1 for i, v in enumerate(g.graph["order"])})
+    return leaves, num
+
+
+def _print_primal(g, num, leaves, host, values):
+    def name(v):
+        return f"v{num[v]}"
+
+    click.echo("forward primal trace")
+    for v in leaves:
+        click.echo(f"  {name(v):>5} = {v:<24} = {fmt_value(host[v])}")
+    for v in g.graph["order"]:
+        if v not in values:
+            continue
+        d = g.nodes[v]
+        expr = f"{d['op']}({', '.join(name(u) for u in d['inputs'])})"
+        label = f"   [{v}]" if v != name(v) else ""
+        click.echo(f"  {name(v):>5} = {expr:<24} = {fmt_value(values[v])}{label}")
+    click.echo(f"      y = {name(g.graph['output'])}")
+
+
+def _print_trace(model, steps, backend):
+    """The seed's §2.6 reverse-mode traces: the primal trace, then the adjoints v̄ in reverse."""
+    from .execute import Executor
+    from .session import device_leaves
+    g = model.graph
+    leaves, num = _numbering(g)
+    seen = {}
+    host = device_leaves(model, backend)
+    Executor(g, model.joint, steps, backend).step(host, on_value=lambda x, a: seen.setdefault(x, backend.to_host(a)))
+    _print_primal(g, num, leaves, {k: backend.to_host(v) for k, v in host.items()}, seen)
+    click.echo("reverse adjoint trace")
+    for x in model.joint.graph["order"]:
+        if not x.startswith(GRAD) or x not in seen:
+            continue
+        v = x[len(GRAD):]
+        bar = f"v\u0304{num[v]}"
+        if v == g.graph["output"]:
+            expr = "y\u0304 (seed)"
+        else:
+            terms = [f"v\u0304{num[w]}·∂v{num[w]}/∂v{num[v]}" for w in g.successors(v)
+                     if g.nodes[w].get("grad") and g.nodes[w]["kind"] == "op"
+                     for u in g.nodes[w]["inputs"] if u == v]
+            expr = " + ".join(terms)
+        click.echo(f"  {bar:>6} = {expr:<24} = {fmt_value(seen[x])}")
+
+
+def _print_tangent_trace(model, wrt, backend):
+    """The seed's §2.6 forward-mode traces: each value with its tangent v̇ = dv/d(wrt[0])."""
+    import numpy as np
+
+    from .autodiff import jvp
+    from .model import leaf_values
+    from .model.graph import retarget
+    g = model.graph
+    leaves, num = _numbering(g)
+    names = [v for v in leaves if g.nodes[v]["grad"] and not g.nodes[v]["dtype"].startswith("int")]
+    target = wrt or (names[0] if names else None)
+    if target is None:
+        raise ConfigError("no input or parameter takes a gradient: name one with --wrt", file=model.path)
+    retarget(g, wrt=[target])  # validates the name
+    host = leaf_values(g)
+    t = np.zeros(host[target].shape, dtype=host[target].dtype)
+    t.reshape(-1)[0] = 1.0
+    device = {k: backend.asarray(v) for k, v in host.items()}
+    r = jvp(g, device, {target: backend.asarray(t)}, backend, record=True)
+    values = {v: backend.to_host(a) for v, a, _ in r.trace}
+    _print_primal(g, num, leaves, host, values)
+    what = f"{target}[0]" if host[target].ndim else target
+    click.echo(f"forward tangent trace (v\u0307 = dv/d{what})")
+    for v in leaves:
+        tv = t if v == target else np.zeros(())
+        click.echo(f"  {'v' + chr(0x307) + str(num[v]):>6} = {'':<24} = {fmt_value(tv)}")
+    for v, _, tan in r.trace:
+        d = g.nodes[v]
+        terms = [f"∂v{num[v]}/∂v{num[u]}·v\u0307{num[u]}" for u in d["inputs"]]
+        click.echo(f"  {'v' + chr(0x307) + str(num[v]):>6} = {' + '.join(terms):<24} = "
+                   f"{fmt_value(tan if tan is not None else np.zeros(d['shape']))}")
+    click.echo(f"  dy/d{what} = {fmt_value(r.tangent)}")
+
+
+@click.command()
+@config_arg
+@click.option("--mode", default="reverse", show_default=True, type=click.Choice(["forward", "reverse"]))
+@click.option("--wrt", help="Forward mode: the input or parameter whose first element carries the tangent.")
+@set_opt
+def trace(config, mode, wrt, sets):
+    """Print the primal, tangent (forward) or adjoint (reverse) traces in the seed's notation."""
+    model = load_model(config, overrides(sets))
+    require_model(model, "trace")
+    backend = get_backend("cpu")
+    if mode == "reverse":
+        p, _ = make_plan(model.joint, "store-all", ix=model.index)
+        _print_trace(model, p.steps, backend)
+    else:
+        _print_tangent_trace(model, wrt, backend)
