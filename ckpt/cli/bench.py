@@ -39,7 +39,7 @@ def _tolerance(text):
 def bench(configs, strategies, budgets, steps, baseline, time_tolerance, update_baseline, output, time_limit, sets,
           as_json):
     """Measure memory and time per config and strategy; compare with or update a baseline."""
-    from .bench import compare, load_baseline, run_bench, save_baseline
+    from ..bench import compare, load_baseline, run_bench, save_baseline
     tol = _tolerance(time_tolerance)
     if update_baseline and not baseline:
         raise ConfigError("--update-baseline needs --baseline FILE")

@@ -120,8 +120,8 @@ def _print_primal(g, num, leaves, host, values):
 
 def _print_trace(model, steps, backend):
     """The seed's §2.6 reverse-mode traces: the primal trace, then the adjoints v̄ in reverse."""
-    from .execute import Executor
-    from .session import device_leaves
+    from ..execute import Executor
+    from ..session import device_leaves
     g = model.graph
     leaves, num = _numbering(g)
     seen = {}
@@ -148,9 +148,9 @@ def _print_tangent_trace(model, wrt, backend):
     """The seed's §2.6 forward-mode traces: each value with its tangent v̇ = dv/d(wrt[0])."""
     import numpy as np
 
-    from .autodiff import jvp
-    from .model import leaf_values
-    from .model.graph import retarget
+    from ..autodiff import jvp
+    from ..model import leaf_values
+    from ..model.graph import retarget
     g = model.graph
     leaves, num = _numbering(g)
     names = [v for v in leaves if g.nodes[v]["grad"] and not g.nodes[v]["dtype"].startswith("int")]
