@@ -37,6 +37,13 @@ class Op:
     jvp: Callable  # (xp, tangents, ctx) -> output tangent (tangents are arrays, zeros where constant)
     needs: Callable  # i -> tuple of input indices and/or OUT read by vjp for input i
     flops: Callable  # (in_shapes, out_shape, attrs) -> int
+    # The VJP's cost for input i, (i, in_shapes, out_shape, attrs) -> int flops; None: not yet
+    # stated, the forward's flops are charged (matmul: one GEMM per operand; bias: a reduction).
+    vjp_flops: Callable | None = None
+    # Bytes a rule allocates beyond its output while it runs (im2col buffers, reductions, masks):
+    # (which, in_shapes, out_shape, attrs, itemsize) -> int, `which` is "forward" or the input
+    # index i of a VJP; None: nothing beyond the output. The simulator adds it at the op's step.
+    workspace: Callable | None = None
     attrs: dict = field(default_factory=dict)  # name -> default; REQUIRED marks a required attr
     int_inputs: tuple = ()  # input positions that hold integer labels and take no gradient
     # For the registry-generated tests: input shapes, attrs, and whether inputs must be positive.
