@@ -14,12 +14,13 @@ from .chain import Chain, solve_chain
 from .heuristic import heuristic, least_memory
 from .keepset import JointIndex
 from .milp import solve_milp
+from .search import search, walk
 
 STRATEGIES = ("store-all", "sqrt-n", "budget")
 MILP_MAX_NODES = 120  # joint nodes; beyond this HiGHS rarely closes the Checkmate MILP in a minute
 
 
-def plan(joint, strategy, budget=None, time_limit=30.0, ix=None):
+def plan(joint, strategy, budget=None, time_limit=120.0, ix=None):
     """(Plan, Simulation) for one strategy. `budget` bounds the whole peak, resident included."""
     ix = ix or JointIndex(joint)
     start = time.perf_counter()
@@ -39,77 +40,100 @@ def plan(joint, strategy, budget=None, time_limit=30.0, ix=None):
 
 
 def _budget(joint, ix, budget, time_limit):
+    """The cheapest of every planner's plan that fits: exact ones (chain DP, MILP) where they
+    prove optimality, the keep-set search everywhere, the simple strategies as a floor."""
     resident = joint.graph.get("resident", 0)
     managed = budget - resident
     sa = store_all(ix)
-    sa_sim = simulate(joint, sa.steps, check=False)
-    if managed >= sa_sim.peak_managed:
-        sa.strategy, sa.solver, sa.lower_bound = "budget", "store-all fits", sa_sim.cost
+    sa_peak, sa_cost, _ = walk(ix, sa.steps)
+    if managed >= sa_peak:
+        sa.strategy, sa.solver, sa.lower_bound = "budget", "store-all fits", sa_cost
         return sa
     if managed < 0:
-        _fail(joint, ix, budget, resident)
+        _fail(joint, ix, budget, resident, time_limit)
+    cands, notes = [], {}  # (cost, order, plan); order breaks ties the same way every time
+
+    def consider(p, name):
+        if p is None or p.steps is None:
+            return
+        peak, cost, _ = walk(ix, p.steps)
+        if peak <= managed:
+            cands.append((cost, len(cands), p))
+            notes[name] = cost
+
     chain = Chain.of(ix)
-    status = None
     if chain is not None:
         p = solve_chain(chain, managed)
-        if p is not None:
-            if p.steps is None:
-                _fail(joint, ix, budget, resident, chain_min=p.notes.get("min_managed"), exact=p.notes["min_exact"])
-            if p.notes["exact"]:
-                return p
-            # not proved optimal: the heuristic may do better where the slots were rounded
-            h = heuristic(ix, managed, joint)
-            if h is None or simulate(joint, p.steps, check=False).cost <= simulate(joint, h.steps, check=False).cost:
-                return p
-            h.lower_bound = p.lower_bound
-            h.notes["exact_solver"] = "chain-dp (rounded) was costlier"
-            return h
-        status = "chain too long for the DP table"
+        if p is None:
+            notes["chain-dp"] = "chain too long for the DP table"
+        elif p.steps is not None and p.notes["exact"] and walk(ix, p.steps)[0] <= managed:
+            return p
+        else:
+            consider(p, "chain-dp (rounded)")
+    starts = []
     h = heuristic(ix, managed, joint)
+    if h is not None:
+        consider(h, "heuristic")
+        starts.append((h.notes["keep"], h.notes["policy"] == "eager"))
+    sq = sqrt_n(ix)
+    consider(sq, "sqrt-n")
+    starts.append((sq.notes["keep"], False))
+    consider(search(ix, joint, managed, starts=starts), "search")
+    lower = sa_cost  # nothing recomputed: a bound every schedule respects
     if chain is None and len(ix.order) <= MILP_MAX_NODES:
-        m, status = solve_milp(ix, managed, time_limit=time_limit)
+        best = min(cands, key=lambda c: c[:2])[0] if cands else None
+        m, status = solve_milp(ix, managed, time_limit=time_limit, cutoff=best)
+        notes["milp"] = status
         if m is not None and m.notes["optimal"]:
+            m.notes["candidates"] = notes
             return m
-        if m is None and status.startswith("infeasible"):
-            _fail(joint, ix, budget, resident)
-        if m is not None:  # the time limit struck: the better of the incumbent and the heuristic
-            m.solver = "milp (time limit)"
-            if h is None or simulate(joint, m.steps, check=False).cost <= simulate(joint, h.steps, check=False).cost:
-                return m
-            h.lower_bound = m.lower_bound
-    if h is None:
-        _fail(joint, ix, budget, resident)
-    if h.lower_bound is None:
-        h.lower_bound = sa_sim.cost  # nothing recomputed: a bound every schedule respects
-    if status:
-        h.notes["exact_solver"] = status
-    return h
+        if m is None and status.startswith("infeasible") and best is None:
+            _fail(joint, ix, budget, resident, time_limit)
+        if m is None and status.startswith("infeasible"):  # nothing cheaper exists: the best is optimal
+            lower = best
+        if m is not None:
+            m.solver = f"milp ({status})"
+            lower = max(lower, m.lower_bound or lower)
+            consider(m, "milp")
+    if not cands:
+        _fail(joint, ix, budget, resident, time_limit)
+    cost, _, p = min(cands, key=lambda c: c[:2])
+    p.strategy = "budget"
+    p.lower_bound = min(max(lower, p.lower_bound or lower), cost)
+    if p.lower_bound == cost and p.solver == "search":
+        p.solver = "search (proved optimal by the milp)"
+    p.notes["candidates"] = notes
+    return p
 
 
-def smallest_peak(joint, ix, time_limit=30.0):
-    """(bytes, exact): the least peak any schedule reaches, exact for chains and small DAGs."""
+def smallest_peak(joint, ix, time_limit=120.0):
+    """(bytes, exact): the least peak of a schedule ckpt can build (exact for chains whose DP
+    proves it and small DAGs the MILP settles). Never above any schedule ckpt builds: the budget
+    strategy fits every budget at or above it."""
     resident = joint.graph.get("resident", 0)
-    sa_sim = simulate(joint, store_all(ix).steps, check=False)
+    sa_peak = walk(ix, store_all(ix).steps)[0]
+    # no step can run with less than its operands, its output and its workspace live
+    floor = max(ix.ram[x] + ix.ws[x] + sum(ix.ram[u] for u in ix.preds[x]) for x in ix.order)
+    _, sim = least_memory(ix, joint)
+    hi, exact = min(sim.peak_managed, sa_peak), False
     chain = Chain.of(ix)
     if chain is not None:
-        p = solve_chain(chain, sa_sim.peak_managed)
-        if p is not None:
-            return resident + p.notes["min_managed"], p.notes["min_exact"]
-    _, sim = least_memory(ix, joint)
-    hi = min(sim.peak_managed, sa_sim.peak_managed)
-    if chain is not None or len(ix.order) > MILP_MAX_NODES // 2:
-        return resident + hi, False
-    # no step can run with less than its operands and its output live
-    lo = max(ix.ram[x] + sum(ix.ram[u] for u in ix.preds[x]) for x in ix.order)
-    deadline = time.perf_counter() + time_limit
-    while lo < hi:  # bisect on the MILP's feasibility, within the time limit overall
-        left = deadline - time.perf_counter()
-        if left <= 0.5:
-            return resident + hi, False
+        p = solve_chain(chain, sa_peak)
+        if p is not None and p.notes["min_managed"] is not None:
+            steps = p.notes["min_steps"]
+            peak = walk(ix, steps)[0]
+            if peak <= hi:
+                hi, exact = peak, p.notes["min_exact"] and peak == p.notes["min_managed"]
+    if hi == floor:
+        return resident + hi, True
+    if exact or chain is not None or len(ix.order) > MILP_MAX_NODES // 2:
+        return resident + hi, exact
+    lo = floor
+    while lo < hi:  # bisect on the MILP's feasibility; a node limit, not the clock, bounds each try
         mid = (lo + hi) // 2
-        p, status = solve_milp(ix, mid, time_limit=min(left, 10.0))
+        p, status = solve_milp(ix, mid, time_limit=time_limit)
         if p is not None:
-            hi = simulate(joint, p.steps, check=False).peak_managed
+            hi = min(hi, walk(ix, p.steps)[0])
         elif status.startswith("infeasible"):
             lo = mid + 1
         else:
@@ -117,7 +141,7 @@ def smallest_peak(joint, ix, time_limit=30.0):
     return resident + hi, True
 
 
-def plan_table(joint, names, budget, time_limit=30.0, ix=None, strict=False, budgets=None):
+def plan_table(joint, names, budget, time_limit=120.0, ix=None, strict=False, budgets=None):
     """One row per strategy (or, with `budgets`, one budget-strategy row per budget) for reports."""
     ix = ix or JointIndex(joint)
     sa_sim = simulate(joint, store_all(ix).steps, check=False)
@@ -150,11 +174,8 @@ def plan_table(joint, names, budget, time_limit=30.0, ix=None, strict=False, bud
     return rows
 
 
-def _fail(joint, ix, budget, resident, chain_min=None, exact=True):
-    if chain_min is not None:
-        best = resident + chain_min
-    else:
-        best, exact = smallest_peak(joint, ix)
+def _fail(joint, ix, budget, resident, time_limit):
+    best, exact = smallest_peak(joint, ix, time_limit=time_limit)
     how = "the smallest feasible peak is" if exact else "the smallest peak ckpt can schedule is"
     raise BudgetError(f"no schedule fits a memory budget of {fmt_bytes(budget)} ({budget} bytes): {how} "
                       f"{fmt_bytes(best)} ({best} bytes; {fmt_bytes(resident)} of it resident)", min_peak=best)

@@ -39,5 +39,5 @@ def sqrt_n(ix):
     last = max((ix.fwd.index(u) for u in chosen), default=-1)
     chosen |= {u for u in ix.fwd[last + 1:] if u in ix.residuals}
     plan = Plan("sqrt-n", keep_schedule(ix, chosen), solver="direct")
-    plan.notes["checkpoints"] = len(chosen)
+    plan.notes.update(checkpoints=len(chosen), keep=frozenset(chosen))
     return plan

@@ -142,11 +142,11 @@ def solve_chain(chain, budget_managed):
                 plan.steps, cost = steps, T[0, 0, chain.L, m]
                 break
     feasible = np.flatnonzero(finite)
-    min_managed = None
+    min_managed = min_steps = None
     if len(feasible):
-        steps = []
-        _emit(chain, C, x, steps, 0, chain.L, 0, int(feasible[0]))
-        min_managed = peak_managed(chain.ix, steps)
+        min_steps = []
+        _emit(chain, C, x, min_steps, 0, chain.L, 0, int(feasible[0]))
+        min_managed = peak_managed(chain.ix, min_steps)
     lower, min_lower = None, min_managed
     if rounded:
         T2, _, _ = _table(chain, unit, S, math.floor)
@@ -160,7 +160,7 @@ def solve_chain(chain, budget_managed):
         plan.lower_bound = float((cost if exact else lower) + chain.backward_cost)
         plan.notes["dp_cost"] = float(cost)
     plan.notes.update(exact=bool(exact), unit_bytes=int(unit), slots=S, min_managed=min_managed,
-                      min_exact=bool(exact_min))
+                      min_exact=bool(exact_min), min_steps=min_steps)
     plan.solve_time_s = time.perf_counter() - start
     return plan
 

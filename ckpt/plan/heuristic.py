@@ -12,6 +12,7 @@ from ..schedule import Plan
 from ..simulate import simulate
 from .basic import articulation_points
 from .keepset import keep_schedule
+from .search import walk
 
 
 def _spread(items, k):
@@ -40,13 +41,13 @@ def families(ix):
 def heuristic(ix, budget_managed, joint):
     """The cheapest plan that fits among the families, both policies. Within a family, memory
     grows along the list and cost falls, so a bisection finds the first that fits; its
-    neighbours are tried too, since neither trend is strict."""
+    neighbours are tried too, since neither trend is strict. Only figures are kept per try (a
+    long chain has thousands of tries); the winner's steps are made again at the end."""
     best, seen = None, {}
 
     def evaluate(keep, eager):
         if (keep, eager) not in seen:
-            steps = keep_schedule(ix, keep, eager=eager)
-            seen[(keep, eager)] = (steps, simulate(joint, steps, check=False))
+            seen[(keep, eager)] = walk(ix, keep_schedule(ix, keep, eager=eager))[:2]
         return seen[(keep, eager)]
 
     for family in families(ix):
@@ -54,18 +55,18 @@ def heuristic(ix, budget_managed, joint):
             lo, hi = 0, len(family) - 1
             while lo < hi:  # the last set that fits (most memory within the budget)
                 mid = (lo + hi + 1) // 2
-                if evaluate(family[mid], eager)[1].peak_managed <= budget_managed:
+                if evaluate(family[mid], eager)[0] <= budget_managed:
                     lo = mid
                 else:
                     hi = mid - 1
             for k in range(max(0, lo - 1), min(len(family), lo + 2)):
-                steps, sim = evaluate(family[k], eager)
-                if sim.peak_managed <= budget_managed and (best is None or sim.cost < best[0]):
-                    best = (sim.cost, steps, len(family[k]), eager)
+                peak, cost = evaluate(family[k], eager)
+                if peak <= budget_managed and (best is None or cost < best[0]):
+                    best = (cost, family[k], eager)
     if best is None:
         return None
-    plan = Plan("budget", best[1], solver="heuristic")
-    plan.notes.update(kept=best[2], policy="eager" if best[3] else "lazy")
+    plan = Plan("budget", keep_schedule(ix, best[1], eager=best[2]), solver="heuristic")
+    plan.notes.update(kept=len(best[1]), keep=best[1], policy="eager" if best[2] else "lazy")
     return plan
 
 

@@ -18,6 +18,7 @@ class JointIndex:
         self.joint = joint
         self.order = order
         self.fwd = [x for x in order if joint.nodes[x]["kind"] == "forward"]
+        self.fwd_set = set(self.fwd)
         self.bwd = [x for x in order if joint.nodes[x]["kind"] == "backward"]
         self.pos = {x: i for i, x in enumerate(order)}
         # neighbours in graph order, so that a plan does not depend on how the graph was built
@@ -27,6 +28,9 @@ class JointIndex:
         self.fsuccs = {u: [x for x in succs[u] if joint.nodes[x]["kind"] == "forward"] for u in self.fwd}
         self.breaders = {u: [x for x in succs[u] if joint.nodes[x]["kind"] == "backward"] for u in order}
         self.ram = {x: joint.nodes[x]["ram"] for x in order}
+        self.ws = {x: joint.nodes[x].get("ws", 0) for x in order}  # bytes held only while x runs
+        fpos = {u: i for i, u in enumerate(self.fwd)}
+        self.last_fwd_reader = {u: max((fpos[c] for c in self.fsuccs[u]), default=-1) for u in self.fwd}
         self.cost = {x: joint.nodes[x]["cost"] for x in order}
         self.residuals = {u for u in self.fwd if self.breaders[u]}
 
@@ -42,8 +46,7 @@ def keep_schedule(ix, keep, eager=False):
     steps = []
     live = set()
     fwd, fpreds, fsuccs = ix.fwd, ix.fpreds, ix.fsuccs
-    fpos = {u: i for i, u in enumerate(fwd)}
-    last_fwd_reader = {u: max((fpos[c] for c in fsuccs[u]), default=-1) for u in fwd}
+    last_fwd_reader = ix.last_fwd_reader
 
     def drop(u):
         steps.append((FREE, u))

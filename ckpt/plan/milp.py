@@ -7,12 +7,12 @@ computed in stage t) and U[t,k] (bytes live after computing k in stage t, at mos
 """
 
 import math
+import os
+import sys
 import time
+from contextlib import contextmanager
 
 import numpy as np
-from scipy.optimize import Bounds, LinearConstraint, milp
-from scipy.sparse import coo_matrix
-
 from ..schedule import COMPUTE, FREE, Plan
 
 
@@ -44,8 +44,19 @@ class _Rows:
         self.hi.append(hi)
 
 
-def solve_milp(ix, budget_managed, time_limit=30.0):
-    """Returns (Plan or None, status text). The plan carries HiGHS's lower bound on the cost."""
+# HiGHS's branch and bound, bounded by a count of nodes rather than the clock, so that a plan does
+# not depend on how busy the machine is; the time limit is only a safety net, reported if it strikes.
+NODE_LIMIT = 3000
+
+
+def solve_milp(ix, budget_managed, time_limit=120.0, node_limit=NODE_LIMIT, cutoff=None):
+    """Returns (Plan or None, status text). The plan carries HiGHS's lower bound on the cost.
+
+    `cutoff`: the cost of a schedule already known; the MILP then looks only for cheaper ones
+    (by more than one part in 1e6), so "infeasible" proves that schedule optimal."""
+    from scipy.optimize import Bounds, LinearConstraint, milp  # scipy.optimize is slow to import
+    from scipy.sparse import coo_matrix
+
     order = ix.order
     n = len(order)
     idx = {x: i for i, x in enumerate(order)}
@@ -54,12 +65,13 @@ def solve_milp(ix, budget_managed, time_limit=30.0):
     for k in range(n):
         for i in deps[k]:
             users[i].append(k)
-    if any(ix.ram[x] + sum(ix.ram[u] for u in ix.preds[x]) > budget_managed for x in order):
+    if any(ix.ram[x] + ix.ws[x] + sum(ix.ram[u] for u in ix.preds[x]) > budget_managed for x in order):
         return None, "infeasible (one step alone exceeds the budget)"
     # bytes in units of their gcd (exact) and costs relative to the largest: HiGHS is far faster
     # on small, well-scaled coefficients than on raw byte counts
-    unit = math.gcd(*[ix.ram[x] for x in order if ix.ram[x]]) or 1
+    unit = math.gcd(*[b for x in order for b in (ix.ram[x], ix.ws[x]) if b]) or 1
     mem = [ix.ram[x] / unit for x in order]
+    ws = [ix.ws[x] / unit for x in order]
     budget_managed = budget_managed // unit
     top = max(ix.cost[x] for x in order) or 1.0
     cost = [ix.cost[x] / top for x in order]
@@ -108,22 +120,49 @@ def solve_milp(ix, budget_managed, time_limit=30.0):
             if k < t:
                 rows.add([(U[t][k + 1], 1.0), (U[t][k], -1.0), (R[t][k + 1], -mem[k + 1])]
                          + [(f, mem[i]) for f, i in frees], 0.0, 0.0)
+            if ws[k]:  # k's workspace is held while k runs, on top of what is live after it
+                rows.add([(U[t][k], 1.0), (R[t][k], ws[k])], -np.inf, float(budget_managed))
 
+    if cutoff is not None:
+        rows.add([(v, c) for v, c in zip(range(V.n), V.cost) if c], -np.inf, cutoff / top * (1 - 1e-6))
     A = coo_matrix((rows.v, (rows.r, rows.c)), shape=(len(rows.lo), V.n)).tocsr()
     start = time.perf_counter()
-    res = milp(c=np.array(V.cost), constraints=LinearConstraint(A, rows.lo, rows.hi),
-               integrality=np.array(V.integer), bounds=Bounds(V.lb, V.ub),
-               options={"time_limit": float(time_limit), "disp": False, "mip_rel_gap": 1e-6})
+    with _quiet_stdout():
+        res = milp(c=np.array(V.cost), constraints=LinearConstraint(A, rows.lo, rows.hi),
+                   integrality=np.array(V.integer), bounds=Bounds(V.lb, V.ub),
+                   options={"time_limit": float(time_limit), "node_limit": int(node_limit), "disp": False,
+                            "mip_rel_gap": 1e-6})
     elapsed = time.perf_counter() - start
+    struck = "time limit" if res.status == 1 and elapsed >= time_limit * 0.99 else "node limit"
     if res.x is None:
-        return None, "infeasible" if res.status == 2 else f"no solution within {time_limit:g} s"
+        if res.status == 2:
+            return None, "infeasible" if cutoff is None else "infeasible (nothing cheaper than the cutoff)"
+        return None, f"no solution within the {struck}"
     x = np.round(res.x).astype(int)
     steps = _to_steps(order, deps, users, [[x[v] for v in row] for row in R], [[x[v] for v in row] for row in S])
     plan = Plan("budget", steps, solver="milp", solve_time_s=elapsed,
                 lower_bound=float(getattr(res, "mip_dual_bound", None) or res.fun) * top)
     plan.notes["optimal"] = res.status == 0
     plan.notes["milp_size"] = {"variables": V.n, "constraints": len(rows.lo)}
-    return plan, "optimal" if res.status == 0 else "time limit"
+    return plan, "optimal" if res.status == 0 else struck
+
+
+@contextmanager
+def _quiet_stdout():
+    """HiGHS (C++) may print to file descriptor 1 even with disp off: point it at stderr meanwhile,
+    so that `--json` output stays one JSON document."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError):
+        yield
+        return
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _to_steps(order, deps, users, R, S):
