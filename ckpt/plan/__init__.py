@@ -11,10 +11,10 @@ from ..simulate import simulate
 from ..sizes import fmt_bytes
 from .basic import sqrt_n, store_all
 from .chain import Chain, solve_chain
-from .heuristic import heuristic, least_memory
+from .heuristic import heuristic
 from .keepset import JointIndex
 from .milp import solve_milp
-from .search import search, walk
+from .search import lowest, search, walk
 
 STRATEGIES = ("store-all", "sqrt-n", "budget")
 MILP_MAX_NODES = 120  # joint nodes; beyond this HiGHS rarely closes the Checkmate MILP in a minute
@@ -114,8 +114,7 @@ def smallest_peak(joint, ix, time_limit=120.0):
     sa_peak = walk(ix, store_all(ix).steps)[0]
     # no step can run with less than its operands, its output and its workspace live
     floor = max(ix.ram[x] + ix.ws[x] + sum(ix.ram[u] for u in ix.preds[x]) for x in ix.order)
-    _, sim = least_memory(ix, joint)
-    hi, exact = min(sim.peak_managed, sa_peak), False
+    hi, exact = min(lowest(ix)[0], sa_peak), False
     chain = Chain.of(ix)
     if chain is not None:
         p = solve_chain(chain, sa_peak)

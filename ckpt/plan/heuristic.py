@@ -9,7 +9,6 @@ spread over the articulation points and then over every value, and keeps the che
 import math
 
 from ..schedule import Plan
-from ..simulate import simulate
 from .basic import articulation_points
 from .keepset import keep_schedule
 from .search import walk
@@ -68,9 +67,3 @@ def heuristic(ix, budget_managed, joint):
     plan = Plan("budget", keep_schedule(ix, best[1], eager=best[2]), solver="heuristic")
     plan.notes.update(kept=len(best[1]), keep=best[1], policy="eager" if best[2] else "lazy")
     return plan
-
-
-def least_memory(ix, joint):
-    """The smallest peak the heuristic family reaches: keep nothing, recompute eagerly."""
-    steps = keep_schedule(ix, frozenset(), eager=True)
-    return steps, simulate(joint, steps, check=False)

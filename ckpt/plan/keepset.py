@@ -18,7 +18,7 @@ class JointIndex:
         self.joint = joint
         self.order = order
         self.fwd = [x for x in order if joint.nodes[x]["kind"] == "forward"]
-        self.fwd_set = set(self.fwd)
+        self.fwd_set = frozenset(self.fwd)
         self.bwd = [x for x in order if joint.nodes[x]["kind"] == "backward"]
         self.pos = {x: i for i, x in enumerate(order)}
         # neighbours in graph order, so that a plan does not depend on how the graph was built
@@ -35,9 +35,11 @@ class JointIndex:
         self.residuals = {u for u in self.fwd if self.breaders[u]}
 
 
-def keep_schedule(ix, keep, eager=False):
+def keep_schedule(ix, keep, eager=False, hold=None):
     """`eager`: a recomputed value outside `keep` is dropped once the gradient that wanted it is
-    computed, instead of being kept until its last reader.
+    computed, instead of being kept until its last reader. `hold`, where given, says it value by
+    value: the recomputed values in `hold` are kept until their last reader, the others dropped
+    eagerly (eager=True is hold=nothing, eager=False is hold=everything).
 
     Demand is kept up to date incrementally, so a schedule costs time linear in the graph:
     `support[u]` counts the reasons u is still demanded (a gradient still to come reads it, or a
@@ -60,9 +62,12 @@ def keep_schedule(ix, keep, eager=False):
                 drop(u)
 
     remaining = {u: len(ix.breaders[u]) for u in ix.order}  # gradient readers not yet computed
+    if hold is None:
+        hold = frozenset() if eager else ix.fwd_set
+    eager = len(hold) < len(fwd)  # some values are dropped by the eager rule
 
     def by_demand(u):  # freed when `support` runs out (else by the eager rule)
-        return u in keep or not eager
+        return u in keep or u in hold
 
     def counts(c):  # does demand on c pass on to what c is computed from?
         return c not in live or not by_demand(c)
@@ -112,7 +117,7 @@ def keep_schedule(ix, keep, eager=False):
                     lose(p)
             if eager:
                 for p in fpreds[u]:
-                    if last_use[p] == n and p in live and p not in keep and p not in current:
+                    if last_use[p] == n and p in live and not by_demand(p) and p not in current:
                         drop(p)
         steps.append((COMPUTE, b))
         live.add(b)
@@ -127,6 +132,6 @@ def keep_schedule(ix, keep, eager=False):
             drop(b)
         if eager:
             for u in current:
-                if u in live and u not in keep:
+                if u in live and not by_demand(u):
                     drop(u)
     return steps

@@ -1,8 +1,9 @@
 """Improvement search over keep-sets, for any DAG beyond the exact solvers' reach.
 
 A plan here is a keep-set (the forward values held from the first forward pass into the backward
-pass) and a recompute policy (lazy or eager, see keepset.py); `keep_schedule` turns it into steps
-and `simulate` gives its peak and cost. The search is deterministic: it counts evaluations, never
+pass) and a hold-set (the recomputed values kept until their last reader; the others are dropped
+as soon as the gradient that wanted them is done: see keepset.py); `keep_schedule` turns the pair
+into steps and `walk` gives its peak and cost. The search is deterministic: it counts evaluations, never
 reads the clock, so a plan is a function of the graph, the budget and the options alone.
 
 Two phases:
@@ -10,8 +11,9 @@ Two phases:
   frees the most bytes per unit of recompute it causes. The sequence of keep-sets does not depend
   on the budget, so the best of its members that fit is monotone in the budget.
 - *improvement*: from the best start (the descent's, the heuristic families', sqrt-n's), local
-  moves — keep one more value, or swap a value live at the peak for one that saves recompute —
-  accepted when the plan still fits and costs less. It never returns worse than where it started.
+  moves — keep one more value, hold or release a recomputed one, or swap a value live at the peak
+  for one that saves recompute — accepted when the plan still fits and costs less. It never
+  returns worse than where it started.
 
 Values of repeated blocks are tied into classes (`body.3.probs` and `body.7.probs`, same size and
 cost): a move drops or keeps a whole class at once, so a 96-layer transformer is searched as one
@@ -39,14 +41,15 @@ def value_classes(ix):
         else:
             key = (pattern, ix.ram[u], ix.cost[u], len(ix.fpreds[u]))
         groups.setdefault(key, []).append(u)
-    return list(groups.values())
+    return [tuple(c) for c in groups.values()]
 
 
 class Evaluator:
-    """(peak_managed, cost) of a keep-set under a policy, memoised, counting evaluations."""
+    """(peak_managed, cost, forward values live at the peak) of a (keep, hold) pair, memoised,
+    counting evaluations."""
 
-    def __init__(self, ix, joint, max_evals):
-        self.ix, self.joint, self.max_evals = ix, joint, max_evals
+    def __init__(self, ix, max_evals):
+        self.ix, self.max_evals = ix, max_evals
         self.seen = {}
         self.evals = 0
 
@@ -54,11 +57,11 @@ class Evaluator:
     def exhausted(self):
         return self.evals >= self.max_evals
 
-    def __call__(self, keep, eager):
-        key = (keep, eager)
+    def __call__(self, keep, hold):
+        key = (keep, hold)
         if key not in self.seen:
             self.evals += 1
-            self.seen[key] = walk(self.ix, keep_schedule(self.ix, keep, eager=eager))
+            self.seen[key] = walk(self.ix, keep_schedule(self.ix, keep, hold=hold))
         return self.seen[key]
 
 
@@ -91,17 +94,21 @@ def _recompute_cost(ix, u, keep):
     return ix.cost[u] + sum(ix.cost[p] for p in ix.fpreds[u] if p not in keep)
 
 
-def descent(ix, ev, classes, eager, budget_managed):
+def _budget_of(ix, max_evals):
+    return max_evals or max(MIN_EVALS, WORK // max(len(ix.order), 1))
+
+
+def descent(ix, ev, classes, hold, budget_managed=-1):
     """The budget-independent sequence of keep-sets from store-all's down, walked until one fits
-    (or nothing at the peak can be dropped). Returns the cheapest that fits, or None."""
-    of = {u: c for c in map(tuple, classes) for u in c}
+    (or nothing at the peak can be dropped): [(keep, peak, cost)]. It does not depend on the
+    budget, so the cheapest of its members that fit is monotone in the budget."""
+    of = {u: c for c in classes for u in c}
     keep = frozenset(ix.residuals)
-    best = None
+    seq = []
     while not ev.exhausted:
-        peak, cost, live = ev(keep, eager)
+        peak, cost, live = ev(keep, hold)
+        seq.append((keep, peak, cost))
         if peak <= budget_managed:
-            if best is None or cost < best[1]:
-                best = (keep, cost)
             break
         scores = {}
         for u in live & keep:
@@ -115,75 +122,115 @@ def descent(ix, ev, classes, eager, budget_managed):
             break
         drop = max(scores, key=scores.__getitem__)
         keep = keep - set(drop)
-    return best
+    return seq
 
 
-def improve(ix, ev, classes, keep, eager, budget_managed):
-    """Local moves from a fitting keep-set until none helps or the evaluations run out."""
-    peak, cost, live = ev(keep, eager)
-    assert peak <= budget_managed
-    classes = [tuple(c) for c in classes]
+def _policies(ix):
+    return (ix.fwd_set, frozenset())  # lazy, eager
+
+
+def lowest(ix, max_evals=None):
+    """(peak_managed, keep, hold): the least peak the search reaches. Both descents to their
+    end, then keeping one more value wherever that lowers the peak (a checkpoint shortens what
+    a backward step must recompute and hold)."""
+    ev = Evaluator(ix, _budget_of(ix, max_evals))
+    classes = value_classes(ix)
+    best = None
+    for hold in reversed(_policies(ix)):
+        for keep, peak, _ in descent(ix, ev, classes, hold) + [(frozenset(), ev(frozenset(), hold)[0], 0)]:
+            if best is None or peak < best[0]:
+                best = (peak, keep, hold)
+    peak, keep, hold = best
     improved = True
     while improved and not ev.exhausted:
         improved = False
-        # keep one more class: the ones whose recompute costs most first
+        for u in ix.fwd:
+            if u in keep or ev.exhausted:
+                continue
+            p2 = ev(keep | {u}, hold)[0]
+            if p2 < peak:
+                peak, keep, improved = p2, keep | {u}, True
+    return peak, keep, hold
+
+
+def improve(ix, ev, classes, keep, hold, budget_managed):
+    """Local moves from a fitting plan until none helps or the evaluations run out."""
+    peak, cost, live = ev(keep, hold)
+    assert peak <= budget_managed
+    improved = True
+
+    def accept(k2, h2):
+        nonlocal keep, hold, peak, cost, live
+        p2, c2, l2 = ev(k2, h2)
+        if p2 <= budget_managed and c2 < cost:
+            keep, hold, peak, cost, live = k2, h2, p2, c2, l2
+            return True
+        return False
+
+    while improved and not ev.exhausted:
+        improved = False
+        # keep one more class, the ones whose recompute costs most first; or hold it once recomputed
         outside = [c for c in classes if any(u not in keep for u in c)]
         outside.sort(key=lambda c: (-sum(ix.cost[u] for u in c if u not in keep), ix.pos[c[0]]))
         for c in outside:
             if ev.exhausted:
                 break
-            k2 = keep | set(c)
-            p2, c2, l2 = ev(k2, eager)
-            if p2 <= budget_managed and c2 < cost:
-                keep, peak, cost, live = k2, p2, c2, l2
+            if accept(keep | set(c), hold):
+                improved = True
+            elif any(u not in hold for u in c) and accept(keep, hold | set(c)):
                 improved = True
         if improved:
             continue
-        # swap: free bytes at the peak for a class whose recompute costs more
-        at_peak = [c for c in classes if any(u in live and u in keep for u in c)]
-        at_peak.sort(key=lambda c: (-sum(ix.ram[u] for u in c if u in keep), ix.pos[c[0]]))
-        outside = outside[:12]
-        for out_c in at_peak[:12]:
-            for in_c in outside:
-                if ev.exhausted or set(in_c) == set(out_c):
+        # release held classes live at the peak; swap a kept class at the peak for one outside
+        at_peak = [c for c in classes if any(u in live for u in c)]
+        at_peak.sort(key=lambda c: (-sum(ix.ram[u] for u in c if u in live), ix.pos[c[0]]))
+        for c in at_peak[:12]:
+            if ev.exhausted:
+                break
+            if any(u in hold and u not in keep for u in c) and accept(keep, hold - set(c)):
+                improved = True
+                break
+            if not any(u in keep for u in c):
+                continue
+            for in_c in outside[:12]:
+                if ev.exhausted or in_c == c:
                     continue
-                k2 = (keep - set(out_c)) | set(in_c)
-                p2, c2, l2 = ev(k2, eager)
-                if p2 <= budget_managed and c2 < cost:
-                    keep, peak, cost, live = k2, p2, c2, l2
+                if accept((keep - set(c)) | set(in_c), hold):
                     improved = True
                     break
             if improved:
                 break
-    return keep, cost
+    return keep, hold, cost
 
 
 def search(ix, joint, budget_managed, starts=(), max_evals=None):
-    """The cheapest keep-set plan found that fits, or None. `starts`: (keep, eager) pairs from
-    other planners to improve on; the result costs no more than the best of them that fits."""
-    if max_evals is None:
-        max_evals = max(MIN_EVALS, WORK // max(len(ix.order), 1))
-    ev = Evaluator(ix, joint, max_evals)
+    """The cheapest plan found that fits, or None. `starts`: (keep, eager) pairs from other
+    planners to improve on; the result costs no more than the best of them that fits."""
+    max_evals = _budget_of(ix, max_evals)
+    ev = Evaluator(ix, max_evals)
     tied = value_classes(ix)
+    lazy, eager = _policies(ix)
     cands = []
-    for eager in (False, True):
-        d = descent(ix, ev, tied, eager, budget_managed)
-        if d is not None:
-            cands.append((d[1], d[0], eager, "descent"))
-    for keep, eager in starts:
-        peak, cost, _ = ev(frozenset(keep), eager)
+    for hold in (lazy, eager):
+        for keep, peak, cost in descent(ix, ev, tied, hold, budget_managed):
+            if peak <= budget_managed:
+                cands.append((cost, len(cands), keep, hold))
+    for keep, is_eager in starts:
+        hold = eager if is_eager else lazy
+        peak, cost, _ = ev(frozenset(keep), hold)
         if peak <= budget_managed:
-            cands.append((cost, frozenset(keep), eager, "start"))
-    if not cands:
-        return None
-    cands.sort(key=lambda t: (t[0], t[3], t[2]))
-    cost, keep, eager, _ = cands[0]
-    keep, cost = improve(ix, ev, tied, keep, eager, budget_managed)
-    singles = [[u] for u in ix.fwd]
-    if len(singles) > len(tied):
-        keep, cost = improve(ix, ev, singles, keep, eager, budget_managed)
-    steps = keep_schedule(ix, keep, eager=eager)
+            cands.append((cost, len(cands), frozenset(keep), hold))
+    if not cands:  # below every descent: the plan of the least peak, if it fits
+        peak, keep, hold = lowest(ix)
+        if peak > budget_managed:
+            return None
+        cands.append((ev(keep, hold)[1], 0, keep, hold))
+    cost, _, keep, hold = min(cands)
+    keep, hold, cost = improve(ix, ev, tied, keep, hold, budget_managed)
+    if len(ix.fwd) > len(tied):
+        keep, hold, cost = improve(ix, ev, [(u,) for u in ix.fwd], keep, hold, budget_managed)
+    steps = keep_schedule(ix, keep, hold=hold)
     plan = Plan("budget", steps, solver="search")
-    plan.notes.update(kept=len(keep), policy="eager" if eager else "lazy", evaluations=ev.evals,
+    plan.notes.update(kept=len(keep), keep=keep, held=len(hold - keep), evaluations=ev.evals,
                       evaluation_budget=max_evals)
     return plan
