@@ -11,7 +11,6 @@ from ..simulate import simulate
 from ..sizes import fmt_bytes
 from .basic import sqrt_n, store_all
 from .chain import Chain, solve_chain
-from .heuristic import heuristic
 from .keepset import JointIndex
 from .milp import solve_milp
 from .search import lowest, search, walk
@@ -70,15 +69,9 @@ def _budget(joint, ix, budget, time_limit):
             return p
         else:
             consider(p, "chain-dp (rounded)")
-    starts = []
-    h = heuristic(ix, managed, joint)
-    if h is not None:
-        consider(h, "heuristic")
-        starts.append((h.notes["keep"], h.notes["policy"] == "eager"))
     sq = sqrt_n(ix)
     consider(sq, "sqrt-n")
-    starts.append((sq.notes["keep"], False))
-    consider(search(ix, joint, managed, starts=starts), "search")
+    consider(search(ix, managed, starts=[(sq.notes["keep"], False)]), "search")
     lower = sa_cost  # nothing recomputed: a bound every schedule respects
     if chain is None and len(ix.order) <= MILP_MAX_NODES:
         best = min(cands, key=lambda c: c[:2])[0] if cands else None

@@ -1,4 +1,4 @@
-"""From a set of values to keep to a schedule: the common core of store-all, sqrt-n and the heuristic.
+"""From a set of values to keep to a schedule: the common core of store-all, sqrt-n and the search.
 
 The forward pass computes every forward node once, keeping the values in `keep` and freeing every
 other one after its last forward reader. The backward pass computes the gradient nodes in order;
@@ -33,13 +33,15 @@ class JointIndex:
         self.last_fwd_reader = {u: max((fpos[c] for c in self.fsuccs[u]), default=-1) for u in self.fwd}
         self.cost = {x: joint.nodes[x]["cost"] for x in order}
         self.residuals = {u for u in self.fwd if self.breaders[u]}
+        self.n_breaders = {u: len(self.breaders[u]) for u in order}
 
 
-def keep_schedule(ix, keep, eager=False, hold=None):
+def keep_schedule(ix, keep, eager=False, hold=None, max_steps=None):
     """`eager`: a recomputed value outside `keep` is dropped once the gradient that wanted it is
     computed, instead of being kept until its last reader. `hold`, where given, says it value by
     value: the recomputed values in `hold` are kept until their last reader, the others dropped
-    eagerly (eager=True is hold=nothing, eager=False is hold=everything).
+    eagerly (eager=True is hold=nothing, eager=False is hold=everything). With few values kept a
+    schedule grows quadratically in a long chain: past `max_steps` steps it returns None.
 
     Demand is kept up to date incrementally, so a schedule costs time linear in the graph:
     `support[u]` counts the reasons u is still demanded (a gradient still to come reads it, or a
@@ -49,6 +51,7 @@ def keep_schedule(ix, keep, eager=False, hold=None):
     live = set()
     fwd, fpreds, fsuccs = ix.fwd, ix.fpreds, ix.fsuccs
     last_fwd_reader = ix.last_fwd_reader
+    fwd_set = ix.fwd_set
 
     def drop(u):
         steps.append((FREE, u))
@@ -57,11 +60,13 @@ def keep_schedule(ix, keep, eager=False, hold=None):
     for i, x in enumerate(fwd):
         steps.append((COMPUTE, x))
         live.add(x)
-        for u in fpreds[x] + [x]:
-            if u in live and u not in keep and last_fwd_reader[u] <= i:
+        for u in fpreds[x]:
+            if u not in keep and last_fwd_reader[u] <= i and u in live:
                 drop(u)
+        if x not in keep and last_fwd_reader[x] <= i:
+            drop(x)
 
-    remaining = {u: len(ix.breaders[u]) for u in ix.order}  # gradient readers not yet computed
+    remaining = dict(ix.n_breaders)  # gradient readers not yet computed
     if hold is None:
         hold = frozenset() if eager else ix.fwd_set
     eager = len(hold) < len(fwd)  # some values are dropped by the eager rule
@@ -96,6 +101,8 @@ def keep_schedule(ix, keep, eager=False, hold=None):
             drop(u)
 
     for b in ix.bwd:
+        if max_steps is not None and len(steps) > max_steps:
+            return None
         missing, stack = set(), [u for u in fpreds[b] if u not in live]
         while stack:
             u = stack.pop()
@@ -123,7 +130,7 @@ def keep_schedule(ix, keep, eager=False, hold=None):
         live.add(b)
         for u in ix.preds[b]:
             remaining[u] -= 1
-            if ix.joint.nodes[u]["kind"] == "backward":
+            if u not in fwd_set:
                 if remaining[u] == 0:
                     drop(u)
             elif remaining[u] == 0:

@@ -10,7 +10,10 @@ Two phases:
 - *descent*: from store-all's keep-set, repeatedly drop the kept value, live at the peak, that
   frees the most bytes per unit of recompute it causes. The sequence of keep-sets does not depend
   on the budget, so the best of its members that fit is monotone in the budget.
-- *improvement*: from the best start (the descent's, the heuristic families', sqrt-n's), local
+- *starts*: besides the descent, families of checkpoint sets spread evenly over the articulation
+  points or over the values by bytes per unit of cost (a bisection in each finds the largest that
+  fits), and sqrt-n's.
+- *improvement*: from the best start, local
   moves — keep one more value, hold or release a recomputed one, or swap a value live at the peak
   for one that saves recompute — accepted when the plan still fits and costs less. It never
   returns worse than where it started.
@@ -20,13 +23,15 @@ cost): a move drops or keeps a whole class at once, so a 96-layer transformer is
 layer is. An untied pass follows where the evaluation budget allows.
 """
 
+import math
+
 from ..schedule import COMPUTE, Plan
+from .basic import articulation_points
 from .keepset import keep_schedule
 
-# Evaluations cost time linear in the graph: the budget is in node-visits, so that a small graph
-# gets many moves and a large one few, and the same graph always gets the same number.
+# The search's budget is counted in schedule steps walked (time is about linear in them), so a
+# small graph gets many moves and a large one few, and the same graph always gets the same ones.
 WORK = 1_500_000
-MIN_EVALS = 40
 
 
 def value_classes(ix):
@@ -48,20 +53,27 @@ class Evaluator:
     """(peak_managed, cost, forward values live at the peak) of a (keep, hold) pair, memoised,
     counting evaluations."""
 
-    def __init__(self, ix, max_evals):
-        self.ix, self.max_evals = ix, max_evals
+    def __init__(self, ix, work):
+        self.ix, self.work = ix, work
         self.seen = {}
-        self.evals = 0
+        self.evals = self.walked = 0
 
     @property
     def exhausted(self):
-        return self.evals >= self.max_evals
+        return self.walked >= self.work
 
     def __call__(self, keep, hold):
         key = (keep, hold)
         if key not in self.seen:
+            # at least one evaluation (a start) is always made, however large the graph
+            steps = keep_schedule(self.ix, keep, hold=hold, max_steps=max(self.work - self.walked, 4 * len(self.ix.order)))
             self.evals += 1
-            self.seen[key] = walk(self.ix, keep_schedule(self.ix, keep, hold=hold))
+            if steps is None:  # beyond what is left of the budget: as good as not fitting
+                self.walked = self.work
+                self.seen[key] = (math.inf, math.inf, frozenset())
+            else:
+                self.walked += len(steps)
+                self.seen[key] = walk(self.ix, steps)
         return self.seen[key]
 
 
@@ -94,8 +106,48 @@ def _recompute_cost(ix, u, keep):
     return ix.cost[u] + sum(ix.cost[p] for p in ix.fpreds[u] if p not in keep)
 
 
-def _budget_of(ix, max_evals):
-    return max_evals or max(MIN_EVALS, WORK // max(len(ix.order), 1))
+def _spread(items, k):
+    if k >= len(items):
+        return list(items)
+    if k <= 0:
+        return []
+    stride = len(items) / k
+    return [items[min(len(items) - 1, int((i + 1) * stride) - 1)] for i in range(k)]
+
+
+def families(ix):
+    """Families of keep-sets, each ordered from least memory to most."""
+    points = articulation_points(ix)
+    res = [u for u in ix.fwd if u in ix.residuals]
+    # values whose recompute is cheap for their size are dropped first
+    by_value = sorted(res, key=lambda u: (ix.ram[u] / max(ix.cost[u], 1e-9), ix.pos[u]))
+    counts = sorted({0, 1, 2, len(points)} | {round(len(points) ** e) for e in (0.25, 0.5, 0.75)}
+                    | {int(len(points) * f) for f in (0.125, 0.25, 0.5, 0.75)})
+    spread = [frozenset(_spread(points, k)) for k in counts]
+    drops = sorted({int(len(by_value) * f / 16) for f in range(17)}, reverse=True)
+    root = frozenset(_spread(points, round(math.sqrt(len(points)))))
+    return [spread, [frozenset(by_value[n:]) for n in drops], [frozenset(by_value[n:]) | root for n in drops]]
+
+
+def family_starts(ix, ev, budget_managed):
+    """The largest set of each family that fits, under either policy: [(cost, keep, hold)].
+    Within a family memory grows along the list and cost falls, so a bisection finds it; its
+    neighbours are tried too, since neither trend is strict."""
+    found = []
+    for family in families(ix):
+        for hold in _policies(ix):
+            lo, hi = 0, len(family) - 1
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if ev(family[mid], hold)[0] <= budget_managed:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            for k in range(max(0, lo - 1), min(len(family), lo + 2)):
+                peak, cost, _ = ev(family[k], hold)
+                if peak <= budget_managed:
+                    found.append((cost, family[k], hold))
+    return found
 
 
 def descent(ix, ev, classes, hold, budget_managed=-1):
@@ -129,11 +181,11 @@ def _policies(ix):
     return (ix.fwd_set, frozenset())  # lazy, eager
 
 
-def lowest(ix, max_evals=None):
+def lowest(ix, work=None):
     """(peak_managed, keep, hold): the least peak the search reaches. Both descents to their
     end, then keeping one more value wherever that lowers the peak (a checkpoint shortens what
     a backward step must recompute and hold)."""
-    ev = Evaluator(ix, _budget_of(ix, max_evals))
+    ev = Evaluator(ix, work or WORK)
     classes = value_classes(ix)
     best = None
     for hold in reversed(_policies(ix)):
@@ -203,11 +255,10 @@ def improve(ix, ev, classes, keep, hold, budget_managed):
     return keep, hold, cost
 
 
-def search(ix, joint, budget_managed, starts=(), max_evals=None):
+def search(ix, budget_managed, starts=(), work=None):
     """The cheapest plan found that fits, or None. `starts`: (keep, eager) pairs from other
     planners to improve on; the result costs no more than the best of them that fits."""
-    max_evals = _budget_of(ix, max_evals)
-    ev = Evaluator(ix, max_evals)
+    ev = Evaluator(ix, work or WORK)
     tied = value_classes(ix)
     lazy, eager = _policies(ix)
     cands = []
@@ -215,6 +266,8 @@ def search(ix, joint, budget_managed, starts=(), max_evals=None):
         for keep, peak, cost in descent(ix, ev, tied, hold, budget_managed):
             if peak <= budget_managed:
                 cands.append((cost, len(cands), keep, hold))
+    for cost, keep, hold in family_starts(ix, ev, budget_managed):
+        cands.append((cost, len(cands), keep, hold))
     for keep, is_eager in starts:
         hold = eager if is_eager else lazy
         peak, cost, _ = ev(frozenset(keep), hold)
@@ -232,5 +285,5 @@ def search(ix, joint, budget_managed, starts=(), max_evals=None):
     steps = keep_schedule(ix, keep, hold=hold)
     plan = Plan("budget", steps, solver="search")
     plan.notes.update(kept=len(keep), keep=keep, held=len(hold - keep), evaluations=ev.evals,
-                      evaluation_budget=max_evals)
+                      steps_walked=ev.walked, work=ev.work)
     return plan
