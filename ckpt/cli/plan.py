@@ -74,7 +74,11 @@ def plan(config, budget, strategy, sweep, points, plot_file, time_limit, device,
         if r.get("error"):
             click.echo(f"{r['name']}: {r['error']}")
         if r.get("lower_bound_overhead") is not None and r["solver"] not in ("store-all fits", "chain-dp", "direct"):
-            click.echo(f"{r['name']}: best known lower bound on overhead {fmt_pct(r['lower_bound_overhead'])}")
+            click.echo(f"{r['name']}: best known lower bound on overhead {fmt_pct(r['lower_bound_overhead'])}"
+                       + (" (proved optimal)" if r["lower_bound_overhead"] >= r["overhead"] else ""))
+        if r.get("planners"):
+            click.echo(f"{r['name']}: each planner's plan: " + ", ".join(
+                f"{k} {v if isinstance(v, str) else fmt_pct(v)}" for k, v in r["planners"].items()))
     if sweep:
         click.echo("\ntrade-off frontier (budget strategy)")
         srows = [(fmt_bytes(s["budget_bytes"]), fmt_bytes(s["peak_bytes"]) if s["feasible"] else "-",

@@ -16,7 +16,7 @@ from .milp import solve_milp
 from .search import lowest, search, walk
 
 STRATEGIES = ("store-all", "sqrt-n", "budget")
-MILP_MAX_NODES = 120  # joint nodes; beyond this HiGHS rarely closes the Checkmate MILP in a minute
+MILP_MAX_NODES = 80  # joint nodes; beyond this HiGHS rarely closes the Checkmate MILP within its node limit
 
 
 def plan(joint, strategy, budget=None, time_limit=120.0, ix=None):
@@ -161,9 +161,17 @@ def plan_table(joint, names, budget, time_limit=120.0, ix=None, strict=False, bu
         lb = None if p.lower_bound is None else (p.lower_bound - sa_sim.cost) / sa_sim.cost if sa_sim.cost else 0.0
         row.update(feasible=b is None or sim.peak <= b, peak_bytes=sim.peak, managed_bytes=sim.peak_managed,
                    overhead=overhead, cost=sim.cost, stored=sim.stored, recomputed=sim.recomputes,
-                   solver=p.solver, solve_time_s=p.solve_time_s, lower_bound_overhead=lb)
+                   solver=p.solver, solve_time_s=p.solve_time_s, lower_bound_overhead=lb,
+                   planners=_planner_costs(p.notes.get("candidates"), sa_sim.cost))
         rows.append(row)
     return rows
+
+
+def _planner_costs(cands, sa_cost):
+    """What each planner found, for the report: its overhead, or why it gave none."""
+    if not cands:
+        return None
+    return {k: (v if isinstance(v, str) else (v - sa_cost) / sa_cost if sa_cost else 0.0) for k, v in cands.items()}
 
 
 def _fail(joint, ix, budget, resident, time_limit):

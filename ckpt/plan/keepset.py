@@ -36,12 +36,14 @@ class JointIndex:
         self.n_breaders = {u: len(self.breaders[u]) for u in order}
 
 
-def keep_schedule(ix, keep, eager=False, hold=None, max_steps=None):
+def keep_schedule(ix, keep, eager=False, hold=None, refetch=frozenset(), max_steps=None):
     """`eager`: a recomputed value outside `keep` is dropped once the gradient that wanted it is
     computed, instead of being kept until its last reader. `hold`, where given, says it value by
     value: the recomputed values in `hold` are kept until their last reader, the others dropped
     eagerly (eager=True is hold=nothing, eager=False is hold=everything). With few values kept a
     schedule grows quadratically in a long chain: past `max_steps` steps it returns None.
+    `refetch`: values (outside `keep`) freed after each forward reader and recomputed before the
+    next, rather than held across the forward pass (a U-Net's skip connections, for one).
 
     Demand is kept up to date incrementally, so a schedule costs time linear in the graph:
     `support[u]` counts the reasons u is still demanded (a gradient still to come reads it, or a
@@ -57,11 +59,30 @@ def keep_schedule(ix, keep, eager=False, hold=None, max_steps=None):
         steps.append((FREE, u))
         live.discard(u)
 
+    def missing(wanted):
+        """What must be recomputed, in order, for `wanted` to be live: from the nearest live ancestors."""
+        out, stack = set(), [u for u in wanted if u not in live]
+        while stack:
+            u = stack.pop()
+            if u not in out:
+                out.add(u)
+                stack.extend(p for p in fpreds[u] if p not in live and p not in out)
+        return sorted(out, key=ix.pos.__getitem__)
+
+    def recompute(wanted):
+        batch = missing(wanted)
+        for u in batch:
+            steps.append((COMPUTE, u))
+            live.add(u)
+        return batch
+
+    refetch = refetch - keep
     for i, x in enumerate(fwd):
+        batch = recompute(fpreds[x]) if refetch else ()
         steps.append((COMPUTE, x))
         live.add(x)
-        for u in fpreds[x]:
-            if u not in keep and last_fwd_reader[u] <= i and u in live:
+        for u in (*batch, *fpreds[x]):
+            if u not in keep and (last_fwd_reader[u] <= i or u in refetch) and u in live:
                 drop(u)
         if x not in keep and last_fwd_reader[x] <= i:
             drop(x)
@@ -103,13 +124,7 @@ def keep_schedule(ix, keep, eager=False, hold=None, max_steps=None):
     for b in ix.bwd:
         if max_steps is not None and len(steps) > max_steps:
             return None
-        missing, stack = set(), [u for u in fpreds[b] if u not in live]
-        while stack:
-            u = stack.pop()
-            if u not in missing:
-                missing.add(u)
-                stack.extend(p for p in fpreds[u] if p not in live and p not in missing)
-        batch = sorted(missing, key=ix.pos.__getitem__)
+        batch = missing(fpreds[b])
         current = set(fpreds[b])
         if eager:  # the last batch step that reads each value: after it, the value may go
             last_use = {}

@@ -46,7 +46,7 @@ class _Rows:
 
 # HiGHS's branch and bound, bounded by a count of nodes rather than the clock, so that a plan does
 # not depend on how busy the machine is; the time limit is only a safety net, reported if it strikes.
-NODE_LIMIT = 3000
+NODE_LIMIT = 1000
 
 
 def solve_milp(ix, budget_managed, time_limit=120.0, node_limit=NODE_LIMIT, cutoff=None):

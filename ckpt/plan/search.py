@@ -24,6 +24,7 @@ layer is. An untied pass follows where the evaluation budget allows.
 """
 
 import math
+from typing import NamedTuple
 
 from ..schedule import COMPUTE, Plan
 from .basic import articulation_points
@@ -32,6 +33,7 @@ from .keepset import keep_schedule
 # The search's budget is counted in schedule steps walked (time is about linear in them), so a
 # small graph gets many moves and a large one few, and the same graph always gets the same ones.
 WORK = 1_500_000
+STARTS = 4  # distinct starting plans improved by local moves
 
 
 def value_classes(ix):
@@ -49,9 +51,20 @@ def value_classes(ix):
     return [tuple(c) for c in groups.values()]
 
 
+class State(NamedTuple):
+    """A plan the search can make: see the module's docstring and keep_schedule."""
+
+    keep: frozenset
+    hold: frozenset
+    refetch: frozenset = frozenset()
+
+    def steps(self, ix, max_steps=None):
+        return keep_schedule(ix, self.keep, hold=self.hold, refetch=self.refetch, max_steps=max_steps)
+
+
 class Evaluator:
-    """(peak_managed, cost, forward values live at the peak) of a (keep, hold) pair, memoised,
-    counting evaluations."""
+    """(peak_managed, cost, forward values live at the peak) of a State, memoised, counting
+    the schedule steps walked."""
 
     def __init__(self, ix, work):
         self.ix, self.work = ix, work
@@ -62,19 +75,18 @@ class Evaluator:
     def exhausted(self):
         return self.walked >= self.work
 
-    def __call__(self, keep, hold):
-        key = (keep, hold)
-        if key not in self.seen:
+    def __call__(self, s):
+        if s not in self.seen:
             # at least one evaluation (a start) is always made, however large the graph
-            steps = keep_schedule(self.ix, keep, hold=hold, max_steps=max(self.work - self.walked, 4 * len(self.ix.order)))
+            steps = s.steps(self.ix, max_steps=max(self.work - self.walked, 4 * len(self.ix.order)))
             self.evals += 1
             if steps is None:  # beyond what is left of the budget: as good as not fitting
                 self.walked = self.work
-                self.seen[key] = (math.inf, math.inf, frozenset())
+                self.seen[s] = (math.inf, math.inf, frozenset())
             else:
                 self.walked += len(steps)
-                self.seen[key] = walk(self.ix, steps)
-        return self.seen[key]
+                self.seen[s] = walk(self.ix, steps)
+        return self.seen[s]
 
 
 def walk(ix, steps):
@@ -130,7 +142,7 @@ def families(ix):
 
 
 def family_starts(ix, ev, budget_managed):
-    """The largest set of each family that fits, under either policy: [(cost, keep, hold)].
+    """The largest set of each family that fits, under either policy: [(cost, State)].
     Within a family memory grows along the list and cost falls, so a bisection finds it; its
     neighbours are tried too, since neither trend is strict."""
     found = []
@@ -139,41 +151,53 @@ def family_starts(ix, ev, budget_managed):
             lo, hi = 0, len(family) - 1
             while lo < hi:
                 mid = (lo + hi + 1) // 2
-                if ev(family[mid], hold)[0] <= budget_managed:
+                if ev(State(family[mid], hold))[0] <= budget_managed:
                     lo = mid
                 else:
                     hi = mid - 1
             for k in range(max(0, lo - 1), min(len(family), lo + 2)):
-                peak, cost, _ = ev(family[k], hold)
+                peak, cost, _ = ev(State(family[k], hold))
                 if peak <= budget_managed:
-                    found.append((cost, family[k], hold))
+                    found.append((cost, State(family[k], hold)))
     return found
 
 
+def _refetchable(ix):
+    """Values read by forward steps far apart: freeing them between readers lowers the forward peak."""
+    first = {u: min((ix.pos[c] for c in ix.fsuccs[u]), default=-1) for u in ix.fwd}
+    return frozenset(u for u in ix.fwd if len(ix.fsuccs[u]) > 1 and ix.pos[ix.fwd[ix.last_fwd_reader[u]]] > first[u])
+
+
 def descent(ix, ev, classes, hold, budget_managed=-1):
-    """The budget-independent sequence of keep-sets from store-all's down, walked until one fits
-    (or nothing at the peak can be dropped): [(keep, peak, cost)]. It does not depend on the
+    """The budget-independent sequence of plans from store-all's down, walked until one fits (or
+    nothing at the peak can be let go): [(State, peak, cost)]. At each step the class live at the
+    peak that frees the most bytes per unit of recompute is dropped from the keep-set (and, where
+    forward steps far apart read it, refetched between them). The sequence does not depend on the
     budget, so the cheapest of its members that fit is monotone in the budget."""
     of = {u: c for c in classes for u in c}
-    keep = frozenset(ix.residuals)
+    far = _refetchable(ix)
+    s = State(frozenset(ix.residuals), hold)
     seq = []
     while not ev.exhausted:
-        peak, cost, live = ev(keep, hold)
-        seq.append((keep, peak, cost))
+        peak, cost, live = ev(s)
+        seq.append((s, peak, cost))
         if peak <= budget_managed:
             break
         scores = {}
-        for u in live & keep:
+        for u in live:
             c = of[u]
             if c in scores:
                 continue
-            freed = sum(ix.ram[v] for v in c if v in live and v in keep)
-            extra = sum(_recompute_cost(ix, v, keep) for v in c if v in keep)
+            let_go = [v for v in c if v in live and (v in s.keep or (v in far and v not in s.refetch))]
+            if not let_go:
+                continue
+            freed = sum(ix.ram[v] for v in let_go)
+            extra = sum(_recompute_cost(ix, v, s.keep) for v in let_go)
             scores[c] = (freed / max(extra, 1e-12), -ix.pos[c[0]])
         if not scores:
             break
-        drop = max(scores, key=scores.__getitem__)
-        keep = keep - set(drop)
+        c = set(max(scores, key=scores.__getitem__))
+        s = State(s.keep - c, s.hold, s.refetch | (c & far))
     return seq
 
 
@@ -182,77 +206,89 @@ def _policies(ix):
 
 
 def lowest(ix, work=None):
-    """(peak_managed, keep, hold): the least peak the search reaches. Both descents to their
-    end, then keeping one more value wherever that lowers the peak (a checkpoint shortens what
-    a backward step must recompute and hold)."""
+    """(peak_managed, State): the least peak the search reaches. From the lowest point of each
+    descent and from keeping nothing, single moves — keep one more value (a checkpoint shortens
+    what a backward step must recompute and hold), hold or release it once recomputed, refetch
+    it — are taken while they lower the peak."""
     ev = Evaluator(ix, work or WORK)
     classes = value_classes(ix)
+    far = _refetchable(ix)
+    starts = []
+    for hold in _policies(ix):
+        seq = [s for s, _, _ in descent(ix, ev, classes, hold)] + [State(frozenset(), hold)]
+        starts += [min(seq, key=lambda s: ev(s)[:2]), State(frozenset(), hold)]
     best = None
-    for hold in reversed(_policies(ix)):
-        for keep, peak, _ in descent(ix, ev, classes, hold) + [(frozenset(), ev(frozenset(), hold)[0], 0)]:
-            if best is None or peak < best[0]:
-                best = (peak, keep, hold)
-    peak, keep, hold = best
-    improved = True
-    while improved and not ev.exhausted:
-        improved = False
-        for u in ix.fwd:
-            if u in keep or ev.exhausted:
-                continue
-            p2 = ev(keep | {u}, hold)[0]
-            if p2 < peak:
-                peak, keep, improved = p2, keep | {u}, True
-    return peak, keep, hold
+    for s in dict.fromkeys(starts):
+        improved = True
+        while improved and not ev.exhausted:
+            improved = False
+            for u in ix.fwd:
+                if ev.exhausted:
+                    break
+                moves = [s._replace(keep=s.keep | {u})] if u not in s.keep else []
+                moves.append(s._replace(hold=s.hold ^ {u}))
+                if u in far:
+                    moves.append(s._replace(refetch=s.refetch ^ {u}))
+                for s2 in moves:
+                    if ev(s2)[0] < ev(s)[0]:
+                        s, improved = s2, True
+        if best is None or ev(s)[:2] < ev(best)[:2]:
+            best = s
+    return ev(best)[0], best
 
 
-def improve(ix, ev, classes, keep, hold, budget_managed):
-    """Local moves from a fitting plan until none helps or the evaluations run out."""
-    peak, cost, live = ev(keep, hold)
+def improve(ix, ev, classes, s, budget_managed):
+    """Local moves from a fitting plan until none helps or the evaluations run out: keep one more
+    class, hold it once recomputed, refetch it or stop refetching it, release a held class at the
+    peak, swap a kept class at the peak for one outside."""
+    peak, cost, live = ev(s)
     assert peak <= budget_managed
+    far = _refetchable(ix)
     improved = True
 
-    def accept(k2, h2):
-        nonlocal keep, hold, peak, cost, live
-        p2, c2, l2 = ev(k2, h2)
+    def accept(s2):
+        nonlocal s, peak, cost, live
+        p2, c2, l2 = ev(s2)
         if p2 <= budget_managed and c2 < cost:
-            keep, hold, peak, cost, live = k2, h2, p2, c2, l2
+            s, peak, cost, live = s2, p2, c2, l2
             return True
         return False
 
     while improved and not ev.exhausted:
         improved = False
-        # keep one more class, the ones whose recompute costs most first; or hold it once recomputed
-        outside = [c for c in classes if any(u not in keep for u in c)]
-        outside.sort(key=lambda c: (-sum(ix.cost[u] for u in c if u not in keep), ix.pos[c[0]]))
+        outside = [c for c in classes if any(u not in s.keep for u in c)]
+        outside.sort(key=lambda c: (-sum(ix.cost[u] for u in c if u not in s.keep), ix.pos[c[0]]))
         for c in outside:
             if ev.exhausted:
                 break
-            if accept(keep | set(c), hold):
-                improved = True
-            elif any(u not in hold for u in c) and accept(keep, hold | set(c)):
+            c = frozenset(c)
+            if (accept(s._replace(keep=s.keep | c))
+                    or (c - s.hold and accept(s._replace(hold=s.hold | c)))
+                    or (c & s.refetch and accept(s._replace(refetch=s.refetch - c)))
+                    or (c & far - s.refetch and accept(s._replace(refetch=s.refetch | (c & far))))):
                 improved = True
         if improved:
             continue
-        # release held classes live at the peak; swap a kept class at the peak for one outside
         at_peak = [c for c in classes if any(u in live for u in c)]
         at_peak.sort(key=lambda c: (-sum(ix.ram[u] for u in c if u in live), ix.pos[c[0]]))
         for c in at_peak[:12]:
             if ev.exhausted:
                 break
-            if any(u in hold and u not in keep for u in c) and accept(keep, hold - set(c)):
+            c = frozenset(c)
+            if (c & s.hold) - s.keep and accept(s._replace(hold=s.hold - c)):
                 improved = True
                 break
-            if not any(u in keep for u in c):
+            if not c & s.keep:
                 continue
             for in_c in outside[:12]:
-                if ev.exhausted or in_c == c:
+                if ev.exhausted or frozenset(in_c) == c:
                     continue
-                if accept((keep - set(c)) | set(in_c), hold):
+                if accept(s._replace(keep=(s.keep - c) | set(in_c))):
                     improved = True
                     break
             if improved:
                 break
-    return keep, hold, cost
+    return s, cost
 
 
 def search(ix, budget_managed, starts=(), work=None):
@@ -263,27 +299,32 @@ def search(ix, budget_managed, starts=(), work=None):
     lazy, eager = _policies(ix)
     cands = []
     for hold in (lazy, eager):
-        for keep, peak, cost in descent(ix, ev, tied, hold, budget_managed):
+        for s, peak, cost in descent(ix, ev, tied, hold, budget_managed):
             if peak <= budget_managed:
-                cands.append((cost, len(cands), keep, hold))
-    for cost, keep, hold in family_starts(ix, ev, budget_managed):
-        cands.append((cost, len(cands), keep, hold))
+                cands.append((cost, len(cands), s))
+    for cost, s in family_starts(ix, ev, budget_managed):
+        cands.append((cost, len(cands), s))
     for keep, is_eager in starts:
-        hold = eager if is_eager else lazy
-        peak, cost, _ = ev(frozenset(keep), hold)
+        s = State(frozenset(keep), eager if is_eager else lazy)
+        peak, cost, _ = ev(s)
         if peak <= budget_managed:
-            cands.append((cost, len(cands), frozenset(keep), hold))
+            cands.append((cost, len(cands), s))
     if not cands:  # below every descent: the plan of the least peak, if it fits
-        peak, keep, hold = lowest(ix)
+        peak, s = lowest(ix)
         if peak > budget_managed:
             return None
-        cands.append((ev(keep, hold)[1], 0, keep, hold))
-    cost, _, keep, hold = min(cands)
-    keep, hold, cost = improve(ix, ev, tied, keep, hold, budget_managed)
+        cands.append((ev(s)[1], 0, s))
+    # local optima are many: improve the few best distinct starts, then the best of them move by move
+    cands.sort(key=lambda c: c[:2])
+    results = []
+    for _, _, s in list({c[2]: c for c in cands}.values())[:STARTS]:
+        if results and ev.exhausted:
+            break
+        results.append(improve(ix, ev, tied, s, budget_managed)[::-1])
+    cost, s = min(results, key=lambda r: r[0])
     if len(ix.fwd) > len(tied):
-        keep, hold, cost = improve(ix, ev, [(u,) for u in ix.fwd], keep, hold, budget_managed)
-    steps = keep_schedule(ix, keep, hold=hold)
-    plan = Plan("budget", steps, solver="search")
-    plan.notes.update(kept=len(keep), keep=keep, held=len(hold - keep), evaluations=ev.evals,
-                      steps_walked=ev.walked, work=ev.work)
+        s, cost = improve(ix, ev, [(u,) for u in ix.fwd], s, budget_managed)
+    plan = Plan("budget", s.steps(ix), solver="search")
+    plan.notes.update(kept=len(s.keep), keep=s.keep, held=len(s.hold - s.keep), refetched=len(s.refetch),
+                      evaluations=ev.evals, steps_walked=ev.walked, work=ev.work)
     return plan
