@@ -10,8 +10,6 @@ import math
 import time
 
 import numpy as np
-from scipy.optimize import Bounds, LinearConstraint, milp
-from scipy.sparse import coo_matrix
 
 from ..schedule import COMPUTE, FREE, Plan
 
@@ -46,6 +44,8 @@ class _Rows:
 
 def solve_milp(ix, budget_managed, time_limit=30.0):
     """Returns (Plan or None, status text). The plan carries HiGHS's lower bound on the cost."""
+    from scipy.optimize import Bounds, LinearConstraint, milp  # here, not at the top: it costs ~half of start-up
+    from scipy.sparse import coo_matrix
     order = ix.order
     n = len(order)
     idx = {x: i for i, x in enumerate(order)}
