@@ -176,3 +176,46 @@ def test_check_passes_on_tied_maxima(ties_config):
     res = CliRunner().invoke(cli, ["check", ties_config])
     assert res.exit_code == 0, res.output
     assert "passed" in res.output
+
+
+# ---- the same rules on cupy (skipped without a GPU; scripts/gpu_check.sh runs them) -------------
+def _gpu_reason():
+    from ckpt.errors import ConfigError
+    try:
+        get_backend("cuda")
+    except ConfigError as e:
+        return str(e)
+    return None
+
+
+GPU_REASON = _gpu_reason()
+POOLS = [("maxpool2d", (2, 3, 8, 6), {"kernel": 2}), ("maxpool2d", (2, 3, 9, 6), {"kernel": 3}),
+         ("avgpool2d", (2, 3, 8, 6), {"kernel": 2}), ("upsample2d", (2, 3, 4, 5), {"scale": 3})]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(GPU_REASON is not None, reason=GPU_REASON or "")
+def test_conv_and_pool_rules_on_cupy_match_numpy():
+    xp = get_backend("cuda").xp
+    rng = np.random.default_rng(3)
+    cases = [("conv2d", [xs, ws, (ws[0],)], {"stride": s, "padding": p}) for xs, ws, s, p in GEOMETRIES]
+    cases += [(name, [shape], attrs) for name, shape, attrs in POOLS]
+    for name, shapes, attrs in cases:
+        op = REGISTRY[name]
+        a = {**op.attrs, **attrs}
+        ins = [rng.standard_normal(s) for s in shapes]
+        if name == "maxpool2d":  # ties in every window: the first maximum takes the gradient
+            ins[0] = np.round(ins[0])
+        y = op.forward(np, ins, a)
+        d_ins = [xp.asarray(v) for v in ins]
+        d_y = op.forward(xp, d_ins, a)
+        np.testing.assert_allclose(xp.asnumpy(d_y), y, rtol=1e-10, atol=1e-12)
+        g = rng.standard_normal(y.shape)
+        ctx = Ctx(ins, y, shapes, y.shape, a)
+        d_ctx = Ctx(d_ins, d_y, shapes, y.shape, a)
+        for i in range(len(shapes)):
+            np.testing.assert_allclose(xp.asnumpy(op.vjp(xp, i, xp.asarray(g), d_ctx)), op.vjp(np, i, g, ctx),
+                                       rtol=1e-10, atol=1e-12, err_msg=f"{name} {shapes} vjp {i}")
+        ts = [rng.standard_normal(s) for s in shapes]
+        np.testing.assert_allclose(xp.asnumpy(op.jvp(xp, [xp.asarray(t) for t in ts], d_ctx)), op.jvp(np, ts, ctx),
+                                   rtol=1e-10, atol=1e-12, err_msg=f"{name} {shapes} jvp")
