@@ -65,8 +65,9 @@ def measure(args):
             tc.append(per_step(lambda: ex.step(leaves)))
             th.append(per_step(lambda: hand_written(leaves, layers)))
             tr.append(per_step(run_rules))
+        over = med((a - b) / nodes for a, b in zip(tc, th))
         print(f"  repeat {repeat}: ckpt {med(tc) * 1e3:6.3f} ms   numpy {med(th) * 1e3:6.3f} ms   ckpt/numpy "
-              f"{med(a / b for a, b in zip(tc, th)):5.2f}   overhead {med((a - b) / nodes for a, b in zip(tc, th)) * 1e6:5.2f}"
+              f"{med(a / b for a, b in zip(tc, th)):5.2f}   overhead {over * 1e6:5.2f}"
               f" us per node ({nodes} joint nodes), of which the executor "
               f"{med((a - b) / nodes for a, b in zip(tc, tr)) * 1e6:5.2f} and the op rules "
               f"{med((a - b) / nodes for a, b in zip(tr, th)) * 1e6:5.2f}")
@@ -109,7 +110,8 @@ def main():
     if args.child:
         return measure(args)
     rest = ["--rounds", str(args.rounds), "--steps", str(args.steps)] + [a for s in args.sets for a in ("--set", s)]
-    print(f"mlp_deep {' '.join(args.sets)}, store-all, {args.rounds} interleaved rounds of {args.steps} steps (medians)")
+    print(f"mlp_deep {' '.join(args.sets)}, store-all, {args.rounds} interleaved rounds of {args.steps} steps"
+          " (medians)")
     for threads in (1, 0):
         env = dict(os.environ)
         if threads:

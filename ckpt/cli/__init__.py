@@ -17,17 +17,22 @@ from ..errors import CkptError
 # command name -> (module in ckpt.cli, function, the one-line help `ckpt --help` lists without importing
 # the module). tests/test_startup.py holds each line to the command's own docstring.
 LAZY_COMMANDS = {
-    "bench": ("bench", "bench", "Measure memory and time per config and strategy; compare with or update a baseline."),
-    "check": ("diff", "check", "Compare reverse-mode gradients with numeric differences in float64 (exit 1 on failure)."),
-    "export": ("plan", "export", "Write the model's joint forward+backward graph as node-link JSON with costs and bytes."),
-    "jacobian": ("diff", "jacobian", "The full Jacobian: a column per forward pass or a row per reverse pass; auto picks "
-                 "fewer passes."),
-    "methods": ("diff", "methods", "Numeric, symbolic and automatic differentiation side by side, or the expression swell."),
-    "numeric": ("diff", "numeric", "Numeric differences against reverse mode for h from 1e-1 to 1e-12: truncation vs "
-                "round-off."),
+    "bench": ("bench", "bench",
+              "Measure memory and time per config and strategy; compare with or update a baseline."),
+    "check": ("diff", "check",
+              "Compare reverse-mode gradients with numeric differences in float64 (exit 1 on failure)."),
+    "export": ("plan", "export",
+               "Write the model's joint forward+backward graph as node-link JSON with costs and bytes."),
+    "jacobian": ("diff", "jacobian",
+                 "The full Jacobian: a column per forward pass or a row per reverse pass; auto picks fewer passes."),
+    "methods": ("diff", "methods",
+                "Numeric, symbolic and automatic differentiation side by side, or the expression swell."),
+    "numeric": ("diff", "numeric",
+                "Numeric differences against reverse mode for h from 1e-1 to 1e-12: truncation vs round-off."),
     "plan": ("plan", "plan", "Plan without running: predicted peak and compute overhead of each strategy."),
     "run": ("run", "run", "Run forward+backward steps under a strategy; report loss, gradients, memory and time."),
-    "trace": ("run", "trace", "Print the primal, tangent (forward) or adjoint (reverse) traces in the seed's notation."),
+    "trace": ("run", "trace",
+              "Print the primal, tangent (forward) or adjoint (reverse) traces in the seed's notation."),
 }
 
 
