@@ -2,15 +2,19 @@
 """Start-up time of the command line: `ckpt --help` and `ckpt run configs/seed_example.yaml` against
 the bare interpreter and the imports ckpt cannot avoid (numpy, networkx), each a fresh process,
 interleaved rounds, medians; then the slowest imports of each command from `python -X importtime`.
+Bytecode is cached (in a temporary PYTHONPYCACHEPREFIX, PYTHONDONTWRITEBYTECODE unset), as for an
+installed package: otherwise every run compiles ckpt's sources again, which measures the compiler.
 
     python scripts/bench_startup.py [--rounds 15] [--top 8]
 """
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -24,15 +28,18 @@ CASES = {
 }
 
 
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def wall(cmd):
     t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    subprocess.run(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
     return time.perf_counter() - t0
 
 
 def slowest_imports(cmd, top):
     """(cumulative ms, module) of the top-level imports of one run of `cmd` under -X importtime."""
-    err = subprocess.run([cmd[0], "-X", "importtime"] + cmd[1:], cwd=ROOT, stdout=subprocess.DEVNULL,
+    err = subprocess.run([cmd[0], "-X", "importtime"] + cmd[1:], cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, text=True).stderr
     rows = []
     for line in err.splitlines():
@@ -50,6 +57,14 @@ def main():
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--top", type=int, default=8)
     args = ap.parse_args()
+    ENV["PYTHONPYCACHEPREFIX"] = tempfile.mkdtemp(prefix="ckpt-startup-")
+    try:
+        measure(args)
+    finally:
+        shutil.rmtree(ENV["PYTHONPYCACHEPREFIX"], ignore_errors=True)
+
+
+def measure(args):
     for cmd in CASES.values():  # warm the file cache and the .pyc files
         wall(cmd)
     times = {k: [] for k in CASES}
