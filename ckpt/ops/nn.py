@@ -264,8 +264,10 @@ def _cols(xp, x, w_shape, out_shape, a):
     hp, wp = h + 2 * p, w + 2 * p
     m = n * hp * wp
     buf = xp.zeros((ch, m + tail), dtype=x.dtype)
-    buf[:, :m].reshape(ch, n, hp, wp)[:, :, p:p + h, p:p + w] = x.transpose(1, 0, 2, 3)
     e = buf.itemsize
+    image = xp.lib.stride_tricks.as_strided(buf, (ch, n, hp, wp), ((m + tail) * e, hp * wp * e, wp * e, e))
+    image[:, :, p:p + h, p:p + w] = x.transpose(1, 0, 2, 3)  # (a view for certain, where reshape may copy)
+    del image
     if s == 1:
         view = xp.lib.stride_tricks.as_strided(buf, (ch, kh, kw, m), ((m + tail) * e, wp * e, e, e))
     else:
