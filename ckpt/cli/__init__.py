@@ -1,18 +1,67 @@
 """The command line: one click group; JSON and exit codes are decided here and nowhere else.
 
-One module per command family (run, diff, plan, bench); options they share are in `common`."""
+One module per command family (run, diff, plan, bench); options they share are in `common`. A command's
+module (and with it numpy, networkx, the planners) is imported only when that command runs, so that
+`ckpt --help` and `ckpt run` do not pay for the other commands' imports (scipy.optimize alone costs
+more than the rest of start-up)."""
 
+import importlib
 import sys
 
 import click
 
 from .. import __version__
 from ..errors import CkptError
-from . import bench, diff, plan, run
+
+
+# command name -> (module in ckpt.cli, function, the one-line help `ckpt --help` lists without importing
+# the module). tests/test_startup.py holds each line to the command's own docstring.
+LAZY_COMMANDS = {
+    "bench": ("bench", "bench",
+              "Measure memory and time per config and strategy; compare with or update a baseline."),
+    "check": ("diff", "check",
+              "Compare reverse-mode gradients with numeric differences in float64 (exit 1 on failure)."),
+    "export": ("plan", "export",
+               "Write the model's joint forward+backward graph as node-link JSON with costs and bytes."),
+    "jacobian": ("diff", "jacobian",
+                 "The full Jacobian: a column per forward pass or a row per reverse pass; auto picks fewer passes."),
+    "methods": ("diff", "methods",
+                "Numeric, symbolic and automatic differentiation side by side, or the expression swell."),
+    "numeric": ("diff", "numeric",
+                "Numeric differences against reverse mode for h from 1e-1 to 1e-12: truncation vs round-off."),
+    "plan": ("plan", "plan", "Plan without running: predicted peak and compute overhead of each strategy."),
+    "run": ("run", "run", "Run forward+backward steps under a strategy; report loss, gradients, memory and time."),
+    "trace": ("run", "trace",
+              "Print the primal, tangent (forward) or adjoint (reverse) traces in the seed's notation."),
+}
 
 
 class _Group(click.Group):
-    """Turns ckpt's typed errors into one line on stderr and the error's exit code."""
+    """Turns ckpt's typed errors into one line on stderr and the error's exit code; imports a
+    command's module when the command is looked up to run (see LAZY_COMMANDS)."""
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(LAZY_COMMANDS))
+
+    def get_command(self, ctx, name):
+        cmd = super().get_command(ctx, name)
+        if cmd is not None or name not in LAZY_COMMANDS:
+            return cmd
+        module, attr, _ = LAZY_COMMANDS[name]
+        return getattr(importlib.import_module(f"{__name__}.{module}"), attr)
+
+    def format_commands(self, ctx, formatter):
+        # click's own listing, except that a command not yet imported shows its line from the table
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(map(len, names))
+        rows = []
+        for name in names:
+            cmd = super().get_command(ctx, name) or click.Command(name, help=LAZY_COMMANDS[name][2])
+            if not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(limit)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def invoke(self, ctx):
         try:
@@ -27,10 +76,6 @@ class _Group(click.Group):
 def cli():
     """ckpt: what to keep, what to recompute, and what it costs, for training deep networks."""
 
-
-for _command in (run.run, run.trace, plan.plan, plan.export, diff.check, diff.jacobian, diff.numeric, diff.methods,
-                 bench.bench):
-    cli.add_command(_command)
 
 
 def main():

@@ -1,5 +1,7 @@
 """Network ops: softmax, layernorm, convolution, pooling, dropout and losses. One block per op."""
 
+import numpy as np
+
 from . import OUT, Op, kernel, register, shape_error, size
 from ..errors import ShapeError
 
@@ -209,7 +211,18 @@ register(Op(
 ))
 
 
-# ---- conv2d (NCHW, weights OCkk): im2col by kernel offsets, never a loop over pixels -----------
+# ---- conv2d (NCHW, weights OCkk): one GEMM per rule against an im2col matrix ------------------
+# Everything runs channel-major on a "grid" of output positions (N, GH, GW): the forward is
+# y = w2 (O, C*kh*kw) @ cols (C*kh*kw, N*GH*GW), dW is cols @ g (N*GH*GW, O), and dX's columns are
+# w2.T @ g (O, N*GH*GW), each ONE GEMM over the whole batch; dX's columns go back by kh*kw adds
+# (one per kernel offset), never a loop over pixels.
+# At stride 1 the grid is the padded input's own (Hp, Wp): the row of cols for (c, i, j) is then
+# the flattened padded channel c shifted by i*Wp + j, so cols is one copy out of a strided view
+# whose rows are long and contiguous, and col2im is kh*kw adds of whole rows. Positions of the grid
+# that are no output pixel (the last kh-1 rows and kw-1 columns of each image) are computed and
+# dropped by the forward and hold zero gradient in the VJPs: Hp*Wp / (OH*OW) more GEMM work (1.27
+# at 16x16, 3x3, padding 1), paid back several times over by copies with long inner loops. At
+# stride s that waste would be s*s: there the grid is (OH, OW) and the windows are strided.
 def _conv_geometry(shapes, a):
     x, w = tuple(shapes[0]), tuple(shapes[1])
     if len(x) != 4 or len(w) != 4:
@@ -232,23 +245,58 @@ def _conv_shape(shapes, a):
     return (shapes[0][0], shapes[1][0], oh, ow)
 
 
-def _windows(xp, x, kh, kw, oh, ow, s, p):
-    """im2col: (N, C, kh, kw, OH, OW), one strided copy per kernel offset."""
-    if p:
-        x = xp.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
-    n, ch = x.shape[:2]
-    cols = xp.empty((n, ch, kh, kw, oh, ow), dtype=x.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            cols[:, :, i, j] = x[:, :, i:i + s * oh:s, j:j + s * ow:s]
-    return cols
+def _grid(x_shape, w_shape, out_shape, a):
+    """(GH, GW, tail): the grid of output positions, and the zeros the stride-1 view reads past the
+    padded input's end (its last row of windows starts at the last grid position)."""
+    (_, _, h, w), (_, _, kh, kw), p = x_shape, w_shape, a["padding"]
+    if a["stride"] == 1:
+        return h + 2 * p, w + 2 * p, (kh - 1) * (w + 2 * p) + kw - 1
+    return out_shape[2], out_shape[3], 0
+
+
+def _cols(xp, x, w_shape, out_shape, a):
+    """The im2col matrix (C*kh*kw, N*GH*GW): one copy out of a strided view of the padded input,
+    laid out channel-major (C, N, Hp, Wp) and flattened, with `tail` zeros after it."""
+    n, ch, h, w = x.shape
+    _, _, kh, kw = w_shape
+    s, p = a["stride"], a["padding"]
+    gh, gw, tail = _grid(x.shape, w_shape, out_shape, a)
+    hp, wp = h + 2 * p, w + 2 * p
+    m = n * hp * wp
+    buf = xp.zeros((ch, m + tail), dtype=x.dtype)
+    e = buf.itemsize
+    image = xp.lib.stride_tricks.as_strided(buf, (ch, n, hp, wp), ((m + tail) * e, hp * wp * e, wp * e, e))
+    image[:, :, p:p + h, p:p + w] = x.transpose(1, 0, 2, 3)  # (a view for certain, where reshape may copy)
+    del image
+    if s == 1:
+        view = xp.lib.stride_tricks.as_strided(buf, (ch, kh, kw, m), ((m + tail) * e, wp * e, e, e))
+    else:
+        view = xp.lib.stride_tricks.as_strided(buf, (ch, kh, kw, n, gh, gw),
+                                               ((m + tail) * e, wp * e, e, hp * wp * e, s * wp * e, s * e))
+    return view.reshape(ch * kh * kw, n * gh * gw)  # a copy: the view is not contiguous
+
+
+def _on_grid(xp, g, gh, gw, pixel_major):
+    """g (N, O, OH, OW) placed on the grid, zeros elsewhere: (N*GH*GW, O) or (O, N*GH*GW)."""
+    n, o, oh, ow = g.shape
+    if pixel_major:
+        out = xp.zeros((n, gh, gw, o), dtype=g.dtype) if (gh, gw) != (oh, ow) else xp.empty((n, gh, gw, o), g.dtype)
+        out[:, :oh, :ow] = g.transpose(0, 2, 3, 1)
+        return out.reshape(n * gh * gw, o)
+    out = xp.zeros((o, n, gh, gw), dtype=g.dtype) if (gh, gw) != (oh, ow) else xp.empty((o, n, gh, gw), g.dtype)
+    out[:, :, :oh, :ow] = g.transpose(1, 0, 2, 3)
+    return out.reshape(o, n * gh * gw)
 
 
 def _conv(xp, x, w, b, a, out_shape):
-    kh, kw = w.shape[2:]
-    cols = _windows(xp, x, kh, kw, out_shape[2], out_shape[3], a["stride"], a["padding"])
-    y = xp.tensordot(w, cols, axes=([1, 2, 3], [1, 2, 3]))  # (O, N, OH, OW)
-    y = xp.ascontiguousarray(y.transpose(1, 0, 2, 3))
+    n, o, oh, ow = out_shape
+    gh, gw, _ = _grid(x.shape, w.shape, out_shape, a)
+    cols = _cols(xp, x, w.shape, out_shape, a)
+    y2 = xp.matmul(w.reshape(o, -1), cols)  # (O, N*GH*GW): the one GEMM
+    del cols
+    y = xp.empty(out_shape, dtype=y2.dtype)
+    y[...] = y2.reshape(o, n, gh, gw)[:, :, :oh, :ow].transpose(1, 0, 2, 3)
+    del y2
     if b is not None:
         y += b.reshape(1, -1, 1, 1)
     return y
@@ -261,32 +309,107 @@ def _conv_forward(xp, ins, a):
 
 
 def _conv_vjp(xp, i, g, c):
-    s, p = c.attrs["stride"], c.attrs["padding"]
-    n, ch, h, wd = c.in_shapes[0]
-    _, _, kh, kw = c.in_shapes[1]
-    oh, ow = c.out_shape[2:]
     if i == 2:
         return g.sum(axis=(0, 2, 3))
+    a, x_shape, w_shape = c.attrs, c.in_shapes[0], c.in_shapes[1]
+    gh, gw, _ = _grid(x_shape, w_shape, c.out_shape, a)
     if i == 1:
-        cols = _windows(xp, c.ins[0], kh, kw, oh, ow, s, p)
-        return xp.tensordot(g, cols, axes=([0, 2, 3], [0, 4, 5]))
-    dcols = xp.tensordot(c.ins[1], g, axes=([0], [1]))  # (C, kh, kw, N, OH, OW)
-    dx = xp.zeros((n, ch, h + 2 * p, wd + 2 * p), dtype=g.dtype)
-    for r in range(kh):
-        for q in range(kw):
-            dx[:, :, r:r + s * oh:s, q:q + s * ow:s] += dcols[:, r, q].transpose(1, 0, 2, 3)
-    return dx[:, :, p:p + h, p:p + wd] if p else dx
+        cols = _cols(xp, c.ins[0], w_shape, c.out_shape, a)
+        dw_t = xp.matmul(cols, _on_grid(xp, g, gh, gw, pixel_major=True))  # (C*kh*kw, O): the one GEMM
+        del cols
+        dw = xp.empty(w_shape, dtype=g.dtype)
+        dw.reshape(w_shape[0], -1)[...] = dw_t.T
+        return dw
+    return _conv_dx(xp, g, c.ins[1], x_shape, a, gh, gw)
+
+
+def _conv_dx(xp, g, w, x_shape, a, gh, gw):
+    """dX: its columns, weights (kh*kw*C or C*kh*kw, O) @ g on the grid (O, N*GH*GW) in one GEMM,
+    then col2im onto the channel-major padded input (C, N, Hp, Wp), cropped to NCHW at the end."""
+    n, ch, h, wd = x_shape
+    o, _, kh, kw = w.shape
+    s, p = a["stride"], a["padding"]
+    oh, ow = g.shape[2:]
+    hp, wp = h + 2 * p, wd + 2 * p
+    grid = _on_grid(xp, g, gh, gw, pixel_major=False)
+    if s == 1:
+        # Rows ordered (kh, kw, C): the columns of offset (r, q) are one contiguous block, which
+        # lands on the flattened padded input shifted by r*Wp + q. Within the block, the last
+        # r*Wp + q values of each channel spill into the next channel's first ones: they belong to
+        # grid positions that are no output pixel, whose gradient is zero, so they add zeros. Each
+        # add is then one 1-D contiguous pass (numpy buffers none of its operands).
+        m = n * hp * wp
+        dcols = xp.matmul(xp.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(-1, o), grid)  # the one GEMM
+        del grid
+        flat = xp.zeros(ch * m + (kh - 1) * wp + kw - 1, dtype=g.dtype)
+        for r in range(kh):
+            for q in range(kw):
+                off, k = r * wp + q, r * kw + q
+                flat[off:off + ch * m] += dcols[k * ch:(k + 1) * ch].reshape(-1)
+        dx = flat[:ch * m].reshape(ch, n, hp, wp)
+    else:
+        dcols = xp.matmul(w.reshape(o, -1).T, grid)  # (C*kh*kw, N*OH*OW): the one GEMM
+        del grid
+        dcols = dcols.reshape(ch, kh, kw, n, oh, ow)
+        dx = xp.zeros((ch, n, hp, wp), dtype=g.dtype)
+        for r in range(kh):  # one strided add per kernel offset
+            for q in range(kw):
+                dx[:, :, r:r + s * oh:s, q:q + s * ow:s] += dcols[:, r, q]
+    del dcols
+    out = xp.empty(x_shape, dtype=g.dtype)
+    out[...] = dx[:, :, p:p + h, p:p + wd].transpose(1, 0, 2, 3)
+    return out
 
 
 def _conv_jvp(xp, t, c):
     x, w = c.ins[0], c.ins[1]
-    y = _conv(xp, t[0], w, None, c.attrs, c.out_shape) + _conv(xp, x, t[1], None, c.attrs, c.out_shape)
+    y = _conv(xp, t[0], w, None, c.attrs, c.out_shape)
+    y += _conv(xp, x, t[1], None, c.attrs, c.out_shape)
     return y + t[2].reshape(1, -1, 1, 1) if len(t) == 3 else y
+
+
+def ufunc_buffer(n, itemsize):
+    """Bytes numpy allocates for one strided or broadcast operand of a ufunc over n elements: it
+    copies such an operand through a buffer of up to np.getbufsize() elements (8192 by default).
+    (Copies, assignments and copyto with a mask need none; cupy needs none: there this bound is
+    not reached.)"""
+    return min(n, np.getbufsize()) * itemsize
+
+
+def _conv_workspace(which, shapes, out_shape, a, itemsize):
+    """The bytes each conv2d rule holds beyond its output at its high-water mark: the largest sum
+    of buffers live at once, allocation by allocation as the rules above make them, less the
+    output (tests/test_conv_speedpath.py measures them with tracemalloc)."""
+    (n, ch, h, w), (o, _, kh, kw) = shapes[0], shapes[1]
+    gh, gw, tail = _grid(shapes[0], shapes[1], out_shape, a)
+    p, e = a["padding"], itemsize
+    padded = n * ch * (h + 2 * p) * (w + 2 * p) * e
+    buf = padded + ch * tail * e  # the padded input, channel-major, and the tail of zeros
+    cols = ch * kh * kw * n * gh * gw * e
+    grid = o * n * gh * gw * e  # the output, or its gradient, on the grid
+    if which == "forward":
+        out = size(out_shape) * e
+        bias = ufunc_buffer(size(out_shape), e) if len(shapes) == 3 else 0  # b broadcast
+        return max(buf + cols, cols + grid, grid + out, out + bias) - out
+    if which == 1:  # the weights' gradient, and beside it dW transposed
+        out, dw_t = size(shapes[1]) * e, ch * kh * kw * o * e
+        return max(buf + cols, cols + grid + dw_t, dw_t + out) - out
+    if which == 0:
+        out = size(shapes[0]) * e
+        if a["stride"] == 1:  # the gradient on the grid, the weights reordered, the columns; the
+            # columns and the flat padded dX (with its tail); then that and the output
+            flat = padded + tail * e
+            return max(grid + o * ch * kh * kw * e + cols, cols + flat, flat + out) - out
+        # the columns and the padded dX, with numpy's buffers for the three operands of each
+        # strided +=; then the padded dX and the output
+        add = 3 * ufunc_buffer(ch * n * out_shape[2] * out_shape[3], e)
+        return max(grid + cols, cols + padded + add, padded + out) - out
+    return 0
 
 
 register(Op(
     name="conv2d", arity=(2, 3), shape=_conv_shape, attrs={"stride": 1, "padding": 0},
-    forward=_conv_forward, vjp=_conv_vjp, jvp=_conv_jvp,
+    forward=_conv_forward, vjp=_conv_vjp, jvp=_conv_jvp, workspace=_conv_workspace,
     needs=lambda i: ((1,), (0,), ())[i],
     flops=lambda s, o, a: 2 * size(o) * s[1][1] * s[1][2] * s[1][3],
     example={"shapes": [(2, 3, 5, 5), (4, 3, 3, 3), (4,)], "attrs": {"stride": 2, "padding": 1}},
@@ -294,6 +417,8 @@ register(Op(
 
 
 # ---- pooling and upsampling over non-overlapping k x k windows ----------------------------------
+# Each rule is k*k strided slices x[..., i::k, j::k] (one per window offset), combined elementwise:
+# no Python loop over pixels, no reduction over non-contiguous axes, no reshaped copies.
 def _pool_shape(op):
     def rule(shapes, a):
         x, k = tuple(shapes[0]), a["kernel"]
@@ -303,43 +428,98 @@ def _pool_shape(op):
     return rule
 
 
-def _blocks(x, k):
-    n, ch, h, w = x.shape
-    return x.reshape(n, ch, h // k, k, w // k, k)
+def _offsets(k):
+    return [(i, j) for i in range(k) for j in range(k)]  # row-major window order
+
+
+def _maxpool(xp, x, k):
+    out = x[:, :, 0::k, 0::k].copy()
+    for i, j in _offsets(k)[1:]:
+        xp.maximum(out, x[:, :, i::k, j::k], out=out)
+    return out
+
+
+def _maxpool_first(xp, x, out, k):
+    """Yields (i, j, hit) for each window offset in row-major order, hit marking the windows whose
+    FIRST maximum sits at that offset: PyTorch's convention, where a tie sends the gradient to one
+    element, so that the VJP and the JVP are those of one function that picks one input per window.
+    `hit` is one buffer, rewritten at each offset."""
+    taken = xp.zeros(out.shape, dtype=bool)
+    hit = xp.empty(out.shape, dtype=bool)
+    for i, j in _offsets(k):
+        xp.equal(x[:, :, i::k, j::k], out, out=hit)
+        xp.greater(hit, taken, out=hit)  # on booleans: a maximum here, and none at an earlier offset
+        taken |= hit
+        yield i, j, hit
 
 
 def _maxpool_vjp(xp, i, g, c):
     k = c.attrs["kernel"]
-    # Ties (equal maxima in one window) each take the gradient; random inputs make them vanishingly rare.
-    hit = _blocks(c.ins[0], k) == c.out[:, :, :, None, :, None]
-    return (hit * g[:, :, :, None, :, None]).reshape(c.in_shapes[0])
+    dx = xp.zeros(c.in_shapes[0], dtype=g.dtype)
+    for r, q, hit in _maxpool_first(xp, c.ins[0], c.out, k):
+        xp.copyto(dx[:, :, r::k, q::k], g, where=hit)  # a masked copy: no ufunc buffers
+    return dx
 
 
 def _maxpool_jvp(xp, t, c):
     k = c.attrs["kernel"]
-    hit = _blocks(c.ins[0], k) == c.out[:, :, :, None, :, None]
-    return (hit * _blocks(t[0], k)).sum(axis=(3, 5)) / hit.sum(axis=(3, 5))
+    out = xp.zeros(c.out_shape, dtype=t[0].dtype)
+    for r, q, hit in _maxpool_first(xp, c.ins[0], c.out, k):
+        xp.copyto(out, t[0][:, :, r::k, q::k], where=hit)
+    return out
+
+
+def _maxpool_workspace(which, shapes, o, a, itemsize):
+    # forward: the strided operand of maximum(out, x[..], out=out); VJP: the masks `taken` and
+    # `hit` (booleans of the output's shape) and the strided operand of equal(x[..], out)
+    strided = ufunc_buffer(size(o), itemsize) if a["kernel"] > 1 else 0
+    return strided if which == "forward" else 2 * size(o) + strided
 
 
 register(Op(
     name="maxpool2d", arity=(1, 1), shape=_pool_shape("maxpool2d"), attrs={"kernel": 2},
-    forward=lambda xp, ins, a: _blocks(ins[0], a["kernel"]).max(axis=(3, 5)),
-    vjp=_maxpool_vjp, jvp=_maxpool_jvp, needs=lambda i: (0, OUT),
+    forward=lambda xp, ins, a: _maxpool(xp, ins[0], a["kernel"]),
+    vjp=_maxpool_vjp, jvp=_maxpool_jvp, needs=lambda i: (0, OUT), workspace=_maxpool_workspace,
     flops=lambda s, o, a: size(s[0]), example={"shapes": [(2, 3, 4, 6)]},
 ))
 
 
-def _avgpool_vjp(xp, i, g, c):
-    k = c.attrs["kernel"]
-    n, ch, oh, ow = g.shape
-    rep = xp.broadcast_to((g * (1.0 / (k * k)))[:, :, :, None, :, None], (n, ch, oh, k, ow, k))
-    return rep.reshape(c.in_shapes[0])
+def _window_sum(xp, x, k):
+    """The sum of each k x k window (avgpool's forward, upsampling's VJP)."""
+    out = x[:, :, 0::k, 0::k].copy()
+    for i, j in _offsets(k)[1:]:
+        out += x[:, :, i::k, j::k]
+    return out
+
+
+def _avgpool(xp, x, k):
+    out = _window_sum(xp, x, k)
+    out *= 1.0 / (k * k)
+    return out
+
+
+def _spread(xp, g, k, scale=None):
+    """Each element of g copied to its k x k window (upsampling; avgpool's VJP with scale)."""
+    n, ch, h, w = g.shape
+    out = xp.empty((n, ch, h * k, w * k), dtype=g.dtype)
+    for i, j in _offsets(k):
+        out[:, :, i::k, j::k] = g
+    if scale is not None:
+        out *= scale
+    return out
+
+
+def _window_sum_workspace(n, k, itemsize):
+    """_window_sum's strided operand of out += x[..] over its n outputs (spreading needs none)."""
+    return ufunc_buffer(n, itemsize) if k > 1 else 0
 
 
 register(Op(
     name="avgpool2d", arity=(1, 1), shape=_pool_shape("avgpool2d"), attrs={"kernel": 2},
-    forward=lambda xp, ins, a: _blocks(ins[0], a["kernel"]).mean(axis=(3, 5)),
-    vjp=_avgpool_vjp, jvp=lambda xp, t, c: _blocks(t[0], c.attrs["kernel"]).mean(axis=(3, 5)),
+    forward=lambda xp, ins, a: _avgpool(xp, ins[0], a["kernel"]),
+    vjp=lambda xp, i, g, c: _spread(xp, g, c.attrs["kernel"], 1.0 / (c.attrs["kernel"] ** 2)),
+    jvp=lambda xp, t, c: _avgpool(xp, t[0], c.attrs["kernel"]),
+    workspace=lambda which, s, o, a, e: _window_sum_workspace(size(o), a["kernel"], e) if which == "forward" else 0,
     needs=lambda i: (), flops=lambda s, o, a: size(s[0]), example={"shapes": [(2, 3, 4, 6)]},
 ))
 
@@ -351,16 +531,12 @@ def _upsample_shape(shapes, a):
     return (x[0], x[1], x[2] * k, x[3] * k)
 
 
-def _upsample(xp, x, k):
-    n, ch, h, w = x.shape
-    return xp.broadcast_to(x[:, :, :, None, :, None], (n, ch, h, k, w, k)).reshape(n, ch, h * k, w * k)
-
-
 register(Op(
     name="upsample2d", arity=(1, 1), shape=_upsample_shape, attrs={"scale": 2},
-    forward=lambda xp, ins, a: _upsample(xp, ins[0], a["scale"]),
-    vjp=lambda xp, i, g, c: _blocks(g, c.attrs["scale"]).sum(axis=(3, 5)),
-    jvp=lambda xp, t, c: _upsample(xp, t[0], c.attrs["scale"]),
+    forward=lambda xp, ins, a: _spread(xp, ins[0], a["scale"]),
+    vjp=lambda xp, i, g, c: _window_sum(xp, g, c.attrs["scale"]),
+    jvp=lambda xp, t, c: _spread(xp, t[0], c.attrs["scale"]),
+    workspace=lambda which, s, o, a, e: 0 if which == "forward" else _window_sum_workspace(size(s[0]), a["scale"], e),
     needs=lambda i: (), flops=lambda s, o, a: size(o), example={"shapes": [(2, 3, 2, 3)]},
 ))
 

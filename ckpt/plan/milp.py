@@ -13,6 +13,7 @@ import time
 from contextlib import contextmanager
 
 import numpy as np
+
 from ..schedule import COMPUTE, FREE, Plan
 
 
