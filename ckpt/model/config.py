@@ -22,13 +22,17 @@ The format (README, "Model configs"):
 
 import ast
 import difflib
+import math
 import operator
+import os
+import re
 from dataclasses import dataclass, field
 
 import yaml
 
 from ..errors import ConfigError
-from ..ops import REGISTRY, REQUIRED
+from ..ops import REGISTRY, REQUIRED, size as n_elements
+from ..sizes import MAX_BYTES, MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES
 
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 INT_DTYPES = ("int32", "int64")
@@ -38,6 +42,34 @@ _LEAF_KEYS = ("shape", "dtype", "init", "scale", "value", "grad", "high")
 _NODE_KEYS = ("name", "op", "inputs", "attrs")
 _REPEAT_KEYS = ("name", "repeat", "times", "input")
 _BLOCK_KEYS = ("params", "nodes", "output")
+# A dim expression is a short formula such as `D*4` or `(H+2*P-K)//S+1`.
+MAX_EXPRESSION_CHARS = 200
+# Blocks may repeat other blocks; this many levels deep at most.
+MAX_REPEAT_NESTING = 32
+# The largest `high` of a randint init, per integer dtype (numpy draws below it).
+_INT_HIGH = {"int32": 2**31, "int64": 2**63 - 1}
+
+# What each op attribute holds: how the config is read and what the config reference says (a test
+# checks that every attribute in the op registry has a kind here). Keyed by attribute name, and by
+# (op, attribute) where one op reads a name differently.
+ATTR_KINDS = {
+    "factor": "number", "axis": "axes", "keepdims": "bool", "shape": "shape", "axes": "permutation",
+    "eps": "positive", "stride": "count", "padding": "index", "kernel": "count", "scale": "count",
+    "p": "probability",
+}
+ATTR_KINDS_BY_OP = {("concat", "axis"): "axis", ("softmax", "axis"): "axis", ("log_softmax", "axis"): "axis"}
+KIND_TEXT = {
+    "number": "a finite number", "positive": "a finite number > 0", "probability": "a number in [0, 1)",
+    "bool": "true or false", "count": "an integer >= 1", "index": "an integer >= 0",
+    "axis": "an integer axis (negative counts from the end)",
+    "axes": "null (every axis), an integer axis, or a list of axes",
+    "permutation": "null (reverse the axes) or a list of axes",
+    "shape": "a list of sizes, one of which may be -1 (inferred)",
+}
+
+
+def attr_kind(op, name):
+    return ATTR_KINDS_BY_OP.get((op, name), ATTR_KINDS.get(name))
 
 
 @dataclass
@@ -81,16 +113,52 @@ class _Map(dict):
     key_lines: dict = {}
 
 
+_BOOL = "tag:yaml.org,2002:bool"
+
+
 class _Loader(yaml.SafeLoader):
-    pass
+    """SafeLoader that refuses what a config never means: duplicate keys (the last would win
+    silently), keys that are lists or mappings, and nesting deeper than MAX_DEPTH (PyYAML's composer
+    recurses, so depth is counted before Python's stack runs out). Only `true` and `false` are
+    booleans: YAML 1.1's yes/no/on/off stay strings, so `grad: no` is refused, not read as false."""
+
+    file = None
+    depth = 0
+
+    def compose_node(self, parent, index):
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise ConfigError(f"nested more than {MAX_DEPTH} levels deep", file=self.file,
+                                  line=self.peek_event().start_mark.line + 1)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
 def _construct_map(loader, node):
     m = _Map()
     yield m
+    seen = {}
+    for k, _ in node.value:
+        if k.tag == "tag:yaml.org,2002:merge":
+            continue
+        if not isinstance(k, yaml.ScalarNode):
+            raise ConfigError("a key must be a plain name, not a list or mapping", file=loader.file,
+                              line=k.start_mark.line + 1)
+        if k.value in seen:
+            raise ConfigError(f"duplicate key {k.value!r} (first on line {seen[k.value]})", file=loader.file,
+                              line=k.start_mark.line + 1)
+        seen[k.value] = k.start_mark.line + 1
     m.update(loader.construct_mapping(node))
     m.line = node.start_mark.line + 1
-    m.key_lines = {k.value: k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
+    m.key_lines = seen
 
 
 _Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
@@ -102,34 +170,84 @@ def _line(m, key=None):
     return None
 
 
-def load_config(path, overrides=None):
+def read_text(path, what="file"):
+    """A config or graph file's text, refused before it is read when it is over MAX_FILE_BYTES."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size > MAX_FILE_BYTES:
+                raise ConfigError(f"{what} is larger than {MAX_FILE_BYTES // 2**20} MiB, the largest ckpt reads",
+                                  file=path)
+            data = f.read(MAX_FILE_BYTES + 1)  # a pipe or device has no size: read one byte past
+        if len(data) > MAX_FILE_BYTES:
+            raise ConfigError(f"{what} is larger than {MAX_FILE_BYTES // 2**20} MiB, the largest ckpt reads",
+                              file=path)
+        return data.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError("no such file", file=path) from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
+    except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read: {e.__class__.__name__}", file=path) from None
-    return parse_config(text, file=path, overrides=overrides)
+
+
+def load_config(path, overrides=None):
+    return parse_config(read_text(path, "config"), file=path, overrides=overrides)
 
 
 def parse_config(text, file="<config>", overrides=None):
+    loader = _Loader(text)
+    loader.file = file
     try:
-        doc = yaml.load(text, Loader=_Loader)  # noqa: S506 -- _Loader is a SafeLoader subclass
+        doc = loader.get_single_data()
     except yaml.constructor.ConstructorError as e:
         line = e.problem_mark.line + 1 if e.problem_mark else None
-        tag = (e.problem or "").split("'")[1] if "'" in (e.problem or "") else "tag"
-        raise ConfigError(f"YAML tag {tag.replace('tag:yaml.org,2002:', '!!')} is not allowed "
-                          "(configs are loaded safely; no Python objects)", file=file, line=line) from None
+        problem = e.problem or ""
+        if "could not determine a constructor for the tag" in problem and "'" in problem:
+            tag = problem.split("'")[1]
+            raise ConfigError(f"YAML tag {tag.replace('tag:yaml.org,2002:', '!!')} is not allowed "
+                              "(configs are loaded safely; no Python objects)", file=file, line=line) from None
+        raise ConfigError(f"YAML does not load: {problem or e}", file=file, line=line) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         what = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"YAML does not parse: {what}", file=file, line=mark.line + 1 if mark else None) from None
+    except (ValueError, OverflowError) as e:  # e.g. an integer of more digits than Python converts
+        raise ConfigError(f"YAML does not load: {str(e).splitlines()[0]}", file=file) from None
+    finally:
+        loader.dispose()
     if doc is None:
         raise ConfigError("empty document: a model needs inputs, nodes and an output", file=file)
     if not isinstance(doc, dict):
         raise ConfigError("the document must be a mapping with inputs, nodes and output", file=file, line=1)
     return _Reader(file, doc, overrides or {}).spec()
+
+
+class _Scope(dict):
+    """Names visible in a node list: its own, then its enclosing lists' (a chain, never a copy, so
+    that expanding a repeat costs its own nodes and not the size of the scope around it)."""
+
+    def __init__(self, parent=None):
+        super().__init__()
+        self.parent = parent
+
+    def find(self, name):
+        s = self
+        while s is not None:
+            if name in s:
+                return s[name]
+            s = s.parent
+        return None
+
+    def names(self):
+        out, s = set(), self
+        while s is not None:
+            out |= set(s)
+            s = s.parent
+        return sorted(out)
+
+
+def _describe(v):
+    """A value as a message shows it: short, whatever its type."""
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 class _Reader:
@@ -143,116 +261,265 @@ class _Reader:
 
     def check_keys(self, m, allowed, what):
         if not isinstance(m, dict):
-            raise self.err(f"{what} must be a mapping", key=what)
+            raise self.err(f"{what} must be a mapping, got {_describe(m)}", key=what)
         for k in m:
             if k not in allowed:
                 near = difflib.get_close_matches(str(k), allowed, n=1)
                 hint = f" (did you mean {near[0]!r}?)" if near else f" (known: {', '.join(allowed)})"
-                raise self.err(f"unknown key {k!r}{hint}", m, key=what, node_key=k)
+                raise self.err(f"unknown key {_describe(k)}{hint}", m, key=what, node_key=k)
+
+    def mapping(self, m, what, where, node_key=None):
+        """A mapping or nothing (null or absent reads as empty)."""
+        if m is None:
+            return {}
+        if not isinstance(m, dict):
+            raise self.err(f"{what} must be a mapping, got {_describe(m)}", where, key=what, node_key=node_key)
+        return m
+
+    def name(self, v, what, where, key, node_key="name"):
+        if not isinstance(v, str) or not v or any(c in v for c in ":./ "):
+            raise self.err(f"{what} must be a name without ':', '.', '/' or spaces, got {_describe(v)}",
+                           where, key=key, node_key=node_key)
+        return v
 
     # ---- dims: named sizes and small integer expressions over them -----------------------------
     def read_dims(self):
-        raw = self.doc.get("dims") or {}
-        if not isinstance(raw, dict):
-            raise self.err("dims must be a mapping of names to sizes", self.doc, key="dims", node_key="dims")
+        raw = self.mapping(self.doc.get("dims"), "dims", self.doc, "dims")
         for k in self.overrides:
             if k not in raw:
                 raise ConfigError(f"--set {k}: no such dim in the config (dims: {', '.join(map(str, raw)) or 'none'})",
                                   file=self.file)
         self.dims = {}
         for k, v in raw.items():
+            if not isinstance(k, str) or not k.isidentifier():
+                raise self.err(f"dim name {_describe(k)} must be an identifier (letters, digits, _)", raw,
+                               key="dims", node_key=k)
             v = self.overrides.get(k, v)
-            self.dims[k] = self.size(v, raw, f"dims.{k}", k, allow_names=True)
+            self.dims[k] = self.size(v, raw, f"dims.{k}", k)
 
     _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
             ast.FloorDiv: operator.floordiv, ast.Div: operator.truediv}
 
     def _eval(self, node, where, key):
-        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
             return node.value
         if isinstance(node, ast.Name):
             if node.id not in self.dims:
-                raise self.err(f"unknown dim {node.id!r}", where, key=key)
+                known = ", ".join(self.dims) or "none"
+                raise self.err(f"unknown dim {node.id!r} (dims: {known})", where, key=key)
             return self.dims[node.id]
         if isinstance(node, ast.BinOp) and type(node.op) in self._OPS:
             return self._OPS[type(node.op)](self._eval(node.left, where, key), self._eval(node.right, where, key))
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-            return -self._eval(node.operand, where, key)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            v = self._eval(node.operand, where, key)
+            return -v if isinstance(node.op, ast.USub) else v
         raise self.err("only dims, numbers and + - * / // are allowed in size expressions", where, key=key)
 
     def value(self, v, where, key):
         """A number or a dim expression such as `D*4`."""
         if isinstance(v, str):
+            if len(v) > MAX_EXPRESSION_CHARS:
+                raise self.err(f"size expression of {len(v)} characters (at most {MAX_EXPRESSION_CHARS})",
+                               where, key=key)
             try:
                 tree = ast.parse(v, mode="eval").body
-            except SyntaxError:
-                raise self.err(f"cannot read {v!r} as a size", where, key=key) from None
-            return self._eval(tree, where, key)
+                return self._eval(tree, where, key)
+            except (SyntaxError, ValueError, MemoryError, RecursionError):
+                raise self.err(f"cannot read {_describe(v)} as a size", where, key=key) from None
+            except ZeroDivisionError:
+                raise self.err(f"division by zero in {_describe(v)}", where, key=key) from None
+            except OverflowError:
+                raise self.err(f"{_describe(v)} is too large", where, key=key) from None
         return v
 
-    def size(self, v, where, key, node_key=None, allow_names=False, positive=True):
+    def size(self, v, where, key, node_key=None, positive=True, limit=MAX_BYTES):
         n = self.value(v, where, key)
-        if isinstance(n, float) and n.is_integer():
+        if isinstance(n, float) and math.isfinite(n) and n.is_integer():
             n = int(n)
         if isinstance(n, bool) or not isinstance(n, int) or (positive and n <= 0):
-            raise self.err(f"size must be a positive integer, got {v!r}", where, key=key, node_key=node_key)
+            raise self.err(f"size must be a positive integer, got {_describe(v)}", where, key=key, node_key=node_key)
+        if abs(n) > limit:
+            raise self.err(f"size {_describe(v)} is over {limit} (2**{limit.bit_length() - 1})" if limit == MAX_BYTES
+                           else f"{_describe(v)} is over {limit}", where, key=key, node_key=node_key)
+        return n
+
+    def number(self, v, where, key, node_key):
+        n = self.value(v, where, key)
+        if isinstance(n, bool) or not isinstance(n, (int, float)):
+            raise self.err(f"{node_key} must be a number, got {_describe(v)}", where, key=key, node_key=node_key)
+        try:
+            n = float(n)
+        except OverflowError:
+            n = math.inf
+        if not math.isfinite(n):
+            raise self.err(f"{node_key} must be a finite number, got {_describe(v)}", where, key=key, node_key=node_key)
         return n
 
     def shape(self, v, where, key):
         if v is None:
             raise self.err("missing shape", where, key=key)
         if not isinstance(v, list):
-            raise self.err(f"shape must be a list of sizes, got {v!r}", where, key=key, node_key="shape")
+            raise self.err(f"shape must be a list of sizes, got {_describe(v)}", where, key=key, node_key="shape")
         return tuple(self.size(d, where, key, node_key="shape") for d in v)
 
-    def attr(self, v, where, key):
-        if isinstance(v, list):
-            return [self.attr(x, where, key) for x in v]
-        if isinstance(v, str) and v not in ("true", "false"):
-            return self.value(v, where, key)
-        return v
+    def attr(self, op, name, v, where, key):
+        """An op attribute, read by its kind (ATTR_KINDS); dim expressions are evaluated."""
+        kind = attr_kind(op, name)
+        want = KIND_TEXT.get(kind, "")
+
+        def bad():
+            return self.err(f"{op} attr {name!r} must be {want}, got {_describe(v)}", where, key=key, node_key="attrs")
+
+        def integer(x):
+            n = self.value(x, where, key)
+            if isinstance(n, float) and math.isfinite(n) and n.is_integer():
+                n = int(n)
+            if isinstance(n, bool) or not isinstance(n, int) or abs(n) > MAX_BYTES:
+                raise bad()
+            return n
+
+        if kind == "bool":
+            if not isinstance(v, bool):
+                raise bad()
+            return v
+        if kind in ("number", "positive", "probability"):
+            if isinstance(v, (list, dict)) or v is None:
+                raise bad()
+            n = self.number(v, where, key, "attrs")
+            if (kind == "positive" and n <= 0) or (kind == "probability" and not 0 <= n < 1):
+                raise bad()
+            return n
+        if kind in ("count", "index", "axis"):
+            if isinstance(v, (list, dict)) or v is None:
+                raise bad()
+            n = integer(v)
+            if (kind == "count" and n < 1) or (kind == "index" and n < 0):
+                raise bad()
+            return n
+        if kind in ("axes", "permutation"):
+            if v is None:
+                return None
+            if kind == "axes" and not isinstance(v, (list, dict)):
+                return integer(v)
+            if not isinstance(v, list):
+                raise bad()
+            return [integer(x) if not isinstance(x, (list, dict)) and x is not None else _raise(bad()) for x in v]
+        if kind == "shape":
+            if not isinstance(v, list) or not v:
+                raise bad()
+            out = [integer(x) if not isinstance(x, (list, dict)) and x is not None else _raise(bad()) for x in v]
+            if any(n < 1 and n != -1 for n in out) or out.count(-1) > 1:
+                raise bad()
+            return out
+        raise self.err(f"{op} attr {name!r} has no reading rule (a bug: add it to ATTR_KINDS)", where, key=key)
 
     # ---- leaves --------------------------------------------------------------------------------
     def leaf(self, name, m, kind, dtype, prefix=""):
         full = prefix + name
         key = f"{kind}s.{full}"
         if not isinstance(m, dict):
-            raise self.err("must be a mapping with shape and init or value", self.doc, key=key)
+            raise self.err(f"must be a mapping with shape and init or value, got {_describe(m)}", self.doc, key=key)
         self.check_keys(m, _LEAF_KEYS, key)
+        allowed = DTYPES + (INT_DTYPES if kind == "input" else ())
         ldtype = m.get("dtype", dtype)
-        if ldtype not in DTYPES + (INT_DTYPES if kind == "input" else ()):
-            allowed = DTYPES + (INT_DTYPES if kind == "input" else ())
-            raise self.err(f"unknown dtype {ldtype!r} (use one of {', '.join(allowed)})", m, key=key, node_key="dtype")
+        if not isinstance(ldtype, str) or ldtype not in allowed:
+            raise self.err(f"unknown dtype {_describe(ldtype)} (use one of {', '.join(allowed)})", m, key=key,
+                           node_key="dtype")
         if ldtype in DTYPES:
             ldtype = dtype  # one float dtype per model, so --dtype overrides every float leaf
         init = m.get("init", "value" if "value" in m else ("xavier" if kind == "param" else "normal"))
-        if init != "value" and init not in INITS:
-            near = difflib.get_close_matches(str(init), INITS, n=1)
-            raise self.err(f"unknown init {init!r}" + (f" (did you mean {near[0]!r}?)" if near else ""),
-                           m, key=key, node_key="init")
-        spec = LeafSpec(full, kind, self.shape(m.get("shape"), m, key), ldtype, init=init,
-                        scale=float(self.value(m.get("scale", 1.0), m, key)), value=m.get("value"),
-                        grad=bool(m.get("grad", kind == "param")), line=_line(m))
+        if not isinstance(init, str) or (init != "value" and init not in INITS):
+            near = difflib.get_close_matches(str(init), INITS, n=1) if isinstance(init, str) else []
+            raise self.err(f"unknown init {_describe(init)}" + (f" (did you mean {near[0]!r}?)" if near else "")
+                           + f" (inits: {', '.join(INITS)}, or value)", m, key=key, node_key="init")
+        grad = m.get("grad", kind == "param")
+        if not isinstance(grad, bool):
+            raise self.err(f"grad must be true or false, got {_describe(grad)}", m, key=key, node_key="grad")
+        shape = self.shape(m.get("shape"), m, key)
+        scale = self.number(m.get("scale", 1.0), m, key, "scale")
+        spec = LeafSpec(full, kind, shape, ldtype, init=init, scale=scale, value=m.get("value"), grad=grad,
+                        line=_line(m))
         if init == "randint":
-            spec.high = self.size(m.get("high", 2), m, key, node_key="high")
-        if init == "value" and spec.value is None:
-            raise self.err("init: value needs a value", m, key=key)
+            if ldtype not in INT_DTYPES:
+                raise self.err(f"init randint draws integers: give the input dtype int32 or int64", m, key=key,
+                               node_key="init")
+            spec.high = self.size(m.get("high", 2), m, key, node_key="high", limit=_INT_HIGH[ldtype])
+        elif "high" in m:
+            raise self.err("high applies to init: randint only", m, key=key, node_key="high")
+        if init == "value":
+            if spec.value is None:
+                raise self.err("init: value needs a value", m, key=key)
+            self.check_value(spec.value, shape, m, key)
         if spec.grad and ldtype in INT_DTYPES:
             raise self.err("an integer input cannot take a gradient", m, key=key, node_key="grad")
         return spec
+
+    def check_value(self, v, shape, where, key):
+        """A literal value: a number or nested lists of numbers with no more elements than the
+        shape (it is broadcast to it). Walked without recursion, with a budget, so that a value
+        built from YAML aliases cannot expand without bound."""
+        budget = min(n_elements(shape), 10**7)
+        stack, count = [v], 0
+        while stack:
+            x = stack.pop()
+            if isinstance(x, list):
+                stack.extend(x)
+                continue
+            count += 1
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or abs(x) > 1e300 or x != x:
+                raise self.err(f"value must be finite numbers or lists of them, got {_describe(x)}", where, key=key,
+                               node_key="value")
+            if count > budget:
+                raise self.err(f"value has more elements than shape {shape} holds", where, key=key, node_key="value")
+
+    # ---- counting before expanding -------------------------------------------------------------
+    def block(self, bname, item, full):
+        blocks = self.mapping(self.doc.get("blocks"), "blocks", self.doc, "blocks")
+        if not isinstance(bname, str) or bname not in blocks:
+            near = difflib.get_close_matches(str(bname), [str(b) for b in blocks], n=1)
+            raise self.err(f"unknown block {_describe(bname)}" + (f" (did you mean {near[0]!r}?)" if near else ""),
+                           item, key=full, node_key="repeat")
+        block = blocks[bname]
+        self.check_keys(block, _BLOCK_KEYS, f"blocks.{bname}")
+        return block
+
+    def count(self, items, stack):
+        """Model nodes (ops and parameters) that one expansion of a node list adds, counted from
+        the block sizes without expanding; refuses a block that repeats itself."""
+        if not isinstance(items, list):
+            return 0  # expand() says what is wrong
+        n = 0
+        for item in items:
+            if not isinstance(item, dict) or "repeat" not in item:
+                n += 1
+                continue
+            bname = item.get("repeat")
+            full = str(item.get("name"))
+            block = self.block(bname, item, full)
+            if bname in stack:
+                loop = " -> ".join(stack[stack.index(bname):] + [bname])
+                raise self.err(f"block {bname!r} repeats itself ({loop})", item, key=full, node_key="repeat")
+            if len(stack) >= MAX_REPEAT_NESTING:
+                raise self.err(f"blocks repeat blocks more than {MAX_REPEAT_NESTING} levels deep", item, key=full)
+            if bname not in self.block_sizes:
+                params = self.mapping(block.get("params"), f"blocks.{bname}.params", block, "params")
+                self.block_sizes[bname] = len(params) + self.count(block.get("nodes"), stack + [bname])
+            times = self.size(item.get("times", 1), item, full, node_key="times")
+            n += times * self.block_sizes[bname]
+            if n > MAX_NODES:
+                return n
+        return n
 
     # ---- nodes and repeated blocks -------------------------------------------------------------
     def expand(self, items, scope, prefix, where_key):
         """Expand a node list; `scope` maps local names to full names. Returns the last name."""
         if not isinstance(items, list):
-            raise self.err("nodes must be a list", self.doc, key=where_key)
+            raise self.err(f"nodes must be a list, got {_describe(items)}", self.doc, key=where_key)
         last, seen = None, set()
         for item in items:
             if not isinstance(item, dict):
-                raise self.err(f"each node must be a mapping, got {item!r}", self.doc, key=where_key)
-            name = item.get("name")
-            if not isinstance(name, str) or not name or any(c in name for c in ":./ "):
-                raise self.err(f"node needs a name without ':', '.', '/' or spaces (got {name!r})", item, key=where_key)
+                raise self.err(f"each node must be a mapping, got {_describe(item)}", self.doc, key=where_key)
+            name = self.name(item.get("name"), "node name", item, where_key)
             full = prefix + name
             # Inside a block a name may shadow an outer one; within one node list it must be new.
             if name in seen or (scope is self.top and name in self.leaves):
@@ -269,30 +536,29 @@ class _Reader:
 
     def node(self, item, scope, full):
         op = item.get("op")
-        if op not in REGISTRY:
-            near = difflib.get_close_matches(str(op), list(REGISTRY), n=1)
-            raise self.err(f"unknown op {op!r}" + (f" (did you mean {near[0]!r}?)" if near else ""),
+        if not isinstance(op, str) or op not in REGISTRY:
+            near = difflib.get_close_matches(str(op), list(REGISTRY), n=1) if isinstance(op, str) else []
+            raise self.err(f"unknown op {_describe(op)}" + (f" (did you mean {near[0]!r}?)" if near else ""),
                            item, key=full, node_key="op")
         inputs = item.get("inputs", [])
         if isinstance(inputs, str):
             inputs = [inputs]
         if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
-            raise self.err("inputs must be a list of names", item, key=full, node_key="inputs")
+            raise self.err(f"inputs must be a list of names, got {_describe(inputs)}", item, key=full,
+                           node_key="inputs")
         lo, hi = REGISTRY[op].arity
         if not lo <= len(inputs) <= hi:
             want = str(lo) if lo == hi else f"{lo} to {hi}"
             raise self.err(f"{op} takes {want} inputs, got {len(inputs)}", item, key=full, node_key="inputs")
-        attrs = item.get("attrs") or {}
-        if not isinstance(attrs, dict):
-            raise self.err("attrs must be a mapping", item, key=full, node_key="attrs")
+        attrs = self.mapping(item.get("attrs"), "attrs", item, "attrs")
         known = {k: v for k, v in REGISTRY[op].attrs.items() if not k.startswith("_")}
         out = {}
         for k, v in attrs.items():
             if k not in known:
                 near = difflib.get_close_matches(str(k), list(known), n=1)
                 hint = f" (did you mean {near[0]!r}?)" if near else f" ({op} takes {', '.join(known) or 'no attrs'})"
-                raise self.err(f"unknown attr {k!r}{hint}", item, key=full, node_key="attrs")
-            out[k] = self.attr(v, item, full)
+                raise self.err(f"unknown attr {_describe(k)}{hint}", item, key=full, node_key="attrs")
+            out[k] = self.attr(op, k, v, item, full)
         for k, default in known.items():
             if k not in out:
                 if default is REQUIRED:
@@ -304,42 +570,47 @@ class _Reader:
         return full
 
     def resolve(self, name, scope, item, full):
-        if name in scope:
-            return scope[name]
+        found = scope.find(name)
+        if found is not None:
+            return found
         # A later top-level node may be named here (any DAG order); checked once all are read.
         if scope is self.top:
             self.pending.append((name, item, full))
             return name
-        near = difflib.get_close_matches(name, list(scope), n=1)
+        near = difflib.get_close_matches(name, scope.names(), n=1)
         raise self.err(f"undefined value {name!r}" + (f" (did you mean {near[0]!r}?)" if near else ""),
                        item, key=full, node_key="inputs")
 
     def repeat(self, item, scope, prefix, full):
-        blocks = self.doc.get("blocks") or {}
         bname = item.get("repeat")
-        if bname not in blocks:
-            near = difflib.get_close_matches(str(bname), list(blocks), n=1)
-            raise self.err(f"unknown block {bname!r}" + (f" (did you mean {near[0]!r}?)" if near else ""),
-                           item, key=full, node_key="repeat")
-        block = blocks[bname]
-        self.check_keys(block, _BLOCK_KEYS, f"blocks.{bname}")
+        block = self.block(bname, item, full)
         times = self.size(item.get("times", 1), item, full, node_key="times")
-        current = self.resolve(str(item.get("input")), scope, item, full)
+        source = item.get("input")
+        if not isinstance(source, str):
+            raise self.err(f"repeat needs input: the name of the value the first repetition reads, got "
+                           f"{_describe(source)}", item, key=full, node_key="input")
+        current = self.resolve(source, scope, item, full)
+        params = self.mapping(block.get("params"), f"blocks.{bname}.params", block, "params")
+        out = block.get("output")
+        if out is not None and not isinstance(out, str):
+            raise self.err(f"block output must be the name of one of its nodes, got {_describe(out)}", block,
+                           key=f"blocks.{bname}", node_key="output")
         for i in range(times):
             pre = f"{full}.{i}."
-            inner = dict(scope)
+            inner = _Scope(scope)
             inner["in"] = current
-            for pname, pm in (block.get("params") or {}).items():
+            for pname, pm in params.items():
+                self.name(pname, "parameter name", params, f"blocks.{bname}.params", node_key=pname)
                 leaf = self.leaf(pname, pm, "param", self.dtype, prefix=pre)
                 self.add_leaf(leaf, pm)
                 inner[pname] = leaf.name
             last = self.expand(block.get("nodes") or [], inner, pre, f"blocks.{bname}")
             if last is None:
                 raise self.err("block has no nodes", block, key=f"blocks.{bname}")
-            out = block.get("output")
-            current = inner[out] if out is not None and out in inner else last
             if out is not None and out not in inner:
-                raise self.err(f"block output {out!r} is not one of its nodes", block, key=f"blocks.{bname}")
+                raise self.err(f"block output {out!r} is not one of its nodes", block, key=f"blocks.{bname}",
+                               node_key="output")
+            current = inner[out] if out is not None else last
         return current
 
     def add_leaf(self, leaf, m):
@@ -351,41 +622,58 @@ class _Reader:
     def spec(self):
         doc = self.doc
         self.check_keys(doc, _TOP_KEYS, "config")
+        name = doc.get("name", "model")
+        if not isinstance(name, (str, int)) or isinstance(name, bool):
+            raise self.err(f"name must be a string, got {_describe(name)}", doc, key="name", node_key="name")
         self.dtype = doc.get("dtype", "float32")
         if self.overrides.get("dtype") is not None:
             self.dtype = self.overrides.pop("dtype")
-        if self.dtype not in DTYPES:
-            raise self.err(f"unknown dtype {self.dtype!r} (use one of {', '.join(DTYPES)})", doc, key="dtype",
+        if not isinstance(self.dtype, str) or self.dtype not in DTYPES:
+            raise self.err(f"unknown dtype {_describe(self.dtype)} (use one of {', '.join(DTYPES)})", doc, key="dtype",
                            node_key="dtype")
         seed = doc.get("seed", 0)
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise self.err(f"seed must be a non-negative integer, got {seed!r}", doc, key="seed", node_key="seed")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise self.err(f"seed must be an integer from 0 to 2**63-1, got {_describe(seed)}", doc, key="seed",
+                           node_key="seed")
         self.read_dims()
         self.leaves, self.nodes, self.defined_at, self.pending = {}, [], {}, []
+        groups = {}
         for kind in ("input", "param"):
-            group = doc.get(kind + "s") or {}
-            if not isinstance(group, dict):
-                raise self.err(f"{kind}s must be a mapping of names", doc, key=kind + "s", node_key=kind + "s")
-            for name, m in group.items():
-                if not isinstance(name, str) or any(c in name for c in ":./ "):
-                    raise self.err(f"bad name {name!r}: no ':', '.', '/' or spaces", doc, key=kind + "s")
-                self.add_leaf(self.leaf(name, m, kind, self.dtype), m)
+            groups[kind] = self.mapping(doc.get(kind + "s"), kind + "s", doc, kind + "s")
         if "nodes" not in doc:
             raise self.err("missing key 'nodes'", doc, key="config")
-        self.top = {k: k for k in self.leaves}
+        # Count before expanding: `times: 1000000000` is refused at once, not after the memory is gone.
+        self.block_sizes = {}
+        total = len(groups["input"]) + len(groups["param"]) + self.count(doc["nodes"], [])
+        if total > MAX_NODES:
+            raise self.err(f"the model expands to {total} nodes, more than the {MAX_NODES} ckpt handles", doc,
+                           key="nodes", node_key="nodes")
+        for kind in ("input", "param"):
+            for leaf_name, m in groups[kind].items():
+                self.name(leaf_name, f"{kind} name", groups[kind], f"{kind}s", node_key=leaf_name)
+                self.add_leaf(self.leaf(leaf_name, m, kind, self.dtype), m)
+        self.top = _Scope()
+        self.top.update({k: k for k in self.leaves})
         self.expand(doc["nodes"], self.top, "", "nodes")
         for node in self.nodes:  # forward references to top-level names, repeats' names included
             node.inputs = [i if i in self.defined_at else self.top.get(i, i) for i in node.inputs]
-        for name, item, full in self.pending:
-            if name not in self.top:
-                near = difflib.get_close_matches(name, list(self.defined_at), n=1)
-                raise self.err(f"undefined value {name!r}" + (f" (did you mean {near[0]!r}?)" if near else ""),
+        for pname, item, full in self.pending:
+            if pname not in self.top:
+                near = difflib.get_close_matches(pname, list(self.defined_at), n=1)
+                raise self.err(f"undefined value {pname!r}" + (f" (did you mean {near[0]!r}?)" if near else ""),
                                item, key=full, node_key="inputs")
         output = doc.get("output")
         if output is None:
             raise self.err("missing key 'output' (the scalar to differentiate)", doc, key="config")
+        if not isinstance(output, str):
+            raise self.err(f"output must be the name of a node, got {_describe(output)}", doc, key="output",
+                           node_key="output")
         output = self.top.get(output, output)
-        if output not in {n.name for n in self.nodes}:
+        if output not in self.defined_at or output in self.leaves:
             raise self.err(f"output {doc.get('output')!r} is not a node", doc, key="output", node_key="output")
-        return ModelSpec(str(doc.get("name", "model")), self.dtype, seed, self.leaves, self.nodes, output,
+        return ModelSpec(str(name), self.dtype, seed, self.leaves, self.nodes, output,
                          file=self.file, dims=self.dims)
+
+
+def _raise(e):
+    raise e
