@@ -24,15 +24,15 @@ import ast
 import difflib
 import math
 import operator
-import os
 import re
 from dataclasses import dataclass, field
 
 import yaml
 
 from ..errors import ConfigError
+from ..jsonio import read_text
 from ..ops import REGISTRY, REQUIRED, size as n_elements
-from ..sizes import MAX_BYTES, MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES
+from ..sizes import MAX_BYTES, MAX_DEPTH, MAX_NODES
 
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 INT_DTYPES = ("int32", "int64")
@@ -170,26 +170,8 @@ def _line(m, key=None):
     return None
 
 
-def read_text(path, what="file"):
-    """A config or graph file's text, refused before it is read when it is over MAX_FILE_BYTES."""
-    try:
-        with open(path, "rb") as f:
-            if os.fstat(f.fileno()).st_size > MAX_FILE_BYTES:
-                raise ConfigError(f"{what} is larger than {MAX_FILE_BYTES // 2**20} MiB, the largest ckpt reads",
-                                  file=path)
-            data = f.read(MAX_FILE_BYTES + 1)  # a pipe or device has no size: read one byte past
-        if len(data) > MAX_FILE_BYTES:
-            raise ConfigError(f"{what} is larger than {MAX_FILE_BYTES // 2**20} MiB, the largest ckpt reads",
-                              file=path)
-        return data.decode("utf-8")
-    except FileNotFoundError:
-        raise ConfigError("no such file", file=path) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read: {e.__class__.__name__}", file=path) from None
-
-
 def load_config(path, overrides=None):
-    return parse_config(read_text(path, "config"), file=path, overrides=overrides)
+    return parse_config(read_text(path, "file"), file=path, overrides=overrides)
 
 
 def parse_config(text, file="<config>", overrides=None):
