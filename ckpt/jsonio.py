@@ -112,6 +112,23 @@ def _sigterm_raises():
         signal.signal(signal.SIGTERM, old)
 
 
+def check_writable(path):
+    """Refuse early, before a long run, a path the writer will refuse: its folder is missing or
+    it exists and is not a regular file. Returns (real path, its stat or None)."""
+    real = os.path.realpath(path)  # a symlink keeps pointing at the file it names
+    try:
+        st = os.stat(real)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise ConfigError(f"cannot write: {e.strerror}", file=path) from None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise ConfigError("cannot write: the path exists and is not a regular file", file=path)
+    if not os.path.isdir(os.path.dirname(real)):
+        raise ConfigError(f"cannot write: no such directory {os.path.dirname(path) or '.'!r}", file=path)
+    return real, st
+
+
 def write_atomic(path, write, binary=False):
     """Call `write(f)` on a temporary file beside `path`, then rename it over `path`. Failures
     the user can fix (no such directory, read-only, disk full, not a regular file) are one
@@ -121,18 +138,8 @@ def write_atomic(path, write, binary=False):
         write(out)
         out.flush()
         return
-    real = os.path.realpath(path)  # a symlink keeps pointing at the file it names
+    real, st = check_writable(path)
     folder, base = os.path.split(real)
-    try:
-        st = os.stat(real)
-    except FileNotFoundError:
-        st = None
-    except OSError as e:
-        raise ConfigError(f"cannot write: {e.strerror}", file=path) from None
-    if st is not None and not stat.S_ISREG(st.st_mode):
-        raise ConfigError("cannot write: the path exists and is not a regular file", file=path)
-    if not os.path.isdir(folder):
-        raise ConfigError(f"cannot write: no such directory {os.path.dirname(path) or folder!r}", file=path)
     mode = stat.S_IMODE(st.st_mode) if st is not None else _umask_mode()
     _remove_stale(folder, base)
     tmp = None

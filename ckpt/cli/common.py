@@ -1,5 +1,7 @@
 """What every command shares: options, --set parsing and the budget parser."""
 
+import math
+
 import click
 
 from ..errors import ConfigError
@@ -26,6 +28,29 @@ def budget_bytes(text, model):
     return parse_budget(text, _store_all_peak(model))
 
 
+class FiniteFloat(click.ParamType):
+    """A float that is a real number (click's FloatRange lets `nan` and `inf` through), in a range."""
+
+    name = "number"
+
+    def __init__(self, low=None, low_open=False):
+        self.low, self.low_open = low, low_open
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float) and math.isfinite(value):
+            x = value
+        else:
+            try:
+                x = float(value)
+            except (TypeError, ValueError):
+                self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(x):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if self.low is not None and (x < self.low or (self.low_open and x == self.low)):
+            self.fail(f"{value!r} must be {'>' if self.low_open else '>='} {self.low:g}", param, ctx)
+        return x
+
+
 config_arg = click.argument("config", type=click.Path(dir_okay=False))
 json_opt = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout, nothing else.")
 set_opt = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
@@ -34,7 +59,7 @@ dtype_opt = click.option("--dtype", type=click.Choice(["float16", "bfloat16", "f
                          help="Override the config's float dtype.")
 budget_opt = click.option("--memory-budget", "budget", metavar="SIZE",
                           help="Peak memory allowed: 512MiB, 2GB, 1.5GiB, bytes, or 0.8x of store-all's peak.")
-time_limit_opt = click.option("--time-limit", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
+time_limit_opt = click.option("--time-limit", default=10.0, show_default=True, type=FiniteFloat(0.1),
                               help="Seconds the exact DAG solver (MILP) may take before the heuristic answers.")
 
 
