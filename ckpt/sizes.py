@@ -27,6 +27,8 @@ _FRACTION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]{1,6})?)\s*[xX]\s*
 
 
 def _limit(n, what, text):
+    if n < 1:
+        raise ConfigError(f"{what} {text!r} is less than one byte")
     if n > MAX_BYTES:
         raise ConfigError(f"{what} {text!r} is over the largest size ckpt handles (2**62 bytes)")
     return n

@@ -33,9 +33,9 @@ for _command in (run.run, run.trace, plan.plan, plan.export, diff.check, diff.ja
     cli.add_command(_command)
 
 
-def main():
+def main(args=None):
     try:
-        rv = cli.main(standalone_mode=False)
+        rv = cli.main(args=args, prog_name="ckpt", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.exceptions.Abort:

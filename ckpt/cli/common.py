@@ -11,13 +11,14 @@ from ..sizes import parse_budget
 def overrides(pairs):
     out = {}
     for p in pairs:
+        shown = repr(p) if len(p) <= 60 else repr(p[:57] + "...")
         if "=" not in p:
-            raise ConfigError(f"--set {p!r}: use KEY=VALUE, for example --set B=64")
+            raise ConfigError(f"--set {shown}: use KEY=VALUE, for example --set B=64")
         k, v = p.split("=", 1)
         try:
             out[k.strip()] = int(v)
-        except ValueError:
-            raise ConfigError(f"--set {p!r}: the value must be an integer") from None
+        except ValueError:  # not an integer, or more digits than Python converts
+            raise ConfigError(f"--set {shown}: the value must be an integer") from None
     return out
 
 
