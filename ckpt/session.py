@@ -103,12 +103,15 @@ def _stat_field(path, names):
     return 0
 
 
+CGROUP_FILE, CGROUP_ROOT = "/proc/self/cgroup", "/sys/fs/cgroup"  # module constants so tests can redirect
+
+
 def _cgroup_headroom():
     """(bytes, source) for each memory cgroup limit on this process or an ancestor (v2 memory.max,
     v1 memory.limit_in_bytes), less what is in use (reclaimable file cache not counted)."""
     out = []
     try:
-        with open("/proc/self/cgroup") as f:
+        with open(CGROUP_FILE) as f:
             lines = f.read().splitlines()
     except OSError:
         return out
@@ -118,9 +121,10 @@ def _cgroup_headroom():
             continue
         _, controllers, rel = parts
         if controllers == "":
-            base, limit_f, usage_f, cache = "/sys/fs/cgroup", "memory.max", "memory.current", ("inactive_file",)
+            base, limit_f, usage_f, cache = CGROUP_ROOT, "memory.max", "memory.current", ("inactive_file",)
         elif "memory" in controllers.split(","):
-            base, limit_f, usage_f, cache = ("/sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.usage_in_bytes",
+            base, limit_f, usage_f, cache = (os.path.join(CGROUP_ROOT, "memory"), "memory.limit_in_bytes",
+                                             "memory.usage_in_bytes",
                                              ("total_inactive_file", "inactive_file"))
         else:
             continue
@@ -231,11 +235,12 @@ def measure_costs(model, backend, n_steps=3):
     fit the device) with a synchronised clock read after every node, median over `n_steps` steps
     after a warm-up. Synchronising after every node adds the launch latency to each small node, as
     running it alone would."""
-    have = backend.memory_bytes()
     p, sim = plan(model.joint, "store-all", ix=model.index)
-    if have and sim.peak > have:
+    try:
+        require_memory(model, sim.peak, backend, "profiling this model", "store-all's predicted peak")
+    except ConfigError:
         p, sim = plan(model.joint, "sqrt-n", ix=model.index)
-        require_memory(model, sim.peak, backend)
+        require_memory(model, sim.peak, backend, "profiling this model", "sqrt-n's predicted peak")
     ex = Executor(model.graph, model.joint, p.steps, backend)
     leaves = device_leaves(model, backend)
     ex.step(leaves)
