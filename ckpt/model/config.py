@@ -44,6 +44,9 @@ _REPEAT_KEYS = ("name", "repeat", "times", "input")
 _BLOCK_KEYS = ("params", "nodes", "output")
 # A dim expression is a short formula such as `D*4` or `(H+2*P-K)//S+1`.
 MAX_EXPRESSION_CHARS = 200
+# YAML is slow to load (PyYAML keeps ~150 bytes per byte of config): configs over this are refused.
+# A 10,000-layer MLP written with a repeat block is 600 bytes; written out node by node, ~1 MiB.
+MAX_CONFIG_CHARS = 4 * 2**20
 # Blocks may repeat other blocks; this many levels deep at most.
 MAX_REPEAT_NESTING = 32
 # The largest `high` of a randint init, per integer dtype (numpy draws below it).
@@ -116,24 +119,37 @@ class _Map(dict):
 _BOOL = "tag:yaml.org,2002:bool"
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses what a config never means: duplicate keys (the last would win
-    silently), keys that are lists or mappings, and nesting deeper than MAX_DEPTH (PyYAML's composer
-    recurses, so depth is counted before Python's stack runs out). Only `true` and `false` are
-    booleans: YAML 1.1's yes/no/on/off stay strings, so `grad: no` is refused, not read as false."""
+# libyaml's parser where PyYAML has it (several times faster), PyYAML's own otherwise; the
+# constructors below are Python either way.
+_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_BaseLoader):
+    """A safe loader that refuses what a config never means: duplicate keys (the last would win
+    silently) and keys that are lists or mappings. Only `true` and `false` are booleans: YAML
+    1.1's yes/no/on/off stay strings, so `grad: no` is refused, not read as false."""
 
     file = None
-    depth = 0
 
-    def compose_node(self, parent, index):
-        self.depth += 1
-        try:
-            if self.depth > MAX_DEPTH:
-                raise ConfigError(f"nested more than {MAX_DEPTH} levels deep", file=self.file,
-                                  line=self.peek_event().start_mark.line + 1)
-            return super().compose_node(parent, index)
-        finally:
-            self.depth -= 1
+
+def _check_depth(text, file):
+    """Refuse nesting deeper than MAX_DEPTH before composing: the composers (Python and libyaml's)
+    recurse once per level, so a deep document would exhaust the stack. Parsing into events is
+    iterative."""
+    scan = _Loader(text)
+    try:
+        depth = 0
+        while scan.check_event():
+            event = scan.get_event()
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise ConfigError(f"nested more than {MAX_DEPTH} levels deep", file=file,
+                                      line=event.start_mark.line + 1)
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+    finally:
+        scan.dispose()
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -175,9 +191,13 @@ def load_config(path, overrides=None):
 
 
 def parse_config(text, file="<config>", overrides=None):
+    if len(text) > MAX_CONFIG_CHARS:
+        raise ConfigError(f"config is larger than {MAX_CONFIG_CHARS // 2**20} MiB, the largest YAML ckpt reads "
+                          "(repeat blocks keep a deep model short; a cost graph can be JSON)", file=file)
     loader = _Loader(text)
     loader.file = file
     try:
+        _check_depth(text, file)
         doc = loader.get_single_data()
     except yaml.constructor.ConstructorError as e:
         line = e.problem_mark.line + 1 if e.problem_mark else None
@@ -792,7 +812,8 @@ def reference_markdown():
         "",
         "## Limits",
         "",
-        f"Refused with one line and exit 2: a file over {MAX_FILE_BYTES // 2**20} MiB; YAML nested more than"
+        f"Refused with one line and exit 2: a config over {MAX_CONFIG_CHARS // 2**20} MiB (any file over"
+        f" {MAX_FILE_BYTES // 2**20} MiB); YAML nested more than"
         f" {MAX_DEPTH} levels; duplicate keys; keys that are lists or mappings; a model of more than {MAX_NODES:,}"
         " nodes (ops, inputs and parameters after expanding repeats; counted before expanding, so"
         f" `times: 1000000000` is refused at once) or whose joint forward+gradient graph has more than {MAX_NODES:,}"
