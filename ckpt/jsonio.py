@@ -45,12 +45,32 @@ def read_text(path, what="file"):
         raise ConfigError(f"cannot read {what}: {e.strerror or e.__class__.__name__}", file=path) from None
 
 
+class _Duplicate(Exception):
+    pass
+
+
+def _no_duplicates(pairs):
+    """A JSON object, refusing a repeated key (json would keep the last one silently)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise _Duplicate(k)
+            seen.add(k)
+    return out
+
+
 def read_json(path, what="file"):
     text = read_text(path, what)
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_no_duplicates)
     except json.JSONDecodeError as e:
         raise ConfigError(f"{what} is not JSON: {e.msg}", file=path, line=e.lineno) from None
+    except _Duplicate as e:
+        key = str(e.args[0])
+        raise ConfigError(f"{what} has a duplicate key {key if len(key) <= 40 else key[:37] + '...'!r}",
+                          file=path) from None
     except RecursionError:  # the decoder recurses once per nesting level
         raise ConfigError(f"{what} is nested too deeply to be a ckpt file", file=path) from None
 

@@ -244,7 +244,7 @@ def test_baseline_with_a_wrong_entry(tmp_path, entry):
         assert p.read_text() == text  # never overwritten
 
 
-@pytest.mark.parametrize("doc", ["[]", "null", "1", '{"schema": 2, "entries": {}}', '{"schema": 1}',
+@pytest.mark.parametrize("doc", ['{"schema": 1, "schema": 1, "entries": {}}', "[]", "null", "1", '{"schema": 2, "entries": {}}', '{"schema": 1}',
                                  '{"schema": 1, "entries": []}', "{" * 100000, "not json", ""])
 def test_corrupt_baseline_files(tmp_path, doc):
     p = tmp_path / "b.json"
@@ -317,6 +317,12 @@ def test_hostile_cost_graphs(tmp_path, doc, needle):
     p = tmp_path / "g.json"
     p.write_text(json.dumps(doc))
     assert_one_line(_invoke(["plan", str(p)]), needle=needle)
+
+
+def test_duplicate_keys_in_a_cost_graph(tmp_path):
+    p = tmp_path / "g.json"
+    p.write_text('{"nodes": [{"id": "a", "cost_cpu": 1, "cost_cpu": 2, "cost_ram": 8}], "links": []}')
+    assert_one_line(_invoke(["plan", str(p)]), needle="duplicate key 'cost_cpu'")
 
 
 @pytest.mark.parametrize("text", ["[" * 100000 + "]" * 100000, '{"nodes": ' + "[" * 5000 + "]" * 5000 + "}",
