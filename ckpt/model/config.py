@@ -463,7 +463,7 @@ class _Reader:
         """A literal value: a number or nested lists of numbers with no more elements than the
         shape (it is broadcast to it). Walked without recursion, with a budget, so that a value
         built from YAML aliases cannot expand without bound."""
-        budget = min(n_elements(shape), 10**7)
+        budget = min(n_elements(shape), 2**22)  # no more numbers than a 4 MiB file writes out
         stack, count = [v], 0
         while stack:
             x = stack.pop()
