@@ -74,12 +74,13 @@ def parse_cost_graph(doc, file="<graph>"):
             if end not in position:
                 raise err(f"edge {n} names unknown node {end!r}", key=f"links[{n}]")
         j.add_edge(u, v)
-    if not nx.is_directed_acyclic_graph(j):
-        cycle = nx.find_cycle(j)
-        raise err("cycle: " + " -> ".join([u for u, _ in cycle] + [cycle[0][0]]))
     if not j:
         raise err("the graph has no nodes")
-    order = list(nx.lexicographical_topological_sort(j, key=position.__getitem__))
+    try:  # one pass: the sort itself finds a cycle, find_cycle only names it
+        order = list(nx.lexicographical_topological_sort(j, key=position.__getitem__))
+    except nx.NetworkXUnfeasible:
+        cycle = nx.find_cycle(j)
+        raise err("cycle: " + " -> ".join([u for u, _ in cycle] + [cycle[0][0]])) from None
     # forward nodes first, as the planners expect; a file in topological order keeps its order
     j.graph["order"] = [x for x in order if j.nodes[x]["kind"] == "forward"] + \
                        [x for x in order if j.nodes[x]["kind"] == "backward"]
