@@ -257,6 +257,7 @@ class _Reader:
         self.file = file
         self.doc = doc
         self.overrides = dict(overrides)
+        self._parsed = {}
 
     def err(self, msg, where=None, key=None, node_key=None):
         return ConfigError(msg, file=self.file, line=_line(where, node_key), key=key)
@@ -324,7 +325,9 @@ class _Reader:
                 raise self.err(f"size expression of {len(v)} characters (at most {MAX_EXPRESSION_CHARS})",
                                where, key=key)
             try:
-                tree = ast.parse(v, mode="eval").body
+                tree = self._parsed.get(v)
+                if tree is None:  # a repeated block reads the same few expressions again and again
+                    tree = self._parsed[v] = ast.parse(v, mode="eval").body
                 return self._eval(tree, where, key)
             except (SyntaxError, ValueError, MemoryError, RecursionError):
                 raise self.err(f"cannot read {_describe(v)} as a size", where, key=key) from None
