@@ -383,6 +383,11 @@ class _Reader:
                 raise bad()
             return n
 
+        def integers(items):
+            if any(isinstance(x, (list, dict)) or x is None for x in items):
+                raise bad()
+            return [integer(x) for x in items]
+
         if kind == "bool":
             if not isinstance(v, bool):
                 raise bad()
@@ -408,11 +413,11 @@ class _Reader:
                 return integer(v)
             if not isinstance(v, list):
                 raise bad()
-            return [integer(x) if not isinstance(x, (list, dict)) and x is not None else _raise(bad()) for x in v]
+            return integers(v)
         if kind == "shape":
             if not isinstance(v, list) or not v:
                 raise bad()
-            out = [integer(x) if not isinstance(x, (list, dict)) and x is not None else _raise(bad()) for x in v]
+            out = integers(v)
             if any(n < 1 and n != -1 for n in out) or out.count(-1) > 1:
                 raise bad()
             return out
@@ -449,7 +454,7 @@ class _Reader:
                            node_key="shape")
         if init == "randint":
             if ldtype not in INT_DTYPES:
-                raise self.err(f"init randint draws integers: give the input dtype int32 or int64", m, key=key,
+                raise self.err("init randint draws integers: give the input dtype int32 or int64", m, key=key,
                                node_key="init")
             spec.high = self.size(m.get("high", 2), m, key, node_key="high", limit=_INT_HIGH[ldtype])
         elif "high" in m:
@@ -681,10 +686,6 @@ class _Reader:
             raise self.err(f"output {doc.get('output')!r} is not a node", doc, key="output", node_key="output")
         return ModelSpec(str(name), self.dtype, seed, self.leaves, self.nodes, output,
                          file=self.file, dims=self.dims)
-
-
-def _raise(e):
-    raise e
 
 
 # ---- the config reference (docs/config.md), generated from the op registry --------------------
