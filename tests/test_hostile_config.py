@@ -331,3 +331,51 @@ def test_large_model_is_planned_with_exact_figures():
 def test_large_model_is_refused_by_run_naming_the_memory(tmp_path):
     res = _text_case(tmp_path, _huge(2**20, 1000), args=("run",), needle="needs")
     assert "may use" in res.output
+
+
+NET = """name: net
+dims: {N: 2, C: 2, H: 4}
+inputs:
+  img: {shape: [N, C, H, H], init: normal, grad: true}
+params:
+  w: {shape: [C, C, 3, 3], init: xavier}
+nodes:
+  - {name: c, op: conv2d, inputs: [img, w], attrs: {stride: 1, padding: 1}}
+  - {name: p, op: maxpool2d, inputs: [c], attrs: {kernel: 2}}
+  - {name: u, op: upsample2d, inputs: [p], attrs: {scale: 2}}
+  - {name: d, op: dropout, inputs: [u], attrs: {p: 0.25}}
+  - {name: s, op: softmax, inputs: [d], attrs: {axis: -1}}
+  - {name: loss, op: mean, inputs: [s], attrs: {axis: null, keepdims: false}}
+output: loss
+"""
+
+
+@pytest.mark.parametrize("old,new,needle", [
+    ("p: 0.25", "p: [0.25]", "number in [0, 1)"),
+    ("p: 0.25", "p: 1.0", "number in [0, 1)"),
+    ("p: 0.25", "p: -0.1", "number in [0, 1)"),
+    ("p: 0.25", "p: null", "number in [0, 1)"),
+    ("p: 0.25", "p: 'abc'", "unknown dim 'abc'"),
+    ("kernel: 2", "kernel: [2, 2]", "integer >= 1"),
+    ("kernel: 2", "kernel: 0", "integer >= 1"),
+    ("kernel: 2", "kernel: 2.5", "integer >= 1"),
+    ("stride: 1", "stride: {a: 1}", "integer >= 1"),
+    ("padding: 1", "padding: -1", "integer >= 0"),
+    ("padding: 1", "padding: true", "integer >= 0"),
+    ("scale: 2", "scale: null", "integer >= 1"),
+    ("axis: -1", "axis: [-1]", "an integer axis"),
+    ("axis: -1", "axis: 7", "out of range"),
+    ("axis: null", "axis: [[0]]", "list of axes"),
+    ("keepdims: false", "keepdims: 'false'", "true or false"),
+    ("attrs: {stride: 1, padding: 1}", "attrs: [stride, 1]", "attrs must be a mapping"),
+    ("attrs: {kernel: 2}", "attrs: {kernel: 2, kernal: 3}", "did you mean 'kernel'"),
+])
+def test_attr_types(tmp_path, old, new, needle):
+    assert old in NET
+    _text_case(tmp_path, NET.replace(old, new, 1), needle=needle)
+
+
+def test_net_config_is_good(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(NET)
+    assert _invoke(["run", str(p), "--steps", "1"]).exit_code == 0
