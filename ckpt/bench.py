@@ -1,6 +1,7 @@
 """Benchmarks and their baselines: memory figures that compare exactly, times that compare as
 ratios to store-all measured in the same run (a ratio holds from one machine to the next)."""
 
+import math
 import os
 import statistics
 from contextlib import nullcontext
@@ -10,7 +11,7 @@ import click
 
 from .backend import get_backend
 from .errors import BudgetError, ConfigError
-from .jsonio import read_json, write_json_atomic
+from .jsonio import locked, read_json, write_json_atomic
 from .plan import plan
 from .session import device_leaves, load_model, require_memory, require_model, run_plan, time_side_by_side
 from .sizes import parse_budget
@@ -70,15 +71,39 @@ def run_bench(configs, strategies, budgets, steps=5, time_limit=10.0, overrides=
     return entries
 
 
+_PEAKS = ("peak_predicted", "peak_measured", "peak_allocator")
+
+
 def load_baseline(path):
+    """The entries of a baseline file, every one checked: a corrupt baseline is one line (exit 2)
+    and is never compared against or overwritten."""
     doc = read_json(path, "baseline")
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA or not isinstance(doc.get("entries"), dict):
         raise ConfigError(f"not a ckpt baseline (want an object with schema {SCHEMA} and entries)", file=path)
     for key, e in doc["entries"].items():
-        need = ("peak_predicted", "peak_measured", "peak_allocator", "time_ratio") if e.get("feasible", True) else ()
-        if not isinstance(e, dict) or any(not isinstance(e.get(k), (int, float)) for k in need):
-            raise ConfigError(f"baseline entry {key!r} lacks its figures", file=path)
+        problem = _entry_problem(e)
+        if problem:
+            raise ConfigError(f"baseline entry {key!r} {problem}", file=path)
     return doc["entries"]
+
+
+def _entry_problem(e):
+    """What is wrong with one baseline entry, or None."""
+    if not isinstance(e, dict):
+        return f"must be an object of figures, got {'null' if e is None else type(e).__name__}"
+    feasible = e.get("feasible", True)
+    if not isinstance(feasible, bool):
+        return "has a 'feasible' that is not true or false"
+    if not feasible:
+        return None
+    for k in _PEAKS:
+        v = e.get(k)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            return f"lacks its figures ({k} must be a whole number of bytes >= 0)"
+    ratio = e.get("time_ratio")
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or ratio <= 0:
+        return "lacks its figures (time_ratio must be a finite number > 0)"
+    return None
 
 
 def save_baseline(path, entries):
@@ -87,6 +112,16 @@ def save_baseline(path, entries):
             "time_ratio", "overhead_predicted", "error")
     doc = {"schema": SCHEMA, "entries": {k: {f: v for f, v in e.items() if f in keep} for k, e in entries.items()}}
     write_json_atomic(path, doc, sort_keys=True)
+
+
+def update_baseline(path, entries):
+    """Merge `entries` into the baseline at `path` (created if missing) under a lock, re-reading it
+    inside the lock, so that concurrent updates of one file lose no entry."""
+    with locked(path):
+        merged = load_baseline(path) if os.path.exists(path) else {}
+        merged.update(entries)
+        save_baseline(path, merged)
+    return merged
 
 
 def compare(current, baseline, time_tolerance):

@@ -1,34 +1,223 @@
-"""JSON files the user owns: read with one clear error, written atomically."""
+"""Files the user owns: read with one clear error, written atomically through one writer.
 
+The writer (`write_atomic`) is what every command that writes a file uses (`bench -o`,
+`--update-baseline`, `export -o`, the plots): it writes a temporary file beside the target and
+renames it over the target, so a crash leaves the old file or the new one, never half of one. It
+keeps an existing file's mode (a new file gets the umask's default, as `open` would give it),
+refuses a path that exists and is not a regular file (a device, a directory, a pipe), and on any
+failure, Ctrl-C or SIGTERM removes its temporary file. A temporary file that a `kill -9` left
+behind is removed by the next write to the same path. `-` means standard output.
+"""
+
+import contextlib
+import errno
 import json
 import os
+import signal
+import stat
+import sys
 import tempfile
+import threading
 
 from .errors import ConfigError
+from .sizes import MAX_FILE_BYTES
+
+STDOUT = "-"
+_TMP_SUFFIX = ".ckpt-tmp"
+
+
+def read_text(path, what="file"):
+    """A user file's text, refused before it is read when it is over MAX_FILE_BYTES."""
+    too_big = f"{what} is larger than {MAX_FILE_BYTES // 2**20} MiB, the largest ckpt reads"
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size > MAX_FILE_BYTES:
+                raise ConfigError(too_big, file=path)
+            data = f.read(MAX_FILE_BYTES + 1)  # a pipe or a device has no size: read one byte past
+        if len(data) > MAX_FILE_BYTES:
+            raise ConfigError(too_big, file=path)
+        return data.decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"no such {what}", file=path) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} is not UTF-8 text", file=path) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {what}: {e.strerror or e.__class__.__name__}", file=path) from None
+
+
+class _Duplicate(Exception):
+    pass
+
+
+def _no_duplicates(pairs):
+    """A JSON object, refusing a repeated key (json would keep the last one silently)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise _Duplicate(k)
+            seen.add(k)
+    return out
 
 
 def read_json(path, what="file"):
+    text = read_text(path, what)
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"no such {what}", file=path) from None
+        return json.loads(text, object_pairs_hook=_no_duplicates)
     except json.JSONDecodeError as e:
         raise ConfigError(f"{what} is not JSON: {e.msg}", file=path, line=e.lineno) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read {what}: {e.__class__.__name__}", file=path) from None
+    except _Duplicate as e:
+        key = str(e.args[0])
+        raise ConfigError(f"{what} has a duplicate key {key if len(key) <= 40 else key[:37] + '...'!r}",
+                          file=path) from None
+    except RecursionError:  # the decoder recurses once per nesting level
+        raise ConfigError(f"{what} is nested too deeply to be a ckpt file", file=path) from None
+
+
+def _umask_mode():
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale(folder, base):
+    """Temporary files of earlier writes to this path whose process is gone (killed mid-write)."""
+    prefix = f".{base}."
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(_TMP_SUFFIX)):
+            continue
+        pid = name[len(prefix):-len(_TMP_SUFFIX)].split(".")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(folder, name))
+
+
+class _Terminated(BaseException):
+    pass
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """While a temporary file exists, SIGTERM unwinds (so the file is removed) instead of killing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise _Terminated()
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def check_writable(path):
+    """Refuse early, before a long run, a path the writer will refuse: its folder is missing or
+    it exists and is not a regular file. Returns (real path, its stat or None)."""
+    real = os.path.realpath(path)  # a symlink keeps pointing at the file it names
+    try:
+        st = os.stat(real)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise ConfigError(f"cannot write: {e.strerror}", file=path) from None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise ConfigError("cannot write: the path exists and is not a regular file", file=path)
+    if not os.path.isdir(os.path.dirname(real)):
+        raise ConfigError(f"cannot write: no such directory {os.path.dirname(path) or '.'!r}", file=path)
+    return real, st
+
+
+def write_atomic(path, write, binary=False):
+    """Call `write(f)` on a temporary file beside `path`, then rename it over `path`. Failures
+    the user can fix (no such directory, read-only, disk full, not a regular file) are one
+    ConfigError line; `path` is then untouched."""
+    if path == STDOUT:
+        out = sys.stdout.buffer if binary else sys.stdout
+        write(out)
+        out.flush()
+        return
+    real, st = check_writable(path)
+    folder, base = os.path.split(real)
+    mode = stat.S_IMODE(st.st_mode) if st is not None else _umask_mode()
+    _remove_stale(folder, base)
+    tmp = None
+    try:
+        with _sigterm_raises():
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=f".{base}.{os.getpid()}.", suffix=_TMP_SUFFIX, dir=folder)
+                with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
+                    write(f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.chmod(tmp, mode)
+                os.replace(tmp, real)
+                tmp = None
+            finally:
+                if tmp is not None:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)
+    except _Terminated:
+        raise SystemExit(128 + signal.SIGTERM) from None
+    except OSError as e:
+        why = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
+        raise ConfigError(f"cannot write: {why}", file=path) from None
 
 
 def write_json_atomic(path, doc, sort_keys=False):
-    """Write to a temporary file beside `path`, then rename: a crash never leaves half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".ckpt-", suffix=".json", dir=folder)
+    """One JSON document, indented, ending in a newline; `-` prints it on standard output."""
+    def write(f):
+        json.dump(doc, f, indent=1, sort_keys=sort_keys, allow_nan=False, default=_plain)
+        f.write("\n")
+    write_atomic(path, write)
+
+
+def _plain(x):
+    """numpy scalars and arrays as the JSON numbers and lists they hold."""
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    raise TypeError(f"{type(x).__name__} is not JSON serialisable")
+
+
+@contextlib.contextmanager
+def locked(path):
+    """An exclusive lock around a read-merge-write of `path` (fcntl.flock on its folder, which,
+    unlike the file, is not replaced by the write), so that concurrent writers lose nothing."""
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1, sort_keys=sort_keys)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        import fcntl
+    except ImportError:  # no flock here: writes stay atomic, concurrent merges are not serialised
+        yield
+        return
+    folder = os.path.dirname(os.path.realpath(path))
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except FileNotFoundError:
+        raise ConfigError(f"cannot write: no such directory {os.path.dirname(path) or folder!r}", file=path) from None
+    except OSError as e:
+        raise ConfigError(f"cannot lock: {e.strerror}", file=path) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

@@ -3,6 +3,7 @@
 import os
 
 from .errors import ConfigError
+from .jsonio import STDOUT, write_atomic
 
 
 def plot_swell(res, path):
@@ -80,18 +81,18 @@ def finish(fig, ax, plt, path, xlabel, ylabel, title, grid=True, **legend):
 
 
 def _save(fig, plt, path):
-    """Render beside the target, then rename: a crash never leaves half an image."""
+    """Through ckpt's one atomic writer: a crash never leaves half an image."""
     fig.tight_layout()
-    tmp = path + ".tmp" + os.path.splitext(path)[1]
+    if path == STDOUT:
+        plt.close(fig)
+        raise ConfigError("a plot is written to a file: give a path ending in .png or .svg, not -", file=path)
+    fmt = os.path.splitext(path)[1].lstrip(".").lower() or "png"
     try:
-        fig.savefig(tmp)
-        os.replace(tmp, path)
-    except (OSError, ValueError) as e:
+        write_atomic(path, lambda f: fig.savefig(f, format=fmt), binary=True)
+    except ValueError as e:  # a format matplotlib does not know
         raise ConfigError(f"cannot write the plot: {e}", file=path) from None
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def plot_numeric(res, path):

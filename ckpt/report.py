@@ -3,6 +3,8 @@
 import json
 import math
 import sys
+import threading
+import time
 
 import numpy as np
 
@@ -16,11 +18,81 @@ def emit_json(doc):
 
 
 def _jsonable(x):
+    """numpy scalars and arrays as the JSON values they hold (a check's verdict is a numpy bool)."""
+    if isinstance(x, np.bool_):
+        return bool(x)
     if isinstance(x, np.integer):
         return int(x)
     if isinstance(x, np.floating):
         return float(x)
-    raise TypeError(type(x).__name__)
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"{type(x).__name__} is not JSON serialisable")
+
+
+class Progress:
+    """Progress of a long command on standard error, only where a person watches it: stderr is a
+    terminal and the command is not printing JSON. With a `total` it draws a bar; without one it
+    rewrites the elapsed seconds once a second. Either way the line is erased when the work ends,
+    so nothing of it is left in what the command prints."""
+
+    def __init__(self, label, total=None, enabled=True, stream=None):
+        self.stream = stream or sys.stderr
+        self.label, self.total, self.done = label, total, 0
+        self.enabled = enabled and _isatty(self.stream)
+        self._stop = threading.Event()
+        self._thread = None
+        self._t0 = time.monotonic()
+
+    def __enter__(self):
+        if self.enabled:
+            self._draw()
+            if self.total is None:
+                self._thread = threading.Thread(target=self._tick, daemon=True)
+                self._thread.start()
+        return self
+
+    def update(self, n=1):
+        self.done += n
+        if self.enabled:
+            self._draw()
+
+    def _tick(self):
+        while not self._stop.wait(1.0):
+            self._draw()
+
+    def _draw(self):
+        elapsed = time.monotonic() - self._t0
+        if self.total:
+            width = 24
+            filled = min(width, width * self.done // self.total)
+            text = f"{self.label} [{'#' * filled}{'-' * (width - filled)}] {self.done}/{self.total}  {elapsed:.0f}s"
+        else:
+            text = f"{self.label} ... {elapsed:.0f}s"
+        try:
+            self.stream.write("\r" + text + "\x1b[K")
+            self.stream.flush()
+        except (OSError, ValueError):
+            self.enabled = False
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.enabled:
+            try:
+                self.stream.write("\r\x1b[K")
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass
+        return False
+
+
+def _isatty(stream):
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def gradient_summary(arr):
@@ -69,4 +141,4 @@ def fmt_pct(frac):
     return "-" if frac is None else f"{100 * frac:+.1f}%"
 
 
-__all__ = ["emit_json", "gradient_summary", "fmt_value", "table", "fmt_time", "fmt_pct", "fmt_bytes"]
+__all__ = ["Progress", "emit_json", "gradient_summary", "fmt_value", "table", "fmt_time", "fmt_pct", "fmt_bytes"]

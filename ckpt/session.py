@@ -1,6 +1,7 @@
 """The steps behind each command, shared by the CLI and the benchmark scripts: load a model,
 plan it, run it, check its gradients. Errors are raised typed; the CLI turns them into one line."""
 
+import os
 import statistics
 from dataclasses import dataclass
 
@@ -12,6 +13,7 @@ from .autodiff import DEFAULT_STEP, evaluate, jvp, numeric_derivative
 from .execute import Executor
 from .model import build_graph, leaf_values, load_config, lower, retarget
 from .model.costgraph import load_cost_graph
+from .ops import size as n_elements
 from .plan import JointIndex, plan
 from .sizes import fmt_bytes
 
@@ -47,13 +49,122 @@ def require_model(model, command):
         raise ConfigError(f"{command} needs a YAML model config; a cost graph can only be planned", file=model.path)
 
 
-def require_memory(model, predicted_peak, backend):
-    """Refuse, before allocating anything, a step that cannot fit in this machine's memory."""
-    have = backend.memory_bytes()
-    if have and predicted_peak > have:
-        raise ConfigError(f"running this model needs {fmt_bytes(predicted_peak)} (the plan's predicted peak) but "
-                          f"{backend.name} memory is {fmt_bytes(have)}; `ckpt plan` plans it without running it",
-                          file=model.path)
+def require_memory(model, predicted_peak, backend, what="running this model", basis="the plan's predicted peak"):
+    """Refuse, before allocating anything, work that cannot fit in the memory this process may
+    really use: on the CPU the tightest of the cgroup limit, RLIMIT_AS and MemAvailable (see
+    `memory_headroom`), on a GPU the device's memory. On the CPU one more copy of the largest
+    value is counted, for the temporaries inside an op."""
+    need = int(predicted_peak)
+    if backend.name == "cpu":
+        if model.graph is not None:
+            need += max((d["bytes"] for _, d in model.graph.nodes(data=True)), default=0)
+        have, source = memory_headroom()
+    else:
+        have, source = backend.memory_bytes(), f"{backend.name} memory"
+    if have is not None and have > 0 and need > have:
+        raise ConfigError(f"{what} needs {fmt_bytes(need)} ({basis}) but this process may use {fmt_bytes(have)} "
+                          f"({source}); `ckpt plan` plans it without running it", file=model.path)
+
+
+def require_yaml(path, command):
+    """Commands that compute need a model config; say so before anything blames a flag."""
+    if str(path).lower().endswith(".json"):
+        raise ConfigError(f"{command} needs a YAML model config; a cost graph (.json) can only be planned", file=path)
+
+
+def forward_bytes(g):
+    """Bytes of every op value of one forward pass held at once: a bound for plain evaluation."""
+    return sum(d["bytes"] for _, d in g.nodes(data=True) if d["kind"] == "op")
+
+
+def store_all_peak(model):
+    return plan(model.joint, "store-all", ix=model.index)[1].peak
+
+
+def _read_int(path):
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+        n = int(text)
+    except (OSError, ValueError):  # missing, or "max" (no limit)
+        return None
+    return n if n < 2**60 else None  # cgroup v1 writes "no limit" as a page-rounded 2**63
+
+
+def _stat_field(path, names):
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 2 and parts[0] in names:
+                    return int(parts[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+CGROUP_FILE, CGROUP_ROOT = "/proc/self/cgroup", "/sys/fs/cgroup"  # module constants so tests can redirect
+
+
+def _cgroup_headroom():
+    """(bytes, source) for each memory cgroup limit on this process or an ancestor (v2 memory.max,
+    v1 memory.limit_in_bytes), less what is in use (reclaimable file cache not counted)."""
+    out = []
+    try:
+        with open(CGROUP_FILE) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, rel = parts
+        if controllers == "":
+            base, limit_f, usage_f, cache = CGROUP_ROOT, "memory.max", "memory.current", ("inactive_file",)
+        elif "memory" in controllers.split(","):
+            base, limit_f, usage_f, cache = (os.path.join(CGROUP_ROOT, "memory"), "memory.limit_in_bytes",
+                                             "memory.usage_in_bytes",
+                                             ("total_inactive_file", "inactive_file"))
+        else:
+            continue
+        # the limit may sit on any ancestor; a container sees its own cgroup mounted at the root
+        dirs, rel = {base}, rel.strip("/")
+        while rel:
+            dirs.add(os.path.join(base, rel))
+            rel = os.path.dirname(rel)
+        for d in sorted(dirs):
+            limit = _read_int(os.path.join(d, limit_f))
+            if limit is None:
+                continue
+            used = (_read_int(os.path.join(d, usage_f)) or 0) - _stat_field(os.path.join(d, "memory.stat"), cache)
+            used = max(used, 0)
+            out.append((max(limit - used, 0), f"cgroup limit {fmt_bytes(limit)}, {fmt_bytes(used)} in use: "
+                                              f"{os.path.join(d, limit_f)}"))
+    return out
+
+
+def memory_headroom():
+    """(bytes, source): the most this process may still allocate, the tightest of the cgroup
+    limits, RLIMIT_AS less the address space in use, and MemAvailable; (None, None) if unknown."""
+    found = _cgroup_headroom()
+    try:
+        import resource
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            vm = _stat_field("/proc/self/status", ("VmSize:",)) * 1024
+            found.append((max(soft - vm, 0), f"RLIMIT_AS {fmt_bytes(soft)}, {fmt_bytes(vm)} of address space in use"))
+    except (ImportError, ValueError, OSError):
+        pass
+    avail = _stat_field("/proc/meminfo", ("MemAvailable:",)) * 1024
+    if avail:
+        found.append((avail, "MemAvailable in /proc/meminfo"))
+    elif not found:
+        try:
+            found.append((os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "physical memory"))
+        except (ValueError, OSError, AttributeError):
+            pass
+    return min(found) if found else (None, None)
 
 
 def device_leaves(model, backend):
@@ -124,11 +235,12 @@ def measure_costs(model, backend, n_steps=3):
     fit the device) with a synchronised clock read after every node, median over `n_steps` steps
     after a warm-up. Synchronising after every node adds the launch latency to each small node, as
     running it alone would."""
-    have = backend.memory_bytes()
     p, sim = plan(model.joint, "store-all", ix=model.index)
-    if have and sim.peak > have:
+    try:
+        require_memory(model, sim.peak, backend, "profiling this model", "store-all's predicted peak")
+    except ConfigError:
         p, sim = plan(model.joint, "sqrt-n", ix=model.index)
-        require_memory(model, sim.peak, backend)
+        require_memory(model, sim.peak, backend, "profiling this model", "sqrt-n's predicted peak")
     ex = Executor(model.graph, model.joint, p.steps, backend)
     leaves = device_leaves(model, backend)
     ex.step(leaves)
@@ -155,23 +267,30 @@ def with_costs(model, costs):
 
 
 # ---- numeric check of the reverse-mode gradient (the seed's §1.1) ----------------------------------
-def check_gradients(path, method="central", step=None, tol=None, overrides=None, seed=0, max_elements=16):
+def check_gradients(path, method="central", step=None, tol=None, overrides=None, seed=0, max_elements=16,
+                    progress=None):
     """Reverse-mode gradients against numeric differences in float64, in one random direction per
-    gradient and along every element of tensors of at most `max_elements`."""
+    gradient and along every element of tensors of at most `max_elements`. `progress` (a
+    report.Progress) is told the number of directions and each one done."""
     h = DEFAULT_STEP.get(method) if step is None else step
     if h is None:
         raise ConfigError(f"unknown method {method!r}: use central, forward or backward")
     tol = (1e-5 if method == "central" else 1e-3) if tol is None else tol
+    require_yaml(path, "check")
     model = load_model(path, overrides, dtype="float64")
     backend = get_backend("cpu")
+    sa, sa_sim = plan(model.joint, "store-all", ix=model.index)
+    require_memory(model, sa_sim.peak + forward_bytes(model.graph), backend, "checking this model",
+                   "a store-all step and a forward pass, in float64")
     host = leaf_values(model.graph)
-    sa, _ = plan(model.joint, "store-all", ix=model.index)
     r = Executor(model.graph, model.joint, sa.steps, backend).step(dict(host))
     rng = np.random.default_rng(seed)
     # Below this absolute difference a finite difference cannot tell two slopes apart: the
     # rounding error of f, eps*|f|, divided by the step (the seed's round-off term).
-    noise = 4 * np.finfo(np.float64).eps * max(abs(r.loss), 1e-300) / h
+    noise = float(4 * np.finfo(np.float64).eps * max(abs(r.loss), 1e-300) / h)
     rows = []
+    if progress is not None:
+        progress.total = sum(1 + (host[k].size if host[k].size <= max_elements else 0) for k in r.grads)
     for name, grad in sorted(r.grads.items()):
         base = host[name]
         dirs = [("random", rng.standard_normal(base.shape))]
@@ -189,9 +308,11 @@ def check_gradients(path, method="central", step=None, tol=None, overrides=None,
             num = numeric_derivative(f, method, h)
             ana = float(np.sum(np.asarray(grad) * d))
             err = abs(num - ana) / max(abs(num), abs(ana), 1e-300)
-            ok = err <= tol or abs(num - ana) <= noise
+            ok = bool(err <= tol or abs(num - ana) <= noise)
             rows.append({"name": name, "direction": label, "numeric": num, "reverse": ana, "rel_error": err,
                          "passed": ok})
+            if progress is not None:
+                progress.update()
     failed = [row for row in rows if not row["passed"]]
     worst = max((row["rel_error"] for row in (failed or rows)), default=0.0)
     return {"method": method, "step": h, "tolerance": tol, "roundoff": noise, "worst_rel_error": worst, "passed": not failed, "checks": rows}
@@ -222,8 +343,8 @@ def jacobian(model, of=None, wrt=None, mode="auto", backend=None):
         raise ConfigError("no input or parameter to differentiate with respect to: name one with --wrt",
                           file=model.path)
     out = g.graph["output"]
-    n = sum(int(np.prod(g.nodes[v]["shape"], dtype=np.int64)) for v in cols)
-    m = int(np.prod(g.nodes[out]["shape"], dtype=np.int64))
+    n = sum(n_elements(g.nodes[v]["shape"]) for v in cols)
+    m = n_elements(g.nodes[out]["shape"])
     if mode == "auto":
         mode = "forward" if n < m else "reverse"
         reason = (f"forward: {n} input elements < {m} output elements, so {n} columns cost fewer passes"
@@ -238,6 +359,10 @@ def jacobian(model, of=None, wrt=None, mode="auto", backend=None):
     if passes > MAX_PASSES:
         raise ConfigError(f"{mode} mode would take {passes} passes (over {MAX_PASSES}): narrow it with --of or --wrt",
                           file=model.path)
+    joint = lower(g)
+    sa_peak = plan(joint, "store-all", ix=JointIndex(joint))[1].peak
+    require_memory(model, 8 * m * n + sa_peak + 2 * forward_bytes(g), backend, "this Jacobian",
+                   f"the {m} x {n} float64 matrix, a store-all step and a forward pass with tangents")
     host = leaf_values(g)
     leaves = {k: backend.asarray(v) for k, v in host.items()}
     resident = sum(a.nbytes for a in host.values())
@@ -292,7 +417,10 @@ STEPS = [10.0 ** -k for k in range(1, 13)]
 def numeric_study(path, wrt=None, overrides=None, seed=0):
     """Forward, backward and central differences at h = 1e-1 ... 1e-12, in float32 and float64,
     each against the exact derivative from reverse mode in float64, along one direction."""
+    require_yaml(path, "numeric")
     exact_model = load_model(path, overrides, dtype="float64")
+    require_memory(exact_model, store_all_peak(exact_model) + forward_bytes(exact_model.graph), get_backend("cpu"),
+                   "this study", "a store-all step and a forward pass, in float64")
     g64 = retarget(exact_model.graph, wrt=[wrt] if wrt else None)
     cols = _wrt_leaves(g64)
     if not cols:
@@ -350,10 +478,12 @@ def methods(path, overrides=None, simplify_limit=4000):
     import time as _time
 
     from .autodiff.symbolic import INSTALL, Unsupported, cse_size, load_sympy, to_sympy, tree_size
+    require_yaml(path, "methods")
     model = load_model(path, overrides, dtype="float64")
-    require_model(model, "methods")
     g = model.graph
     backend = get_backend("cpu")
+    require_memory(model, store_all_peak(model) + forward_bytes(g), backend, "this comparison",
+                   "a store-all step and a forward pass, in float64")
     host = leaf_values(g)
     names = _wrt_leaves(g)
     if not names:

@@ -1,27 +1,50 @@
-"""Reading and writing byte sizes: `512MiB`, `2GB`, `1.5GiB` or plain bytes."""
+"""Reading and writing byte sizes: `512MiB`, `2GB`, `1.5GiB` or plain bytes; and the stated limits
+on what ckpt accepts, each in one place."""
 
 import re
+from fractions import Fraction
 
 from .errors import ConfigError
+
+# The largest model or cost graph ckpt loads: nodes of the model graph (ops, inputs, parameters,
+# repeats expanded) and of the joint forward+gradient graph. A 10,000-layer MLP is about 60,000.
+MAX_NODES = 250_000
+# No value, and no sum of values, may exceed this many bytes: sizes stay exact in Python integers,
+# and anything a planner stores in a 64-bit integer cannot overflow.
+MAX_BYTES = 2**62
+# Config and graph files larger than this are refused before they are parsed.
+MAX_FILE_BYTES = 64 * 2**20
+# Deepest nesting of YAML or JSON collections accepted (a real config nests fewer than 10 levels).
+MAX_DEPTH = 100
 
 _UNITS = {
     "": 1, "b": 1,
     "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
     "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
 }
-_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]{1,6})?)\s*([a-zA-Z]*)\s*$")
+_FRACTION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]{1,6})?)\s*[xX]\s*$")
+
+
+def _limit(n, what, text):
+    if n < 1:
+        raise ConfigError(f"{what} {text!r} is less than one byte")
+    if n > MAX_BYTES:
+        raise ConfigError(f"{what} {text!r} is over the largest size ckpt handles (2**62 bytes)")
+    return n
 
 
 def parse_size(text, *, what="size"):
-    """Bytes as an int; raises ConfigError with the accepted forms on anything else."""
+    """Bytes as an exact int; raises ConfigError with the accepted forms on anything else (a
+    non-finite number included: `inf`, `nan` and `1e400` are not sizes)."""
     m = _SIZE.match(str(text))
     unit = m and m.group(2).lower()
     if not m or unit not in _UNITS:
         raise ConfigError(f"cannot read {what} {text!r}: use bytes or a unit like 512MiB, 2GB, 1.5GiB")
-    value = float(m.group(1)) * _UNITS[unit]
+    value = Fraction(m.group(1)) * _UNITS[unit]  # exact: 1e400 is a huge integer, not inf
     if value <= 0:
         raise ConfigError(f"{what} must be positive, got {text!r}")
-    return int(value)
+    return _limit(int(value), what, text)
 
 
 def parse_budget(text, store_all_peak):
@@ -29,13 +52,13 @@ def parse_budget(text, store_all_peak):
     t = str(text).strip()
     if not t.lower().endswith("x"):
         return parse_size(t, what="memory budget")
-    try:
-        frac = float(t[:-1])
-    except ValueError:
-        raise ConfigError(f"cannot read memory budget {text!r}") from None
+    m = _FRACTION.match(t)
+    if not m:
+        raise ConfigError(f"cannot read memory budget {text!r}: use a size like 512MiB or a fraction like 0.8x")
+    frac = Fraction(m.group(1))
     if frac <= 0:
         raise ConfigError(f"memory budget must be positive, got {text!r}")
-    return int(frac * store_all_peak)
+    return _limit(int(frac * store_all_peak), "memory budget", text)
 
 
 def fmt_bytes(n):

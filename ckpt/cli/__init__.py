@@ -69,6 +69,10 @@ class _Group(click.Group):
         except CkptError as e:
             click.echo(f"ckpt: error: {e}", err=True)
             ctx.exit(e.exit_code)
+        except MemoryError:  # the memory check should refuse first; this is the last line of defence
+            click.echo("ckpt: error: out of memory (the machine or a limit on this process refused an "
+                       "allocation); `ckpt plan` plans without allocating", err=True)
+            ctx.exit(2)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -78,9 +82,9 @@ def cli():
 
 
 
-def main():
+def main(args=None):
     try:
-        rv = cli.main(standalone_mode=False)
+        rv = cli.main(args=args, prog_name="ckpt", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.exceptions.Abort:

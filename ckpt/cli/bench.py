@@ -1,11 +1,12 @@
 """ckpt bench: memory and time per config and strategy, against a committed baseline."""
 
+import math
 import os
 
 import click
 
 from ..errors import CheckFailed, ConfigError
-from ..jsonio import write_json_atomic
+from ..jsonio import check_writable, write_json_atomic
 from ..plan import STRATEGIES
 from ..report import emit_json, fmt_bytes, fmt_time, table
 from .common import json_opt, overrides, set_opt, time_limit_opt
@@ -17,6 +18,8 @@ def _tolerance(text):
         value = float(t[:-1]) / 100 if t.endswith("%") else float(t)
     except ValueError:
         raise ConfigError(f"cannot read time tolerance {text!r}: use 10% or 0.1") from None
+    if not math.isfinite(value):  # nan would flag no time regression ever
+        raise ConfigError(f"time tolerance must be a finite number, got {text!r}")
     if value < 0:
         raise ConfigError(f"time tolerance must be >= 0, got {text!r}")
     return value
@@ -39,24 +42,29 @@ def _tolerance(text):
 def bench(configs, strategies, budgets, steps, baseline, time_tolerance, update_baseline, output, time_limit, sets,
           as_json):
     """Measure memory and time per config and strategy; compare with or update a baseline."""
-    from ..bench import compare, load_baseline, run_bench, save_baseline
+    from ..bench import compare, load_baseline, run_bench, update_baseline as merge_into
     tol = _tolerance(time_tolerance)
     if update_baseline and not baseline:
         raise ConfigError("--update-baseline needs --baseline FILE")
+    if output == "-" and as_json:
+        raise ConfigError("-o - and --json both print on standard output: choose one")
+    for path in (output if output != "-" else None, baseline if update_baseline else None):
+        if path:
+            check_writable(path)  # a missing folder is one line now, not after the whole run
     base = None
     if baseline and (not update_baseline or os.path.exists(baseline)):
         base = load_baseline(baseline)  # a corrupt baseline stops here, before anything is written
     entries = run_bench(configs, strategies or STRATEGIES, budgets or ("0.8x",), steps=steps,
-                        time_limit=time_limit, overrides=overrides(sets), progress=not as_json)
+                        time_limit=time_limit, overrides=overrides(sets), progress=not as_json and output != "-")
     if output:
         write_json_atomic(output, {"entries": entries}, sort_keys=True)
     if update_baseline:
-        merged = dict(base or {})
-        merged.update(entries)
-        save_baseline(baseline, merged)
+        merge_into(baseline, entries)
     rows = compare(entries, base, tol) if base is not None and not update_baseline else []
     regressions = [r for r in rows if r[4] == "regression"]
-    if as_json:
+    if output == "-":
+        pass  # the results document is standard output; nothing else goes there
+    elif as_json:
         emit_json({"entries": entries, "comparison": [dict(zip(("entry", "figure", "baseline", "current", "status"), r))
                                                       for r in rows], "regressions": len(regressions)})
     else:

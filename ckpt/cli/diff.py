@@ -4,10 +4,10 @@ import click
 
 from .. import plots
 from ..errors import ConfigError
-from ..report import emit_json, fmt_bytes, fmt_time, table
+from ..report import Progress, emit_json, fmt_bytes, fmt_time, table
 from ..session import (check_gradients, jacobian as jacobian_of, load_model, methods as methods_study, numeric_study,
                        raise_if_failed, swell as swell_study)
-from .common import config_arg, dtype_opt, json_opt, overrides, set_opt
+from .common import FiniteFloat, config_arg, dtype_opt, json_opt, overrides, set_opt
 
 
 @click.command()
@@ -105,6 +105,8 @@ def methods(config, swell, depth, family, plot_file, sets, as_json):
         return
     if config is None:
         raise ConfigError("methods needs a CONFIG, or --swell")
+    if plot_file:
+        raise ConfigError("--plot draws the --swell figure: add --swell (methods CONFIG has no plot)")
     res = methods_study(config, overrides=overrides(sets))
     if as_json:
         emit_json(res)
@@ -136,13 +138,15 @@ def methods(config, swell, depth, family, plot_file, sets, as_json):
 @click.command()
 @config_arg
 @click.option("--method", default="central", show_default=True, type=click.Choice(["central", "forward", "backward"]))
-@click.option("--step", type=click.FloatRange(min=0, min_open=True), help="Finite-difference step h.")
-@click.option("--tol", type=click.FloatRange(min=0, min_open=True), help="Largest relative error that passes.")
+@click.option("--step", type=FiniteFloat(0, low_open=True), help="Finite-difference step h.")
+@click.option("--tol", type=FiniteFloat(0, low_open=True), help="Largest relative error that passes.")
 @set_opt
 @json_opt
 def check(config, method, step, tol, sets, as_json):
     """Compare reverse-mode gradients with numeric differences in float64 (exit 1 on failure)."""
-    res = check_gradients(config, method=method, step=step, tol=tol, overrides=overrides(sets))
+    with Progress("checking gradients", enabled=not as_json) as bar:
+        res = check_gradients(config, method=method, step=step, tol=tol, overrides=overrides(sets),
+                              progress=bar)
     if as_json:
         emit_json(res)
     else:

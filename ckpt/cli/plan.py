@@ -4,11 +4,11 @@ import click
 
 from .. import plots
 from ..backend import get_backend
-from ..errors import ConfigError
+from ..errors import BudgetError, ConfigError
 from ..jsonio import write_json_atomic
 from ..model.costgraph import cost_graph_doc
 from ..plan import STRATEGIES, plan as make_plan, plan_table, smallest_peak
-from ..report import emit_json, fmt_bytes, fmt_pct, fmt_time, table
+from ..report import Progress, emit_json, fmt_bytes, fmt_pct, fmt_time, table
 from ..session import load_model, measure_costs, require_model, with_costs
 from .common import budget_bytes, budget_opt, config_arg, dtype_opt, json_opt, overrides, set_opt, time_limit_opt
 
@@ -49,11 +49,15 @@ def plan(config, budget, strategy, sweep, points, plot_file, time_limit, device,
     if plot_file:
         plots.pyplot()  # say how to install matplotlib before the sweep, not after
     if sweep:
-        doc["sweep"] = _sweep(model, points, time_limit)
+        with Progress(f"sweeping {points} budgets", enabled=not as_json):
+            doc["sweep"] = _sweep(model, points, time_limit)
     if plot_file:
         plots.plot_frontier(doc, plot_file)
+    # the budget strategy that cannot fit is exit 3 (after the report: --json still prints it)
+    unfit = next((r for r in rows if r["name"] == "budget" and r.get("error")), None)
     if as_json:
         emit_json(doc)
+        _raise_unfit(unfit)
         return
     click.echo(f"model {doc['model']}: {len(model.index.fwd)} forward and {len(model.index.bwd)} gradient nodes; "
                f"budget {fmt_bytes(budget_b) if budget_b else 'none'}")
@@ -86,6 +90,12 @@ def plan(config, budget, strategy, sweep, points, plot_file, time_limit, device,
         click.echo(table(srows, ["budget", "peak", "overhead", "solver"]))
     if plot_file:
         click.echo(f"wrote {plot_file}")
+    _raise_unfit(unfit)
+
+
+def _raise_unfit(row):
+    if row is not None:
+        raise BudgetError(row["error"], min_peak=row.get("min_peak_bytes"))
 
 
 @click.command()
@@ -97,11 +107,8 @@ def export(config, output, sets, dtype):
     """Write the model's joint forward+backward graph as node-link JSON with costs and bytes."""
     model = load_model(config, overrides(sets), dtype)
     require_model(model, "export")
-    try:
-        write_json_atomic(output, cost_graph_doc(model.joint))
-    except OSError as e:
-        raise ConfigError(f"cannot write: {e.strerror}", file=output) from None
-    click.echo(f"wrote {output}: {len(model.index.order)} nodes ({len(model.index.fwd)} forward, "
+    write_json_atomic(output, cost_graph_doc(model.joint))  # `-o -`: standard output
+    click.echo(f"wrote {'standard output' if output == '-' else output}: {len(model.index.order)} nodes ({len(model.index.fwd)} forward, "
                f"{len(model.index.bwd)} backward), {model.joint.number_of_edges()} edges", err=True)
 
 

@@ -9,7 +9,7 @@ from ..backend import get_backend
 from ..errors import ConfigError
 from ..model.joint import GRAD
 from ..plan import STRATEGIES, plan as make_plan
-from ..report import emit_json, fmt_bytes, fmt_pct, fmt_time, fmt_value, gradient_summary, table
+from ..report import Progress, emit_json, fmt_bytes, fmt_pct, fmt_time, fmt_value, gradient_summary, table
 from ..session import load_model, require_memory, require_model, run_plan, time_side_by_side
 from .common import budget_bytes, budget_opt, config_arg, dtype_opt, json_opt, overrides, set_opt, time_limit_opt
 
@@ -29,6 +29,8 @@ from .common import budget_bytes, budget_opt, config_arg, dtype_opt, json_opt, o
 @json_opt
 def run(config, steps, strategy, budget, time_limit, device, trace, plot_file, sets, dtype, as_json):
     """Run forward+backward steps under a strategy; report loss, gradients, memory and time."""
+    if trace and as_json:
+        raise ConfigError("--trace prints the traces as text: use it without --json")
     model = load_model(config, overrides(sets), dtype)
     require_model(model, "run")
     budget_b = budget_bytes(budget, model)
@@ -38,14 +40,15 @@ def run(config, steps, strategy, budget, time_limit, device, trace, plot_file, s
     if plot_file:
         plots.pyplot()
     sa, sa_sim = make_plan(model.joint, "store-all", ix=model.index)
-    if strategy == "store-all":
-        r = run_plan(model, p.steps, backend, n_steps=steps)
-        time_s, measured_overhead = r.time_s, None
-    else:  # the plan's step times come from the side-by-side run with store-all
-        r = run_plan(model, p.steps, backend, n_steps=0)
-        t_plan, t_sa = time_side_by_side(model, [p.steps, sa.steps], backend, n_steps=steps)
-        time_s = statistics.median(t_plan)
-        measured_overhead = time_s / statistics.median(t_sa) - 1.0
+    with Progress(f"running {steps} steps", enabled=not as_json):
+        if strategy == "store-all":
+            r = run_plan(model, p.steps, backend, n_steps=steps)
+            time_s, measured_overhead = r.time_s, None
+        else:  # the plan's step times come from the side-by-side run with store-all
+            r = run_plan(model, p.steps, backend, n_steps=0)
+            t_plan, t_sa = time_side_by_side(model, [p.steps, sa.steps], backend, n_steps=steps)
+            time_s = statistics.median(t_plan)
+            measured_overhead = time_s / statistics.median(t_sa) - 1.0
     doc = {
         "model": model.graph.graph["name"], "config": config, "strategy": strategy, "device": device,
         "solver": p.solver, "dtype": model.graph.graph["dtype"],
@@ -188,8 +191,12 @@ def trace(config, mode, wrt, sets):
     model = load_model(config, overrides(sets))
     require_model(model, "trace")
     backend = get_backend("cpu")
+    p, sim = make_plan(model.joint, "store-all", ix=model.index)
+    # every value and gradient is copied to the host to be printed
+    copies = sum(d["ram"] for _, d in model.joint.nodes(data=True))
+    require_memory(model, sim.peak + copies, backend, "tracing this model",
+                   "a store-all step and a copy of every value and gradient")
     if mode == "reverse":
-        p, _ = make_plan(model.joint, "store-all", ix=model.index)
         _print_trace(model, p.steps, backend)
     else:
         _print_tangent_trace(model, wrt, backend)

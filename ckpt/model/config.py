@@ -22,13 +22,17 @@ The format (README, "Model configs"):
 
 import ast
 import difflib
+import math
 import operator
+import re
 from dataclasses import dataclass, field
 
 import yaml
 
 from ..errors import ConfigError
-from ..ops import REGISTRY, REQUIRED
+from ..jsonio import read_text
+from ..ops import REGISTRY, REQUIRED, size as n_elements
+from ..sizes import MAX_BYTES, MAX_DEPTH, MAX_NODES
 
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 INT_DTYPES = ("int32", "int64")
@@ -38,6 +42,37 @@ _LEAF_KEYS = ("shape", "dtype", "init", "scale", "value", "grad", "high")
 _NODE_KEYS = ("name", "op", "inputs", "attrs")
 _REPEAT_KEYS = ("name", "repeat", "times", "input")
 _BLOCK_KEYS = ("params", "nodes", "output")
+# A dim expression is a short formula such as `D*4` or `(H+2*P-K)//S+1`.
+MAX_EXPRESSION_CHARS = 200
+# YAML is slow to load (PyYAML keeps ~150 bytes per byte of config): configs over this are refused.
+# A 10,000-layer MLP written with a repeat block is 600 bytes; written out node by node, ~1 MiB.
+MAX_CONFIG_CHARS = 4 * 2**20
+# Blocks may repeat other blocks; this many levels deep at most.
+MAX_REPEAT_NESTING = 32
+# The largest `high` of a randint init, per integer dtype (numpy draws below it).
+_INT_HIGH = {"int32": 2**31, "int64": 2**63 - 1}
+
+# What each op attribute holds: how the config is read and what the config reference says (a test
+# checks that every attribute in the op registry has a kind here). Keyed by attribute name, and by
+# (op, attribute) where one op reads a name differently.
+ATTR_KINDS = {
+    "factor": "number", "axis": "axes", "keepdims": "bool", "shape": "shape", "axes": "permutation",
+    "eps": "positive", "stride": "count", "padding": "index", "kernel": "count", "scale": "count",
+    "p": "probability",
+}
+ATTR_KINDS_BY_OP = {("concat", "axis"): "axis", ("softmax", "axis"): "axis", ("log_softmax", "axis"): "axis"}
+KIND_TEXT = {
+    "number": "a finite number", "positive": "a finite number > 0", "probability": "a number in [0, 1)",
+    "bool": "true or false", "count": "an integer >= 1", "index": "an integer >= 0",
+    "axis": "an integer axis (negative counts from the end)",
+    "axes": "null (every axis), an integer axis, or a list of axes",
+    "permutation": "null (reverse the axes) or a list of axes",
+    "shape": "a list of sizes, one of which may be -1 (inferred)",
+}
+
+
+def attr_kind(op, name):
+    return ATTR_KINDS_BY_OP.get((op, name), ATTR_KINDS.get(name))
 
 
 @dataclass
@@ -81,16 +116,65 @@ class _Map(dict):
     key_lines: dict = {}
 
 
-class _Loader(yaml.SafeLoader):
-    pass
+_BOOL = "tag:yaml.org,2002:bool"
+
+
+# libyaml's parser where PyYAML has it (several times faster), PyYAML's own otherwise; the
+# constructors below are Python either way.
+_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_BaseLoader):
+    """A safe loader that refuses what a config never means: duplicate keys (the last would win
+    silently) and keys that are lists or mappings. Only `true` and `false` are booleans: YAML
+    1.1's yes/no/on/off stay strings, so `grad: no` is refused, not read as false."""
+
+    file = None
+
+
+def _check_depth(text, file):
+    """Refuse nesting deeper than MAX_DEPTH before composing: the composers (Python and libyaml's)
+    recurse once per level, so a deep document would exhaust the stack. Parsing into events is
+    iterative."""
+    scan = _Loader(text)
+    try:
+        depth = 0
+        while scan.check_event():
+            event = scan.get_event()
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise ConfigError(f"nested more than {MAX_DEPTH} levels deep", file=file,
+                                      line=event.start_mark.line + 1)
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+    finally:
+        scan.dispose()
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
 def _construct_map(loader, node):
     m = _Map()
     yield m
+    seen = {}
+    for k, _ in node.value:
+        if k.tag == "tag:yaml.org,2002:merge":
+            continue
+        if not isinstance(k, yaml.ScalarNode):
+            raise ConfigError("a key must be a plain name, not a list or mapping", file=loader.file,
+                              line=k.start_mark.line + 1)
+        if k.value in seen:
+            raise ConfigError(f"duplicate key {k.value!r} (first on line {seen[k.value]})", file=loader.file,
+                              line=k.start_mark.line + 1)
+        seen[k.value] = k.start_mark.line + 1
     m.update(loader.construct_mapping(node))
     m.line = node.start_mark.line + 1
-    m.key_lines = {k.value: k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
+    m.key_lines = seen
 
 
 _Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
@@ -103,28 +187,34 @@ def _line(m, key=None):
 
 
 def load_config(path, overrides=None):
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise ConfigError("no such file", file=path) from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read: {e.__class__.__name__}", file=path) from None
-    return parse_config(text, file=path, overrides=overrides)
+    return parse_config(read_text(path, "file"), file=path, overrides=overrides)
 
 
 def parse_config(text, file="<config>", overrides=None):
+    if len(text) > MAX_CONFIG_CHARS:
+        raise ConfigError(f"config is larger than {MAX_CONFIG_CHARS // 2**20} MiB, the largest YAML ckpt reads "
+                          "(repeat blocks keep a deep model short; a cost graph can be JSON)", file=file)
+    loader = _Loader(text)
+    loader.file = file
     try:
-        doc = yaml.load(text, Loader=_Loader)  # noqa: S506 -- _Loader is a SafeLoader subclass
+        _check_depth(text, file)
+        doc = loader.get_single_data()
     except yaml.constructor.ConstructorError as e:
         line = e.problem_mark.line + 1 if e.problem_mark else None
-        tag = (e.problem or "").split("'")[1] if "'" in (e.problem or "") else "tag"
-        raise ConfigError(f"YAML tag {tag.replace('tag:yaml.org,2002:', '!!')} is not allowed "
-                          "(configs are loaded safely; no Python objects)", file=file, line=line) from None
+        problem = e.problem or ""
+        if "could not determine a constructor for the tag" in problem and "'" in problem:
+            tag = problem.split("'")[1]
+            raise ConfigError(f"YAML tag {tag.replace('tag:yaml.org,2002:', '!!')} is not allowed "
+                              "(configs are loaded safely; no Python objects)", file=file, line=line) from None
+        raise ConfigError(f"YAML does not load: {problem or e}", file=file, line=line) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         what = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"YAML does not parse: {what}", file=file, line=mark.line + 1 if mark else None) from None
+    except (ValueError, OverflowError) as e:  # e.g. an integer of more digits than Python converts
+        raise ConfigError(f"YAML does not load: {str(e).splitlines()[0]}", file=file) from None
+    finally:
+        loader.dispose()
     if doc is None:
         raise ConfigError("empty document: a model needs inputs, nodes and an output", file=file)
     if not isinstance(doc, dict):
@@ -132,127 +222,317 @@ def parse_config(text, file="<config>", overrides=None):
     return _Reader(file, doc, overrides or {}).spec()
 
 
+class _Scope(dict):
+    """Names visible in a node list: its own, then its enclosing lists' (a chain, never a copy, so
+    that expanding a repeat costs its own nodes and not the size of the scope around it)."""
+
+    def __init__(self, parent=None):
+        super().__init__()
+        self.parent = parent
+
+    def find(self, name):
+        s = self
+        while s is not None:
+            if name in s:
+                return s[name]
+            s = s.parent
+        return None
+
+    def names(self):
+        out, s = set(), self
+        while s is not None:
+            out |= set(s)
+            s = s.parent
+        return sorted(out)
+
+
+def _describe(v):
+    """A value as a message shows it: short, whatever its type."""
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 class _Reader:
     def __init__(self, file, doc, overrides):
         self.file = file
         self.doc = doc
         self.overrides = dict(overrides)
+        self._parsed = {}
 
     def err(self, msg, where=None, key=None, node_key=None):
         return ConfigError(msg, file=self.file, line=_line(where, node_key), key=key)
 
     def check_keys(self, m, allowed, what):
         if not isinstance(m, dict):
-            raise self.err(f"{what} must be a mapping", key=what)
+            raise self.err(f"{what} must be a mapping, got {_describe(m)}", key=what)
         for k in m:
             if k not in allowed:
                 near = difflib.get_close_matches(str(k), allowed, n=1)
                 hint = f" (did you mean {near[0]!r}?)" if near else f" (known: {', '.join(allowed)})"
-                raise self.err(f"unknown key {k!r}{hint}", m, key=what, node_key=k)
+                raise self.err(f"unknown key {_describe(k)}{hint}", m, key=what, node_key=k)
+
+    def mapping(self, m, what, where, node_key=None):
+        """A mapping or nothing (null or absent reads as empty)."""
+        if m is None:
+            return {}
+        if not isinstance(m, dict):
+            raise self.err(f"{what} must be a mapping, got {_describe(m)}", where, key=what, node_key=node_key)
+        return m
+
+    def name(self, v, what, where, key, node_key="name"):
+        if not isinstance(v, str) or not v or any(c in v for c in ":./ "):
+            raise self.err(f"{what} must be a name without ':', '.', '/' or spaces, got {_describe(v)}",
+                           where, key=key, node_key=node_key)
+        return v
 
     # ---- dims: named sizes and small integer expressions over them -----------------------------
     def read_dims(self):
-        raw = self.doc.get("dims") or {}
-        if not isinstance(raw, dict):
-            raise self.err("dims must be a mapping of names to sizes", self.doc, key="dims", node_key="dims")
+        raw = self.mapping(self.doc.get("dims"), "dims", self.doc, "dims")
         for k in self.overrides:
             if k not in raw:
                 raise ConfigError(f"--set {k}: no such dim in the config (dims: {', '.join(map(str, raw)) or 'none'})",
                                   file=self.file)
         self.dims = {}
         for k, v in raw.items():
+            if not isinstance(k, str) or not k.isidentifier():
+                raise self.err(f"dim name {_describe(k)} must be an identifier (letters, digits, _)", raw,
+                               key="dims", node_key=k)
             v = self.overrides.get(k, v)
-            self.dims[k] = self.size(v, raw, f"dims.{k}", k, allow_names=True)
+            self.dims[k] = self.size(v, raw, f"dims.{k}", k)
 
     _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
             ast.FloorDiv: operator.floordiv, ast.Div: operator.truediv}
 
     def _eval(self, node, where, key):
-        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
             return node.value
         if isinstance(node, ast.Name):
             if node.id not in self.dims:
-                raise self.err(f"unknown dim {node.id!r}", where, key=key)
+                known = ", ".join(self.dims) or "none"
+                raise self.err(f"unknown dim {node.id!r} (dims: {known})", where, key=key)
             return self.dims[node.id]
         if isinstance(node, ast.BinOp) and type(node.op) in self._OPS:
             return self._OPS[type(node.op)](self._eval(node.left, where, key), self._eval(node.right, where, key))
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-            return -self._eval(node.operand, where, key)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            v = self._eval(node.operand, where, key)
+            return -v if isinstance(node.op, ast.USub) else v
         raise self.err("only dims, numbers and + - * / // are allowed in size expressions", where, key=key)
 
     def value(self, v, where, key):
         """A number or a dim expression such as `D*4`."""
         if isinstance(v, str):
+            if len(v) > MAX_EXPRESSION_CHARS:
+                raise self.err(f"size expression of {len(v)} characters (at most {MAX_EXPRESSION_CHARS})",
+                               where, key=key)
             try:
-                tree = ast.parse(v, mode="eval").body
-            except SyntaxError:
-                raise self.err(f"cannot read {v!r} as a size", where, key=key) from None
-            return self._eval(tree, where, key)
+                tree = self._parsed.get(v)
+                if tree is None:  # a repeated block reads the same few expressions again and again
+                    tree = self._parsed[v] = ast.parse(v, mode="eval").body
+                return self._eval(tree, where, key)
+            except (SyntaxError, ValueError, MemoryError, RecursionError):
+                raise self.err(f"cannot read {_describe(v)} as a size", where, key=key) from None
+            except ZeroDivisionError:
+                raise self.err(f"division by zero in {_describe(v)}", where, key=key) from None
+            except OverflowError:
+                raise self.err(f"{_describe(v)} is too large", where, key=key) from None
         return v
 
-    def size(self, v, where, key, node_key=None, allow_names=False, positive=True):
+    def size(self, v, where, key, node_key=None, positive=True, limit=MAX_BYTES):
         n = self.value(v, where, key)
-        if isinstance(n, float) and n.is_integer():
+        if isinstance(n, float) and math.isfinite(n) and n.is_integer():
             n = int(n)
         if isinstance(n, bool) or not isinstance(n, int) or (positive and n <= 0):
-            raise self.err(f"size must be a positive integer, got {v!r}", where, key=key, node_key=node_key)
+            raise self.err(f"size must be a positive integer, got {_describe(v)}", where, key=key, node_key=node_key)
+        if abs(n) > limit:
+            raise self.err(f"size {_describe(v)} is over {limit} (2**{limit.bit_length() - 1})" if limit == MAX_BYTES
+                           else f"{_describe(v)} is over {limit}", where, key=key, node_key=node_key)
+        return n
+
+    def number(self, v, where, key, node_key):
+        n = self.value(v, where, key)
+        if isinstance(n, bool) or not isinstance(n, (int, float)):
+            raise self.err(f"{node_key} must be a number, got {_describe(v)}", where, key=key, node_key=node_key)
+        try:
+            n = float(n)
+        except OverflowError:
+            n = math.inf
+        if not math.isfinite(n):
+            raise self.err(f"{node_key} must be a finite number, got {_describe(v)}", where, key=key, node_key=node_key)
         return n
 
     def shape(self, v, where, key):
         if v is None:
             raise self.err("missing shape", where, key=key)
         if not isinstance(v, list):
-            raise self.err(f"shape must be a list of sizes, got {v!r}", where, key=key, node_key="shape")
+            raise self.err(f"shape must be a list of sizes, got {_describe(v)}", where, key=key, node_key="shape")
         return tuple(self.size(d, where, key, node_key="shape") for d in v)
 
-    def attr(self, v, where, key):
-        if isinstance(v, list):
-            return [self.attr(x, where, key) for x in v]
-        if isinstance(v, str) and v not in ("true", "false"):
-            return self.value(v, where, key)
-        return v
+    def attr(self, op, name, v, where, key):
+        """An op attribute, read by its kind (ATTR_KINDS); dim expressions are evaluated."""
+        kind = attr_kind(op, name)
+        want = KIND_TEXT.get(kind, "")
+
+        def bad():
+            return self.err(f"{op} attr {name!r} must be {want}, got {_describe(v)}", where, key=key, node_key="attrs")
+
+        def integer(x):
+            n = self.value(x, where, key)
+            if isinstance(n, float) and math.isfinite(n) and n.is_integer():
+                n = int(n)
+            if isinstance(n, bool) or not isinstance(n, int) or abs(n) > MAX_BYTES:
+                raise bad()
+            return n
+
+        def integers(items):
+            if any(isinstance(x, (list, dict)) or x is None for x in items):
+                raise bad()
+            return [integer(x) for x in items]
+
+        if kind == "bool":
+            if not isinstance(v, bool):
+                raise bad()
+            return v
+        if kind in ("number", "positive", "probability"):
+            if isinstance(v, (list, dict)) or v is None:
+                raise bad()
+            n = self.number(v, where, key, "attrs")
+            if (kind == "positive" and n <= 0) or (kind == "probability" and not 0 <= n < 1):
+                raise bad()
+            return n
+        if kind in ("count", "index", "axis"):
+            if isinstance(v, (list, dict)) or v is None:
+                raise bad()
+            n = integer(v)
+            if (kind == "count" and n < 1) or (kind == "index" and n < 0):
+                raise bad()
+            return n
+        if kind in ("axes", "permutation"):
+            if v is None:
+                return None
+            if kind == "axes" and not isinstance(v, (list, dict)):
+                return integer(v)
+            if not isinstance(v, list):
+                raise bad()
+            return integers(v)
+        if kind == "shape":
+            if not isinstance(v, list) or not v:
+                raise bad()
+            out = integers(v)
+            if any(n < 1 and n != -1 for n in out) or out.count(-1) > 1:
+                raise bad()
+            return out
+        raise self.err(f"{op} attr {name!r} has no reading rule (a bug: add it to ATTR_KINDS)", where, key=key)
 
     # ---- leaves --------------------------------------------------------------------------------
     def leaf(self, name, m, kind, dtype, prefix=""):
         full = prefix + name
         key = f"{kind}s.{full}"
         if not isinstance(m, dict):
-            raise self.err("must be a mapping with shape and init or value", self.doc, key=key)
+            raise self.err(f"must be a mapping with shape and init or value, got {_describe(m)}", self.doc, key=key)
         self.check_keys(m, _LEAF_KEYS, key)
+        allowed = DTYPES + (INT_DTYPES if kind == "input" else ())
         ldtype = m.get("dtype", dtype)
-        if ldtype not in DTYPES + (INT_DTYPES if kind == "input" else ()):
-            allowed = DTYPES + (INT_DTYPES if kind == "input" else ())
-            raise self.err(f"unknown dtype {ldtype!r} (use one of {', '.join(allowed)})", m, key=key, node_key="dtype")
+        if not isinstance(ldtype, str) or ldtype not in allowed:
+            raise self.err(f"unknown dtype {_describe(ldtype)} (use one of {', '.join(allowed)})", m, key=key,
+                           node_key="dtype")
         if ldtype in DTYPES:
             ldtype = dtype  # one float dtype per model, so --dtype overrides every float leaf
         init = m.get("init", "value" if "value" in m else ("xavier" if kind == "param" else "normal"))
-        if init != "value" and init not in INITS:
-            near = difflib.get_close_matches(str(init), INITS, n=1)
-            raise self.err(f"unknown init {init!r}" + (f" (did you mean {near[0]!r}?)" if near else ""),
-                           m, key=key, node_key="init")
-        spec = LeafSpec(full, kind, self.shape(m.get("shape"), m, key), ldtype, init=init,
-                        scale=float(self.value(m.get("scale", 1.0), m, key)), value=m.get("value"),
-                        grad=bool(m.get("grad", kind == "param")), line=_line(m))
+        if not isinstance(init, str) or (init != "value" and init not in INITS):
+            near = difflib.get_close_matches(str(init), INITS, n=1) if isinstance(init, str) else []
+            raise self.err(f"unknown init {_describe(init)}" + (f" (did you mean {near[0]!r}?)" if near else "")
+                           + f" (inits: {', '.join(INITS)}, or value)", m, key=key, node_key="init")
+        grad = m.get("grad", kind == "param")
+        if not isinstance(grad, bool):
+            raise self.err(f"grad must be true or false, got {_describe(grad)}", m, key=key, node_key="grad")
+        shape = self.shape(m.get("shape"), m, key)
+        scale = self.number(m.get("scale", 1.0), m, key, "scale")
+        spec = LeafSpec(full, kind, shape, ldtype, init=init, scale=scale, value=m.get("value"), grad=grad,
+                        line=_line(m))
+        if init == "causal_mask" and len(shape) < 2:
+            raise self.err(f"init causal_mask needs a shape of at least 2 dimensions, got {list(shape)}", m, key=key,
+                           node_key="shape")
         if init == "randint":
-            spec.high = self.size(m.get("high", 2), m, key, node_key="high")
-        if init == "value" and spec.value is None:
-            raise self.err("init: value needs a value", m, key=key)
+            if ldtype not in INT_DTYPES:
+                raise self.err("init randint draws integers: give the input dtype int32 or int64", m, key=key,
+                               node_key="init")
+            spec.high = self.size(m.get("high", 2), m, key, node_key="high", limit=_INT_HIGH[ldtype])
+        elif "high" in m:
+            raise self.err("high applies to init: randint only", m, key=key, node_key="high")
+        if init == "value":
+            if spec.value is None:
+                raise self.err("init: value needs a value", m, key=key)
+            self.check_value(spec.value, shape, m, key)
         if spec.grad and ldtype in INT_DTYPES:
             raise self.err("an integer input cannot take a gradient", m, key=key, node_key="grad")
         return spec
+
+    def check_value(self, v, shape, where, key):
+        """A literal value: a number or nested lists of numbers with no more elements than the
+        shape (it is broadcast to it). Walked without recursion, with a budget, so that a value
+        built from YAML aliases cannot expand without bound."""
+        budget = min(n_elements(shape), 2**22)  # no more numbers than a 4 MiB file writes out
+        stack, count = [v], 0
+        while stack:
+            x = stack.pop()
+            if isinstance(x, list):
+                stack.extend(x)
+                continue
+            count += 1
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or abs(x) > 1e300 or x != x:
+                raise self.err(f"value must be finite numbers or lists of them, got {_describe(x)}", where, key=key,
+                               node_key="value")
+            if count > budget:
+                raise self.err(f"value has more elements than shape {shape} holds", where, key=key, node_key="value")
+
+    # ---- counting before expanding -------------------------------------------------------------
+    def block(self, bname, item, full):
+        blocks = self.mapping(self.doc.get("blocks"), "blocks", self.doc, "blocks")
+        if not isinstance(bname, str) or bname not in blocks:
+            near = difflib.get_close_matches(str(bname), [str(b) for b in blocks], n=1)
+            raise self.err(f"unknown block {_describe(bname)}" + (f" (did you mean {near[0]!r}?)" if near else ""),
+                           item, key=full, node_key="repeat")
+        block = blocks[bname]
+        self.check_keys(block, _BLOCK_KEYS, f"blocks.{bname}")
+        return block
+
+    def count(self, items, stack):
+        """Model nodes (ops and parameters) that one expansion of a node list adds, counted from
+        the block sizes without expanding; refuses a block that repeats itself."""
+        if not isinstance(items, list):
+            return 0  # expand() says what is wrong
+        n = 0
+        for item in items:
+            if not isinstance(item, dict) or "repeat" not in item:
+                n += 1
+                continue
+            bname = item.get("repeat")
+            full = str(item.get("name"))
+            block = self.block(bname, item, full)
+            if bname in stack:
+                loop = " -> ".join(stack[stack.index(bname):] + [bname])
+                raise self.err(f"block {bname!r} repeats itself ({loop})", item, key=full, node_key="repeat")
+            if len(stack) >= MAX_REPEAT_NESTING:
+                raise self.err(f"blocks repeat blocks more than {MAX_REPEAT_NESTING} levels deep", item, key=full)
+            if bname not in self.block_sizes:
+                params = self.mapping(block.get("params"), f"blocks.{bname}.params", block, "params")
+                self.block_sizes[bname] = len(params) + self.count(block.get("nodes"), stack + [bname])
+            times = self.size(item.get("times", 1), item, full, node_key="times")
+            n += times * self.block_sizes[bname]
+            if n > MAX_NODES:
+                return n
+        return n
 
     # ---- nodes and repeated blocks -------------------------------------------------------------
     def expand(self, items, scope, prefix, where_key):
         """Expand a node list; `scope` maps local names to full names. Returns the last name."""
         if not isinstance(items, list):
-            raise self.err("nodes must be a list", self.doc, key=where_key)
+            raise self.err(f"nodes must be a list, got {_describe(items)}", self.doc, key=where_key)
         last, seen = None, set()
         for item in items:
             if not isinstance(item, dict):
-                raise self.err(f"each node must be a mapping, got {item!r}", self.doc, key=where_key)
-            name = item.get("name")
-            if not isinstance(name, str) or not name or any(c in name for c in ":./ "):
-                raise self.err(f"node needs a name without ':', '.', '/' or spaces (got {name!r})", item, key=where_key)
+                raise self.err(f"each node must be a mapping, got {_describe(item)}", self.doc, key=where_key)
+            name = self.name(item.get("name"), "node name", item, where_key)
             full = prefix + name
             # Inside a block a name may shadow an outer one; within one node list it must be new.
             if name in seen or (scope is self.top and name in self.leaves):
@@ -269,30 +549,29 @@ class _Reader:
 
     def node(self, item, scope, full):
         op = item.get("op")
-        if op not in REGISTRY:
-            near = difflib.get_close_matches(str(op), list(REGISTRY), n=1)
-            raise self.err(f"unknown op {op!r}" + (f" (did you mean {near[0]!r}?)" if near else ""),
+        if not isinstance(op, str) or op not in REGISTRY:
+            near = difflib.get_close_matches(str(op), list(REGISTRY), n=1) if isinstance(op, str) else []
+            raise self.err(f"unknown op {_describe(op)}" + (f" (did you mean {near[0]!r}?)" if near else ""),
                            item, key=full, node_key="op")
         inputs = item.get("inputs", [])
         if isinstance(inputs, str):
             inputs = [inputs]
         if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
-            raise self.err("inputs must be a list of names", item, key=full, node_key="inputs")
+            raise self.err(f"inputs must be a list of names, got {_describe(inputs)}", item, key=full,
+                           node_key="inputs")
         lo, hi = REGISTRY[op].arity
         if not lo <= len(inputs) <= hi:
             want = str(lo) if lo == hi else f"{lo} to {hi}"
             raise self.err(f"{op} takes {want} inputs, got {len(inputs)}", item, key=full, node_key="inputs")
-        attrs = item.get("attrs") or {}
-        if not isinstance(attrs, dict):
-            raise self.err("attrs must be a mapping", item, key=full, node_key="attrs")
+        attrs = self.mapping(item.get("attrs"), "attrs", item, "attrs")
         known = {k: v for k, v in REGISTRY[op].attrs.items() if not k.startswith("_")}
         out = {}
         for k, v in attrs.items():
             if k not in known:
                 near = difflib.get_close_matches(str(k), list(known), n=1)
                 hint = f" (did you mean {near[0]!r}?)" if near else f" ({op} takes {', '.join(known) or 'no attrs'})"
-                raise self.err(f"unknown attr {k!r}{hint}", item, key=full, node_key="attrs")
-            out[k] = self.attr(v, item, full)
+                raise self.err(f"unknown attr {_describe(k)}{hint}", item, key=full, node_key="attrs")
+            out[k] = self.attr(op, k, v, item, full)
         for k, default in known.items():
             if k not in out:
                 if default is REQUIRED:
@@ -304,42 +583,47 @@ class _Reader:
         return full
 
     def resolve(self, name, scope, item, full):
-        if name in scope:
-            return scope[name]
+        found = scope.find(name)
+        if found is not None:
+            return found
         # A later top-level node may be named here (any DAG order); checked once all are read.
         if scope is self.top:
             self.pending.append((name, item, full))
             return name
-        near = difflib.get_close_matches(name, list(scope), n=1)
+        near = difflib.get_close_matches(name, scope.names(), n=1)
         raise self.err(f"undefined value {name!r}" + (f" (did you mean {near[0]!r}?)" if near else ""),
                        item, key=full, node_key="inputs")
 
     def repeat(self, item, scope, prefix, full):
-        blocks = self.doc.get("blocks") or {}
         bname = item.get("repeat")
-        if bname not in blocks:
-            near = difflib.get_close_matches(str(bname), list(blocks), n=1)
-            raise self.err(f"unknown block {bname!r}" + (f" (did you mean {near[0]!r}?)" if near else ""),
-                           item, key=full, node_key="repeat")
-        block = blocks[bname]
-        self.check_keys(block, _BLOCK_KEYS, f"blocks.{bname}")
+        block = self.block(bname, item, full)
         times = self.size(item.get("times", 1), item, full, node_key="times")
-        current = self.resolve(str(item.get("input")), scope, item, full)
+        source = item.get("input")
+        if not isinstance(source, str):
+            raise self.err(f"repeat needs input: the name of the value the first repetition reads, got "
+                           f"{_describe(source)}", item, key=full, node_key="input")
+        current = self.resolve(source, scope, item, full)
+        params = self.mapping(block.get("params"), f"blocks.{bname}.params", block, "params")
+        out = block.get("output")
+        if out is not None and not isinstance(out, str):
+            raise self.err(f"block output must be the name of one of its nodes, got {_describe(out)}", block,
+                           key=f"blocks.{bname}", node_key="output")
         for i in range(times):
             pre = f"{full}.{i}."
-            inner = dict(scope)
+            inner = _Scope(scope)
             inner["in"] = current
-            for pname, pm in (block.get("params") or {}).items():
+            for pname, pm in params.items():
+                self.name(pname, "parameter name", params, f"blocks.{bname}.params", node_key=pname)
                 leaf = self.leaf(pname, pm, "param", self.dtype, prefix=pre)
                 self.add_leaf(leaf, pm)
                 inner[pname] = leaf.name
             last = self.expand(block.get("nodes") or [], inner, pre, f"blocks.{bname}")
             if last is None:
                 raise self.err("block has no nodes", block, key=f"blocks.{bname}")
-            out = block.get("output")
-            current = inner[out] if out is not None and out in inner else last
             if out is not None and out not in inner:
-                raise self.err(f"block output {out!r} is not one of its nodes", block, key=f"blocks.{bname}")
+                raise self.err(f"block output {out!r} is not one of its nodes", block, key=f"blocks.{bname}",
+                               node_key="output")
+            current = inner[out] if out is not None else last
         return current
 
     def add_leaf(self, leaf, m):
@@ -351,41 +635,202 @@ class _Reader:
     def spec(self):
         doc = self.doc
         self.check_keys(doc, _TOP_KEYS, "config")
+        name = doc.get("name", "model")
+        if not isinstance(name, (str, int)) or isinstance(name, bool):
+            raise self.err(f"name must be a string, got {_describe(name)}", doc, key="name", node_key="name")
         self.dtype = doc.get("dtype", "float32")
         if self.overrides.get("dtype") is not None:
             self.dtype = self.overrides.pop("dtype")
-        if self.dtype not in DTYPES:
-            raise self.err(f"unknown dtype {self.dtype!r} (use one of {', '.join(DTYPES)})", doc, key="dtype",
+        if not isinstance(self.dtype, str) or self.dtype not in DTYPES:
+            raise self.err(f"unknown dtype {_describe(self.dtype)} (use one of {', '.join(DTYPES)})", doc, key="dtype",
                            node_key="dtype")
         seed = doc.get("seed", 0)
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise self.err(f"seed must be a non-negative integer, got {seed!r}", doc, key="seed", node_key="seed")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise self.err(f"seed must be an integer from 0 to 2**63-1, got {_describe(seed)}", doc, key="seed",
+                           node_key="seed")
         self.read_dims()
         self.leaves, self.nodes, self.defined_at, self.pending = {}, [], {}, []
+        groups = {}
         for kind in ("input", "param"):
-            group = doc.get(kind + "s") or {}
-            if not isinstance(group, dict):
-                raise self.err(f"{kind}s must be a mapping of names", doc, key=kind + "s", node_key=kind + "s")
-            for name, m in group.items():
-                if not isinstance(name, str) or any(c in name for c in ":./ "):
-                    raise self.err(f"bad name {name!r}: no ':', '.', '/' or spaces", doc, key=kind + "s")
-                self.add_leaf(self.leaf(name, m, kind, self.dtype), m)
+            groups[kind] = self.mapping(doc.get(kind + "s"), kind + "s", doc, kind + "s")
         if "nodes" not in doc:
             raise self.err("missing key 'nodes'", doc, key="config")
-        self.top = {k: k for k in self.leaves}
+        # Count before expanding: `times: 1000000000` is refused at once, not after the memory is gone.
+        self.block_sizes = {}
+        total = len(groups["input"]) + len(groups["param"]) + self.count(doc["nodes"], [])
+        if total > MAX_NODES:
+            raise self.err(f"the model expands to {total} nodes, more than the {MAX_NODES} ckpt handles", doc,
+                           key="nodes", node_key="nodes")
+        for kind in ("input", "param"):
+            for leaf_name, m in groups[kind].items():
+                self.name(leaf_name, f"{kind} name", groups[kind], f"{kind}s", node_key=leaf_name)
+                self.add_leaf(self.leaf(leaf_name, m, kind, self.dtype), m)
+        self.top = _Scope()
+        self.top.update({k: k for k in self.leaves})
         self.expand(doc["nodes"], self.top, "", "nodes")
         for node in self.nodes:  # forward references to top-level names, repeats' names included
             node.inputs = [i if i in self.defined_at else self.top.get(i, i) for i in node.inputs]
-        for name, item, full in self.pending:
-            if name not in self.top:
-                near = difflib.get_close_matches(name, list(self.defined_at), n=1)
-                raise self.err(f"undefined value {name!r}" + (f" (did you mean {near[0]!r}?)" if near else ""),
+        for pname, item, full in self.pending:
+            if pname not in self.top:
+                near = difflib.get_close_matches(pname, list(self.defined_at), n=1)
+                raise self.err(f"undefined value {pname!r}" + (f" (did you mean {near[0]!r}?)" if near else ""),
                                item, key=full, node_key="inputs")
         output = doc.get("output")
         if output is None:
             raise self.err("missing key 'output' (the scalar to differentiate)", doc, key="config")
+        if not isinstance(output, str):
+            raise self.err(f"output must be the name of a node, got {_describe(output)}", doc, key="output",
+                           node_key="output")
         output = self.top.get(output, output)
-        if output not in {n.name for n in self.nodes}:
+        if output not in self.defined_at or output in self.leaves:
             raise self.err(f"output {doc.get('output')!r} is not a node", doc, key="output", node_key="output")
-        return ModelSpec(str(doc.get("name", "model")), self.dtype, seed, self.leaves, self.nodes, output,
+        return ModelSpec(str(name), self.dtype, seed, self.leaves, self.nodes, output,
                          file=self.file, dims=self.dims)
+
+
+# ---- the config reference (docs/config.md), generated from the op registry --------------------
+# One line per op for the reference; a test checks that every registered op has one.
+OP_SUMMARY = {
+    "neg": "-x", "exp": "e^x", "log": "natural logarithm", "sin": "sine", "cos": "cosine", "tanh": "tanh",
+    "sigmoid": "1 / (1 + e^-x)", "relu": "max(x, 0)", "gelu": "Gaussian error linear unit (tanh form)",
+    "scale": "x * factor", "add": "a + b (numpy broadcasting)", "sub": "a - b (broadcasting)",
+    "mul": "a * b (broadcasting)", "div": "a / b (broadcasting)", "sum": "sum over axes",
+    "mean": "mean over axes", "reshape": "same elements, new shape", "transpose": "permute axes",
+    "concat": "join inputs along an axis", "matmul": "matrix product, batched over leading axes",
+    "linear": "x @ W (+ b)", "softmax": "softmax along an axis", "log_softmax": "log of softmax along an axis",
+    "layernorm": "normalise the last axis, then * gamma + beta", "conv2d": "2-D convolution, NCHW (+ bias)",
+    "maxpool2d": "max over k x k windows (NCHW)", "avgpool2d": "mean over k x k windows (NCHW)",
+    "upsample2d": "repeat each pixel scale x scale times (NCHW)",
+    "dropout": "zero elements with probability p, scale the rest by 1/(1-p); the mask is a hash of seed, "
+               "node and element, so a recompute redraws it", "mse": "mean squared error of two tensors",
+    "softmax_cross_entropy": "mean cross-entropy of logits against integer labels",
+}
+
+_LEAF_DOC = {
+    "shape": "required: a list of sizes (numbers or dim expressions)",
+    "dtype": f"inputs: {', '.join(DTYPES + INT_DTYPES)}; params: a float dtype. Every float leaf takes the "
+             "model's `dtype` (one float dtype per model)",
+    "init": f"{', '.join(INITS)}, or `value`. Default: `value` when a value is given, else `xavier` for "
+            "parameters and `normal` for inputs",
+    "scale": "a finite number (default 1): the standard deviation of normal, the bound of uniform, a factor "
+             "on xavier and ones",
+    "value": "with init: value, a number or nested lists of numbers, broadcast to the shape",
+    "grad": "true or false (default: true for parameters, false for inputs). Only true and false are "
+            "booleans: `yes`, `no`, `on`, `off` and quoted strings are refused",
+    "high": "init: randint only, integer dtypes only: labels are drawn from 0 to high-1 (default 2)",
+}
+
+
+def reference_markdown():
+    """The config reference as Markdown, from the op registry and this module's tables."""
+    from ..sizes import MAX_FILE_BYTES
+    q = "`"
+    lines = [
+        "# Config reference",
+        "",
+        "<!-- Generated by `python scripts/config_reference.py` from the op registry (ckpt/ops/) and",
+        "     ckpt/model/config.py; tests/test_hostile_docs.py fails when this file is out of date. -->",
+        "",
+        "A model config is one YAML mapping. Keys not listed here are refused with the nearest known key.",
+        "",
+        "## Top level",
+        "",
+        "| key | what it holds |",
+        "|---|---|",
+        "| `name` | the model's name (a string) |",
+        f"| `dtype` | {', '.join(q + d + q for d in DTYPES)} (default float32); `--dtype` overrides it |",
+        "| `seed` | an integer from 0 to 2**63-1 (default 0); every random init and dropout mask derives from it |",
+        "| `dims` | named sizes: `{B: 64, D: 256}`; `--set B=128` overrides one |",
+        "| `inputs` | name -> leaf (below); no gradient unless `grad: true` |",
+        "| `params` | name -> leaf (below); a gradient unless `grad: false` |",
+        "| `blocks` | name -> block (below), repeated by a node with `repeat:` |",
+        "| `nodes` | a list of op nodes and repeat nodes, in any order that forms a DAG |",
+        "| `output` | the name of the scalar node to differentiate |",
+        "| `description` | free text, ignored |",
+        "",
+        "Names (of leaves, nodes and block parameters) contain no `:`, `.`, `/` or spaces.",
+        "",
+        "## Leaves: `inputs` and `params`",
+        "",
+        "| key | what it holds |",
+        "|---|---|",
+    ]
+    lines += [f"| `{k}` | {_LEAF_DOC[k]} |" for k in _LEAF_KEYS]
+    lines += [
+        "",
+        "## Nodes",
+        "",
+        "An op node: `{name: h, op: linear, inputs: [x, W, b], attrs: {...}}`; `inputs` names leaves or",
+        "nodes (one name may be given as a string). A repeat node: `{name: body, repeat: BLOCK, times: N,",
+        "input: x}` expands the block N times (default 1), chaining each repetition's output into the",
+        "next; its nodes are named `body.0.h`, `body.1.h`, ..., and `body` names the last output.",
+        "",
+        "## Blocks",
+        "",
+        "| key | what it holds |",
+        "|---|---|",
+        "| `params` | name -> leaf: a fresh parameter per repetition (`body.3.W`) |",
+        "| `nodes` | the block's node list; `in` names the repetition's input, outer names are visible |",
+        "| `output` | the node whose value the repetition passes on (default: the last node) |",
+        "",
+        f"A block may repeat another block, at most {MAX_REPEAT_NESTING} levels deep, never itself.",
+        "",
+        "## Sizes and dim expressions",
+        "",
+        "A size (a shape entry, `times`, `high`, a dim, an integer attr) is a positive integer or an",
+        "expression over dims with numbers, `+ - * / //` and parentheses, such as `D*4` or `(H-K)//S+1`,",
+        f"of at most {MAX_EXPRESSION_CHARS} characters; `/` must come out whole.",
+        "",
+        "## Ops",
+        "",
+        "Inputs are numbered from 1. *Backward reads*: what each input's gradient rule reads, i.e. what",
+        "the op saves for the backward pass (the memory model is built from it).",
+        "",
+        "| op | what it computes | inputs | attrs | backward reads |",
+        "|---|---|---|---|---|",
+    ]
+    for name in sorted(REGISTRY):
+        op = REGISTRY[name]
+        lo, hi = op.arity
+        n_in = str(lo) if lo == hi else f"{lo} to {hi}"
+        if op.int_inputs:
+            n_in += " (" + ", ".join(f"input {i + 1}: integer labels" for i in op.int_inputs) + ")"
+        attrs = []
+        for k, default in op.attrs.items():
+            if k.startswith("_"):
+                continue
+            kind = attr_kind(name, k)
+            d = "required" if default is REQUIRED else f"default `{_yaml_scalar(default)}`"
+            attrs.append(f"`{k}`: {KIND_TEXT[kind]}, {d}")
+        reads = []
+        for i in range(min(hi, 3)):
+            needs = op.needs(i)
+            what = ", ".join("its output" if r == "out" else f"input {r + 1}" for r in needs) or "nothing"
+            if i in op.int_inputs:
+                continue
+            reads.append(f"d input {i + 1}: {what}" if hi > 1 else what)
+        if hi > 3:
+            reads = [f"each input: {', '.join('its output' if r == 'out' else f'input {r + 1}' for r in op.needs(0)) or 'nothing'}"]
+        lines.append(f"| `{name}` | {OP_SUMMARY[name]} | {n_in} | {'; '.join(attrs) or '-'} | {'; '.join(reads)} |")
+    lines += [
+        "",
+        "## Limits",
+        "",
+        f"Refused with one line and exit 2: a config over {MAX_CONFIG_CHARS // 2**20} MiB (any file over"
+        f" {MAX_FILE_BYTES // 2**20} MiB); YAML nested more than"
+        f" {MAX_DEPTH} levels; duplicate keys; keys that are lists or mappings; a model of more than {MAX_NODES:,}"
+        " nodes (ops, inputs and parameters after expanding repeats; counted before expanding, so"
+        f" `times: 1000000000` is refused at once) or whose joint forward+gradient graph has more than {MAX_NODES:,}"
+        " nodes; a value, or all values and gradients together, over 2**62 bytes. Every size is an exact"
+        " Python integer.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _yaml_scalar(v):
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)

@@ -9,13 +9,13 @@ output is live from the step that computes it to the step of its last reader; th
 is the output being computed plus every older output still live; the peak is the largest sum.
 """
 
-import math
 import os
 
 import networkx as nx
 
 from ..errors import ConfigError
 from ..jsonio import read_json
+from ..sizes import MAX_BYTES, MAX_NODES
 
 
 def load_cost_graph(path):
@@ -31,41 +31,56 @@ def parse_cost_graph(doc, file="<graph>"):
     nodes, links = doc["nodes"], doc.get("links", doc.get("edges", []))
     if not isinstance(nodes, list) or not isinstance(links, list):
         raise err("'nodes' and 'links' (or 'edges') must be lists")
-    graph_attrs = doc.get("graph") if isinstance(doc.get("graph"), dict) else {}
+    if len(nodes) > MAX_NODES:
+        raise err(f"the graph has {len(nodes)} nodes, more than the {MAX_NODES} ckpt handles")
+    graph_attrs = doc.get("graph")
+    if graph_attrs is None:
+        graph_attrs = {}
+    if not isinstance(graph_attrs, dict):
+        raise err(f"'graph' must be a mapping of graph attributes, got {type(graph_attrs).__name__}", key="graph")
     j = nx.DiGraph(name=str(graph_attrs.get("name", os.path.basename(str(file)))))
-    position = {}
+    position, total_ram = {}, 0
     for n, node in enumerate(nodes):
         if not isinstance(node, dict) or "id" not in node:
             raise err(f"node {n} has no 'id'", key=f"nodes[{n}]")
+        if not _id(node["id"]):
+            raise err(f"node id must be a string or an integer, got {type(node['id']).__name__}", key=f"nodes[{n}]")
         nid = str(node["id"])
         if nid in position:
             raise err(f"repeated node id {nid!r}", key=f"node {nid}")
         cost = node.get("cost_cpu")
         ram = node.get("cost_ram")
         if not _number(cost) or cost < 0:
-            raise err(f"cost_cpu must be a number >= 0, got {cost!r}", key=f"node {nid}")
+            raise err(f"cost_cpu must be a number >= 0, got {_short(cost)}", key=f"node {nid}")
         if not _number(ram) or ram < 0 or int(ram) != ram:
-            raise err(f"cost_ram must be a whole number of bytes >= 0, got {ram!r}", key=f"node {nid}")
+            raise err(f"cost_ram must be a whole number of bytes >= 0, got {_short(ram)}", key=f"node {nid}")
+        ram = int(ram)
+        total_ram += ram
+        if total_ram > MAX_BYTES:
+            raise err(f"cost_ram totals more than {MAX_BYTES} bytes (2**62), the most ckpt handles", key=f"node {nid}")
         back = node.get("backward", False)
         if not isinstance(back, bool):
-            raise err(f"backward must be true or false, got {back!r}", key=f"node {nid}")
+            raise err(f"backward must be true or false, got {_short(back)}", key=f"node {nid}")
         position[nid] = n
         j.add_node(nid, kind="backward" if back else "forward", ref=str(node.get("ref", nid)),
                    cost=float(cost), ram=int(ram))
     for n, link in enumerate(links):
         if not isinstance(link, dict) or "source" not in link or "target" not in link:
             raise err(f"edge {n} needs 'source' and 'target'", key=f"links[{n}]")
+        if not _id(link["source"]) or not _id(link["target"]):
+            raise err(f"edge {n}: source and target must be node ids", key=f"links[{n}]")
         u, v = str(link["source"]), str(link["target"])
         for end in (u, v):
             if end not in position:
                 raise err(f"edge {n} names unknown node {end!r}", key=f"links[{n}]")
         j.add_edge(u, v)
-    if not nx.is_directed_acyclic_graph(j):
-        cycle = nx.find_cycle(j)
-        raise err("cycle: " + " -> ".join([u for u, _ in cycle] + [cycle[0][0]]))
     if not j:
         raise err("the graph has no nodes")
-    order = list(nx.lexicographical_topological_sort(j, key=position.__getitem__))
+    try:  # one pass: the sort itself finds a cycle, find_cycle only names it
+        order = list(nx.lexicographical_topological_sort(j, key=position.__getitem__))
+    except nx.NetworkXUnfeasible:
+        cycle = nx.find_cycle(j)
+        raise err("cycle: " + " -> ".join([u for u, _ in cycle] + [cycle[0][0]])) from None
     # forward nodes first, as the planners expect; a file in topological order keeps its order
     j.graph["order"] = [x for x in order if j.nodes[x]["kind"] == "forward"] + \
                        [x for x in order if j.nodes[x]["kind"] == "backward"]
@@ -73,14 +88,24 @@ def parse_cost_graph(doc, file="<graph>"):
         if j.nodes[x]["kind"] == "forward" and any(j.nodes[u]["kind"] == "backward" for u in j.predecessors(x)):
             raise err("a forward node reads a backward node's output", key=x)
     resident = graph_attrs.get("resident_bytes", 0)
-    if not _number(resident) or resident < 0:
-        raise err(f"resident_bytes must be a number >= 0, got {resident!r}", key="graph")
+    if not _number(resident) or resident < 0 or resident + total_ram > MAX_BYTES:
+        raise err(f"resident_bytes must be a number >= 0 (at most 2**62 with cost_ram), got {_short(resident)}", key="graph")
     j.graph["resident"] = int(resident)
     return j
 
 
+def _short(x):
+    text = repr(x)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _id(x):
+    return isinstance(x, (str, int)) and not isinstance(x, bool)
+
+
 def _number(x):
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    """A JSON number ckpt can compute with: finite, and not so large that a float overflows."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and abs(x) <= 1e300
 
 
 def cost_graph_doc(joint):

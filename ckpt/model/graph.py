@@ -15,12 +15,21 @@ import numpy as np
 
 from ..errors import ConfigError, ShapeError
 from ..ops import OUT, REGISTRY, size
+from ..sizes import MAX_BYTES, MAX_NODES
 
 ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "int32": 4, "int64": 8}
 
 
 def nbytes(shape, dtype):
     return size(shape) * ITEMSIZE[dtype]
+
+
+def _bytes(shape, dtype, file, line, name):
+    n = nbytes(shape, dtype)
+    if n > MAX_BYTES:
+        raise ConfigError(f"shape {tuple(shape)} of {dtype} is {n} bytes, over the {MAX_BYTES} (2**62) ckpt handles",
+                          file=file, line=line, key=name)
+    return n
 
 
 def node_seed(seed, name):
@@ -32,7 +41,8 @@ def build_graph(spec):
     g = nx.DiGraph(name=spec.name, output=spec.output, seed=spec.seed, dtype=spec.dtype, file=spec.file)
     for leaf in spec.leaves.values():
         g.add_node(leaf.name, kind=leaf.kind, shape=leaf.shape, dtype=leaf.dtype,
-                   bytes=nbytes(leaf.shape, leaf.dtype), grad=leaf.grad, line=leaf.line, spec=leaf)
+                   bytes=_bytes(leaf.shape, leaf.dtype, spec.file, leaf.line, leaf.name), grad=leaf.grad,
+                   line=leaf.line, spec=leaf)
     position = {}
     for i, n in enumerate(spec.nodes):
         position[n.name] = i
@@ -57,7 +67,29 @@ def build_graph(spec):
                           file=spec.file, line=out.get("line"), key="output")
     _mark_grad(g, order)
     g.graph["order"] = order
+    _check_totals(g, spec)
     return g
+
+
+def _check_totals(g, spec):
+    """Refuse a model whose bytes in all, or whose joint forward+gradient graph, is past what ckpt
+    handles (sizes.MAX_BYTES, sizes.MAX_NODES), before anything plans or allocates for it."""
+    total = sum(d["bytes"] for _, d in g.nodes(data=True)) * 2  # every value, and a gradient of each at most
+    if total > MAX_BYTES:
+        raise ConfigError(f"the model's values and gradients total {total} bytes, over the {MAX_BYTES} "
+                          "(2**62) ckpt handles", file=spec.file)
+    joint = joint_size(g)
+    if joint > MAX_NODES:
+        raise ConfigError(f"the joint forward+gradient graph has {joint} nodes, more than the {MAX_NODES} "
+                          "ckpt handles", file=spec.file)
+
+
+def joint_size(g):
+    """Nodes of the joint graph that `joint.lower` makes: each op feeding the output, and a gradient
+    node for each value that takes a gradient."""
+    out = g.graph["output"]
+    fwd = len(nx.ancestors(g, out) & set(g.graph["order"])) + 1
+    return fwd + sum(1 for _, d in g.nodes(data=True) if d["grad"])
 
 
 def _infer(g, v, file):
@@ -74,8 +106,12 @@ def _infer(g, v, file):
         d["shape"] = tuple(int(s) for s in op.shape([u["shape"] for u in ins], d["attrs"]))
     except ShapeError as e:
         raise ConfigError(f"shape mismatch: {e.message}", file=file, line=d.get("line"), key=v) from None
+    except (TypeError, ValueError, IndexError, KeyError, ZeroDivisionError, OverflowError) as e:
+        # the config reader checks each attr's type; this catches a combination no rule foresaw
+        raise ConfigError(f"{d['op']} cannot take these inputs and attrs ({e.__class__.__name__}: {e})",
+                          file=file, line=d.get("line"), key=v) from None
     d["dtype"] = next(u["dtype"] for u in ins if not u["dtype"].startswith("int"))
-    d["bytes"] = nbytes(d["shape"], d["dtype"])
+    d["bytes"] = _bytes(d["shape"], d["dtype"], file, d.get("line"), v)
     d["flops"] = int(op.flops([u["shape"] for u in ins], d["shape"], d["attrs"]))
     d["needs"] = [tuple(op.needs(i)) for i in range(len(ins))]
 
@@ -146,8 +182,8 @@ def _init(name, d, seed, file):
     elif spec.init == "uniform":
         arr = rng.uniform(-spec.scale, spec.scale, shape)
     elif spec.init == "xavier":
-        fan_in = shape[0] if len(shape) <= 2 else int(np.prod(shape[1:]))
-        fan_out = shape[-1] if len(shape) <= 2 else shape[0] * int(np.prod(shape[2:]))
+        fan_in = shape[0] if len(shape) <= 2 else size(shape[1:])
+        fan_out = shape[-1] if len(shape) <= 2 else shape[0] * size(shape[2:])
         arr = rng.standard_normal(shape) * spec.scale * np.sqrt(2.0 / (fan_in + fan_out)) if shape else rng.standard_normal()
     elif spec.init == "zeros":
         arr = np.zeros(shape)

@@ -61,18 +61,28 @@ def register(op):
 
 
 def size(shape):
-    return int(np.prod(shape, dtype=np.int64)) if shape else 1
+    """Elements of a shape, an exact Python int (numpy's int64 product wraps around silently)."""
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
 
 
 def shape_error(op, msg, shapes):
     return ShapeError(f"{op}: {msg} (input shapes {', '.join(str(tuple(s)) for s in shapes)})")
 
 
-def broadcast_shapes(op, shapes):
-    try:
-        return tuple(np.broadcast_shapes(*[tuple(s) for s in shapes]))
-    except ValueError:
-        raise shape_error(op, "shapes do not broadcast", shapes) from None
+def broadcast_shapes(op, shapes, what="shapes", shown=None):
+    """numpy's broadcasting rule in Python integers (numpy's own refuses sizes past its index type,
+    which planning a model larger than the machine must not)."""
+    rank = max((len(s) for s in shapes), default=0)
+    out = []
+    for k in range(-rank, 0):
+        dims = {int(s[k]) for s in shapes if len(s) >= -k} - {1}
+        if len(dims) > 1:
+            raise shape_error(op, f"{what} do not broadcast", shown or shapes)
+        out.append(dims.pop() if dims else 1)
+    return tuple(out)
 
 
 def unbroadcast(xp, g, shape):

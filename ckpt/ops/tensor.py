@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from . import REQUIRED, Op, register, shape_error, size, unbroadcast
+from . import REQUIRED, Op, broadcast_shapes, register, shape_error, size, unbroadcast
 from ..errors import ShapeError
 
 
@@ -147,10 +147,7 @@ def _matmul_shape(shapes, a):
         raise shape_error("matmul", "both operands need at least 2 dimensions", shapes)
     if sa[-1] != sb[-2]:
         raise shape_error("matmul", f"inner sizes differ ({sa[-1]} vs {sb[-2]})", shapes)
-    try:
-        batch = np.broadcast_shapes(sa[:-2], sb[:-2])
-    except ValueError:
-        raise shape_error("matmul", "batch dimensions do not broadcast", shapes) from None
+    batch = broadcast_shapes("matmul", [sa[:-2], sb[:-2]], "batch dimensions", shapes)
     return tuple(batch) + (sa[-2], sb[-1])
 
 

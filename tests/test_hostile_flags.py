@@ -1,0 +1,182 @@
+"""Hostile flags and the exit codes and messages of the commands: one line, the promised code."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from ckpt.cli import cli
+from conftest import config_path
+
+SEED = config_path("seed_example")
+MLP_SMALL = ["--set", "B=4", "--set", "D=8", "--set", "L=3"]
+
+
+class _Result:
+    def __init__(self, code, out, err):
+        self.exit_code, self.stdout, self.stderr, self.output = code, out, err, out + err
+
+
+@pytest.fixture
+def run_main(capsys):
+    """The real entry point (ckpt.cli.main: click's usage errors as one line too), in-process."""
+    def go(args):
+        from ckpt.cli import main
+        with pytest.raises(SystemExit) as e:
+            main(args)
+        out, err = capsys.readouterr()
+        return _Result(e.value.code, out, err)
+    return go
+
+
+def _invoke(args):
+    res = CliRunner().invoke(cli, args)
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    return res
+
+
+def assert_one_line(res, code=2, needle=None):
+    out = res.output.strip()
+    assert res.exit_code == code, out
+    assert "Traceback" not in out
+    assert out.count("\n") == 0 and out.startswith("ckpt: error:"), out
+    if needle:
+        assert needle in out, out
+
+
+BUDGETS = ["1e400", "inf", "infx", "NaNx", "nan", "-1x", "0x", "0", "1e400x", "1e99999999", "x", "", "12 apples",
+           "1.5.5MiB", "5 MiBs", "99999999999999999999999TiB", "0.0000001"]
+
+
+@pytest.mark.parametrize("budget", BUDGETS)
+def test_memory_budget_values(run_main, budget):
+    res = run_main(["plan", SEED, "--strategy", "budget", "--memory-budget", budget])
+    assert_one_line(res, needle="memory budget")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["check", SEED, "--step", "nan"], "finite"),
+    (["check", SEED, "--step", "inf"], "finite"),
+    (["check", SEED, "--step", "-1"], "must be >"),
+    (["check", SEED, "--tol", "nan"], "finite"),
+    (["check", SEED, "--step", "abc"], "not a number"),
+    (["plan", SEED, "--time-limit", "nan"], "finite"),
+    (["plan", SEED, "--time-limit", "inf"], "finite"),
+    (["bench", SEED, "--time-tolerance", "nan%"], "finite"),
+    (["bench", SEED, "--time-tolerance", "inf"], "finite"),
+    (["bench", SEED, "--time-tolerance", "-5%"], ">= 0"),
+    (["bench", SEED, "--time-tolerance", "abc"], "cannot read time tolerance"),
+    (["run", SEED, "--set", "x1=" + "9" * 5000], "must be an integer"),
+    (["run", SEED, "--set", "x1=4"], "no such dim"),
+    (["run", config_path("mlp_deep"), "--set", "B=" + "9" * 5000], "must be an integer"),
+    (["run", config_path("mlp_deep"), "--set", "B=1e400"], "must be an integer"),
+    (["run", config_path("mlp_deep"), "--set", "B=-4"], "positive integer"),
+    (["run", config_path("mlp_deep"), "--set", "B=" + str(2**70)], "is over"),
+    (["run", SEED, "--steps", "0"], "--steps"),
+    (["run", SEED, "--trace", "--json"], "--trace prints the traces as text"),
+    (["methods", SEED, "--plot", "x.png"], "--plot draws the --swell figure"),
+    (["plan", SEED, "--plot", "x.png"], "add --sweep"),
+    (["bench", SEED, "--update-baseline"], "--update-baseline needs --baseline"),
+    (["bench", SEED, "-o", "-", "--json"], "choose one"),
+])
+def test_bad_flags(run_main, args, needle):
+    res = run_main(args)
+    assert_one_line(res, needle=needle)
+    assert res.stdout == ""
+
+
+@pytest.mark.parametrize("command", ["check", "numeric", "methods", "trace", "jacobian", "run", "bench"])
+def test_commands_that_compute_refuse_a_cost_graph_without_blaming_flags(tmp_path, command):
+    graph = tmp_path / "g.json"
+    assert _invoke(["export", SEED, "-o", str(graph)]).exit_code == 0
+    res = _invoke([command, str(graph)])
+    assert_one_line(res, needle="YAML model config")
+    assert "--set" not in res.output and "--dtype" not in res.output
+
+
+def test_check_json_is_one_document():
+    res = _invoke(["check", SEED, "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    assert doc["passed"] is True and all(row["passed"] is True for row in doc["checks"])
+
+
+def test_check_json_on_a_failing_check_still_prints_the_document(run_main):
+    res = run_main(["check", SEED, "--json", "--tol", "1e-300", "--step", "0.5"])
+    assert res.exit_code == 1
+    assert json.loads(res.stdout)["passed"] is False
+    assert "gradient check failed" in res.stderr
+
+
+def test_plan_with_all_strategies_exits_3_when_the_budget_cannot_fit():
+    res = _invoke(["plan", config_path("mlp_deep"), *MLP_SMALL, "--memory-budget", "1KiB"])
+    assert res.exit_code == 3
+    assert "no schedule fits" in res.output and "smallest feasible peak" in res.output
+
+
+def test_plan_json_still_prints_the_document_with_exit_3():
+    res = subprocess.run([sys.executable, "-m", "ckpt", "plan", config_path("mlp_deep"), *MLP_SMALL,
+                          "--memory-budget", "1KiB", "--json"],
+                         capture_output=True, text=True)
+    assert res.returncode == 3
+    doc = json.loads(res.stdout)
+    budget = next(r for r in doc["strategies"] if r["name"] == "budget")
+    assert budget["feasible"] is False
+    assert res.stderr.strip().count("\n") == 0 and "no schedule fits" in res.stderr
+
+
+def test_plan_fitting_budget_exits_0():
+    assert _invoke(["plan", SEED, "--memory-budget", "1GiB"]).exit_code == 0
+
+
+def test_progress_is_silent_off_a_terminal_and_under_json():
+    res = subprocess.run([sys.executable, "-m", "ckpt", "check", SEED], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stderr == ""
+    res = subprocess.run([sys.executable, "-m", "ckpt", "run", SEED, "--json", "--steps", "1"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0 and res.stderr == ""
+    json.loads(res.stdout)
+
+
+def test_progress_bar_draws_and_erases_on_a_terminal():
+    import io
+
+    from ckpt.report import Progress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Tty()
+    with Progress("work", stream=out) as bar:
+        bar.total = 2
+        bar.update()
+        bar.update()
+    text = out.getvalue()
+    assert "2/2" in text and text.endswith("\r\x1b[K")
+    quiet = Tty()
+    with Progress("work", stream=quiet, enabled=False) as bar:
+        bar.update()
+    assert quiet.getvalue() == ""
+
+
+def test_unknown_dim_and_init_list_the_choices(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("dims: {B: 2}\ninputs: {x: {shape: [B, Z], init: normall}}\nnodes: []\noutput: x\n")
+    res = _invoke(["plan", str(p)])
+    assert_one_line(res)
+    p.write_text("dims: {B: 2}\ninputs: {x: {shape: [B, Z]}}\nnodes: []\noutput: x\n")
+    assert_one_line(_invoke(["plan", str(p)]), needle="unknown dim 'Z' (dims: B)")
+    p.write_text("inputs: {x: {shape: [2], init: normall}}\nnodes: []\noutput: x\n")
+    res = _invoke(["plan", str(p)])
+    assert_one_line(res, needle="did you mean 'normal'")
+    assert "inits: normal, uniform, xavier, zeros, ones, randint, causal_mask" in res.output
+
+
+def test_bad_flags_through_the_entry_point_are_one_line():
+    for args in (["plan", SEED, "--memory-budget", "NaNx"], ["check", SEED, "--step", "nan"]):
+        res = subprocess.run([sys.executable, "-m", "ckpt", *args], capture_output=True, text=True)
+        assert res.returncode == 2 and res.stdout == ""
+        assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
