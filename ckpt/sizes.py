@@ -1,6 +1,7 @@
 """Reading and writing byte sizes: `512MiB`, `2GB`, `1.5GiB` or plain bytes; and the stated limits
 on what ckpt accepts, each in one place."""
 
+import math
 import re
 from fractions import Fraction
 
@@ -58,7 +59,8 @@ def parse_budget(text, store_all_peak):
     frac = Fraction(m.group(1))
     if frac <= 0:
         raise ConfigError(f"memory budget must be positive, got {text!r}")
-    return _limit(int(frac * store_all_peak), "memory budget", text)
+    # rounded up, as Checkmate and Moccasin do: 0.5x of an odd peak allows the half byte's neighbour
+    return _limit(math.ceil(frac * store_all_peak), "memory budget", text)
 
 
 def fmt_bytes(n):
