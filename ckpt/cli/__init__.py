@@ -9,6 +9,7 @@ import click
 from .. import __version__
 from ..errors import CkptError
 from . import bench, diff, plan, run
+from . import impl  # export-config, compile, impl: the seed's three ways to implement AD
 
 
 class _Group(click.Group):
@@ -30,6 +31,8 @@ def cli():
 
 for _command in (run.run, run.trace, plan.plan, plan.export, diff.check, diff.jacobian, diff.numeric, diff.methods,
                  bench.bench):
+    cli.add_command(_command)
+for _command in (impl.export_config, impl.compile_step):
     cli.add_command(_command)
 
 

@@ -484,8 +484,9 @@ def to_yaml(doc, source=None):
     """The config document as YAML in the style of configs/: one flow mapping per leaf and node."""
     import yaml
 
-    def flow(v):
-        return yaml.safe_dump(v, default_flow_style=True, width=10**9, sort_keys=False).strip()
+    def flow(v):  # one value in flow style; a scalar inside a list, so no end-of-document marker
+        text = yaml.safe_dump([v], default_flow_style=True, width=10**9, sort_keys=False).strip()
+        return text[1:-1]
 
     out = [f"# Traced from {source} by `ckpt export-config`; loops are unrolled, values numbered as in the seed."
            if source else "# Exported by `ckpt export-config`."]

@@ -1,0 +1,99 @@
+"""ckpt export-config, compile and impl: the seed's three ways to implement AD (§3) on one model.
+
+export-config writes a traced Python model (operator overloading) as the YAML config (the
+elemental library's form); compile writes a schedule out as a standalone step (source
+transformation); impl times them side by side with the interpreter and hand-written numpy."""
+
+import os
+import tempfile
+
+import click
+
+from ..errors import ConfigError
+from ..plan import STRATEGIES, plan as make_plan
+from ..report import emit_json, fmt_bytes, fmt_time, table
+from ..session import load_model, require_model
+from .common import budget_bytes, budget_opt, config_arg, dtype_opt, json_opt, overrides, set_opt, time_limit_opt
+
+
+def write_text_atomic(path, text):
+    """Write beside `path` and rename, keeping an existing file's mode (a new one gets the umask's)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        mode = os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    except OSError as e:
+        raise ConfigError(f"cannot write: {e.strerror}", file=path) from None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".ckpt-", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise ConfigError(f"cannot write: {e.strerror}", file=path) from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise ConfigError(f"cannot write: {e.strerror}", file=path) from None
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+@click.command("export-config")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the YAML.")
+@set_opt
+@dtype_opt
+def export_config(model, output, sets, dtype):
+    """Write a Python model function (MODEL.py[:NAME]) as the equivalent YAML config."""
+    from ..frontends.python import is_python_model, to_yaml, trace_document
+    if not is_python_model(model):
+        raise ConfigError("export-config reads a Python model, MODEL.py[:NAME]; a YAML config is already one",
+                          file=model)
+    ov = overrides(sets)
+    if dtype:
+        ov["dtype"] = dtype
+    doc, _, _ = trace_document(model, ov)
+    load_model(model, overrides(sets), dtype)  # the same checks as every command (shapes, scalar output)
+    write_text_atomic(output, to_yaml(doc, source=model))
+    click.echo(f"wrote {output}: {len(doc['nodes'])} nodes, "
+               f"{len(doc.get('inputs', {}))} inputs, {len(doc.get('params', {}))} params", err=True)
+
+
+@click.command("compile")
+@config_arg
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the step module.")
+@click.option("--strategy", default="store-all", show_default=True, type=click.Choice(STRATEGIES))
+@budget_opt
+@time_limit_opt
+@set_opt
+@dtype_opt
+@json_opt
+def compile_step(config, output, strategy, budget, time_limit, sets, dtype, as_json):
+    """Generate a standalone numpy module whose step(params, inputs) runs the planned forward and backward."""
+    from ..backends.codegen import generate
+    model = load_model(config, overrides(sets), dtype)
+    require_model(model, "compile")
+    if model.graph.graph["dtype"] == "bfloat16":
+        raise ConfigError("compile needs a dtype numpy computes in: bfloat16 is for planning only "
+                          "(use --dtype float32)", file=model.path)
+    budget_b = budget_bytes(budget, model)
+    p, sim = make_plan(model.joint, strategy, budget_b, time_limit=time_limit, ix=model.index)
+    source = generate(model, p.steps, strategy=strategy, source=config, sim=sim)
+    write_text_atomic(output, source)
+    doc = {"output": output, "model": model.graph.graph["name"], "strategy": strategy, "solver": p.solver,
+           "lines": source.count("\n"), "steps": len(p.steps), "recomputes": sim.recomputes,
+           "peak_bytes": sim.peak, "resident_bytes": sim.resident, "managed_peak_bytes": sim.peak_managed}
+    if as_json:
+        emit_json(doc)
+        return
+    click.echo(f"wrote {output}: step(params, inputs) for {doc['model']} under {strategy}, {len(p.steps)} schedule "
+               f"steps, {sim.recomputes} recomputes; predicted peak {fmt_bytes(sim.peak)} "
+               f"(resident {fmt_bytes(sim.resident)}, managed {fmt_bytes(sim.peak_managed)})")
