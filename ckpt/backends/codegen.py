@@ -221,13 +221,15 @@ def generate(model, steps, strategy="store-all", source=None, sim=None):
                 if not lines:
                     lines.append(f"{target} = {term}")
                 elif len(parents) == 2 and v != out:
-                    lines.append(f"{target} = {target} + {term}")  # a fresh buffer: later terms add in place
+                    # a fresh buffer that later terms add into; one statement, so that the first term
+                    # (which may be a view of a larger buffer) is gone before the next statement
+                    lines[-1] = f"{lines[-1]} + {term}"
                 else:
                     lines.append(f"{target} += {term}")
         if not parents and v != out:
             raise ConfigError(f"{x}: no consumer passes a gradient to {v}")
         owners = "".join(", " + p for p in dict.fromkeys(parents))
-        if len(lines) == 1 and v != out:  # one term: own it in the same statement
+        if len(lines) == 1 and v != out:  # one term (or the first two): owned in the same statement
             lines = [f"{target} = _own(xp, {lines[0].split(' = ', 1)[1]}{owners})"]
         else:
             lines.append(f"{target} = _own(xp, {target}{owners})")
