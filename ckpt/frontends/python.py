@@ -305,6 +305,9 @@ class GraphTape:
         if not isinstance(out, Traced) or out.tape is not self:
             raise ConfigError(f"{decl.name} must return one traced value (the loss), not {type(out).__name__}",
                               file=self.file, line=decl.fn.__code__.co_firstlineno)
+        if not out.ref.startswith("#"):
+            raise ConfigError(f"{decl.name} returns {out.ref!r} unchanged: a model computes its loss with at least one op",
+                              file=self.file, line=decl.fn.__code__.co_firstlineno)
         keep, stack = set(), [out.ref]  # only what the output reads
         while stack:
             r = stack.pop()
@@ -537,7 +540,7 @@ class EagerTape:
         op = REGISTRY[name]
         full = {k: v for k, v in op.attrs.items() if v is not REQUIRED}
         full.update(attrs)
-        if "_seed" in op.attrs:  # a per-node seed, so that a random op draws its own stream
+        if "_seed" in op.attrs and "_seed" not in attrs:  # a per-node seed: each random op its own stream
             full["_seed"] = (self.seed * 1_000_003 + len(self.entries)) % 2**63
         value = op.forward(self.xp, [a.value for a in ins], full)
         if not isinstance(value, self.xp.ndarray):
@@ -588,8 +591,7 @@ def _positional(fn):
 def graph_function(g):
     """A Python function that replays graph g's nodes through the traced value type, so that any
     model (YAML included) can be run by the eager tape: f(**leaves) -> the output."""
-    nodes = [(v, g.nodes[v]["op"], g.nodes[v]["inputs"],
-              {k: a for k, a in g.nodes[v]["attrs"].items() if not k.startswith("_")}) for v in g.graph["order"]]
+    nodes = [(v, g.nodes[v]["op"], g.nodes[v]["inputs"], g.nodes[v]["attrs"]) for v in g.graph["order"]]
     out = g.graph["output"]
 
     def replay(**vals):
