@@ -32,7 +32,7 @@ def cli():
 for _command in (run.run, run.trace, plan.plan, plan.export, diff.check, diff.jacobian, diff.numeric, diff.methods,
                  bench.bench):
     cli.add_command(_command)
-for _command in (impl.export_config, impl.compile_step):
+for _command in (impl.export_config, impl.compile_step, impl.impl):
     cli.add_command(_command)
 
 

@@ -97,3 +97,33 @@ def compile_step(config, output, strategy, budget, time_limit, sets, dtype, as_j
     click.echo(f"wrote {output}: step(params, inputs) for {doc['model']} under {strategy}, {len(p.steps)} schedule "
                f"steps, {sim.recomputes} recomputes; predicted peak {fmt_bytes(sim.peak)} "
                f"(resident {fmt_bytes(sim.resident)}, managed {fmt_bytes(sim.peak_managed)})")
+
+
+@click.command("impl")
+@config_arg
+@click.option("--rounds", default=7, show_default=True, type=click.IntRange(min=1),
+              help="Interleaved rounds; each times every implementation once.")
+@set_opt
+@dtype_opt
+@json_opt
+def impl(config, rounds, sets, dtype, as_json):
+    """Time one training step four ways: interpreter, operator-overloading tape, generated code, hand-written numpy."""
+    from ..backends.compare import compare
+    model = load_model(config, overrides(sets), dtype)
+    require_model(model, "impl")
+    if model.graph.graph["dtype"] == "bfloat16":
+        raise ConfigError("impl runs steps: bfloat16 is for planning only (use --dtype float32)", file=model.path)
+    doc = compare(model, rounds=rounds)
+    if as_json:
+        emit_json(doc)
+        return
+    click.echo(f"{doc['model']}: {doc['ops']} ops, {doc['elements']} elements in op outputs; store-all on the cpu, "
+               f"median of {rounds} interleaved rounds")
+    rows = []
+    for r in doc["implementations"]:
+        agree = "bitwise" if r["bitwise"] else f"{r['max_rel_diff']:.1e}"
+        vs_hand = "-" if r["vs_hand_written"] is None else f"{r['vs_hand_written']:.2f}x"
+        rows.append((r["name"], fmt_time(r["time_s"]), f"{r['vs_interpreter']:.2f}x", vs_hand, agree))
+    click.echo(table(rows, ["implementation", "step", "vs interpreter", "vs hand-written", "gradients vs interpreter"]))
+    if not any(r["name"] == "hand-written" for r in doc["implementations"]):
+        click.echo("no hand-written step for this model (there are for mlp_deep, gpt_small and seed_chain)")
