@@ -231,7 +231,7 @@ def generate(model, steps, strategy="store-all", source=None, sim=None):
         owners = "".join(", " + p for p in dict.fromkeys(parents))
         if len(lines) == 1 and v != out:  # one term (or the first two): owned in the same statement
             lines = [f"{target} = _own(xp, {lines[0].split(' = ', 1)[1]}{owners})"]
-        else:
+        elif len(lines) > 1 or v != out:  # (the seed alone is a fresh array: it owns its buffer)
             lines.append(f"{target} = _own(xp, {target}{owners})")
         body += lines
     body.append("return loss, grads")
