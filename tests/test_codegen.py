@@ -127,3 +127,37 @@ def test_generated_step_on_cupy():
     assert loss == ref.loss
     for k in ref.grads:
         assert np.array_equal(cupy.asnumpy(grads[k]), cupy.asnumpy(ref.grads[k])), k
+
+
+@pytest.mark.parametrize("path, dims", [
+    (os.path.join(EXAMPLES, "seed.py:seed_chain"), {"N": 7}),
+    (config_path("mlp_deep"), {"B": 3, "D": 5, "L": 4}),
+    (os.path.join(EXAMPLES, "mlp.py"), {"B": 3, "D": 5, "L": 4}),
+    (config_path("gpt_small"), {"B": 2, "T": 8, "D": 16, "H": 2, "HD": 8, "V": 12, "L": 2}),
+])
+def test_hand_written_steps_agree_with_the_interpreter(path, dims):
+    from ckpt.backends.handwritten import for_model
+    model = load_model(path, dims, dtype="float64")
+    backend = get_backend("cpu")
+    leaves = device_leaves(model, backend)
+    p, _ = plan(model.joint, "store-all", ix=model.index)
+    ref = Executor(model.graph, model.joint, p.steps, backend).step(leaves)
+    loss, grads = for_model(model.graph)(leaves, model.graph)
+    assert loss == pytest.approx(ref.loss, rel=1e-12)
+    assert sorted(grads) == sorted(ref.grads)
+    for k in grads:
+        np.testing.assert_allclose(grads[k], ref.grads[k], rtol=1e-10, atol=1e-13)
+
+
+def test_impl_command_reports_four_implementations():
+    r = CliRunner().invoke(cli, ["impl", config_path("mlp_deep"), "--set", "B=2", "--set", "D=4", "--set", "L=3",
+                                 "--rounds", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    rows = {row["name"]: row for row in doc["implementations"]}
+    assert sorted(rows) == ["generated", "hand-written", "interpreter", "oo-tape"]
+    assert rows["generated"]["bitwise"] and rows["interpreter"]["vs_interpreter"] == 1.0
+    assert rows["oo-tape"]["max_rel_diff"] < 1e-5 and rows["hand-written"]["max_rel_diff"] < 1e-5
+    assert all(row["time_s"] > 0 for row in rows.values())
+    r = CliRunner().invoke(cli, ["impl", config_path("seed_example"), "--rounds", "1"])
+    assert r.exit_code == 0 and "no hand-written step" in r.output

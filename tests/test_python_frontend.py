@@ -138,7 +138,7 @@ def test_if_on_a_traced_value_says_why_and_points_to_where(tmp_path):
     assert r.exit_code == 2
     assert r.output.count("\n") == 1 and "Traceback" not in r.output
     assert f"{path}:6:" in r.output  # the line of the `if`
-    assert "ckpt.where" in r.output and "control flow" not in r.output.lower() or "branch" in r.output
+    assert "ckpt.where" in r.output and "branch taken while tracing" in r.output
 
 
 def test_where_covers_the_data_dependent_case():
