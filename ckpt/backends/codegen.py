@@ -112,8 +112,7 @@ def _strip_relative_imports(src, name):
             raise ConfigError(f"ckpt/ops/{name}.py imports {'.' * node.level}{node.module or ''} inside a "
                               "function: the generated step cannot carry that import")
         if node.level == 1 and node.module is None:
-            if name != "__init__":
-                pass  # names from ckpt/ops/__init__.py: it comes first in the generated module
+            pass  # names from ckpt/ops/__init__.py, which comes first in the generated module
         elif node.level == 1:
             deps.append(node.module)
         elif node.level == 2 and node.module == "errors":

@@ -33,7 +33,10 @@ def implementations(model):
         r = ex.step(leaves)
         return r.loss, r.grads
 
-    if python.is_python_model(model.path):  # the user's own function, traced anew every step
+    # A random op draws from a seed per graph node, named only once the trace is complete, so a
+    # function with one is replayed from its graph, where the nodes have their names.
+    random = any("_seed" in g.nodes[v]["attrs"] for v in g.graph["order"])
+    if python.is_python_model(model.path) and not random:  # the user's own function, traced anew every step
         file, fn = python.load_function(model.path)
         _, kw = python._arguments(fn, fn.__ckpt_model__, file, model.spec.dims)
         marked = {k: (a, g.nodes[k]["grad"]) for k, a in leaves.items()}
