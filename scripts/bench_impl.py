@@ -77,7 +77,8 @@ def main():
     for doc in main_docs:
         for r in doc["implementations"]:
             hand = "-" if r["vs_hand_written"] is None else f"{r['vs_hand_written']:.2f}x"
-            line = f"{doc['label']:<24} {r['name']:<14} {r['time_s'] * 1e3:>8.2f}ms {r['vs_interpreter']:>9.2f}x {hand:>9}"
+            line = (f"{doc['label']:<24} {r['name']:<14} {r['time_s'] * 1e3:>8.2f}ms "
+                    f"{r['vs_interpreter']:>9.2f}x {hand:>9}")
             if control:
                 c = _row(control[doc["label"]], r["name"])
                 chand = "-" if c["vs_hand_written"] is None else f"{c['vs_hand_written']:.2f}x"

@@ -140,7 +140,7 @@ def gpt(leaves, g):
         t = np.tanh(_C * (fc + 0.044715 * fc * fc * fc))
         act = 0.5 * fc * (1.0 + t)
         x_next = r1 + _mm(act, blk["w_proj"]) + blk["b_proj"]
-        saved.append((x, ln1, s1, q, k, v, P, mask, Pd, ctx, r1, ln2, s2, fc, t, act))
+        saved.append((ln1, s1, q, k, v, P, mask, Pd, ctx, r1, ln2, s2, fc, t, act))
         x = x_next
     lnf, sf = _ln(x, leaves["lnf_g"], leaves["lnf_b"])
     logits = _mm(lnf, leaves["w_out"])
@@ -158,7 +158,7 @@ def gpt(leaves, g):
     grads["w_out"] = _wgrad(lnf, dlogits)
     dx, grads["lnf_g"], grads["lnf_b"] = _ln_back(_mm(dlogits, leaves["w_out"].T), leaves["lnf_g"], sf)
     for i in range(n_layers - 1, -1, -1):
-        blk, (x_in, ln1, s1, q, k, v, P, mask, Pd, ctx, r1, ln2, s2, fc, t, act) = blocks[i], saved[i]
+        blk, (ln1, s1, q, k, v, P, mask, Pd, ctx, r1, ln2, s2, fc, t, act) = blocks[i], saved[i]
         pre = f"body.{i}."
         grads[pre + "w_proj"] = _wgrad(act, dx)
         grads[pre + "b_proj"] = dx.reshape(-1, D).sum(axis=0)

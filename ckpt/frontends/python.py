@@ -306,8 +306,8 @@ class GraphTape:
             raise ConfigError(f"{decl.name} must return one traced value (the loss), not {type(out).__name__}",
                               file=self.file, line=decl.fn.__code__.co_firstlineno)
         if not out.ref.startswith("#"):
-            raise ConfigError(f"{decl.name} returns {out.ref!r} unchanged: a model computes its loss with at least one op",
-                              file=self.file, line=decl.fn.__code__.co_firstlineno)
+            raise ConfigError(f"{decl.name} returns {out.ref!r} unchanged: a model computes its loss with at least "
+                              "one op", file=self.file, line=decl.fn.__code__.co_firstlineno)
         keep, stack = set(), [out.ref]  # only what the output reads
         while stack:
             r = stack.pop()
