@@ -82,11 +82,13 @@ def measure(steps, rounds=7, sample_s=0.05, reference="hand-written"):
     for f in steps.values():  # warm-up: caches, first-call costs
         f()
     reps = {}
-    for n, f in steps.items():
-        t0 = time.perf_counter()
-        f()
-        one = max(time.perf_counter() - t0, 1e-7)
-        reps[n] = max(1, min(10_000, int(sample_s / one)))
+    for n, f in steps.items():  # the fastest of three single steps sets the repeats per sample
+        one = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            f()
+            one.append(time.perf_counter() - t0)
+        reps[n] = max(1, min(10_000, int(sample_s / max(min(one), 1e-7))))
     samples = {n: [] for n in names}
     for r in range(rounds):
         for n in names[r % len(names):] + names[:r % len(names)]:
