@@ -52,6 +52,11 @@ def traced(inputs=None, params=None, dims=None, dtype="float32", seed=0, name=No
     """Declare a function as a model: its inputs and parameters (YAML leaf mappings), named sizes
     (`dims`, passed as keyword-only arguments), dtype, seed and name. (`traced`, since
     `ckpt.model` is the graph package.)"""
+    if callable(inputs):  # @ckpt.traced without its arguments
+        code = getattr(inputs, "__code__", None)
+        raise ConfigError("@ckpt.traced needs the inputs: @ckpt.traced(inputs={\"x\": {\"shape\": [...]}})",
+                          file=code and code.co_filename, line=code and code.co_firstlineno)
+
     def mark(fn):
         fn.__ckpt_model__ = ModelDecl(fn, inputs, params, dims, dtype, seed, name)
         return fn
@@ -389,6 +394,8 @@ def load_function(path):
         raise
     except SyntaxError as e:
         raise ConfigError(f"SyntaxError: {e.msg}", file=file, line=e.lineno) from None
+    except SystemExit as e:
+        raise ConfigError(f"the model file exits while it is loaded (SystemExit {e.code!r})", file=file) from None
     except Exception as e:  # the user's file failed: one line, where it failed
         raise _user_error(e, file) from None
     models = {k: v for k, v in vars(module).items() if callable(v) and hasattr(v, "__ckpt_model__")
