@@ -161,3 +161,12 @@ def test_impl_command_reports_four_implementations():
     assert all(row["time_s"] > 0 for row in rows.values())
     r = CliRunner().invoke(cli, ["impl", config_path("seed_example"), "--rounds", "1"])
     assert r.exit_code == 0 and "no hand-written step" in r.output
+
+
+def test_node_names_that_are_python_keywords_or_builtins(tmp_path):
+    cfg = tmp_path / "names.yaml"
+    cfg.write_text("name: names\ndtype: float64\ninputs:\n  x: {shape: [3], grad: true}\nnodes:\n"
+                   "  - {name: float, op: sin, inputs: [x]}\n  - {name: class, op: exp, inputs: [float]}\n"
+                   "  - {name: 1st, op: mul, inputs: [class, float]}\n  - {name: loss, op: sum, inputs: [1st]}\n"
+                   "output: loss\n")
+    _check_model(load_model(str(cfg)))

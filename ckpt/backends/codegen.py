@@ -17,6 +17,7 @@ copies views), so the bytes live between two statements are the simulator's mana
 """
 
 import ast
+import builtins
 import keyword
 import math
 import os
@@ -29,8 +30,9 @@ from ..model.joint import GRAD
 from ..ops import OUT, REGISTRY
 from ..schedule import COMPUTE, validate
 
+# names the step uses besides its values (and the builtins, such as the `float` it calls)
 _RESERVED = {"xp", "params", "inputs", "grads", "loss", "step", "numpy", "np", "Ctx", "REGISTRY", "ATTRS", "SHAPES",
-             "_own"}
+             "_own"} | set(dir(builtins))
 
 
 class _Namer:
