@@ -177,6 +177,8 @@ def test_export_config_round_trips(tmp_path):
     ("@ckpt.traced(inputs={'x': {'shape': [3]}})\ndef f(x):\n    return float(x)\n", "has no number"),
     ("@ckpt.traced(inputs={'x': {'shape': [3]}})\ndef f(x):\n    return ckpt.sum(x, axs=0)\n", "unknown attr"),
     ("def f(:\n", "SyntaxError"),
+    ("@ckpt.traced(inputs={'x': {'shape': []}})\ndef f(x):\n    return x * 2 if x == 0 else x * 3\n",
+     "== and != on traced values"),
     ("@ckpt.traced\ndef f(x):\n    return x.sum()\n", "@ckpt.traced needs the inputs"),
     ("import sys\nsys.exit(3)\n", "exits while it is loaded"),
     ("@ckpt.traced(inputs={'x': {'shape': [3]}})\ndef f(x):\n    return ckpt.param('W', (3,)).sum() + x\n",

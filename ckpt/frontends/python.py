@@ -156,6 +156,11 @@ class Traced:
     def __iter__(self):
         raise _error("a traced value cannot be iterated while tracing: index it with ops, not a Python loop")
 
+    def __eq__(self, o):  # never a silent identity test: `if x == 0` would quietly take one branch
+        raise _error("== and != on traced values are not recorded (equality of floats is rarely meant); "
+                     "compare with > >= < <= and choose with ckpt.where")
+
+    __ne__ = __eq__
     __hash__ = object.__hash__
 
     # numpy-style methods
