@@ -4,7 +4,7 @@
     from ckpt import log, sin
 
     @ckpt.traced(inputs={"x1": {"shape": [], "value": 2.0, "grad": True},
-                        "x2": {"shape": [], "value": 5.0, "grad": True}}, dtype="float64")
+                         "x2": {"shape": [], "value": 5.0, "grad": True}}, dtype="float64")
     def f(x1, x2):
         return log(x1) + x1 * x2 - sin(x2)
 
@@ -13,6 +13,8 @@ function and each method records one node and nothing else: the recording become
 document the YAML loader reads (`ckpt export-config` writes it out), so shapes, dtypes, FLOPs and
 residuals come from ckpt/ops and ckpt/model as for YAML. Python loops unroll while tracing; a Python
 `if` on a traced value cannot be recorded and stops with a message that points to `ckpt.where`.
+Op nodes are named v1..vn in the seed's numbering: each as soon as its operands exist (ties in the
+order recorded), so `log(x1) + x1 * x2 - sin(x2)` numbers sin before the add, as the seed does.
 
 The decorator's `inputs` and `params` take the YAML leaf keys (shape, init, scale, value, grad,
 dtype, high); shapes may name `dims`, which arrive as the function's keyword-only arguments and
