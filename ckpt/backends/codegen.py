@@ -140,8 +140,11 @@ _OWN = '''def _own(xp, a, *others):
     operand handed back must not be shared (both as the interpreter, ckpt/execute.py, does)."""
     if not isinstance(a, xp.ndarray):
         return xp.asarray(a)
-    if a.base is not None or any(a is o for o in others):
+    if a.base is not None:
         return a.copy()
+    for o in others:
+        if a is o:
+            return a.copy()
     return a
 '''
 
