@@ -2,6 +2,7 @@
 builds; the seed example's values and traces; loops unroll; `if` on a traced value stops clearly;
 export-config round-trips; the eager tape agrees with the executor."""
 
+import json
 import os
 import subprocess
 import sys
@@ -233,3 +234,18 @@ def test_import_ckpt_stays_light():
     code = "import sys, ckpt; assert 'numpy' not in sys.modules; ckpt.sin; assert 'numpy' in sys.modules"
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_a_model_that_prints_keeps_stdout_for_json(tmp_path):
+    path = _write(tmp_path, """
+        print("loading")
+
+        @ckpt.traced(inputs={"x": {"shape": [2], "grad": True}}, dtype="float64")
+        def f(x):
+            print("tracing")
+            return (x * x).sum()
+    """)
+    r = CliRunner().invoke(cli, ["run", path, "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["loss"] >= 0
+    assert "loading" in r.stderr and "tracing" in r.stderr

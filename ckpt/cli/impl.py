@@ -4,7 +4,9 @@ export-config writes a traced Python model (operator overloading) as the YAML co
 elemental library's form); compile writes a schedule out as a standalone step (source
 transformation); impl times them side by side with the interpreter and hand-written numpy."""
 
+import contextlib
 import os
+import sys
 import tempfile
 
 import click
@@ -113,7 +115,8 @@ def impl(config, rounds, sets, dtype, as_json):
     require_model(model, "impl")
     if model.graph.graph["dtype"] == "bfloat16":
         raise ConfigError("impl runs steps: bfloat16 is for planning only (use --dtype float32)", file=model.path)
-    doc = compare(model, rounds=rounds)
+    with contextlib.redirect_stdout(sys.stderr):  # a model function that prints keeps stdout for --json
+        doc = compare(model, rounds=rounds)
     if as_json:
         emit_json(doc)
         return

@@ -26,6 +26,7 @@ and appends to a tape, and the reverse pass walks the tape backwards with the re
 That is the classic OO tape, recorded anew every step; `ckpt impl` times it against the others.
 """
 
+import contextlib
 import importlib.util
 import inspect
 import os
@@ -396,7 +397,8 @@ def load_function(path):
     spec = importlib.util.spec_from_file_location(mod_name, file)
     module = importlib.util.module_from_spec(spec)
     try:
-        spec.loader.exec_module(module)
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries --json documents only
+            spec.loader.exec_module(module)
     except CkptError:
         raise
     except SyntaxError as e:
@@ -475,7 +477,8 @@ def trace_document(path, overrides=None):
     args = [t for _, t in sorted(args, key=lambda x: x[0])]
     _ACTIVE.append(tape)
     try:
-        out = fn(*args, **kw)
+        with contextlib.redirect_stdout(sys.stderr):
+            out = fn(*args, **kw)
     except CkptError:
         raise
     except Exception as e:
