@@ -170,3 +170,11 @@ def test_node_names_that_are_python_keywords_or_builtins(tmp_path):
                    "  - {name: 1st, op: mul, inputs: [class, float]}\n  - {name: loss, op: sum, inputs: [1st]}\n"
                    "output: loss\n")
     _check_model(load_model(str(cfg)))
+
+
+def test_compile_check_runs_the_written_step(tmp_path):
+    r = CliRunner().invoke(cli, ["compile", config_path("gpt_small"), "--set", "L=1", "--set", "T=8", "--strategy",
+                                 "sqrt-n", "--check", "-o", str(tmp_path / "s.py"), "--json"])
+    assert r.exit_code == 0, r.output
+    c = json.loads(r.output)["check"]
+    assert c["passed"] and c["bitwise"] and c["measured_managed_bytes"] == c["predicted_managed_bytes"]

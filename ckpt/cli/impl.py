@@ -11,7 +11,7 @@ import tempfile
 
 import click
 
-from ..errors import ConfigError
+from ..errors import CheckFailed, ConfigError
 from ..plan import STRATEGIES, plan as make_plan
 from ..report import emit_json, fmt_bytes, fmt_time, table
 from ..session import load_model, require_model
@@ -75,10 +75,12 @@ def export_config(model, output, sets, dtype):
 @click.option("--strategy", default="store-all", show_default=True, type=click.Choice(STRATEGIES))
 @budget_opt
 @time_limit_opt
+@click.option("--check", is_flag=True, help="Run the written step once: gradients bitwise equal to the interpreter's "
+              "and the managed peak measured by tracemalloc equal to the prediction, else exit 1.")
 @set_opt
 @dtype_opt
 @json_opt
-def compile_step(config, output, strategy, budget, time_limit, sets, dtype, as_json):
+def compile_step(config, output, strategy, budget, time_limit, check, sets, dtype, as_json):
     """Generate a standalone numpy module whose step(params, inputs) runs the planned forward and backward."""
     from ..backends.codegen import generate
     model = load_model(config, overrides(sets), dtype)
@@ -93,12 +95,39 @@ def compile_step(config, output, strategy, budget, time_limit, sets, dtype, as_j
     doc = {"output": output, "model": model.graph.graph["name"], "strategy": strategy, "solver": p.solver,
            "lines": source.count("\n"), "steps": len(p.steps), "recomputes": sim.recomputes,
            "peak_bytes": sim.peak, "resident_bytes": sim.resident, "managed_peak_bytes": sim.peak_managed}
+    if check:
+        doc["check"] = _check_compiled(model, p.steps, source, sim)
     if as_json:
         emit_json(doc)
-        return
-    click.echo(f"wrote {output}: step(params, inputs) for {doc['model']} under {strategy}, {len(p.steps)} schedule "
-               f"steps, {sim.recomputes} recomputes; predicted peak {fmt_bytes(sim.peak)} "
-               f"(resident {fmt_bytes(sim.resident)}, managed {fmt_bytes(sim.peak_managed)})")
+    else:
+        click.echo(f"wrote {output}: step(params, inputs) for {doc['model']} under {strategy}, {len(p.steps)} "
+                   f"schedule steps, {sim.recomputes} recomputes; predicted peak {fmt_bytes(sim.peak)} "
+                   f"(resident {fmt_bytes(sim.resident)}, managed {fmt_bytes(sim.peak_managed)})")
+        if check:
+            c = doc["check"]
+            click.echo(f"check     gradients {'bitwise equal to' if c['bitwise'] else 'DIFFER from'} the "
+                       f"interpreter's; managed peak measured {fmt_bytes(c['measured_managed_bytes'])}, predicted "
+                       f"{fmt_bytes(c['predicted_managed_bytes'])}: {'passed' if c['passed'] else 'FAILED'}")
+    if check and not doc["check"]["passed"]:
+        raise CheckFailed("the compiled step does not match the interpreter or the prediction")
+
+
+def _check_compiled(model, steps, source, sim):
+    """The generated step against the interpreter (bitwise) and the simulator (managed bytes)."""
+    from ..backend import get_backend
+    from ..backends.codegen import load_module, managed_timeline, split_leaves
+    from ..backends.compare import agreement
+    from ..execute import Executor
+    from ..session import device_leaves
+    backend = get_backend("cpu")
+    leaves = device_leaves(model, backend)
+    ref = Executor(model.graph, model.joint, steps, backend).step(leaves)
+    params, inputs = split_leaves(model.graph, leaves)
+    loss, grads, timeline = managed_timeline(load_module(source).step, params, inputs)
+    _, bitwise = agreement((ref.loss, ref.grads), (loss, grads))
+    measured = max(timeline)
+    return {"bitwise": bitwise, "measured_managed_bytes": measured, "predicted_managed_bytes": sim.peak_managed,
+            "passed": bitwise and measured == sim.peak_managed}
 
 
 @click.command("impl")
