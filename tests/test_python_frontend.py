@@ -93,12 +93,13 @@ def test_operators_methods_and_constants_record_the_right_ops(tmp_path):
             y = 2.0 - x / s                       # reflected sub, div
             z = -y * 3 + s ** 2 + 2 ** s          # neg, scale, pow, rpow
             w = ckpt.tanh(z) * x                  # a registry function, mul
-            return w.mean() + (a.sum(axis=0) * 0.5).sum() + ckpt.exp(s) / s
+            c = ckpt.concat([w, x], axis=0)       # a list of inputs, as numpy takes it
+            return c.mean() + (a.sum(axis=0) * 0.5).sum() + ckpt.exp(s) / s
     """)
     g = load_model(path).graph
     ops = [g.nodes[v]["op"] for v in g.graph["order"]]
     for op in ("matmul", "transpose", "reshape", "add", "sub", "div", "neg", "scale", "pow", "exp", "tanh", "mul",
-               "mean", "sum"):
+               "mean", "sum", "concat"):
         assert op in ops, op
     consts = [v for v, d in g.nodes(data=True) if d["kind"] == "input" and v.startswith("c")]
     assert consts and all(not g.nodes[c]["grad"] for c in consts)

@@ -206,6 +206,8 @@ def where(condition, a, b):
 
 def _op_function(name):
     def fn(*inputs, **attrs):
+        if len(inputs) == 1 and isinstance(inputs[0], (list, tuple)):  # ckpt.concat([a, b], axis=1)
+            inputs = inputs[0]
         return _record(name, list(inputs), attrs)
     fn.__name__ = fn.__qualname__ = name
     fn.__doc__ = f"Record the `{name}` op (ckpt/ops) on traced values; on arrays, compute it with numpy."
