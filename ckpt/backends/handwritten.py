@@ -6,6 +6,8 @@ read the same leaf arrays as the model (by the config's names) and return (loss,
 `ckpt impl` checks each against the interpreter before timing it.
 """
 
+import math
+
 import numpy as np
 
 from ..model.graph import node_seed
@@ -93,7 +95,7 @@ def _ln_back(dy, gamma, saved):
     return dx, dgamma, dbeta
 
 
-_C = np.sqrt(2.0 / np.pi)
+_C = math.sqrt(2.0 / math.pi)  # a Python float: it keeps float32 arrays float32 (NEP 50)
 
 
 def _mm(a, w):  # (..., k) @ (k, n) as one 2-D product
