@@ -27,8 +27,8 @@ class Model:
 
 
 def load_model(path, overrides=None, dtype=None):
-    """A YAML model config, or (for `.json`) a cost graph from another tool, which can be planned
-    but not run."""
+    """A YAML model config, a Python model function (`MODEL.py[:NAME]`, traced), or (for `.json`) a
+    cost graph from another tool, which can be planned but not run."""
     if str(path).lower().endswith(".json"):
         if overrides or dtype:
             raise ConfigError("--set and --dtype apply to YAML model configs, not to cost graphs", file=path)
