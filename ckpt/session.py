@@ -11,6 +11,7 @@ from .backend import get_backend
 from .errors import CheckFailed, ConfigError
 from .autodiff import DEFAULT_STEP, evaluate, jvp, numeric_derivative
 from .execute import Executor
+from .frontends.python import is_python_model, load_spec as load_python_spec
 from .model import build_graph, leaf_values, load_config, lower, retarget
 from .model.costgraph import load_cost_graph
 from .ops import size as n_elements
@@ -28,8 +29,8 @@ class Model:
 
 
 def load_model(path, overrides=None, dtype=None):
-    """A YAML model config, or (for `.json`) a cost graph from another tool, which can be planned
-    but not run."""
+    """A YAML model config, a Python model function (`MODEL.py[:NAME]`, traced), or (for `.json`) a
+    cost graph from another tool, which can be planned but not run."""
     if str(path).lower().endswith(".json"):
         if overrides or dtype:
             raise ConfigError("--set and --dtype apply to YAML model configs, not to cost graphs", file=path)
@@ -38,7 +39,10 @@ def load_model(path, overrides=None, dtype=None):
     overrides = dict(overrides or {})
     if dtype is not None:
         overrides["dtype"] = dtype
-    spec = load_config(path, overrides=overrides)
+    if is_python_model(path):  # MODEL.py[:NAME]: a Python function traced by operator overloading
+        spec = load_python_spec(path, overrides)
+    else:
+        spec = load_config(path, overrides=overrides)
     g = build_graph(spec)
     j = lower(g)
     return Model(path, spec, g, j, JointIndex(j))

@@ -33,6 +33,13 @@ LAZY_COMMANDS = {
     "run": ("run", "run", "Run forward+backward steps under a strategy; report loss, gradients, memory and time."),
     "trace": ("run", "trace",
               "Print the primal, tangent (forward) or adjoint (reverse) traces in the seed's notation."),
+    # the seed's three ways to implement AD
+    "export-config": ("impl", "export_config",
+                      "Write a Python model function (MODEL.py[:NAME]) as the equivalent YAML config."),
+    "compile": ("impl", "compile_step",
+                "Generate a standalone numpy module whose step(params, inputs) runs the planned forward and backward."),
+    "impl": ("impl", "impl", "Time one training step four ways: interpreter, operator-overloading tape, generated "
+                             "code, hand-written numpy."),
 }
 
 

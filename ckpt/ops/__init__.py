@@ -124,3 +124,4 @@ def kernel(xp, maker, name, *spec, dtype=None):
 
 
 from . import elementwise, tensor, nn  # noqa: E402,F401  (each module registers its ops)
+from . import control  # noqa: E402,F401  (where, comparisons, pow: the Python front end's ops)
