@@ -81,6 +81,8 @@ def parse_cost_graph(doc, file="<graph>"):
     except nx.NetworkXUnfeasible:
         cycle = nx.find_cycle(j)
         raise err("cycle: " + " -> ".join([u for u, _ in cycle] + [cycle[0][0]])) from None
+    if not any("backward" in node for node in nodes):
+        _infer_backward(j, order)
     # forward nodes first, as the planners expect; a file in topological order keeps its order
     j.graph["order"] = [x for x in order if j.nodes[x]["kind"] == "forward"] + \
                        [x for x in order if j.nodes[x]["kind"] == "backward"]
@@ -92,6 +94,24 @@ def parse_cost_graph(doc, file="<graph>"):
         raise err(f"resident_bytes must be a number >= 0 (at most 2**62 with cost_ram), got {_short(resident)}", key="graph")
     j.graph["resident"] = int(resident)
     return j
+
+
+def _infer_backward(j, order, tries=8):
+    """A training graph written without `backward` flags (Checkmate's plain form): find the loss,
+    the node that every other node is an ancestor or a descendant of (the smallest such that holds
+    any bytes: a loss is a scalar), and mark what follows it as gradient nodes. Without one, every node stays forward
+    and recomputable, which is still correct, only with less to plan."""
+    n = len(order)
+    position = {x: i for i, x in enumerate(order)}
+    # gradients of parameters and inputs weigh nothing (they are resident): not candidates
+    for x in sorted((x for x in order if j.nodes[x]["ram"]), key=lambda x: (j.nodes[x]["ram"], position[x]))[:tries]:
+        before = nx.ancestors(j, x)
+        if len(before) + 1 + len(nx.descendants(j, x)) == n and len(before) + 1 < n:
+            for y in order:
+                if y != x and y not in before:
+                    j.nodes[y]["kind"] = "backward"
+            j.graph["loss"] = x
+            return
 
 
 def _short(x):
