@@ -13,7 +13,7 @@ that frees it; computing x needs every predecessor live and costs ram(x) more by
 
 import networkx as nx
 
-from ..ops import size
+from ..ops import REGISTRY, size
 from .graph import residuals
 
 GRAD = "grad:"
@@ -52,7 +52,7 @@ def lower(g):
         b = grad_id(v)
         is_op = d["kind"] == "op"
         cons = grad_consumers(v)
-        cost = sum(g.nodes[w]["flops"] for w, _ in cons) + (_elems(d) if is_op else 0)
+        cost = sum(vjp_flops(g, w, i) for w, i in cons) + (_elems(d) if is_op else 0)
         j.add_node(b, kind="backward", ref=v, cost=float(cost), ram=d["bytes"] if is_op else 0)
         if v == out:
             j.add_edge(v, b)
@@ -65,6 +65,17 @@ def lower(g):
     leaves = [v for v in g.nodes if g.nodes[v]["kind"] != "op"]
     j.graph["resident"] = sum(g.nodes[v]["bytes"] * (2 if g.nodes[v]["grad"] else 1) for v in leaves)
     return j
+
+
+def vjp_flops(g, w, i):
+    """FLOPs of op node w's VJP for its input i, as the op states them (the forward's where an op
+    does not): a gradient node is charged only for the products it computes."""
+    d = g.nodes[w]
+    op = REGISTRY[d["op"]]
+    shapes = [g.nodes[u]["shape"] for u in d["inputs"]]
+    if op.vjp_flops is None:
+        return d["flops"]
+    return int(op.vjp_flops(i, shapes, d["shape"], d["attrs"]))
 
 
 def _elems(d):

@@ -15,9 +15,15 @@ def _ew_flops(k):
     return lambda shapes, out, attrs: k * size(out)
 
 
-def unary(name, f, df, needs, k=1, positive=False, vjp=None):
+def _ew_vjp_flops(k):
+    """A VJP of k operations per element of the output, the same for every input."""
+    return lambda i, shapes, out, attrs: k * size(out)
+
+
+def unary(name, f, df, needs, k=1, positive=False, vjp=None, vk=1):
     """A unary map y = f(x) whose derivative `df(xp, x, y)` reads x, y or neither (`needs`);
-    `vjp(xp, g, x, y)`, where given, computes g * df in one go."""
+    `vjp(xp, g, x, y)`, where given, computes g * df in one go. `k` and `vk` are the forward's
+    and the VJP's operations per element (the VJP: computing df, then the product with g)."""
     if vjp is None:
         def vjp(xp, g, x, y):
             return g * df(xp, x, y)
@@ -26,7 +32,7 @@ def unary(name, f, df, needs, k=1, positive=False, vjp=None):
         forward=lambda xp, ins, a: f(xp, ins[0]),
         vjp=lambda xp, i, g, c: vjp(xp, g, c.ins[0], c.out),
         jvp=lambda xp, t, c: t[0] * df(xp, c.ins[0], c.out),
-        needs=lambda i: needs, flops=_ew_flops(k),
+        needs=lambda i: needs, flops=_ew_flops(k), vjp_flops=_ew_vjp_flops(vk),
         example={"shapes": [(3, 4)], "positive": positive},
     ))
 
@@ -34,12 +40,12 @@ def unary(name, f, df, needs, k=1, positive=False, vjp=None):
 # ---- unary maps --------------------------------------------------------------------------------
 unary("neg", lambda xp, x: -x, lambda xp, x, y: -1.0, needs=())
 unary("exp", lambda xp, x: xp.exp(x), lambda xp, x, y: y, needs=(OUT,))
-unary("log", lambda xp, x: xp.log(x), lambda xp, x, y: 1.0 / x, needs=(0,), positive=True)
-unary("sin", lambda xp, x: xp.sin(x), lambda xp, x, y: xp.cos(x), needs=(0,))
-unary("cos", lambda xp, x: xp.cos(x), lambda xp, x, y: -xp.sin(x), needs=(0,))
-unary("tanh", lambda xp, x: xp.tanh(x), lambda xp, x, y: 1.0 - y * y, needs=(OUT,))
-unary("sigmoid", lambda xp, x: 0.5 * (xp.tanh(0.5 * x) + 1.0), lambda xp, x, y: y * (1.0 - y), needs=(OUT,), k=4)
-unary("relu", lambda xp, x: xp.maximum(x, 0), lambda xp, x, y: y > 0, needs=(OUT,))
+unary("log", lambda xp, x: xp.log(x), lambda xp, x, y: 1.0 / x, needs=(0,), positive=True, vk=2)
+unary("sin", lambda xp, x: xp.sin(x), lambda xp, x, y: xp.cos(x), needs=(0,), vk=2)
+unary("cos", lambda xp, x: xp.cos(x), lambda xp, x, y: -xp.sin(x), needs=(0,), vk=3)
+unary("tanh", lambda xp, x: xp.tanh(x), lambda xp, x, y: 1.0 - y * y, needs=(OUT,), vk=3)
+unary("sigmoid", lambda xp, x: 0.5 * (xp.tanh(0.5 * x) + 1.0), lambda xp, x, y: y * (1.0 - y), needs=(OUT,), k=4, vk=3)
+unary("relu", lambda xp, x: xp.maximum(x, 0), lambda xp, x, y: y > 0, needs=(OUT,), vk=2)
 
 _C = math.sqrt(2.0 / math.pi)
 
@@ -68,7 +74,7 @@ def _gelu_vjp(xp, g, x, y):
     return k(x, g) if k else g * _dgelu(xp, x, y)
 
 
-unary("gelu", _gelu, _dgelu, needs=(0,), k=8, vjp=_gelu_vjp)
+unary("gelu", _gelu, _dgelu, needs=(0,), k=8, vjp=_gelu_vjp, vk=16)
 
 
 def _scale_vjp(xp, i, g, c):
@@ -79,32 +85,41 @@ register(Op(
     name="scale", arity=(1, 1), shape=_same_shape("scale"), attrs={"factor": 1.0},
     forward=lambda xp, ins, a: ins[0] * a["factor"], vjp=_scale_vjp,
     jvp=lambda xp, t, c: t[0] * c.attrs["factor"], needs=lambda i: (), flops=_ew_flops(1),
+    vjp_flops=_ew_vjp_flops(1),
     example={"shapes": [(3, 4)], "attrs": {"factor": 0.5}},
 ))
 
 
 # ---- broadcasting binaries ---------------------------------------------------------------------
-def binary(name, f, vjp, jvp, needs, positive=False):
+def _binary_vjp_flops(k):
+    """k operations per output element for input i (k[i]), and a reduction over the output where
+    input i was broadcast (unbroadcast sums the gradient back down to its shape)."""
+    def rule(i, shapes, out, attrs):
+        return (k[i] + (tuple(shapes[i]) != tuple(out))) * size(out)
+    return rule
+
+
+def binary(name, f, vjp, jvp, needs, vk, positive=False):
     register(Op(
         name=name, arity=(2, 2), shape=lambda shapes, a: broadcast_shapes(name, shapes),
         forward=lambda xp, ins, a: f(ins[0], ins[1]),
         vjp=lambda xp, i, g, c: unbroadcast(xp, vjp(i, g, c), c.in_shapes[i]),
-        jvp=jvp, needs=lambda i: needs[i], flops=_ew_flops(1),
+        jvp=jvp, needs=lambda i: needs[i], flops=_ew_flops(1), vjp_flops=_binary_vjp_flops(vk),
         example={"shapes": [(3, 4), (4,)], "positive": positive},
     ))
 
 
 binary("add", lambda a, b: a + b,
        lambda i, g, c: g,
-       lambda xp, t, c: t[0] + t[1], needs=((), ()))
+       lambda xp, t, c: t[0] + t[1], needs=((), ()), vk=(0, 0))
 binary("sub", lambda a, b: a - b,
        lambda i, g, c: g if i == 0 else -g,
-       lambda xp, t, c: t[0] - t[1], needs=((), ()))
+       lambda xp, t, c: t[0] - t[1], needs=((), ()), vk=(0, 1))
 binary("mul", lambda a, b: a * b,
        lambda i, g, c: g * c.ins[1 - i],
-       lambda xp, t, c: t[0] * c.ins[1] + c.ins[0] * t[1], needs=((1,), (0,)))
+       lambda xp, t, c: t[0] * c.ins[1] + c.ins[0] * t[1], needs=((1,), (0,)), vk=(1, 1))
 binary("div", lambda a, b: a / b,
        lambda i, g, c: g / c.ins[1] if i == 0 else -g * c.out / c.ins[1],
-       lambda xp, t, c: (t[0] - c.out * t[1]) / c.ins[1], needs=((1,), (1, OUT)), positive=True)
+       lambda xp, t, c: (t[0] - c.out * t[1]) / c.ins[1], needs=((1,), (1, OUT)), vk=(1, 3), positive=True)
 
 

@@ -111,6 +111,7 @@ register(Op(
     vjp=lambda xp, i, g, c: _softmax_vjp(xp, g, c.out, c.attrs["axis"]),
     jvp=lambda xp, t, c: _softmax_vjp(xp, t[0], c.out, c.attrs["axis"]),
     needs=lambda i: (OUT,), flops=lambda s, o, a: 5 * size(o),
+    vjp_flops=lambda i, s, o, a: 4 * size(o),  # g*y, its row sum, g minus it, times y
     example={"shapes": [(3, 5)]},
 ))
 
@@ -120,6 +121,7 @@ register(Op(
     vjp=lambda xp, i, g, c: g - xp.exp(c.out) * g.sum(axis=c.attrs["axis"], keepdims=True),
     jvp=lambda xp, t, c: t[0] - (xp.exp(c.out) * t[0]).sum(axis=c.attrs["axis"], keepdims=True),
     needs=lambda i: (OUT,), flops=lambda s, o, a: 5 * size(o),
+    vjp_flops=lambda i, s, o, a: 4 * size(o),  # g's row sum, exp(out), their product, g minus it
     example={"shapes": [(3, 5)]},
 ))
 
@@ -205,6 +207,10 @@ register(Op(
     name="layernorm", arity=(3, 3), shape=_ln_shape, attrs={"eps": 1e-5},
     forward=_ln_forward, vjp=_ln_vjp, jvp=_ln_jvp,
     needs=lambda i: ((0, 1), (0,), ())[i], flops=lambda s, o, a: 8 * size(o),
+    # every input's VJP but beta's recomputes the row statistics (5 per element); gamma's then
+    # takes g * xhat and its column sum, x's the seven elementwise and row-mean terms; beta's is a
+    # column sum of g
+    vjp_flops=lambda i, s, o, a: (12, 7, 1)[i] * size(o),
     example={"shapes": [(2, 3, 6), (6,), (6,)]},
 ))
 
@@ -289,6 +295,9 @@ register(Op(
     forward=_conv_forward, vjp=_conv_vjp, jvp=_conv_jvp,
     needs=lambda i: ((1,), (0,), ())[i],
     flops=lambda s, o, a: 2 * size(o) * s[1][1] * s[1][2] * s[1][3],
+    # dX and dW are each one GEMM the size of the forward's (2*N*OH*OW*C*KH*KW*OC); the bias's a
+    # sum of g over batch and pixels
+    vjp_flops=lambda i, s, o, a: size(o) if i == 2 else 2 * size(o) * s[1][1] * s[1][2] * s[1][3],
     example={"shapes": [(2, 3, 5, 5), (4, 3, 3, 3), (4,)], "attrs": {"stride": 2, "padding": 1}},
 ))
 
@@ -325,7 +334,9 @@ register(Op(
     name="maxpool2d", arity=(1, 1), shape=_pool_shape("maxpool2d"), attrs={"kernel": 2},
     forward=lambda xp, ins, a: _blocks(ins[0], a["kernel"]).max(axis=(3, 5)),
     vjp=_maxpool_vjp, jvp=_maxpool_jvp, needs=lambda i: (0, OUT),
-    flops=lambda s, o, a: size(s[0]), example={"shapes": [(2, 3, 4, 6)]},
+    flops=lambda s, o, a: size(s[0]),
+    vjp_flops=lambda i, s, o, a: 2 * size(s[0]),  # find each window's maximum again, route g to it
+    example={"shapes": [(2, 3, 4, 6)]},
 ))
 
 
@@ -340,7 +351,9 @@ register(Op(
     name="avgpool2d", arity=(1, 1), shape=_pool_shape("avgpool2d"), attrs={"kernel": 2},
     forward=lambda xp, ins, a: _blocks(ins[0], a["kernel"]).mean(axis=(3, 5)),
     vjp=_avgpool_vjp, jvp=lambda xp, t, c: _blocks(t[0], c.attrs["kernel"]).mean(axis=(3, 5)),
-    needs=lambda i: (), flops=lambda s, o, a: size(s[0]), example={"shapes": [(2, 3, 4, 6)]},
+    needs=lambda i: (), flops=lambda s, o, a: size(s[0]),
+    vjp_flops=lambda i, s, o, a: size(s[0]) + size(o),  # scale g, spread it over each window
+    example={"shapes": [(2, 3, 4, 6)]},
 ))
 
 
@@ -361,7 +374,9 @@ register(Op(
     forward=lambda xp, ins, a: _upsample(xp, ins[0], a["scale"]),
     vjp=lambda xp, i, g, c: _blocks(g, c.attrs["scale"]).sum(axis=(3, 5)),
     jvp=lambda xp, t, c: _upsample(xp, t[0], c.attrs["scale"]),
-    needs=lambda i: (), flops=lambda s, o, a: size(o), example={"shapes": [(2, 3, 2, 3)]},
+    needs=lambda i: (), flops=lambda s, o, a: size(o),
+    vjp_flops=lambda i, s, o, a: size(o),  # sum g over each k x k block
+    example={"shapes": [(2, 3, 2, 3)]},
 ))
 
 
@@ -422,6 +437,7 @@ register(Op(
     vjp=lambda xp, i, g, c: _dropout(xp, g, c.attrs),
     jvp=lambda xp, t, c: _dropout(xp, t[0], c.attrs),
     needs=lambda i: (), flops=lambda s, o, a: 12 * size(o),
+    vjp_flops=lambda i, s, o, a: 12 * size(o),  # the same mask, redrawn from the hash, times g
     example={"shapes": [(4, 8)], "attrs": {"p": 0.25, "_seed": 7}},
 ))
 
@@ -439,6 +455,7 @@ register(Op(
     vjp=lambda xp, i, g, c: (c.ins[0] - c.ins[1]) * (g * ((2.0 if i == 0 else -2.0) / size(c.in_shapes[0]))),
     jvp=lambda xp, t, c: (2.0 * (c.ins[0] - c.ins[1]) * (t[0] - t[1])).mean(),
     needs=lambda i: (0, 1), flops=lambda s, o, a: 3 * size(s[0]),
+    vjp_flops=lambda i, s, o, a: 2 * size(s[0]),  # the difference, times the scaled g
     example={"shapes": [(3, 4), (3, 4)]},
 ))
 
@@ -480,5 +497,8 @@ register(Op(
     name="softmax_cross_entropy", arity=(2, 2), shape=_xent_shape,
     forward=_xent_forward, vjp=_xent_vjp, jvp=_xent_jvp,
     needs=lambda i: (0, 1), flops=lambda s, o, a: 6 * size(s[0]), int_inputs=(1,),
+    # the logits' gradient: softmax again (5), minus the one-hot (2: compare, subtract), times g;
+    # the labels take no gradient
+    vjp_flops=lambda i, s, o, a: 8 * size(s[0]) if i == 0 else 0,
     example={"shapes": [(3, 5), (3,)]},
 ))
