@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from . import REQUIRED, Op, register, shape_error, size, unbroadcast
+from . import REQUIRED, Op, iter_buffer, register, shape_error, size, unbroadcast
 from ..errors import ShapeError
 
 
@@ -62,12 +62,26 @@ register(Op(
     example={"shapes": [(3, 4, 5)], "attrs": {"axis": [0, 2]}},
 ))
 
+def mean_buffers(n_out, itemsize):
+    """numpy's mean divides the sum by an integer count in float64 and casts back: below 8-byte
+    floats, that goes through two iteration buffers of float64."""
+    return 2 * iter_buffer(n_out, 8) if itemsize < 8 else 0
+
+
+def _mean_workspace(which, s, o, a, itemsize):
+    """The forward: mean's division (above); the VJP: the scaled g before it is spread over the
+    input (a view, copied)."""
+    if which == "forward":
+        return mean_buffers(size(o), itemsize)
+    return size(o) * itemsize
+
+
 register(Op(
     name="mean", arity=(1, 1), shape=_reduce_shape("mean"), attrs={"axis": None, "keepdims": False},
     forward=lambda xp, ins, a: ins[0].mean(axis=_axes("mean", a["axis"], ins[0].ndim), keepdims=a["keepdims"]),
     vjp=lambda xp, i, g, c: _expand(xp, g * (1.0 / _count(c)), c),
     jvp=lambda xp, t, c: t[0].mean(axis=_axes("mean", c.attrs["axis"], t[0].ndim), keepdims=c.attrs["keepdims"]),
-    needs=lambda i: (), flops=_reduce_flops, vjp_flops=_expand_flops,
+    needs=lambda i: (), flops=_reduce_flops, vjp_flops=_expand_flops, workspace=_mean_workspace,
     example={"shapes": [(3, 4, 5)], "attrs": {"axis": 1, "keepdims": True}},
 ))
 
@@ -168,6 +182,21 @@ def _matmul_vjp_flops(i, s, o, a):
     return gemm + (per_batch if per_batch != size(s[i]) else 0)
 
 
+def _matmul_workspace(which, s, o, a, itemsize):
+    """The forward writes its output only. dA or dB over a batch that the operand was broadcast
+    across is one product per batch element, summed down; where the rule takes the transpose of the
+    product of the small ones, the result is a transposed view, copied to own its buffer."""
+    if which == "forward":
+        return 0
+    i = which
+    per_batch = size(o[:-2]) * size(s[i][-2:])
+    if per_batch != size(s[i]):
+        return per_batch * itemsize
+    g = size(o)
+    swapped = size(s[1 - i]) > g + size(s[i])  # the operand read is larger: see _matmul_vjp
+    return size(s[i]) * itemsize if swapped else 0
+
+
 def _matmul_vjp(xp, i, g, c):
     a, b = c.ins
     # dA = g B^T and dB = A^T g. A batched product copies a transposed operand first (cupy does), so
@@ -187,7 +216,7 @@ register(Op(
     forward=lambda xp, ins, a: ins[0] @ ins[1], vjp=_matmul_vjp,
     jvp=lambda xp, t, c: t[0] @ c.ins[1] + c.ins[0] @ t[1],
     needs=lambda i: (1,) if i == 0 else (0,),
-    flops=lambda s, o, a: 2 * size(o) * s[0][-1], vjp_flops=_matmul_vjp_flops,
+    flops=lambda s, o, a: 2 * size(o) * s[0][-1], vjp_flops=_matmul_vjp_flops, workspace=_matmul_workspace,
     example={"shapes": [(2, 3, 4), (4, 5)]},
 ))
 
@@ -242,5 +271,7 @@ register(Op(
     needs=lambda i: ((1,), (0,), ())[i],
     flops=lambda s, o, a: 2 * size(o) * s[0][-1] + (size(o) if len(s) == 3 else 0),
     vjp_flops=_linear_vjp_flops,
+    # adding the bias in place iterates it through numpy's buffer; the VJPs write their results only
+    workspace=lambda w, s, o, a, itemsize: iter_buffer(size(o), itemsize) if w == "forward" and len(s) == 3 else 0,
     example={"shapes": [(2, 3, 4), (4, 5), (5,)]},
 ))
