@@ -88,3 +88,113 @@ def test_stated_workspace_bounds_large_arrays(name):
     shapes = _scaled(REGISTRY[name], 40)
     for which, (measured, stated) in measure(name, shapes).items():
         assert measured <= stated + SLACK, (name, which, measured, stated)
+
+
+# ---- the joint graph's `ws`, the simulator, the allocator ------------------------------------------
+import glob  # noqa: E402
+import os  # noqa: E402
+
+from ckpt.backend import get_backend  # noqa: E402
+from ckpt.model.joint import gradient_workspace  # noqa: E402
+from ckpt.plan import plan, smallest_peak  # noqa: E402
+from ckpt.session import load_model, run_plan  # noqa: E402
+from ckpt.simulate import simulate  # noqa: E402
+
+CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.yaml")))
+# Sizes that keep the run fast here (the structure is the config's: every op and edge).
+SMALLER = {"mlp_deep": {"B": 32, "D": 64}}
+# The executor's own bookkeeping, which the allocator counts and no op states: a Python int per
+# step in its memory timeline (and the list holding them).
+PER_STEP = 64
+
+
+def test_gradient_workspace_follows_the_executor():
+    # one consumer: its VJP's temporaries; two: the first term is held while the second runs,
+    # then both and their sum; a third is added in place
+    assert gradient_workspace(800, 8, []) == 0
+    assert gradient_workspace(800, 8, [50]) == 50
+    assert gradient_workspace(800, 8, [50, 0]) == 2 * 800 + 2 * 800
+    assert gradient_workspace(800, 8, [5000, 0]) == 5000
+    assert gradient_workspace(800, 8, [0, 3000]) == 800 + 3000
+    assert gradient_workspace(800, 8, [0, 0, 4000]) == 800 + 4000
+
+
+def test_simulator_counts_workspace_at_its_step_only():
+    m = load_model(next(c for c in CONFIGS if "seed_example" in c))
+    p, sim = plan(m.joint, "store-all", ix=m.index)
+    j = m.joint.copy()
+    for x in j.nodes:
+        j.nodes[x]["ws"] = 0
+    first = p.steps[0][1]
+    j.nodes[first]["ws"] = 10**9  # transient: the first step's peak, gone after it
+    s = simulate(j, p.steps)
+    assert s.peak_managed == sim.peak_managed and s.timeline == sim.timeline
+    assert s.peak_managed_ws == j.nodes[first]["ram"] + 10**9
+    assert s.peak_ws == s.resident + s.peak_managed_ws
+
+
+def _runnable(path):
+    m = load_model(path, SMALLER.get(os.path.basename(path)[:-5]))
+    _, sim = plan(m.joint, "store-all", ix=m.index)
+    return m, sim, sim.peak < 256 * 2**20
+
+
+def _budgets(m, sa_sim):
+    low, _ = smallest_peak(m.joint, m.index, time_limit=5)
+    return sorted({b for b in (int(sa_sim.peak * f) for f in (0.9, 0.7, 0.5)) if b > low} | {low}, reverse=True)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[os.path.basename(c)[:-5] for c in CONFIGS])
+def test_model_with_workspace_bounds_the_allocator(path):
+    """On every example config, from store-all down to the least feasible budget: the allocator's
+    peak (tracemalloc) stays within the model's peak with workspace (plus the interpreter's
+    bookkeeping), and the managed bytes still match to the byte."""
+    m, sa_sim, small = _runnable(path)
+    if not small:
+        pytest.skip("too large to run here (plan-only config)")
+    missing = sorted({m.graph.nodes[v]["op"] for v in m.graph.graph["order"]}
+                     - {n for n, op in REGISTRY.items() if op.workspace is not None}
+                     & OWN_WORKSPACE_ELSEWHERE)
+    if missing:
+        pytest.skip(f"{', '.join(missing)} do not state their workspace yet")
+    backend = get_backend("cpu")
+    cases = [("store-all", None), ("sqrt-n", None)] + [("budget", b) for b in _budgets(m, sa_sim)]
+    for strategy, budget in cases:
+        p, sim = plan(m.joint, strategy, budget, time_limit=5, ix=m.index)
+        r = run_plan(m, p.steps, backend, n_steps=0)
+        assert r.measured_managed == sim.peak_managed
+        slack = 8192 + PER_STEP * len(p.steps)
+        assert r.allocator_peak <= sim.peak_ws + slack, (strategy, budget, r.allocator_peak, sim.peak_ws)
+
+
+@pytest.mark.xfail(strict=True, reason="the planners still compare peak_managed with the budget; "
+                                      "once they compare peak_managed_ws this passes: drop the mark")
+@pytest.mark.parametrize("path", [c for c in CONFIGS if "gpt_small" in c])
+def test_budget_bounds_the_allocator(path):
+    m, sa_sim, _ = _runnable(path)
+    backend = get_backend("cpu")
+    for budget in _budgets(m, sa_sim):
+        p, sim = plan(m.joint, "budget", budget, time_limit=5, ix=m.index)
+        assert sim.peak_ws <= budget
+        r = run_plan(m, p.steps, backend, n_steps=0)
+        assert r.allocator_peak <= budget + 8192 + PER_STEP * len(p.steps)
+
+
+def test_cost_graphs_carry_workspace():
+    from ckpt.errors import ConfigError
+    from ckpt.model.costgraph import cost_graph_doc, parse_cost_graph
+    m = load_model(next(c for c in CONFIGS if "gpt_small" in c))
+    doc = cost_graph_doc(m.joint)
+    assert any(n["ws"] > 0 for n in doc["nodes"])
+    j = parse_cost_graph(doc)
+    p, sim = plan(m.joint, "sqrt-n", ix=m.index)
+    assert simulate(j, p.steps).peak_ws == sim.peak_ws > sim.peak
+    for n in doc["nodes"]:  # absent means none; `workspace` is read as well
+        n["workspace"] = n.pop("ws")
+    assert simulate(parse_cost_graph(doc), p.steps).peak_ws == sim.peak_ws
+    for n in doc["nodes"]:
+        del n["workspace"]
+    assert simulate(parse_cost_graph(doc), p.steps).peak_ws == sim.peak
+    doc["nodes"][0]["ws"] = -1
+    with pytest.raises(ConfigError, match="ws must be"):
+        parse_cost_graph(doc)

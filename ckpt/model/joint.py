@@ -8,13 +8,16 @@ parameters, whose gradients are resident). The output's gradient node is the see
 output's value, so every schedule computes the loss. An edge u -> x means x reads u's output.
 
 Memory model (Checkmate's): a node's output is live from the step that computes it to the step
-that frees it; computing x needs every predecessor live and costs ram(x) more bytes.
+that frees it; computing x needs every predecessor live and costs ram(x) more bytes. While x is
+computed it also holds ws(x) bytes of temporaries that are gone when its step ends (the op rules'
+workspace; for a gradient node, its consumers' VJPs one after another and the sum of their terms,
+as the executor accumulates them).
 """
 
 import networkx as nx
 
-from ..ops import REGISTRY, size
-from .graph import residuals
+from ..ops import REGISTRY, iter_buffer, size
+from .graph import ITEMSIZE, residuals
 
 GRAD = "grad:"
 
@@ -30,7 +33,8 @@ def lower(g):
     fwd = [v for v in g.graph["order"] if v in needed]
     for v in fwd:
         d = g.nodes[v]
-        j.add_node(v, kind="forward", ref=v, cost=float(d["flops"] + _elems(d)), ram=d["bytes"])
+        j.add_node(v, kind="forward", ref=v, cost=float(d["flops"] + _elems(d)), ram=d["bytes"],
+                   ws=workspace(g, v, "forward"))
         for u in set(d["inputs"]):
             if g.nodes[u]["kind"] == "op":
                 j.add_edge(u, v)
@@ -53,7 +57,8 @@ def lower(g):
         is_op = d["kind"] == "op"
         cons = grad_consumers(v)
         cost = sum(vjp_flops(g, w, i) for w, i in cons) + (_elems(d) if is_op else 0)
-        j.add_node(b, kind="backward", ref=v, cost=float(cost), ram=d["bytes"] if is_op else 0)
+        j.add_node(b, kind="backward", ref=v, cost=float(cost), ram=d["bytes"] if is_op else 0,
+                   ws=gradient_workspace(d["bytes"], ITEMSIZE[d["dtype"]], [workspace(g, w, i) for w, i in cons]))
         if v == out:
             j.add_edge(v, b)
         for w, i in cons:
@@ -76,6 +81,32 @@ def vjp_flops(g, w, i):
     if op.vjp_flops is None:
         return d["flops"]
     return int(op.vjp_flops(i, shapes, d["shape"], d["attrs"]))
+
+
+def workspace(g, w, which):
+    """Bytes op node w's rule ("forward", or the VJP for input i) holds beyond its result."""
+    d = g.nodes[w]
+    op = REGISTRY[d["op"]]
+    if op.workspace is None:
+        return 0
+    shapes = [g.nodes[u]["shape"] for u in d["inputs"]]
+    return int(op.workspace(which, shapes, d["shape"], d["attrs"], ITEMSIZE[d["dtype"]]))
+
+
+def gradient_workspace(nbytes, itemsize, terms):
+    """Temporaries of a gradient node of `nbytes` whose consumers' VJPs (workspace `terms`, in the
+    executor's order) run one after another. The first term is the gradient so far; the second
+    is added into a fresh buffer (both terms and the sum live at once); later terms are added in
+    place. A sum iterates each broadcast view (a reduction's VJP) through numpy's buffer. The
+    node's own bytes (its ram, or for a leaf the resident gradient) are not counted here."""
+    if not terms:
+        return 0
+    if len(terms) == 1:
+        return terms[0]
+    buf = iter_buffer(nbytes // itemsize, itemsize)
+    phases = [terms[0], nbytes + terms[1], 2 * nbytes + 2 * buf]
+    phases += [nbytes + max(t, buf) for t in terms[2:]]
+    return max(phases)
 
 
 def _elems(d):
