@@ -5,6 +5,7 @@ conv2d."""
 import pytest
 
 from ckpt.model import build_graph, lower, parse_config
+from ckpt.model.joint import forward_features, gradient_features, predict
 from ckpt.ops import REGISTRY
 
 OPS = sorted(REGISTRY)
@@ -83,8 +84,24 @@ def test_gradient_nodes_are_charged_their_own_vjp():
     j = lower(build_graph(parse_config(MLP)))
     B, D = 8, 16
     # the bias gradient is a reduction, not the GEMM the whole linear costs
-    assert j.nodes["grad:b"]["cost"] == B * D
-    assert j.nodes["grad:W"]["cost"] == 2 * B * D * D
-    # an activation's gradient: the consumer's VJP plus one touch of each element of the value
-    assert j.nodes["grad:h"]["cost"] == REGISTRY["relu"].vjp_flops(0, [(B, D)], (B, D), {}) + B * D
-    assert j.nodes["grad:b"]["cost"] < j.nodes["h"]["cost"] / 10
+    assert j.nodes["grad:b"]["flops"] == B * D
+    assert j.nodes["grad:W"]["flops"] == 2 * B * D * D
+    assert j.nodes["grad:h"]["flops"] == REGISTRY["relu"].vjp_flops(0, [(B, D)], (B, D), {})
+    assert j.nodes["grad:b"]["cost"] < j.nodes["grad:W"]["cost"]
+    assert j.nodes["grad:b"]["cost"] < j.nodes["h"]["cost"]
+
+
+def test_costs_follow_the_weights():
+    """A node's cost is the weights applied to what it computes: per FLOP, per byte, per call;
+    an op the table lacks takes the all-ops weights."""
+    g = build_graph(parse_config(MLP))
+    feats = forward_features(g, "h")
+    B, D = 8, 16
+    assert feats == {"linear:forward": (2 * B * D * D + B * D, 4 * (B * D + D * D + D + B * D), 1)}
+    w = {"linear:forward": (2.0, 3.0, 5.0), "*:forward": (7.0, 0.0, 0.0)}
+    f, b, c = feats["linear:forward"]
+    assert predict(feats, w) == 2.0 * f + 3.0 * b + 5.0
+    assert predict(forward_features(g, "a"), w) == 7.0 * B * D
+    grad = gradient_features(g, "h", [("a", 0)])
+    assert grad["relu:vjp"][0] == 2 * B * D and grad["gradient"][2] == 1
+    assert predict(grad, {"*:vjp": (1.0, 0.0, 0.0)}) == 2 * B * D

@@ -47,7 +47,8 @@ def bench(configs, strategies, budgets, steps, baseline, time_tolerance, update_
     if baseline and (not update_baseline or os.path.exists(baseline)):
         base = load_baseline(baseline)  # a corrupt baseline stops here, before anything is written
     entries = run_bench(configs, strategies or STRATEGIES, budgets or ("0.8x",), steps=steps,
-                        time_limit=time_limit, overrides=overrides(sets), progress=not as_json)
+                        time_limit=time_limit, overrides=overrides(sets), progress=not as_json,
+                        baseline=None if update_baseline else base, time_tolerance=tol)
     if output:
         write_json_atomic(output, {"entries": entries}, sort_keys=True)
     if update_baseline:
