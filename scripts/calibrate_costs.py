@@ -4,8 +4,9 @@
     python scripts/calibrate_costs.py fit [--steps 5] [--write]
     python scripts/calibrate_costs.py check [--rounds 7] [--repeats 3] [--config NAME ...]
 
-`fit` times every joint node of store-all steps of the example configs (at their sizes and a few
-others, so that shapes vary), synchronised after every node, medians over --steps steps; then
+`fit` times every computed node of steps of the example configs (at their sizes and a few others,
+so that shapes vary; store-all and plans that recompute, so that contexts vary), the clock read
+after every node, medians over --steps steps; then
 fits, per op and direction, nanoseconds per FLOP, per byte moved and per call by non-negative
 least squares (each node's time is the sum of its kinds' terms). --write stores the table in
 ckpt/model/cost_weights.py, which lower() reads: plans then depend on fixed data, never on the
@@ -37,7 +38,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from ckpt.backend import get_backend  # noqa: E402
 from ckpt.errors import BudgetError  # noqa: E402
 from ckpt.plan import plan  # noqa: E402
-from ckpt.session import device_leaves, load_model, measure_costs, time_side_by_side  # noqa: E402
+from ckpt.execute import Executor  # noqa: E402
+from ckpt.session import device_leaves, load_model, time_side_by_side  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 CASES = [  # (config, overrides): the example configs and some other sizes of them
@@ -52,14 +54,46 @@ def config(name):
     return os.path.join(ROOT, "configs", name + ".yaml")
 
 
+def step_times(model, steps, backend, n_steps):
+    """Seconds of each compute step of a schedule ((node, occurrence) -> median over n_steps
+    steps after a warm-up), the clock read after every node as measure_costs does."""
+    ex = Executor(model.graph, model.joint, steps, backend)
+    leaves = device_leaves(model, backend)
+    ex.step(leaves)
+    samples = {}
+    for _ in range(n_steps):
+        seen, last = {}, [backend.clock()]
+
+        def took(x, _value):
+            now = backend.clock()
+            k = seen[x] = seen.get(x, -1) + 1
+            samples.setdefault((x, k), []).append(now - last[0])
+            last[0] = now
+
+        ex.step(leaves, on_value=took)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
 def collect(steps, backend):
+    """Per-node times in store-all steps and in steps of plans that recompute (sqrt-n, budget at
+    0.7x): a node's time depends on what the allocator and the caches hold around it, and the fit
+    should see both the generous and the lean context."""
     rows = []  # (features, seconds, case)
     for name, overrides in CASES:
         model = load_model(config(name), overrides)
-        times = measure_costs(model, backend, n_steps=steps)
-        for x, t in times.items():
-            rows.append((model.joint.nodes[x]["features"], t, name))
-        print(f"  timed {name} {overrides or ''}: {len(times)} nodes, {sum(times.values()) * 1e3:.1f} ms a step",
+        sa, sa_sim = plan(model.joint, "store-all", ix=model.index)
+        schedules = [sa, plan(model.joint, "sqrt-n", ix=model.index)[0]]
+        try:
+            schedules.append(plan(model.joint, "budget", int(0.7 * sa_sim.peak), ix=model.index)[0])
+        except BudgetError:
+            pass
+        total = 0
+        for p in schedules:
+            times = step_times(model, p.steps, backend, steps)
+            for (x, _), t in times.items():
+                rows.append((model.joint.nodes[x]["features"], t, name))
+            total += len(times)
+        print(f"  timed {name} {overrides or ''}: {total} node computes in {len(schedules)} schedules",
               file=sys.stderr)
     return rows
 
