@@ -6,7 +6,7 @@ import pytest
 
 from ckpt.model import build_graph, lower, parse_config
 from ckpt.model.joint import forward_features, gradient_features, predict
-from ckpt.ops import REGISTRY
+from ckpt.ops import REGISTRY, iter_buffer
 
 OPS = sorted(REGISTRY)
 
@@ -97,7 +97,10 @@ def test_costs_follow_the_weights():
     g = build_graph(parse_config(MLP))
     feats = forward_features(g, "h")
     B, D = 8, 16
-    assert feats == {"linear:forward": (2 * B * D * D + B * D, 4 * (B * D + D * D + D + B * D), 1)}
+    # reads x, W and b, writes the output; its workspace (the bias added through numpy's buffer) is
+    # written and read back
+    moved = 4 * (B * D + D * D + D + B * D) + 2 * iter_buffer(B * D, 4)
+    assert feats == {"linear:forward": (2 * B * D * D + B * D, moved, 1)}
     w = {"linear:forward": (2.0, 3.0, 5.0), "*:forward": (7.0, 0.0, 0.0)}
     f, b, c = feats["linear:forward"]
     assert predict(feats, w) == 2.0 * f + 3.0 * b + 5.0
