@@ -198,3 +198,39 @@ def test_cost_graphs_carry_workspace():
     doc["nodes"][0]["ws"] = -1
     with pytest.raises(ConfigError, match="ws must be"):
         parse_cost_graph(doc)
+
+
+def test_each_node_stays_within_its_bytes_and_workspace():
+    """Node by node on gpt_small (values with up to three consumers, residual adds, attention): what
+    the allocator gains while a node is computed is at most its output and its stated workspace."""
+    import tracemalloc
+
+    from ckpt.execute import Executor
+    from ckpt.session import device_leaves
+
+    m = load_model(next(c for c in CONFIGS if "gpt_small" in c))
+    backend = get_backend("cpu")
+    p, _ = plan(m.joint, "store-all", ix=m.index)
+    assert max(sum(u.startswith("grad:") for u in m.joint.predecessors(x)) for x in m.joint) >= 3
+    ex = Executor(m.graph, m.joint, p.steps, backend)
+    leaves = device_leaves(m, backend)
+    ex.step(leaves)
+    over = []
+    tracemalloc.start()
+    try:
+        last = [tracemalloc.get_traced_memory()[0]]
+        tracemalloc.reset_peak()
+
+        def seen(x, value):
+            cur, peak = tracemalloc.get_traced_memory()
+            d = m.joint.nodes[x]
+            allowed = d["ram"] + d["ws"] + (value.nbytes if d["ram"] == 0 else 0)  # a leaf's gradient
+            if peak - last[0] > allowed + 8192:
+                over.append((x, peak - last[0], allowed))
+            tracemalloc.reset_peak()
+            last[0] = tracemalloc.get_traced_memory()[0]
+
+        ex.step(leaves, on_value=seen)
+    finally:
+        tracemalloc.stop()
+    assert not over, over[:5]
