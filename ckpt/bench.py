@@ -80,7 +80,7 @@ def entry_key(config, strategy, budget_spec):
 def run_bench(configs, strategies, budgets, steps=5, time_limit=10.0, overrides=None, progress=True,
               baseline=None, time_tolerance=None):
     """One entry per (config, strategy[, budget]): predicted and measured peaks, allocator peak,
-    median step time, and that time over store-all's: the median of per-round ratios over at least
+    median step time (by step_clock: CPU time on the CPU), and that time over store-all's: the median of per-round ratios over at least
     MIN_ROUNDS interleaved rounds, with its confidence bounds. Given a baseline, a ratio that
     looks like a regression is measured again at once (gate_ratios; `rechecked`)."""
     rounds = max(steps, MIN_ROUNDS)

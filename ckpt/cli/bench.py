@@ -66,7 +66,7 @@ def bench(configs, strategies, budgets, steps, baseline, time_tolerance, update_
                   fmt_bytes(e["peak_allocator"]) if e.get("feasible") else "-",
                   fmt_time(e.get("time_s")) if e.get("feasible") else "-",
                   f"{e['time_ratio']:.3f}" if e.get("feasible") else "-") for k, e in sorted(entries.items())]
-        click.echo(table(trows, ["entry", "fits", "predicted", "measured", "allocator", "step time", "vs store-all"]))
+        click.echo(table(trows, ["entry", "fits", "predicted", "measured", "allocator", "CPU time/step", "vs store-all"]))
         if update_baseline:
             click.echo(f"baseline {baseline} updated ({len(entries)} entries)")
         elif base is not None:
