@@ -234,3 +234,26 @@ def test_each_node_stays_within_its_bytes_and_workspace():
     finally:
         tracemalloc.stop()
     assert not over, over[:5]
+
+
+def test_run_flags_an_allocator_peak_over_the_budget():
+    """seed_example's arrays are a few bytes: at its least feasible budget the allocator's peak
+    (interpreter objects included) is far above it, and run says so in its report and its JSON."""
+    import json as _json
+
+    from click.testing import CliRunner
+
+    from ckpt.cli import cli
+    path = next(c for c in CONFIGS if "seed_example" in c)
+    m = load_model(path)
+    low, _ = smallest_peak(m.joint, m.index)
+    res = CliRunner().invoke(cli, ["run", path, "--strategy", "budget", "--memory-budget", str(low), "--steps", "1",
+                                   "--json"])
+    assert res.exit_code == 0, res.output
+    doc = _json.loads(res.output)
+    assert doc["allocator_over_budget"] is True and doc["peak_bytes"]["allocator"] > low
+    assert doc["peak_bytes"]["predicted_with_workspace"] >= doc["peak_bytes"]["predicted"]
+    text = CliRunner().invoke(cli, ["run", path, "--strategy", "budget", "--memory-budget", str(low), "--steps", "1"])
+    assert "WARNING" in text.output and "above the budget" in text.output
+    res = CliRunner().invoke(cli, ["run", path, "--steps", "1", "--json"])
+    assert _json.loads(res.output)["allocator_over_budget"] is None  # no budget, nothing to flag
