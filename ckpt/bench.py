@@ -1,8 +1,19 @@
 """Benchmarks and their baselines: memory figures that compare exactly, times that compare as
-ratios to store-all measured in the same run (a ratio holds from one machine to the next)."""
+ratios to store-all measured in the same run (a ratio holds from one machine to the next).
+
+A time regression must not be load: on a shared machine one round can be slowed by anything. The
+ratio is the median over interleaved rounds of per-round ratios; a regression is called only when
+the lower confidence bound of that median (order statistics: no assumption on the noise) is above
+the baseline's ratio times 1 + tolerance. A ratio whose median is beyond that (a suspect, proven
+or not) is measured again at once with twice the rounds, and the verdict rests on all of them:
+a burst of load in the first rounds is outvoted, a real slowdown is confirmed with a tighter
+bound. On the CPU, steps are timed in the process's CPU time, which waiting for a core does not
+inflate (a multi-threaded BLAS spinning for its share under load does: run with one BLAS thread,
+OPENBLAS_NUM_THREADS=1, for the steadiest figures)."""
 
 import math
 import os
+import time
 import statistics
 from contextlib import nullcontext
 import sys
@@ -19,6 +30,46 @@ from .sizes import parse_budget
 SCHEMA = 1
 # the allocator's figure includes a few interpreter objects, so it may wobble by a little
 ALLOCATOR_SLACK, ALLOCATOR_SLACK_BYTES = 0.02, 4096
+MIN_ROUNDS = 15  # interleaved rounds per time ratio: the median's 95% bounds are the 4th values from each end
+CONFIDENCE = 0.95
+
+
+def median_bounds(samples, confidence=CONFIDENCE):
+    """(low, high): a distribution-free confidence interval for the median, by order statistics:
+    the k-th smallest and k-th largest samples, k the largest with P(Binomial(n, 1/2) < k) <=
+    (1 - confidence) / 2 (at least 1: the extremes)."""
+    xs = sorted(samples)
+    n = len(xs)
+    if not n:
+        raise ValueError("no samples")
+    alpha, below, k = (1.0 - confidence) / 2, 0.0, 0
+    while k < n // 2:
+        below += math.comb(n, k) / 2 ** n  # P(Binomial(n, 1/2) <= k)
+        if below > alpha:
+            break
+        k += 1
+    k = max(k, 1)
+    return xs[k - 1], xs[n - k]
+
+
+def gate_ratios(measure, rounds, base, tolerance):
+    """(per-round ratios, rechecked): `measure(n)` gives n interleaved rounds' ratios; a suspect
+    (median above base * (1 + tolerance)) is measured again with 2n more."""
+    ratios = list(measure(rounds))
+    if base is None or statistics.median(ratios) <= base * (1 + tolerance):
+        return ratios, False
+    return ratios + list(measure(2 * rounds)), True
+
+
+def time_status(samples, base, tolerance, confidence=CONFIDENCE):
+    """regression, improved or same, for per-round time ratios against a baseline ratio: only a
+    confidence bound beyond the tolerance counts."""
+    lo, hi = median_bounds(samples, confidence)
+    if lo > base * (1 + tolerance):
+        return "regression"
+    if hi < base * (1 - tolerance):
+        return "improved"
+    return "same"
 
 
 def entry_key(config, strategy, budget_spec):
@@ -26,9 +77,13 @@ def entry_key(config, strategy, budget_spec):
     return f"{name}:{strategy}" + (f"@{budget_spec}" if strategy == "budget" else "")
 
 
-def run_bench(configs, strategies, budgets, steps=5, time_limit=10.0, overrides=None, progress=True):
+def run_bench(configs, strategies, budgets, steps=5, time_limit=10.0, overrides=None, progress=True,
+              baseline=None, time_tolerance=None):
     """One entry per (config, strategy[, budget]): predicted and measured peaks, allocator peak,
-    median step time, and that time over store-all's, interleaved in one process."""
+    median step time (by step_clock: CPU time on the CPU), and that time over store-all's: the median of per-round ratios over at least
+    MIN_ROUNDS interleaved rounds, with its confidence bounds. Given a baseline, a ratio that
+    looks like a regression is measured again at once (gate_ratios; `rechecked`)."""
+    rounds = max(steps, MIN_ROUNDS)
     jobs = [(c, s, b) for c in configs for s in strategies for b in (budgets if s == "budget" else [None])]
     entries = {}
     backend = get_backend("cpu")
@@ -52,18 +107,30 @@ def run_bench(configs, strategies, budgets, steps=5, time_limit=10.0, overrides=
                         bar.update(1)
                     continue
                 r = run_plan(model, p.steps, backend, n_steps=1, leaves=leaves, warmup=1)
+                rechecked = False
                 if strategy == "store-all":  # the reference: its ratio is 1 by definition
-                    (mine,) = time_side_by_side(model, [p.steps], backend, n_steps=steps, leaves=leaves)
-                    ratio = 1.0
+                    (mine,) = time_side_by_side(model, [p.steps], backend, n_steps=steps, leaves=leaves,
+                                                clock=step_clock(backend))
+                    ratios = [1.0]
                 else:
-                    mine, base = time_side_by_side(model, [p.steps, sa.steps], backend, n_steps=steps,
-                                                   leaves=leaves)
-                    ratio = statistics.median(a / b for a, b in zip(mine, base))
+                    mine = []
+
+                    def measure(n, steps=p.steps):
+                        t, ratios = _ratios(model, steps, sa.steps, backend, n, leaves)
+                        mine.extend(t)
+                        return ratios
+
+                    old = (baseline or {}).get(key)
+                    known = old is not None and old.get("feasible", True) and time_tolerance is not None
+                    ratios, rechecked = gate_ratios(measure, rounds, old["time_ratio"] if known else None,
+                                                    time_tolerance)
+                ratio = statistics.median(ratios)
                 t = statistics.median(mine)
                 entries[key] = {
                     "feasible": True, "solver": p.solver, "budget_bytes": budget,
                     "peak_predicted": sim.peak, "peak_measured": r.resident + r.measured_managed,
                     "peak_allocator": r.allocator_peak, "time_s": t, "time_ratio": ratio,
+                    "time_ratios": ratios, "time_ratio_bounds": list(median_bounds(ratios)), "rechecked": rechecked,
                     "overhead_predicted": (sim.cost - sa_sim.cost) / sa_sim.cost if sa_sim.cost else 0.0,
                 }
                 if bar:
@@ -72,6 +139,19 @@ def run_bench(configs, strategies, budgets, steps=5, time_limit=10.0, overrides=
 
 
 _PEAKS = ("peak_predicted", "peak_measured", "peak_allocator")
+
+
+def step_clock(backend):
+    """The clock bench times steps with: CPU time of the process on the CPU, the backend's
+    synchronised wall clock on a GPU (whose work is not this process's CPU time)."""
+    return time.process_time if backend.name == "cpu" else backend.clock
+
+
+def _ratios(model, steps, sa_steps, backend, rounds, leaves):
+    """(step times of `steps`, per-round ratios to store-all's), interleaved."""
+    mine, base = time_side_by_side(model, [steps, sa_steps], backend, n_steps=rounds, leaves=leaves,
+                                   clock=step_clock(backend))
+    return mine, [a / b for a, b in zip(mine, base)]
 
 
 def load_baseline(path):
@@ -126,7 +206,8 @@ def update_baseline(path, entries):
 
 def compare(current, baseline, time_tolerance):
     """Rows of (key, figure, baseline, current, status); status is regression, improved, same,
-    new (not in the baseline) or not run (in the baseline only: a run may cover a subset)."""
+    new (not in the baseline) or not run (in the baseline only: a run may cover a subset). A time
+    ratio measured with its per-round samples is judged by their median's confidence bounds."""
     rows = []
     for key in sorted(set(current) | set(baseline)):
         cur, base = current.get(key), baseline.get(key)
@@ -149,6 +230,9 @@ def compare(current, baseline, time_tolerance):
         status = "regression" if c > b + slack else "improved" if c < b - slack else "same"
         rows.append((key, "peak_allocator", b, c, status))
         b, c = base["time_ratio"], cur["time_ratio"]
-        status = "regression" if c > b * (1 + time_tolerance) else "improved" if c < b * (1 - time_tolerance) else "same"
+        if cur.get("time_ratios"):  # measured here: the confidence bounds decide
+            status = time_status(cur["time_ratios"], b, time_tolerance)
+        else:  # a single figure (an older results file): the point comparison
+            status = "regression" if c > b * (1 + time_tolerance) else "improved" if c < b * (1 - time_tolerance) else "same"
         rows.append((key, "time_ratio", b, c, status))
     return rows

@@ -218,19 +218,24 @@ def run_plan(model, steps, backend, n_steps=5, leaves=None, warmup=1):
     return RunResult(r.loss, grads, r.peak_managed, r.resident, alloc, times, r.timeline)
 
 
-def time_side_by_side(model, plans, backend, n_steps=5, leaves=None):
+def time_side_by_side(model, plans, backend, n_steps=5, leaves=None, clock=None):
     """Step times of each schedule (a list per schedule), interleaved in one process after a
-    warm-up, so that drift hits all alike: pair them up for ratios."""
+    warm-up, so that drift hits all alike: pair them up for ratios, one per round. Each round
+    starts with a different schedule (the first to run after another's step meets a colder
+    cache), so that the order favours none. `clock` defaults to the backend's (wall time, after
+    synchronising)."""
+    clock = clock or backend.clock
     leaves = leaves if leaves is not None else device_leaves(model, backend)
     exs = [Executor(model.graph, model.joint, s, backend) for s in plans]
     for ex in exs:
         ex.step(leaves)
-    times = [[] for _ in exs]
-    for _ in range(n_steps):
-        for ex, ts in zip(exs, times):
-            t0 = backend.clock()
-            ex.step(leaves)
-            ts.append(backend.clock() - t0)
+    times = [[0.0] * n_steps for _ in exs]
+    for r in range(n_steps):
+        for k in range(len(exs)):
+            n = (r + k) % len(exs)
+            t0 = clock()
+            exs[n].step(leaves)
+            times[n][r] = clock() - t0
     return times
 
 

@@ -14,17 +14,26 @@ class Simulation:
     forward_computes: int
     recomputes: int  # forward computes beyond one per forward node
     stored: int  # forward values kept from the first forward pass into the backward pass
+    # peak_managed with each step's workspace (the temporaries an op holds while it runs, `ws` on
+    # the joint node) counted at its step: what the allocator sees beyond the resident bytes
+    peak_managed_ws: int = 0
 
     @property
     def peak(self):
+        """The model's peak: resident + managed, what the executor counts (equal to the byte)."""
         return self.resident + self.peak_managed
+
+    @property
+    def peak_ws(self):
+        """The peak with workspace: the figure a memory budget must bound for the allocator's."""
+        return self.resident + self.peak_managed_ws
 
 
 def simulate(joint, steps, check=True):
     if check:
         validate(joint, steps)
     nodes = joint.nodes
-    live_bytes, peak, cost = 0, 0, 0.0
+    live_bytes, peak, peak_ws, cost = 0, 0, 0, 0.0
     timeline = []
     fwd_computes, seen = 0, set()
     first_backward = None
@@ -34,6 +43,8 @@ def simulate(joint, steps, check=True):
         if kind == COMPUTE:
             live_bytes += d["ram"]
             peak = max(peak, live_bytes)
+            # the output stays live after the step, the workspace does not
+            peak_ws = max(peak_ws, live_bytes + d.get("ws", 0))
             cost += d["cost"]
             live.add(x)
             if d["kind"] == "forward":
@@ -46,4 +57,4 @@ def simulate(joint, steps, check=True):
             live.discard(x)
         timeline.append(live_bytes)
     return Simulation(joint.graph.get("resident", 0), peak, cost, timeline, fwd_computes,
-                      fwd_computes - len(seen), first_backward or 0)
+                      fwd_computes - len(seen), first_backward or 0, max(peak, peak_ws))

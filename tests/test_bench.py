@@ -47,6 +47,8 @@ def test_planted_slowdown_is_caught_and_a_slower_machine_is_not(entries):
     base = json.loads(json.dumps(entries))
     slow = json.loads(json.dumps(entries))
     slow["seed_example:sqrt-n"]["time_ratio"] *= 1.5
+    # every round 1.5x slower (the per-round ratios decide where they were measured)
+    slow["seed_example:sqrt-n"]["time_ratios"] = [slow["seed_example:sqrt-n"]["time_ratio"]] * 15
     assert _statuses(compare(slow, base, 0.1))[("seed_example:sqrt-n", "time_ratio")] == "regression"
     machine = json.loads(json.dumps(entries))
     for e in machine.values():  # everything twice as slow: the ratios to store-all do not move

@@ -55,7 +55,8 @@ def bench(configs, strategies, budgets, steps, baseline, time_tolerance, update_
     if baseline and (not update_baseline or os.path.exists(baseline)):
         base = load_baseline(baseline)  # a corrupt baseline stops here, before anything is written
     entries = run_bench(configs, strategies or STRATEGIES, budgets or ("0.8x",), steps=steps,
-                        time_limit=time_limit, overrides=overrides(sets), progress=not as_json and output != "-")
+                        time_limit=time_limit, overrides=overrides(sets), progress=not as_json and output != "-",
+                        baseline=None if update_baseline else base, time_tolerance=tol)
     if output:
         write_json_atomic(output, {"entries": entries}, sort_keys=True)
     if update_baseline:
@@ -73,7 +74,7 @@ def bench(configs, strategies, budgets, steps, baseline, time_tolerance, update_
                   fmt_bytes(e["peak_allocator"]) if e.get("feasible") else "-",
                   fmt_time(e.get("time_s")) if e.get("feasible") else "-",
                   f"{e['time_ratio']:.3f}" if e.get("feasible") else "-") for k, e in sorted(entries.items())]
-        click.echo(table(trows, ["entry", "fits", "predicted", "measured", "allocator", "step time", "vs store-all"]))
+        click.echo(table(trows, ["entry", "fits", "predicted", "measured", "allocator", "CPU time/step", "vs store-all"]))
         if update_baseline:
             click.echo(f"baseline {baseline} updated ({len(entries)} entries)")
         elif base is not None:

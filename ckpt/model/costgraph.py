@@ -4,9 +4,11 @@ joint graph that the planners plan.
 Each node has `cost_cpu` (time or FLOPs, a number >= 0) and `cost_ram` (bytes of its output, an
 integer >= 0), and may say `backward: true` (a gradient node: computed once, never recomputed).
 An edge u -> v (under `links` or `edges`) means v reads u's output. The graph may carry
-`resident_bytes` (memory live for the whole step, added to every peak). Memory model: a node's
-output is live from the step that computes it to the step of its last reader; the memory at a step
-is the output being computed plus every older output still live; the peak is the largest sum.
+`resident_bytes` (memory live for the whole step, added to every peak). A node may state `ws`
+(or `workspace`): bytes of temporaries it holds only while it is computed (absent: 0). Memory
+model: a node's output is live from the step that computes it to the step of its last reader; the
+memory at a step is the output being computed plus every older output still live; the peak is the
+largest sum (and, counting workspace, that sum plus the workspace of the node being computed).
 """
 
 import os
@@ -61,9 +63,12 @@ def parse_cost_graph(doc, file="<graph>"):
         back = node.get("backward", False)
         if not isinstance(back, bool):
             raise err(f"backward must be true or false, got {_short(back)}", key=f"node {nid}")
+        ws = node.get("ws", node.get("workspace", 0))
+        if not _number(ws) or ws < 0 or int(ws) != ws:
+            raise err(f"ws must be a whole number of bytes >= 0, got {_short(ws)}", key=f"node {nid}")
         position[nid] = n
         j.add_node(nid, kind="backward" if back else "forward", ref=str(node.get("ref", nid)),
-                   cost=float(cost), ram=int(ram))
+                   cost=float(cost), ram=int(ram), ws=int(ws))
     for n, link in enumerate(links):
         if not isinstance(link, dict) or "source" not in link or "target" not in link:
             raise err(f"edge {n} needs 'source' and 'target'", key=f"links[{n}]")
@@ -131,6 +136,7 @@ def _number(x):
 def cost_graph_doc(joint):
     """The joint graph as node-link JSON (what networkx.node_link_data writes), nodes in order."""
     nodes = [{"id": x, "cost_cpu": joint.nodes[x]["cost"], "cost_ram": joint.nodes[x]["ram"],
+              "ws": joint.nodes[x].get("ws", 0),
               "backward": joint.nodes[x]["kind"] == "backward", "ref": joint.nodes[x]["ref"]}
              for x in joint.graph["order"]]
     links = [{"source": u, "target": v} for x in joint.graph["order"] for u, v in sorted(joint.in_edges(x))]

@@ -7,14 +7,24 @@ that consumer's VJP saves for that input, and writes dL/dv (ram = bytes of v; 0 
 parameters, whose gradients are resident). The output's gradient node is the seed and reads the
 output's value, so every schedule computes the loss. An edge u -> x means x reads u's output.
 
+Cost model: a node's `cost` is its predicted time in nanoseconds on the machine the weights were
+fitted on (scripts/calibrate_costs.py; ckpt/model/cost_weights.py holds them): per op and
+direction, a weight per FLOP, per byte moved and per call, applied to what the node computes
+(`features`). The weights are fixed data, so a plan never depends on the clock. `flops` keeps the
+node's FLOPs.
+
 Memory model (Checkmate's): a node's output is live from the step that computes it to the step
-that frees it; computing x needs every predecessor live and costs ram(x) more bytes.
+that frees it; computing x needs every predecessor live and costs ram(x) more bytes. While x is
+computed it also holds ws(x) bytes of temporaries that are gone when its step ends (the op rules'
+workspace; for a gradient node, its consumers' VJPs one after another and the sum of their terms,
+as the executor accumulates them).
 """
 
 import networkx as nx
 
-from ..ops import size
-from .graph import residuals
+from ..ops import REGISTRY, iter_buffer
+from .cost_weights import WEIGHTS
+from .graph import ITEMSIZE, residuals
 
 GRAD = "grad:"
 
@@ -30,7 +40,9 @@ def lower(g):
     fwd = [v for v in g.graph["order"] if v in needed]
     for v in fwd:
         d = g.nodes[v]
-        j.add_node(v, kind="forward", ref=v, cost=float(d["flops"] + _elems(d)), ram=d["bytes"])
+        feats = forward_features(g, v)
+        j.add_node(v, kind="forward", ref=v, cost=predict(feats), flops=d["flops"], features=feats,
+                   ram=d["bytes"], ws=workspace(g, v, "forward"))
         for u in set(d["inputs"]):
             if g.nodes[u]["kind"] == "op":
                 j.add_edge(u, v)
@@ -52,8 +64,10 @@ def lower(g):
         b = grad_id(v)
         is_op = d["kind"] == "op"
         cons = grad_consumers(v)
-        cost = sum(g.nodes[w]["flops"] for w, _ in cons) + (_elems(d) if is_op else 0)
-        j.add_node(b, kind="backward", ref=v, cost=float(cost), ram=d["bytes"] if is_op else 0)
+        feats = gradient_features(g, v, cons)
+        j.add_node(b, kind="backward", ref=v, cost=predict(feats), flops=sum(f for f, _, _ in feats.values()),
+                   features=feats, ram=d["bytes"] if is_op else 0,
+                   ws=gradient_workspace(d["bytes"], ITEMSIZE[d["dtype"]], [workspace(g, w, i) for w, i in cons]))
         if v == out:
             j.add_edge(v, b)
         for w, i in cons:
@@ -67,6 +81,77 @@ def lower(g):
     return j
 
 
-def _elems(d):
-    """Cost of touching a value once: one unit per element, so reshapes and copies are not free."""
-    return size(d["shape"])
+def forward_features(g, v):
+    """{kind: (flops, bytes moved, calls)} of forward node v: its op reads its inputs, writes its
+    output and writes and reads back its temporaries."""
+    d = g.nodes[v]
+    moved = sum(g.nodes[u]["bytes"] for u in d["inputs"]) + d["bytes"] + 2 * workspace(g, v, "forward")
+    return {d["op"] + ":forward": (d["flops"], moved, 1)}
+
+
+def gradient_features(g, v, cons):
+    """{kind: (flops, bytes moved, calls)} of v's gradient node: each consumer's VJP for v reads
+    the consumer's gradient and residuals, writes a term the size of v (and writes and reads back
+    its temporaries); the node then sums its terms (and copies a term that is a view), kind
+    "gradient"."""
+    feats = {}
+    nbytes = g.nodes[v]["bytes"]
+    for w, i in cons:
+        moved = g.nodes[w]["bytes"] + nbytes + sum(g.nodes[r]["bytes"] for r in residuals(g, w, i)) + \
+            2 * workspace(g, w, i)
+        key = g.nodes[w]["op"] + ":vjp"
+        f, b, c = feats.get(key, (0, 0, 0))
+        feats[key] = (f + vjp_flops(g, w, i), b + moved, c + 1)
+    feats["gradient"] = (0, nbytes * max(len(cons) - 1, 1), 1)
+    return feats
+
+
+def predict(feats, weights=None):
+    """Nanoseconds: each kind's weights (per FLOP, per byte, per call) applied to its features; a
+    kind the table lacks (an op added since the fit) takes the table's weights for all ops."""
+    weights = WEIGHTS if weights is None else weights
+    total = 0.0
+    for key, (f, b, c) in feats.items():
+        w = weights.get(key)
+        if w is None:
+            w = weights.get("*:" + key.rpartition(":")[2], (0.0, 0.0, 0.0))
+        total += w[0] * f + w[1] * b + w[2] * c
+    return float(total)
+
+
+def vjp_flops(g, w, i):
+    """FLOPs of op node w's VJP for its input i, as the op states them (the forward's where an op
+    does not): a gradient node is charged only for the products it computes."""
+    d = g.nodes[w]
+    op = REGISTRY[d["op"]]
+    shapes = [g.nodes[u]["shape"] for u in d["inputs"]]
+    if op.vjp_flops is None:
+        return d["flops"]
+    return int(op.vjp_flops(i, shapes, d["shape"], d["attrs"]))
+
+
+def workspace(g, w, which):
+    """Bytes op node w's rule ("forward", or the VJP for input i) holds beyond its result."""
+    d = g.nodes[w]
+    op = REGISTRY[d["op"]]
+    if op.workspace is None:
+        return 0
+    shapes = [g.nodes[u]["shape"] for u in d["inputs"]]
+    return int(op.workspace(which, shapes, d["shape"], d["attrs"], ITEMSIZE[d["dtype"]]))
+
+
+def gradient_workspace(nbytes, itemsize, terms):
+    """Temporaries of a gradient node of `nbytes` whose consumers' VJPs (workspace `terms`, in the
+    executor's order) run one after another. The first term is the gradient so far; the second
+    is added into a fresh buffer (both terms and the sum live at once); later terms are added in
+    place. A sum iterates each broadcast view (a reduction's VJP) through numpy's buffer. The
+    node's own bytes (its ram, or for a leaf the resident gradient) are not counted here."""
+    if not terms:
+        return 0
+    if len(terms) == 1:
+        return terms[0]
+    buf = iter_buffer(nbytes // itemsize, itemsize)
+    phases = [terms[0], nbytes + terms[1], 2 * nbytes + 2 * buf]
+    phases += [nbytes + max(t, buf) for t in terms[2:]]
+    return max(phases)
+

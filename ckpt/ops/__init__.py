@@ -43,6 +43,10 @@ class Op:
     # Bytes a rule allocates beyond its output while it runs (im2col buffers, reductions, masks):
     # (which, in_shapes, out_shape, attrs, itemsize) -> int, `which` is "forward" or the input
     # index i of a VJP; None: nothing beyond the output. The simulator adds it at the op's step.
+    # Measured as the executor runs a rule: the allocator's high-water mark while the rule runs
+    # and its result is made to own its buffer (a view is copied), less the result's bytes, on
+    # numpy with arrays under 256 KiB (above that numpy may reuse a temporary in place, so the
+    # figure is an upper bound there). tests/test_workspace.py holds every op to it.
     workspace: Callable | None = None
     attrs: dict = field(default_factory=dict)  # name -> default; REQUIRED marks a required attr
     int_inputs: tuple = ()  # input positions that hold integer labels and take no gradient
@@ -83,6 +87,13 @@ def broadcast_shapes(op, shapes, what="shapes", shown=None):
             raise shape_error(op, f"{what} do not broadcast", shown or shapes)
         out.append(dims.pop() if dims else 1)
     return tuple(out)
+
+
+def iter_buffer(n, itemsize):
+    """Bytes of one buffer of numpy's buffered iteration, which a ufunc allocates per operand that
+    it broadcasts (non-scalar) or casts: chunks of at most np.getbufsize() elements. A stated upper
+    bound for `workspace`: numpy skips the buffer where the inner dimension alone exceeds it."""
+    return itemsize * min(int(n), np.getbufsize())
 
 
 def unbroadcast(xp, g, shape):

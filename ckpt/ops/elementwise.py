@@ -2,7 +2,7 @@
 
 import math
 
-from . import OUT, Op, broadcast_shapes, kernel, register, size, unbroadcast
+from . import OUT, Op, broadcast_shapes, iter_buffer, kernel, register, size, unbroadcast
 
 
 def _same_shape(op):
@@ -15,9 +15,26 @@ def _ew_flops(k):
     return lambda shapes, out, attrs: k * size(out)
 
 
-def unary(name, f, df, needs, k=1, positive=False, vjp=None):
+def _ew_vjp_flops(k):
+    """A VJP of k operations per element of the output, the same for every input."""
+    return lambda i, shapes, out, attrs: k * size(out)
+
+
+def _unary_workspace(fwd, vjp):
+    """`fwd` and `vjp` are the temporaries of the forward and the VJP in outputs' worth of bytes
+    (sigmoid's forward holds tanh(x / 2) and its sum with 1; log's VJP 1 / x), or a function of
+    (elements, itemsize) where a rule's temporaries are not whole outputs."""
+    def rule(which, shapes, out, attrs, itemsize):
+        k = fwd if which == "forward" else vjp
+        return k(size(out), itemsize) if callable(k) else k * size(out) * itemsize
+    return rule
+
+
+def unary(name, f, df, needs, k=1, positive=False, vjp=None, vk=1, ws=(0, 0)):
     """A unary map y = f(x) whose derivative `df(xp, x, y)` reads x, y or neither (`needs`);
-    `vjp(xp, g, x, y)`, where given, computes g * df in one go."""
+    `vjp(xp, g, x, y)`, where given, computes g * df in one go. `k` and `vk` are the forward's
+    and the VJP's operations per element (the VJP: computing df, then the product with g); `ws`
+    their temporaries (see _unary_workspace)."""
     if vjp is None:
         def vjp(xp, g, x, y):
             return g * df(xp, x, y)
@@ -26,7 +43,8 @@ def unary(name, f, df, needs, k=1, positive=False, vjp=None):
         forward=lambda xp, ins, a: f(xp, ins[0]),
         vjp=lambda xp, i, g, c: vjp(xp, g, c.ins[0], c.out),
         jvp=lambda xp, t, c: t[0] * df(xp, c.ins[0], c.out),
-        needs=lambda i: needs, flops=_ew_flops(k),
+        needs=lambda i: needs, flops=_ew_flops(k), vjp_flops=_ew_vjp_flops(vk),
+        workspace=_unary_workspace(*ws),
         example={"shapes": [(3, 4)], "positive": positive},
     ))
 
@@ -34,12 +52,14 @@ def unary(name, f, df, needs, k=1, positive=False, vjp=None):
 # ---- unary maps --------------------------------------------------------------------------------
 unary("neg", lambda xp, x: -x, lambda xp, x, y: -1.0, needs=())
 unary("exp", lambda xp, x: xp.exp(x), lambda xp, x, y: y, needs=(OUT,))
-unary("log", lambda xp, x: xp.log(x), lambda xp, x, y: 1.0 / x, needs=(0,), positive=True)
-unary("sin", lambda xp, x: xp.sin(x), lambda xp, x, y: xp.cos(x), needs=(0,))
-unary("cos", lambda xp, x: xp.cos(x), lambda xp, x, y: -xp.sin(x), needs=(0,))
-unary("tanh", lambda xp, x: xp.tanh(x), lambda xp, x, y: 1.0 - y * y, needs=(OUT,))
-unary("sigmoid", lambda xp, x: 0.5 * (xp.tanh(0.5 * x) + 1.0), lambda xp, x, y: y * (1.0 - y), needs=(OUT,), k=4)
-unary("relu", lambda xp, x: xp.maximum(x, 0), lambda xp, x, y: y > 0, needs=(OUT,))
+unary("log", lambda xp, x: xp.log(x), lambda xp, x, y: 1.0 / x, needs=(0,), positive=True, vk=2, ws=(0, 1))
+unary("sin", lambda xp, x: xp.sin(x), lambda xp, x, y: xp.cos(x), needs=(0,), vk=2, ws=(0, 1))
+unary("cos", lambda xp, x: xp.cos(x), lambda xp, x, y: -xp.sin(x), needs=(0,), vk=3, ws=(0, 1))
+unary("tanh", lambda xp, x: xp.tanh(x), lambda xp, x, y: 1.0 - y * y, needs=(OUT,), vk=3, ws=(0, 1))
+unary("sigmoid", lambda xp, x: 0.5 * (xp.tanh(0.5 * x) + 1.0), lambda xp, x, y: y * (1.0 - y), needs=(OUT,), k=4, vk=3,
+      ws=(1, 1))
+unary("relu", lambda xp, x: xp.maximum(x, 0), lambda xp, x, y: y > 0, needs=(OUT,), vk=2,
+      ws=(0, lambda n, itemsize: n + iter_buffer(n, itemsize)))  # the boolean mask, cast in chunks
 
 _C = math.sqrt(2.0 / math.pi)
 
@@ -68,7 +88,7 @@ def _gelu_vjp(xp, g, x, y):
     return k(x, g) if k else g * _dgelu(xp, x, y)
 
 
-unary("gelu", _gelu, _dgelu, needs=(0,), k=8, vjp=_gelu_vjp)
+unary("gelu", _gelu, _dgelu, needs=(0,), k=8, vjp=_gelu_vjp, vk=16, ws=(2, 4))
 
 
 def _scale_vjp(xp, i, g, c):
@@ -79,32 +99,66 @@ register(Op(
     name="scale", arity=(1, 1), shape=_same_shape("scale"), attrs={"factor": 1.0},
     forward=lambda xp, ins, a: ins[0] * a["factor"], vjp=_scale_vjp,
     jvp=lambda xp, t, c: t[0] * c.attrs["factor"], needs=lambda i: (), flops=_ew_flops(1),
+    vjp_flops=_ew_vjp_flops(1),
     example={"shapes": [(3, 4)], "attrs": {"factor": 0.5}},
 ))
 
 
 # ---- broadcasting binaries ---------------------------------------------------------------------
-def binary(name, f, vjp, jvp, needs, positive=False):
+def _binary_vjp_flops(k):
+    """k operations per output element for input i (k[i]), and a reduction over the output where
+    input i was broadcast (unbroadcast sums the gradient back down to its shape)."""
+    def rule(i, shapes, out, attrs):
+        return (k[i] + (tuple(shapes[i]) != tuple(out))) * size(out)
+    return rule
+
+
+def _binary_workspace(prod):
+    """`prod(i, bcast)` -> (k, buffered): the VJP for input i holds k outputs' worth of bytes
+    before the sum over broadcast dimensions (0 where it passes g on), and `buffered` says whether
+    it multiplies by a broadcast operand, which numpy iterates through a buffer; bcast[j]: input j
+    is broadcast. The forward buffers each broadcast input."""
+    def rule(which, shapes, out, attrs, itemsize):
+        n, o = size(out), size(out) * itemsize
+        bcast = [tuple(s) != tuple(out) and size(s) > 1 for s in shapes]
+        if which == "forward":
+            return iter_buffer(n, itemsize) * sum(bcast)
+        i = which
+        k, buffered = prod(i, bcast)
+        held = k * o + (iter_buffer(n, itemsize) if buffered else 0)
+        if tuple(shapes[i]) == tuple(out):
+            return max(held - o, 0)
+        mine = size(shapes[i]) * itemsize  # the sum (keepdims), then the copy its reshape needs
+        return max(held, k * o + mine, 2 * mine) - mine
+    return rule
+
+
+def binary(name, f, vjp, jvp, needs, vk, ws, positive=False):
     register(Op(
         name=name, arity=(2, 2), shape=lambda shapes, a: broadcast_shapes(name, shapes),
         forward=lambda xp, ins, a: f(ins[0], ins[1]),
         vjp=lambda xp, i, g, c: unbroadcast(xp, vjp(i, g, c), c.in_shapes[i]),
-        jvp=jvp, needs=lambda i: needs[i], flops=_ew_flops(1),
+        jvp=jvp, needs=lambda i: needs[i], flops=_ew_flops(1), vjp_flops=_binary_vjp_flops(vk),
+        workspace=_binary_workspace(ws),
         example={"shapes": [(3, 4), (4,)], "positive": positive},
     ))
 
 
 binary("add", lambda a, b: a + b,
        lambda i, g, c: g,
-       lambda xp, t, c: t[0] + t[1], needs=((), ()))
+       lambda xp, t, c: t[0] + t[1], needs=((), ()), vk=(0, 0),
+       ws=lambda i, b: (0, False))
 binary("sub", lambda a, b: a - b,
        lambda i, g, c: g if i == 0 else -g,
-       lambda xp, t, c: t[0] - t[1], needs=((), ()))
+       lambda xp, t, c: t[0] - t[1], needs=((), ()), vk=(0, 1),
+       ws=lambda i, b: (i, False))  # -g
 binary("mul", lambda a, b: a * b,
        lambda i, g, c: g * c.ins[1 - i],
-       lambda xp, t, c: t[0] * c.ins[1] + c.ins[0] * t[1], needs=((1,), (0,)))
+       lambda xp, t, c: t[0] * c.ins[1] + c.ins[0] * t[1], needs=((1,), (0,)), vk=(1, 1),
+       ws=lambda i, b: (1, b[1 - i]))
 binary("div", lambda a, b: a / b,
        lambda i, g, c: g / c.ins[1] if i == 0 else -g * c.out / c.ins[1],
-       lambda xp, t, c: (t[0] - c.out * t[1]) / c.ins[1], needs=((1,), (1, OUT)), positive=True)
+       lambda xp, t, c: (t[0] - c.out * t[1]) / c.ins[1], needs=((1,), (1, OUT)), vk=(1, 3),
+       ws=lambda i, b: (1 + i, b[1]), positive=True)  # g / b; -g and -g * out, / b
 
 

@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from . import OUT, Op, kernel, register, shape_error, size
+from . import OUT, Op, iter_buffer, kernel, register, shape_error, size
+from .tensor import mean_buffers
 from ..errors import ShapeError
 
 
@@ -107,12 +108,31 @@ def _check_axis(op):
     return rule
 
 
+def _softmax_workspace(which, s, o, a, itemsize):
+    """Array rules (numpy): the forward holds x - max and its exponential, the VJP g * y and then
+    g minus its row sums; each row statistic is one value per row, and subtracting or dividing by
+    it iterates through numpy's buffer."""
+    n = size(o)
+    rows = n // o[a["axis"]] * itemsize
+    return max(iter_buffer(n, itemsize), n * itemsize) + 2 * rows
+
+
+def _log_softmax_workspace(which, s, o, a, itemsize):
+    """The forward holds x - max and its exponential, the VJP exp(out) and its product with g's
+    row sums; each subtraction of a row statistic iterates through numpy's buffer."""
+    n = size(o)
+    rows = n // o[a["axis"]] * itemsize
+    return n * itemsize + iter_buffer(n, itemsize) + 2 * rows
+
+
 register(Op(
     name="softmax", arity=(1, 1), shape=_check_axis("softmax"), attrs={"axis": -1},
     forward=lambda xp, ins, a: _softmax(xp, ins[0], a["axis"]),
     vjp=lambda xp, i, g, c: _softmax_vjp(xp, g, c.out, c.attrs["axis"]),
     jvp=lambda xp, t, c: _softmax_vjp(xp, t[0], c.out, c.attrs["axis"]),
     needs=lambda i: (OUT,), flops=lambda s, o, a: 5 * size(o),
+    vjp_flops=lambda i, s, o, a: 4 * size(o),  # g*y, its row sum, g minus it, times y
+    workspace=_softmax_workspace,
     example={"shapes": [(3, 5)]},
 ))
 
@@ -122,6 +142,8 @@ register(Op(
     vjp=lambda xp, i, g, c: g - xp.exp(c.out) * g.sum(axis=c.attrs["axis"], keepdims=True),
     jvp=lambda xp, t, c: t[0] - (xp.exp(c.out) * t[0]).sum(axis=c.attrs["axis"], keepdims=True),
     needs=lambda i: (OUT,), flops=lambda s, o, a: 5 * size(o),
+    vjp_flops=lambda i, s, o, a: 4 * size(o),  # g's row sum, exp(out), their product, g minus it
+    workspace=_log_softmax_workspace,
     example={"shapes": [(3, 5)]},
 ))
 
@@ -196,6 +218,24 @@ def _ln_vjp(xp, i, g, c):
     return rstd * (dxhat - dxhat.mean(axis=-1, keepdims=True) - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True))
 
 
+def _ln_workspace(which, s, o, a, itemsize):
+    """Array rules (numpy): the statistics hold x - mean beside its square, then beside xhat (each
+    subtraction or product with a row statistic iterating through numpy's buffer, each row mean
+    dividing through mean's buffers); gamma's VJP
+    then g * xhat; x's holds xhat, g * gamma and three of its row-centred terms at once; beta's
+    only sums g."""
+    n = size(o)
+    rows = n // o[-1] * itemsize
+    stats = n * itemsize + max(iter_buffer(n, itemsize), mean_buffers(n // o[-1], itemsize)) + 3 * rows
+    if which == "forward":
+        return stats
+    if which == 2:
+        return 0
+    if which == 1:
+        return n * itemsize + stats
+    return 3 * n * itemsize + stats
+
+
 def _ln_jvp(xp, t, c):
     xhat, rstd = _ln_stats(xp, c.ins[0], c.attrs["eps"])
     tx = t[0]
@@ -207,6 +247,11 @@ register(Op(
     name="layernorm", arity=(3, 3), shape=_ln_shape, attrs={"eps": 1e-5},
     forward=_ln_forward, vjp=_ln_vjp, jvp=_ln_jvp,
     needs=lambda i: ((0, 1), (0,), ())[i], flops=lambda s, o, a: 8 * size(o),
+    # every input's VJP but beta's recomputes the row statistics (5 per element); gamma's then
+    # takes g * xhat and its column sum, x's the seven elementwise and row-mean terms; beta's is a
+    # column sum of g
+    vjp_flops=lambda i, s, o, a: (12, 7, 1)[i] * size(o),
+    workspace=_ln_workspace,
     example={"shapes": [(2, 3, 6), (6,), (6,)]},
 ))
 
@@ -412,6 +457,9 @@ register(Op(
     forward=_conv_forward, vjp=_conv_vjp, jvp=_conv_jvp, workspace=_conv_workspace,
     needs=lambda i: ((1,), (0,), ())[i],
     flops=lambda s, o, a: 2 * size(o) * s[1][1] * s[1][2] * s[1][3],
+    # dX and dW are each one GEMM the size of the forward's (2*N*OH*OW*C*KH*KW*OC); the bias's a
+    # sum of g over batch and pixels
+    vjp_flops=lambda i, s, o, a: size(o) if i == 2 else 2 * size(o) * s[1][1] * s[1][2] * s[1][3],
     example={"shapes": [(2, 3, 5, 5), (4, 3, 3, 3), (4,)], "attrs": {"stride": 2, "padding": 1}},
 ))
 
@@ -481,6 +529,7 @@ register(Op(
     forward=lambda xp, ins, a: _maxpool(xp, ins[0], a["kernel"]),
     vjp=_maxpool_vjp, jvp=_maxpool_jvp, needs=lambda i: (0, OUT), workspace=_maxpool_workspace,
     flops=lambda s, o, a: size(s[0]), example={"shapes": [(2, 3, 4, 6)]},
+    vjp_flops=lambda i, s, o, a: 2 * size(s[0]),  # find each window's maximum again, route g to it
 ))
 
 
@@ -521,6 +570,7 @@ register(Op(
     jvp=lambda xp, t, c: _avgpool(xp, t[0], c.attrs["kernel"]),
     workspace=lambda which, s, o, a, e: _window_sum_workspace(size(o), a["kernel"], e) if which == "forward" else 0,
     needs=lambda i: (), flops=lambda s, o, a: size(s[0]), example={"shapes": [(2, 3, 4, 6)]},
+    vjp_flops=lambda i, s, o, a: size(s[0]) + size(o),  # scale g, spread it over each window
 ))
 
 
@@ -538,6 +588,7 @@ register(Op(
     jvp=lambda xp, t, c: _spread(xp, t[0], c.attrs["scale"]),
     workspace=lambda which, s, o, a, e: 0 if which == "forward" else _window_sum_workspace(size(s[0]), a["scale"], e),
     needs=lambda i: (), flops=lambda s, o, a: size(o), example={"shapes": [(2, 3, 2, 3)]},
+    vjp_flops=lambda i, s, o, a: size(o),  # sum g over each k x k block
 ))
 
 
@@ -592,12 +643,22 @@ def _dropout_shape(shapes, a):
     return tuple(shapes[0])
 
 
+def _dropout_workspace(which, s, o, a, itemsize):
+    """The hash holds three 8-byte integers per element at once (numpy may reuse one in place for
+    large arrays: an upper bound), then the boolean mask beside its float copy, then that copy
+    beside the output; the forward and the VJP are the same rule."""
+    n = size(o)
+    return max(24 * n, n + n * itemsize, 2 * n * itemsize) - n * itemsize
+
+
 register(Op(
     name="dropout", arity=(1, 1), shape=_dropout_shape, attrs={"p": 0.1, "_seed": 0},
     forward=lambda xp, ins, a: _dropout(xp, ins[0], a),
     vjp=lambda xp, i, g, c: _dropout(xp, g, c.attrs),
     jvp=lambda xp, t, c: _dropout(xp, t[0], c.attrs),
     needs=lambda i: (), flops=lambda s, o, a: 12 * size(o),
+    vjp_flops=lambda i, s, o, a: 12 * size(o),  # the same mask, redrawn from the hash, times g
+    workspace=_dropout_workspace,
     example={"shapes": [(4, 8)], "attrs": {"p": 0.25, "_seed": 7}},
 ))
 
@@ -615,6 +676,9 @@ register(Op(
     vjp=lambda xp, i, g, c: (c.ins[0] - c.ins[1]) * (g * ((2.0 if i == 0 else -2.0) / size(c.in_shapes[0]))),
     jvp=lambda xp, t, c: (2.0 * (c.ins[0] - c.ins[1]) * (t[0] - t[1])).mean(),
     needs=lambda i: (0, 1), flops=lambda s, o, a: 3 * size(s[0]),
+    vjp_flops=lambda i, s, o, a: 2 * size(s[0]),  # the difference, times the scaled g
+    # the forward holds the difference and its square, the VJP the difference
+    workspace=lambda w, s, o, a, itemsize: size(s[0]) * itemsize * (2 if w == "forward" else 1),
     example={"shapes": [(3, 4), (3, 4)]},
 ))
 
@@ -652,9 +716,26 @@ def _xent_jvp(xp, t, c):
     return -(tl * _onehot(xp, c.ins[1], logits.shape[-1], logits.dtype)).sum(axis=-1).mean()
 
 
+def _xent_workspace(which, s, o, a, itemsize):
+    """The forward: log_softmax's temporaries beside its result, then the labels as int64 and the
+    picked entries. The VJP: softmax's temporaries beside p, then the one-hot comparison (labels
+    against arange, both broadcast: two buffers of int64) as booleans, then their float copy."""
+    n = size(s[0])
+    rows = size(s[1])
+    if which == "forward":
+        return n * itemsize + _log_softmax_workspace(which, s, s[0], {"axis": -1}, itemsize) + rows * (8 + itemsize)
+    soft = _softmax_workspace(which, s, s[0], {"axis": -1}, itemsize)
+    onehot = max(2 * iter_buffer(n, 8) + s[0][-1] * 8 + n, n + n * itemsize)
+    return max(soft, onehot)
+
+
 register(Op(
     name="softmax_cross_entropy", arity=(2, 2), shape=_xent_shape,
     forward=_xent_forward, vjp=_xent_vjp, jvp=_xent_jvp,
     needs=lambda i: (0, 1), flops=lambda s, o, a: 6 * size(s[0]), int_inputs=(1,),
+    # the logits' gradient: softmax again (5), minus the one-hot (2: compare, subtract), times g;
+    # the labels take no gradient
+    vjp_flops=lambda i, s, o, a: 8 * size(s[0]) if i == 0 else 0,
+    workspace=_xent_workspace,
     example={"shapes": [(3, 5), (3,)]},
 ))

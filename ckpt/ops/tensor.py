@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from . import REQUIRED, Op, broadcast_shapes, register, shape_error, size, unbroadcast
+from . import REQUIRED, Op, broadcast_shapes, iter_buffer, register, shape_error, size, unbroadcast
 from ..errors import ShapeError
 
 
@@ -48,21 +48,40 @@ def _reduce_flops(shapes, out, a):
     return size(shapes[0])
 
 
+def _expand_flops(i, shapes, out, a):
+    """The VJP broadcasts the reduced gradient back over the input (mean also scales it first)."""
+    return size(shapes[0]) + size(out)
+
+
 register(Op(
     name="sum", arity=(1, 1), shape=_reduce_shape("sum"), attrs={"axis": None, "keepdims": False},
     forward=lambda xp, ins, a: ins[0].sum(axis=_axes("sum", a["axis"], ins[0].ndim), keepdims=a["keepdims"]),
     vjp=lambda xp, i, g, c: _expand(xp, g, c),
     jvp=lambda xp, t, c: t[0].sum(axis=_axes("sum", c.attrs["axis"], t[0].ndim), keepdims=c.attrs["keepdims"]),
-    needs=lambda i: (), flops=_reduce_flops,
+    needs=lambda i: (), flops=_reduce_flops, vjp_flops=_expand_flops,
     example={"shapes": [(3, 4, 5)], "attrs": {"axis": [0, 2]}},
 ))
+
+def mean_buffers(n_out, itemsize):
+    """numpy's mean divides the sum by an integer count in float64 and casts back: below 8-byte
+    floats, that goes through two iteration buffers of float64."""
+    return 2 * iter_buffer(n_out, 8) if itemsize < 8 else 0
+
+
+def _mean_workspace(which, s, o, a, itemsize):
+    """The forward: mean's division (above); the VJP: the scaled g before it is spread over the
+    input (a view, copied)."""
+    if which == "forward":
+        return mean_buffers(size(o), itemsize)
+    return size(o) * itemsize
+
 
 register(Op(
     name="mean", arity=(1, 1), shape=_reduce_shape("mean"), attrs={"axis": None, "keepdims": False},
     forward=lambda xp, ins, a: ins[0].mean(axis=_axes("mean", a["axis"], ins[0].ndim), keepdims=a["keepdims"]),
     vjp=lambda xp, i, g, c: _expand(xp, g * (1.0 / _count(c)), c),
     jvp=lambda xp, t, c: t[0].mean(axis=_axes("mean", c.attrs["axis"], t[0].ndim), keepdims=c.attrs["keepdims"]),
-    needs=lambda i: (), flops=_reduce_flops,
+    needs=lambda i: (), flops=_reduce_flops, vjp_flops=_expand_flops, workspace=_mean_workspace,
     example={"shapes": [(3, 4, 5)], "attrs": {"axis": 1, "keepdims": True}},
 ))
 
@@ -88,7 +107,7 @@ register(Op(
     forward=lambda xp, ins, a: ins[0].reshape(a["shape"]),
     vjp=lambda xp, i, g, c: g.reshape(c.in_shapes[0]),
     jvp=lambda xp, t, c: t[0].reshape(c.out_shape),
-    needs=lambda i: (), flops=lambda s, o, a: 0,
+    needs=lambda i: (), flops=lambda s, o, a: 0, vjp_flops=lambda i, s, o, a: 0,
     example={"shapes": [(3, 4)], "attrs": {"shape": [2, -1]}},
 ))
 
@@ -108,7 +127,7 @@ register(Op(
     forward=lambda xp, ins, a: xp.ascontiguousarray(ins[0].transpose(_perm(a, ins[0].ndim))),
     vjp=lambda xp, i, g, c: xp.ascontiguousarray(g.transpose(tuple(int(a) for a in np.argsort(_perm(c.attrs, g.ndim))))),
     jvp=lambda xp, t, c: xp.ascontiguousarray(t[0].transpose(_perm(c.attrs, t[0].ndim))),
-    needs=lambda i: (), flops=lambda s, o, a: 0,
+    needs=lambda i: (), flops=lambda s, o, a: 0, vjp_flops=lambda i, s, o, a: 0,
     example={"shapes": [(2, 3, 4)], "attrs": {"axes": [1, 2, 0]}},
 ))
 
@@ -135,7 +154,7 @@ register(Op(
     forward=lambda xp, ins, a: xp.concatenate(ins, axis=_axes("concat", a["axis"], ins[0].ndim)[0]),
     vjp=lambda xp, i, g, c: g[_concat_slice(c, i)],
     jvp=lambda xp, t, c: xp.concatenate(t, axis=_axes("concat", c.attrs["axis"], t[0].ndim)[0]),
-    needs=lambda i: (), flops=lambda s, o, a: 0,
+    needs=lambda i: (), flops=lambda s, o, a: 0, vjp_flops=lambda i, s, o, a: 0,
     example={"shapes": [(2, 3), (2, 5)], "attrs": {"axis": 1}},
 ))
 
@@ -149,6 +168,30 @@ def _matmul_shape(shapes, a):
         raise shape_error("matmul", f"inner sizes differ ({sa[-1]} vs {sb[-2]})", shapes)
     batch = broadcast_shapes("matmul", [sa[:-2], sb[:-2]], "batch dimensions", shapes)
     return tuple(batch) + (sa[-2], sb[-1])
+
+
+def _matmul_vjp_flops(i, s, o, a):
+    """One GEMM per operand, (M x N) by (N x K) for dA and (K x M) by (M x N) for dB over the
+    batch: the forward's 2*M*N*K per batch element; an operand broadcast over the batch then sums
+    the per-batch products down to its shape."""
+    gemm = 2 * size(o) * s[0][-1]
+    per_batch = size(o[:-2]) * size(s[i][-2:])
+    return gemm + (per_batch if per_batch != size(s[i]) else 0)
+
+
+def _matmul_workspace(which, s, o, a, itemsize):
+    """The forward writes its output only. dA or dB over a batch that the operand was broadcast
+    across is one product per batch element, summed down; where the rule takes the transpose of the
+    product of the small ones, the result is a transposed view, copied to own its buffer."""
+    if which == "forward":
+        return 0
+    i = which
+    per_batch = size(o[:-2]) * size(s[i][-2:])
+    if per_batch != size(s[i]):
+        return per_batch * itemsize
+    g = size(o)
+    swapped = size(s[1 - i]) > g + size(s[i])  # the operand read is larger: see _matmul_vjp
+    return size(s[i]) * itemsize if swapped else 0
 
 
 def _matmul_vjp(xp, i, g, c):
@@ -170,7 +213,7 @@ register(Op(
     forward=lambda xp, ins, a: ins[0] @ ins[1], vjp=_matmul_vjp,
     jvp=lambda xp, t, c: t[0] @ c.ins[1] + c.ins[0] @ t[1],
     needs=lambda i: (1,) if i == 0 else (0,),
-    flops=lambda s, o, a: 2 * size(o) * s[0][-1],
+    flops=lambda s, o, a: 2 * size(o) * s[0][-1], vjp_flops=_matmul_vjp_flops, workspace=_matmul_workspace,
     example={"shapes": [(2, 3, 4), (4, 5)]},
 ))
 
@@ -208,6 +251,12 @@ def _linear_vjp(xp, i, g, c):
     return g.reshape(-1, g.shape[-1]).sum(axis=0)
 
 
+def _linear_vjp_flops(i, s, o, a):
+    """dX = g W^T and dW = X^T g: one GEMM each (2*M*N*K with M rows, K inputs, N outputs); the
+    bias gradient sums g over its rows (one addition per output element)."""
+    return size(o) if i == 2 else 2 * size(o) * s[0][-1]
+
+
 def _linear_jvp(xp, t, c):
     y = t[0] @ c.ins[1] + c.ins[0] @ t[1]
     return y + t[2] if len(t) == 3 else y
@@ -218,5 +267,8 @@ register(Op(
     forward=_linear_forward, vjp=_linear_vjp, jvp=_linear_jvp,
     needs=lambda i: ((1,), (0,), ())[i],
     flops=lambda s, o, a: 2 * size(o) * s[0][-1] + (size(o) if len(s) == 3 else 0),
+    vjp_flops=_linear_vjp_flops,
+    # adding the bias in place iterates it through numpy's buffer; the VJPs write their results only
+    workspace=lambda w, s, o, a, itemsize: iter_buffer(size(o), itemsize) if w == "forward" and len(s) == 3 else 0,
     example={"shapes": [(2, 3, 4), (4, 5), (5,)]},
 ))

@@ -1,0 +1,260 @@
+#!/usr/bin/env python3
+"""Fit the default cost model's weights on this machine and check how well they predict time.
+
+    python scripts/calibrate_costs.py fit [--steps 5] [--write]
+    python scripts/calibrate_costs.py check [--rounds 7] [--repeats 3] [--config NAME ...]
+
+`fit` times every computed node of steps of the example configs (at their sizes and a few others,
+so that shapes vary; store-all and plans that recompute, so that contexts vary), the clock read
+after every node, medians over --steps steps; then
+fits, per op and direction, nanoseconds per FLOP, per byte moved and per call by non-negative
+least squares (each node's time is the sum of its kinds' terms). --write stores the table in
+ckpt/model/cost_weights.py, which lower() reads: plans then depend on fixed data, never on the
+clock at plan time.
+
+On a shared machine, wall-clock times swing with the load; `--clock cpu` (the default) times with
+the process's CPU time instead, and `--threads 1` runs BLAS on one thread so that CPU time is
+step time (the 1-thread control).
+
+`check` measures, per config and strategy (sqrt-n, budget at 0.9x/0.7x/0.5x), the overhead over
+store-all side by side in one process (interleaved rounds, median of per-round ratios), --repeats
+times, and prints the median measured overhead beside the predicted one and their relative error.
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+
+if "--threads" in sys.argv:  # BLAS reads its thread count when numpy loads
+    os.environ["OPENBLAS_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = sys.argv[sys.argv.index("--threads") + 1]
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from ckpt.backend import get_backend  # noqa: E402
+from ckpt.errors import BudgetError  # noqa: E402
+from ckpt.plan import plan  # noqa: E402
+from ckpt.execute import Executor  # noqa: E402
+from ckpt.session import device_leaves, load_model, time_side_by_side  # noqa: E402
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+CASES = [  # (config, overrides): the example configs and some other sizes of them
+    ("mlp_deep", {}), ("mlp_deep", {"B": 64, "D": 256}), ("mlp_deep", {"B": 512, "D": 128, "L": 16}),
+    ("gpt_small", {}), ("gpt_small", {"B": 8, "T": 64}),
+    ("resnet_small", {}), ("unet_small", {}), ("seed_example", {}),
+]
+OUT = os.path.join(ROOT, "ckpt", "model", "cost_weights.py")
+
+
+def config(name):
+    return os.path.join(ROOT, "configs", name + ".yaml")
+
+
+def step_times(model, steps, backend, n_steps):
+    """Seconds of each compute step of a schedule ((node, occurrence) -> median over n_steps
+    steps after a warm-up), the clock read after every node as measure_costs does."""
+    ex = Executor(model.graph, model.joint, steps, backend)
+    leaves = device_leaves(model, backend)
+    ex.step(leaves)
+    samples = {}
+    for _ in range(n_steps):
+        seen, last = {}, [backend.clock()]
+
+        def took(x, _value):
+            now = backend.clock()
+            k = seen[x] = seen.get(x, -1) + 1
+            samples.setdefault((x, k), []).append(now - last[0])
+            last[0] = now
+
+        ex.step(leaves, on_value=took)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def collect(steps, backend):
+    """Per-node times in store-all steps and in steps of plans that recompute (sqrt-n, budget at
+    0.7x): a node's time depends on what the allocator and the caches hold around it, and the fit
+    should see both the generous and the lean context."""
+    rows = []  # (features, seconds, case)
+    for name, overrides in CASES:
+        model = load_model(config(name), overrides)
+        sa, sa_sim = plan(model.joint, "store-all", ix=model.index)
+        schedules = [sa, plan(model.joint, "sqrt-n", ix=model.index)[0]]
+        try:
+            schedules.append(plan(model.joint, "budget", int(0.7 * sa_sim.peak), ix=model.index)[0])
+        except BudgetError:
+            pass
+        total = 0
+        for p in schedules:
+            times = step_times(model, p.steps, backend, steps)
+            for (x, _), t in times.items():
+                rows.append((model.joint.nodes[x]["features"], t, name))
+            total += len(times)
+        print(f"  timed {name} {overrides or ''}: {total} node computes in {len(schedules)} schedules",
+              file=sys.stderr)
+    return rows
+
+
+# A kind gets weights of its own only where the samples cover it: enough nodes, and some that move
+# real amounts of memory; others (and ops added later) take the weights fitted to all ops at once.
+MIN_SAMPLES, MIN_BYTES = 6, 256 * 1024
+
+
+def _nnls(X, y, w):
+    from scipy.optimize import nnls
+    scale = np.maximum(np.abs(X).max(axis=0), 1e-30)
+    sol, _ = nnls(X * w[:, None] / scale, y * w, maxiter=50 * X.shape[1])
+    return sol / scale
+
+
+def _generic(key):
+    return key if ":" not in key else "*:" + key.rpartition(":")[2]
+
+
+def fit(rows, power=0.0):
+    """NNLS over columns (kind, per FLOP | per byte | per call); rows weighted by time**-power
+    (0: absolute errors, so the totals that overheads are made of come out right). First one
+    kind per direction over every sample (the fallback), then a kind of its own for each op the
+    samples cover, the others held at the fallback."""
+    y = np.array([t * 1e9 for _, t, _ in rows])
+    w = np.maximum(y, 1.0) ** -power
+
+    def design(kinds, mapping):
+        col = {k: 3 * n for n, k in enumerate(kinds)}
+        X = np.zeros((len(rows), 3 * len(kinds)))
+        rest = np.zeros(len(rows))
+        for r, (feats, _, _) in enumerate(rows):
+            for k, v in feats.items():
+                m = mapping(k)
+                if m in col:
+                    X[r, col[m]:col[m] + 3] += v
+                else:
+                    rest[r] += _predict({k: v}, weights, fallback=True)
+        return X, col, rest
+
+    weights = {}
+    generic = sorted({_generic(k) for f, _, _ in rows for k in f})
+    X, col, _ = design(generic, _generic)
+    sol = _nnls(X, y, w)
+    weights.update({k: tuple(float(sol[col[k] + m]) for m in range(3)) for k in generic})
+    seen = {}
+    for feats, _, _ in rows:
+        for k, (_, b, c) in feats.items():
+            n, big = seen.get(k, (0, 0))
+            seen[k] = (n + c, max(big, b / max(c, 1)))
+    own = sorted(k for k, (n, big) in seen.items() if ":" in k and n >= MIN_SAMPLES and big >= MIN_BYTES)
+    X, col, rest = design(own + ["gradient"], lambda k: k)
+    sol = _nnls(X, np.maximum(y - rest, 0.0), w)
+    weights.update({k: tuple(float(sol[col[k] + m]) for m in range(3)) for k in col})
+    pred = np.array([_predict(f, weights, fallback=True) for f, _, _ in rows])
+    return weights, pred, y
+
+
+def _predict(feats, weights, fallback=False):
+    total = 0.0
+    for k, (f, b, c) in feats.items():
+        a = weights.get(k) or (weights.get(_generic(k)) if fallback else None) or (0.0, 0.0, 0.0)
+        total += a[0] * f + a[1] * b + a[2] * c
+    return total
+
+
+def write(weights):
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    lines = ['"""Cost weights: nanoseconds per FLOP, per byte moved and per call, by op and direction.',
+             "",
+             "Written by scripts/calibrate_costs.py fit --write: fitted on " + cpu + ",",
+             f"numpy {np.__version__}, {datetime.date.today().isoformat()}. Fixed data: a plan never depends on the clock.",
+             '"""', "", "WEIGHTS = {"]
+    for k in sorted(weights, key=lambda k: (k.startswith("*"), k)):
+        a, b, c = weights[k]
+        lines.append(f"    {k!r}: ({a:.6g}, {b:.6g}, {c:.6g}),")
+    lines.append("}")
+    with open(OUT, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"wrote {os.path.relpath(OUT)}", file=sys.stderr)
+
+
+def backend_for(args):
+    backend = get_backend("cpu")
+    if args.clock == "cpu":
+        backend.clock = time.process_time  # CPU time of this process: what the load does not inflate
+    return backend
+
+
+def cmd_fit(args):
+    import json
+    if args.samples:
+        with open(args.samples) as f:
+            rows = [({k: tuple(v) for k, v in feats.items()}, t, c) for feats, t, c in json.load(f)]
+    else:
+        rows = collect(args.steps, backend_for(args))
+    if args.save_samples:
+        with open(args.save_samples, "w") as f:
+            json.dump(rows, f)
+    weights, pred, y = fit(rows, args.power)
+    print(f"{'case':14} {'nodes':>6} {'measured ms':>12} {'predicted ms':>13}  ratio")
+    for name in dict.fromkeys(c for _, _, c in rows):
+        idx = [n for n, r in enumerate(rows) if r[2] == name]
+        m, p = y[idx].sum() / 1e6, pred[idx].sum() / 1e6
+        print(f"{name:14} {len(idx):6d} {m:12.2f} {p:13.2f}  {p / m:.3f}")
+    for k, (a, b, c) in sorted(weights.items()):
+        print(f"  {k:32} {a:10.4g} ns/flop {b:10.4g} ns/byte {c:10.4g} ns/call")
+    if args.write:
+        write(weights)
+
+
+def cmd_check(args):
+    backend = backend_for(args)
+    print(f"{'config':14} {'strategy':14} {'predicted':>10} {'measured':>10} {'rel. error':>10}   runs")
+    for name in args.config:
+        model = load_model(config(name))
+        sa, sa_sim = plan(model.joint, "store-all", ix=model.index)
+        leaves = device_leaves(model, backend)
+        cases = [("sqrt-n", None)] + [("budget", f) for f in (0.9, 0.7, 0.5)]
+        for strategy, f in cases:
+            try:
+                p, sim = plan(model.joint, strategy, None if f is None else int(f * sa_sim.peak), ix=model.index)
+            except BudgetError:
+                continue
+            predicted = sim.cost / sa_sim.cost - 1.0
+            runs = []
+            for _ in range(args.repeats):
+                mine, base = time_side_by_side(model, [p.steps, sa.steps], backend, n_steps=args.rounds, leaves=leaves)
+                runs.append(statistics.median(a / b for a, b in zip(mine, base)) - 1.0)
+            measured = statistics.median(runs)
+            err = (predicted - measured) / measured if measured else float("nan")
+            label = strategy + (f"@{f}x" if f else "")
+            print(f"{name:14} {label:14} {predicted:+10.1%} {measured:+10.1%} {err:+10.1%}   "
+                  + " ".join(f"{r:+.1%}" for r in runs), flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    f = sub.add_parser("fit")
+    f.add_argument("--steps", type=int, default=5)
+    f.add_argument("--write", action="store_true")
+    f.add_argument("--power", type=float, default=0.0, help="rows weighted by time**-power")
+    f.add_argument("--save-samples", help="also write the timed samples (JSON) for refitting")
+    f.add_argument("--samples", help="fit these samples instead of timing again")
+    c = sub.add_parser("check")
+    c.add_argument("--rounds", type=int, default=7)
+    c.add_argument("--repeats", type=int, default=3)
+    c.add_argument("--config", nargs="+", default=["mlp_deep", "gpt_small", "resnet_small"])
+    for p in (f, c):
+        p.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
+        p.add_argument("--threads", help="BLAS threads (set before numpy loads)")
+    args = ap.parse_args()
+    (cmd_fit if args.cmd == "fit" else cmd_check)(args)
+
+
+if __name__ == "__main__":
+    main()

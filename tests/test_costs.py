@@ -1,0 +1,110 @@
+"""Costs per gradient input (issue 12): every op states its VJP's FLOPs for each input, the joint
+graph charges a gradient node for the products it computes, and hand counts for linear, matmul and
+conv2d."""
+
+import pytest
+
+from ckpt.model import build_graph, lower, parse_config
+from ckpt.model.joint import forward_features, gradient_features, predict
+from ckpt.ops import REGISTRY, iter_buffer
+
+OPS = sorted(REGISTRY)
+
+
+def _example(op):
+    attrs = dict(op.attrs)
+    attrs.update(op.example.get("attrs", {}))
+    shapes = [tuple(s) for s in op.example["shapes"]]
+    return shapes, tuple(op.shape(shapes, attrs)), attrs
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_every_op_states_vjp_flops(name):
+    op = REGISTRY[name]
+    assert op.vjp_flops is not None, f"{name} does not state the cost of its VJPs"
+    shapes, out, attrs = _example(op)
+    for i in range(len(shapes)):
+        f = op.vjp_flops(i, shapes, out, attrs)
+        assert isinstance(f, int) and f >= 0, (name, i, f)
+        if i in op.int_inputs:
+            assert f == 0  # labels take no gradient
+
+
+def test_linear_hand_count():
+    op = REGISTRY["linear"]
+    M, K, N = 6, 4, 5
+    s, o = [(2, 3, K), (K, N), (N,)], (2, 3, N)
+    assert op.vjp_flops(0, s, o, {}) == 2 * M * N * K  # dX = g W^T
+    assert op.vjp_flops(1, s, o, {}) == 2 * M * N * K  # dW = X^T g
+    assert op.vjp_flops(2, s, o, {}) == M * N  # db = column sums of g
+
+
+def test_matmul_hand_count():
+    op = REGISTRY["matmul"]
+    # batched with B broadcast: dA is one GEMM per batch element; dB the same GEMMs and then the
+    # sum of the 2 per-batch (K x N) products
+    s, o = [(2, 3, 4), (4, 5)], (2, 3, 5)
+    assert op.vjp_flops(0, s, o, {}) == 2 * 2 * 3 * 5 * 4
+    assert op.vjp_flops(1, s, o, {}) == 2 * 2 * 3 * 5 * 4 + 2 * 4 * 5
+    s, o = [(7, 3), (3, 9)], (7, 9)
+    assert op.vjp_flops(0, s, o, {}) == op.vjp_flops(1, s, o, {}) == 2 * 7 * 9 * 3
+
+
+def test_conv2d_hand_count():
+    op = REGISTRY["conv2d"]
+    N, C, H, W, OC, KH, KW = 2, 3, 8, 8, 4, 3, 3
+    attrs = {"stride": 1, "padding": 1}
+    s = [(N, C, H, W), (OC, C, KH, KW), (OC,)]
+    o = op.shape(s, attrs)
+    OH, OW = o[2:]
+    gemm = 2 * N * OH * OW * C * KH * KW * OC
+    assert op.vjp_flops(0, s, o, attrs) == gemm
+    assert op.vjp_flops(1, s, o, attrs) == gemm
+    assert op.vjp_flops(2, s, o, attrs) == N * OC * OH * OW
+
+
+MLP = """
+name: costs
+dims: {B: 8, D: 16}
+inputs:
+  x: {shape: [B, D], init: normal}
+  y: {shape: [B, D], init: normal}
+params:
+  W: {shape: [D, D], init: xavier}
+  b: {shape: [D], init: zeros}
+nodes:
+  - {name: h, op: linear, inputs: [x, W, b]}
+  - {name: a, op: relu, inputs: [h]}
+  - {name: loss, op: mse, inputs: [a, y]}
+output: loss
+"""
+
+
+def test_gradient_nodes_are_charged_their_own_vjp():
+    j = lower(build_graph(parse_config(MLP)))
+    B, D = 8, 16
+    # the bias gradient is a reduction, not the GEMM the whole linear costs
+    assert j.nodes["grad:b"]["flops"] == B * D
+    assert j.nodes["grad:W"]["flops"] == 2 * B * D * D
+    assert j.nodes["grad:h"]["flops"] == REGISTRY["relu"].vjp_flops(0, [(B, D)], (B, D), {})
+    assert j.nodes["grad:b"]["cost"] < j.nodes["grad:W"]["cost"]
+    assert j.nodes["grad:b"]["cost"] < j.nodes["h"]["cost"]
+
+
+def test_costs_follow_the_weights():
+    """A node's cost is the weights applied to what it computes: per FLOP, per byte, per call;
+    an op the table lacks takes the all-ops weights."""
+    g = build_graph(parse_config(MLP))
+    feats = forward_features(g, "h")
+    B, D = 8, 16
+    # reads x, W and b, writes the output; its workspace (the bias added through numpy's buffer) is
+    # written and read back
+    moved = 4 * (B * D + D * D + D + B * D) + 2 * iter_buffer(B * D, 4)
+    assert feats == {"linear:forward": (2 * B * D * D + B * D, moved, 1)}
+    w = {"linear:forward": (2.0, 3.0, 5.0), "*:forward": (7.0, 0.0, 0.0)}
+    f, b, c = feats["linear:forward"]
+    assert predict(feats, w) == 2.0 * f + 3.0 * b + 5.0
+    assert predict(forward_features(g, "a"), w) == 7.0 * B * D
+    grad = gradient_features(g, "h", [("a", 0)])
+    assert grad["relu:vjp"][0] == 2 * B * D and grad["gradient"][2] == 1
+    assert predict(grad, {"*:vjp": (1.0, 0.0, 0.0)}) == 2 * B * D
