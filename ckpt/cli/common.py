@@ -66,5 +66,6 @@ time_limit_opt = click.option("--time-limit", default=120.0, show_default=True, 
 
 
 def _store_all_peak(model):
+    """What `0.8x` is a fraction of: store-all's peak with its workspace, the most any plan needs."""
     from ..plan import plan
-    return plan(model.joint, "store-all", ix=model.index)[1].peak
+    return plan(model.joint, "store-all", ix=model.index)[1].peak_ws

@@ -58,7 +58,7 @@ _INT_HIGH = {"int32": 2**31, "int64": 2**63 - 1}
 ATTR_KINDS = {
     "factor": "number", "axis": "axes", "keepdims": "bool", "shape": "shape", "axes": "permutation",
     "eps": "positive", "stride": "count", "padding": "index", "kernel": "count", "scale": "count",
-    "p": "probability",
+    "p": "probability", "exponent": "number",
 }
 ATTR_KINDS_BY_OP = {("concat", "axis"): "axis", ("softmax", "axis"): "axis", ("log_softmax", "axis"): "axis"}
 KIND_TEXT = {
@@ -704,6 +704,9 @@ OP_SUMMARY = {
     "dropout": "zero elements with probability p, scale the rest by 1/(1-p); the mask is a hash of seed, "
                "node and element, so a recompute redraws it", "mse": "mean squared error of two tensors",
     "softmax_cross_entropy": "mean cross-entropy of logits against integer labels",
+    "where": "a where c != 0, else b (broadcasting; no gradient into c)",
+    "greater": "1 where a > b, else 0", "greater_equal": "1 where a >= b, else 0",
+    "less": "1 where a < b, else 0", "less_equal": "1 where a <= b, else 0", "pow": "x ** exponent",
 }
 
 _LEAF_DOC = {

@@ -9,7 +9,7 @@ almost everywhere, so their gradient is zero. `pow` raises to a constant exponen
 One block per op.
 """
 
-from . import Op, broadcast_shapes, register, size, unbroadcast
+from . import Op, broadcast_shapes, iter_buffer, register, size, unbroadcast
 
 
 # ---- where: pick a where c != 0, else b ------------------------------------------------------------
@@ -23,10 +23,15 @@ def _where_vjp(xp, i, g, c):
 
 def _where_workspace(which, in_shapes, out_shape, attrs, itemsize):
     mask = size(in_shapes[0])  # the boolean c != 0, one byte per element
-    if which == "forward" or which == 0:
-        return mask
+    if which == 0:
+        return 0
+    # numpy's iteration buffer for each operand it broadcasts
+    n = size(out_shape)
+    buffers = sum(iter_buffer(n, itemsize) for s in in_shapes if tuple(s) != tuple(out_shape) and size(s) > 1)
+    if which == "forward":
+        return mask + buffers
     # the picked gradient has the output's shape; it is a temporary when the input was broadcast
-    return mask + (size(out_shape) * itemsize if tuple(in_shapes[which]) != tuple(out_shape) else 0)
+    return mask + buffers + (n * itemsize if tuple(in_shapes[which]) != tuple(out_shape) else 0)
 
 
 register(Op(

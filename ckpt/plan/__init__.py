@@ -159,7 +159,8 @@ def plan_table(joint, names, budget, time_limit=120.0, ix=None, strict=False, bu
             continue
         overhead = (sim.cost - sa_sim.cost) / sa_sim.cost if sa_sim.cost else 0.0
         lb = None if p.lower_bound is None else (p.lower_bound - sa_sim.cost) / sa_sim.cost if sa_sim.cost else 0.0
-        row.update(feasible=b is None or sim.peak <= b, peak_bytes=sim.peak, managed_bytes=sim.peak_managed,
+        row.update(feasible=b is None or sim.peak_ws <= b, peak_bytes=sim.peak, managed_bytes=sim.peak_managed,
+                   peak_with_workspace_bytes=sim.peak_ws,
                    overhead=overhead, cost=sim.cost, stored=sim.stored, recomputed=sim.recomputes,
                    solver=p.solver, solve_time_s=p.solve_time_s, lower_bound_overhead=lb,
                    planners=_planner_costs(p.notes.get("candidates"), sa_sim.cost))
