@@ -84,7 +84,7 @@ def collect(steps, backend):
         sa, sa_sim = plan(model.joint, "store-all", ix=model.index)
         schedules = [sa, plan(model.joint, "sqrt-n", ix=model.index)[0]]
         try:
-            schedules.append(plan(model.joint, "budget", int(0.7 * sa_sim.peak), ix=model.index)[0])
+            schedules.append(plan(model.joint, "budget", int(0.7 * sa_sim.peak_ws), ix=model.index)[0])
         except BudgetError:
             pass
         total = 0
@@ -221,7 +221,7 @@ def cmd_check(args):
         cases = [("sqrt-n", None)] + [("budget", f) for f in (0.9, 0.7, 0.5)]
         for strategy, f in cases:
             try:
-                p, sim = plan(model.joint, strategy, None if f is None else int(f * sa_sim.peak), ix=model.index)
+                p, sim = plan(model.joint, strategy, None if f is None else int(f * sa_sim.peak_ws), ix=model.index)
             except BudgetError:
                 continue
             predicted = sim.cost / sa_sim.cost - 1.0

@@ -28,7 +28,7 @@ def _cases(model):
     sa, sa_sim = plan(model.joint, "store-all", ix=model.index)
     low, _ = smallest_peak(model.joint, model.index, time_limit=5)
     out = [("store-all", None), ("sqrt-n", None)]
-    out += [("budget", int(low + (sa_sim.peak - low) * 0.3))]
+    out += [("budget", int(low + (sa_sim.peak_ws - low) * 0.3))]
     return out
 
 

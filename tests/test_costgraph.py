@@ -30,7 +30,7 @@ def test_export_then_plan_equals_planning_the_model(tmp_path, name):
     graph = load_model(str(out))
     assert graph.index.order == model.index.order
     _, sa = plan(model.joint, "store-all", ix=model.index)
-    cases = [("store-all", None), ("sqrt-n", None), ("budget", sa.peak)]
+    cases = [("store-all", None), ("sqrt-n", None), ("budget", sa.peak_ws)]
     if name == "seed_example" or name == "mlp_deep":  # solvers that answer the same every time
         cases.append(("budget", sa.resident + sa.peak_managed * 3 // 4))
     for strategy, budget in cases:

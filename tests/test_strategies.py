@@ -27,14 +27,14 @@ def test_every_strategy_is_exact_and_bitwise_equal(small_config):
     assert ref.resident == sa_sim.resident
     assert ref.timeline == sa_sim.timeline
     low, _ = smallest_peak(model.joint, model.index, time_limit=5)
-    cases = [("sqrt-n", None)] + [("budget", int(low + (sa_sim.peak - low) * f)) for f in (0.0, 0.3, 0.7, 1.0)]
+    cases = [("sqrt-n", None)] + [("budget", int(low + (sa_sim.peak_ws - low) * f)) for f in (0.0, 0.3, 0.7, 1.0)]
     for strategy, budget in cases:
         p, sim = plan(model.joint, strategy, budget, time_limit=5, ix=model.index)
         r = _run(model, p.steps, leaves)
         assert r.measured_managed == sim.peak_managed, (strategy, budget)
         assert r.timeline == sim.timeline
         if budget is not None:
-            assert sim.peak <= budget and r.resident + r.measured_managed <= budget
+            assert sim.peak_ws <= budget and r.resident + r.measured_managed <= budget
         assert r.loss == ref.loss
         for k in ref.grads:
             assert np.array_equal(r.grads[k], ref.grads[k]), (strategy, budget, k)
@@ -81,7 +81,7 @@ def test_frontier_is_monotone(name):
     model = load_model(config_path(name), SMALL[name])
     low, _ = smallest_peak(model.joint, model.index, time_limit=5)
     _, sa_sim = plan(model.joint, "store-all", ix=model.index)
-    budgets = sorted({int(low + (sa_sim.peak - low) * k / 7) for k in range(8)})
+    budgets = sorted({int(low + (sa_sim.peak_ws - low) * k / 7) for k in range(8)})
     rows = plan_table(model.joint, ("budget",), None, time_limit=5, ix=model.index, budgets=budgets)
     overheads = [r["overhead"] for r in rows]
     assert all(r["feasible"] for r in rows)

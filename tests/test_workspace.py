@@ -141,7 +141,7 @@ def _runnable(path):
 
 def _budgets(m, sa_sim):
     low, _ = smallest_peak(m.joint, m.index, time_limit=5)
-    return sorted({b for b in (int(sa_sim.peak * f) for f in (0.9, 0.7, 0.5)) if b > low} | {low}, reverse=True)
+    return sorted({b for b in (int(sa_sim.peak_ws * f) for f in (0.9, 0.7, 0.5)) if b > low} | {low}, reverse=True)
 
 
 # Known gap: on the conv nets, plans that recompute let the allocator pass the model's peak with
