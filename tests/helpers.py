@@ -20,6 +20,7 @@ def exhaustive_cost(joint, budget_managed):
     bit = {x: 1 << i for i, x in enumerate(order)}
     preds = [sum(bit[u] for u in joint.predecessors(x)) for x in order]
     ram = [joint.nodes[x]["ram"] for x in order]
+    ws = [joint.nodes[x].get("ws", 0) for x in order]  # held only while the node is computed
     cost = [joint.nodes[x]["cost"] for x in order]
     is_b = [joint.nodes[x]["kind"] == "backward" for x in order]
     dist = {(0, 0): 0.0}
@@ -39,7 +40,7 @@ def exhaustive_cost(joint, budget_managed):
                 nd = d
             elif i > front or (i < front and is_b[i]):
                 continue
-            elif preds[i] & live != preds[i] or used + ram[i] > budget_managed:
+            elif preds[i] & live != preds[i] or used + ram[i] + ws[i] > budget_managed:
                 continue
             else:
                 nxt = (live | b, front + 1 if i == front else front)

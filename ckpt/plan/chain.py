@@ -106,7 +106,8 @@ def _unit(sizes, budget):
     coarser when the budget would need more than MAX_SLOTS slots."""
     if not sizes:
         return 1
-    big = [s for s in sizes if s * 64 >= max(sizes)]
+    largest = max(sizes)
+    big = [s for s in sizes if s * 64 >= largest]
     unit = math.gcd(*big)
     if budget // unit > MAX_SLOTS:
         unit = math.ceil(budget / MAX_SLOTS)
