@@ -113,4 +113,4 @@ def kernel(xp, maker, name, *spec, dtype=None):
     return _kernels[key]
 
 
-from . import elementwise, tensor, nn  # noqa: E402,F401  (each module registers its ops)
+from . import elementwise, tensor, nn, index  # noqa: E402,F401  (each module registers its ops)
