@@ -8,7 +8,7 @@ import click
 
 from .. import __version__
 from ..errors import CkptError
-from . import bench, diff, plan, run
+from . import bench, diff, plan, run, torch
 
 
 class _Group(click.Group):
@@ -29,7 +29,7 @@ def cli():
 
 
 for _command in (run.run, run.trace, plan.plan, plan.export, diff.check, diff.jacobian, diff.numeric, diff.methods,
-                 bench.bench):
+                 bench.bench, torch.import_):
     cli.add_command(_command)
 
 

@@ -33,7 +33,7 @@ from ..ops import REGISTRY, REQUIRED
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 INT_DTYPES = ("int32", "int64")
 INITS = ("normal", "uniform", "xavier", "zeros", "ones", "randint", "causal_mask")
-_TOP_KEYS = ("name", "dtype", "seed", "dims", "inputs", "params", "blocks", "nodes", "output", "description")
+_TOP_KEYS = ("name", "dtype", "seed", "dims", "inputs", "params", "blocks", "nodes", "output", "description", "weights")
 _LEAF_KEYS = ("shape", "dtype", "init", "scale", "value", "grad", "high")
 _NODE_KEYS = ("name", "op", "inputs", "attrs")
 _REPEAT_KEYS = ("name", "repeat", "times", "input")
@@ -367,8 +367,10 @@ class _Reader:
             if not isinstance(group, dict):
                 raise self.err(f"{kind}s must be a mapping of names", doc, key=kind + "s", node_key=kind + "s")
             for name, m in group.items():
-                if not isinstance(name, str) or any(c in name for c in ":./ "):
-                    raise self.err(f"bad name {name!r}: no ':', '.', '/' or spaces", doc, key=kind + "s")
+                # A parameter may keep a module path for its name (`layers.3.attn.q_proj.weight`).
+                if not isinstance(name, str) or any(c in name for c in (":/ " if kind == "param" else ":./ ")):
+                    raise self.err(f"bad name {name!r}: no ':', '/' or spaces" + ("" if kind == "param" else ", no '.'"),
+                                   doc, key=kind + "s")
                 self.add_leaf(self.leaf(name, m, kind, self.dtype), m)
         if "nodes" not in doc:
             raise self.err("missing key 'nodes'", doc, key="config")
@@ -387,5 +389,33 @@ class _Reader:
         output = self.top.get(output, output)
         if output not in {n.name for n in self.nodes}:
             raise self.err(f"output {doc.get('output')!r} is not a node", doc, key="output", node_key="output")
+        if "weights" in doc:
+            attach_weights(self.leaves, doc["weights"], self.file, _line(doc, "weights"))
         return ModelSpec(str(doc.get("name", "model")), self.dtype, seed, self.leaves, self.nodes, output,
                          file=self.file, dims=self.dims)
+
+
+def attach_weights(leaves, weights, file, line=None):
+    """`weights: FILE.npz` (beside the config): arrays, by leaf name, that replace those leaves'
+    inits (what `ckpt import` writes: a module's current weights and the example inputs)."""
+    import os
+
+    import numpy as np
+
+    if not isinstance(weights, str) or not weights.endswith(".npz"):
+        raise ConfigError(f"weights must name an .npz file, got {weights!r}", file=file, line=line, key="weights")
+    path = os.path.join(os.path.dirname(os.path.abspath(file)), weights) if file and file != "<config>" else weights
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read weights {weights}: {e.__class__.__name__}", file=file, line=line,
+                          key="weights") from None
+    for name, arr in arrays.items():
+        leaf = leaves.get(name)
+        if leaf is None:
+            continue  # arrays of other names (for other tools) are not ckpt's to check
+        if tuple(arr.shape) != tuple(leaf.shape):
+            raise ConfigError(f"weights {weights}: {name} has shape {tuple(arr.shape)}, the config says "
+                              f"{tuple(leaf.shape)}", file=file, line=leaf.line, key=name)
+        leaf.init, leaf.value = "value", arr
