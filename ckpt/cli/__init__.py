@@ -29,7 +29,7 @@ def cli():
 
 
 for _command in (run.run, run.trace, plan.plan, plan.export, diff.check, diff.jacobian, diff.numeric, diff.methods,
-                 bench.bench, torch.import_):
+                 bench.bench, torch.import_, torch.torch_check):
     cli.add_command(_command)
 
 

@@ -31,3 +31,26 @@ def import_(target, inputs, output, seed, as_json):
     else:
         click.echo(f"wrote {output} ({r['nodes']} nodes, {r['params']} parameters), {r['weights']} "
                    f"(weights and example inputs) and {r['torch_meta']} (regions: {len(r['regions'])})")
+
+
+@click.command(name="torch-check")
+@click.argument("target", metavar="MODEL.py:FACTORY")
+@click.option("--plan", "plan_file", required=True, type=click.Path(dir_okay=False),
+              help="A plan written by `ckpt plan MODEL.yaml --emit torch -o plan.json`.")
+@input_opt
+@click.option("--steps", default=3, show_default=True, type=click.IntRange(min=1), help="Timed steps of each (median).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@json_opt
+def torch_check(target, plan_file, inputs, steps, seed, as_json):
+    """Run the training step in PyTorch with and without the plan: bytes held for backward, step
+    times and gradients, side by side with ckpt's prediction. Exit 1 when a figure disagrees."""
+    from ..backends.torch_check import check, report_lines
+    r = check(target, plan_file, inputs, steps=steps, seed=seed)
+    if as_json:
+        emit_json(r)
+    else:
+        for line in report_lines(r):
+            click.echo(line)
+    if not r["passed"]:
+        from ..errors import CheckFailed
+        raise CheckFailed("; ".join(r["failures"]))

@@ -664,10 +664,20 @@ def import_model(target, inputs, output, seed=0):
     name = re.sub(r"\W", "_", os.path.splitext(os.path.basename(output))[0]) or "model"
     text = config_text(rec, name, weights_file)
     regions = _regions(rec.where, model)
-    meta = {"source": str(target), "inputs": {k: {"shape": list(v[0]), "dtype": v[1]} for k, v in shapes.items()},
+    meta = {"source": str(target), "inputs": {k: {"shape": list(v[0]), "dtype": v[1] or dtype,
+                                                  **({"high": rec.inputs[k]["high"]} if "high" in rec.inputs[k] else {})}
+                                              for k, v in shapes.items()},
             "arg_order": arg_names, "dtype": dtype, "transposed": rec.transposed,
             "nodes": {k: {**w, "region": regions.get(w["module"], "")} for k, w in rec.where.items()},
-            "regions": sorted({r_ for r_ in regions.values() if r_})}
+            "regions": sorted({r_ for r_ in regions.values() if r_}, key=_natural),
+            # regions inside an nn.Sequential may be checkpointed as one segment of consecutive items
+            "sequential": sorted(k for k, m in model.named_modules() if k and isinstance(m, torch_or_error().nn.Sequential))}
+    # What PyTorch holds for backward, op by op: one plain forward on the example inputs (the
+    # planner for `--emit torch` reads it; nothing else in the import allocates activations).
+    from ..backends.torch_apply import profile
+    import torch
+    values = [torch.from_numpy(rec.arrays[n]) for n in arg_names]
+    meta["profile"] = profile(model, values, meta["regions"])
     from ..jsonio import write_json_atomic
     _write_atomic(stem + ".npz", lambda f: np.savez(f, **rec.arrays), binary=True)
     _write_atomic(output, lambda f: f.write(text))
@@ -675,6 +685,10 @@ def import_model(target, inputs, output, seed=0):
     return {"config": output, "weights": stem + ".npz", "torch_meta": stem + ".torch.json", "nodes": len(rec.nodes),
             "params": len(rec.params), "inputs": list(rec.inputs), "transposed": len(rec.transposed),
             "regions": meta["regions"]}
+
+
+def _natural(name):
+    return [int(p) if p.isdigit() else p for p in name.split(".")]
 
 
 def _write_atomic(path, write, binary=False):
