@@ -37,7 +37,7 @@ def imported(tmp_path_factory):
 
 
 def emit(config, budget, out):
-    res = invoke("plan", config, "--emit", "torch", "-o", out, "--memory-budget", budget, "--json")
+    res = invoke("plan", config, "--emit", "torch", "-o", out, "--memory-budget", budget, "--json", "--time-limit", 0.5)
     assert res.exit_code == 0, res.output
     return json.loads(res.output)
 

@@ -103,7 +103,8 @@ class Census:
             made.append(ref.cdata)
             nbytes += st.nbytes()
         self.ops.append((region, str(func), k, made, _flops(func, args, kwargs, out), nbytes))
-        self.live_peak = max(self.live_peak, self.live())
+        if made:  # the live total only grows when something is made
+            self.live_peak = max(self.live_peak, self.live())
 
     def live(self):
         return sum(n for ref, n, _, _ in self.storages.values() if not ref.expired())
