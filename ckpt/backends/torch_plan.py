@@ -134,12 +134,13 @@ def best_plan(prof, regions, sequential, limit):
         for o in OPTIONS:
             b = prof.held_bytes([(u, o) for u in units])
             least = b if least is None else min(least, b)
-        c = plan_units(prof, units, limit)
-        if c is None:
-            continue
-        cost = sum(prof.unit_cost(u, o) for u, o in c)
-        if best is None or cost < best[0]:
-            best = (cost, c)
+        # the greedy's answer, and each uniform choice (every unit alike) as a floor it must beat
+        for c in [plan_units(prof, units, limit)] + [[(u, o) for u in units] for o in OPTIONS]:
+            if c is None or (limit is not None and prof.held_bytes(c) > limit):
+                continue
+            cost = sum(prof.unit_cost(u, o) for u, o in c)
+            if best is None or cost < best[0]:
+                best = (cost, c)
     return (best[1] if best else None), least
 
 
