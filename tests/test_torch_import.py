@@ -105,3 +105,16 @@ def test_bad_input_is_one_line_exit_2(tmp_path, factory, inputs, needle):
     res, _ = do_import(tmp_path, "x", factory=factory, inputs=inputs)
     assert res.exit_code == 2, res.output
     assert needle in res.output and res.output.count("\n") == 1
+
+
+def test_meta_model_imports_and_plans_without_weights(tmp_path):
+    """A model built on the meta device (no values anywhere) imports and plans: the trace and the
+    profile run on fake tensors; parameters get inits instead of saved values."""
+    res, out = do_import(tmp_path, "gpt", factory="gpt_meta")
+    assert res.exit_code == 0, res.output
+    import numpy as np
+    assert "layers.0.fc.weight" not in np.load(out[:-5] + ".npz").files
+    res = CliRunner().invoke(cli, ["plan", out, "--emit", "torch", "-o", str(tmp_path / "p.json"),
+                                   "--memory-budget", "0.5x", "--time-limit", "0.5", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["predicted"]["held_end_forward_bytes"] > 0

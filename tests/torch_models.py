@@ -58,7 +58,7 @@ class GPT(nn.Module):
         self.ln_f, self.head = nn.LayerNorm(c), nn.Linear(c, vocab, bias=False)
 
     def forward(self, idx, targets):
-        x = self.tok(idx) + self.pos(torch.arange(idx.shape[1]))
+        x = self.tok(idx) + self.pos(torch.arange(idx.shape[1], device=idx.device))
         for layer in self.layers:
             x = layer(x)
         logits = self.head(self.ln_f(x))
@@ -130,3 +130,9 @@ class Unsupported(nn.Module):
 
 def unsupported():
     return Unsupported().double()
+
+
+def gpt_meta():
+    """Built on the meta device: shapes without values, as a model too large for this machine."""
+    with torch.device("meta"):
+        return GPT().double().eval()

@@ -119,10 +119,11 @@ def example_inputs(model, inputs, seed=0):
         raise ConfigError(f"the module's forward takes ({', '.join(names)}); --input gave "
                           f"({', '.join(inputs) or 'nothing'}): give one --input per argument")
     fdt = getattr(torch, model_dtype(model))
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))  # meta for a meta model
     args = []
     for n in names:
         shape, dt = inputs[n]
-        args.append(torch.zeros(shape, dtype=getattr(torch, dt) if dt else fdt))
+        args.append(torch.zeros(shape, dtype=getattr(torch, dt) if dt else fdt, device=device))
     return names, tuple(args)
 
 
@@ -235,13 +236,16 @@ class _Recorder:
                 val = node.meta["val"]
                 if node.name in params:
                     target = params[node.name]
-                    arr = state[target].detach().cpu().numpy().astype(self.dtype)
+                    tensor = state[target]
+                    shape = tuple(tensor.shape)
                     if uses.get(node.name) == "linear-only":
-                        arr = np.ascontiguousarray(arr.T)
+                        shape = shape[::-1]
                         self.transposed.append(target)
-                    self.params[target] = {"shape": list(arr.shape), "grad": bool(state[target].requires_grad)}
-                    self.arrays[target] = arr
-                    self.info[target] = (arr.shape, self.dtype)
+                    if not tensor.is_meta:  # a model built on the meta device has shapes, no values
+                        arr = tensor.detach().cpu().numpy().astype(self.dtype)
+                        self.arrays[target] = np.ascontiguousarray(arr.T) if target in self.transposed else arr
+                    self.params[target] = {"shape": list(shape), "grad": bool(tensor.requires_grad)}
+                    self.info[target] = (shape, self.dtype)
                     self.env[node.name] = target
                 elif node.name not in self.env:
                     dt = str(val.dtype).replace("torch.", "")
@@ -635,7 +639,10 @@ def config_text(rec, name, weights_file):
         lines.append(f"  {k}: {_flow(leaf)}")
     lines.append("params:" if rec.params else "params: {}")
     for k, v in rec.params.items():
-        lines.append(f"  {json.dumps(k)}: {_flow({'shape': v['shape'], 'grad': v['grad'], 'init': 'zeros'})}")
+        leaf = {"shape": v["shape"], "grad": v["grad"], "init": "zeros"}
+        if k not in rec.arrays:  # meta weights: an init of the usual kind (the plan needs only shapes)
+            leaf["init"] = "xavier" if len(v["shape"]) >= 2 else ("ones" if k.endswith("weight") else "zeros")
+        lines.append(f"  {json.dumps(k)}: {_flow(leaf)}")
     lines.append("nodes:")
     for n in rec.nodes:
         lines.append(f"  - {_flow(n)}")
@@ -674,10 +681,7 @@ def import_model(target, inputs, output, seed=0):
             "sequential": sorted(k for k, m in model.named_modules() if k and isinstance(m, torch_or_error().nn.Sequential))}
     # What PyTorch holds for backward, op by op: one plain forward on the example inputs (the
     # planner for `--emit torch` reads it; nothing else in the import allocates activations).
-    from ..backends.torch_apply import profile
-    import torch
-    values = [torch.from_numpy(rec.arrays[n]) for n in arg_names]
-    meta["profile"] = profile(model, values, meta["regions"])
+    meta["profile"] = _fake_profile(model, [rec.arrays[n] for n in arg_names], meta["regions"])
     from ..jsonio import write_json_atomic
     _write_atomic(stem + ".npz", lambda f: np.savez(f, **rec.arrays), binary=True)
     _write_atomic(output, lambda f: f.write(text))
@@ -685,6 +689,28 @@ def import_model(target, inputs, output, seed=0):
     return {"config": output, "weights": stem + ".npz", "torch_meta": stem + ".torch.json", "nodes": len(rec.nodes),
             "params": len(rec.params), "inputs": list(rec.inputs), "transposed": len(rec.transposed),
             "regions": meta["regions"]}
+
+
+def _fake_profile(model, arrays, regions):
+    """The profile of what PyTorch holds for backward, run on fake tensors (shapes, dtypes and
+    storages without data: nothing the size of an activation is allocated). The module's
+    parameters are replaced by fake ones, so the module is spent afterwards."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from ..backends.torch_apply import profile
+    fm = FakeTensorMode(allow_non_fake_inputs=False)
+    for name, p in list(model.named_parameters()):
+        owner, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(owner) if owner else model, leaf,
+                torch.nn.Parameter(fm.from_tensor(p.detach()), requires_grad=p.requires_grad))
+    for name, b in list(model.named_buffers()):
+        owner, _, leaf = name.rpartition(".")
+        (model.get_submodule(owner) if owner else model).register_buffer(leaf, fm.from_tensor(b))
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    values = [fm.from_tensor(torch.from_numpy(a).to(device)) for a in arrays]
+    with fm:
+        return profile(model, values, regions)
 
 
 def _natural(name):
