@@ -4,12 +4,16 @@ For each model (the tests' three, at benchmark sizes, float32):
   1. checkpoint every block (every region wrapped, nothing saved: `torch.utils.checkpoint` per
      block), and measure the bytes held for backward at the end of the forward (H);
   2. ckpt's plan (`plan --emit torch`) at the budget resident + H, measured the same way;
-  3. torch.compile with the min-cut partitioner's `activation_memory_budget` (backend
-     `aot_eager_decomp_partition`: the partitioner inductor uses, without generating C++), at the
+  3. torch.compile with the min-cut partitioner's `activation_memory_budget` (what the backend
+     `aot_eager_decomp_partition` does: inductor's decompositions and partitioner, graphs run by
+     the fx interpreter instead of generated C++), at the
      largest budget whose measured saved bytes are <= H (bisection).
 Recompute is counted by torch.utils.flop_counter over the whole step (forward + backward) minus
-the unplanned step's FLOPs (torch.compile's against its own budget-1.0 step, as its decompositions
-count a little differently). Step times: medians of interleaved steps, with all threads and with
+the unplanned step's FLOPs (torch.compile's against its own budget-1.0 step, counted inside its
+compiled graphs, as its decompositions count a little differently). The flop counter counts
+matrix products, convolutions and attention: recomputed elementwise ops are free in this figure,
+which favours torch.compile (its partitioner recomputes elementwise ops first) and plans that
+recompute norms and activations. Step times: medians of interleaved steps, with all threads and with
 one thread (the control). Held bytes: unique storages alive after the forward (eager; see
 ckpt.backends.torch_apply.Census) or packed through saved_tensors_hooks (compiled: a compiled
 graph saves through ctx.save_for_backward, which the hooks see).
@@ -77,11 +81,51 @@ def held_compiled(model, args):
     return sum(n for p, n in seen.items() if p not in params)
 
 
+COMPILED_FLOPS = [0]
+
+
+def _counting_nop(gm, example_inputs):
+    """aot_eager's nop compiler, counting the FLOPs of each run of the compiled forward and
+    backward graphs (a FlopCounterMode around the whole step does not see inside them)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def run(args):
+        with FlopCounterMode(display=False) as fc:
+            out = torch.fx.Interpreter(gm).boxed_run(args)
+        COMPILED_FLOPS[0] += fc.get_total_flops()
+        return out
+    run._boxed_call = True
+    return run
+
+
+def _decomp_partition(gm, example_inputs):
+    """What the `aot_eager_decomp_partition` backend does (inductor's decompositions and its
+    min-cut partitioner, which reads activation_memory_budget), with counting compilers."""
+    import functools
+    from importlib import import_module
+
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.partitioners import min_cut_rematerialization_partition
+    return aot_autograd(fw_compiler=_counting_nop, bw_compiler=_counting_nop,
+                        decompositions=lambda: import_module("torch._inductor.compile_fx").select_decomp_table(),
+                        partition_fn=functools.partial(min_cut_rematerialization_partition, compiler="inductor"),
+                        )(gm, example_inputs)
+
+
 def compiled(model, budget):
     import torch._functorch.config as fconfig
     torch._dynamo.reset()
     fconfig.activation_memory_budget = budget
-    return torch.compile(model, backend="aot_eager_decomp_partition")
+    return torch.compile(model, backend=_decomp_partition)
+
+
+def compiled_step_flops(model, args):
+    model(*args).backward()  # compile first
+    model.zero_grad(set_to_none=True)
+    COMPILED_FLOPS[0] = 0
+    model(*args).backward()
+    model.zero_grad(set_to_none=True)
+    return COMPILED_FLOPS[0]
 
 
 def times(models, args, steps):
@@ -138,7 +182,7 @@ def bench(name, steps, with_compile, tmp):
     if with_compile:
         try:
             full = compiled(factory(), 1.0)
-            f_c1 = step_flops(full, args)
+            f_c1 = compiled_step_flops(full, args)
             lo, hi, best = 0.0, 1.0, None
             for _ in range(5):
                 mid = (lo + hi) / 2
@@ -152,7 +196,7 @@ def bench(name, steps, with_compile, tmp):
                 cm = compiled(factory(), 0.0)
                 best = (0.0, held_compiled(cm, args), cm)
             row.update(compile_budget=best[0], compile_held=best[1],
-                       compile_recompute_flops=step_flops(best[2], args) - f_c1)
+                       compile_recompute_flops=compiled_step_flops(best[2], args) - f_c1)
             models.append(best[2])
             labels.append(f"compile@{best[0]:.3f}")
         except Exception as e:  # noqa: BLE001 -- report what did not run, and why

@@ -1,29 +1,32 @@
 """Plan within what PyTorch can execute, from the profile `ckpt import` recorded (no torch needed).
 
-PyTorch's selective checkpointing has one level: a region (a submodule) is either left alone or
-wrapped in a checkpoint that keeps a chosen set of op outputs and recomputes every other value of
-the region at once in its backward. Per region the planner chooses among three options:
+PyTorch's selective checkpointing has one level: a region (a submodule, or a segment of
+consecutive nn.Sequential items) is either left alone or wrapped in a checkpoint that keeps a chosen
+set of op outputs and recomputes every other value of the region at once in its backward. Per
+region the planner chooses among:
 
-  none        no checkpoint: the region's ops save what autograd saves;
-  save-matmul checkpoint keeping the outputs of its matrix products and convolutions (the costly
-              ops), recomputing the rest (norms, activations, softmax, reshapes);
-  full        checkpoint keeping nothing: only the region's inputs are held.
+  none         no checkpoint: the region's ops save what autograd saves;
+  save-top-N   checkpoint keeping the outputs of the N ops that save the most recompute per byte
+               kept (a greedy knapsack order; N runs from all of them down to one);
+  save-matmul  checkpoint keeping the outputs of its matrix products and convolutions;
+  full         checkpoint keeping nothing: only the region's inputs are held.
 
 The bytes held at the end of the forward are predicted exactly from the profile: a storage is held
 when a region that saves it runs unwrapped (or it is saved outside every region), when it is an
 input of a wrapped region (the checkpoint keeps its arguments), or when a wrapped region's policy
 saves the op that made it; the sum is over unique storages, as the census measures it. A greedy
-pass upgrades, one region at a time, the option that frees the most bytes per unit of recompute
-until the prediction fits the budget.
+pass moves, one region at a time, to the option that frees the most bytes per unit of added
+recompute until the prediction fits the budget; each way of cutting Sequential items into
+segments is tried, and every uniform choice too, and the least recompute that fits wins.
 """
 
 from ..errors import BudgetError, ConfigError
 from ..jsonio import write_json_atomic
 from ..sizes import fmt_bytes
 
-OPTIONS = ("none", "save-matmul", "full")
 _COSTLY = ("aten.mm.", "aten.addmm.", "aten.bmm.", "aten.baddbmm.", "aten.convolution.", "aten.conv2d.",
            "aten._scaled_dot_product")
+_TOP_SIZES = 6  # save-top-N options per region, N spread from all candidates down to one
 
 
 class _Profile:
@@ -35,11 +38,28 @@ class _Profile:
         self.holders = {int(k): set(v) for k, v in prof["holders"].items()}
         self.inputs = {r: set(prof["inputs"].get(r, [])) for r in regions}
         self.ops = {r: [o for o in prof["ops"] if o["region"] == r] for r in regions}
+        self._ranked = {}
 
-    def save_set(self, r, option):
-        if option == "full":
+    def ranked(self, unit):
+        """The unit's ops that make a storage, most recompute saved per byte kept first."""
+        if unit not in self._ranked:
+            ops = [o for m in unit for o in self.ops[m] if o["made"]]
+            self._ranked[unit] = sorted(ops, key=lambda o: -_cost(o) / max(1, sum(self.bytes[s] for s in o["made"])))
+        return self._ranked[unit]
+
+    def options(self, unit):
+        """The unit's options, from the most bytes held to the least (roughly)."""
+        n = len(self.ranked(unit))
+        tops = sorted({max(1, round(n * k / _TOP_SIZES)) for k in range(_TOP_SIZES, 0, -1)} if n else set(),
+                      reverse=True)
+        return ["none"] + [f"save-top-{k}" for k in tops] + ["save-matmul", "full"]
+
+    def save_set(self, unit, option):
+        if option in ("none", "full"):
             return []
-        return [o for o in self.ops[r] if o["made"] and o["op"].startswith(_COSTLY)]
+        if option == "save-matmul":
+            return [o for m in unit for o in self.ops[m] if o["made"] and o["op"].startswith(_COSTLY)]
+        return self.ranked(unit)[:int(option.rsplit("-", 1)[1])]
 
     def held(self, units):
         """Storages held at the end of the forward under units [(members, option)]."""
@@ -53,22 +73,19 @@ class _Profile:
             if o == "none":
                 continue
             held |= self.inputs[members[0]]  # the checkpoint keeps its arguments
-            for m in members:
-                for op in self.save_set(m, o):
-                    held |= set(op["made"])
+            for op in self.save_set(members, o):
+                held |= set(op["made"])
         return held
 
     def held_bytes(self, units):
         return sum(self.bytes[s] for s in self.held(units))
 
-    def recompute(self, r, option):
+    def unit_cost(self, unit, option):
+        """Recompute of a wrapped unit: every op of it whose output the policy does not keep."""
         if option == "none":
             return 0
-        saved = {(o["op"], o["k"]) for o in self.save_set(r, option)}
-        return sum(_cost(o) for o in self.ops[r] if (o["op"], o["k"]) not in saved)
-
-    def unit_cost(self, members, option):
-        return sum(self.recompute(m, option) for m in members)
+        saved = {id(o) for o in self.save_set(unit, option)}
+        return sum(_cost(o) for m in unit for o in self.ops[m] if id(o) not in saved)
 
 
 def _cost(o):
@@ -110,18 +127,19 @@ def plan_units(prof, units, limit):
     while held > limit:
         best = None
         for i, (u, cur) in enumerate(choice):
-            for o in OPTIONS[OPTIONS.index(cur) + 1:]:
+            base = prof.unit_cost(u, cur)
+            for o in prof.options(u):
+                if o == cur:
+                    continue
                 trial = choice[:i] + [(u, o)] + choice[i + 1:]
                 freed = held - prof.held_bytes(trial)
                 if freed <= 0:
                     continue
-                extra = prof.unit_cost(u, o) - prof.unit_cost(u, cur)
-                score = freed / max(extra, 1)
+                score = freed / max(prof.unit_cost(u, o) - base, 1)
                 if best is None or score > best[0]:
                     best = (score, trial)
         if best is None:
-            full = [(u, "full") for u, _ in choice]
-            return full if prof.held_bytes(full) <= limit else None
+            return None
         choice = best[1]
         held = prof.held_bytes(choice)
     return choice
@@ -131,11 +149,11 @@ def best_plan(prof, regions, sequential, limit):
     """The least recompute over the segmentations that fits; (units, least held bytes of any)."""
     best, least = None, None
     for units in segmentations(regions, sequential):
-        for o in OPTIONS:
+        for o in ("none", "save-matmul", "full"):
             b = prof.held_bytes([(u, o) for u in units])
             least = b if least is None else min(least, b)
         # the greedy's answer, and each uniform choice (every unit alike) as a floor it must beat
-        for c in [plan_units(prof, units, limit)] + [[(u, o) for u in units] for o in OPTIONS]:
+        for c in [plan_units(prof, units, limit)] + [[(u, o) for u in units] for o in ("none", "save-matmul", "full")]:
             if c is None or (limit is not None and prof.held_bytes(c) > limit):
                 continue
             cost = sum(prof.unit_cost(u, o) for u, o in c)
@@ -182,9 +200,9 @@ def emit_torch_plan(model, budget, output, time_limit=10.0):
                          "recompute_cost": recompute, "step_cost": 3 * fwd_cost,
                          "overhead": recompute / (3 * fwd_cost) if fwd_cost else 0.0},
            "regions": [{"name": u[0], "members": list(u), "option": o, "checkpoint": o != "none",
-                        "save": [{"region": m, "op": op["op"], "k": op["k"],
+                        "save": [{"region": op["region"], "op": op["op"], "k": op["k"],
                                   "bytes": sum(prof.bytes[x] for x in op["made"])}
-                                 for m in u for op in prof.save_set(m, o)] if o != "none" else [],
+                                 for op in prof.save_set(u, o)] if o != "none" else [],
                         "recompute_cost": prof.unit_cost(u, o)} for u, o in choice],
            "cost_units": "FLOPs (torch.utils.flop_counter) plus one per byte written; step = 3 x forward"}
     doc["ckpt_plan"] = _ckpt_own(model, budget, time_limit)
