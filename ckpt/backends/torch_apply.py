@@ -83,9 +83,11 @@ class Census:
         self.mode = Mode()
         self.torch = torch
 
+    skip = staticmethod(lambda: False)  # measure_step skips the backward's own ops
+
     def record(self, func, args, kwargs, out):
         torch = self.torch
-        if func in _ignored():
+        if func in _ignored() or self.skip():
             return
         region = self.region[-1]
         key = (region, str(func))
@@ -240,9 +242,13 @@ def apply(model, plan):
             # A segment of consecutive nn.Sequential items runs them in order inside one
             # checkpoint; the policy counts each item's ops apart, as the profile did.
             out = None
-            for i, (m, f) in enumerate(zip(_members, _origs)):
-                _current[0] = m
-                out = f(*args, **kwargs) if i == 0 else f(out)
+            _RECOMPUTING[0] += torch._C._current_graph_task_id() != -1  # called again in the backward
+            try:
+                for i, (m, f) in enumerate(zip(_members, _origs)):
+                    _current[0] = m
+                    out = f(*args, **kwargs) if i == 0 else f(out)
+            finally:
+                _RECOMPUTING[0] -= torch._C._current_graph_task_id() != -1
             return out
 
         def forward(*args, _segment=segment, _context=context, **kwargs):
@@ -257,43 +263,32 @@ def apply(model, plan):
     return model
 
 
+_RECOMPUTING = [0]  # > 0 while a checkpoint recomputes its region inside the backward
+
+
 def _identity(x):
     return x
 
 
 # ---- measuring a step ----------------------------------------------------------------------------
-def measure_step(model, args, regions=()):
+def measure_step(model, args):
     """One training step under the census: bytes held for backward at the end of the forward (live
-    storages the forward created, the loss excluded), their peak over the forward and the backward
-    (storages made by forward ops and recomputes; gradients are not counted), the step time and
-    the gradients."""
+    storages the forward created, the loss excluded); the peak of live activation bytes in the
+    forward and over the whole step (storages made by forward ops and by a checkpoint's recompute
+    in the backward; the gradient computations' own buffers are not counted); the gradients."""
     torch = _torch()
     resident = list(model.parameters()) + list(model.buffers()) + _tensors(args)
     c = Census(known=resident)
-    mods = _region_modules(model, regions)
-    depth = [0]
-    handles = []
-    for m in mods.values():
-        handles += [m.register_forward_pre_hook(lambda mod, a: depth.__setitem__(0, depth[0] + 1)),
-                    m.register_forward_hook(lambda mod, a, o: depth.__setitem__(0, depth[0] - 1))]
-    backward_made = []
-    t0 = time.perf_counter()
-    try:
-        with c.mode:
-            loss = model(*args)
-            end = c.held(exclude=[loss])
-            forward_peak = c.live_peak
-            n_forward = len(c.ops)
-            loss.backward()
-    finally:
-        for h in handles:
-            h.remove()
-    elapsed = time.perf_counter() - t0
-    del backward_made
+    c.skip = lambda: torch._C._current_graph_task_id() != -1 and not _RECOMPUTING[0]
+    with c.mode:
+        loss = model(*args)
+        end = c.held(exclude=[loss])
+        forward_peak = c.live_peak
+        loss.backward()
     grads = {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
-    return {"held_end_forward": int(end), "live_peak_forward": int(forward_peak), "ops_forward": n_forward,
-            "ops_total": len(c.ops), "time_s": elapsed, "loss": float(loss.detach()), "grads": grads}
+    return {"held_end_forward": int(end), "live_peak_forward": int(forward_peak), "live_peak_step": int(c.live_peak),
+            "loss": float(loss.detach()), "grads": grads}
 
 
 def plan_regions(doc):

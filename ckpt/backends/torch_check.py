@@ -71,6 +71,7 @@ def check(target, plan_file, inputs=(), steps=3, seed=0):
          "held_end_forward": {"unplanned": {"predicted": p["unplanned_held_bytes"], "measured": b["held_end_forward"]},
                               "planned": {"predicted": p["held_end_forward_bytes"], "measured": q["held_end_forward"]}},
          "live_peak_forward": {"unplanned": b["live_peak_forward"], "planned": q["live_peak_forward"]},
+         "live_peak_step": {"unplanned": b["live_peak_step"], "planned": q["live_peak_step"]},
          "resident_bytes": p["resident_bytes"],
          "time_s": {"unplanned": statistics.median(x["time_s"] for x in base),
                     "planned": statistics.median(x["time_s"] for x in planned)},
@@ -101,6 +102,9 @@ def report_lines(r):
         out.append(f"{name:38} {fmt_bytes(a):>11} {fmt_bytes(b):>12} {fmt_bytes(c):>11} {fmt_bytes(d):>12}")
     lp = r["live_peak_forward"]
     out.append(f"{'live activation peak in forward':38} {'':>11} {fmt_bytes(lp['unplanned']):>12} {'':>11} "
+               f"{fmt_bytes(lp['planned']):>12}")
+    lp = r["live_peak_step"]
+    out.append(f"{'live activation peak in the step':38} {'':>11} {fmt_bytes(lp['unplanned']):>12} {'':>11} "
                f"{fmt_bytes(lp['planned']):>12}")
     out.append(f"{'step time (median)':38} {'':>11} {t['unplanned'] * 1e3:>10.2f}ms {'':>11} {t['planned'] * 1e3:>10.2f}ms")
     out.append(f"resident (parameters, their gradients, inputs): {fmt_bytes(r['resident_bytes'])}")
