@@ -36,15 +36,17 @@ def imported(tmp_path_factory):
     return out
 
 
-def emit(config, budget, out):
-    res = invoke("plan", config, "--emit", "torch", "-o", out, "--memory-budget", budget, "--json", "--time-limit", 0.5)
+def emit(config, budget, out, compare=False):
+    res = invoke("plan", config, "--emit", "torch", "-o", out, "--memory-budget", budget, "--json", "--time-limit", 0.5,
+                 "--compare" if compare else "--no-compare")
     assert res.exit_code == 0, res.output
     return json.loads(res.output)
 
 
 @pytest.mark.parametrize("name", ["mlp", "gpt", "cnn"])
 def test_applied_plan_matches_prediction(imported, tmp_path, name):
-    half = emit(imported[name], "0.5x", tmp_path / "half.json")
+    half = emit(imported[name], "0.5x", tmp_path / "half.json", compare=name != "cnn")  # cnn: an exact MILP
+    assert half["ckpt_plan"]["feasible"] in (True, False) or name == "cnn"
     least = half["predicted"]["least_peak_bytes"]
     assert half["predicted"]["held_end_forward_bytes"] <= 0.5 * half["predicted"]["unplanned_held_bytes"]
     tight = emit(imported[name], str(least), tmp_path / "least.json")
@@ -58,7 +60,8 @@ def test_applied_plan_matches_prediction(imported, tmp_path, name):
         for which in ("unplanned", "planned"):
             assert r["held_end_forward"][which]["predicted"] == r["held_end_forward"][which]["measured"]
     # one byte under the least is no plan: exit 3, naming the least
-    res = invoke("plan", imported[name], "--emit", "torch", "-o", tmp_path / "x.json", "--memory-budget", least - 1)
+    res = invoke("plan", imported[name], "--emit", "torch", "-o", tmp_path / "x.json", "--memory-budget", least - 1,
+                 "--no-compare")
     assert res.exit_code == 3 and "the least is" in res.output
 
 

@@ -162,7 +162,7 @@ def best_plan(prof, regions, sequential, limit):
     return (best[1] if best else None), least
 
 
-def emit_torch_plan(model, budget, output, time_limit=10.0):
+def emit_torch_plan(model, budget, output, time_limit=10.0, compare=True):
     """Write plan.json for `ckpt.torch.apply`; returns the document. `budget` bounds the predicted
     peak: resident bytes (parameters, their gradients, inputs) + bytes held at the end of forward."""
     from .torch_apply import read_meta
@@ -205,7 +205,7 @@ def emit_torch_plan(model, budget, output, time_limit=10.0):
                                  for op in prof.save_set(u, o)] if o != "none" else [],
                         "recompute_cost": prof.unit_cost(u, o)} for u, o in choice],
            "cost_units": "FLOPs (torch.utils.flop_counter) plus one per byte written; step = 3 x forward"}
-    doc["ckpt_plan"] = _ckpt_own(model, budget, time_limit)
+    doc["ckpt_plan"] = _ckpt_own(model, budget, time_limit) if compare else {"feasible": None, "error": "not compared"}
     try:
         write_json_atomic(output, doc)
     except OSError as e:
@@ -241,7 +241,9 @@ def summary_lines(doc):
         name = r["name"] if len(r["members"]) == 1 else f"{r['members'][0]}..{r['members'][-1]}"
         lines.append(f"  {name:<16} {r['option']:<12} saves: {saved}")
     c = doc["ckpt_plan"]
-    if c.get("feasible"):
+    if c.get("feasible") is None:
+        pass
+    elif c.get("feasible"):
         lines.append(f"ckpt's own plan at this budget (its executor's peak {fmt_bytes(c['peak_bytes'])}): overhead "
                      f"{100 * c['overhead']:.1f}% ({c['solver']})")
     else:

@@ -32,11 +32,13 @@ from .common import budget_bytes, budget_opt, config_arg, dtype_opt, json_opt, o
               help="With -o: write the plan in the form PyTorch executes (regions checkpointed with a "
                    "selective-checkpoint policy); needs a model imported by `ckpt import`.")
 @click.option("-o", "--output", "emit_file", type=click.Path(dir_okay=False), help="Where --emit writes.")
+@click.option("--compare/--no-compare", default=True, show_default=True,
+              help="With --emit torch: also plan with ckpt's own (unrestricted) strategies at the same budget.")
 @set_opt
 @dtype_opt
 @json_opt
-def plan(config, budget, strategy, sweep, points, plot_file, time_limit, device, show_saved, emit, emit_file, sets,
-         dtype, as_json):
+def plan(config, budget, strategy, sweep, points, plot_file, time_limit, device, show_saved, emit, emit_file, compare,
+         sets, dtype, as_json):
     """Plan without running: predicted peak and compute overhead of each strategy."""
     model = load_model(config, overrides(sets), dtype)
     budget_b = budget_bytes(budget, model)
@@ -44,7 +46,7 @@ def plan(config, budget, strategy, sweep, points, plot_file, time_limit, device,
         require_model(model, "plan --device")
         model = with_costs(model, measure_costs(model, get_backend(device)))
     if emit or emit_file:
-        return _emit(model, config, budget, emit, emit_file, time_limit, as_json)
+        return _emit(model, config, budget, emit, emit_file, time_limit, as_json, compare)
     names = STRATEGIES if strategy == "all" else (strategy,)
     if budget_b is None and "budget" in names:
         if strategy == "budget":
@@ -187,12 +189,12 @@ def _print_saved(rows):
                 click.echo(f"  {' ' * len(b)}  recomputed: {', '.join(v['recomputed'])}")
 
 
-def _emit(model, config, budget, emit, emit_file, time_limit, as_json):
+def _emit(model, config, budget, emit, emit_file, time_limit, as_json, compare=True):
     if not (emit and emit_file):
         raise ConfigError("--emit torch and -o FILE go together")
     from ..backends.torch_plan import emit_torch_plan, summary_lines
     require_model(model, "plan --emit torch")
-    doc = emit_torch_plan(model, budget, emit_file, time_limit=time_limit)
+    doc = emit_torch_plan(model, budget, emit_file, time_limit=time_limit, compare=compare)
     if as_json:
         emit_json(doc)
         return
