@@ -102,3 +102,10 @@ def test_show_saved_lists_kept_and_recomputed_per_block(imported):
     assert kept and recomputed == row["recomputed"] or recomputed
     res = invoke("plan", imported["mlp"], "--strategy", "store-all", "--show-saved")
     assert "blocks.3: kept" in res.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_cuda_without_a_device_is_exit_2(imported, tmp_path):
+    emit(imported["mlp"], "0.5x", tmp_path / "p.json")
+    res = invoke("torch-check", f"{MODELS}:mlp", "--plan", tmp_path / "p.json", "--device", "cuda")
+    assert res.exit_code == 2 and "no CUDA device" in res.output

@@ -40,12 +40,14 @@ def import_(target, inputs, output, seed, as_json):
 @input_opt
 @click.option("--steps", default=3, show_default=True, type=click.IntRange(min=1), help="Timed steps of each (median).")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
+              help="Where PyTorch runs the step (cuda adds torch.cuda.max_memory_allocated).")
 @json_opt
-def torch_check(target, plan_file, inputs, steps, seed, as_json):
+def torch_check(target, plan_file, inputs, steps, seed, device, as_json):
     """Run the training step in PyTorch with and without the plan: bytes held for backward, step
     times and gradients, side by side with ckpt's prediction. Exit 1 when a figure disagrees."""
     from ..backends.torch_check import check, report_lines
-    r = check(target, plan_file, inputs, steps=steps, seed=seed)
+    r = check(target, plan_file, inputs, steps=steps, seed=seed, device=device)
     if as_json:
         emit_json(r)
     else:
