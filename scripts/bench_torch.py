@@ -157,7 +157,7 @@ def bench(name, steps, with_compile, tmp):
     import json
     meta = json.load(open(config[:-5] + ".torch.json"))
     blocks = [r for r in meta["regions"] if r.rpartition(".")[2].isdigit()]
-    plan_any = emit_torch_plan(model, None, os.path.join(tmp, "none.json"))
+    plan_any = emit_torch_plan(model, None, os.path.join(tmp, "none.json"), compare=False)
     every = copy.deepcopy(plan_any)
     for r in every["regions"]:
         if r["name"] in blocks:
@@ -168,7 +168,7 @@ def bench(name, steps, with_compile, tmp):
     target = ev["held_end_forward"]
     # 2. ckpt's plan at the same activation memory
     plan = emit_torch_plan(model, plan_any["predicted"]["resident_bytes"] + target, os.path.join(tmp, "ckpt.json"),
-                           time_limit=1.0)
+                           compare=False)
     ckpt_m = apply(factory(), plan)
     ck = measure_step(ckpt_m, args)
     f_base, f_every, f_ckpt = (step_flops(m, args) for m in (base_m, every_m, ckpt_m))
@@ -199,6 +199,12 @@ def bench(name, steps, with_compile, tmp):
                        compile_recompute_flops=compiled_step_flops(best[2], args) - f_c1)
             models.append(best[2])
             labels.append(f"compile@{best[0]:.3f}")
+            # ckpt at torch.compile's measured memory, for the like-for-like comparison
+            plan_c = emit_torch_plan(model, plan_any["predicted"]["resident_bytes"] + best[1],
+                                     os.path.join(tmp, "ckpt_c.json"), compare=False)
+            ckpt_c = apply(factory(), plan_c)
+            row.update(ckpt_at_compile_held=measure_step(ckpt_c, args)["held_end_forward"],
+                       ckpt_at_compile_recompute_flops=step_flops(ckpt_c, args) - f_base)
         except Exception as e:  # noqa: BLE001 -- report what did not run, and why
             row["compile_error"] = f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     row["times_s"] = dict(zip(labels, times(models, args, steps)))
@@ -230,6 +236,8 @@ def main():
             if "compile_held" in r:
                 print(f"  torch.compile budget {r['compile_budget']:.3f} held {fmt_bytes(r['compile_held']):>11}  "
                       f"recompute {r['compile_recompute_flops'] / 1e6:10.2f} MFLOP")
+                print(f"  ckpt plan at that memory  held {fmt_bytes(r['ckpt_at_compile_held']):>11}  recompute "
+                      f"{r['ckpt_at_compile_recompute_flops'] / 1e6:10.2f} MFLOP")
             elif "compile_error" in r:
                 print(f"  torch.compile did not run: {r['compile_error']}")
             print("  step time (median, all threads): " +

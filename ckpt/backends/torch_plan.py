@@ -16,7 +16,8 @@ when a region that saves it runs unwrapped (or it is saved outside every region)
 input of a wrapped region (the checkpoint keeps its arguments), or when a wrapped region's policy
 saves the op that made it; the sum is over unique storages, as the census measures it. A greedy
 pass moves, one region at a time, to the option that frees the most bytes per unit of added
-recompute until the prediction fits the budget; each way of cutting Sequential items into
+recompute until the prediction fits the budget, then spends any slack back on cheaper options;
+each way of cutting Sequential items into
 segments is tried, and every uniform choice too, and the least recompute that fits wins.
 """
 
@@ -142,7 +143,26 @@ def plan_units(prof, units, limit):
             return None
         choice = best[1]
         held = prof.held_bytes(choice)
-    return choice
+    return _refine(prof, choice, limit)
+
+
+def _refine(prof, choice, limit):
+    """The greedy can overshoot (a step frees more than was needed): spend the slack back, moving
+    units to cheaper options while the prediction still fits, the largest saving first."""
+    while True:
+        best = None
+        for i, (u, cur) in enumerate(choice):
+            base = prof.unit_cost(u, cur)
+            for o in prof.options(u):
+                saving = base - prof.unit_cost(u, o)
+                if saving <= 0 or (best is not None and saving <= best[0]):
+                    continue
+                trial = choice[:i] + [(u, o)] + choice[i + 1:]
+                if prof.held_bytes(trial) <= limit:
+                    best = (saving, trial)
+        if best is None:
+            return choice
+        choice = best[1]
 
 
 def best_plan(prof, regions, sequential, limit):
