@@ -39,7 +39,7 @@ def torch_step(name, stem):
     return loss.item(), grads, meta
 
 
-@pytest.mark.parametrize("name", ["mlp", "gpt", "cnn"])
+@pytest.mark.parametrize("name", ["mlp", "gpt", "cnn", "misc"])
 def test_run_reproduces_pytorch(tmp_path, name):
     res, out = do_import(tmp_path, name)
     assert res.exit_code == 0, res.output

@@ -111,8 +111,32 @@ def cnn():
     return CNN().double()
 
 
+class Misc(nn.Module):
+    """The mapped ops the three models do not use: cat, softmax, log_softmax, scalar arithmetic,
+    matmul with a transpose, silu, sum and mean, average pooling, permute."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 6)
+
+    def forward(self, x, img, y):
+        h = self.a(x)
+        h2 = torch.cat([h, torch.tanh(h)], dim=1)
+        s = torch.softmax(h2, dim=-1) * 2.0 - 0.5
+        lsm = torch.log_softmax(h2 / 3.0, dim=-1)
+        m = s @ lsm.t()
+        z = F.silu(m).sum(dim=1, keepdim=True) + torch.sigmoid(m).mean()
+        p = F.avg_pool2d(img.permute(0, 1, 3, 2), 2)
+        return z.sum() + p.mean() * 0.1 + F.mse_loss(h, y) - torch.exp(-h).mean()
+
+
+def misc():
+    torch.manual_seed(0)
+    return Misc().double()
+
+
 INPUTS = {"mlp": ["x=8x32", "y=8x32"], "gpt": ["idx=2x16:int64", "targets=2x16:int64"],
-          "cnn": ["x=4x3x8x8", "y=4:int64"]}
+          "cnn": ["x=4x3x8x8", "y=4:int64"], "misc": ["x=4x6", "img=2x3x4x4", "y=4x6"]}
 
 
 def broken():

@@ -15,9 +15,7 @@ autograd (or a checkpoint's cache) holds. Outer saved_tensors_hooks cannot see i
 records, through saved_tensors_hooks, which region saves each storage.
 """
 
-import json
 import os
-import time
 
 from ..errors import ConfigError
 
@@ -289,11 +287,3 @@ def measure_step(model, args):
     model.zero_grad(set_to_none=True)
     return {"held_end_forward": int(end), "live_peak_forward": int(forward_peak), "live_peak_step": int(c.live_peak),
             "loss": float(loss.detach()), "grads": grads}
-
-
-def plan_regions(doc):
-    return [r["name"] for r in doc["regions"]]
-
-
-def dumps(doc):
-    return json.dumps(doc)
