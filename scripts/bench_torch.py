@@ -200,11 +200,15 @@ def bench(name, steps, with_compile, tmp):
             models.append(best[2])
             labels.append(f"compile@{best[0]:.3f}")
             # ckpt at torch.compile's measured memory, for the like-for-like comparison
-            plan_c = emit_torch_plan(model, plan_any["predicted"]["resident_bytes"] + best[1],
-                                     os.path.join(tmp, "ckpt_c.json"), compare=False)
-            ckpt_c = apply(factory(), plan_c)
-            row.update(ckpt_at_compile_held=measure_step(ckpt_c, args)["held_end_forward"],
-                       ckpt_at_compile_recompute_flops=step_flops(ckpt_c, args) - f_base)
+            from ckpt.errors import BudgetError
+            try:
+                plan_c = emit_torch_plan(model, plan_any["predicted"]["resident_bytes"] + best[1],
+                                         os.path.join(tmp, "ckpt_c.json"), compare=False)
+                ckpt_c = apply(factory(), plan_c)
+                row.update(ckpt_at_compile_held=measure_step(ckpt_c, args)["held_end_forward"],
+                           ckpt_at_compile_recompute_flops=step_flops(ckpt_c, args) - f_base)
+            except BudgetError as e:
+                row["ckpt_at_compile_error"] = str(e)
         except Exception as e:  # noqa: BLE001 -- report what did not run, and why
             row["compile_error"] = f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     row["times_s"] = dict(zip(labels, times(models, args, steps)))
@@ -236,8 +240,11 @@ def main():
             if "compile_held" in r:
                 print(f"  torch.compile budget {r['compile_budget']:.3f} held {fmt_bytes(r['compile_held']):>11}  "
                       f"recompute {r['compile_recompute_flops'] / 1e6:10.2f} MFLOP")
-                print(f"  ckpt plan at that memory  held {fmt_bytes(r['ckpt_at_compile_held']):>11}  recompute "
-                      f"{r['ckpt_at_compile_recompute_flops'] / 1e6:10.2f} MFLOP")
+                if "ckpt_at_compile_held" in r:
+                    print(f"  ckpt plan at that memory  held {fmt_bytes(r['ckpt_at_compile_held']):>11}  recompute "
+                          f"{r['ckpt_at_compile_recompute_flops'] / 1e6:10.2f} MFLOP")
+                else:
+                    print(f"  ckpt plan at that memory: {r['ckpt_at_compile_error']}")
             elif "compile_error" in r:
                 print(f"  torch.compile did not run: {r['compile_error']}")
             print("  step time (median, all threads): " +
