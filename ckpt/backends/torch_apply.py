@@ -249,9 +249,11 @@ def apply(model, plan):
                 _RECOMPUTING[0] -= torch._C._current_graph_task_id() != -1
             return out
 
-        def forward(*args, _segment=segment, _context=context, **kwargs):
+        def forward(*args, _segment=segment, _context=context, _plain=not save, **kwargs):
             if not torch.is_grad_enabled():
                 return _segment(*args, **kwargs)
+            if _plain:  # nothing to save: a plain checkpoint, without a policy call per op
+                return checkpoint(_segment, *args, use_reentrant=False, **kwargs)
             return checkpoint(_segment, *args, use_reentrant=False, context_fn=_context, **kwargs)
         for m, f in zip(members, origs):
             mods[m]._ckpt_forward = f
