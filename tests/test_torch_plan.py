@@ -99,7 +99,7 @@ def test_show_saved_lists_kept_and_recomputed_per_block(imported):
     assert row["steps"] and set(row["saved"]) >= {f"blocks.{i}" for i in range(16)}
     kept = sum(len(v["kept"]) for v in row["saved"].values())
     recomputed = sum(len(v["recomputed"]) for v in row["saved"].values())
-    assert kept and recomputed == row["recomputed"] or recomputed
+    assert kept and 0 < recomputed <= row["recomputed"]  # distinct values vs recompute steps
     res = invoke("plan", imported["mlp"], "--strategy", "store-all", "--show-saved")
     assert "blocks.3: kept" in res.output
 
