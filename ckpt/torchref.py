@@ -41,6 +41,7 @@ TORCH = {
     / (1 - a["p"]),
     "mse": lambda x, a: F.mse_loss(x[0], x[1]),
     "softmax_cross_entropy": lambda x, a: F.cross_entropy(x[0].reshape(-1, x[0].shape[-1]), x[1].reshape(-1)),
+    "embedding": lambda x, a: F.embedding(x[1], x[0]),
 }
 
 

@@ -25,16 +25,28 @@ from .common import budget_bytes, budget_opt, config_arg, dtype_opt, json_opt, o
 @click.option("--device", type=click.Choice(["cpu", "cuda"]),
               help="Time every forward and gradient node on this device and plan with the measured costs "
                    "(the report then predicts step times). Default: FLOP costs, nothing is run.")
+@click.option("--show-saved", is_flag=True,
+              help="List, per block, the values each plan keeps for backward and those it recomputes "
+                   "(with --json: those lists and the schedule's steps).")
+@click.option("--emit", type=click.Choice(["torch"]),
+              help="With -o: write the plan in the form PyTorch executes (regions checkpointed with a "
+                   "selective-checkpoint policy); needs a model imported by `ckpt import`.")
+@click.option("-o", "--output", "emit_file", type=click.Path(dir_okay=False), help="Where --emit writes.")
+@click.option("--compare/--no-compare", default=True, show_default=True,
+              help="With --emit torch: also plan with ckpt's own (unrestricted) strategies at the same budget.")
 @set_opt
 @dtype_opt
 @json_opt
-def plan(config, budget, strategy, sweep, points, plot_file, time_limit, device, sets, dtype, as_json):
+def plan(config, budget, strategy, sweep, points, plot_file, time_limit, device, show_saved, emit, emit_file, compare,
+         sets, dtype, as_json):
     """Plan without running: predicted peak and compute overhead of each strategy."""
     model = load_model(config, overrides(sets), dtype)
     budget_b = budget_bytes(budget, model)
     if device is not None:
         require_model(model, "plan --device")
         model = with_costs(model, measure_costs(model, get_backend(device)))
+    if emit or emit_file:
+        return _emit(model, config, budget, emit, emit_file, time_limit, as_json, compare)
     names = STRATEGIES if strategy == "all" else (strategy,)
     if budget_b is None and "budget" in names:
         if strategy == "budget":
@@ -53,6 +65,8 @@ def plan(config, budget, strategy, sweep, points, plot_file, time_limit, device,
             doc["sweep"] = _sweep(model, points, time_limit)
     if plot_file:
         plots.plot_frontier(doc, plot_file)
+    if show_saved:
+        _attach_saved(model, rows, budget_b, time_limit)
     # the budget strategy that cannot fit is exit 3 (after the report: --json still prints it)
     unfit = next((r for r in rows if r["name"] == "budget" and r.get("error")), None)
     if as_json:
@@ -83,6 +97,8 @@ def plan(config, budget, strategy, sweep, points, plot_file, time_limit, device,
         if r.get("planners"):
             click.echo(f"{r['name']}: each planner's plan: " + ", ".join(
                 f"{k} {v if isinstance(v, str) else fmt_pct(v)}" for k, v in r["planners"].items()))
+    if show_saved:
+        _print_saved(rows)
     if sweep:
         click.echo("\ntrade-off frontier (budget strategy)")
         srows = [(fmt_bytes(s["budget_bytes"]), fmt_bytes(s["peak_bytes"]) if s["feasible"] else "-",
@@ -120,3 +136,78 @@ def _sweep(model, points, time_limit):
     budgets = sorted({int(low + (high - low) * k / (points - 1)) for k in range(points)})
     rows = plan_table(model.joint, ("budget",), None, time_limit=time_limit, ix=model.index, budgets=budgets)
     return rows
+
+
+# ---- what each plan keeps and recomputes, per block (as JAX's print_saved_residuals) -------------
+def block_of(model):
+    """Node -> block: the region recorded by `ckpt import`, else the repeat prefix of the name
+    (`body.3.h` -> `body.3`), else the top level."""
+    from ..backends.torch_apply import read_meta
+    meta = read_meta(model.path, required=False)
+    regions = {k: v["region"] for k, v in meta["nodes"].items()} if meta else {}
+
+    def block(x):
+        if x in regions:
+            return regions[x] or "(top)"
+        return x.rsplit(".", 1)[0] if "." in x else "(top)"
+    return block
+
+
+def saved_values(joint, steps):
+    """(kept, recomputed) forward values of a schedule: kept = computed once and live when the first
+    gradient runs; recomputed = computed more than once."""
+    count, live, kept = {}, set(), None
+    for kind, x in steps:
+        back = joint.nodes[x]["kind"] == "backward"
+        if kind == "compute":
+            if back and kept is None:
+                kept = set(live)
+            if not back:
+                count[x] = count.get(x, 0) + 1
+                live.add(x)
+        else:
+            live.discard(x)
+    kept = {x for x in (kept or live) if count.get(x) == 1}
+    return sorted(kept), sorted(x for x, n in count.items() if n > 1)
+
+
+def _attach_saved(model, rows, budget_b, time_limit):
+    block = block_of(model)
+    for r in rows:
+        if not r.get("feasible", True) or r.get("peak_bytes") is None:
+            continue
+        p, _ = make_plan(model.joint, r["name"], r["budget_bytes"], time_limit=time_limit, ix=model.index)
+        kept, rec = saved_values(model.joint, p.steps)
+        ram = {x: model.joint.nodes[x]["ram"] for x in kept}
+        blocks = {}
+        for x in kept:
+            blocks.setdefault(block(x), {"kept": [], "recomputed": [], "kept_bytes": 0})["kept"].append(x)
+            blocks[block(x)]["kept_bytes"] += ram[x]
+        for x in rec:
+            blocks.setdefault(block(x), {"kept": [], "recomputed": [], "kept_bytes": 0})["recomputed"].append(x)
+        r["saved"] = blocks
+        r["steps"] = [[k, x] for k, x in p.steps]
+
+
+def _print_saved(rows):
+    for r in rows:
+        if "saved" not in r:
+            continue
+        click.echo(f"\n{r['name']}: values kept for backward and values recomputed, per block")
+        for b, v in sorted(r["saved"].items()):
+            click.echo(f"  {b}: kept {fmt_bytes(v['kept_bytes'])}: {', '.join(v['kept']) or '-'}")
+            if v["recomputed"]:
+                click.echo(f"  {' ' * len(b)}  recomputed: {', '.join(v['recomputed'])}")
+
+
+def _emit(model, config, budget, emit, emit_file, time_limit, as_json, compare=True):
+    if not (emit and emit_file):
+        raise ConfigError("--emit torch and -o FILE go together")
+    from ..backends.torch_plan import emit_torch_plan, summary_lines
+    require_model(model, "plan --emit torch")
+    doc = emit_torch_plan(model, budget, emit_file, time_limit=time_limit, compare=compare)
+    if as_json:
+        emit_json(doc)
+        return
+    for line in summary_lines(doc):
+        click.echo(line)

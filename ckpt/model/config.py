@@ -37,7 +37,7 @@ from ..sizes import MAX_BYTES, MAX_DEPTH, MAX_NODES
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 INT_DTYPES = ("int32", "int64")
 INITS = ("normal", "uniform", "xavier", "zeros", "ones", "randint", "causal_mask")
-_TOP_KEYS = ("name", "dtype", "seed", "dims", "inputs", "params", "blocks", "nodes", "output", "description")
+_TOP_KEYS = ("name", "dtype", "seed", "dims", "inputs", "params", "blocks", "nodes", "output", "description", "weights")
 _LEAF_KEYS = ("shape", "dtype", "init", "scale", "value", "grad", "high")
 _NODE_KEYS = ("name", "op", "inputs", "attrs")
 _REPEAT_KEYS = ("name", "repeat", "times", "input")
@@ -279,10 +279,12 @@ class _Reader:
             raise self.err(f"{what} must be a mapping, got {_describe(m)}", where, key=what, node_key=node_key)
         return m
 
-    def name(self, v, what, where, key, node_key="name"):
-        if not isinstance(v, str) or not v or any(c in v for c in ":./ "):
-            raise self.err(f"{what} must be a name without ':', '.', '/' or spaces, got {_describe(v)}",
-                           where, key=key, node_key=node_key)
+    def name(self, v, what, where, key, node_key="name", dots=False):
+        banned = ":/ " if dots else ":./ "
+        if not isinstance(v, str) or not v or any(c in v for c in banned):
+            listed = "':', '/' or spaces" if dots else "':', '.', '/' or spaces"
+            raise self.err(f"{what} must be a name without {listed}, got {_describe(v)}", where, key=key,
+                           node_key=node_key)
         return v
 
     # ---- dims: named sizes and small integer expressions over them -----------------------------
@@ -663,7 +665,8 @@ class _Reader:
                            key="nodes", node_key="nodes")
         for kind in ("input", "param"):
             for leaf_name, m in groups[kind].items():
-                self.name(leaf_name, f"{kind} name", groups[kind], f"{kind}s", node_key=leaf_name)
+                # a parameter may keep a module path for its name (`layers.3.attn.q_proj.weight`)
+                self.name(leaf_name, f"{kind} name", groups[kind], f"{kind}s", node_key=leaf_name, dots=kind == "param")
                 self.add_leaf(self.leaf(leaf_name, m, kind, self.dtype), m)
         self.top = _Scope()
         self.top.update({k: k for k in self.leaves})
@@ -684,6 +687,8 @@ class _Reader:
         output = self.top.get(output, output)
         if output not in self.defined_at or output in self.leaves:
             raise self.err(f"output {doc.get('output')!r} is not a node", doc, key="output", node_key="output")
+        if "weights" in doc:
+            attach_weights(self.leaves, doc["weights"], self.file, _line(doc, "weights"))
         return ModelSpec(str(name), self.dtype, seed, self.leaves, self.nodes, output,
                          file=self.file, dims=self.dims)
 
@@ -837,3 +842,29 @@ def _yaml_scalar(v):
     if isinstance(v, bool):
         return "true" if v else "false"
     return str(v)
+
+
+def attach_weights(leaves, weights, file, line=None):
+    """`weights: FILE.npz` (beside the config): arrays, by leaf name, that replace those leaves'
+    inits (what `ckpt import` writes: a module's current weights and the example inputs)."""
+    import os
+
+    import numpy as np
+
+    if not isinstance(weights, str) or not weights.endswith(".npz"):
+        raise ConfigError(f"weights must name an .npz file, got {weights!r}", file=file, line=line, key="weights")
+    path = os.path.join(os.path.dirname(os.path.abspath(file)), weights) if file and file != "<config>" else weights
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read weights {weights}: {e.__class__.__name__}", file=file, line=line,
+                          key="weights") from None
+    for name, arr in arrays.items():
+        leaf = leaves.get(name)
+        if leaf is None:
+            continue  # arrays of other names (for other tools) are not ckpt's to check
+        if tuple(arr.shape) != tuple(leaf.shape):
+            raise ConfigError(f"weights {weights}: {name} has shape {tuple(arr.shape)}, the config says "
+                              f"{tuple(leaf.shape)}", file=file, line=leaf.line, key=name)
+        leaf.init, leaf.value = "value", arr

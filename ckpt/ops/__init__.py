@@ -134,5 +134,5 @@ def kernel(xp, maker, name, *spec, dtype=None):
     return _kernels[key]
 
 
-from . import elementwise, tensor, nn  # noqa: E402,F401  (each module registers its ops)
+from . import elementwise, tensor, nn, index  # noqa: E402,F401  (each module registers its ops)
 from . import control  # noqa: E402,F401  (where, comparisons, pow: the Python front end's ops)

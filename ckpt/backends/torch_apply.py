@@ -1,0 +1,291 @@
+"""Apply a ckpt plan to a PyTorch module, and count what PyTorch holds for backward.
+
+`apply(model, "plan.json")` wraps each region the plan checkpoints (a submodule: `layers.3`) in
+non-reentrant torch.utils.checkpoint with a selective-checkpoint policy: the outputs of the ops the
+plan names are saved (MUST_SAVE), everything else in the region is recomputed at its backward
+(PREFER_RECOMPUTE). Nothing else in the training loop changes. A back end only reads the plan.
+
+Ops are named as the policy sees them: the aten overload (`aten.addmm.default`) and its occurrence
+within the region's forward, counted separately in the forward and in the recompute.
+
+`Census` counts bytes held for backward by unique storage: every storage an op creates during the
+forward is tracked by a weak reference, so at the end of the forward the live ones are exactly what
+autograd (or a checkpoint's cache) holds. Outer saved_tensors_hooks cannot see inside a checkpoint
+(it installs its own), so planned and unplanned runs are both counted this way; `profile` also
+records, through saved_tensors_hooks, which region saves each storage.
+"""
+
+import os
+
+from ..errors import ConfigError
+
+_META_SUFFIX = ".torch.json"
+
+
+def meta_path(config):
+    return os.path.splitext(str(config))[0] + _META_SUFFIX
+
+
+def read_meta(config, required=True):
+    """The sidecar `ckpt import` writes beside a config; None (or an error) where there is none."""
+    path = meta_path(config)
+    if not os.path.exists(path):
+        if required:
+            raise ConfigError(f"no {os.path.basename(path)} beside it: --emit torch needs a model imported by "
+                              "`ckpt import`", file=config)
+        return None
+    from ..jsonio import read_json
+    return read_json(path, "torch metadata")
+
+
+def _torch():
+    from ..frontends.torch_import import torch_or_error
+    return torch_or_error()
+
+
+def _ignored():
+    from torch.utils.checkpoint import SAC_IGNORED_OPS
+    return SAC_IGNORED_OPS
+
+
+def _region_modules(model, regions):
+    mods = dict(model.named_modules())
+    missing = [r for r in regions if r not in mods]
+    if missing:
+        raise ConfigError(f"the module has no submodule {missing[0]!r}: the plan was made for another model")
+    return {r: mods[r] for r in regions}
+
+
+class Census:
+    """A dispatch mode that records, for every storage an op creates, its bytes, the op (region,
+    aten overload, occurrence) and a weak reference; `held()` sums the live ones."""
+
+    def __init__(self, known=()):
+        torch = _torch()
+        from torch.multiprocessing.reductions import StorageWeakRef
+        from torch.utils._python_dispatch import TorchDispatchMode
+        self._ref = StorageWeakRef
+        self.known = {StorageWeakRef(t.untyped_storage()).cdata for t in known}
+        self.storages = {}  # cdata -> (weakref, nbytes, creator key, sequence number)
+        self.region = [""]
+        self.counts = {}
+        self.ops = []  # (region, op, k, [storage cdata...], flops, bytes)
+        self.live_peak = 0
+        census = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                census.record(func, args, kwargs or {}, out)
+                return out
+        self.mode = Mode()
+        self.torch = torch
+
+    skip = staticmethod(lambda: False)  # measure_step skips the backward's own ops
+
+    def record(self, func, args, kwargs, out):
+        torch = self.torch
+        if func in _ignored() or self.skip():
+            return
+        region = self.region[-1]
+        key = (region, str(func))
+        k = self.counts.get(key, 0)
+        self.counts[key] = k + 1
+        made, nbytes = [], 0
+        for t in torch.utils._pytree.tree_leaves(out):
+            if not isinstance(t, torch.Tensor):
+                continue
+            st = t.untyped_storage()
+            ref = self._ref(st)
+            if ref.cdata in self.known or ref.cdata in self.storages and not self.storages[ref.cdata][0].expired():
+                continue
+            self.storages[ref.cdata] = (ref, st.nbytes(), (region, str(func), k), len(self.ops))
+            made.append(ref.cdata)
+            nbytes += st.nbytes()
+        self.ops.append((region, str(func), k, made, _flops(func, args, kwargs, out), nbytes))
+        if made:  # the live total only grows when something is made
+            self.live_peak = max(self.live_peak, self.live())
+
+    def live(self):
+        return sum(n for ref, n, _, _ in self.storages.values() if not ref.expired())
+
+    def held(self, exclude=()):
+        ex = {self._ref(t.untyped_storage()).cdata for t in exclude}
+        return sum(n for c, (ref, n, _, _) in self.storages.items() if not ref.expired() and c not in ex)
+
+    def enter(self, name):
+        self.region.append(name)
+        self.counts = {k: v for k, v in self.counts.items() if k[0] != name}  # occurrences restart per call
+
+    def leave(self):
+        self.region.pop()
+
+
+def _flops(func, args, kwargs, out):
+    from torch.utils.flop_counter import flop_registry
+    f = flop_registry.get(func._overloadpacket)
+    if f is None:
+        return 0
+    try:
+        return int(f(*args, **kwargs, out_val=out))
+    except Exception:  # noqa: BLE001 -- an op the counter cannot size costs nothing in the plan
+        return 0
+
+
+def _tensors(x):
+    torch = _torch()
+    return [t for t in torch.utils._pytree.tree_leaves(x) if isinstance(t, torch.Tensor)]
+
+
+def profile(model, args, regions):
+    """One plain training forward under the census: per region, its ops in order (aten overload,
+    occurrence, storages made, FLOPs), which storages each region saves for backward (through
+    saved_tensors_hooks), each region's input storages, and every storage's bytes."""
+    torch = _torch()
+    mods = _region_modules(model, regions)
+    resident = list(model.parameters()) + list(model.buffers()) + _tensors(args)
+    c = Census(known=resident)
+    holders, inputs = {}, {}
+    handles = []
+    for name, m in mods.items():
+        def pre(mod, a, name=name):
+            c.enter(name)
+            inputs[name] = sorted({c._ref(t.untyped_storage()).cdata for t in _tensors(a)})
+
+        def post(mod, a, out):
+            c.leave()
+        handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+
+    def pack(t):
+        holders.setdefault(c._ref(t.untyped_storage()).cdata, set()).add(c.region[-1])
+        return t
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), c.mode:
+            loss = model(*args)
+    finally:
+        for h in handles:
+            h.remove()
+    ids = {cd: i for i, cd in enumerate(c.storages)}
+    out = {"storages": [c.storages[cd][1] for cd in c.storages],
+           "alive": [ids[cd] for cd, (ref, *_rest) in c.storages.items() if not ref.expired()
+                     and cd != c._ref(loss.untyped_storage()).cdata],
+           "holders": {str(ids[cd]): sorted(h) for cd, h in holders.items() if cd in ids},
+           "ops": [{"region": r, "op": op, "k": k, "made": [ids[m] for m in made], "flops": fl, "bytes": nb}
+                   for r, op, k, made, fl, nb in c.ops],
+           "inputs": {r: [ids[cd] for cd in v if cd in ids] for r, v in inputs.items()},
+           "resident_bytes": sum(t.numel() * t.element_size() for t in resident)
+           + sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)}
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+# ---- applying a plan -----------------------------------------------------------------------------
+def load_plan(plan):
+    if isinstance(plan, dict):
+        return plan
+    from ..jsonio import read_json
+    doc = read_json(plan, "plan file")
+    if not isinstance(doc, dict) or doc.get("format") != "ckpt-torch-plan" or "regions" not in doc:
+        raise ConfigError("not a ckpt PyTorch plan (write one with `ckpt plan --emit torch -o FILE`)", file=plan)
+    return doc
+
+
+def check_plan(model, plan):
+    """A plan names its model's parameters and shapes: refuse one made for another model."""
+    doc = load_plan(plan)
+    shapes = {k: list(p.shape) for k, p in model.named_parameters()}
+    if doc.get("parameters") and doc["parameters"] != shapes:
+        diff = sorted(set(doc["parameters"]) ^ set(shapes)) or \
+            [k for k in shapes if doc["parameters"].get(k) != shapes[k]]
+        raise ConfigError(f"the plan was made for another model (parameter {diff[0]!r} differs)",
+                          file=plan if isinstance(plan, str) else None)
+    return doc
+
+
+def apply(model, plan):
+    """Wrap the plan's checkpointed regions in non-reentrant checkpoints with its save policy;
+    returns the same module. Idempotent per module: applying twice replaces the first plan."""
+    torch = _torch()
+    from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+    doc = check_plan(model, plan)
+    units = [r for r in doc["regions"] if r["checkpoint"]]
+    mods = _region_modules(model, [m for r in units for m in r.get("members", [r["name"]])])
+    for name, mod in dict(model.named_modules()).items():
+        if hasattr(mod, "_ckpt_forward"):
+            mod.forward = mod._ckpt_forward
+            del mod._ckpt_forward
+    ignored = _ignored()
+    for unit in units:
+        members = unit.get("members", [unit["name"]])
+        save = {(s.get("region", unit["name"]), s["op"], s["k"]) for s in unit["save"]}
+        current = [members[0]]
+
+        def context(save=save, current=current):
+            counts = {False: {}, True: {}}
+
+            def policy(ctx, op, *args, **kwargs):
+                if op in ignored:
+                    return CheckpointPolicy.PREFER_RECOMPUTE
+                key = (current[0], str(op))
+                c = counts[ctx.is_recompute]
+                k = c.get(key, 0)
+                c[key] = k + 1
+                return CheckpointPolicy.MUST_SAVE if key + (k,) in save else CheckpointPolicy.PREFER_RECOMPUTE
+            return create_selective_checkpoint_contexts(policy)
+
+        origs = [mods[m].forward for m in members]
+
+        def segment(*args, _origs=origs, _members=members, _current=current, **kwargs):
+            # A segment of consecutive nn.Sequential items runs them in order inside one
+            # checkpoint; the policy counts each item's ops apart, as the profile did.
+            out = None
+            _RECOMPUTING[0] += torch._C._current_graph_task_id() != -1  # called again in the backward
+            try:
+                for i, (m, f) in enumerate(zip(_members, _origs)):
+                    _current[0] = m
+                    out = f(*args, **kwargs) if i == 0 else f(out)
+            finally:
+                _RECOMPUTING[0] -= torch._C._current_graph_task_id() != -1
+            return out
+
+        def forward(*args, _segment=segment, _context=context, _plain=not save, **kwargs):
+            if not torch.is_grad_enabled():
+                return _segment(*args, **kwargs)
+            if _plain:  # nothing to save: a plain checkpoint, without a policy call per op
+                return checkpoint(_segment, *args, use_reentrant=False, **kwargs)
+            return checkpoint(_segment, *args, use_reentrant=False, context_fn=_context, **kwargs)
+        for m, f in zip(members, origs):
+            mods[m]._ckpt_forward = f
+        mods[members[0]].forward = forward
+        for m in members[1:]:
+            mods[m].forward = _identity  # the segment's first item ran it
+    return model
+
+
+_RECOMPUTING = [0]  # > 0 while a checkpoint recomputes its region inside the backward
+
+
+def _identity(x):
+    return x
+
+
+# ---- measuring a step ----------------------------------------------------------------------------
+def measure_step(model, args):
+    """One training step under the census: bytes held for backward at the end of the forward (live
+    storages the forward created, the loss excluded); the peak of live activation bytes in the
+    forward and over the whole step (storages made by forward ops and by a checkpoint's recompute
+    in the backward; the gradient computations' own buffers are not counted); the gradients."""
+    torch = _torch()
+    resident = list(model.parameters()) + list(model.buffers()) + _tensors(args)
+    c = Census(known=resident)
+    c.skip = lambda: torch._C._current_graph_task_id() != -1 and not _RECOMPUTING[0]
+    with c.mode:
+        loss = model(*args)
+        end = c.held(exclude=[loss])
+        forward_peak = c.live_peak
+        loss.backward()
+    grads = {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return {"held_end_forward": int(end), "live_peak_forward": int(forward_peak), "live_peak_step": int(c.live_peak),
+            "loss": float(loss.detach()), "grads": grads}

@@ -1,0 +1,58 @@
+"""ckpt import and ckpt torch-check: the bridge to PyTorch (torch is an optional extra)."""
+
+import click
+
+from ..report import emit_json
+from .common import json_opt
+
+input_opt = click.option("--input", "inputs", multiple=True, metavar="NAME=8x128[:int64]",
+                         help="An argument of the module's forward: its shape, and its dtype when not the "
+                              "module's float dtype (repeat for each argument).")
+
+
+@click.command(name="import")
+@click.argument("target", metavar="MODEL.py:FACTORY")
+@input_opt
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="model.yaml (a ckpt config, with model.npz and model.torch.json beside it) or graph.json "
+                   "(a cost graph: plannable even where ckpt cannot run an op).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the example inputs saved with the weights.")
+@json_opt
+def import_(target, inputs, output, seed, as_json):
+    """Trace a PyTorch module (its forward returns the loss) into a ckpt config or a cost graph."""
+    from ..frontends.torch_import import import_model
+    r = import_model(target, inputs, output, seed=seed)
+    if as_json:
+        emit_json(r)
+        return
+    if "cost_graph" in r:
+        click.echo(f"wrote {output}: a cost graph of {r['forward']} forward ops ({r['nodes']} nodes); "
+                   f"plan it with `ckpt plan {output}`")
+    else:
+        click.echo(f"wrote {output} ({r['nodes']} nodes, {r['params']} parameters), {r['weights']} "
+                   f"(weights and example inputs) and {r['torch_meta']} (regions: {len(r['regions'])})")
+
+
+@click.command(name="torch-check")
+@click.argument("target", metavar="MODEL.py:FACTORY")
+@click.option("--plan", "plan_file", required=True, type=click.Path(dir_okay=False),
+              help="A plan written by `ckpt plan MODEL.yaml --emit torch -o plan.json`.")
+@input_opt
+@click.option("--steps", default=3, show_default=True, type=click.IntRange(min=1), help="Timed steps of each (median).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
+              help="Where PyTorch runs the step (cuda adds torch.cuda.max_memory_allocated).")
+@json_opt
+def torch_check(target, plan_file, inputs, steps, seed, device, as_json):
+    """Run the training step in PyTorch with and without the plan: bytes held for backward, step
+    times and gradients, side by side with ckpt's prediction. Exit 1 when a figure disagrees."""
+    from ..backends.torch_check import check, report_lines
+    r = check(target, plan_file, inputs, steps=steps, seed=seed, device=device)
+    if as_json:
+        emit_json(r)
+    else:
+        for line in report_lines(r):
+            click.echo(line)
+    if not r["passed"]:
+        from ..errors import CheckFailed
+        raise CheckFailed("; ".join(r["failures"]))

@@ -1,0 +1,739 @@
+"""The PyTorch front end: trace an nn.Module with torch.export and record it as a ckpt model config.
+
+torch.export traces at the aten level with fake tensors (shapes only: no activation is allocated).
+Each aten node becomes one or more ckpt ops; parameters keep their module paths as names
+(`layers.3.attn.q_proj.weight`) and their current values go to an .npz beside the config, with the
+example inputs, so that `ckpt run` reproduces the module's loss and gradients. A front end only
+records: every derivative rule stays in ckpt/ops.
+
+Beside `model.yaml` the importer writes `model.torch.json`: where the model came from, the module
+path and aten op of each node, the regions (blocks) a PyTorch plan may checkpoint, and the weights
+stored transposed (ckpt's linear takes W as (in, out); torch's as (out, in)).
+"""
+
+import importlib.util
+import json
+import os
+import re
+import sys
+
+import numpy as np
+
+from ..errors import ConfigError
+
+DTYPES = {"float32": "float32", "float64": "float64", "int64": "int64", "int32": "int32"}
+
+
+class UnsupportedOp(ConfigError):
+    """An aten op that ckpt cannot run (exit 2); a cost graph (-o graph.json) still plans it."""
+
+
+def torch_or_error():
+    try:
+        import torch
+    except ImportError:
+        raise ConfigError("this command needs PyTorch: pip install 'ckpt-recompute[torch]'") from None
+    return torch
+
+
+# ---- the user's model and inputs -----------------------------------------------------------------
+def load_factory(target):
+    """`MODEL.py:FACTORY` -> the nn.Module the factory returns."""
+    torch = torch_or_error()
+    path, sep, name = str(target).rpartition(":")
+    if not sep or not path or not name:
+        raise ConfigError(f"{target!r}: name a factory as MODEL.py:FACTORY")
+    if not os.path.isfile(path):
+        raise ConfigError("no such file", file=path)
+    mod_name = "_ckpt_user_" + re.sub(r"\W", "_", os.path.abspath(path))
+    try:
+        spec = importlib.util.spec_from_file_location(mod_name, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = mod
+        spec.loader.exec_module(mod)
+    except Exception as e:  # noqa: BLE001 -- the user's code: any failure is reported as one line
+        raise ConfigError(f"importing it raised {e.__class__.__name__}: {_first_line(e)}", file=path) from None
+    factory = getattr(mod, name, None)
+    if not callable(factory):
+        raise ConfigError(f"no callable {name!r} in it", file=path)
+    try:
+        model = factory()
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"{name}() raised {e.__class__.__name__}: {_first_line(e)}", file=path) from None
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError(f"{name}() returned {type(model).__name__}, not a torch.nn.Module", file=path)
+    return model
+
+
+def _first_line(e):
+    text = str(e).strip().splitlines()
+    return text[0] if text else "(no message)"
+
+
+def parse_inputs(items):
+    """`name=8x128` or `name=8x16:int64` -> {name: (shape, dtype or None)} in the order given."""
+    out = {}
+    for item in items:
+        name, sep, rest = str(item).partition("=")
+        shape_text, _, dtype = rest.partition(":")
+        if not sep or not name.isidentifier():
+            raise ConfigError(f"--input {item!r}: use NAME=8x128 or NAME=8x16:int64")
+        try:
+            shape = tuple(int(d) for d in shape_text.lower().split("x")) if shape_text else ()
+        except ValueError:
+            raise ConfigError(f"--input {item!r}: the shape must be sizes joined by x, e.g. 8x128") from None
+        if any(d <= 0 for d in shape):
+            raise ConfigError(f"--input {item!r}: sizes must be positive")
+        if dtype and dtype not in DTYPES:
+            raise ConfigError(f"--input {item!r}: dtype must be one of {', '.join(DTYPES)}")
+        out[name] = (shape, dtype or None)
+    return out
+
+
+def forward_arg_names(model):
+    import inspect
+    sig = inspect.signature(model.forward)
+    return [p.name for p in sig.parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+
+
+def model_dtype(model):
+    torch = torch_or_error()
+    dts = {p.dtype for p in model.parameters()} | {b.dtype for b in model.buffers() if b.is_floating_point()}
+    if not dts:
+        return "float32"
+    if len(dts) > 1:
+        raise ConfigError(f"the module mixes dtypes ({', '.join(sorted(str(d) for d in dts))}): ckpt models have one")
+    dt = dts.pop()
+    names = {torch.float32: "float32", torch.float64: "float64"}
+    if dt not in names:
+        raise ConfigError(f"the module's dtype {dt} is not float32 or float64")
+    return names[dt]
+
+
+def example_inputs(model, inputs, seed=0):
+    """Zero tensors for tracing, in the order of forward's arguments."""
+    torch = torch_or_error()
+    names = forward_arg_names(model)
+    if set(names) != set(inputs):
+        raise ConfigError(f"the module's forward takes ({', '.join(names)}); --input gave "
+                          f"({', '.join(inputs) or 'nothing'}): give one --input per argument")
+    fdt = getattr(torch, model_dtype(model))
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))  # meta for a meta model
+    args = []
+    for n in names:
+        shape, dt = inputs[n]
+        args.append(torch.zeros(shape, dtype=getattr(torch, dt) if dt else fdt, device=device))
+    return names, tuple(args)
+
+
+def export(model, args):
+    torch = torch_or_error()
+    try:
+        return torch.export.export(model, args, strict=False)
+    except Exception as e:  # noqa: BLE001 -- a shape mismatch, an untraceable forward: one line
+        raise ConfigError(f"tracing the module failed ({e.__class__.__name__}): {_first_line(e)}") from None
+
+
+# ---- aten -> ckpt ---------------------------------------------------------------------------------
+def _module_path(node):
+    stack = node.meta.get("nn_module_stack") or {}
+    return list(stack.values())[-1][0] if stack else ""
+
+
+class _Recorder:
+    """Walks the exported graph and records ckpt nodes; `env` maps fx names to ckpt values."""
+
+    def __init__(self, ep, model, input_names, dtype):
+        self.ep, self.model, self.dtype = ep, model, dtype
+        self.nodes, self.inputs, self.params, self.arrays = [], {}, {}, {}
+        self.env, self.where, self.transposed, self.consts = {}, {}, [], 0
+        self.const_cache, self.int_views = {}, {}
+        self.high = {}  # int input -> exclusive upper bound of its values (rows, classes)
+        self.input_names = input_names
+        self.cur = None
+
+    # values
+    def shape(self, v):
+        return tuple(self.info[v][0])
+
+    def emit(self, op, inputs, attrs=None, name=None):
+        # The fx node's own name for its first ckpt node; a decomposition's others add their op.
+        base = name or (self.cur.name if self.cur is not None else op)
+        if base in self.info:
+            base = f"{base}_{op}"
+        name, k = base, 1
+        while name in self.info:
+            name, k = f"{base}_{k}", k + 1
+        node = {"name": name, "op": op, "inputs": list(inputs)}
+        if attrs:
+            node["attrs"] = attrs
+        self.nodes.append(node)
+        from ..ops import REGISTRY
+        shape = REGISTRY[op].shape([self.shape(i) for i in inputs], {**_defaults(op), **(attrs or {})})
+        self.info[name] = (tuple(shape), self.dtype)
+        self.where[name] = {"module": _module_path(self.cur) if self.cur is not None else "",
+                            "aten": str(self.cur.target) if self.cur is not None else "", "fx": self.cur.name
+                            if self.cur is not None else ""}
+        return name
+
+    def const(self, value, dtype=None):
+        """A scalar or small constant as an input leaf (grad: false) whose value lives in the npz."""
+        arr = np.asarray(value, dtype=dtype or self.dtype)
+        key = (arr.shape, str(arr.dtype), arr.tobytes())
+        if key in self.const_cache:  # one causal mask for every layer, not one each
+            return self.const_cache[key]
+        name = f"const{self.consts}"
+        self.const_cache[key] = name
+        self.consts += 1
+        self.inputs[name] = {"shape": list(arr.shape), "dtype": str(arr.dtype)}
+        self.arrays[name] = arr
+        self.info[name] = (arr.shape, str(arr.dtype))
+        return name
+
+    def int_view(self, x, shape):
+        """Integer labels reshaped: ckpt's ops take floats, so the view is an input leaf of its own
+        whose values are the source's, reshaped (filled in once the source's values are drawn)."""
+        name = f"{x}_{'x'.join(map(str, shape))}"
+        if name not in self.info:
+            self.inputs[name] = {"shape": list(shape), "dtype": self.info[x][1]}
+            self.info[name] = (tuple(shape), self.info[x][1])
+            self.int_views[name] = (x, tuple(shape))
+        return name
+
+    def source(self, x):
+        while x in self.int_views:
+            x = self.int_views[x][0]
+        return x
+
+    def run(self):
+        import torch
+        sig = self.ep.graph_signature
+        state = dict(self.model.named_parameters())
+        state.update(dict(self.model.named_buffers()))
+        self.info = {}
+        params = {}
+        for spec in sig.input_specs:
+            ph = spec.arg.name
+            if spec.kind.name == "PARAMETER":
+                params[ph] = spec.target
+            elif spec.kind.name in ("BUFFER", "CONSTANT_TENSOR"):
+                tensor = state.get(spec.target)
+                if tensor is None:
+                    tensor = self.ep.constants[spec.target]
+                name = self.const(tensor.detach().cpu().numpy(),
+                                  dtype=self.dtype if tensor.is_floating_point() else str(tensor.dtype)[6:])
+                self.env[ph] = name
+            elif spec.kind.name == "USER_INPUT":
+                pass
+            else:
+                raise UnsupportedOp(f"unsupported input kind {spec.kind.name} ({spec.target})")
+        uses = self._weight_uses(params)
+        g = self.ep.graph_module.graph
+        for node in g.nodes:
+            self.cur = node
+            if node.op == "placeholder":
+                val = node.meta["val"]
+                if node.name in params:
+                    target = params[node.name]
+                    tensor = state[target]
+                    shape = tuple(tensor.shape)
+                    if uses.get(node.name) == "linear-only":
+                        shape = shape[::-1]
+                        self.transposed.append(target)
+                    if not tensor.is_meta:  # a model built on the meta device has shapes, no values
+                        arr = tensor.detach().cpu().numpy().astype(self.dtype)
+                        self.arrays[target] = np.ascontiguousarray(arr.T) if target in self.transposed else arr
+                    self.params[target] = {"shape": list(shape), "grad": bool(tensor.requires_grad)}
+                    self.info[target] = (shape, self.dtype)
+                    self.env[node.name] = target
+                elif node.name not in self.env:
+                    dt = str(val.dtype).replace("torch.", "")
+                    if dt not in DTYPES:
+                        raise ConfigError(f"input {node.name}: dtype {dt} is not float32, float64, int32 or int64")
+                    if not dt.startswith("int"):
+                        dt = self.dtype
+                    self.inputs[node.name] = {"shape": list(val.shape), "dtype": dt}
+                    self.info[node.name] = (tuple(val.shape), dt)
+                    self.env[node.name] = node.name
+            elif node.op == "call_function":
+                self.env[node.name] = self.call(node)
+            elif node.op == "output":
+                outs = [a for a in torch.utils._pytree.tree_leaves(node.args[0])]
+                if len(outs) != 1 or self.env.get(outs[0].name) is None or self.shape(self.env[outs[0].name]) != ():
+                    raise ConfigError("the module's forward must return one scalar (the loss) for ckpt to "
+                                      "differentiate")
+                self.output = self.env[outs[0].name]
+            else:
+                raise UnsupportedOp(f"unsupported graph node {node.op} {node.target} (node {node.name})")
+        return self
+
+    def _weight_uses(self, params):
+        """Parameters used only as the weight of aten.linear are stored transposed (W as (in, out));
+        any other use keeps torch's layout and a transpose node feeds the linears."""
+        import torch
+        out = {}
+        for node in self.ep.graph_module.graph.nodes:
+            if node.op != "call_function":
+                continue
+            for k, a in enumerate(node.args):
+                if getattr(a, "name", None) in params:
+                    lin = node.target == torch.ops.aten.linear.default and k == 1
+                    prev = out.get(a.name)
+                    out[a.name] = "linear-only" if lin and prev in (None, "linear-only") else "other"
+        return out
+
+    def arg(self, a):
+        if hasattr(a, "name") and hasattr(a, "op"):
+            if a.name not in self.env or self.env[a.name] is None:
+                raise UnsupportedOp(f"value {a.name} is not a tensor ckpt can hold (node {self.cur.name})")
+            return self.env[a.name]
+        return a
+
+    def unsupported(self, why=""):
+        node = self.cur
+        where = _module_path(node) or "the top-level module"
+        raise UnsupportedOp(f"unsupported op {node.target} in {where} (node {node.name})" + (f": {why}" if why else "")
+                            + "; `ckpt import ... -o graph.json` writes a cost graph that `ckpt plan` accepts")
+
+    def call(self, node):
+        handler = HANDLERS.get(_op_key(node.target))
+        if handler is None:
+            self.unsupported()
+        args = [self.arg(a) if not isinstance(a, (list, tuple)) else [self.arg(x) for x in a] for a in node.args]
+        kwargs = {k: (self.arg(v) if not isinstance(v, (list, tuple)) else [self.arg(x) for x in v])
+                  for k, v in node.kwargs.items()}
+        return handler(self, node, *args, **kwargs)
+
+
+def _defaults(op):
+    from ..ops import REGISTRY, REQUIRED
+    return {k: v for k, v in REGISTRY[op].attrs.items() if v is not REQUIRED}
+
+
+def _op_key(target):
+    return str(target)
+
+
+def _out_shape(node):
+    return tuple(int(d) for d in node.meta["val"].shape)
+
+
+def _is_tensor(r, x):
+    return isinstance(x, str) and x in r.info
+
+
+# ---- handlers, one per aten op ---------------------------------------------------------------------
+HANDLERS = {}
+
+
+def handles(*names):
+    def deco(f):
+        for n in names:
+            HANDLERS[n] = f
+        return f
+    return deco
+
+
+@handles("aten.linear.default")
+def _linear(r, node, x, w, b=None):
+    if w not in r.transposed:
+        w = r.emit("transpose", [w], {"axes": [1, 0]})
+    return r.emit("linear", [x, w] + ([b] if b is not None else []))
+
+
+@handles("aten.t.default")
+def _t(r, node, x):
+    return x if len(r.shape(x)) < 2 else r.emit("transpose", [x], {"axes": [1, 0]})
+
+
+@handles("aten.matmul.default", "aten.bmm.default", "aten.mm.default")
+def _matmul(r, node, a, b):
+    if len(r.shape(a)) < 2 or len(r.shape(b)) < 2:
+        r.unsupported("ckpt's matmul takes operands of at least 2 dimensions")
+    return r.emit("matmul", [a, b])
+
+
+@handles("aten.addmm.default")
+def _addmm(r, node, bias, a, b, beta=1, alpha=1):
+    if beta != 1 or alpha != 1:
+        r.unsupported("beta and alpha other than 1")
+    return r.emit("add", [r.emit("matmul", [a, b]), bias])
+
+
+def _binary(op, scalar_op):
+    def rule(r, node, a, b, alpha=1):
+        if alpha != 1:
+            b = r.emit("scale", [b], {"factor": float(alpha)}) if _is_tensor(r, b) else b * alpha
+        if _is_tensor(r, a) and _is_tensor(r, b):
+            return r.emit(op, [a, b])
+        if _is_tensor(r, a):
+            return scalar_op(r, a, float(b)) if scalar_op else r.emit(op, [a, r.const(b)])
+        return r.emit(op, [r.const(a), b])
+    return rule
+
+
+handles("aten.add.Tensor")(_binary("add", None))
+handles("aten.sub.Tensor")(_binary("sub", None))
+handles("aten.mul.Tensor")(_binary("mul", lambda r, a, s: r.emit("scale", [a], {"factor": s})))
+handles("aten.div.Tensor")(_binary("div", lambda r, a, s: r.emit("scale", [a], {"factor": 1.0 / s})))
+
+
+@handles("aten.rsub.Scalar")
+def _rsub(r, node, a, b, alpha=1):
+    return r.emit("sub", [r.const(b), r.emit("scale", [a], {"factor": float(alpha)}) if alpha != 1 else a])
+
+
+for _name in ("neg", "exp", "log", "sin", "cos", "tanh", "sigmoid", "relu"):
+    handles(f"aten.{_name}.default")(lambda r, node, x, _op=_name: r.emit(_op, [x]))
+
+
+@handles("aten.gelu.default")
+def _gelu(r, node, x, approximate="none"):
+    if approximate != "tanh":
+        r.unsupported("ckpt's gelu is the tanh approximation: use nn.GELU(approximate='tanh')")
+    return r.emit("gelu", [x])
+
+
+@handles("aten.silu.default")
+def _silu(r, node, x):
+    return r.emit("mul", [x, r.emit("sigmoid", [x])])
+
+
+@handles("aten.layer_norm.default")
+def _layer_norm(r, node, x, normalized_shape, w=None, b=None, eps=1e-5, cudnn_enable=True):
+    if len(normalized_shape) != 1:
+        r.unsupported("layer norm over more than the last dimension")
+    d = normalized_shape[0]
+    w = w if w is not None else r.const(np.ones(d))
+    b = b if b is not None else r.const(np.zeros(d))
+    return r.emit("layernorm", [x, w, b], {"eps": float(eps)})
+
+
+@handles("aten.softmax.int", "aten._softmax.default")
+def _softmax(r, node, x, dim, *rest):
+    return r.emit("softmax", [x], {"axis": int(dim)})
+
+
+@handles("aten.log_softmax.int", "aten._log_softmax.default")
+def _log_softmax(r, node, x, dim, *rest):
+    return r.emit("log_softmax", [x], {"axis": int(dim)})
+
+
+@handles("aten.scaled_dot_product_attention.default")
+def _sdpa(r, node, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    """softmax(q k^T * scale + mask) v, in ckpt's ops; a causal mask is an additive constant input."""
+    nd = len(r.shape(q))
+    if enable_gqa or r.shape(q)[:-2] != r.shape(k)[:-2]:
+        r.unsupported("grouped-query attention")
+    axes = list(range(nd - 2)) + [nd - 1, nd - 2]
+    s = r.emit("matmul", [q, r.emit("transpose", [k], {"axes": axes})])
+    factor = float(scale) if scale is not None else 1.0 / float(np.sqrt(r.shape(q)[-1]))
+    s = r.emit("scale", [s], {"factor": factor})
+    lq, lk = r.shape(q)[-2], r.shape(k)[-2]
+    if is_causal:
+        # -inf above the diagonal, as torch's math kernel; exp(-inf) is exactly 0 in both.
+        s = r.emit("add", [s, r.const(np.triu(np.full((lq, lk), -np.inf), k=1))])
+    if attn_mask is not None:
+        if r.info[attn_mask][1].startswith("int") or r.info[attn_mask][1] == "bool":
+            r.unsupported("a boolean attention mask (pass an additive float mask)")
+        s = r.emit("add", [s, attn_mask])
+    p = r.emit("softmax", [s], {"axis": -1})
+    if dropout_p:
+        p = r.emit("dropout", [p], {"p": float(dropout_p)})
+    return r.emit("matmul", [p, v])
+
+
+@handles("aten.embedding.default")
+def _embedding(r, node, w, idx, padding_idx=-1, scale_grad_by_freq=False, sparse=False):
+    if padding_idx not in (-1, None) or scale_grad_by_freq:
+        r.unsupported("padding_idx or scale_grad_by_freq")
+    src = r.source(idx)
+    r.high[src] = min(r.high.get(src, 1 << 62), r.shape(w)[0])
+    return r.emit("embedding", [w, idx])
+
+
+@handles("aten.arange.default", "aten.arange.start", "aten.arange.start_step")
+def _arange(r, node, *args, **kw):
+    val = node.meta["val"]
+    if val.is_floating_point():
+        return r.const(np.arange(*args), dtype=r.dtype)
+    return r.const(np.arange(*args), dtype="int64")
+
+
+@handles("aten.dropout.default")
+def _dropout(r, node, x, p, train):
+    if not train or p == 0:
+        return x
+    return r.emit("dropout", [x], {"p": float(p)})
+
+
+@handles("aten.view.default", "aten.reshape.default", "aten._unsafe_view.default", "aten.flatten.using_ints",
+         "aten.unflatten.int", "aten.squeeze.dim", "aten.squeeze.dims", "aten.unsqueeze.default",
+         "aten.squeeze.default")
+def _reshape(r, node, x, *rest):
+    shape = _out_shape(node)
+    if shape == r.shape(x):
+        return x
+    if r.info[x][1].startswith("int"):
+        return r.int_view(x, shape)
+    return r.emit("reshape", [x], {"shape": list(shape)})
+
+
+@handles("aten.transpose.int", "aten.swapaxes.default")
+def _transpose(r, node, x, d0, d1):
+    nd = len(r.shape(x))
+    axes = list(range(nd))
+    axes[d0 % nd], axes[d1 % nd] = axes[d1 % nd], axes[d0 % nd]
+    return r.emit("transpose", [x], {"axes": axes})
+
+
+@handles("aten.permute.default")
+def _permute(r, node, x, dims):
+    nd = len(r.shape(x))
+    return r.emit("transpose", [x], {"axes": [d % nd for d in dims]})
+
+
+@handles("aten.contiguous.default", "aten.clone.default", "aten.alias.default", "aten.detach.default",
+         "aten.lift_fresh_copy.default")
+def _identity(r, node, x, *rest, **kw):
+    return x
+
+
+@handles("aten.cat.default")
+def _cat(r, node, xs, dim=0):
+    return r.emit("concat", list(xs), {"axis": int(dim)})
+
+
+def _reduce(op):
+    def rule(r, node, x, dims=None, keepdim=False, dtype=None):
+        axis = None if dims in (None, []) else [int(d) for d in dims]
+        return r.emit(op, [x], {"axis": axis, "keepdims": bool(keepdim)})
+    return rule
+
+
+handles("aten.sum.dim_IntList", "aten.sum.default")(_reduce("sum"))
+handles("aten.mean.dim", "aten.mean.default")(_reduce("mean"))
+
+
+@handles("aten.cross_entropy_loss.default")
+def _cross_entropy(r, node, logits, target, weight=None, reduction=1, ignore_index=-100, label_smoothing=0.0):
+    if weight is not None or reduction != 1 or label_smoothing:
+        r.unsupported("cross entropy with class weights, label smoothing or a reduction other than mean")
+    if len(r.shape(logits)) != 2:
+        r.unsupported("cross entropy over logits of other than (N, classes)")
+    src = r.source(target)
+    r.high[src] = min(r.high.get(src, 1 << 62), r.shape(logits)[-1])
+    return r.emit("softmax_cross_entropy", [logits, target])
+
+
+@handles("aten.mse_loss.default")
+def _mse(r, node, a, b, reduction=1):
+    if reduction != 1:
+        r.unsupported("mse with a reduction other than mean")
+    return r.emit("mse", [a, b])
+
+
+def _pair(v):
+    v = list(v) if isinstance(v, (list, tuple)) else [v, v]
+    return v * 2 if len(v) == 1 else v
+
+
+@handles("aten.conv2d.default")
+def _conv2d(r, node, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+    s, p, d = _pair(stride), _pair(padding), _pair(dilation)
+    if isinstance(padding, str) or s[0] != s[1] or p[0] != p[1] or d != [1, 1] or groups != 1:
+        r.unsupported("conv2d with unequal strides or paddings, dilation or groups")
+    return r.emit("conv2d", [x, w] + ([b] if b is not None else []), {"stride": int(s[0]), "padding": int(p[0])})
+
+
+def _pool(op):
+    def rule(r, node, x, kernel_size, stride=(), padding=0, *rest):
+        k, s = _pair(kernel_size), _pair(stride) if stride not in ((), [], None) else _pair(kernel_size)
+        if k[0] != k[1] or s != k or _pair(padding) != [0, 0] or any(rest[:1]) or len(r.shape(x)) != 4:
+            r.unsupported(f"{op} over windows other than k x k with stride k and no padding")
+        return r.emit(op, [x], {"kernel": int(k[0])})
+    return rule
+
+
+handles("aten.max_pool2d.default")(_pool("maxpool2d"))
+handles("aten.avg_pool2d.default")(_pool("avgpool2d"))
+
+
+@handles("aten.adaptive_avg_pool2d.default")
+def _adaptive_avg(r, node, x, size_):
+    if list(size_) != [1, 1]:
+        r.unsupported("adaptive average pooling to other than 1 x 1")
+    return r.emit("mean", [x], {"axis": [2, 3], "keepdims": True})
+
+
+@handles("aten.broadcast_tensors.default")
+def _broadcast_tensors(r, node, xs):
+    shapes = {r.shape(x) for x in xs}
+    if len(shapes) != 1:
+        r.unsupported("broadcasting tensors of different shapes (ckpt's ops broadcast by themselves)")
+    return list(xs)
+
+
+@handles("<built-in function getitem>")
+def _getitem(r, node, xs, i):
+    if not isinstance(xs, list):
+        r.unsupported("indexing a tensor")
+    return xs[i]
+
+
+for _name in ("aten._assert_tensor_metadata.default", "aten._assert_scalar.default"):
+    HANDLERS[_name] = lambda r, node, *a, **k: None
+
+
+# ---- writing ---------------------------------------------------------------------------------------
+def _regions(where, module):
+    """The blocks a PyTorch plan may wrap in a checkpoint: the root's children, and the items of a
+    ModuleList/Sequential child (`layers.0`, `layers.1`, ...). Module path -> region path."""
+    import torch
+    containers = (torch.nn.ModuleList, torch.nn.Sequential, torch.nn.ModuleDict)
+    out = {}
+    for path in {w["module"] for w in where.values()}:
+        if not path:
+            out[path] = ""
+            continue
+        parts = path.split(".")
+        region = parts[0]
+        m = getattr(module, parts[0], None)
+        if isinstance(module, containers) and not isinstance(m, containers):
+            region = parts[0]
+        elif isinstance(m, containers) and len(parts) > 1:
+            region = ".".join(parts[:2])
+        out[path] = region
+    return out
+
+
+def _fill_inputs(rec, arg_names, args, seed):
+    """Example values for the user inputs (saved in the npz): normal floats; integers below the
+    rows of the embedding / classes of the loss they feed."""
+    rng = np.random.default_rng(seed)
+    for name in arg_names:
+        info = rec.inputs[name]
+        if info["dtype"].startswith("int"):
+            high = rec.high.get(name, 2)
+            rec.arrays[name] = rng.integers(0, high, info["shape"]).astype(info["dtype"])
+            info["high"] = int(high)
+        else:
+            rec.arrays[name] = rng.standard_normal(info["shape"]).astype(rec.dtype)
+    for name in rec.int_views:
+        rec.arrays[name] = rec.arrays[rec.source(name)].reshape(rec.int_views[name][1])
+
+
+def _flow(d):
+    return json.dumps(d, separators=(", ", ": "))
+
+
+def config_text(rec, name, weights_file):
+    lines = [f"# imported from PyTorch by `ckpt import`; weights and example inputs in {weights_file}",
+             f"name: {json.dumps(name)}", f"dtype: {rec.dtype}", "seed: 0", f"weights: {json.dumps(weights_file)}",
+             "inputs:"]
+    for k, v in rec.inputs.items():
+        leaf = {"shape": v["shape"], "dtype": v["dtype"], "grad": False}
+        if "high" in v:
+            leaf.update(init="randint", high=v["high"])
+        lines.append(f"  {k}: {_flow(leaf)}")
+    lines.append("params:" if rec.params else "params: {}")
+    for k, v in rec.params.items():
+        leaf = {"shape": v["shape"], "grad": v["grad"], "init": "zeros"}
+        if k not in rec.arrays:  # meta weights: an init of the usual kind (the plan needs only shapes)
+            leaf["init"] = "xavier" if len(v["shape"]) >= 2 else ("ones" if k.endswith("weight") else "zeros")
+        lines.append(f"  {json.dumps(k)}: {_flow(leaf)}")
+    lines.append("nodes:")
+    for n in rec.nodes:
+        lines.append(f"  - {_flow(n)}")
+    lines.append(f"output: {rec.output}")
+    return "\n".join(lines) + "\n"
+
+
+def import_model(target, inputs, output, seed=0):
+    """Trace `MODEL.py:FACTORY` and write OUTPUT (.yaml: a ckpt config, its .npz and .torch.json;
+    .json: a cost graph). Returns a summary dict."""
+    model = load_factory(target)
+    shapes = parse_inputs(inputs)
+    arg_names, args = example_inputs(model, shapes)
+    ep = export(model, args)
+    if str(output).lower().endswith(".json"):
+        from .torch_costgraph import write_cost_graph
+        return write_cost_graph(ep, model, output)
+    dtype = model_dtype(model)
+    rec = _Recorder(ep, model, arg_names, dtype).run()
+    for n in arg_names:
+        if n not in rec.inputs:
+            raise ConfigError(f"input {n} is not used by the traced forward")
+    _fill_inputs(rec, arg_names, args, seed)
+    stem = os.path.splitext(output)[0]
+    weights_file = os.path.basename(stem) + ".npz"
+    name = re.sub(r"\W", "_", os.path.splitext(os.path.basename(output))[0]) or "model"
+    text = config_text(rec, name, weights_file)
+    regions = _regions(rec.where, model)
+    meta = {"source": str(target), "inputs": {k: {"shape": list(v[0]), "dtype": v[1] or dtype,
+                                                  **({"high": rec.inputs[k]["high"]} if "high" in rec.inputs[k] else {})}
+                                              for k, v in shapes.items()},
+            "arg_order": arg_names, "dtype": dtype, "transposed": rec.transposed,
+            "nodes": {k: {**w, "region": regions.get(w["module"], "")} for k, w in rec.where.items()},
+            "regions": sorted({r_ for r_ in regions.values() if r_}, key=_natural),
+            # regions inside an nn.Sequential may be checkpointed as one segment of consecutive items
+            "sequential": sorted(k for k, m in model.named_modules() if k and isinstance(m, torch_or_error().nn.Sequential))}
+    # What PyTorch holds for backward, op by op: one plain forward on the example inputs (the
+    # planner for `--emit torch` reads it; nothing else in the import allocates activations).
+    meta["profile"] = _fake_profile(model, [rec.arrays[n] for n in arg_names], meta["regions"])
+    from ..jsonio import write_json_atomic
+    _write_atomic(stem + ".npz", lambda f: np.savez(f, **rec.arrays), binary=True)
+    _write_atomic(output, lambda f: f.write(text))
+    write_json_atomic(stem + ".torch.json", meta)
+    return {"config": output, "weights": stem + ".npz", "torch_meta": stem + ".torch.json", "nodes": len(rec.nodes),
+            "params": len(rec.params), "inputs": list(rec.inputs), "transposed": len(rec.transposed),
+            "regions": meta["regions"]}
+
+
+def _fake_profile(model, arrays, regions):
+    """The profile of what PyTorch holds for backward, run on fake tensors (shapes, dtypes and
+    storages without data: nothing the size of an activation is allocated). The module's
+    parameters are replaced by fake ones, so the module is spent afterwards."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from ..backends.torch_apply import profile
+    fm = FakeTensorMode(allow_non_fake_inputs=False)
+    for name, p in list(model.named_parameters()):
+        owner, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(owner) if owner else model, leaf,
+                torch.nn.Parameter(fm.from_tensor(p.detach()), requires_grad=p.requires_grad))
+    for name, b in list(model.named_buffers()):
+        owner, _, leaf = name.rpartition(".")
+        (model.get_submodule(owner) if owner else model).register_buffer(leaf, fm.from_tensor(b))
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    values = [fm.from_tensor(torch.from_numpy(a).to(device)) for a in arrays]
+    with fm:
+        return profile(model, values, regions)
+
+
+def _natural(name):
+    return [int(p) if p.isdigit() else p for p in name.split(".")]
+
+
+def _write_atomic(path, write, binary=False):
+    import tempfile
+    d = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".ckpt-")
+        with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
+            write(f)
+        if os.path.exists(path):
+            os.chmod(tmp, os.stat(path).st_mode & 0o7777)
+        else:
+            os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise ConfigError(f"cannot write: {e.strerror}", file=path) from None
+
+
+def _umask():
+    m = os.umask(0)
+    os.umask(m)
+    return m
