@@ -85,20 +85,25 @@ def _alarm(signum, frame):
     raise PlanTimeout()
 
 
-PLAN_TIMEOUT = 300  # seconds: a plan past this is reported as timed out (the aims are under 10 s)
+# seconds (--plan-timeout): a plan past this is reported as timed out (the aims are all under
+# 10 s); the planner's own time limit is capped to the same, and --quick uses 20 s, so that a run
+# ends in bounded time whatever the planner does
+PLAN_TIMEOUT = {"value": 120}
 
 
 def ckpt_plan(g, budget, time_limit=120.0):
     """(plan or None, simulation or None, seconds, error text)."""
     t0 = time.perf_counter()
+    limit = PLAN_TIMEOUT["value"]
+    time_limit = min(time_limit, limit)
     old = signal.signal(signal.SIGALRM, _alarm)
-    signal.alarm(PLAN_TIMEOUT)
+    signal.alarm(limit)
     try:
         p, sim = plan(g.joint, "budget", budget, time_limit=time_limit, ix=g.ix)
     except BudgetError as e:
         return None, None, time.perf_counter() - t0, str(e)
     except PlanTimeout:
-        return None, None, time.perf_counter() - t0, f"timed out after {PLAN_TIMEOUT} s"
+        return None, None, time.perf_counter() - t0, f"timed out after {limit} s"
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
@@ -186,7 +191,12 @@ def maxrss_mb():
 
 
 # ---- child process: one plan of a config, for time and peak RSS --------------------------------
+CHILD_MEMORY_CAP = 6 << 30  # bytes of address space: a planner that grows past this fails in the child
+
+
 def child(args):
+    # the machine is shared: a planner that grows without bound (issue 12 met 22 GB) must stop here
+    resource.setrlimit(resource.RLIMIT_AS, (CHILD_MEMORY_CAP, CHILD_MEMORY_CAP))
     over = dict(kv.split("=", 1) for kv in args.set)
     over = {k: int(v) if v.lstrip("-").isdigit() else v for k, v in over.items()}
     t0 = time.perf_counter()
@@ -203,12 +213,17 @@ def child(args):
         out.update(solver=p.solver, overhead=(sim.cost - sa.cost) / sa.cost, peak=sim.peak, fits=sim.peak <= budget)
     except BudgetError as e:
         out.update(solver="-", overhead=None, error=str(e))
+    except MemoryError:
+        out.update(solver="-", overhead=None, error=f"out of memory (capped at {CHILD_MEMORY_CAP >> 30} GiB)")
     out.update(plan_s=time.perf_counter() - t0, rss_peak_mb=maxrss_mb())
     print(json.dumps(out))
 
 
-def run_child(config, overrides=(), frac=None, budget_bytes=None, timeout=900):
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", config]
+def run_child(config, overrides=(), frac=None, budget_bytes=None):
+    """The child's plan gets the plan timeout as its time limit, and the child a minute more."""
+    limit = PLAN_TIMEOUT["value"]
+    timeout = limit + 60
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", config, "--time-limit", str(limit)]
     for kv in overrides:
         cmd += ["--set", kv]
     cmd += ["--budget-bytes", str(budget_bytes)] if budget_bytes else ["--frac", str(frac)]
@@ -223,11 +238,12 @@ def run_child(config, overrides=(), frac=None, budget_bytes=None, timeout=900):
 
 # ---- aim 1: small Checkmate-style graphs against the exact optimum -------------------------------
 def small_graphs(quick):
-    specs = [("chain3", pg.chain_config(3, 11)), ("transformer1", pg.transformer_config(1, 7)),
-             ("chain6", pg.chain_config(6, 1)), ("resnet2", pg.resnet_config(2, 5)), ("unet2", pg.unet_config(2, 3)),
-             ("resnet3", pg.resnet_config(3, 5)), ("transformer2", pg.transformer_config(2, 7))]
+    specs = [("chain3_s11", pg.chain_config(3, 11)), ("transformer1_s7", pg.transformer_config(1, 7)),
+             ("chain6_s1", pg.chain_config(6, 1)), ("resnet2_s5", pg.resnet_config(2, 5)),
+             ("unet2_s1", pg.unet_config(2, 1)), ("chain8_s2", pg.chain_config(8, 2)),
+             ("resnet3_s3_flat", pg.resnet_config(3, 3, pool=False)), ("transformer2_s2", pg.transformer_config(2, 2))]
     if quick:
-        specs = [s for s in specs if s[0] in ("chain6", "unet2", "resnet3")]
+        specs = [s for s in specs if s[0] in ("chain6_s1", "transformer1_s7")]
     return [G(name, pg.joint_of(text)) for name, text in specs]
 
 
@@ -238,7 +254,7 @@ def aim1(opt, quick):
            f"{'ckpt solver':<34} {'ckpt s':>7} {'milp s':>7}")
     worst, missed = 1.0, []
     for g in small_graphs(quick):
-        for frac in FRACS:
+        for frac in ((0.9, 0.6) if quick else FRACS):
             p, sim, t, err = ckpt_plan(g, g.budget(frac))
             o = opt.get(g, frac, lambda: incumbent(g, frac, sim))
             c = None if sim is None else g.ratio(sim.cost)
@@ -272,7 +288,7 @@ def aim2(quick):
     bi_over = (bi.cost - g.sa_cost) / g.sa_cost
     for label, budget, ref in [("resident + L*34*s*b*h", megatron, None),
                                ("block inputs alone fit", g.resident + bi.peak_managed, bi_over)]:
-        r = run_child(path, budget_bytes=budget, timeout=600)
+        r = run_child(path, budget_bytes=budget)
         over = r.get("overhead")
         print(f"{label:<28} {budget:>14} {fmt_pct(over):>10} {fmt_pct(ref):>13} "
               f"{(r.get('solver') or r.get('error', '-'))[:34]:<34} {r.get('plan_s', float('nan')):>7.2f} "
@@ -291,7 +307,7 @@ def aim3(opt, quick):
            f"{'ck/gr':>6} {'ck/best':>7} {'ckpt s':>7} {'greedy s':>8} {'ckpt solver':<30}")
     worst_best, worst_greedy, slowest = 1.0, 0.0, 0.0
     for g in graphs:
-        for frac in (0.8, 0.7):
+        for frac in ((0.7,) if quick else (0.8, 0.7)):
             p, sim, t, err = ckpt_plan(g, g.budget(frac))
             t0 = time.perf_counter()
             gr = pg.plain_greedy(g.joint, g.ix, g.managed(frac))
@@ -311,7 +327,7 @@ def aim3(opt, quick):
             slowest = max(slowest, t)
             print(f"{g.name:<16} {g.size:>5} {frac:>4.1f} {fmt_ratio(c):>7} {fmt_ratio(gc):>7} {fmt_ratio(mc):>7} "
                   f"{fmt_ratio(bc):>7} {fmt_ratio(r_gr):>6} {fmt_ratio(r_best):>7} {t:>7.2f} {tg:>8.2f} "
-                  f"{(p.solver if p else 'NO PLAN')[:30]:<30}", flush=True)
+                  f"{(p.solver if p else 'NO PLAN: ' + err)[:30]:<30}", flush=True)
     print(f"worst ckpt/best {worst_best:.4f} (aim <= 1.01); worst ckpt/greedy {worst_greedy:.4f} (aim <= 1); "
           f"slowest plan {slowest:.2f} s (aim < 10 s); sqrt-n shown where it fits; no MILP: these graphs are "
           f"beyond its reach (design: nothing for 250+ nodes in two minutes)")
@@ -345,12 +361,12 @@ def aim5(quick):
            f"{'slots s':>7} {'managed budget':>14} {'ckpt fwd':>9} {'revolve+1':>9} {'ratio':>7} {'solver':<24} {'time s':>7}")
     j = uniform_chain_joint(1000)
     g = G("chain1000", j)
-    for s in ((5, 20) if quick else (3, 5, 10, 20, 50, 100)):
+    for s in ((20,) if quick else (3, 5, 10, 20, 50, 100)):
         p, sim, t, err = ckpt_plan(g, s + 2)
         want = revolve_count(1000, s) + 1
         got = sim.forward_computes if sim else None
         print(f"{s:>7} {s + 2:>14} {got if got is not None else '-':>9} {want:>9} "
-              f"{fmt_ratio(got / want if got else None):>7} {(p.solver if p else 'NO PLAN')[:24]:<24} {t:>7.2f}",
+              f"{fmt_ratio(got / want if got else None):>7} {(p.solver if p else 'NO PLAN: ' + err)[:24]:<24} {t:>7.2f}",
               flush=True)
     print("aim: ratio 1.0000, < 1 s each")
     header("Aim 5b: configs/mlp_deep.yaml, planned in a child process",
@@ -358,7 +374,7 @@ def aim5(quick):
            f"{'RSS peak MB':>11}")
     cases = [(1000, 0.5)] if quick else [(1000, 0.5), (1000, 0.3), (10000, 0.5), (10000, 0.3)]
     for layers, frac in cases:
-        r = run_child(os.path.join(CONFIGS, "mlp_deep.yaml"), [f"L={layers}"], frac=frac, timeout=600)
+        r = run_child(os.path.join(CONFIGS, "mlp_deep.yaml"), [f"L={layers}"], frac=frac)
         print(f"{layers:>6} {r.get('joint_nodes', '-'):>6} {frac:>5.1f} {fmt_pct(r.get('overhead')):>9} "
               f"{(r.get('solver') or r.get('error', '-'))[:34]:<34} {r.get('plan_s', float('nan')):>8.2f} "
               f"{r.get('rss_after_load_mb', float('nan')):>11.0f} {r.get('rss_peak_mb', float('nan')):>11.0f}",
@@ -387,7 +403,7 @@ def aim6(opt, quick):
                 else o["status"]
             print(f"{name:<14} {g.size:>5} {frac:>4.1f} {fmt_pct(over):>9} {fmt_pct(g.ratio(sq.cost) - 1):>8} "
                   f"{'yes' if sq.peak_managed <= g.managed(frac) else 'no':>4} {fmt_pct(mo):>9} {fmt_pct(lb):>10} "
-                  f"{fmt_ratio(rel):>9} {status[:22]:<22} {(p.solver if p else 'NO PLAN')[:30]:<30} {t:>6.2f}",
+                  f"{fmt_ratio(rel):>9} {status[:22]:<22} {(p.solver if p else 'NO PLAN: ' + err)[:30]:<30} {t:>6.2f}",
                   flush=True)
     print("aims: no worse than sqrt-n where it fits; ckpt/milp <= 1.01 where the MILP proved its optimum")
 
@@ -443,21 +459,39 @@ def aim7(quick):
     print("(* least peak not proved exact; x: no plan at that budget)")
 
 
+def solve_optima(opt):
+    """Fill the cache for aims 1 and 6 without planning with ckpt (incumbents from the plain greedy
+    and sqrt-n): the slow part of a first run, done once."""
+    graphs = [(g, FRACS) for g in small_graphs(False)]
+    graphs += [(g, (0.9, 0.7, 0.5)) for g in (config_graph(n) for n in ("unet_small", "gpt_small", "resnet_small"))
+               if g.size <= MILP_MAX]
+    for g, fracs in graphs:
+        for frac in fracs:
+            t0 = time.perf_counter()
+            o = opt.get(g, frac, lambda: incumbent(g, frac, None))
+            print(f"{g.name}@{frac}: {o['status']} cost {o['cost']} ({time.perf_counter() - t0:.1f} s)", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a small subset using only cached optima (< 2 minutes)")
     ap.add_argument("--only", default="1,2,3,4,5,6,7", help="comma-separated aims to run (1-7)")
     ap.add_argument("--time-limit", type=float, default=120.0, help="seconds for each exact MILP run (cached)")
+    ap.add_argument("--plan-timeout", type=int, default=120,
+                    help="seconds after which one ckpt plan is reported as timed out (default 120)")
+    ap.add_argument("--solve-optima", action="store_true", help="only fill the cache of exact optima (aims 1, 6)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
     ap.add_argument("--frac", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--budget-bytes", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        args.time_limit = 120.0
         return child(args)
     only = {int(x) for x in args.only.split(",") if x}
     opt = Optima(args.time_limit, cached_only=args.quick)
+    PLAN_TIMEOUT["value"] = 20 if args.quick else args.plan_timeout
+    if args.solve_optima:
+        return solve_optima(opt)
     start = time.perf_counter()
     for k, fn in [(1, lambda: aim1(opt, args.quick)), (2, lambda: aim2(args.quick)),
                   (3, lambda: aim3(opt, args.quick)), (4, lambda: aim4(args.quick)), (5, lambda: aim5(args.quick)),

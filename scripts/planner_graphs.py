@@ -93,9 +93,9 @@ def unet_config(levels=2, seed=0):
     return "\n".join(lines + nodes + ["output: loss"]) + "\n"
 
 
-def resnet_config(blocks=3, seed=0):
+def resnet_config(blocks=3, seed=0, pool=True):
     """A ResNet: conv stem, residual blocks (conv-relu-conv + skip add, relu), a pooling step
-    halfway, global average pooling and a linear head."""
+    halfway (with `pool`), global average pooling and a linear head."""
     rng = random.Random(seed)
     n, h, c, k = rng.choice([1, 2]), rng.choice([8, 12, 16]), rng.choice([2, 3, 4, 6]), rng.choice([3, 5, 10])
     params = [("stem_w", (c, 3, 3, 3)), ("stem_b", (c,)), ("fc_w", (c, k)), ("fc_b", (k,))]
@@ -103,7 +103,7 @@ def resnet_config(blocks=3, seed=0):
              _node("stem_a", "relu", ["stem"])]
     prev = "stem_a"
     for i in range(blocks):
-        if i == blocks // 2:
+        if pool and i == blocks // 2:
             nodes.append(_node("pool", "maxpool2d", [prev], {"kernel": 2}))
             prev = "pool"
         mid = rng.choice([c, 2 * c, max(1, c // 2)])
@@ -117,7 +117,7 @@ def resnet_config(blocks=3, seed=0):
     nodes += [_node("gap", "mean", [prev], {"axis": [2, 3]}),
               _node("logits", "linear", ["gap", "fc_w", "fc_b"]),
               _node("loss", "mse", ["logits", "target"])]
-    lines = _header(f"resnet{blocks}_s{seed}", seed, [("image", (n, 3, h, h)), ("target", (n, k))], params)
+    lines = _header(f"resnet{blocks}_s{seed}" + ("" if pool else "_flat"), seed, [("image", (n, 3, h, h)), ("target", (n, k))], params)
     return "\n".join(lines + nodes + ["output: loss"]) + "\n"
 
 
