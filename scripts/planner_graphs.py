@@ -151,13 +151,13 @@ def transformer_config(blocks=2, seed=0):
     return "\n".join(lines + nodes + ["output: loss"]) + "\n"
 
 
-def resnet50_config(stages=(3, 4, 6, 3), width=2, seed=0):
+def resnet50_config(stages=(3, 4, 6, 3), width=4, seed=0):
     """ResNet-50's shape: a stem, bottleneck blocks (1x1 reduce, 3x3, 1x1 expand, a projection
     on the first block of each stage, add, relu) in stages of [3, 4, 6, 3] with stride 2 between
-    stages, global pooling and a linear head; channels scaled down (`width`) so shapes stay cheap."""
-    rng = random.Random(seed)
-    n, h = 1, 32
-    c = 4 * width
+    stages, global pooling and a linear head; channels scaled down (`width` for ResNet-50's 64) so
+    shapes stay cheap. `seed` only names the config: the network has no random part."""
+    n, h = 1, 64
+    c = width  # ResNet-50's proportions: stem 64 channels, then 64 -> 256, 128 -> 512, ...
     params = [("stem_w", (c, 3, 3, 3)), ("stem_b", (c,))]
     nodes = [_node("stem", "conv2d", ["image", "stem_w", "stem_b"], {"padding": 1, "stride": 2}),
              _node("stem_a", "relu", ["stem"]), _node("stem_p", "maxpool2d", ["stem_a"], {"kernel": 2})]
@@ -187,7 +187,6 @@ def resnet50_config(stages=(3, 4, 6, 3), width=2, seed=0):
     nodes += [_node("gap", "mean", [prev], {"axis": [2, 3]}),
               _node("logits", "linear", ["gap", "fc_w", "fc_b"]),
               _node("loss", "mse", ["logits", "target"])]
-    del rng
     lines = _header("resnet50_like", seed, [("image", (n, 3, h, h)), ("target", (n, k))], params)
     return "\n".join(lines + nodes + ["output: loss"]) + "\n"
 
