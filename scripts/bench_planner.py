@@ -322,8 +322,10 @@ def aim3(opt, quick):
             bc = g.ratio(best) if best is not None else None
             r_gr = c / gc if c and gc else None
             r_best = c / bc if c and bc else None
-            worst_best = max(worst_best, r_best or math.inf)
-            worst_greedy = max(worst_greedy, r_gr or (math.inf if gr else 0))
+            if best is not None:  # no plan from ckpt where something fits counts as infinitely worse
+                worst_best = max(worst_best, r_best or math.inf)
+            if gr is not None:
+                worst_greedy = max(worst_greedy, r_gr or math.inf)
             slowest = max(slowest, t)
             print(f"{g.name:<16} {g.size:>5} {frac:>4.1f} {fmt_ratio(c):>7} {fmt_ratio(gc):>7} {fmt_ratio(mc):>7} "
                   f"{fmt_ratio(bc):>7} {fmt_ratio(r_gr):>6} {fmt_ratio(r_best):>7} {t:>7.2f} {tg:>8.2f} "

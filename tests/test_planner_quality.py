@@ -103,8 +103,8 @@ def test_gpt_small_at_full_size_never_worse_than_sqrt_n(budget):
     assert sim.cost <= sq.cost * (1 + 1e-12), f"budget {sim.cost} vs sqrt-n {sq.cost} at {budget} bytes"
 
 
-@pytest.mark.parametrize("n,seed", [(130, 1), (180, 2), (250, 3)])
-@pytest.mark.parametrize("frac", [0.8, 0.7])
+@pytest.mark.parametrize("n,seed,frac", [(100, 4, 0.7), (130, 1, 0.8), (130, 1, 0.7), (180, 2, 0.8), (180, 2, 0.7),
+                                         (250, 3, 0.8), (250, 3, 0.7)])
 def test_never_worse_than_the_plain_greedy(n, seed, frac):
     joint = pg.random_training_dag(n, seed)
     ix = JointIndex(joint)
