@@ -353,7 +353,8 @@ def aim4(quick):
                 m = load_model(path)
                 g = G(name, m.joint, m.index)
                 p, sim, t, err = ckpt_plan(g, g.budget(0.7))
-                print(f"{name:<16} {form:<22} {g.size:>5} {g.budget(0.7):>9} {fmt_ratio(g.ratio(sim.cost) if sim else None):>10} "
+                ratio = fmt_ratio(g.ratio(sim.cost) if sim else None)
+                print(f"{name:<16} {form:<22} {g.size:>5} {g.budget(0.7):>9} {ratio:>10} "
                       f"{(p.solver if p else 'NO PLAN')[:40]:<40} {t:>7.2f}", flush=True)
                 if err:
                     print(f"    {err}")
@@ -362,7 +363,8 @@ def aim4(quick):
 # ---- aim 5: chains ------------------------------------------------------------------------------
 def aim5(quick):
     header("Aim 5a: uniform 1,000-layer chain (unit sizes), ckpt's forward computes vs Revolve's + 1",
-           f"{'slots s':>7} {'managed budget':>14} {'ckpt fwd':>9} {'revolve+1':>9} {'ratio':>7} {'solver':<24} {'time s':>7}")
+           f"{'slots s':>7} {'managed budget':>14} {'ckpt fwd':>9} {'revolve+1':>9} {'ratio':>7} {'solver':<24} "
+           f"{'time s':>7}")
     j = uniform_chain_joint(1000)
     g = G("chain1000", j)
     for s in ((20,) if quick else (5, 10, 20, 50)):
@@ -370,7 +372,8 @@ def aim5(quick):
         want = revolve_count(1000, s) + 1
         got = sim.forward_computes if sim else None
         print(f"{s:>7} {s + 2:>14} {got if got is not None else '-':>9} {want:>9} "
-              f"{fmt_ratio(got / want if got else None):>7} {(p.solver if p else 'NO PLAN: ' + err)[:24]:<24} {t:>7.2f}",
+              f"{fmt_ratio(got / want if got else None):>7} {(p.solver if p else 'NO PLAN: ' + err)[:24]:<24} "
+              f"{t:>7.2f}",
               flush=True)
     print("aim: ratio 1.0000, < 1 s each")
     header("Aim 5b: configs/mlp_deep.yaml, planned in a child process",

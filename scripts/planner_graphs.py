@@ -117,7 +117,8 @@ def resnet_config(blocks=3, seed=0, pool=True):
     nodes += [_node("gap", "mean", [prev], {"axis": [2, 3]}),
               _node("logits", "linear", ["gap", "fc_w", "fc_b"]),
               _node("loss", "mse", ["logits", "target"])]
-    lines = _header(f"resnet{blocks}_s{seed}" + ("" if pool else "_flat"), seed, [("image", (n, 3, h, h)), ("target", (n, k))], params)
+    lines = _header(f"resnet{blocks}_s{seed}" + ("" if pool else "_flat"), seed,
+                    [("image", (n, 3, h, h)), ("target", (n, k))], params)
     return "\n".join(lines + nodes + ["output: loss"]) + "\n"
 
 

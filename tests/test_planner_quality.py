@@ -37,7 +37,8 @@ def _budget(joint, ix, budget):
 
 def _hog(seconds):
     """A process spinning on one core, for as long as the plan beside it could take."""
-    return subprocess.Popen([sys.executable, "-c", f"import time\nt = time.time()\nwhile time.time() - t < {seconds}: pass"])
+    spin = f"import time\nt = time.time()\nwhile time.time() - t < {seconds}: pass"
+    return subprocess.Popen([sys.executable, "-c", spin])
 
 
 @pytest.mark.parametrize("name,frac", [("gpt_small", 0.6), ("resnet_small", 0.9)])
