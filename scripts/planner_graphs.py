@@ -260,8 +260,8 @@ def plain_greedy(joint, ix, budget_managed):
         for eager in (False, True):
             steps = keep_schedule(ix, frozenset(k), eager=eager)
             sim = simulate(joint, steps, check=False)
-            if sim.peak_managed <= budget_managed:
-                fits.append((sim.cost, sim.peak_managed, eager, steps))
+            if sim.peak_managed_ws <= budget_managed:
+                fits.append((sim.cost, sim.peak_managed_ws, eager, steps))
         return min(fits, key=lambda c: c[:3]) if fits else None
 
     found = best_of(keep)

@@ -40,8 +40,8 @@ LAZY_COMMANDS = {
                 "Generate a standalone numpy module whose step(params, inputs) runs the planned forward and backward."),
     # the PyTorch bridge
     "import": ("torch", "import_", "Trace a PyTorch module (its forward returns the loss) into a ckpt config or a cost graph."),
-    "torch-check": ("torch", "torch_check", "Run the training step in PyTorch with and without the plan: bytes held for "
-                                            "backward, step times and gradients, side by side with ckpt's prediction."),
+    "torch-check": ("torch", "torch_check",
+                    "Run the training step in PyTorch with and without the plan, beside ckpt's prediction."),
     "impl": ("impl", "impl", "Time one training step four ways: interpreter, operator-overloading tape, generated "
                              "code, hand-written numpy."),
 }

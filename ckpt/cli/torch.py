@@ -44,8 +44,9 @@ def import_(target, inputs, output, seed, as_json):
               help="Where PyTorch runs the step (cuda adds torch.cuda.max_memory_allocated).")
 @json_opt
 def torch_check(target, plan_file, inputs, steps, seed, device, as_json):
-    """Run the training step in PyTorch with and without the plan: bytes held for backward, step
-    times and gradients, side by side with ckpt's prediction. Exit 1 when a figure disagrees."""
+    """Run the training step in PyTorch with and without the plan, beside ckpt's prediction.
+
+    Bytes held for backward, step times and gradients; exit 1 when a figure disagrees."""
     from ..backends.torch_check import check, report_lines
     r = check(target, plan_file, inputs, steps=steps, seed=seed, device=device)
     if as_json:

@@ -712,6 +712,7 @@ OP_SUMMARY = {
     "where": "a where c != 0, else b (broadcasting; no gradient into c)",
     "greater": "1 where a > b, else 0", "greater_equal": "1 where a >= b, else 0",
     "less": "1 where a < b, else 0", "less_equal": "1 where a <= b, else 0", "pow": "x ** exponent",
+    "embedding": "rows of a table W (rows, dim) gathered by integer indices",
 }
 
 _LEAF_DOC = {

@@ -28,7 +28,7 @@ register(Op(
     # The gradient of the table reads only the indices (integers, resident inputs in practice).
     needs=lambda i: (1,),
     flops=lambda s, o, a: size(o),  # a copy per element
-    vjp_flops=lambda i, s, o, a: size(o) + size(s[0]),  # zero the table, then scatter-add every row
+    vjp_flops=lambda i, s, o, a: 0 if i == 1 else size(o) + size(s[0]),  # zero the table, scatter-add every row
     workspace=lambda which, s, o, a, itemsize: 0,
     int_inputs=(1,),
     example={"shapes": [(7, 3), (2, 4)]},
