@@ -62,13 +62,13 @@ def _budget(joint, ix, budget, time_limit):
 
     chain = Chain.of(ix)
     if chain is not None:
+        # the DP is exact over its family (checkpoints on a stack), not over every schedule: the
+        # search may still find a cheaper one in the joint graph, so the DP's plan is a candidate
         p = solve_chain(chain, managed)
         if p is None:
             notes["chain-dp"] = "chain too long for the DP table"
-        elif p.steps is not None and p.notes["exact"] and walk(ix, p.steps)[0] <= managed:
-            return p
         else:
-            consider(p, "chain-dp (rounded)")
+            consider(p, p.solver)
     sq = sqrt_n(ix)
     consider(sq, "sqrt-n")
     consider(search(ix, managed, starts=[(sq.notes["keep"], False)]), "search")

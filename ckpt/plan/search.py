@@ -148,6 +148,8 @@ def family_starts(ix, ev, budget_managed):
     found = []
     for family in families(ix):
         for hold in _policies(ix):
+            if ev.exhausted:
+                return found
             lo, hi = 0, len(family) - 1
             while lo < hi:
                 mid = (lo + hi + 1) // 2
