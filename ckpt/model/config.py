@@ -210,6 +210,9 @@ def parse_config(text, file="<config>", overrides=None):
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        if "nesting depth" in what:  # newer libyaml stops deep nesting itself, before the scan does
+            raise ConfigError(f"nested more than {MAX_DEPTH} levels deep", file=file,
+                              line=mark.line + 1 if mark else None) from None
         raise ConfigError(f"YAML does not parse: {what}", file=file, line=mark.line + 1 if mark else None) from None
     except (ValueError, OverflowError) as e:  # e.g. an integer of more digits than Python converts
         raise ConfigError(f"YAML does not load: {str(e).splitlines()[0]}", file=file) from None
