@@ -54,7 +54,7 @@ class G:
         self.ix = ix or JointIndex(joint)
         self.resident = joint.graph.get("resident", 0)
         sa = simulate(joint, keep_schedule(self.ix, self.ix.residuals), check=False)
-        self.sa_managed, self.sa_cost = sa.peak_managed, sa.cost
+        self.sa_managed, self.sa_cost = sa.peak_managed_ws, sa.cost
         self.hash = pg.content_hash(joint)
 
     def managed(self, frac):
@@ -142,7 +142,7 @@ class Optima:
                "time_limit_s": self.time_limit, "joint_nodes": g.size, "cutoff_from": source}
         if p is not None:
             sim = simulate(g.joint, p.steps)
-            assert sim.peak_managed <= g.managed(frac), (g.name, frac)
+            assert sim.peak_managed_ws <= g.managed(frac), (g.name, frac)
             optimal = bool(p.notes.get("optimal"))
             rec.update(cost=sim.cost, lower_bound=p.lower_bound, optimal=optimal, feasible=True)
         elif status.startswith("infeasible") and cutoff is not None:
@@ -172,7 +172,7 @@ def incumbent(g, frac, sim):
     if gr is not None:
         known.append((gr[0], "greedy"))
     sq = simulate(g.joint, plan(g.joint, "sqrt-n", ix=g.ix)[0].steps, check=False)
-    if sq.peak_managed <= g.managed(frac):
+    if sq.peak_managed_ws <= g.managed(frac):
         known.append((sq.cost, "sqrt-n"))
     return min(known) if known else None
 
@@ -210,12 +210,12 @@ def child(args):
     ix = m.index
     sa = simulate(m.joint, keep_schedule(ix, ix.residuals), check=False)
     resident = m.joint.graph.get("resident", 0)
-    budget = args.budget_bytes if args.budget_bytes else resident + int(args.frac * sa.peak_managed)
+    budget = args.budget_bytes if args.budget_bytes else resident + int(args.frac * sa.peak_managed_ws)
     out = {"joint_nodes": len(ix.order), "load_s": load_s, "rss_after_load_mb": rss_load, "budget": budget}
     t0 = time.perf_counter()
     try:
         p, sim = plan(m.joint, "budget", budget, time_limit=args.time_limit, ix=ix)
-        out.update(solver=p.solver, overhead=(sim.cost - sa.cost) / sa.cost, peak=sim.peak, fits=sim.peak <= budget)
+        out.update(solver=p.solver, overhead=(sim.cost - sa.cost) / sa.cost, peak=sim.peak_ws, fits=sim.peak_ws <= budget)
     except BudgetError as e:
         out.update(solver="-", overhead=None, error=str(e))
     except MemoryError:
@@ -293,7 +293,7 @@ def aim2(quick):
            f"{'RSS load MB':>11} {'RSS peak MB':>11}")
     bi_over = (bi.cost - g.sa_cost) / g.sa_cost
     for label, budget, ref in [("resident + L*34*s*b*h", megatron, None),
-                               ("block inputs alone fit", g.resident + bi.peak_managed, bi_over)]:
+                               ("block inputs alone fit", g.resident + bi.peak_managed_ws, bi_over)]:
         r = run_child(path, budget_bytes=budget, limit=max(PLAN_TIMEOUT["value"], 180))
         over = r.get("overhead")
         print(f"{label:<28} {budget:>14} {fmt_pct(over):>10} {fmt_pct(ref):>13} "
@@ -320,11 +320,11 @@ def aim3(opt, quick):
             tg = time.perf_counter() - t0
             sq = simulate(g.joint, plan(g.joint, "sqrt-n", ix=g.ix)[0].steps, check=False)
             known = [x for x in [sim.cost if sim else None, gr[0] if gr else None,
-                                 sq.cost if sq.peak_managed <= g.managed(frac) else None] if x is not None]
+                                 sq.cost if sq.peak_managed_ws <= g.managed(frac) else None] if x is not None]
             best = min(known) if known else None
             c = g.ratio(sim.cost) if sim else None
             gc = g.ratio(gr[0]) if gr else None
-            mc = g.ratio(sq.cost) if sq.peak_managed <= g.managed(frac) else None
+            mc = g.ratio(sq.cost) if sq.peak_managed_ws <= g.managed(frac) else None
             bc = g.ratio(best) if best is not None else None
             r_gr = c / gc if c and gc else None
             r_best = c / bc if c and bc else None
@@ -416,7 +416,7 @@ def aim6(opt, quick):
             status = (f"not run: > {MILP_MAX} nodes" if g.size > MILP_MAX else "not cached") if o is None \
                 else o["status"]
             print(f"{name:<14} {g.size:>5} {frac:>4.1f} {fmt_pct(over):>9} {fmt_pct(g.ratio(sq.cost) - 1):>8} "
-                  f"{'yes' if sq.peak_managed <= g.managed(frac) else 'no':>4} {fmt_pct(mo):>9} {fmt_pct(lb):>10} "
+                  f"{'yes' if sq.peak_managed_ws <= g.managed(frac) else 'no':>4} {fmt_pct(mo):>9} {fmt_pct(lb):>10} "
                   f"{fmt_ratio(rel):>9} {status[:22]:<22} {(p.solver if p else 'NO PLAN: ' + err)[:30]:<30} {t:>6.2f}",
                   flush=True)
     print("aims: no worse than sqrt-n where it fits; ckpt/milp <= 1.01 where the MILP proved its optimum")

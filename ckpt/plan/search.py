@@ -32,7 +32,7 @@ from .keepset import keep_schedule
 
 # The search's budget is counted in schedule steps walked (time is about linear in them), so a
 # small graph gets many moves and a large one few, and the same graph always gets the same ones.
-WORK = 1_500_000
+WORK = 2_500_000
 STARTS = 4  # distinct starting plans improved by local moves
 
 
