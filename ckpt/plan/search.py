@@ -141,6 +141,15 @@ def families(ix):
     return [spread, [frozenset(by_value[n:]) for n in drops], [frozenset(by_value[n:]) | root for n in drops]]
 
 
+def class_starts(ix, classes):
+    """Checkpoints at the boundary of every repeated block: for each class of articulation points
+    (`body.#.out`), that class alone, plus the articulation points outside any class (a stem's
+    output), under the lazy policy. Megatron's "full recompute" is one of these."""
+    points = set(articulation_points(ix))
+    single = frozenset(c[0] for c in classes if len(c) == 1 and c[0] in points)
+    return [State(frozenset(c) | single, ix.fwd_set) for c in classes if len(c) > 1 and points.issuperset(c)]
+
+
 def family_starts(ix, ev, budget_managed):
     """The largest set of each family that fits, under either policy: [(cost, State)].
     Within a family memory grows along the list and cost falls, so a bisection finds it; its
@@ -306,6 +315,10 @@ def search(ix, budget_managed, starts=(), work=None):
                 cands.append((cost, len(cands), s))
     for cost, s in family_starts(ix, ev, budget_managed):
         cands.append((cost, len(cands), s))
+    for s in class_starts(ix, tied):
+        peak, cost, _ = ev(s)
+        if peak <= budget_managed:
+            cands.append((cost, len(cands), s))
     for keep, is_eager in starts:
         s = State(frozenset(keep), eager if is_eager else lazy)
         peak, cost, _ = ev(s)
