@@ -154,3 +154,24 @@ def uniform_chain_joint(l, size=1):
     j.graph["order"] = fwd + bwd + ["grad:x"]
     j.graph["resident"] = 0
     return j
+
+
+def invoke(args):
+    """`ckpt ARGS` in-process; a crash (anything but a clean exit) fails the test with its repr."""
+    from click.testing import CliRunner
+
+    from ckpt.cli import cli
+    res = CliRunner().invoke(cli, args)
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    return res
+
+
+def assert_one_line(res, code=2, needle=None):
+    """The promise for bad input: the exit code, no traceback, and for exit 2 exactly one line."""
+    out = res.output.strip()
+    assert res.exit_code == code, out
+    assert "Traceback" not in out
+    if code == 2:
+        assert out.count("\n") == 0 and out.startswith("ckpt: error:"), out
+    if needle:
+        assert needle in out, out

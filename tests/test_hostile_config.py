@@ -9,11 +9,10 @@ import time
 
 import pytest
 import yaml
-from click.testing import CliRunner
 
-from ckpt.cli import cli
 from ckpt.model import build_graph, parse_config
 from ckpt.sizes import MAX_BYTES, MAX_DEPTH, MAX_NODES
+from helpers import assert_one_line, invoke
 
 BASE = {
     "name": "t",
@@ -72,26 +71,10 @@ def _with(path, value):
     return doc
 
 
-def _invoke(args):
-    res = CliRunner().invoke(cli, args)
-    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
-    return res
-
-
-def assert_one_line(res, code=2, needle=None):
-    out = res.output.strip()
-    assert res.exit_code == code, out
-    assert "Traceback" not in out
-    if code == 2:
-        assert out.count("\n") == 0 and out.startswith("ckpt: error:"), out
-    if needle:
-        assert needle in out, out
-
-
 def test_base_config_is_good(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump(BASE))
-    res = _invoke(["run", str(p), "--steps", "1"])
+    res = invoke(["run", str(p), "--steps", "1"])
     assert res.exit_code == 0, res.output
 
 
@@ -121,7 +104,7 @@ def test_wrong_value_through_the_cli(tmp_path, path):
     p = tmp_path / "c.yaml"
     for value in HOSTILE_MORE:
         p.write_text(yaml.safe_dump(_with(path, value)))
-        res = _invoke(["plan", str(p), "--strategy", "store-all"])
+        res = invoke(["plan", str(p), "--strategy", "store-all"])
         assert res.exit_code in (0, 2), (value, res.output)
         if res.exit_code == 2:
             assert_one_line(res)
@@ -136,7 +119,7 @@ def test_wrong_values_that_only_run_reads(tmp_path, path):
     p = tmp_path / "c.yaml"
     for value in ([1, 2], {"a": 1}, None, float("nan"), 10**40, "1/0", True):
         p.write_text(yaml.safe_dump(_with(path, value)))
-        res = _invoke(["run", str(p), "--steps", "1"])
+        res = invoke(["run", str(p), "--steps", "1"])
         assert res.exit_code in (0, 2), (value, res.output)
         if res.exit_code == 2:
             assert_one_line(res)
@@ -145,7 +128,7 @@ def test_wrong_values_that_only_run_reads(tmp_path, path):
 def _text_case(tmp_path, text, args=("plan",), code=2, needle=None):
     p = tmp_path / "c.yaml"
     p.write_text(text)
-    res = _invoke([args[0], str(p), *args[1:]])
+    res = invoke([args[0], str(p), *args[1:]])
     assert_one_line(res, code, needle)
     return res
 
@@ -196,7 +179,7 @@ def test_nesting_at_the_limit_is_not_refused_for_depth(tmp_path):
     text = "name: t\ndescription: " + "[" * (MAX_DEPTH - 2) + "]" * (MAX_DEPTH - 2) + "\n"
     p = tmp_path / "c.yaml"
     p.write_text(text)
-    res = _invoke(["plan", str(p)])
+    res = invoke(["plan", str(p)])
     assert res.exit_code == 2 and "nested" not in res.output  # refused for lacking nodes, not depth
 
 
@@ -265,7 +248,7 @@ def test_yaml_over_its_limit_is_refused_before_parsing(tmp_path):
     from ckpt.model.config import MAX_CONFIG_CHARS
     p = tmp_path / "big.yaml"
     p.write_text("name: t\ndescription: '" + "x" * MAX_CONFIG_CHARS + "'\n")
-    assert_one_line(_invoke(["plan", str(p)]), needle="larger than 4 MiB")
+    assert_one_line(invoke(["plan", str(p)]), needle="larger than 4 MiB")
 
 
 def test_oversized_file_is_refused_before_parsing(tmp_path):
@@ -275,7 +258,7 @@ def test_oversized_file_is_refused_before_parsing(tmp_path):
         f.write("name: t\ndescription: '")
         f.write("x" * (MAX_FILE_BYTES + 10))
         f.write("'\n")
-    res = _invoke(["plan", str(p)])
+    res = invoke(["plan", str(p)])
     assert_one_line(res, needle="larger than 64 MiB")
 
 
@@ -378,4 +361,4 @@ def test_attr_types(tmp_path, old, new, needle):
 def test_net_config_is_good(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text(NET)
-    assert _invoke(["run", str(p), "--steps", "1"]).exit_code == 0
+    assert invoke(["run", str(p), "--steps", "1"]).exit_code == 0

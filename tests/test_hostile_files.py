@@ -11,30 +11,15 @@ import subprocess
 import sys
 
 import pytest
-from click.testing import CliRunner
 
 from ckpt import jsonio
 from ckpt.bench import load_baseline, update_baseline
-from ckpt.cli import cli
 from ckpt.errors import ConfigError
 from ckpt.jsonio import write_atomic, write_json_atomic
 from conftest import ROOT, config_path
+from helpers import assert_one_line, invoke
 
 SEED = config_path("seed_example")
-
-
-def _invoke(args):
-    res = CliRunner().invoke(cli, args)
-    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
-    return res
-
-
-def assert_one_line(res, code=2, needle=None):
-    out = res.output.strip()
-    assert res.exit_code == code, out
-    assert "Traceback" not in out and out.count("\n") == 0 and out.startswith("ckpt: error:"), out
-    if needle:
-        assert needle in out, out
 
 
 def _leftovers(folder):
@@ -194,7 +179,7 @@ def test_a_live_writers_temp_file_is_left_alone(tmp_path):
 ])
 def test_commands_refuse_unwritable_paths_in_one_line(tmp_path, args):
     args = [a.replace("MISSING", str(tmp_path / "missing")) for a in args]
-    assert_one_line(_invoke(args), needle="cannot write")
+    assert_one_line(invoke(args), needle="cannot write")
 
 
 def test_export_and_bench_to_stdout(tmp_path, monkeypatch):
@@ -209,7 +194,7 @@ def test_export_and_bench_to_stdout(tmp_path, monkeypatch):
 
 def test_plot_to_dash_is_refused(tmp_path):
     pytest.importorskip("matplotlib")
-    assert_one_line(_invoke(["numeric", SEED, "--plot", "-"]), needle="a plot is written to a file")
+    assert_one_line(invoke(["numeric", SEED, "--plot", "-"]), needle="a plot is written to a file")
 
 
 def test_plot_keeps_the_mode_of_an_existing_file(tmp_path):
@@ -217,7 +202,7 @@ def test_plot_keeps_the_mode_of_an_existing_file(tmp_path):
     p = tmp_path / "n.png"
     p.write_bytes(b"old")
     os.chmod(p, 0o640)
-    assert _invoke(["numeric", SEED, "--plot", str(p)]).exit_code == 0
+    assert invoke(["numeric", SEED, "--plot", str(p)]).exit_code == 0
     assert stat.S_IMODE(os.stat(p).st_mode) == 0o640 and p.read_bytes()[:4] == b"\x89PNG"
     assert not _leftovers(tmp_path)
 
@@ -239,7 +224,7 @@ def test_baseline_with_a_wrong_entry(tmp_path, entry):
     with pytest.raises(ConfigError, match="baseline entry 'seed_example:store-all'"):
         load_baseline(str(p))
     for extra in (["--baseline", str(p)], ["--baseline", str(p), "--update-baseline"]):
-        res = _invoke(["bench", SEED, "--strategy", "store-all", "--steps", "1", *extra])
+        res = invoke(["bench", SEED, "--strategy", "store-all", "--steps", "1", *extra])
         assert_one_line(res, needle="baseline entry")
         assert p.read_text() == text  # never overwritten
 
@@ -249,7 +234,7 @@ def test_baseline_with_a_wrong_entry(tmp_path, entry):
 def test_corrupt_baseline_files(tmp_path, doc):
     p = tmp_path / "b.json"
     p.write_text(doc)
-    res = _invoke(["bench", SEED, "--strategy", "store-all", "--steps", "1", "--baseline", str(p)])
+    res = invoke(["bench", SEED, "--strategy", "store-all", "--steps", "1", "--baseline", str(p)])
     assert_one_line(res, needle=str(p))
     assert p.read_text() == doc
 
@@ -316,13 +301,13 @@ def _graph(**extra):
 def test_hostile_cost_graphs(tmp_path, doc, needle):
     p = tmp_path / "g.json"
     p.write_text(json.dumps(doc))
-    assert_one_line(_invoke(["plan", str(p)]), needle=needle)
+    assert_one_line(invoke(["plan", str(p)]), needle=needle)
 
 
 def test_duplicate_keys_in_a_cost_graph(tmp_path):
     p = tmp_path / "g.json"
     p.write_text('{"nodes": [{"id": "a", "cost_cpu": 1, "cost_cpu": 2, "cost_ram": 8}], "links": []}')
-    assert_one_line(_invoke(["plan", str(p)]), needle="duplicate key 'cost_cpu'")
+    assert_one_line(invoke(["plan", str(p)]), needle="duplicate key 'cost_cpu'")
 
 
 @pytest.mark.parametrize("text", ["[" * 100000 + "]" * 100000, '{"nodes": ' + "[" * 5000 + "]" * 5000 + "}",
@@ -330,7 +315,7 @@ def test_duplicate_keys_in_a_cost_graph(tmp_path):
 def test_deeply_nested_json(tmp_path, text):
     p = tmp_path / "g.json"
     p.write_text(text)
-    assert_one_line(_invoke(["plan", str(p)]))
+    assert_one_line(invoke(["plan", str(p)]))
 
 
 def test_graph_past_the_node_limit_is_refused_before_building(tmp_path, monkeypatch):
@@ -338,10 +323,10 @@ def test_graph_past_the_node_limit_is_refused_before_building(tmp_path, monkeypa
     monkeypatch.setattr(costgraph, "MAX_NODES", 10)
     p = tmp_path / "g.json"
     p.write_text(json.dumps({"nodes": [{"id": i, "cost_cpu": 1, "cost_ram": 1} for i in range(11)], "links": []}))
-    assert_one_line(_invoke(["plan", str(p)]), needle="more than the 10")
+    assert_one_line(invoke(["plan", str(p)]), needle="more than the 10")
 
 
 def test_model_past_the_joint_limit_is_refused(tmp_path, monkeypatch):
     from ckpt.model import graph
     monkeypatch.setattr(graph, "MAX_NODES", 5)
-    assert_one_line(_invoke(["plan", SEED]), needle="joint forward+gradient graph")
+    assert_one_line(invoke(["plan", SEED]), needle="joint forward+gradient graph")

@@ -5,10 +5,9 @@ import subprocess
 import sys
 
 import pytest
-from click.testing import CliRunner
 
-from ckpt.cli import cli
 from conftest import config_path
+from helpers import assert_one_line, invoke
 
 SEED = config_path("seed_example")
 MLP_SMALL = ["--set", "B=4", "--set", "D=8", "--set", "L=3"]
@@ -29,21 +28,6 @@ def run_main(capsys):
         out, err = capsys.readouterr()
         return _Result(e.value.code, out, err)
     return go
-
-
-def _invoke(args):
-    res = CliRunner().invoke(cli, args)
-    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
-    return res
-
-
-def assert_one_line(res, code=2, needle=None):
-    out = res.output.strip()
-    assert res.exit_code == code, out
-    assert "Traceback" not in out
-    assert out.count("\n") == 0 and out.startswith("ckpt: error:"), out
-    if needle:
-        assert needle in out, out
 
 
 BUDGETS = ["1e400", "inf", "infx", "NaNx", "nan", "-1x", "0x", "0", "1e400x", "1e99999999", "x", "", "12 apples",
@@ -90,14 +74,14 @@ def test_bad_flags(run_main, args, needle):
 @pytest.mark.parametrize("command", ["check", "numeric", "methods", "trace", "jacobian", "run", "bench"])
 def test_commands_that_compute_refuse_a_cost_graph_without_blaming_flags(tmp_path, command):
     graph = tmp_path / "g.json"
-    assert _invoke(["export", SEED, "-o", str(graph)]).exit_code == 0
-    res = _invoke([command, str(graph)])
+    assert invoke(["export", SEED, "-o", str(graph)]).exit_code == 0
+    res = invoke([command, str(graph)])
     assert_one_line(res, needle="YAML model config")
     assert "--set" not in res.output and "--dtype" not in res.output
 
 
 def test_check_json_is_one_document():
-    res = _invoke(["check", SEED, "--json"])
+    res = invoke(["check", SEED, "--json"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.output)
     assert doc["passed"] is True and all(row["passed"] is True for row in doc["checks"])
@@ -111,7 +95,7 @@ def test_check_json_on_a_failing_check_still_prints_the_document(run_main):
 
 
 def test_plan_with_all_strategies_exits_3_when_the_budget_cannot_fit():
-    res = _invoke(["plan", config_path("mlp_deep"), *MLP_SMALL, "--memory-budget", "1KiB"])
+    res = invoke(["plan", config_path("mlp_deep"), *MLP_SMALL, "--memory-budget", "1KiB"])
     assert res.exit_code == 3
     assert "no schedule fits" in res.output and "smallest feasible peak" in res.output
 
@@ -128,7 +112,7 @@ def test_plan_json_still_prints_the_document_with_exit_3():
 
 
 def test_plan_fitting_budget_exits_0():
-    assert _invoke(["plan", SEED, "--memory-budget", "1GiB"]).exit_code == 0
+    assert invoke(["plan", SEED, "--memory-budget", "1GiB"]).exit_code == 0
 
 
 def test_progress_is_silent_off_a_terminal_and_under_json():
@@ -165,12 +149,12 @@ def test_progress_bar_draws_and_erases_on_a_terminal():
 def test_unknown_dim_and_init_list_the_choices(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("dims: {B: 2}\ninputs: {x: {shape: [B, Z], init: normall}}\nnodes: []\noutput: x\n")
-    res = _invoke(["plan", str(p)])
+    res = invoke(["plan", str(p)])
     assert_one_line(res)
     p.write_text("dims: {B: 2}\ninputs: {x: {shape: [B, Z]}}\nnodes: []\noutput: x\n")
-    assert_one_line(_invoke(["plan", str(p)]), needle="unknown dim 'Z' (dims: B)")
+    assert_one_line(invoke(["plan", str(p)]), needle="unknown dim 'Z' (dims: B)")
     p.write_text("inputs: {x: {shape: [2], init: normall}}\nnodes: []\noutput: x\n")
-    res = _invoke(["plan", str(p)])
+    res = invoke(["plan", str(p)])
     assert_one_line(res, needle="did you mean 'normal'")
     assert "inits: normal, uniform, xavier, zeros, ones, randint, causal_mask" in res.output
 
