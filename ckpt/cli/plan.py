@@ -78,7 +78,8 @@ def plan(config, budget, strategy, sweep, points, plot_file, time_limit, device,
     def b(n):
         return "-" if n is None else fmt_bytes(n)
 
-    trows = [(r["name"], "yes" if r["feasible"] else "no", b(r["peak_bytes"]), b(r["resident_bytes"]),
+    # the peak shown is the one the budget bounds: with each step's workspace
+    trows = [(r["name"], "yes" if r["feasible"] else "no", b(r.get("peak_with_workspace_bytes")), b(r["resident_bytes"]),
               b(r["managed_bytes"]), fmt_pct(r["overhead"]), "-" if r["stored"] is None else r["stored"],
               "-" if r["recomputed"] is None else r["recomputed"], r["solver"], fmt_time(r["solve_time_s"]))
              + ((("-" if r["cost"] is None else fmt_time(r["cost"])),) if device else ())
@@ -101,7 +102,7 @@ def plan(config, budget, strategy, sweep, points, plot_file, time_limit, device,
         _print_saved(rows)
     if sweep:
         click.echo("\ntrade-off frontier (budget strategy)")
-        srows = [(fmt_bytes(s["budget_bytes"]), fmt_bytes(s["peak_bytes"]) if s["feasible"] else "-",
+        srows = [(fmt_bytes(s["budget_bytes"]), fmt_bytes(s["peak_with_workspace_bytes"]) if s["feasible"] else "-",
                   fmt_pct(s["overhead"]) if s["feasible"] else "infeasible", s["solver"]) for s in doc["sweep"]]
         click.echo(table(srows, ["budget", "peak", "overhead", "solver"]))
     if plot_file:
