@@ -43,6 +43,15 @@ def test_budget_strategy_meets_revolve_on_uniform_chains(l):
         assert sim.peak_managed <= s + 2
 
 
+def test_chain_dp_on_a_1000_layer_chain_meets_revolve():
+    """Alike layers share the DP's rows (chain._Layout): a 1,000-layer chain is planned exactly."""
+    j = uniform_chain_joint(1000)
+    for s in (5, 20):
+        p, sim = plan(j, "budget", s + 2, ix=JointIndex(j))
+        assert p.solver == "chain-dp" and sim.peak_managed <= s + 2
+        assert sim.forward_computes == revolve_count(1000, s) + 1
+
+
 def test_chain_dp_on_a_long_chain_meets_revolve():
     j = uniform_chain_joint(200)
     p, sim = plan(j, "budget", 12, ix=JointIndex(j))

@@ -13,7 +13,7 @@ from .basic import sqrt_n, store_all
 from .chain import Chain, solve_chain
 from .keepset import JointIndex
 from .milp import solve_milp
-from .search import lowest, search, walk
+from .search import WORK, lowest, search, walk
 
 STRATEGIES = ("store-all", "sqrt-n", "budget")
 MILP_MAX_NODES = 80  # joint nodes; beyond this HiGHS rarely closes the Checkmate MILP within its node limit
@@ -51,6 +51,7 @@ def _budget(joint, ix, budget, time_limit):
     if managed < 0:
         _fail(joint, ix, budget, resident, time_limit)
     cands, notes = [], {}  # (cost, order, plan); order breaks ties the same way every time
+    chain_exact = False
 
     def consider(p, name):
         if p is None or p.steps is None:
@@ -69,9 +70,12 @@ def _budget(joint, ix, budget, time_limit):
             notes["chain-dp"] = "chain too long for the DP table"
         else:
             consider(p, p.solver)
+            chain_exact = p.steps is not None and p.notes["exact"]
     sq = sqrt_n(ix)
     consider(sq, "sqrt-n")
-    consider(search(ix, managed, starts=[(sq.notes["keep"], False)]), "search")
+    # beside a DP plan exact over its family, the search only looks for a joint-graph shortcut
+    work = WORK // 10 if chain_exact else None
+    consider(search(ix, managed, starts=[(sq.notes["keep"], False)], work=work), "search")
     lower = sa_cost  # nothing recomputed: a bound every schedule respects
     if chain is None and len(ix.order) <= MILP_MAX_NODES:
         best = min(cands, key=lambda c: c[:2])[0] if cands else None

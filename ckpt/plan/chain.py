@@ -24,7 +24,7 @@ import numpy as np
 from ..schedule import COMPUTE, FREE, Plan
 
 MAX_SLOTS = 512
-MAX_CELLS = 4e7  # table cells (2 x L x L x slots) beyond which the DP is not attempted
+MAX_CELLS = 4e7  # table cells (2 x rows x slots) beyond which the DP is not attempted
 
 
 class Chain:
@@ -124,7 +124,7 @@ def solve_chain(chain, budget_managed):
     sizes = chain.sizes()
     unit = _unit(sizes, budget_managed)
     S = int(budget_managed // unit)
-    if 2 * (chain.L + 1) ** 2 * (S + 1) > MAX_CELLS:
+    if 2 * _Layout(chain).n * (S + 1) > MAX_CELLS:
         return None
     rounded = any(s % unit for s in sizes)
     # Values smaller than a slot (a scalar loss and its gradient) take no slot: their bytes are set
@@ -132,27 +132,28 @@ def solve_chain(chain, budget_managed):
     # is also taken when its real peak, walked byte by byte, still fits.
     tiny = sum(v for v in chain.x + chain.gsz if 0 < v < unit) + max([v for v in chain.extra if v < unit], default=0)
     S_up = int((budget_managed - tiny) // unit)
-    T, C, x = _table(chain, unit, S + 2, lambda v: 0 if v < 1 else math.ceil(v))
-    finite = np.isfinite(T[0, 0, chain.L])
+    T, C, lay, x = _table(chain, unit, S + 2, lambda v: 0 if v < 1 else math.ceil(v))
+    top = lay.key(0, chain.L)
+    finite = np.isfinite(T[0, top])
     plan = Plan("budget", None, solver="chain-dp")
     for m in range(S + 2, max(S_up, 0) - 1, -1):
         if finite[m]:
             steps = []
-            _emit(chain, C, x, steps, 0, chain.L, 0, m)
+            _emit(chain, C, lay, x, steps, 0, chain.L, 0, m)
             if m <= S_up or peak_managed(chain.ix, steps) <= budget_managed:
-                plan.steps, cost = steps, T[0, 0, chain.L, m]
+                plan.steps, cost = steps, T[0, top, m]
                 break
     feasible = np.flatnonzero(finite)
     min_managed = min_steps = None
     if len(feasible):
         min_steps = []
-        _emit(chain, C, x, min_steps, 0, chain.L, 0, int(feasible[0]))
+        _emit(chain, C, lay, x, min_steps, 0, chain.L, 0, int(feasible[0]))
         min_managed = peak_managed(chain.ix, min_steps)
     lower, min_lower = None, min_managed
     if rounded:
-        T2, _, _ = _table(chain, unit, S, math.floor)
-        lower = T2[0, 0, chain.L, S]
-        lf = np.flatnonzero(np.isfinite(T2[0, 0, chain.L]))
+        T2, _, _, _ = _table(chain, unit, S, math.floor)
+        lower = T2[0, top, S]
+        lf = np.flatnonzero(np.isfinite(T2[0, top]))
         min_lower = int(lf[0] * unit) if len(lf) else None
     exact = plan.steps is not None and (not rounded or lower == cost)
     exact_min = min_managed is not None and min_lower == min_managed
@@ -174,10 +175,61 @@ def peak_managed(ix, steps):
     return peak
 
 
+class _Layout:
+    """Which table row holds subproblem (i, j). In general every pair has its own row. When the
+    layers are alike (every value the same size; every stage but the first, which reads the
+    resident input, the same cost, sizes and reads), Opt(i, j) for 1 <= i < j <= l depends on
+    j - i alone, so rows are shared: about 3l rows instead of l^2, O(l^2) work instead of O(l^3)."""
+
+    def __init__(self, chain):
+        l, L = chain.l, chain.L
+        self.L = L
+        # rows U(d) below hold every (i, i+d) with 1 <= i, i+d <= l: the values a_1..a_l must be
+        # alike, and stages 2..l (stage 1 reads the resident input; it only enters rows with i = 0)
+        stage = {(chain.c[k], chain.gsz[k], chain.extra[k], chain.needs_out[k], chain.needs_in[k]) for k in range(2, l + 1)}
+        self.uniform = l >= 3 and len(stage) == 1 and len(set(chain.x[1:l + 1])) == 1
+        if not self.uniform:
+            self.n = (L + 1) ** 2
+            self.pairs = [(i, i + d) for d in range(1, L + 1) for i in range(0, L - d + 1)]
+            return
+        # rows: U(d) = (i>=1, i+d<=l) at d-1; A(j) = (0, j<=l); B(i) = (i>=1, L); top = (0, L)
+        self.a, self.b, self.top = l - 1, 2 * l - 1, 3 * l - 1
+        self.n = 3 * l
+        self.pairs = []
+        for d in range(1, L + 1):
+            if d <= l - 1:
+                self.pairs.append((1, 1 + d))
+            if d <= l:
+                self.pairs.append((0, d))
+            if 1 <= L - d <= l:
+                self.pairs.append((L - d, L))
+        self.pairs.append((0, L))
+
+    def key(self, i, j):
+        if not self.uniform:
+            return i * (self.L + 1) + j
+        if j == self.L:
+            return self.top if i == 0 else self.b + i - 1
+        return self.a + j - 1 if i == 0 else j - i - 1
+
+    def right(self, ks, j):
+        """Rows of (k, j) for every k in ks (all k >= 1)."""
+        if not self.uniform:
+            return ks * (self.L + 1) + j
+        return self.b + ks - 1 if j == self.L else j - ks - 1
+
+    def left(self, i, ks):
+        """Rows of (i, k) for every k in ks (all k < L)."""
+        if not self.uniform:
+            return i * (self.L + 1) + ks
+        return self.a + ks - 1 if i == 0 else ks - i - 1
+
+
 def _table(chain, unit, S, rnd, S_up=None):
-    """The DP table over (h, i, j, m slots) and its choices, with sizes rounded by `rnd`."""
-    L = chain.L
+    """The DP table over (h, subproblem row, m slots) and its choices, with sizes rounded by
+    `rnd`; `_Layout` says which row holds which (i, j)."""
     S = S if S_up is None else max(S_up, 0)
+    lay = _Layout(chain)
 
     def slots(b):
         return int(rnd(b / unit))
@@ -189,86 +241,97 @@ def _table(chain, unit, S, rnd, S_up=None):
     nin, nout = chain.needs_in, chain.needs_out
     INF = np.inf
     m = np.arange(S + 1)
-    T = np.full((2, L + 1, L + 1, S + 1), INF)
-    C = np.full((2, L + 1, L + 1, S + 1), -9, dtype=np.int32)  # -1 base, -2 direct, k split
+    T = np.full((2, lay.n, S + 1), INF)
+    C = np.full((2, lay.n, S + 1), -9, dtype=np.int32)  # -1 base, -2 direct, k - i split
     csum = np.concatenate([[0.0], np.cumsum(c[1:])])  # csum[k] = c_1 + ... + c_k
     nout_k = np.array(nout, dtype=bool)
+    xa = np.array(x)
 
-    for d in range(1, L + 1):
-        for i in range(0, L - d + 1):
-            j = i + d
-            # P[k] for k in (i, j): the advance's peak above a_i from a_i to a_k
-            if d > 1:
-                ks = np.arange(i + 1, j)
-                step = np.array([(x[t - 1] if t - 1 > i else 0) + x[t] for t in range(i + 1, j)])
-                P = np.maximum.accumulate(step)
-                adv = csum[i + 1:j] - csum[i]
-            for h in (0, 1):
-                base = x[i] + gs[j] + (x[j] if h else 0)
-                best = np.full(S + 1, INF)
-                choice = np.full(S + 1, -9, dtype=np.int32)
-                if d == 1:
+    for i, j in lay.pairs:
+        d = j - i
+        row = lay.key(i, j)
+        # P[k] for k in (i, j): the advance's peak above a_i from a_i to a_k
+        if d > 1:
+            ks = np.arange(i + 1, j)
+            P = np.maximum.accumulate(np.where(ks - 1 > i, xa[ks - 1], 0) + xa[ks])
+            adv = csum[i + 1:j] - csum[i]
+            right, left = lay.right(ks, j), lay.left(i, ks)
+        for h in (0, 1):
+            base = x[i] + gs[j] + (x[j] if h else 0)
+            best = np.full(S + 1, INF)
+            choice = np.full(S + 1, -9, dtype=np.int32)
+            if d == 1:
+                A = x[j] if nout[j] else 0
+                peak = max(base + (x[j] if nout[j] and not h else 0), x[i] + gs[j] + A + ex[j])
+                cost = c[j] if nout[j] and not h else 0.0
+                ok = m >= peak
+                best[ok], choice[ok] = cost, -1
+            else:
+                if not nin[j] and (h or not nout[j]):
                     A = x[j] if nout[j] else 0
-                    peak = max(base + (x[j] if nout[j] and not h else 0), x[i] + gs[j] + A + ex[j])
-                    cost = c[j] if nout[j] and not h else 0.0
-                    ok = m >= peak
-                    best[ok], choice[ok] = cost, -1
-                else:
-                    if not nin[j] and (h or not nout[j]):
-                        A = x[j] if nout[j] else 0
-                        peak = max(base, x[i] + gs[j] + A + ex[j])
-                        cand = np.where(m >= peak, T[0, i, j - 1], INF)
-                        better = cand < best
-                        best[better], choice[better] = cand[better], -2
-                    # split at every k at once: rows are k, columns are m
-                    sub1 = np.full((len(ks), S + 1), INF)
-                    if x[i] <= S:
-                        sub1[:, x[i]:] = T[h, i + 1:j, j, :S + 1 - x[i]]
-                    # after the right part, a_k stays live only if group k reads it
-                    rest = np.where(nout_k[i + 1:j, None], T[1, i, i + 1:j, :], T[0, i, i + 1:j, :])
-                    total = adv[:, None] + sub1 + rest
-                    total[m[None, :] < (base + P)[:, None]] = INF
-                    kbest = np.argmin(total, axis=0)
-                    cand = total[kbest, m]
+                    peak = max(base, x[i] + gs[j] + A + ex[j])
+                    cand = np.where(m >= peak, T[0, lay.key(i, j - 1)], INF)
                     better = cand < best
-                    best[better], choice[better] = cand[better], (ks[kbest])[better]
-                T[h, i, j], C[h, i, j] = best, choice
+                    best[better], choice[better] = cand[better], -2
+                # split at every k at once: rows are k, columns are m
+                sub1 = np.full((len(ks), S + 1), INF)
+                if x[i] <= S:
+                    sub1[:, x[i]:] = T[h, right, :S + 1 - x[i]]
+                # after the right part, a_k stays live only if group k reads it
+                rest = np.where(nout_k[i + 1:j, None], T[1, left, :], T[0, left, :])
+                total = adv[:, None] + sub1 + rest
+                total[m[None, :] < (base + P)[:, None]] = INF
+                kbest = np.argmin(total, axis=0)
+                cand = total[kbest, m]
+                better = cand < best
+                best[better], choice[better] = cand[better], (ks[kbest] - i)[better]  # k relative to i: rows are shared
+            T[h, row], C[h, row] = best, choice
 
-    return T, C, x
+    return T, C, lay, x
 
 
-def _emit(ch, C, x, steps, i, j, h, m):
+def _emit(ch, C, lay, x, steps, i, j, h, m):
+    """The schedule of subproblem (i, j, h, m) from the recorded choices. A stack of tasks rather
+    than recursion: a long chain nests a split per layer."""
     fwd = ch.fwd
-    choice = int(C[h, i, j, m])
-    if choice == -9:
-        raise AssertionError(f"chain DP: no choice recorded for ({i}, {j}, {h}, {m})")
-    if choice in (-1, -2):
-        live_out = bool(h)
-        if ch.needs_out[j] and not h:
-            steps.append((COMPUTE, fwd[j - 1]))
-            live_out = True
-        if live_out and not ch.needs_out[j]:
-            steps.append((FREE, fwd[j - 1]))
-            live_out = False
-        for b in ch.groups[j]:
-            steps.append((COMPUTE, b))
-            if not ch.ix.breaders[b]:
-                steps.append((FREE, b))
-        if j < ch.L and ch.grad[j] is not None:
-            steps.append((FREE, ch.grad[j]))
-        if live_out:
-            steps.append((FREE, fwd[j - 1]))
-        if choice == -2:
-            _emit(ch, C, x, steps, i, j - 1, 0, m)
-        return
-    k = choice
-    for t in range(i + 1, k + 1):
-        steps.append((COMPUTE, fwd[t - 1]))
-        if t - 1 > i:
-            steps.append((FREE, fwd[t - 2]))
-    _emit(ch, C, x, steps, k, j, h, m - x[i])
-    if ch.needs_out[k]:
-        _emit(ch, C, x, steps, i, k, 1, m)
-    else:
-        steps.append((FREE, fwd[k - 1]))
-        _emit(ch, C, x, steps, i, k, 0, m)
+    tasks = [(i, j, h, m)]
+    while tasks:
+        task = tasks.pop()
+        if task[0] == FREE:
+            steps.append(task)
+            continue
+        i, j, h, m = task
+        choice = int(C[h, lay.key(i, j), m])
+        if choice == -9:
+            raise AssertionError(f"chain DP: no choice recorded for ({i}, {j}, {h}, {m})")
+        if choice in (-1, -2):
+            live_out = bool(h)
+            if ch.needs_out[j] and not h:
+                steps.append((COMPUTE, fwd[j - 1]))
+                live_out = True
+            if live_out and not ch.needs_out[j]:
+                steps.append((FREE, fwd[j - 1]))
+                live_out = False
+            for b in ch.groups[j]:
+                steps.append((COMPUTE, b))
+                if not ch.ix.breaders[b]:
+                    steps.append((FREE, b))
+            if j < ch.L and ch.grad[j] is not None:
+                steps.append((FREE, ch.grad[j]))
+            if live_out:
+                steps.append((FREE, fwd[j - 1]))
+            if choice == -2:
+                tasks.append((i, j - 1, 0, m))
+            continue
+        k = i + choice  # splits are recorded relative to i (see _Layout)
+        for t in range(i + 1, k + 1):
+            steps.append((COMPUTE, fwd[t - 1]))
+            if t - 1 > i:
+                steps.append((FREE, fwd[t - 2]))
+        # run (k, j) first, then (i, k): pushed in reverse
+        if ch.needs_out[k]:
+            tasks.append((i, k, 1, m))
+        else:
+            tasks.append((i, k, 0, m))
+            tasks.append((FREE, fwd[k - 1]))
+        tasks.append((k, j, h, m - x[i]))

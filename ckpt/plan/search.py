@@ -325,7 +325,7 @@ def search(ix, budget_managed, starts=(), work=None):
         if peak <= budget_managed:
             cands.append((cost, len(cands), s))
     if not cands:  # below every descent: the plan of the least peak, if it fits
-        peak, s = lowest(ix)
+        peak, s = lowest(ix, work=ev.work)
         if peak > budget_managed:
             return None
         cands.append((ev(s)[1], 0, s))
