@@ -25,6 +25,7 @@ from ..schedule import COMPUTE, FREE, Plan
 
 MAX_SLOTS = 512
 MAX_CELLS = 4e7  # table cells (2 x rows x slots) beyond which the DP is not attempted
+MAX_WORK = 1.5e8  # split points x slots: a few seconds of numpy; the slots coarsen to stay within it
 
 
 class Chain:
@@ -101,16 +102,17 @@ class Chain:
         return [s for s in self.x + self.gsz + self.extra if s > 0]
 
 
-def _unit(sizes, budget):
+def _unit(sizes, budget, max_slots=None):
     """Slot size: the gcd of the sizable values (a scalar loss must not force 4-byte slots), made
-    coarser when the budget would need more than MAX_SLOTS slots."""
+    coarser when the budget would need more than `max_slots` (MAX_SLOTS) slots."""
+    max_slots = max_slots or MAX_SLOTS
     if not sizes:
         return 1
     largest = max(sizes)
     big = [s for s in sizes if s * 64 >= largest]
     unit = math.gcd(*big)
-    if budget // unit > MAX_SLOTS:
-        unit = math.ceil(budget / MAX_SLOTS)
+    if budget // unit > max_slots:
+        unit = math.ceil(budget / max_slots)
     return unit
 
 
@@ -122,9 +124,15 @@ def solve_chain(chain, budget_managed):
     schedule's from below. Equal costs prove the plan optimal to the byte."""
     start = time.perf_counter()
     sizes = chain.sizes()
-    unit = _unit(sizes, budget_managed)
+    lay = _Layout(chain)
+    # the DP's work is (split points) x (slots) over all rows: fewer, coarser slots on long chains
+    splits = sum(j - i for i, j in lay.pairs)
+    max_slots = min(MAX_SLOTS, int(MAX_WORK // splits))
+    if max_slots < 4:
+        return None
+    unit = _unit(sizes, budget_managed, max_slots)
     S = int(budget_managed // unit)
-    if 2 * _Layout(chain).n * (S + 1) > MAX_CELLS:
+    if 2 * lay.n * (S + 1) > MAX_CELLS:
         return None
     rounded = any(s % unit for s in sizes)
     # Values smaller than a slot (a scalar loss and its gradient) take no slot: their bytes are set
@@ -177,52 +185,67 @@ def peak_managed(ix, steps):
 
 class _Layout:
     """Which table row holds subproblem (i, j). In general every pair has its own row. When the
-    layers are alike (every value the same size; every stage but the first, which reads the
-    resident input, the same cost, sizes and reads), Opt(i, j) for 1 <= i < j <= l depends on
-    j - i alone, so rows are shared: about 3l rows instead of l^2, O(l^2) work instead of O(l^3)."""
+    layers repeat with a short period p (Revolve's uniform chain: p = 1; linear, relu, linear,
+    ...: p = 2) between the first stage (which reads the resident input) and a short tail (the
+    loss), Opt(i, j) for 1 <= i < j <= l' depends only on i mod p and j - i: those subproblems
+    share p * l' rows, the ones that start at the input or end in the tail keep their own, and the
+    DP does O(l^2) work instead of O(l^3)."""
 
     def __init__(self, chain):
-        l, L = chain.l, chain.L
-        self.L = L
-        # rows U(d) below hold every (i, i+d) with 1 <= i, i+d <= l: the values a_1..a_l must be
-        # alike, and stages 2..l (stage 1 reads the resident input; it only enters rows with i = 0)
-        stage = {(chain.c[k], chain.gsz[k], chain.extra[k], chain.needs_out[k], chain.needs_in[k]) for k in range(2, l + 1)}
-        self.uniform = l >= 3 and len(stage) == 1 and len(set(chain.x[1:l + 1])) == 1
-        if not self.uniform:
+        L = self.L = chain.L
+        self.periodic = False
+        found = _period(chain)
+        if found is None:
             self.n = (L + 1) ** 2
             self.pairs = [(i, i + d) for d in range(1, L + 1) for i in range(0, L - d + 1)]
             return
-        # rows: U(d) = (i>=1, i+d<=l) at d-1; A(j) = (0, j<=l); B(i) = (i>=1, L); top = (0, L)
-        self.a, self.b, self.top = l - 1, 2 * l - 1, 3 * l - 1
-        self.n = 3 * l
+        p, lp = found
+        self.periodic, self.p, self.lp = True, p, lp
+        self.a = p * lp  # rows (0, j) for j <= l'
+        self.b = self.a + lp + 1  # rows (i, j) for j > l', every i
+        self.n = self.b + (L - lp) * (L + 1)
         self.pairs = []
         for d in range(1, L + 1):
-            if d <= l - 1:
-                self.pairs.append((1, 1 + d))
-            if d <= l:
+            self.pairs += [(i0, i0 + d) for i0 in range(1, p + 1) if i0 + d <= lp]
+            if d <= lp:
                 self.pairs.append((0, d))
-            if 1 <= L - d <= l:
-                self.pairs.append((L - d, L))
-        self.pairs.append((0, L))
+            self.pairs += [(j - d, j) for j in range(lp + 1, L + 1) if j - d >= 0]
 
     def key(self, i, j):
-        if not self.uniform:
-            return i * (self.L + 1) + j
-        if j == self.L:
-            return self.top if i == 0 else self.b + i - 1
-        return self.a + j - 1 if i == 0 else j - i - 1
+        return int(self.left(i, np.array([j]))[0])
 
     def right(self, ks, j):
         """Rows of (k, j) for every k in ks (all k >= 1)."""
-        if not self.uniform:
+        if not self.periodic:
             return ks * (self.L + 1) + j
-        return self.b + ks - 1 if j == self.L else j - ks - 1
+        if j > self.lp:
+            return self.b + (j - self.lp - 1) * (self.L + 1) + ks
+        return ((ks - 1) % self.p) * self.lp + (j - ks - 1)
 
     def left(self, i, ks):
-        """Rows of (i, k) for every k in ks (all k < L)."""
-        if not self.uniform:
+        """Rows of (i, k) for every k in ks (all k > i)."""
+        if not self.periodic:
             return i * (self.L + 1) + ks
-        return self.a + ks - 1 if i == 0 else ks - i - 1
+        inner = self.a + ks if i == 0 else ((i - 1) % self.p) * self.lp + (ks - i - 1)
+        return np.where(ks > self.lp, self.b + (ks - self.lp - 1) * (self.L + 1) + i, inner)
+
+
+def _period(chain, periods=4, tails=4):
+    """(p, l'): the shortest period p of the layers between stage 2 and stage l' (the last before a
+    tail of at most `tails` stages), values a_1..a_l' included; None when the chain has none worth
+    sharing (fewer than two periods)."""
+    l = chain.l
+    sig = [None] + [(chain.c[k], chain.gsz[k], chain.extra[k], chain.needs_out[k], chain.needs_in[k])
+                    for k in range(1, chain.L + 1)]
+    for tail in range(0, min(tails, l) + 1):
+        lp = l - tail
+        for p in range(1, periods + 1):
+            if lp < 2 * p + 2:
+                break
+            if all(sig[k] == sig[k + p] for k in range(2, lp - p + 1)) and \
+                    all(chain.x[k] == chain.x[k + p] for k in range(1, lp - p + 1)):
+                return p, lp
+    return None
 
 
 def _table(chain, unit, S, rnd, S_up=None):
