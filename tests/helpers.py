@@ -175,3 +175,14 @@ def assert_one_line(res, code=2, needle=None):
         assert out.count("\n") == 0 and out.startswith("ckpt: error:"), out
     if needle:
         assert needle in out, out
+
+
+def gpu_reason():
+    """Why the GPU tests cannot run here (no cupy, no device), or None when they can."""
+    from ckpt.backend import get_backend
+    from ckpt.errors import ConfigError
+    try:
+        get_backend("cuda")
+    except ConfigError as e:
+        return str(e)
+    return None

@@ -14,6 +14,7 @@ from ckpt.cli import cli
 from ckpt.ops import REGISTRY, Ctx
 from ckpt.ops.nn import ufunc_buffer
 from ckpt.session import jacobian, load_model
+from helpers import gpu_reason
 
 CONV = REGISTRY["conv2d"]
 # (x shape, w shape, stride, padding): 3x3 and non-square kernels, padding 0..2, strides 1..3
@@ -179,16 +180,7 @@ def test_check_passes_on_tied_maxima(ties_config):
 
 
 # ---- the same rules on cupy (skipped without a GPU; scripts/gpu_check.sh runs them) -------------
-def _gpu_reason():
-    from ckpt.errors import ConfigError
-    try:
-        get_backend("cuda")
-    except ConfigError as e:
-        return str(e)
-    return None
-
-
-GPU_REASON = _gpu_reason()
+GPU_REASON = gpu_reason()
 POOLS = [("maxpool2d", (2, 3, 8, 6), {"kernel": 2}), ("maxpool2d", (2, 3, 9, 6), {"kernel": 3}),
          ("avgpool2d", (2, 3, 8, 6), {"kernel": 2}), ("upsample2d", (2, 3, 4, 5), {"scale": 3})]
 

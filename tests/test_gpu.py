@@ -9,21 +9,13 @@ from click.testing import CliRunner
 
 from ckpt.backend import get_backend
 from ckpt.cli import cli
-from ckpt.errors import ConfigError
 from ckpt.plan import plan, smallest_peak
 from ckpt.session import device_leaves, load_model, run_plan
 from conftest import SMALL, config_path
+from helpers import gpu_reason
 
 
-def _gpu_reason():
-    try:
-        get_backend("cuda")
-    except ConfigError as e:
-        return str(e)
-    return None
-
-
-REASON = _gpu_reason()
+REASON = gpu_reason()
 
 
 def test_without_a_gpu_cuda_is_one_line_and_exit_2():
