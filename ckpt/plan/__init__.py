@@ -10,6 +10,7 @@ from ..errors import BudgetError, ConfigError
 from ..simulate import simulate
 from ..sizes import fmt_bytes
 from .basic import sqrt_n, store_all
+from .blocks import block_views, solve_blocks
 from .chain import Chain, solve_chain
 from .keepset import JointIndex
 from .milp import solve_milp
@@ -73,6 +74,9 @@ def _budget(joint, ix, budget, time_limit):
             chain_exact = p.steps is not None and p.notes["exact"]
     sq = sqrt_n(ix)
     consider(sq, "sqrt-n")
+    if not chain_exact:
+        for view in block_views(ix):
+            consider(solve_blocks(view, managed), f"blocks-dp ({view.n} blocks)")
     # beside a DP plan exact over its family, the search only looks for a joint-graph shortcut
     work = WORK // 10 if chain_exact else None
     consider(search(ix, managed, starts=[(sq.notes["keep"], False)], work=work), "search")
@@ -120,6 +124,10 @@ def smallest_peak(joint, ix, time_limit=120.0):
             peak = walk(ix, steps)[0]
             if peak <= hi:
                 hi, exact = peak, p.notes["min_exact"] and peak == p.notes["min_managed"]
+    for view in block_views(ix):  # whole blocks recomputed, several levels deep, go lower
+        steps = solve_blocks(view, sa_peak).notes.get("min_steps")
+        if steps is not None and walk(ix, steps)[0] < hi:
+            hi, exact = walk(ix, steps)[0], False
     if hi == floor:
         return resident + hi, True
     if exact or chain is not None or len(ix.order) > MILP_MAX_NODES // 2:

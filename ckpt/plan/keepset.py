@@ -34,6 +34,7 @@ class JointIndex:
         self.cost = {x: joint.nodes[x]["cost"] for x in order}
         self.residuals = {u for u in self.fwd if self.breaders[u]}
         self.n_breaders = {u: len(self.breaders[u]) for u in order}
+        self.views = {}  # what planners derive from the graph once (blocks.py's block views)
 
 
 def keep_schedule(ix, keep, eager=False, hold=None, refetch=frozenset(), max_steps=None):

@@ -85,8 +85,11 @@ class Evaluator:
                 self.seen[s] = (math.inf, math.inf, frozenset())
             else:
                 self.walked += len(steps)
-                self.seen[s] = walk(self.ix, steps)
+                self.seen[s] = self.measure(steps)
         return self.seen[s]
+
+    def measure(self, steps):
+        return walk(self.ix, steps)
 
 
 def walk(ix, steps):
@@ -302,10 +305,11 @@ def improve(ix, ev, classes, s, budget_managed):
     return s, cost
 
 
-def search(ix, budget_managed, starts=(), work=None):
+def search(ix, budget_managed, starts=(), work=None, ev=None):
     """The cheapest plan found that fits, or None. `starts`: (keep, eager) pairs from other
-    planners to improve on; the result costs no more than the best of them that fits."""
-    ev = Evaluator(ix, work or WORK)
+    planners to improve on; the result costs no more than the best of them that fits. `ev`: an
+    Evaluator that measures plans its own way (the block planner's)."""
+    ev = ev or Evaluator(ix, work or WORK)
     tied = value_classes(ix)
     lazy, eager = _policies(ix)
     cands = []
@@ -325,8 +329,8 @@ def search(ix, budget_managed, starts=(), work=None):
         if peak <= budget_managed:
             cands.append((cost, len(cands), s))
     if not cands:  # below every descent: the plan of the least peak, if it fits
-        peak, s = lowest(ix, work=ev.work)
-        if peak > budget_managed:
+        _, s = lowest(ix, work=ev.work)
+        if ev(s)[0] > budget_managed:
             return None
         cands.append((ev(s)[1], 0, s))
     # local optima are many: improve the few best distinct starts, then the best of them move by move
@@ -340,6 +344,6 @@ def search(ix, budget_managed, starts=(), work=None):
     if len(ix.fwd) > len(tied):
         s, cost = improve(ix, ev, [(u,) for u in ix.fwd], s, budget_managed)
     plan = Plan("budget", s.steps(ix), solver="search")
-    plan.notes.update(kept=len(s.keep), keep=s.keep, held=len(s.hold - s.keep), refetched=len(s.refetch),
+    plan.notes.update(state=s, kept=len(s.keep), keep=s.keep, held=len(s.hold - s.keep), refetched=len(s.refetch),
                       evaluations=ev.evals, steps_walked=ev.walked, work=ev.work)
     return plan
