@@ -89,7 +89,10 @@ class Blocks:
             g = GRAD + outs[k]
             if g in bblock and bblock[g] != k + 1:
                 return None
-        return [cls(ix, F, B) for F, B in _groupings(ix, fwd, bwd)] or None
+        # a view whose largest block holds most of the graph leaves the DP little to choose
+        views = [cls(ix, F, B) for F, B in _groupings(ix, fwd, bwd)
+                 if max(len(f) + len(b) for f, b in zip(F, B)) * 2 <= len(ix.order)]
+        return views or None
 
     def __init__(self, ix, fwd, bwd):
         self.ix = ix
@@ -259,14 +262,16 @@ def _options(ix, blk, work):
         states.append(State(frozenset(), hold))
     # the search at budgets spread between the least and the largest peak met so far, and at
     # budgets on the bytes carried from the forward into the backward
-    peaks = [ev(s)[0] for s in states]
+    peaks = [ev(s)[0] for s in states if ev(s)[0] < math.inf]  # inf: beyond the work left
+    if not peaks:
+        return []
     lo, hi = min(peaks), max(peaks)
     for i in range(1, BUDGETS):
         p = search(sub, lo + (hi - lo) * i // BUDGETS, work=work)
         if p is not None:
             states.append(p.notes["state"])
     carried = _Carried(sub, work, 2 * hi)
-    kept = sorted({carried.kept(s) for s in states})
+    kept = sorted({k for k in map(carried.kept, states) if k < math.inf})
     lo, hi = kept[0], kept[-1]
     targets = sorted({lo + (hi - lo) * i // BUDGETS for i in range(BUDGETS)} | set(_spread(kept, 2 * BUDGETS)))
     for k in targets:
