@@ -63,10 +63,12 @@ def _budget(joint, ix, budget, time_limit):
             notes[name] = cost
 
     chain = Chain.of(ix)
+    views = block_views(ix)
     if chain is not None:
         # the DP is exact over its family (checkpoints on a stack), not over every schedule: the
-        # search may still find a cheaper one in the joint graph, so the DP's plan is a candidate
-        p = solve_chain(chain, managed)
+        # search may still find a cheaper one in the joint graph, so the DP's plan is a candidate.
+        # Where its slots would be coarse (a long chain of unlike layers), the block DP does better.
+        p = solve_chain(chain, managed, coarse=not views)
         if p is None:
             notes["chain-dp"] = "chain too long for the DP table"
         else:
@@ -75,7 +77,7 @@ def _budget(joint, ix, budget, time_limit):
     sq = sqrt_n(ix)
     consider(sq, "sqrt-n")
     if not chain_exact:
-        for view in block_views(ix):
+        for view in views:
             consider(solve_blocks(view, managed), f"blocks-dp ({view.n} blocks)")
     # beside a DP plan exact over its family, the search only looks for a joint-graph shortcut
     work = WORK // 10 if chain_exact else None

@@ -116,8 +116,9 @@ def _unit(sizes, budget, max_slots=None):
     return unit
 
 
-def solve_chain(chain, budget_managed):
-    """Returns a Plan (steps None when infeasible), or None when the table would be too large.
+def solve_chain(chain, budget_managed, coarse=True):
+    """Returns a Plan (steps None when infeasible), or None when the table would be too large (or,
+    with `coarse` false, when its slots would have to be coarser than the sizes' common unit).
 
     Sizes are rounded up to slots, so the plan always fits. When some size is not a whole number
     of slots, the DP runs again with sizes rounded down: a relaxation whose cost bounds every
@@ -135,6 +136,8 @@ def solve_chain(chain, budget_managed):
     if 2 * lay.n * (S + 1) > MAX_CELLS:
         return None
     rounded = any(s % unit for s in sizes)
+    if not coarse and unit > _unit(sizes, 0):
+        return None  # slots coarser than the sizes: left to a planner that needs none (see coarse)
     # Values smaller than a slot (a scalar loss and its gradient) take no slot: their bytes are set
     # aside from the budget instead (S_up slots are then safe), and a plan for a slot or two more
     # is also taken when its real peak, walked byte by byte, still fits.
