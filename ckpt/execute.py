@@ -132,6 +132,7 @@ class Executor:
                     loss = float(self.backend.to_host(out))
                 if on_value is not None:
                     on_value(x, out)
+                ins = out = a = None  # a local naming a value would keep it past its free
             elif code != NOOP:
                 terms, seed_spec, shape, slot = data
                 grad = None
@@ -150,6 +151,7 @@ class Executor:
                         fresh = True
                     else:
                         grad += c
+                    c = None  # nor may a term outlive its sum
                 if type(grad) is not ndarray:
                     grad = xp.asarray(grad)
                 if grad.shape != shape:
@@ -168,6 +170,7 @@ class Executor:
                     leaf_grads[x[len(GRAD):]] = grad
                 if on_value is not None:
                     on_value(x, grad)
+                grad = None
             if live > peak:
                 peak = live
             timeline.append(live)
