@@ -4,7 +4,6 @@ import statistics
 
 import click
 
-from .. import plots
 from ..backend import get_backend
 from ..errors import ConfigError
 from ..model.joint import GRAD
@@ -37,7 +36,8 @@ def run(config, steps, strategy, budget, time_limit, device, trace, plot_file, s
     backend = get_backend(device)
     p, sim = make_plan(model.joint, strategy, budget_b, time_limit=time_limit, ix=model.index)
     require_memory(model, sim.peak, backend)
-    if plot_file:
+    if plot_file:  # the figures' module (and matplotlib) only when a figure is asked for
+        from .. import plots
         plots.pyplot()
     sa, sa_sim = make_plan(model.joint, "store-all", ix=model.index)
     with Progress(f"running {steps} steps", enabled=not as_json):
