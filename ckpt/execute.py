@@ -13,6 +13,7 @@ loop in `step` then does per step only the work the step itself is: a list looku
 the rule, the checks on its result, the byte count.
 """
 
+from array import array
 from functools import cached_property
 from operator import itemgetter
 
@@ -22,11 +23,12 @@ from .ops import OUT, REGISTRY, Ctx
 from .schedule import COMPUTE, validate
 
 # Program entries, by their first field:
-#   (FREE, slots)                                           frees, in order (slot _NONE: nothing)
-#   (FORWARD, x, forward, read, attrs, slot, shape)         a forward value
-#   (GRADIENT, x, vjp, i, g_slot, read, out_slot, ctx, slot, shape)       an activation gradient of one term
-#   (LEAF_GRADIENT, x, vjp, i, g_slot, read, out_slot, ctx, name, shape)  a leaf's gradient of one term
-#   (GENERAL, x, kind, data, slot, name)                    the rest: loss, seed, a sum of terms
+#   (FREE, slots)                                              frees, in order (slot _NONE: nothing)
+#   (FORWARD, x, forward, read, attrs, slot, shape, k)         a forward value
+#   (GRADIENT, x, vjp, i, g_slot, read, out_slot, ctx, slot, shape, k)          an activation gradient of one term
+#   (LEAF_GRADIENT, x, vjp, i, g_slot, read, out_slot, ctx, name, shape, None)  a leaf's gradient of one term
+#   (GENERAL, x, kind, data, slot, name, k)                    the rest: loss, seed, a sum of terms
+# k: where the value's bytes go in the step's record of sizes (None for a leaf's gradient).
 FREE, FORWARD, GRADIENT, LEAF_GRADIENT, GENERAL = range(5)
 _NONE = 0  # the slot that always holds None and 0 bytes: a residual a VJP does not read
 
@@ -89,8 +91,16 @@ class Executor:
                 self._events.append((1, made[x]))
             else:
                 self._events.append((-1, made.pop(x)))
+        # Each managed compute writes its value's bytes at its index here: a buffer made once, so
+        # that a step allocates nothing for its bookkeeping however long the schedule (the
+        # allocator's peak would count it); each StepResult takes a copy.
+        self._sizes = array("q", bytes(8 * n))
+        index = iter(k for sign, k in self._events if sign > 0)
         for kind, x in steps:
             entry = self._compile(kind, x, joint)
+            if entry[0] != FREE:  # where its bytes go (a leaf's gradient: not managed, none)
+                managed = entry[0] != LEAF_GRADIENT and not (entry[0] == GENERAL and entry[4] is None)
+                entry += (next(index) if managed else None,)
             if entry[0] == FREE and self.program and self.program[-1][0] == FREE:
                 entry = (FREE, self.program.pop()[1] + entry[1])  # a run of frees is one entry
             self.program.append(entry)
@@ -150,8 +160,7 @@ class Executor:
         ndarray = xp.ndarray
         vals = [None] * (len(self._slots) + 1)  # by slot; forward values and activation gradients are managed
         vals[1:len(self._leaf_names) + 1] = self._read_leaves(leaves)
-        leaf_grads, sizes, loss = {}, [], None
-        counted = sizes.append  # the bytes of each managed value, in the order computed
+        leaf_grads, sizes, loss = {}, self._sizes, None
         for e in self.program:
             code = e[0]
             if code is FREE:
@@ -159,7 +168,7 @@ class Executor:
                     vals[k] = None
                 continue
             if code is FORWARD:
-                _, x, forward, read, attrs, slot, shape = e
+                _, x, forward, read, attrs, slot, shape, k = e
                 ins = read(vals)
                 out = forward(xp, ins, attrs)
                 # each value owns its buffer, so that counting nbytes is counting memory: a view,
@@ -174,7 +183,7 @@ class Executor:
                     a = None  # a local naming a value would keep it past its free
                 ins = None
             elif code is GRADIENT or code is LEAF_GRADIENT:
-                _, x, vjp, i, g_slot, read, out_slot, ctx, where, shape = e
+                _, x, vjp, i, g_slot, read, out_slot, ctx, where, shape, k = e
                 ctx.ins = read(vals)
                 ctx.out = vals[out_slot]
                 g = vals[g_slot]
@@ -191,7 +200,7 @@ class Executor:
                     continue
                 slot = where
             else:
-                _, x, kind, data, slot, name = e
+                _, x, kind, data, slot, name, k = e
                 if kind == "loss":
                     out = self._forward(x, data, vals)
                     if out.ndim == 0:
@@ -205,11 +214,11 @@ class Executor:
                         out = None
                         continue
             vals[slot] = out
-            counted(out.nbytes)
+            sizes[k] = out.nbytes
             if on_value is not None:
                 on_value(x, out)
             out = None
-        return StepResult(loss, leaf_grads, sizes, self._events, list(leaves.values()))
+        return StepResult(loss, leaf_grads, array("q", sizes), self._events, list(leaves.values()))
 
     def _owned(self, x, out, sources, shape):
         """`out` as an array of the backend that owns its buffer and is none of `sources`, with the
