@@ -111,7 +111,8 @@ class Executor:
         return self._slots[name]
 
     def _reader(self, names_or_slots):
-        """A function from the value list to the tuple of values at these slots (one C call)."""
+        """A function from the value list to the values at these slots, a tuple (a list of one
+        for one slot), in one C call."""
         slots = tuple(k if isinstance(k, int) else self._slot_of(k) for k in names_or_slots)
         if len(slots) == 1:
             return itemgetter(slice(slots[0], slots[0] + 1))  # a list of one

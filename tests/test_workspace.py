@@ -259,6 +259,17 @@ def test_no_array_outlives_its_free(name, strategy):
     assert not over, over[:5]
 
 
+@pytest.mark.parametrize("path", [c for c in CONFIGS if "gpt_small" in c])
+def test_budget_bounds_the_allocator(path):
+    m, sa_sim, _ = _runnable(path)
+    backend = get_backend("cpu")
+    for budget in _budgets(m, sa_sim):
+        p, sim = plan(m.joint, "budget", budget, time_limit=5, ix=m.index)
+        assert sim.peak_ws <= budget
+        r = run_plan(m, p.steps, backend, n_steps=0)
+        assert r.allocator_peak <= budget + _slack(m, p.steps)
+
+
 def test_cost_graphs_carry_workspace():
     from ckpt.errors import ConfigError
     from ckpt.model.costgraph import cost_graph_doc, parse_cost_graph
