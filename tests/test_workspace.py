@@ -347,3 +347,11 @@ def test_run_flags_an_allocator_peak_over_the_budget():
     assert "WARNING" in text.output and "above the budget" in text.output
     res = CliRunner().invoke(cli, ["run", path, "--steps", "1", "--json"])
     assert _json.loads(res.output)["allocator_over_budget"] is None  # no budget, nothing to flag
+    # store-all plans without the budget: between its model peak and its peak with workspace, the
+    # budget line says the temporaries exceed it
+    _, sim = plan(m.joint, "store-all", ix=m.index)
+    assert sim.peak < sim.peak_ws
+    for budget, verdict in [(sim.peak_ws, ": met"), (sim.peak, "EXCEEDED by the op temporaries"),
+                            (sim.peak - 1, "EXCEEDED\n")]:
+        text = CliRunner().invoke(cli, ["run", path, "--memory-budget", str(budget), "--steps", "1"]).output
+        assert verdict in text, (budget, text)
