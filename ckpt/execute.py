@@ -6,11 +6,15 @@ parameters and parameter gradients, and records the managed bytes after every st
 
 Everything a step needs is decided once, when the schedule is compiled: which rule runs, which
 slots of the value list it reads and writes, which residuals each VJP gets (a `Ctx` built once per
-gradient term and refilled at each step). The loop in `step` then does per step only the work the
-step itself is: a list lookup per operand, the rule, the byte count.
+gradient term and refilled at each step), which steps are the common kinds (a forward value, a
+gradient with one term) and which need the general path (the loss, the seed, a sum of terms). A
+run of frees is one entry, and so is the free of a parameter's gradient (which drops nothing). The
+loop in `step` then does per step only the work the step itself is: a list lookup per operand,
+the rule, the checks on its result, the byte count.
 """
 
-from dataclasses import dataclass
+from array import array
+from functools import cached_property
 from operator import itemgetter
 
 from .errors import ScheduleError
@@ -18,17 +22,44 @@ from .model.joint import GRAD
 from .ops import OUT, REGISTRY, Ctx
 from .schedule import COMPUTE, validate
 
-FREE, NOOP, FORWARD, GRADIENT, LEAF_GRADIENT = range(5)
-_NONE = 0  # the slot that always holds None: a residual a VJP does not read
+# Program entries, by their first field:
+#   (FREE, slots)                                              frees, in order (slot _NONE: nothing)
+#   (FORWARD, x, forward, read, attrs, slot, shape, k)         a forward value
+#   (GRADIENT, x, vjp, i, g_slot, read, out_slot, ctx, slot, shape, k)          an activation gradient of one term
+#   (LEAF_GRADIENT, x, vjp, i, g_slot, read, out_slot, ctx, name, shape, None)  a leaf's gradient of one term
+#   (GENERAL, x, kind, data, slot, name, k)                    the rest: loss, seed, a sum of terms
+# k: where the value's bytes go in the step's record of sizes (None for a leaf's gradient).
+FREE, FORWARD, GRADIENT, LEAF_GRADIENT, GENERAL = range(5)
+_NONE = 0  # the slot that always holds None and 0 bytes: a residual a VJP does not read
 
 
-@dataclass
 class StepResult:
-    loss: float
-    grads: dict  # leaf name -> array on the backend
-    peak_managed: int
-    timeline: list
-    resident: int
+    """A step's loss and leaf gradients, and its memory figures: the managed bytes after every
+    step of the schedule (`timeline`), their maximum (`peak_managed`) and the resident bytes. The
+    step records only the bytes of each managed value it computes, as numpy reports them; the
+    figures are summed from those, in schedule order, when first read (a timed step pays nothing
+    for them)."""
+
+    def __init__(self, loss, grads, sizes, events, leaves):
+        self.loss, self.grads = loss, grads
+        self._sizes, self._events, self._leaves = sizes, events, leaves
+
+    @cached_property
+    def timeline(self):
+        sizes, live, out = self._sizes, 0, []
+        for sign, k in self._events:  # (+1, k): the k-th managed value computed; (-1, k): its free
+            if sign:
+                live += sign * sizes[k]
+            out.append(live)
+        return out
+
+    @cached_property
+    def peak_managed(self):
+        return max(self.timeline, default=0)
+
+    @cached_property
+    def resident(self):
+        return sum(a.nbytes for a in self._leaves) + sum(a.nbytes for a in self.grads.values())
 
 
 class Executor:
@@ -38,32 +69,53 @@ class Executor:
         validate(joint, steps)
         self.g, self.backend, self.xp = g, backend, backend.xp
         self.out = g.graph["output"]
-        # Every leaf, forward value and activation gradient has a slot in one list of values.
+        # Every leaf, forward value and activation gradient has a slot in one list of values; the
+        # leaves take slots 1..L, filled at the start of a step by one call.
         self._slots = {}
-        self._leaf_slots = []  # (leaf name, slot), filled from `leaves` at the start of a step
-        for v in g.graph["order"]:
-            for u in g.nodes[v]["inputs"]:
-                self._slot_of(u)
+        leaves = [u for v in g.graph["order"] for u in g.nodes[v]["inputs"] if g.nodes[u]["kind"] != "op"]
+        self._leaf_names = tuple(dict.fromkeys(leaves))
+        for name in self._leaf_names:
+            self._slot_of(name)
+        self._read_leaves = lambda leaves, names=self._leaf_names: [leaves[name] for name in names]
+        if len(self._leaf_names) > 1:
+            self._read_leaves = itemgetter(*self._leaf_names)  # one C call
         self.program = []
+        # the memory timeline's events, one per step: (+1, k) computes the k-th managed value of
+        # the step, (-1, k) frees it, (0, 0) changes no managed bytes (a leaf's gradient)
+        self._events, made, n = [], {}, 0
         for kind, x in steps:
-            code, x, data = self._compile(kind, x, joint)
-            if code == FREE and self.program and self.program[-1][0] == FREE:
-                self.program[-1][2].append(data)  # a run of frees is one entry: one dispatch
+            if g.nodes[joint.nodes[x]["ref"]]["kind"] != "op":  # a leaf's gradient: resident
+                self._events.append((0, 0))
+            elif kind == COMPUTE:
+                made[x], n = n, n + 1
+                self._events.append((1, made[x]))
             else:
-                self.program.append((code, x, [data] if code == FREE else data))
+                self._events.append((-1, made.pop(x)))
+        # Each managed compute writes its value's bytes at its index here: a buffer made once, so
+        # that a step allocates nothing for its bookkeeping however long the schedule (the
+        # allocator's peak would count it); each StepResult takes a copy.
+        self._sizes = array("q", bytes(8 * n))
+        index = iter(k for sign, k in self._events if sign > 0)
+        for kind, x in steps:
+            entry = self._compile(kind, x, joint)
+            if entry[0] != FREE:  # where its bytes go (a leaf's gradient: not managed, none)
+                managed = entry[0] != LEAF_GRADIENT and not (entry[0] == GENERAL and entry[4] is None)
+                entry += (next(index) if managed else None,)
+            if entry[0] == FREE and self.program and self.program[-1][0] == FREE:
+                entry = (FREE, self.program.pop()[1] + entry[1])  # a run of frees is one entry
+            self.program.append(entry)
 
     def _slot_of(self, name):
         if name not in self._slots:
             self._slots[name] = len(self._slots) + 1  # slot 0 is _NONE
-            if name in self.g.nodes and self.g.nodes[name]["kind"] != "op":
-                self._leaf_slots.append((name, self._slots[name]))
         return self._slots[name]
 
     def _reader(self, names_or_slots):
-        """A function from the value list to the tuple of values at these slots (one C call)."""
+        """A function from the value list to the values at these slots, a tuple (a list of one
+        for one slot), in one C call."""
         slots = tuple(k if isinstance(k, int) else self._slot_of(k) for k in names_or_slots)
         if len(slots) == 1:
-            return lambda vals, k=slots[0]: (vals[k],)
+            return itemgetter(slice(slots[0], slots[0] + 1))  # a list of one
         return itemgetter(*slots) if slots else (lambda vals: ())
 
     def _compile(self, kind, x, joint):
@@ -72,11 +124,14 @@ class Executor:
         v = d["ref"]
         nd = g.nodes[v]
         if kind != COMPUTE:  # a parameter's gradient stays resident: freeing its node drops nothing
-            return (FREE, x, self._slot_of(x)) if nd["kind"] == "op" else (NOOP, x, None)
+            return (FREE, (self._slot_of(x) if nd["kind"] == "op" else _NONE,))
+        shape = tuple(nd["shape"])
         if d["kind"] == "forward":
             op = REGISTRY[nd["op"]]
-            return (FORWARD, x, (op.forward, op.name, self._reader(nd["inputs"]), nd["attrs"], tuple(nd["shape"]),
-                                 self._slot_of(x), v == self.out))
+            if v == self.out:  # the loss: read back to the host
+                return (GENERAL, x, "loss", (op.forward, op.name, self._reader(nd["inputs"]), nd["attrs"], shape),
+                        self._slot_of(x), None)
+            return (FORWARD, x, op.forward, self._reader(nd["inputs"]), nd["attrs"], self._slot_of(x), shape)
         terms = []
         for w in g.successors(v):
             wd = g.nodes[w]
@@ -91,9 +146,13 @@ class Executor:
                     out_slot = self._slot_of(w) if OUT in need else _NONE
                     ctx = Ctx(None, None, shapes, wd["shape"], wd["attrs"])
                     terms.append((op.vjp, i, self._slot_of(GRAD + w), ins, out_slot, ctx))
+        is_op = nd["kind"] == "op"
+        if len(terms) == 1 and v != self.out:
+            where = self._slot_of(x) if is_op else x[len(GRAD):]
+            return (GRADIENT if is_op else LEAF_GRADIENT, x) + terms[0] + (where, shape)
         seed_spec = (nd["shape"], nd["dtype"]) if v == self.out else None
-        code = GRADIENT if nd["kind"] == "op" else LEAF_GRADIENT
-        return (code, x, (tuple(terms), seed_spec, tuple(nd["shape"]), self._slot_of(x)))
+        return (GENERAL, x, "gradient", (tuple(terms), seed_spec, shape),
+                self._slot_of(x) if is_op else None, None if is_op else x[len(GRAD):])
 
     def step(self, leaves, on_value=None, seed=None):
         """One pass; `on_value(node, array)`, when given, sees every value and gradient computed.
@@ -101,75 +160,110 @@ class Executor:
         xp = self.xp
         ndarray = xp.ndarray
         vals = [None] * (len(self._slots) + 1)  # by slot; forward values and activation gradients are managed
-        for name, k in self._leaf_slots:
-            vals[k] = leaves[name]
-        leaf_grads = {}
-        live, peak, timeline, loss = 0, 0, [], None
-        for code, x, data in self.program:
-            if code == FREE:
-                for k in data:
-                    live -= vals[k].nbytes
+        vals[1:len(self._leaf_names) + 1] = self._read_leaves(leaves)
+        leaf_grads, sizes, loss = {}, self._sizes, None
+        for e in self.program:
+            code = e[0]
+            if code is FREE:
+                for k in e[1]:
                     vals[k] = None
-                    timeline.append(live)  # a free lowers live bytes: the peak is not here
                 continue
-            if code == FORWARD:
-                forward, name, read, attrs, shape, slot, is_loss = data
+            if code is FORWARD:
+                _, x, forward, read, attrs, slot, shape, k = e
                 ins = read(vals)
                 out = forward(xp, ins, attrs)
-                if type(out) is not ndarray:
-                    out = xp.asarray(out)
-                if out.shape != shape:
-                    raise ScheduleError(f"{x}: {name} produced shape {out.shape}, its shape rule says {shape}")
-                owned = out.base is None  # each value owns its buffer, so that counting nbytes is
-                for a in ins:  # counting memory: a view, or an input handed back, is copied
-                    if a is out:
-                        owned = False
-                if not owned:
-                    out = out.copy()
-                vals[slot] = out
-                live += out.nbytes
-                if is_loss and out.ndim == 0:
-                    loss = float(self.backend.to_host(out))
-                if on_value is not None:
-                    on_value(x, out)
-            elif code != NOOP:
-                terms, seed_spec, shape, slot = data
-                grad = None
-                if seed_spec is not None:
-                    grad = xp.ones(*seed_spec) if seed is None else seed.copy()
-                fresh = seed_spec is not None  # grad is a buffer of its own: later terms add in place
-                for vjp, i, g_slot, read, out_slot, ctx in terms:
-                    ctx.ins = read(vals)
-                    ctx.out = vals[out_slot]
-                    c = vjp(xp, i, vals[g_slot], ctx)
-                    ctx.ins = ctx.out = None  # hold no residual past its step
-                    if grad is None:
-                        grad = c
-                    elif not fresh:
-                        grad = grad + c
-                        fresh = True
-                    else:
-                        grad += c
-                if type(grad) is not ndarray:
-                    grad = xp.asarray(grad)
-                if grad.shape != shape:
-                    raise ScheduleError(f"{x}: gradient has shape {grad.shape}, value has {shape}")
-                if not fresh:  # a view of, or the very, gradient it came from (add passes g on) is copied
-                    owned = grad.base is None
-                    for t in terms:
-                        if grad is vals[t[2]]:
-                            owned = False
-                    if not owned:
-                        grad = grad.copy()
-                if code == GRADIENT:
-                    vals[slot] = grad
-                    live += grad.nbytes
+                # each value owns its buffer, so that counting nbytes is counting memory: a view,
+                # or an input handed back, is copied (as is anything not an array of the backend)
+                if type(out) is not ndarray or out.base is not None or out.shape != shape:
+                    out = self._owned(x, out, ins, shape)
                 else:
-                    leaf_grads[x[len(GRAD):]] = grad
-                if on_value is not None:
-                    on_value(x, grad)
-            if live > peak:
-                peak = live
-            timeline.append(live)
-        resident = sum(a.nbytes for a in leaves.values()) + sum(a.nbytes for a in leaf_grads.values())
-        return StepResult(loss, leaf_grads, peak, timeline, resident)
+                    for a in ins:
+                        if a is out:
+                            out = out.copy()
+                            break
+                    a = None  # a local naming a value would keep it past its free
+                ins = None
+            elif code is GRADIENT or code is LEAF_GRADIENT:
+                _, x, vjp, i, g_slot, read, out_slot, ctx, where, shape, k = e
+                ctx.ins = read(vals)
+                ctx.out = vals[out_slot]
+                g = vals[g_slot]
+                out = vjp(xp, i, g, ctx)
+                ctx.ins = ctx.out = None  # hold no residual past its step
+                if type(out) is not ndarray or out.base is not None or out is g or out.shape != shape:
+                    out = self._owned(x, out, (g,), shape)
+                g = None
+                if code is LEAF_GRADIENT:
+                    leaf_grads[where] = out
+                    if on_value is not None:
+                        on_value(x, out)
+                    out = None
+                    continue
+                slot = where
+            else:
+                _, x, kind, data, slot, name, k = e
+                if kind == "loss":
+                    out = self._forward(x, data, vals)
+                    if out.ndim == 0:
+                        loss = float(self.backend.to_host(out))
+                else:
+                    out = self._gradient(x, data, vals, seed)
+                    if slot is None:
+                        leaf_grads[name] = out
+                        if on_value is not None:
+                            on_value(x, out)
+                        out = None
+                        continue
+            vals[slot] = out
+            sizes[k] = out.nbytes
+            if on_value is not None:
+                on_value(x, out)
+            out = None
+        return StepResult(loss, leaf_grads, array("q", sizes), self._events, list(leaves.values()))
+
+    def _owned(self, x, out, sources, shape):
+        """`out` as an array of the backend that owns its buffer and is none of `sources`, with the
+        shape its shape rule gives (the slow path of the checks in `step`)."""
+        xp = self.xp
+        if type(out) is not xp.ndarray:
+            out = xp.asarray(out)
+        if out.shape != shape:
+            what = "gradient" if x.startswith(GRAD) else "value"
+            raise ScheduleError(f"{x}: {what} has shape {out.shape}, its shape rule says {shape}")
+        if out.base is not None or any(out is s for s in sources):
+            out = out.copy()
+        return out
+
+    def _forward(self, x, data, vals):
+        forward, name, read, attrs, shape = data
+        ins = read(vals)
+        out = forward(self.xp, ins, attrs)
+        return self._owned(x, out, ins, shape)
+
+    def _gradient(self, x, data, vals, seed):
+        """A gradient by the general path: the seed, or the sum of several terms. The first term
+        is the gradient so far; the second is added into a fresh buffer; later terms are added in
+        place (the order and the buffers the memory model's `gradient_workspace` counts)."""
+        xp = self.xp
+        terms, seed_spec, shape = data
+        grad = None
+        if seed_spec is not None:
+            grad = xp.ones(*seed_spec) if seed is None else seed.copy()
+        fresh = seed_spec is not None  # grad is a buffer of its own: later terms add in place
+        for vjp, i, g_slot, read, out_slot, ctx in terms:
+            ctx.ins = read(vals)
+            ctx.out = vals[out_slot]
+            c = vjp(xp, i, vals[g_slot], ctx)
+            ctx.ins = ctx.out = None
+            if grad is None:
+                grad = c
+            elif not fresh:
+                grad = grad + c
+                fresh = True
+            else:
+                grad += c
+            c = None  # nor may a term outlive its sum
+        if fresh:
+            return self._owned(x, grad, (), shape)
+        # a view of, or the very, gradient it came from (add passes g on) is copied
+        return self._owned(x, grad, [vals[t[2]] for t in terms], shape)

@@ -9,9 +9,7 @@ import numpy as np
 
 from .backend import get_backend
 from .errors import CheckFailed, ConfigError
-from .autodiff import DEFAULT_STEP, evaluate, jvp, numeric_derivative
 from .execute import Executor
-from .frontends.python import is_python_model, load_spec as load_python_spec
 from .model import build_graph, leaf_values, load_config, lower, retarget
 from .model.costgraph import load_cost_graph
 from .ops import size as n_elements
@@ -39,13 +37,20 @@ def load_model(path, overrides=None, dtype=None):
     overrides = dict(overrides or {})
     if dtype is not None:
         overrides["dtype"] = dtype
-    if is_python_model(path):  # MODEL.py[:NAME]: a Python function traced by operator overloading
-        spec = load_python_spec(path, overrides)
+    if ".py" in str(path).lower() and _python_frontend().is_python_model(path):
+        # MODEL.py[:NAME]: a Python function traced by operator overloading (the front end is
+        # imported only for one: `run` of a YAML config starts without it)
+        spec = _python_frontend().load_spec(path, overrides)
     else:
         spec = load_config(path, overrides=overrides)
     g = build_graph(spec)
     j = lower(g)
     return Model(path, spec, g, j, JointIndex(j))
+
+
+def _python_frontend():
+    from .frontends import python
+    return python
 
 
 def require_model(model, command):
@@ -281,6 +286,7 @@ def check_gradients(path, method="central", step=None, tol=None, overrides=None,
     """Reverse-mode gradients against numeric differences in float64, in one random direction per
     gradient and along every element of tensors of at most `max_elements`. `progress` (a
     report.Progress) is told the number of directions and each one done."""
+    from .autodiff import DEFAULT_STEP, evaluate, numeric_derivative
     h = DEFAULT_STEP.get(method) if step is None else step
     if h is None:
         raise ConfigError(f"unknown method {method!r}: use central, forward or backward")
@@ -344,6 +350,7 @@ def _wrt_leaves(g):
 def jacobian(model, of=None, wrt=None, mode="auto", backend=None):
     """The full Jacobian of node `of` (default: the output) with respect to the leaves `wrt`:
     a column per forward pass (J·e_j) or a row per reverse pass (e_i^T·J)."""
+    from .autodiff import jvp
     require_model(model, "jacobian")
     backend = backend or get_backend("cpu")
     g = retarget(model.graph, of, wrt)
@@ -426,6 +433,7 @@ STEPS = [10.0 ** -k for k in range(1, 13)]
 def numeric_study(path, wrt=None, overrides=None, seed=0):
     """Forward, backward and central differences at h = 1e-1 ... 1e-12, in float32 and float64,
     each against the exact derivative from reverse mode in float64, along one direction."""
+    from .autodiff import evaluate, numeric_derivative
     require_yaml(path, "numeric")
     exact_model = load_model(path, overrides, dtype="float64")
     require_memory(exact_model, store_all_peak(exact_model) + forward_bytes(exact_model.graph), get_backend("cpu"),
@@ -484,6 +492,7 @@ def reverse_op_count(g):
 def methods(path, overrides=None, simplify_limit=4000):
     """For each input that takes a gradient: the derivative by central differences, by symbolic
     differentiation (sympy) and by reverse mode, their disagreements, times and sizes."""
+    from .autodiff import evaluate, numeric_derivative
     import time as _time
 
     from .autodiff.symbolic import INSTALL, Unsupported, cse_size, load_sympy, to_sympy, tree_size

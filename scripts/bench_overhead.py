@@ -79,7 +79,7 @@ def recorded_rules(ex, leaves):
     into the executor's part and the op rules' part."""
     import numpy as np
 
-    from ckpt.execute import FORWARD, GRADIENT, LEAF_GRADIENT
+    from ckpt.execute import FORWARD, GENERAL, GRADIENT, LEAF_GRADIENT
     from ckpt.ops import Ctx
 
     seen = {}
@@ -87,15 +87,22 @@ def recorded_rules(ex, leaves):
     vals = [None] * (len(ex._slots) + 1)
     for name, k in ex._slots.items():
         vals[k] = seen.get(name, leaves.get(name))
+
+    def vjp_call(vjp, i, g_slot, read, out_slot, ctx):
+        return vjp, (np, i, vals[g_slot], Ctx(read(vals), vals[out_slot], ctx.in_shapes, ctx.out_shape, ctx.attrs))
+
     calls = []
-    for code, _, data in ex.program:
-        if code == FORWARD:
-            forward, _, read, attrs = data[:4]
+    for e in ex.program:
+        if e[0] == FORWARD:
+            forward, read, attrs = e[2:5]
             calls.append((forward, (np, read(vals), attrs)))
-        elif code in (GRADIENT, LEAF_GRADIENT):
-            for vjp, i, g_slot, read, out_slot, ctx in data[0]:
-                calls.append((vjp, (np, i, vals[g_slot], Ctx(read(vals), vals[out_slot], ctx.in_shapes,
-                                                               ctx.out_shape, ctx.attrs))))
+        elif e[0] in (GRADIENT, LEAF_GRADIENT):
+            calls.append(vjp_call(*e[2:8]))
+        elif e[0] == GENERAL and e[2] == "loss":
+            forward, _, read, attrs, _ = e[3]
+            calls.append((forward, (np, read(vals), attrs)))
+        elif e[0] == GENERAL:
+            calls.extend(vjp_call(*t) for t in e[3][0])
     return calls
 
 

@@ -22,6 +22,10 @@ PY = sys.executable
 CASES = {
     "python -c pass": [PY, "-c", "pass"],
     "import numpy": [PY, "-c", "import numpy"],
+    # networkx's package __init__ imports every algorithm (no lazy mode in 3.x), and a submodule's
+    # import runs it first: importing only the graph class costs as much as all of networkx
+    "import networkx": [PY, "-c", "import networkx"],
+    "import networkx.classes.digraph": [PY, "-c", "import networkx.classes.digraph"],
     "import numpy, networkx, yaml, click": [PY, "-c", "import numpy, networkx, yaml, click"],
     "ckpt --help": [PY, "-m", "ckpt", "--help"],
     "ckpt run seed_example": [PY, "-m", "ckpt", "run", "configs/seed_example.yaml"],

@@ -25,7 +25,8 @@ def _imported_after(argv):
     code = ("import sys\nfrom ckpt.cli import cli\n"
             f"try:\n    cli.main({argv!r}, standalone_mode=False)\nexcept SystemExit:\n    pass\n"
             "print(' '.join(m for m in ('numpy', 'networkx', 'yaml', 'scipy', 'scipy.optimize', 'matplotlib',"
-            " 'sympy', 'torch', 'ckpt.cli.diff', 'ckpt.cli.bench') if m in sys.modules))")
+            " 'sympy', 'torch', 'ckpt.cli.diff', 'ckpt.cli.bench', 'ckpt.plots', 'ckpt.frontends.python', 'ckpt.autodiff',"
+            " 'difflib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return set(out.split("\n")[-2].split())
 
@@ -38,6 +39,9 @@ def test_run_imports_only_what_it_uses():
     got = _imported_after(["run", config_path("seed_example")])
     assert {"numpy", "networkx", "yaml"} <= got
     assert not got & {"scipy", "scipy.optimize", "matplotlib", "sympy", "torch", "ckpt.cli.diff", "ckpt.cli.bench"}
+    # nor the figures, the Python front end, forward mode or the "did you mean" matcher: a YAML
+    # model run without --plot-memory and without a typo needs none of them
+    assert not got & {"ckpt.plots", "ckpt.frontends.python", "ckpt.autodiff", "difflib"}
 
 
 def test_a_lazy_command_still_runs_and_an_unknown_one_is_one_line():

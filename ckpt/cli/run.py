@@ -4,7 +4,6 @@ import statistics
 
 import click
 
-from .. import plots
 from ..backend import get_backend
 from ..errors import ConfigError
 from ..model.joint import GRAD
@@ -37,7 +36,8 @@ def run(config, steps, strategy, budget, time_limit, device, trace, plot_file, s
     backend = get_backend(device)
     p, sim = make_plan(model.joint, strategy, budget_b, time_limit=time_limit, ix=model.index)
     require_memory(model, sim.peak, backend)
-    if plot_file:
+    if plot_file:  # the figures' module (and matplotlib) only when a figure is asked for
+        from .. import plots
         plots.pyplot()
     sa, sa_sim = make_plan(model.joint, "store-all", ix=model.index)
     with Progress(f"running {steps} steps", enabled=not as_json):
@@ -97,7 +97,11 @@ def run(config, steps, strategy, budget, time_limit, device, trace, plot_file, s
     ]
     click.echo(table(rows, ["", "predicted", "measured"]))
     if budget_b is not None:
-        click.echo(f"budget    {fmt_bytes(budget_b)}: " + ("met" if sim.peak <= budget_b else "EXCEEDED"))
+        # the budget bounds the peak with workspace (what the allocator sees); store-all and sqrt-n
+        # plan without it, so their model peak may meet it while their temporaries do not
+        verdict = ("met" if sim.peak_ws <= budget_b else
+                   "EXCEEDED by the op temporaries (the model peak meets it)" if sim.peak <= budget_b else "EXCEEDED")
+        click.echo(f"budget    {fmt_bytes(budget_b)}: {verdict}")
         if doc["allocator_over_budget"]:
             click.echo(f"WARNING   the allocator's peak {fmt_bytes(r.allocator_peak)} is above the budget by "
                        f"{fmt_bytes(r.allocator_peak - budget_b)} (op temporaries the plan did not keep within it)")

@@ -21,7 +21,6 @@ The format (README, "Model configs"):
 """
 
 import ast
-import difflib
 import math
 import operator
 import re
@@ -33,6 +32,13 @@ from ..errors import ConfigError
 from ..jsonio import read_text
 from ..ops import REGISTRY, REQUIRED, size as n_elements
 from ..sizes import MAX_BYTES, MAX_DEPTH, MAX_NODES
+
+
+def _close_matches(word, choices, n=1):
+    """The "did you mean" suggestions of an error message (difflib, imported only for one)."""
+    import difflib
+    return difflib.get_close_matches(word, choices, n=n)
+
 
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 INT_DTYPES = ("int32", "int64")
@@ -270,7 +276,7 @@ class _Reader:
             raise self.err(f"{what} must be a mapping, got {_describe(m)}", key=what)
         for k in m:
             if k not in allowed:
-                near = difflib.get_close_matches(str(k), allowed, n=1)
+                near = _close_matches(str(k), allowed, n=1)
                 hint = f" (did you mean {near[0]!r}?)" if near else f" (known: {', '.join(allowed)})"
                 raise self.err(f"unknown key {_describe(k)}{hint}", m, key=what, node_key=k)
 
@@ -444,7 +450,7 @@ class _Reader:
             ldtype = dtype  # one float dtype per model, so --dtype overrides every float leaf
         init = m.get("init", "value" if "value" in m else ("xavier" if kind == "param" else "normal"))
         if not isinstance(init, str) or (init != "value" and init not in INITS):
-            near = difflib.get_close_matches(str(init), INITS, n=1) if isinstance(init, str) else []
+            near = _close_matches(str(init), INITS, n=1) if isinstance(init, str) else []
             raise self.err(f"unknown init {_describe(init)}" + (f" (did you mean {near[0]!r}?)" if near else "")
                            + f" (inits: {', '.join(INITS)}, or value)", m, key=key, node_key="init")
         grad = m.get("grad", kind == "param")
@@ -494,7 +500,7 @@ class _Reader:
     def block(self, bname, item, full):
         blocks = self.mapping(self.doc.get("blocks"), "blocks", self.doc, "blocks")
         if not isinstance(bname, str) or bname not in blocks:
-            near = difflib.get_close_matches(str(bname), [str(b) for b in blocks], n=1)
+            near = _close_matches(str(bname), [str(b) for b in blocks], n=1)
             raise self.err(f"unknown block {_describe(bname)}" + (f" (did you mean {near[0]!r}?)" if near else ""),
                            item, key=full, node_key="repeat")
         block = blocks[bname]
@@ -555,7 +561,7 @@ class _Reader:
     def node(self, item, scope, full):
         op = item.get("op")
         if not isinstance(op, str) or op not in REGISTRY:
-            near = difflib.get_close_matches(str(op), list(REGISTRY), n=1) if isinstance(op, str) else []
+            near = _close_matches(str(op), list(REGISTRY), n=1) if isinstance(op, str) else []
             raise self.err(f"unknown op {_describe(op)}" + (f" (did you mean {near[0]!r}?)" if near else ""),
                            item, key=full, node_key="op")
         inputs = item.get("inputs", [])
@@ -573,7 +579,7 @@ class _Reader:
         out = {}
         for k, v in attrs.items():
             if k not in known:
-                near = difflib.get_close_matches(str(k), list(known), n=1)
+                near = _close_matches(str(k), list(known), n=1)
                 hint = f" (did you mean {near[0]!r}?)" if near else f" ({op} takes {', '.join(known) or 'no attrs'})"
                 raise self.err(f"unknown attr {_describe(k)}{hint}", item, key=full, node_key="attrs")
             out[k] = self.attr(op, k, v, item, full)
@@ -595,7 +601,7 @@ class _Reader:
         if scope is self.top:
             self.pending.append((name, item, full))
             return name
-        near = difflib.get_close_matches(name, scope.names(), n=1)
+        near = _close_matches(name, scope.names(), n=1)
         raise self.err(f"undefined value {name!r}" + (f" (did you mean {near[0]!r}?)" if near else ""),
                        item, key=full, node_key="inputs")
 
@@ -678,7 +684,7 @@ class _Reader:
             node.inputs = [i if i in self.defined_at else self.top.get(i, i) for i in node.inputs]
         for pname, item, full in self.pending:
             if pname not in self.top:
-                near = difflib.get_close_matches(pname, list(self.defined_at), n=1)
+                near = _close_matches(pname, list(self.defined_at), n=1)
                 raise self.err(f"undefined value {pname!r}" + (f" (did you mean {near[0]!r}?)" if near else ""),
                                item, key=full, node_key="inputs")
         output = doc.get("output")
