@@ -3,6 +3,8 @@ planning a model far larger than the machine."""
 
 import json
 import math
+import os
+import sys
 import tracemalloc
 
 import pytest
@@ -13,8 +15,11 @@ from ckpt.model.costgraph import cost_graph_doc, parse_cost_graph
 from ckpt.plan import plan, smallest_peak
 from ckpt.plan.keepset import JointIndex
 from ckpt.session import load_model
-from conftest import SMALL, config_path
+from conftest import ROOT, SMALL, config_path
 from helpers import exhaustive_cost, random_joint, revolve_count, uniform_chain_joint
+
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import planner_graphs as pg  # noqa: E402
 
 
 def _sets(dims):
@@ -155,3 +160,20 @@ def test_dtype_sets_sizes_for_planning():
     assert b.peak * 2 == a.peak and c.peak == b.peak
     res = CliRunner().invoke(cli, ["run", config_path("mlp_deep"), "--dtype", "bfloat16"] + _sets(SMALL["mlp_deep"]))
     assert res.exit_code == 2 and "bfloat16" in res.output
+
+
+@pytest.mark.parametrize("make", [
+    lambda: pg.random_training_dag(250, 1), lambda: pg.random_training_dag(500, 2),
+    lambda: pg.random_training_dag(1000, 3), lambda: pg.joint_of(pg.resnet50_config()),
+    lambda: pg.joint_of(pg.unet_config(2, 1)), lambda: pg.joint_of(pg.chain_config(6, 2)),
+    lambda: load_model(os.path.join(ROOT, "configs", "gpt_small.yaml")).joint,
+], ids=["random250", "random500", "random1000", "resnet50", "unet", "chain", "gpt_small"])
+def test_plain_form_recovers_which_nodes_are_gradients(make):
+    """Written without `backward` flags, a training graph's gradient nodes are found again: the
+    loss is told apart from the forward and backward articulation points that also split it."""
+    j = make()
+    doc = cost_graph_doc(j)
+    for node in doc["nodes"]:
+        del node["backward"]
+    plain = parse_cost_graph(json.loads(json.dumps(doc)))
+    assert {x: plain.nodes[x]["kind"] for x in j} == {x: j.nodes[x]["kind"] for x in j}

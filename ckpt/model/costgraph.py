@@ -101,22 +101,54 @@ def parse_cost_graph(doc, file="<graph>"):
     return j
 
 
-def _infer_backward(j, order, tries=8):
-    """A training graph written without `backward` flags (Checkmate's plain form): find the loss,
-    the node that every other node is an ancestor or a descendant of (the smallest such that holds
-    any bytes: a loss is a scalar), and mark what follows it as gradient nodes. Without one, every node stays forward
-    and recomputable, which is still correct, only with less to plan."""
+def _infer_backward(j, order):
+    """A training graph written without `backward` flags (Checkmate's plain form): find the loss and
+    mark what follows it as gradient nodes. The loss splits the graph (every other node is its
+    ancestor or its descendant), and so does the gradient seed, which reads the loss alone; forward
+    and backward articulation points split it too, so the loss is the latest split node followed by
+    such a seed after which every node reads some node after the loss (gradients read gradients).
+    (A network whose loss reads a residual add directly, with no head, is cut one step late, at
+    the add's gradient: still correct.) Failing that, the smallest split node that holds bytes (a
+    loss is a scalar). Without one, every node stays forward and recomputable, which is still
+    correct, only with less to plan."""
     n = len(order)
+    # x at position i splits the graph when it is the only sink of order[:i+1] (every node before
+    # it reaches it) and the only source of order[i:] (it reaches every node after it)
+    sinks, alone_sink = set(), []
+    for x in order:
+        sinks -= set(j.predecessors(x))
+        sinks.add(x)
+        alone_sink.append(len(sinks) == 1)
+    sources, alone_source = set(), []
+    for x in reversed(order):
+        sources -= set(j.successors(x))
+        sources.add(x)
+        alone_source.append(len(sources) == 1)
+    alone_source.reverse()
+    split = [alone_sink[i] and alone_source[i] and 0 < i < n - 1 for i in range(n)]
+    seeded = [i for i in range(n - 1) if split[i] and split[i + 1] and j.nodes[order[i]]["ram"]
+              and list(j.predecessors(order[i + 1])) == [order[i]]]
+    # After the seed every gradient node reads another gradient node; a candidate after which some
+    # node reads only what comes before the candidate's seed is a gradient of the backward pass.
     position = {x: i for i, x in enumerate(order)}
-    # gradients of parameters and inputs weigh nothing (they are resident): not candidates
-    for x in sorted((x for x in order if j.nodes[x]["ram"]), key=lambda x: (j.nodes[x]["ram"], position[x]))[:tries]:
-        before = nx.ancestors(j, x)
-        if len(before) + 1 + len(nx.descendants(j, x)) == n and len(before) + 1 < n:
-            for y in order:
-                if y != x and y not in before:
-                    j.nodes[y]["kind"] = "backward"
-            j.graph["loss"] = x
+    last_pred = [max((position[u] for u in j.predecessors(x)), default=-1) for x in order]
+    least_after = [n] * (n + 1)  # least_after[p]: min of last_pred over positions >= p
+    for p in reversed(range(n)):
+        least_after[p] = min(least_after[p + 1], last_pred[p])
+    clean = [i for i in seeded if least_after[min(i + 2, n)] > i]
+    if seeded:
+        x = order[(clean or seeded)[-1]]
+    else:
+        held = [i for i in range(n) if split[i] and j.nodes[order[i]]["ram"]]
+        if not held:
             return
+        x = order[min(held, key=lambda i: (j.nodes[order[i]]["ram"], i))]
+    after = False
+    for y in order:
+        if after:
+            j.nodes[y]["kind"] = "backward"
+        after = after or y == x
+    j.graph["loss"] = x
 
 
 def _short(x):
