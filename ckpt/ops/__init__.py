@@ -16,15 +16,22 @@ from ..errors import ShapeError
 OUT = "out"  # in `needs`: the op's own output is a residual
 
 
-@dataclass
 class Ctx:
-    """What a VJP/JVP rule may read: the residual arrays (others are None), static shapes, attrs."""
+    """What a VJP/JVP rule may read: the residual arrays (others are None), static shapes, attrs.
+    A plain class with slots, not a dataclass: the generated step builds one per gradient term,
+    and a dataclass's __init__ costs twice as much, which shows on models of tiny tensors."""
 
-    ins: list
-    out: object
-    in_shapes: list
-    out_shape: tuple
-    attrs: dict
+    __slots__ = ("ins", "out", "in_shapes", "out_shape", "attrs")
+
+    def __init__(self, ins, out, in_shapes, out_shape, attrs):
+        self.ins = ins
+        self.out = out
+        self.in_shapes = in_shapes
+        self.out_shape = out_shape
+        self.attrs = attrs
+
+    def __repr__(self):
+        return f"Ctx(in_shapes={self.in_shapes!r}, out_shape={self.out_shape!r}, attrs={self.attrs!r})"
 
 
 @dataclass(frozen=True)
