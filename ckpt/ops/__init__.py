@@ -129,10 +129,21 @@ def use_kernels(on):
     _enabled[0] = bool(on)
 
 
+_compiles = {}
+
+
+def compiles(xp):
+    """Whether kernels run on this array module (cupy, kernels on): asked once per module, since
+    numpy answers a missing attribute through a slow module __getattr__."""
+    if xp not in _compiles:
+        _compiles[xp] = hasattr(xp, "RawKernel")
+    return _compiles[xp] and _enabled[0]
+
+
 def kernel(xp, maker, name, *spec, dtype=None):
     """`xp.<maker>(*spec, "ckpt_" + name)` compiled once, or None where the array rule must run:
     numpy, kernels switched off, or (when `dtype` is given) a dtype other than float32/float64."""
-    if not _enabled[0] or (dtype is not None and dtype not in (np.float32, np.float64)):
+    if not compiles(xp) or (dtype is not None and dtype not in (np.float32, np.float64)):
         return None
     key = (xp, name)
     if key not in _kernels:

@@ -92,11 +92,13 @@ def _dgelu(xp, x, y):
     return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * _C * (1.0 + 3 * 0.044715 * x * x)
 
 
+_GELU_VJP_BODY = (f"T t = tanh({_GELU_TANH_ARG}); "
+                  f"dx = g * ((T)0.5 * ((T)1 + t) + (T)0.5 * x * ((T)1 - t * t) * (T){_C!r} * "
+                  f"((T)1 + (T){3 * 0.044715!r} * x * x))")
+
+
 def _gelu_vjp(xp, g, x, y):
-    k = kernel(xp, "ElementwiseKernel", "gelu_vjp", "T x, T g", "T dx",
-               f"T t = tanh({_GELU_TANH_ARG}); "
-               f"dx = g * ((T)0.5 * ((T)1 + t) + (T)0.5 * x * ((T)1 - t * t) * (T){_C!r} * ((T)1 + (T){3 * 0.044715!r} * x * x))",
-               dtype=x.dtype)
+    k = kernel(xp, "ElementwiseKernel", "gelu_vjp", "T x, T g", "T dx", _GELU_VJP_BODY, dtype=x.dtype)
     if k:
         return k(x, g)
     # _dgelu = 0.5 (1 + t) + a (1 - t)(1 + t) with a = 0.5 C x (1 + 3 * 0.044715 x^2), that is
