@@ -111,12 +111,20 @@ register(Op(
 
 
 def _perm(a, ndim):
+    """The permutation an `axes` attr names (None: the axes reversed), non-negative. Checked once,
+    by the shape rule: the forward and the VJP take it as it is."""
     axes = a["axes"]
     if axes is None:
         return tuple(reversed(range(ndim)))
-    if sorted(x % ndim if isinstance(x, int) and -ndim <= x < ndim else -99 for x in axes) != list(range(ndim)):
-        raise ShapeError(f"transpose: axes {axes} are not a permutation of {ndim} dimensions")
     return tuple(x % ndim for x in axes)
+
+
+def _transpose_shape(shapes, a):
+    ndim, axes = len(shapes[0]), a["axes"]
+    if axes is not None and sorted(x % ndim if isinstance(x, int) and -ndim <= x < ndim else -99
+                                   for x in axes) != list(range(ndim)):
+        raise ShapeError(f"transpose: axes {axes} are not a permutation of {ndim} dimensions")
+    return tuple(shapes[0][p] for p in _perm(a, ndim))
 
 
 def _inverse(perm):
@@ -130,7 +138,7 @@ def _inverse(perm):
 
 register(Op(
     name="transpose", arity=(1, 1), attrs={"axes": None},
-    shape=lambda shapes, a: tuple(shapes[0][p] for p in _perm(a, len(shapes[0]))),
+    shape=_transpose_shape,
     forward=lambda xp, ins, a: xp.ascontiguousarray(ins[0].transpose(_perm(a, ins[0].ndim))),
     vjp=lambda xp, i, g, c: xp.ascontiguousarray(g.transpose(_inverse(_perm(c.attrs, g.ndim)))),
     jvp=lambda xp, t, c: xp.ascontiguousarray(t[0].transpose(_perm(c.attrs, t[0].ndim))),
