@@ -133,10 +133,11 @@ _compiles = {}
 
 
 def compiles(xp):
-    """Whether kernels run on this array module (cupy, kernels on): asked once per module, since
-    numpy answers a missing attribute through a slow module __getattr__."""
+    """Whether kernels may run on this array module (one that compiles them, such as cupy, with
+    kernels on): asked once per module, since numpy answers a missing attribute through a slow
+    module __getattr__. (A module without a given kind of kernel still gets None from `kernel`.)"""
     if xp not in _compiles:
-        _compiles[xp] = hasattr(xp, "RawKernel")
+        _compiles[xp] = hasattr(xp, "ElementwiseKernel")
     return _compiles[xp] and _enabled[0]
 
 
