@@ -48,6 +48,25 @@ def _row(doc, name):
     return next(r for r in doc["implementations"] if r["name"] == name)
 
 
+def _aims(by):
+    for label in ("mlp_deep", "gpt_small"):
+        if label in by:
+            v = _row(by[label], "generated")["vs_hand_written"]
+            print(f"  generated / hand-written on {label}: {v:.3f} (aim <= 1.02: {'met' if v <= 1.02 else 'not met'})")
+    tiny = "mlp_deep B=4 D=16 L=64"
+    if tiny in by:
+        v = 1.0 / _row(by[tiny], "generated")["vs_interpreter"]
+        print(f"  interpreter / generated on {tiny}: {v:.2f}x (aim >= 3: {'met' if v >= 3 else 'not met'})")
+        # generated code calls the same op rules as the interpreter, so it can approach hand-written
+        # numpy but not pass it: the interpreter's own ratio to hand-written numpy bounds the aim
+        h = _row(by[tiny], "hand-written")["vs_interpreter"]
+        print(f"    ceiling: interpreter / hand-written numpy on {tiny}: {1.0 / h:.2f}x")
+    seed = "seed x300 (scalars)"
+    if seed in by:
+        v = _row(by[seed], "oo-tape")["vs_hand_written"]
+        print(f"  OO tape / hand-written on {seed}: {v:.1f}x (the seed: 'can easily cost an order of magnitude')")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7)
@@ -84,20 +103,10 @@ def main():
                 chand = "-" if c["vs_hand_written"] is None else f"{c['vs_hand_written']:.2f}x"
                 line += f" {c['vs_interpreter']:>18.2f}x {chand:>17}"
             print(line)
-    by = {d["label"]: d for d in main_docs}
-    print("\naims")
-    for label in ("mlp_deep", "gpt_small"):
-        if label in by:
-            v = _row(by[label], "generated")["vs_hand_written"]
-            print(f"  generated / hand-written on {label}: {v:.3f} (aim <= 1.02: {'met' if v <= 1.02 else 'not met'})")
-    tiny = "mlp_deep B=4 D=16 L=64"
-    if tiny in by:
-        v = 1.0 / _row(by[tiny], "generated")["vs_interpreter"]
-        print(f"  interpreter / generated on {tiny}: {v:.2f}x (aim >= 3: {'met' if v >= 3 else 'not met'})")
-    seed = "seed x300 (scalars)"
-    if seed in by:
-        v = _row(by[seed], "oo-tape")["vs_hand_written"]
-        print(f"  OO tape / hand-written on {seed}: {v:.1f}x (the seed: 'can easily cost an order of magnitude')")
+    runs = [("all threads", {d["label"]: d for d in main_docs})] + ([("one thread", control)] if control else [])
+    for title, by in runs:  # the one-thread figures are the steadier on a loaded machine
+        print(f"\naims ({title})")
+        _aims(by)
     if args.json_out:
         with open(args.json_out, "w", encoding="utf-8") as f:
             json.dump({"all_threads": main_docs, "one_thread": list(control.values()) if control else None}, f,

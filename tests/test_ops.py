@@ -119,3 +119,108 @@ def test_matmul_vjp_by_the_transposed_product_where_an_operand_is_big(sa, sb):
     want_b = np.einsum("...mk,...mn->...kn", np.broadcast_to(a, y.shape[:-2] + sa[-2:]), g)
     np.testing.assert_allclose(da, want_a.reshape((-1,) + sa).sum(axis=0) if want_a.shape != sa else want_a, rtol=1e-12)
     np.testing.assert_allclose(db, want_b.reshape((-1,) + sb).sum(axis=0) if want_b.shape != sb else want_b, rtol=1e-12)
+
+
+# ---- the lean array rules against the formulas they rearrange -------------------------------------
+# The rules build their results in place, take row sums as BLAS products and skip reshapes on 2-D
+# operands; these tests hold each rearrangement to the plain formula (float64, tight tolerances),
+# on 2-D and batched shapes and along a non-last axis where a rule has a path for each.
+_GELU_C = np.sqrt(2.0 / np.pi)
+
+
+def _textbook(name, ins, g, attrs):
+    """(forward, [VJP for each input]) written out as the formulas read, in float64."""
+    if name == "gelu":
+        (x,) = ins
+        t = np.tanh(_GELU_C * (x + 0.044715 * x ** 3))
+        d = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _GELU_C * (1 + 3 * 0.044715 * x * x)
+        return 0.5 * x * (1 + t), [g * d]
+    if name == "softmax":
+        (x,), ax = ins, attrs["axis"]
+        e = np.exp(x - x.max(axis=ax, keepdims=True))
+        y = e / e.sum(axis=ax, keepdims=True)
+        return y, [y * (g - (g * y).sum(axis=ax, keepdims=True))]
+    if name == "layernorm":
+        x, gamma, beta = ins
+        mu = x.mean(axis=-1, keepdims=True)
+        rstd = 1 / np.sqrt(((x - mu) ** 2).mean(axis=-1, keepdims=True) + attrs["eps"])
+        xhat = (x - mu) * rstd
+        dxhat = g * gamma
+        dx = rstd * (dxhat - dxhat.mean(axis=-1, keepdims=True) - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True))
+        lead = tuple(range(x.ndim - 1))
+        return xhat * gamma + beta, [dx, (g * xhat).sum(axis=lead), g.sum(axis=lead)]
+    if name == "linear":
+        x, w, b = ins
+        lead = tuple(range(x.ndim - 1))
+        return x @ w + b, [g @ w.T, np.tensordot(x, g, axes=(lead, lead)), g.sum(axis=lead)]
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize("name, shapes, attrs", [
+    ("gelu", [(5, 7)], {}), ("gelu", [(2, 3, 9)], {}),
+    ("softmax", [(4, 6)], {"axis": -1}), ("softmax", [(2, 3, 5)], {"axis": 2}), ("softmax", [(2, 3, 5)], {"axis": 1}),
+    ("softmax", [(7,)], {"axis": 0}),
+    ("layernorm", [(4, 6), (6,), (6,)], {"eps": 1e-5}), ("layernorm", [(2, 3, 5), (5,), (5,)], {"eps": 1e-3}),
+    ("linear", [(4, 6), (6, 3), (3,)], {}), ("linear", [(2, 3, 6), (6, 3), (3,)], {}),
+])
+def test_lean_rules_equal_the_formulas_they_rearrange(name, shapes, attrs):
+    op = REGISTRY[name]
+    rng = np.random.default_rng(3)
+    ins = [rng.standard_normal(s) * 3 for s in shapes]
+    y = op.forward(np, ins, attrs)
+    g = rng.standard_normal(y.shape)
+    want_y, want_vjps = _textbook(name, ins, g, attrs)
+    np.testing.assert_allclose(y, want_y, rtol=1e-12, atol=1e-13)
+    ctx = Ctx(ins, y, shapes, y.shape, attrs)
+    for i, want in enumerate(want_vjps):
+        got = op.vjp(np, i, g, ctx)
+        assert got.shape == want.shape and got.base is None, (name, i)  # owns its buffer
+        np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-12, err_msg=f"{name} VJP {i}")
+    # rules that work in place do so in their own buffers: the inputs, g and the output are untouched
+    kept = [a.copy() for a in ins + [g, y]]
+    op.forward(np, ins, attrs)
+    for i in range(len(ins)):
+        op.vjp(np, i, g, ctx)
+    assert all(np.array_equal(a, k) for a, k in zip(ins + [g, y], kept)), f"{name} wrote into an operand"
+
+
+def test_linear_gives_the_same_bits_on_2d_and_batched_inputs():
+    """The 2-D path (no reshape, no output buffer of its own) and the batched one are one product."""
+    op = REGISTRY["linear"]
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        x, w, b = (rng.standard_normal(s).astype(dtype) for s in ((2, 3, 6), (6, 4), (4,)))
+        x2 = x.reshape(6, 6)
+        y3, y2 = op.forward(np, [x, w, b], {}), op.forward(np, [x2, w, b], {})
+        assert y3.dtype == y2.dtype == dtype and y3.tobytes() == y2.tobytes()
+        g = rng.standard_normal(y3.shape).astype(dtype)
+        for i in range(3):
+            c3 = Ctx([x, w, b], None, [x.shape, w.shape, b.shape], y3.shape, {})
+            c2 = Ctx([x2, w, b], None, [x2.shape, w.shape, b.shape], y2.shape, {})
+            assert op.vjp(np, i, g, c3).tobytes() == op.vjp(np, i, g.reshape(6, 4), c2).tobytes(), i
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_dropout_gives_the_bits_of_its_formula(dtype):
+    """x * (keep ? 1 / (1 - p) : 0), element by element: what the fused CUDA kernel computes, so a
+    GPU step and a CPU step draw and scale alike. The rule builds it in the mask's buffer."""
+    from ckpt.ops.nn import _GOLDEN, _M1, _M2, _dropout, dropout_keep
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((3, 17, 9)) * 4).astype(dtype)
+    x[0, 0, :3] = [0.0, -0.0, np.inf]
+    for a in ({"p": 0.3, "_seed": 12345}, {"p": 0.0, "_seed": 0}, {"p": 0.9, "_seed": 2**40 + 7}):
+        k = np.arange(x.size, dtype=object) + (a["_seed"] * _GOLDEN + _GOLDEN)  # splitmix64 in Python ints
+        z = [int(v) % 2**64 for v in k]
+        z = [((v ^ (v >> 30)) * _M1) % 2**64 for v in z]
+        z = [((v ^ (v >> 27)) * _M2) % 2**64 for v in z]
+        keep = np.array([(v ^ (v >> 31)) >= min(int(a["p"] * 2**64), 2**64 - 1) for v in z]).reshape(x.shape)
+        scale = x.dtype.type(1.0 / (1.0 - a["p"]))
+        with np.errstate(invalid="ignore"):
+            want = x * np.where(keep, scale, x.dtype.type(0))
+        with np.errstate(invalid="ignore"):  # inf * 0, as the kernel computes it
+            got = _dropout(np, x, a)
+        assert got.dtype == x.dtype and got.tobytes() == want.tobytes(), a
+        t = x.transpose(2, 0, 1)  # the mask follows the logical (C-order) index of a strided input
+        t_keep = dropout_keep(np, t.shape, a["_seed"], a["p"])
+        with np.errstate(invalid="ignore"):
+            assert _dropout(np, t, a).tobytes() == (t * np.where(t_keep, scale, t.dtype.type(0))).tobytes()

@@ -16,15 +16,22 @@ from ..errors import ShapeError
 OUT = "out"  # in `needs`: the op's own output is a residual
 
 
-@dataclass
 class Ctx:
-    """What a VJP/JVP rule may read: the residual arrays (others are None), static shapes, attrs."""
+    """What a VJP/JVP rule may read: the residual arrays (others are None), static shapes, attrs.
+    A plain class with slots, not a dataclass: the generated step builds one per gradient term,
+    and a dataclass's __init__ costs twice as much, which shows on models of tiny tensors."""
 
-    ins: list
-    out: object
-    in_shapes: list
-    out_shape: tuple
-    attrs: dict
+    __slots__ = ("ins", "out", "in_shapes", "out_shape", "attrs")
+
+    def __init__(self, ins, out, in_shapes, out_shape, attrs):
+        self.ins = ins
+        self.out = out
+        self.in_shapes = in_shapes
+        self.out_shape = out_shape
+        self.attrs = attrs
+
+    def __repr__(self):
+        return f"Ctx(in_shapes={self.in_shapes!r}, out_shape={self.out_shape!r}, attrs={self.attrs!r})"
 
 
 @dataclass(frozen=True)
@@ -122,10 +129,22 @@ def use_kernels(on):
     _enabled[0] = bool(on)
 
 
+_compiles = {}
+
+
+def compiles(xp):
+    """Whether kernels may run on this array module (one that compiles them, such as cupy, with
+    kernels on): asked once per module, since numpy answers a missing attribute through a slow
+    module __getattr__. (A module without a given kind of kernel still gets None from `kernel`.)"""
+    if xp not in _compiles:
+        _compiles[xp] = hasattr(xp, "ElementwiseKernel")
+    return _compiles[xp] and _enabled[0]
+
+
 def kernel(xp, maker, name, *spec, dtype=None):
     """`xp.<maker>(*spec, "ckpt_" + name)` compiled once, or None where the array rule must run:
     numpy, kernels switched off, or (when `dtype` is given) a dtype other than float32/float64."""
-    if not _enabled[0] or (dtype is not None and dtype not in (np.float32, np.float64)):
+    if not compiles(xp) or (dtype is not None and dtype not in (np.float32, np.float64)):
         return None
     key = (xp, name)
     if key not in _kernels:

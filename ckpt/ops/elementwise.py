@@ -59,6 +59,7 @@ unary("tanh", lambda xp, x: xp.tanh(x), lambda xp, x, y: 1.0 - y * y, needs=(OUT
 unary("sigmoid", lambda xp, x: 0.5 * (xp.tanh(0.5 * x) + 1.0), lambda xp, x, y: y * (1.0 - y), needs=(OUT,), k=4, vk=3,
       ws=(1, 1))
 unary("relu", lambda xp, x: xp.maximum(x, 0), lambda xp, x, y: y > 0, needs=(OUT,), vk=2,
+      vjp=lambda xp, g, x, y: g * (y > 0),  # one call fewer per step than g * df(...)
       ws=(0, lambda n, itemsize: n + iter_buffer(n, itemsize)))  # the boolean mask, cast in chunks
 
 _C = math.sqrt(2.0 / math.pi)
@@ -72,7 +73,18 @@ def _gelu(xp, x):  # the tanh approximation used by GPT-2
                f"y = (T)0.5 * x * ((T)1 + tanh({_GELU_TANH_ARG}))", dtype=x.dtype)
     if k:
         return k(x)
-    return 0.5 * x * (1.0 + xp.tanh(_C * (x + 0.044715 * x * x * x)))
+    # 0.5 x (1 + tanh(C x (1 + 0.044715 x^2))), built in place in the one output buffer: the
+    # expression written out allocates a temporary per operation
+    y = x * x
+    y *= 0.044715
+    y += 1.0
+    y *= x
+    y *= _C
+    xp.tanh(y, out=y)
+    y += 1.0
+    y *= x
+    y *= 0.5
+    return y
 
 
 def _dgelu(xp, x, y):
@@ -80,15 +92,38 @@ def _dgelu(xp, x, y):
     return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * _C * (1.0 + 3 * 0.044715 * x * x)
 
 
+_GELU_VJP_BODY = (f"T t = tanh({_GELU_TANH_ARG}); "
+                  f"dx = g * ((T)0.5 * ((T)1 + t) + (T)0.5 * x * ((T)1 - t * t) * (T){_C!r} * "
+                  f"((T)1 + (T){3 * 0.044715!r} * x * x))")
+
+
 def _gelu_vjp(xp, g, x, y):
-    k = kernel(xp, "ElementwiseKernel", "gelu_vjp", "T x, T g", "T dx",
-               f"T t = tanh({_GELU_TANH_ARG}); "
-               f"dx = g * ((T)0.5 * ((T)1 + t) + (T)0.5 * x * ((T)1 - t * t) * (T){_C!r} * ((T)1 + (T){3 * 0.044715!r} * x * x))",
-               dtype=x.dtype)
-    return k(x, g) if k else g * _dgelu(xp, x, y)
+    k = kernel(xp, "ElementwiseKernel", "gelu_vjp", "T x, T g", "T dx", _GELU_VJP_BODY, dtype=x.dtype)
+    if k:
+        return k(x, g)
+    # _dgelu = 0.5 (1 + t) + a (1 - t)(1 + t) with a = 0.5 C x (1 + 3 * 0.044715 x^2), that is
+    # (1 + t)(0.5 + a (2 - (1 + t))): three buffers (a, 1 + t, the result), each built in place
+    a = x * x
+    tp = a * 0.044715
+    tp += 1.0
+    tp *= x
+    tp *= _C
+    xp.tanh(tp, out=tp)
+    tp += 1.0
+    a *= 3 * 0.044715
+    a += 1.0
+    a *= x
+    a *= 0.5 * _C
+    dx = 2.0 - tp
+    dx *= a
+    del a
+    dx += 0.5
+    dx *= tp
+    dx *= g
+    return dx
 
 
-unary("gelu", _gelu, _dgelu, needs=(0,), k=8, vjp=_gelu_vjp, vk=16, ws=(2, 4))
+unary("gelu", _gelu, _dgelu, needs=(0,), k=8, vjp=_gelu_vjp, vk=16, ws=(0, 2))
 
 
 def _scale_vjp(xp, i, g, c):

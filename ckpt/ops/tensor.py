@@ -1,7 +1,5 @@
 """Reductions, shape ops, concat and matrix products. One block per op."""
 
-import numpy as np
-
 from . import REQUIRED, Op, broadcast_shapes, iter_buffer, register, shape_error, size, unbroadcast
 from ..errors import ShapeError
 
@@ -113,19 +111,36 @@ register(Op(
 
 
 def _perm(a, ndim):
+    """The permutation an `axes` attr names (None: the axes reversed), non-negative. Checked once,
+    by the shape rule: the forward and the VJP take it as it is."""
     axes = a["axes"]
     if axes is None:
         return tuple(reversed(range(ndim)))
-    if sorted(x % ndim if isinstance(x, int) and -ndim <= x < ndim else -99 for x in axes) != list(range(ndim)):
-        raise ShapeError(f"transpose: axes {axes} are not a permutation of {ndim} dimensions")
     return tuple(x % ndim for x in axes)
+
+
+def _transpose_shape(shapes, a):
+    ndim, axes = len(shapes[0]), a["axes"]
+    if axes is not None and sorted(x % ndim if isinstance(x, int) and -ndim <= x < ndim else -99
+                                   for x in axes) != list(range(ndim)):
+        raise ShapeError(f"transpose: axes {axes} are not a permutation of {ndim} dimensions")
+    return tuple(shapes[0][p] for p in _perm(a, ndim))
+
+
+def _inverse(perm):
+    """The permutation that undoes `perm` (in Python: np.argsort costs more than the copy it guides on
+    small arrays)."""
+    inv = [0] * len(perm)
+    for k, p in enumerate(perm):
+        inv[p] = k
+    return tuple(inv)
 
 
 register(Op(
     name="transpose", arity=(1, 1), attrs={"axes": None},
-    shape=lambda shapes, a: tuple(shapes[0][p] for p in _perm(a, len(shapes[0]))),
+    shape=_transpose_shape,
     forward=lambda xp, ins, a: xp.ascontiguousarray(ins[0].transpose(_perm(a, ins[0].ndim))),
-    vjp=lambda xp, i, g, c: xp.ascontiguousarray(g.transpose(tuple(int(a) for a in np.argsort(_perm(c.attrs, g.ndim))))),
+    vjp=lambda xp, i, g, c: xp.ascontiguousarray(g.transpose(_inverse(_perm(c.attrs, g.ndim)))),
     jvp=lambda xp, t, c: xp.ascontiguousarray(t[0].transpose(_perm(c.attrs, t[0].ndim))),
     needs=lambda i: (), flops=lambda s, o, a: 0, vjp_flops=lambda i, s, o, a: 0,
     example={"shapes": [(2, 3, 4)], "attrs": {"axes": [1, 2, 0]}},
@@ -227,11 +242,20 @@ def _linear_shape(shapes, a):
     return x[:-1] + (w[1],)
 
 
+def _rows(a):
+    """a (..., k) as the 2-D (rows, k) it is laid out as (a itself when already 2-D)."""
+    return a if a.ndim == 2 else a.reshape(-1, a.shape[-1])
+
+
 def _rows_matmul(xp, a, b):
-    """a (..., k) @ b (k, n) as one 2-D product (one GEMM, not one per leading index), written into
-    an array that owns its buffer."""
+    """a (..., k) @ b (k, n) as one 2-D product (one GEMM, not one per leading index), in an array
+    that owns its buffer. `dot`, not `matmul`: on 2-D operands it is the same BLAS call (the same
+    bits) with a third less overhead per call, which shows where arrays are tiny; a 2-D a needs
+    no reshape and no output buffer of our own."""
+    if a.ndim == 2:
+        return xp.dot(a, b)
     out = xp.empty(a.shape[:-1] + (b.shape[1],), dtype=xp.result_type(a.dtype, b.dtype))
-    xp.matmul(a.reshape(-1, a.shape[-1]), b, out=out.reshape(-1, b.shape[1]))
+    xp.dot(a.reshape(-1, a.shape[-1]), b, out=out.reshape(-1, b.shape[1]))
     return out
 
 
@@ -246,9 +270,8 @@ def _linear_vjp(xp, i, g, c):
     if i == 0:
         return _rows_matmul(xp, g, c.ins[1].T)
     if i == 1:
-        x = c.ins[0]
-        return x.reshape(-1, x.shape[-1]).T @ g.reshape(-1, g.shape[-1])
-    return g.reshape(-1, g.shape[-1]).sum(axis=0)
+        return xp.dot(_rows(c.ins[0]).T, _rows(g))
+    return _rows(g).sum(axis=0)
 
 
 def _linear_vjp_flops(i, s, o, a):
