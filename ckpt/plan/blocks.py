@@ -22,6 +22,7 @@ schedule: it is one candidate among the planners, and the cheapest that fits win
 """
 
 import math
+from itertools import chain
 
 import numpy as np
 
@@ -124,23 +125,27 @@ def _groupings(ix, fwd, bwd):
     """Ways to merge consecutive blocks, each (fwd lists, bwd lists): the blocks as cut (when at
     most MAX_BLOCKS), and the smallest group size that makes the groups repeat, at the offset that
     leaves the fewest distinct ones (a transformer's two halves of a layer become one layer again:
-    a plan may then recompute the attention half's output from what it kept, inside the layer)."""
+    a plan may then recompute the attention half's output from what it kept, inside the layer).
+    A group's structure is the run of its blocks' structures, so groups are compared by those."""
     n = len(fwd)
     out = [(fwd, bwd)] if n <= MAX_BLOCKS else []
+    ids = {}
+    sid = [ids.setdefault(_signature(ix, fwd[k], bwd[k], fwd[k - 1][-1] if k else None, GRAD + fwd[k][-1]), len(ids))
+           for k in range(n)]
     lo = max(2, math.ceil(n / MAX_BLOCKS))
     for size in range(lo, min(n // 3, lo + 8) + 1):
         best = None
-        for offset in range(size):
+        for offset in range(min(size, 8)):  # periods up to 8 blocks get aligned
             bounds = sorted({0, n} | set(range(offset or size, n, size)))
             if not 3 <= len(bounds) - 1 <= MAX_BLOCKS:
                 continue
-            F = [sum(fwd[a:b], []) for a, b in zip(bounds, bounds[1:])]
-            B = [sum(bwd[a:b], []) for a, b in zip(bounds, bounds[1:])]
-            sigs = {_signature(ix, F[k], B[k], F[k - 1][-1] if k else None, GRAD + F[k][-1]) for k in range(len(F))}
-            if best is None or (len(sigs), len(F)) < best[0]:
-                best = ((len(sigs), len(F)), F, B)
+            key = (len({tuple(sid[a:b]) for a, b in zip(bounds, bounds[1:])}), len(bounds) - 1)
+            if best is None or key < best[0]:
+                best = (key, bounds)
         if best is not None and best[0][0] * 2 <= best[0][1]:  # most groups repeat another
-            out.append(best[1:])
+            pairs = list(zip(best[1], best[1][1:]))
+            out.append(([list(chain.from_iterable(fwd[a:b])) for a, b in pairs],
+                        [list(chain.from_iterable(bwd[a:b])) for a, b in pairs]))
             break
     return out
 
