@@ -344,7 +344,8 @@ def solve_blocks(blocks, budget_managed, work=OPTION_WORK):
     if any(not opts for _, opts in parts):
         return plan
     sizes = [ix.ram[u] for u in ix.order if ix.ram[u] > 0]
-    unit = max(1, math.gcd(*[s for s in sizes if s * 64 >= max(sizes)]))
+    largest = max(sizes, default=1)
+    unit = max(1, math.gcd(*[s for s in sizes if s * 64 >= largest]))
     if budget_managed // unit > MAX_SLOTS:
         unit = math.ceil(budget_managed / MAX_SLOTS)
     S = int(budget_managed // unit)
