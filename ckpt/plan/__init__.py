@@ -68,7 +68,7 @@ def _budget(joint, ix, budget, time_limit):
         # the DP is exact over its family (checkpoints on a stack), not over every schedule: the
         # search may still find a cheaper one in the joint graph, so the DP's plan is a candidate.
         # Where its slots would be coarse (a long chain of unlike layers), the block DP does better.
-        p = solve_chain(chain, managed, coarse=not views)
+        p = solve_chain(chain, managed, coarse=not views, least=False)
         if p is None:
             notes["chain-dp"] = "chain too long for the DP table"
         else:
@@ -81,7 +81,8 @@ def _budget(joint, ix, budget, time_limit):
             consider(solve_blocks(view, managed), f"blocks-dp ({view.n} blocks)")
     # beside a DP plan exact over its family, the search only looks for a joint-graph shortcut
     work = WORK // 10 if chain_exact else None
-    consider(search(ix, managed, starts=[(sq.notes["keep"], False)], work=work), "search")
+    consider(search(ix, managed, starts=[(sq.notes["keep"], False)], work=work, lowest_fallback=not chain_exact),
+             "search")
     lower = sa_cost  # nothing recomputed: a bound every schedule respects
     if chain is None and len(ix.order) <= MILP_MAX_NODES:
         best = min(cands, key=lambda c: c[:2])[0] if cands else None

@@ -116,9 +116,10 @@ def _unit(sizes, budget, max_slots=None):
     return unit
 
 
-def solve_chain(chain, budget_managed, coarse=True):
+def solve_chain(chain, budget_managed, coarse=True, least=True):
     """Returns a Plan (steps None when infeasible), or None when the table would be too large (or,
     with `coarse` false, when its slots would have to be coarser than the sizes' common unit).
+    `least`: also emit the schedule of the least peak the DP reaches (notes min_steps).
 
     Sizes are rounded up to slots, so the plan always fits. When some size is not a whole number
     of slots, the DP runs again with sizes rounded down: a relaxation whose cost bounds every
@@ -156,7 +157,7 @@ def solve_chain(chain, budget_managed, coarse=True):
                 break
     feasible = np.flatnonzero(finite)
     min_managed = min_steps = None
-    if len(feasible):
+    if len(feasible) and least:  # the least peak's schedule, for smallest_peak
         min_steps = []
         _emit(chain, C, lay, x, min_steps, 0, chain.L, 0, int(feasible[0]))
         min_managed = peak_managed(chain.ix, min_steps)

@@ -305,10 +305,11 @@ def improve(ix, ev, classes, s, budget_managed):
     return s, cost
 
 
-def search(ix, budget_managed, starts=(), work=None, ev=None):
+def search(ix, budget_managed, starts=(), work=None, ev=None, lowest_fallback=True):
     """The cheapest plan found that fits, or None. `starts`: (keep, eager) pairs from other
     planners to improve on; the result costs no more than the best of them that fits. `ev`: an
-    Evaluator that measures plans its own way (the block planner's)."""
+    Evaluator that measures plans its own way (the block planner's). `lowest_fallback`: when no
+    start fits, try the plan of the least peak (not needed where another planner already fits)."""
     ev = ev or Evaluator(ix, work or WORK)
     tied = value_classes(ix)
     lazy, eager = _policies(ix)
@@ -328,6 +329,8 @@ def search(ix, budget_managed, starts=(), work=None, ev=None):
         peak, cost, _ = ev(s)
         if peak <= budget_managed:
             cands.append((cost, len(cands), s))
+    if not cands and not lowest_fallback:
+        return None
     if not cands:  # below every descent: the plan of the least peak, if it fits
         _, s = lowest(ix, work=ev.work)
         if ev(s)[0] > budget_managed:
