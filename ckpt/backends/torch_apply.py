@@ -140,12 +140,19 @@ def _tensors(x):
 def profile(model, args, regions):
     """One plain training forward under the census: per region, its ops in order (aten overload,
     occurrence, storages made, FLOPs), which storages each region saves for backward (through
-    saved_tensors_hooks), each region's input storages, and every storage's bytes."""
+    saved_tensors_hooks), each region's input storages, and every storage's bytes.
+
+    The submodules inside each region are profiled as regions too (`nested`: a plan may wrap
+    `layers.0.attn` alone); an op belongs to the innermost one. `last_pack` is, per region, the
+    position in `ops` just past the last op that packed a tensor for backward there (an input is
+    packed before its op runs, an output after): a checkpoint's recompute stops once every tensor
+    it packed is back (non-reentrant early stop), so ops from there on are not recomputed."""
     torch = _torch()
-    mods = _region_modules(model, regions)
+    nested = [k for k, _ in model.named_modules() if any(k.startswith(r + ".") for r in regions)]
+    mods = _region_modules(model, list(regions) + nested)
     resident = list(model.parameters()) + list(model.buffers()) + _tensors(args)
     c = Census(known=resident)
-    holders, inputs = {}, {}
+    holders, inputs, last_pack = {}, {}, {}
     handles = []
     for name, m in mods.items():
         def pre(mod, a, name=name):
@@ -158,6 +165,7 @@ def profile(model, args, regions):
 
     def pack(t):
         holders.setdefault(c._ref(t.untyped_storage()).cdata, set()).add(c.region[-1])
+        last_pack[c.region[-1]] = len(c.ops)
         return t
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), c.mode:
@@ -173,6 +181,7 @@ def profile(model, args, regions):
            "ops": [{"region": r, "op": op, "k": k, "made": [ids[m] for m in made], "flops": fl, "bytes": nb}
                    for r, op, k, made, fl, nb in c.ops],
            "inputs": {r: [ids[cd] for cd in v if cd in ids] for r, v in inputs.items()},
+           "nested": [r for r in nested if r in inputs], "last_pack": last_pack,
            "resident_bytes": sum(t.numel() * t.element_size() for t in resident)
            + sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)}
     loss.backward()
