@@ -49,6 +49,7 @@ def emit_torch_plan(model, budget, output, time_limit=10.0, compare=True):
                          "unplanned_held_bytes": unplanned, "unplanned_peak_bytes": resident + unplanned,
                          "least_peak_bytes": resident + least,
                          "recompute_cost": recompute, "step_cost": 3 * fwd_cost,
+                         "recompute_flops": sum(rp.unit_flops(u, kept) for u, kept in choice.items()),
                          "overhead": recompute / (3 * fwd_cost) if fwd_cost else 0.0},
            "regions": _regions_doc(rp, choice),
            "cost_units": "FLOPs (torch.utils.flop_counter) plus one per byte written; step = 3 x forward"}
@@ -72,12 +73,13 @@ def _regions_doc(rp, choice):
                              "checkpoint": True,
                              "save": [dict(zip(("region", "op", "k"), u.keyed[o["i"]]),
                                            bytes=sum(rp.bytes[x] for x in o["made"])) for o in kept],
-                             "recompute_cost": rp.unit_cost(u, kept)}))
+                             "recompute_cost": rp.unit_cost(u, kept), "recompute_flops": rp.unit_flops(u, kept)}))
     for r in rp.top:
         if r not in covered:
             u = rp.unit((r,))
             rows.append((u.ops[0]["i"] if u.ops else -1, {"name": r, "members": [r], "option": "none",
-                                                           "checkpoint": False, "save": [], "recompute_cost": 0}))
+                                                           "checkpoint": False, "save": [], "recompute_cost": 0,
+                                                           "recompute_flops": 0}))
     return [d for _, d in sorted(rows, key=lambda x: x[0])]
 
 

@@ -95,6 +95,11 @@ class RegionProfile:
     def unit_cost(u, kept):
         return u.full_cost - sum(cost(o) for o in kept)
 
+    @staticmethod
+    def unit_flops(u, kept):
+        """The FLOPs alone (what torch.utils.flop_counter counts) of the unit's recompute."""
+        return sum(o["flops"] for o in u.rerun) - sum(o["flops"] for o in kept)
+
     def recompute(self, choice):
         return sum(self.unit_cost(u, kept) for u, kept in choice.items())
 
