@@ -142,6 +142,7 @@ def _step_flops(model, args):
     ("gpt", {("layers.0.attn",): 0, ("layers.1",): 2, ("layers.2.ln2",): 0}),   # submodules at any depth
     ("mlp", {("blocks.2", "blocks.3", "blocks.4"): 1, ("blocks.7.fc",): 0, ("blocks.9",): 0}),  # runs, kept outputs
     ("cnn", {("blocks.0.conv2",): 0, ("blocks.1", "blocks.2"): 2, ("pool",): 0}),
+    ("gpt", {("",): 3}),  # the whole model, recomputed in one go
 ])
 def test_any_unit_is_predicted_exactly(imported, tmp_path, name, choose):
     """Whatever units are wrapped (nested submodules, Sequential runs, kept outputs), the held bytes

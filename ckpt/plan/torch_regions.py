@@ -30,19 +30,28 @@ def cost(o):
     return o["flops"] + o["bytes"]  # FLOPs plus one unit per byte written, as ckpt's cost model
 
 
+ROOT_NAME = "<model>"  # the unit that wraps the whole module: its forward is recomputed in one go
+
+
+def inside(region, member):
+    """Whether an op of `region` runs inside module `member` ("" is the root module)."""
+    return member == "" or region == member or region.startswith(member + ".")
+
+
 class Unit:
     """Members (module names, one or a Sequential run), the ops they run in forward order,
     and which of them a checkpoint around the unit recomputes."""
 
     def __init__(self, members, scope, ops, last):
         self.members, self.scope, self.ops = tuple(members), frozenset(scope), ops
-        self.name = members[0] if len(members) == 1 else f"{members[0]}..{members[-1]}"
+        self.name = ROOT_NAME if members == ("",) else members[0] if len(members) == 1 else \
+            f"{members[0]}..{members[-1]}"
         self.rerun = [o for o in ops if last is None or o["i"] < last]
         self.keyed = {}  # op index -> (member, aten overload, occurrence within the member's call)
         for m in members:
             counts = {}
             for o in ops:
-                if o["region"] == m or o["region"].startswith(m + "."):
+                if inside(o["region"], m):
                     k = counts.get(o["op"], 0)
                     counts[o["op"]] = k + 1
                     self.keyed[o["i"]] = (m, o["op"], k)
@@ -64,11 +73,16 @@ class RegionProfile:
         self.top = [r for r in regions if r in self.inputs]
         self.regions = self.top + [r for r in prof.get("nested", []) if r in self.inputs]
         self.units = [self._unit((r,)) for r in self.regions]
+        if self.last_pack is not None:
+            # the whole model as one unit (its arguments are the inputs, resident anyway): what
+            # reaches below every block's input, the least memory a checkpoint can hold
+            self.inputs.setdefault("", set())
+            self.units.append(self._unit(("",)))
         for run in _sequential_runs(self.top, set(sequential)):
             self.units += [self._unit(run[i:j]) for i in range(len(run)) for j in range(i + 2, len(run) + 1)]
 
     def _unit(self, members):
-        scope = {r for r in self.regions for m in members if r == m or r.startswith(m + ".")}
+        scope = {r for r in self.regions + [""] for m in members if inside(r, m)}
         ops = [o for o in self.ops if o["region"] in scope]
         last = None
         if self.last_pack is not None:
