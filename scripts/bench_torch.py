@@ -18,7 +18,8 @@ Recompute is counted by torch.utils.flop_counter over the whole step (forward + 
 the unplanned step's FLOPs (torch.compile's against its own budget-1.0 step, counted inside its
 compiled graphs, as its decompositions count a little differently). The flop counter counts
 matrix products, convolutions and attention: recomputed elementwise ops are free in this figure,
-which favours torch.compile (its partitioner recomputes elementwise ops first). ckpt's own
+which favours torch.compile (its partitioner recomputes elementwise ops first); CPU attention,
+which torch's counter leaves out, is counted as the CUDA kernels are. ckpt's own
 prediction of those FLOPs is printed beside the measurement. Step times: medians of interleaved
 steps, with all threads and with one thread (the control).
 
@@ -63,9 +64,16 @@ INPUTS = {"mlp": ["x=256x256", "y=256x256"], "gpt": ["idx=8x128:int64", "targets
           "cnn": ["x=16x3x32x32", "y=16:int64"]}
 
 
-def step_flops(model, args):
+def counter():
+    """torch's flop counter, CPU attention counted as the CUDA kernels are (the profile ckpt
+    plans from counts it the same way: ckpt.backends.torch_apply.extra_flop_formulas)."""
+    from ckpt.backends.torch_apply import extra_flop_formulas
     from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as fc:
+    return FlopCounterMode(display=False, custom_mapping=extra_flop_formulas())
+
+
+def step_flops(model, args):
+    with counter() as fc:
         model(*args).backward()
     model.zero_grad(set_to_none=True)
     return fc.get_total_flops()
@@ -92,10 +100,8 @@ COMPILED_FLOPS = [0]
 def _counting_nop(gm, example_inputs):
     """aot_eager's nop compiler, counting the FLOPs of each run of the compiled forward and
     backward graphs (a FlopCounterMode around the whole step does not see inside them)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     def run(args):
-        with FlopCounterMode(display=False) as fc:
+        with counter() as fc:
             out = torch.fx.Interpreter(gm).boxed_run(args)
         COMPILED_FLOPS[0] += fc.get_total_flops()
         return out

@@ -132,7 +132,9 @@ def _plan_for(config, choose, tmp_path):
 
 def _step_flops(model, args):
     from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as fc:
+
+    from ckpt.backends.torch_apply import extra_flop_formulas
+    with FlopCounterMode(display=False, custom_mapping=extra_flop_formulas()) as fc:
         model(*args).backward()
     model.zero_grad(set_to_none=True)
     return fc.get_total_flops()

@@ -64,7 +64,9 @@ class RegionProfile:
     """The profile of one imported model: storages, who holds them, the ops, the candidate units."""
 
     def __init__(self, prof, regions, sequential):
-        self.bytes = prof["storages"]
+        self.bytes = list(prof["storages"])
+        for s in prof.get("output", []):
+            self.bytes[s] = 0  # the loss is never counted as held (the census leaves it out)
         self.alive = list(prof["alive"])
         self.holders = {int(k): set(v) for k, v in prof["holders"].items()}
         self.inputs = {r: set(v) for r, v in prof["inputs"].items()}
