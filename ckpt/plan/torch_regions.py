@@ -1,8 +1,8 @@
 """Region plans PyTorch can execute, from the profile `ckpt import` recorded (no torch needed).
 
 PyTorch's selective checkpointing has one level: a unit (a submodule, at any depth: `layers.3`,
-`layers.3.attn`; or a run of consecutive nn.Sequential items) is either left alone or wrapped in a
-non-reentrant checkpoint whose policy keeps a chosen set of op outputs. A wrapped unit holds its
+`layers.3.attn`; a run of consecutive nn.Sequential items; or the whole model) is either left
+alone or wrapped in a non-reentrant checkpoint whose policy keeps a chosen set of op outputs. A wrapped unit holds its
 arguments and the outputs it keeps; in the backward it runs its forward again, every op whose
 output is not kept, up to the op at which the last tensor it packed for backward is back (the
 checkpoint's early stop: an op packs its inputs before it runs, so a final matrix product whose
@@ -18,7 +18,12 @@ forward), with
 minimise the recompute, sum over units of cost(recomputed ops) x w[u] - cost(o) x s[u, o]. Held
 bytes are counted by unique storage, as PyTorch holds them, so a kept output that is held anyway
 (the next block's input) costs nothing. HiGHS is given no time limit (a plan never depends on the
-clock) and a node limit, deterministic, with which it has closed every model tried here.
+clock) but a node limit, which is deterministic; where it stops the search, the plan is the best
+found, still exact in its prediction.
+
+The whole model as one unit is what lets a region plan do what torch.compile's min-cut
+partitioner does: keep the matrix products' outputs and recompute everything else from them, with
+no block boundary held; smaller units win where a block's own ops are all that must be recomputed.
 """
 
 from ..errors import BudgetError
