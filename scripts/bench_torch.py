@@ -195,7 +195,8 @@ def bench(name, steps, with_compile, tmp, budgets):
     resident = plan_any["predicted"]["resident_bytes"]
     plan, ckpt_m, ck, f_ckpt = ckpt_at(model, factory, resident + target, args, os.path.join(tmp, "ckpt.json"))
     f_base, f_every = (step_flops(m, args) for m in (base_m, every_m))
-    row = {"model": name, "unplanned_held": base["held_end_forward"], "unplanned_held_hooks": held_compiled(base_m, args),
+    row = {"model": name, "unplanned_held": base["held_end_forward"],
+           "unplanned_held_hooks": held_compiled(base_m, args),
            "every_block_held": target, "ckpt_held": ck["held_end_forward"],
            "ckpt_predicted_held": plan["predicted"]["held_end_forward_bytes"],
            "every_block_recompute_flops": f_every - f_base, "ckpt_recompute_flops": f_ckpt - f_base,
@@ -218,9 +219,11 @@ def bench(name, steps, with_compile, tmp, budgets):
                 # ckpt at torch.compile's measured memory, the like-for-like comparison
                 try:
                     p, m, r, f = ckpt_at(model, factory, resident + h, args, os.path.join(tmp, "ckpt_c.json"))
-                    point.update(ckpt_held=r["held_end_forward"], ckpt_predicted_held=p["predicted"]["held_end_forward_bytes"],
+                    point.update(ckpt_held=r["held_end_forward"],
+                                 ckpt_predicted_held=p["predicted"]["held_end_forward_bytes"],
                                  ckpt_recompute_flops=f - f_base,
-                                 ckpt_predicted_recompute_flops=p["predicted"]["recompute_flops"], ckpt_regions=describe(p))
+                                 ckpt_predicted_recompute_flops=p["predicted"]["recompute_flops"],
+                                 ckpt_regions=describe(p))
                 except BudgetError as e:
                     point["ckpt_error"] = str(e)
                 row["compile"].append(point)
@@ -259,7 +262,8 @@ def main():
                   f"{mf(r['ckpt_recompute_flops'])}  (predicted: held {fmt_bytes(r['ckpt_predicted_held'])}, "
                   f"recompute {mf(r['ckpt_predicted_recompute_flops']).strip()}; {r['ckpt_regions']})")
             if r.get("compile"):
-                print("  torch.compile (aot_eager_decomp_partition) at each budget, and ckpt at its measured held bytes:")
+                print("  torch.compile (aot_eager_decomp_partition) at each budget, and ckpt at its measured "
+                      "held bytes:")
                 print(f"  {'budget':>8} {'compile held':>13} {'recompute':>10}   {'ckpt held':>11} {'recompute':>10} "
                       f"{'predicted':>10}  ckpt - compile")
                 wins = 0
