@@ -251,6 +251,10 @@ def main():
     mf = lambda f: f"{f / 1e6:9.2f}"  # noqa: E731
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; recompute in MFLOP (flop counter), "
           "held = bytes held for backward at the end of the forward")
+    if not a.no_compile:
+        print("torch.compile: dynamo + AOTAutograd with inductor's decompositions and min-cut partitioner "
+              "(activation_memory_budget); the partitioned graphs run in the fx interpreter, not as inductor's "
+              "generated C++, so that their FLOPs can be counted (the saved tensors are the partitioner's either way)")
     with tempfile.TemporaryDirectory() as tmp:
         for name in a.models:
             r = bench(name, a.steps, not a.no_compile, tmp, a.budgets)
