@@ -168,3 +168,17 @@ def test_plans_are_deterministic(imported, tmp_path):
     a = emit(imported["cnn"], "0.4x", tmp_path / "a.json")
     b = emit(imported["cnn"], "0.4x", tmp_path / "b.json")
     assert a["regions"] == b["regions"] and a["predicted"] == b["predicted"]
+
+
+@pytest.mark.parametrize("name", ["mlp", "gpt", "cnn"])
+def test_plan_recomputes_no_more_than_every_block(imported, tmp_path, name):
+    """At the bytes that checkpointing every block holds, ckpt's plan holds no more and is
+    predicted to recompute no more (the same exact predictions the tests above measure)."""
+    from ckpt.plan.torch_regions import plan_regions
+    blocks = {"mlp": [f"blocks.{i}" for i in range(16)], "gpt": [f"layers.{i}" for i in range(4)],
+              "cnn": [f"blocks.{i}" for i in range(3)]}[name]
+    _, rp, every = _plan_for(imported[name], {(b,): 0 for b in blocks}, tmp_path)
+    choice, _ = plan_regions(rp, rp.held_bytes(every))
+    assert rp.held_bytes(choice) <= rp.held_bytes(every)
+    assert rp.recompute(choice) <= rp.recompute(every)
+    assert rp.recompute(choice) < rp.recompute(every)
