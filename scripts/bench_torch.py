@@ -1,24 +1,30 @@
 """ckpt's PyTorch plan against what PyTorch users do today, at the same measured activation memory.
 
 For each model (the tests' three, at benchmark sizes, float32):
-  1. checkpoint every block (every region wrapped, nothing saved: `torch.utils.checkpoint` per
-     block), and measure the bytes held for backward at the end of the forward (H);
-  2. ckpt's plan (`plan --emit torch`) at the budget resident + H, measured the same way;
-  3. torch.compile with the min-cut partitioner's `activation_memory_budget` (what the backend
-     `aot_eager_decomp_partition` does: inductor's decompositions and partitioner, graphs run by
-     the fx interpreter instead of generated C++), at the
-     largest budget whose measured saved bytes are <= H (bisection).
+  1. checkpoint every block (every block wrapped, nothing saved: `torch.utils.checkpoint` per
+     block); measure H, the bytes held for backward at the end of the forward;
+  2. ckpt's region plan (`plan --emit torch`) at the budget resident + H, measured the same way;
+  3. torch.compile with the min-cut partitioner's `activation_memory_budget` at a grid of budgets
+     (the `aot_eager_decomp_partition` path: inductor's decompositions and its partitioner, whose
+     choice of saved tensors is inductor's, the graphs run by the fx interpreter so that their
+     FLOPs can be counted), and at each point ckpt's plan planned for torch.compile's measured
+     held bytes -- the like-for-like comparison: ckpt must hold no more and should recompute less.
+Held bytes are one quantity for all: the unique storages held for backward at the end of the
+forward, excluding parameters and inputs (eager: live storages the forward made, see
+ckpt.backends.torch_apply.Census; compiled: storages packed through saved_tensors_hooks, which see
+a compiled graph's ctx.save_for_backward). On the unplanned eager model both counts are taken and
+printed side by side, which shows they measure the same thing.
 Recompute is counted by torch.utils.flop_counter over the whole step (forward + backward) minus
 the unplanned step's FLOPs (torch.compile's against its own budget-1.0 step, counted inside its
 compiled graphs, as its decompositions count a little differently). The flop counter counts
 matrix products, convolutions and attention: recomputed elementwise ops are free in this figure,
-which favours torch.compile (its partitioner recomputes elementwise ops first) and plans that
-recompute norms and activations. Step times: medians of interleaved steps, with all threads and with
-one thread (the control). Held bytes: unique storages alive after the forward (eager; see
-ckpt.backends.torch_apply.Census) or packed through saved_tensors_hooks (compiled: a compiled
-graph saves through ctx.save_for_backward, which the hooks see).
+which favours torch.compile (its partitioner recomputes elementwise ops first); CPU attention,
+which torch's counter leaves out, is counted as the CUDA kernels are. ckpt's own
+prediction of those FLOPs is printed beside the measurement. Step times: medians of interleaved
+steps, with all threads and with one thread (the control).
 
     python scripts/bench_torch.py [--models mlp gpt cnn] [--steps 7] [--no-compile]
+        [--budgets 1.0 0.8 ...]
 """
 
 import argparse
@@ -58,9 +64,16 @@ INPUTS = {"mlp": ["x=256x256", "y=256x256"], "gpt": ["idx=8x128:int64", "targets
           "cnn": ["x=16x3x32x32", "y=16:int64"]}
 
 
-def step_flops(model, args):
+def counter():
+    """torch's flop counter, CPU attention counted as the CUDA kernels are (the profile ckpt
+    plans from counts it the same way: ckpt.backends.torch_apply.extra_flop_formulas)."""
+    from ckpt.backends.torch_apply import extra_flop_formulas
     from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as fc:
+    return FlopCounterMode(display=False, custom_mapping=extra_flop_formulas())
+
+
+def step_flops(model, args):
+    with counter() as fc:
         model(*args).backward()
     model.zero_grad(set_to_none=True)
     return fc.get_total_flops()
@@ -87,10 +100,8 @@ COMPILED_FLOPS = [0]
 def _counting_nop(gm, example_inputs):
     """aot_eager's nop compiler, counting the FLOPs of each run of the compiled forward and
     backward graphs (a FlopCounterMode around the whole step does not see inside them)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     def run(args):
-        with FlopCounterMode(display=False) as fc:
+        with counter() as fc:
             out = torch.fx.Interpreter(gm).boxed_run(args)
         COMPILED_FLOPS[0] += fc.get_total_flops()
         return out
@@ -143,10 +154,26 @@ def times(models, args, steps):
     return [statistics.median(t) for t in ts]
 
 
-def bench(name, steps, with_compile, tmp):
+def describe(plan):
+    """Wrapped units and what their policies keep, for the table."""
+    return {r["name"]: (f"keeps {len(r['save'])}" if r["save"] else "full") for r in plan["regions"] if r["checkpoint"]}
+
+
+def ckpt_at(model, factory, budget, args, out):
+    """ckpt's plan at `budget` (resident + held bytes), applied and measured: (plan, module,
+    measurement, step FLOPs)."""
+    from ckpt.backends.torch_apply import apply, measure_step
+    from ckpt.backends.torch_plan import emit_torch_plan
+    plan = emit_torch_plan(model, budget, out, compare=False)
+    m = apply(factory(), plan)
+    return plan, m, measure_step(m, args), step_flops(m, args)
+
+
+def bench(name, steps, with_compile, tmp, budgets):
     from ckpt.backends.torch_apply import apply, measure_step
     from ckpt.backends.torch_check import example_args
     from ckpt.backends.torch_plan import emit_torch_plan
+    from ckpt.errors import BudgetError
     from ckpt.frontends.torch_import import import_model
     from ckpt.session import load_model
     config = os.path.join(tmp, f"{name}.yaml")
@@ -158,57 +185,48 @@ def bench(name, steps, with_compile, tmp):
     meta = json.load(open(config[:-5] + ".torch.json"))
     blocks = [r for r in meta["regions"] if r.rpartition(".")[2].isdigit()]
     plan_any = emit_torch_plan(model, None, os.path.join(tmp, "none.json"), compare=False)
-    every = copy.deepcopy(plan_any)
-    for r in every["regions"]:
-        if r["name"] in blocks:
-            r.update(option="full", checkpoint=True, save=[])
+    every = dict(copy.deepcopy(plan_any), regions=[{"name": b, "members": [b], "option": "full", "checkpoint": True,
+                                                    "save": []} for b in blocks])
     args = example_args(plan_any, (), 0)
     base_m, every_m = factory(), apply(factory(), every)
     base, ev = measure_step(base_m, args), measure_step(every_m, args)
     target = ev["held_end_forward"]
     # 2. ckpt's plan at the same activation memory
-    plan = emit_torch_plan(model, plan_any["predicted"]["resident_bytes"] + target, os.path.join(tmp, "ckpt.json"),
-                           compare=False)
-    ckpt_m = apply(factory(), plan)
-    ck = measure_step(ckpt_m, args)
-    f_base, f_every, f_ckpt = (step_flops(m, args) for m in (base_m, every_m, ckpt_m))
-    row = {"model": name, "unplanned_held": base["held_end_forward"], "every_block_held": target,
-           "ckpt_held": ck["held_end_forward"], "ckpt_predicted_held": plan["predicted"]["held_end_forward_bytes"],
+    resident = plan_any["predicted"]["resident_bytes"]
+    plan, ckpt_m, ck, f_ckpt = ckpt_at(model, factory, resident + target, args, os.path.join(tmp, "ckpt.json"))
+    f_base, f_every = (step_flops(m, args) for m in (base_m, every_m))
+    row = {"model": name, "unplanned_held": base["held_end_forward"],
+           "unplanned_held_hooks": held_compiled(base_m, args),
+           "every_block_held": target, "ckpt_held": ck["held_end_forward"],
+           "ckpt_predicted_held": plan["predicted"]["held_end_forward_bytes"],
            "every_block_recompute_flops": f_every - f_base, "ckpt_recompute_flops": f_ckpt - f_base,
-           "ckpt_regions": {r["name"] if len(r["members"]) == 1 else f"{r['members'][0]}..{r['members'][-1]}":
-                            r["option"] for r in plan["regions"] if r["checkpoint"]}}
+           "ckpt_predicted_recompute_flops": plan["predicted"]["recompute_flops"],
+           "ckpt_regions": describe(plan)}
     models = [base_m, every_m, ckpt_m]
     labels = ["unplanned", "every block", "ckpt"]
     if with_compile:
+        row["compile"] = []
         try:
-            full = compiled(factory(), 1.0)
-            f_c1 = compiled_step_flops(full, args)
-            lo, hi, best = 0.0, 1.0, None
-            for _ in range(5):
-                mid = (lo + hi) / 2
-                cm = compiled(factory(), mid)
+            f_c1 = compiled_step_flops(compiled(factory(), 1.0), args)
+            seen = set()
+            for budget in budgets:
+                cm = compiled(factory(), budget)
                 h = held_compiled(cm, args)
-                if h <= target:
-                    best, lo = (mid, h, cm), mid
-                else:
-                    hi = mid
-            if best is None:
-                cm = compiled(factory(), 0.0)
-                best = (0.0, held_compiled(cm, args), cm)
-            row.update(compile_budget=best[0], compile_held=best[1],
-                       compile_recompute_flops=compiled_step_flops(best[2], args) - f_c1)
-            models.append(best[2])
-            labels.append(f"compile@{best[0]:.3f}")
-            # ckpt at torch.compile's measured memory, for the like-for-like comparison
-            from ckpt.errors import BudgetError
-            try:
-                plan_c = emit_torch_plan(model, plan_any["predicted"]["resident_bytes"] + best[1],
-                                         os.path.join(tmp, "ckpt_c.json"), compare=False)
-                ckpt_c = apply(factory(), plan_c)
-                row.update(ckpt_at_compile_held=measure_step(ckpt_c, args)["held_end_forward"],
-                           ckpt_at_compile_recompute_flops=step_flops(ckpt_c, args) - f_base)
-            except BudgetError as e:
-                row["ckpt_at_compile_error"] = str(e)
+                if h in seen:
+                    continue
+                seen.add(h)
+                point = {"budget": budget, "held": h, "recompute_flops": compiled_step_flops(cm, args) - f_c1}
+                # ckpt at torch.compile's measured memory, the like-for-like comparison
+                try:
+                    p, m, r, f = ckpt_at(model, factory, resident + h, args, os.path.join(tmp, "ckpt_c.json"))
+                    point.update(ckpt_held=r["held_end_forward"],
+                                 ckpt_predicted_held=p["predicted"]["held_end_forward_bytes"],
+                                 ckpt_recompute_flops=f - f_base,
+                                 ckpt_predicted_recompute_flops=p["predicted"]["recompute_flops"],
+                                 ckpt_regions=describe(p))
+                except BudgetError as e:
+                    point["ckpt_error"] = str(e)
+                row["compile"].append(point)
         except Exception as e:  # noqa: BLE001 -- report what did not run, and why
             row["compile_error"] = f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     row["times_s"] = dict(zip(labels, times(models, args, steps)))
@@ -226,25 +244,44 @@ def main():
     ap.add_argument("--models", nargs="+", default=["mlp", "gpt", "cnn"], choices=["mlp", "gpt", "cnn"])
     ap.add_argument("--steps", type=int, default=7)
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--budgets", nargs="+", type=float, default=[1.0, 0.9, 0.8, 0.6, 0.4, 0.3, 0.2, 0.1, 0.0],
+                    help="torch.compile activation_memory_budget values to compare at")
     a = ap.parse_args()
     from ckpt.sizes import fmt_bytes
+    mf = lambda f: f"{f / 1e6:9.2f}"  # noqa: E731
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; recompute in MFLOP (flop counter), "
+          "held = bytes held for backward at the end of the forward")
+    if not a.no_compile:
+        print("torch.compile: dynamo + AOTAutograd with inductor's decompositions and min-cut partitioner "
+              "(activation_memory_budget); the partitioned graphs run in the fx interpreter, not as inductor's "
+              "generated C++, so that their FLOPs can be counted (the saved tensors are the partitioner's either way)")
     with tempfile.TemporaryDirectory() as tmp:
         for name in a.models:
-            r = bench(name, a.steps, not a.no_compile, tmp)
-            print(f"\n{name}: unplanned holds {fmt_bytes(r['unplanned_held'])} for backward")
+            r = bench(name, a.steps, not a.no_compile, tmp, a.budgets)
+            print(f"\n{name}: unplanned holds {fmt_bytes(r['unplanned_held'])} for backward (census); "
+                  f"{fmt_bytes(r['unplanned_held_hooks'])} packed through saved_tensors_hooks")
             print(f"  every block checkpointed  held {fmt_bytes(r['every_block_held']):>11}  recompute "
-                  f"{r['every_block_recompute_flops'] / 1e6:10.2f} MFLOP")
+                  f"{mf(r['every_block_recompute_flops'])}")
             print(f"  ckpt plan                 held {fmt_bytes(r['ckpt_held']):>11}  recompute "
-                  f"{r['ckpt_recompute_flops'] / 1e6:10.2f} MFLOP  (predicted held "
-                  f"{fmt_bytes(r['ckpt_predicted_held'])}; {r['ckpt_regions']})")
-            if "compile_held" in r:
-                print(f"  torch.compile budget {r['compile_budget']:.3f} held {fmt_bytes(r['compile_held']):>11}  "
-                      f"recompute {r['compile_recompute_flops'] / 1e6:10.2f} MFLOP")
-                if "ckpt_at_compile_held" in r:
-                    print(f"  ckpt plan at that memory  held {fmt_bytes(r['ckpt_at_compile_held']):>11}  recompute "
-                          f"{r['ckpt_at_compile_recompute_flops'] / 1e6:10.2f} MFLOP")
-                else:
-                    print(f"  ckpt plan at that memory: {r['ckpt_at_compile_error']}")
+                  f"{mf(r['ckpt_recompute_flops'])}  (predicted: held {fmt_bytes(r['ckpt_predicted_held'])}, "
+                  f"recompute {mf(r['ckpt_predicted_recompute_flops']).strip()}; {r['ckpt_regions']})")
+            if r.get("compile"):
+                print("  torch.compile (aot_eager_decomp_partition) at each budget, and ckpt at its measured "
+                      "held bytes:")
+                print(f"  {'budget':>8} {'compile held':>13} {'recompute':>10}   {'ckpt held':>11} {'recompute':>10} "
+                      f"{'predicted':>10}  ckpt - compile")
+                wins = 0
+                for c in r["compile"]:
+                    if "ckpt_error" in c:
+                        print(f"  {c['budget']:8.3f} {fmt_bytes(c['held']):>13} {mf(c['recompute_flops']):>10}   "
+                              f"ckpt: {c['ckpt_error']}")
+                        continue
+                    d = c["ckpt_recompute_flops"] - c["recompute_flops"]
+                    wins += d <= 0 and c["ckpt_held"] <= c["held"]
+                    print(f"  {c['budget']:8.3f} {fmt_bytes(c['held']):>13} {mf(c['recompute_flops']):>10}   "
+                          f"{fmt_bytes(c['ckpt_held']):>11} {mf(c['ckpt_recompute_flops']):>10} "
+                          f"{mf(c['ckpt_predicted_recompute_flops']):>10}  {d / 1e6:+9.2f}  {c['ckpt_regions']}")
+                print(f"  ckpt holds no more and recomputes no more at {wins} of {len(r['compile'])} points")
             elif "compile_error" in r:
                 print(f"  torch.compile did not run: {r['compile_error']}")
             print("  step time (median, all threads): " +

@@ -109,3 +109,76 @@ def test_cuda_without_a_device_is_exit_2(imported, tmp_path):
     emit(imported["mlp"], "0.5x", tmp_path / "p.json")
     res = invoke("torch-check", f"{MODELS}:mlp", "--plan", tmp_path / "p.json", "--device", "cuda")
     assert res.exit_code == 2 and "no CUDA device" in res.output
+
+
+def _plan_for(config, choose, tmp_path):
+    """A plan doc for a hand-picked choice {members: number of ops kept} (the planner's own doc
+    writer), and the RegionProfile it was made from."""
+    from ckpt.backends.torch_apply import read_meta
+    from ckpt.backends.torch_plan import _regions_doc, emit_torch_plan
+    from ckpt.plan.torch_regions import RegionProfile
+    from ckpt.session import load_model
+    meta = read_meta(str(config))
+    prof = meta["profile"]
+    rp = RegionProfile(prof, [r for r in meta["regions"] if r in prof["inputs"]], meta["sequential"])
+    choice = {}
+    for members, n in choose.items():
+        u = rp.unit(members)
+        choice[u] = u.keepable[:n]
+    doc = emit_torch_plan(load_model(str(config)), None, tmp_path / "none.json", compare=False)
+    doc["regions"] = _regions_doc(rp, choice)
+    return doc, rp, choice
+
+
+def _step_flops(model, args):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ckpt.backends.torch_apply import extra_flop_formulas
+    with FlopCounterMode(display=False, custom_mapping=extra_flop_formulas()) as fc:
+        model(*args).backward()
+    model.zero_grad(set_to_none=True)
+    return fc.get_total_flops()
+
+
+@pytest.mark.parametrize("name,choose", [
+    ("gpt", {("layers.0.attn",): 0, ("layers.1",): 2, ("layers.2.ln2",): 0}),   # submodules at any depth
+    ("mlp", {("blocks.2", "blocks.3", "blocks.4"): 1, ("blocks.7.fc",): 0, ("blocks.9",): 0}),  # runs, kept outputs
+    ("cnn", {("blocks.0.conv2",): 0, ("blocks.1", "blocks.2"): 2, ("pool",): 0}),
+    ("gpt", {("",): 3}),  # the whole model, recomputed in one go
+])
+def test_any_unit_is_predicted_exactly(imported, tmp_path, name, choose):
+    """Whatever units are wrapped (nested submodules, Sequential runs, kept outputs), the held bytes
+    and the recomputed FLOPs measured in PyTorch are the planner's, to the byte and to the FLOP
+    (the checkpoint's early stop included), and the gradients are the unplanned model's."""
+    from ckpt.backends.torch_apply import apply, measure_step
+    from ckpt.backends.torch_check import example_args
+    doc, rp, choice = _plan_for(imported[name], choose, tmp_path)
+    factory = getattr(torch_models, name)
+    args = example_args(doc, (), 0)
+    base, planned = factory(), apply(factory(), doc)
+    b, p = measure_step(base, args), measure_step(planned, args)
+    assert p["held_end_forward"] == rp.held_bytes(choice) < b["held_end_forward"] == rp.held_bytes({})
+    predicted = sum(rp.unit_flops(u, kept) for u, kept in choice.items())
+    assert _step_flops(planned, args) - _step_flops(base, args) == predicted > 0
+    for k, g in b["grads"].items():
+        assert torch.equal(g, p["grads"][k]), k
+
+
+def test_plans_are_deterministic(imported, tmp_path):
+    a = emit(imported["cnn"], "0.4x", tmp_path / "a.json")
+    b = emit(imported["cnn"], "0.4x", tmp_path / "b.json")
+    assert a["regions"] == b["regions"] and a["predicted"] == b["predicted"]
+
+
+@pytest.mark.parametrize("name", ["mlp", "gpt", "cnn"])
+def test_plan_recomputes_no_more_than_every_block(imported, tmp_path, name):
+    """At the bytes that checkpointing every block holds, ckpt's plan holds no more and is
+    predicted to recompute no more (the same exact predictions the tests above measure)."""
+    from ckpt.plan.torch_regions import plan_regions
+    blocks = {"mlp": [f"blocks.{i}" for i in range(16)], "gpt": [f"layers.{i}" for i in range(4)],
+              "cnn": [f"blocks.{i}" for i in range(3)]}[name]
+    _, rp, every = _plan_for(imported[name], {(b,): 0 for b in blocks}, tmp_path)
+    choice, _ = plan_regions(rp, rp.held_bytes(every))
+    assert rp.held_bytes(choice) <= rp.held_bytes(every)
+    assert rp.recompute(choice) <= rp.recompute(every)
+    assert rp.recompute(choice) < rp.recompute(every)

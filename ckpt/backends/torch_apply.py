@@ -121,12 +121,33 @@ class Census:
         self.region.pop()
 
 
+def extra_flop_formulas():
+    """FLOP formulas, on shapes, for ops torch.utils.flop_counter leaves out: CPU attention
+    (`_scaled_dot_product_flash_attention_for_cpu` and its backward) counted as the CUDA flash
+    kernels are. Without them a recomputed attention is free in the plan and in every measured
+    recompute figure; pass as FlopCounterMode(custom_mapping=...)."""
+    torch = _torch()
+    from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
+    aten = torch.ops.aten
+    out = {}
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        out[aten._scaled_dot_product_flash_attention_for_cpu] = \
+            lambda q, k, v, *a, out_shape=None, **kw: sdpa_flop_count(q, k, v)
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward"):
+        out[aten._scaled_dot_product_flash_attention_for_cpu_backward] = \
+            lambda g, q, k, v, *a, out_shape=None, **kw: sdpa_backward_flop_count(g, q, k, v)
+    return out
+
+
 def _flops(func, args, kwargs, out):
     from torch.utils.flop_counter import flop_registry
     f = flop_registry.get(func._overloadpacket)
-    if f is None:
-        return 0
     try:
+        if f is None:
+            extra = extra_flop_formulas().get(func._overloadpacket)
+            if extra is None:
+                return 0
+            return int(extra(*[tuple(a.shape) if hasattr(a, "shape") else a for a in args]))
         return int(f(*args, **kwargs, out_val=out))
     except Exception:  # noqa: BLE001 -- an op the counter cannot size costs nothing in the plan
         return 0
@@ -140,12 +161,19 @@ def _tensors(x):
 def profile(model, args, regions):
     """One plain training forward under the census: per region, its ops in order (aten overload,
     occurrence, storages made, FLOPs), which storages each region saves for backward (through
-    saved_tensors_hooks), each region's input storages, and every storage's bytes."""
+    saved_tensors_hooks), each region's input storages, and every storage's bytes.
+
+    The submodules inside each region are profiled as regions too (`nested`: a plan may wrap
+    `layers.0.attn` alone); an op belongs to the innermost one. `last_pack` is, per region, the
+    position in `ops` just past the last op that packed a tensor for backward there (an input is
+    packed before its op runs, an output after): a checkpoint's recompute stops once every tensor
+    it packed is back (non-reentrant early stop), so ops from there on are not recomputed."""
     torch = _torch()
-    mods = _region_modules(model, regions)
+    nested = [k for k, _ in model.named_modules() if any(k.startswith(r + ".") for r in regions)]
+    mods = _region_modules(model, list(regions) + nested)
     resident = list(model.parameters()) + list(model.buffers()) + _tensors(args)
     c = Census(known=resident)
-    holders, inputs = {}, {}
+    holders, inputs, last_pack = {}, {}, {}
     handles = []
     for name, m in mods.items():
         def pre(mod, a, name=name):
@@ -158,6 +186,7 @@ def profile(model, args, regions):
 
     def pack(t):
         holders.setdefault(c._ref(t.untyped_storage()).cdata, set()).add(c.region[-1])
+        last_pack[c.region[-1]] = len(c.ops)
         return t
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), c.mode:
@@ -173,6 +202,9 @@ def profile(model, args, regions):
            "ops": [{"region": r, "op": op, "k": k, "made": [ids[m] for m in made], "flops": fl, "bytes": nb}
                    for r, op, k, made, fl, nb in c.ops],
            "inputs": {r: [ids[cd] for cd in v if cd in ids] for r, v in inputs.items()},
+           "nested": [r for r in nested if r in inputs], "last_pack": last_pack,
+           # the loss: what a census leaves out, so a policy that keeps it holds nothing more
+           "output": [ids[cd] for cd in [c._ref(loss.untyped_storage()).cdata] if cd in ids],
            "resident_bytes": sum(t.numel() * t.element_size() for t in resident)
            + sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)}
     loss.backward()

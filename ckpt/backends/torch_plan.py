@@ -1,185 +1,14 @@
-"""Plan within what PyTorch can execute, from the profile `ckpt import` recorded (no torch needed).
-
-PyTorch's selective checkpointing has one level: a region (a submodule, or a segment of
-consecutive nn.Sequential items) is either left alone or wrapped in a checkpoint that keeps a chosen
-set of op outputs and recomputes every other value of the region at once in its backward. Per
-region the planner chooses among:
-
-  none         no checkpoint: the region's ops save what autograd saves;
-  save-top-N   checkpoint keeping the outputs of the N ops that save the most recompute per byte
-               kept (a greedy knapsack order; N runs from all of them down to one);
-  save-matmul  checkpoint keeping the outputs of its matrix products and convolutions;
-  full         checkpoint keeping nothing: only the region's inputs are held.
-
-The bytes held at the end of the forward are predicted exactly from the profile: a storage is held
-when a region that saves it runs unwrapped (or it is saved outside every region), when it is an
-input of a wrapped region (the checkpoint keeps its arguments), or when a wrapped region's policy
-saves the op that made it; the sum is over unique storages, as the census measures it. A greedy
-pass moves, one region at a time, to the option that frees the most bytes per unit of added
-recompute until the prediction fits the budget, then spends any slack back on cheaper options;
-each way of cutting Sequential items into
-segments is tried, and every uniform choice too, and the least recompute that fits wins.
+"""Write a plan PyTorch executes (`plan --emit torch`): the region planner's choice
+(ckpt/plan/torch_regions.py: which modules to wrap in a non-reentrant checkpoint, and per wrapped
+module which op outputs its selective-checkpoint policy keeps) as plan.json for `ckpt.torch.apply`,
+with the bytes held at the end of the forward predicted exactly from the profile `ckpt import`
+recorded, and the recompute it costs.
 """
 
 from ..errors import BudgetError, ConfigError
 from ..jsonio import write_json_atomic
+from ..plan.torch_regions import RegionProfile, cost as _cost, plan_regions  # noqa: F401 (RegionProfile: public)
 from ..sizes import fmt_bytes
-
-_COSTLY = ("aten.mm.", "aten.addmm.", "aten.bmm.", "aten.baddbmm.", "aten.convolution.", "aten.conv2d.",
-           "aten._scaled_dot_product")
-_TOP_SIZES = 6  # save-top-N options per region, N spread from all candidates down to one
-
-
-class _Profile:
-    def __init__(self, prof, regions):
-        self.p = prof
-        self.regions = regions
-        self.bytes = prof["storages"]
-        self.alive = prof["alive"]
-        self.holders = {int(k): set(v) for k, v in prof["holders"].items()}
-        self.inputs = {r: set(prof["inputs"].get(r, [])) for r in regions}
-        self.ops = {r: [o for o in prof["ops"] if o["region"] == r] for r in regions}
-        self._ranked = {}
-
-    def ranked(self, unit):
-        """The unit's ops that make a storage, most recompute saved per byte kept first."""
-        if unit not in self._ranked:
-            ops = [o for m in unit for o in self.ops[m] if o["made"]]
-            self._ranked[unit] = sorted(ops, key=lambda o: -_cost(o) / max(1, sum(self.bytes[s] for s in o["made"])))
-        return self._ranked[unit]
-
-    def options(self, unit):
-        """The unit's options, from the most bytes held to the least (roughly)."""
-        n = len(self.ranked(unit))
-        tops = sorted({max(1, round(n * k / _TOP_SIZES)) for k in range(_TOP_SIZES, 0, -1)} if n else set(),
-                      reverse=True)
-        return ["none"] + [f"save-top-{k}" for k in tops] + ["save-matmul", "full"]
-
-    def save_set(self, unit, option):
-        if option in ("none", "full"):
-            return []
-        if option == "save-matmul":
-            return [o for m in unit for o in self.ops[m] if o["made"] and o["op"].startswith(_COSTLY)]
-        return self.ranked(unit)[:int(option.rsplit("-", 1)[1])]
-
-    def held(self, units):
-        """Storages held at the end of the forward under units [(members, option)]."""
-        wrapped = {m for members, o in units if o != "none" for m in members}
-        held = set()
-        for s in self.alive:
-            hs = self.holders.get(s)
-            if not hs or any(h not in wrapped for h in hs):
-                held.add(s)
-        for members, o in units:
-            if o == "none":
-                continue
-            held |= self.inputs[members[0]]  # the checkpoint keeps its arguments
-            for op in self.save_set(members, o):
-                held |= set(op["made"])
-        return held
-
-    def held_bytes(self, units):
-        return sum(self.bytes[s] for s in self.held(units))
-
-    def unit_cost(self, unit, option):
-        """Recompute of a wrapped unit: every op of it whose output the policy does not keep."""
-        if option == "none":
-            return 0
-        saved = {id(o) for o in self.save_set(unit, option)}
-        return sum(_cost(o) for m in unit for o in self.ops[m] if id(o) not in saved)
-
-
-def _cost(o):
-    return o["flops"] + o["bytes"]  # FLOPs plus one unit per byte written, as ckpt's cost model
-
-
-def segmentations(regions, sequential):
-    """Ways to cut the regions into units: each region alone, and for each length L >= 2 the items
-    of every nn.Sequential cut into runs of L consecutive items (Chen et al.'s segments)."""
-    def parent(r):
-        head, _, tail = r.rpartition(".")
-        return head if tail.isdigit() and head in sequential else None
-    yield [(r,) for r in regions]
-    runs, cur = [], []
-    for r in regions:
-        if cur and parent(r) is not None and parent(r) == parent(cur[-1]) and \
-                int(r.rpartition(".")[2]) == int(cur[-1].rpartition(".")[2]) + 1:
-            cur.append(r)
-        else:
-            if cur:
-                runs.append(cur)
-            cur = [r]
-    runs.append(cur)
-    longest = max(len(x) for x in runs if parent(x[0]) is not None) if any(parent(x[0]) for x in runs) else 1
-    for length in range(2, longest + 1):
-        units = []
-        for run in runs:
-            step = length if parent(run[0]) is not None else 1
-            units += [tuple(run[i:i + step]) for i in range(0, len(run), step)]
-        yield units
-
-
-def plan_units(prof, units, limit):
-    """Greedy over units: [(members, option)] whose held bytes fit `limit` (None: no limit), or None."""
-    choice = [(u, "none") for u in units]
-    if limit is None:
-        return choice
-    held = prof.held_bytes(choice)
-    while held > limit:
-        best = None
-        for i, (u, cur) in enumerate(choice):
-            base = prof.unit_cost(u, cur)
-            for o in prof.options(u):
-                if o == cur:
-                    continue
-                trial = choice[:i] + [(u, o)] + choice[i + 1:]
-                freed = held - prof.held_bytes(trial)
-                if freed <= 0:
-                    continue
-                score = freed / max(prof.unit_cost(u, o) - base, 1)
-                if best is None or score > best[0]:
-                    best = (score, trial)
-        if best is None:
-            return None
-        choice = best[1]
-        held = prof.held_bytes(choice)
-    return _refine(prof, choice, limit)
-
-
-def _refine(prof, choice, limit):
-    """The greedy can overshoot (a step frees more than was needed): spend the slack back, moving
-    units to cheaper options while the prediction still fits, the largest saving first."""
-    while True:
-        best = None
-        for i, (u, cur) in enumerate(choice):
-            base = prof.unit_cost(u, cur)
-            for o in prof.options(u):
-                saving = base - prof.unit_cost(u, o)
-                if saving <= 0 or (best is not None and saving <= best[0]):
-                    continue
-                trial = choice[:i] + [(u, o)] + choice[i + 1:]
-                if prof.held_bytes(trial) <= limit:
-                    best = (saving, trial)
-        if best is None:
-            return choice
-        choice = best[1]
-
-
-def best_plan(prof, regions, sequential, limit):
-    """The least recompute over the segmentations that fits; (units, least held bytes of any)."""
-    best, least = None, None
-    for units in segmentations(regions, sequential):
-        for o in ("none", "save-matmul", "full"):
-            b = prof.held_bytes([(u, o) for u in units])
-            least = b if least is None else min(least, b)
-        # the greedy's answer, and each uniform choice (every unit alike) as a floor it must beat
-        for c in [plan_units(prof, units, limit)] + [[(u, o) for u in units] for o in ("none", "save-matmul", "full")]:
-            if c is None or (limit is not None and prof.held_bytes(c) > limit):
-                continue
-            cost = sum(prof.unit_cost(u, o) for u, o in c)
-            if best is None or cost < best[0]:
-                best = (cost, c)
-    return (best[1] if best else None), least
 
 
 def emit_torch_plan(model, budget, output, time_limit=10.0, compare=True):
@@ -191,22 +20,24 @@ def emit_torch_plan(model, budget, output, time_limit=10.0, compare=True):
     if not prof_doc:
         raise ConfigError("the torch metadata has no profile: re-run `ckpt import`", file=model.path)
     regions = [r for r in meta["regions"] if r in prof_doc["inputs"]]
-    prof = _Profile(prof_doc, regions)
     resident = prof_doc["resident_bytes"]
-    unplanned = prof.held_bytes([((r,), "none") for r in regions])
+    rp = RegionProfile(prof_doc, regions, meta.get("sequential", []))
+    unplanned = rp.held_bytes({})
     if budget is not None and not isinstance(budget, int):
         from ..sizes import parse_budget
         # `0.5x` scales what a plan can change, the bytes held for backward: resident + 0.5 x held
         budget = resident + parse_budget(budget, unplanned) if budget.strip().lower().endswith("x") \
             else parse_budget(budget, resident + unplanned)
     limit = None if budget is None else budget - resident
-    choice, least = best_plan(prof, regions, set(meta.get("sequential", [])), limit)
-    if choice is None:
+    try:
+        choice, least = plan_regions(rp, limit)
+    except BudgetError as e:
         raise BudgetError(f"no PyTorch checkpoint plan fits {fmt_bytes(budget)}: the least is "
-                          f"{fmt_bytes(resident + least)}", min_peak=resident + least)
-    held = prof.held_bytes(choice)
+                          f"{fmt_bytes(resident + e.min_peak)} ({resident + e.min_peak} bytes)",
+                          min_peak=resident + e.min_peak) from None
+    held = rp.held_bytes(choice)
     fwd_cost = sum(_cost(o) for o in prof_doc["ops"])
-    recompute = sum(prof.unit_cost(u, o) for u, o in choice)
+    recompute = rp.recompute(choice)
     params = {}
     for leaf in model.spec.leaves.values():
         if leaf.kind == "param":
@@ -218,19 +49,38 @@ def emit_torch_plan(model, budget, output, time_limit=10.0, compare=True):
                          "unplanned_held_bytes": unplanned, "unplanned_peak_bytes": resident + unplanned,
                          "least_peak_bytes": resident + least,
                          "recompute_cost": recompute, "step_cost": 3 * fwd_cost,
+                         "recompute_flops": sum(rp.unit_flops(u, kept) for u, kept in choice.items()),
                          "overhead": recompute / (3 * fwd_cost) if fwd_cost else 0.0},
-           "regions": [{"name": u[0], "members": list(u), "option": o, "checkpoint": o != "none",
-                        "save": [{"region": op["region"], "op": op["op"], "k": op["k"],
-                                  "bytes": sum(prof.bytes[x] for x in op["made"])}
-                                 for op in prof.save_set(u, o)] if o != "none" else [],
-                        "recompute_cost": prof.unit_cost(u, o)} for u, o in choice],
+           "regions": _regions_doc(rp, choice),
            "cost_units": "FLOPs (torch.utils.flop_counter) plus one per byte written; step = 3 x forward"}
+    doc["planner"] = {"units": len(rp.units), "early_stop_modelled": rp.last_pack is not None}
     doc["ckpt_plan"] = _ckpt_own(model, budget, time_limit) if compare else {"feasible": None, "error": "not compared"}
     try:
         write_json_atomic(output, doc)
     except OSError as e:
         raise ConfigError(f"cannot write: {e.strerror}", file=output) from None
     return doc
+
+
+def _regions_doc(rp, choice):
+    """The wrapped units, and every top-level region no wrapped unit covers (left alone), in
+    forward order."""
+    covered = set().union(*(u.scope for u in choice)) if choice else set()
+    rows = []
+    for u, kept in choice.items():
+        first = u.ops[0]["i"] if u.ops else -1
+        rows.append((first, {"name": u.name, "members": list(u.members), "option": "selective" if kept else "full",
+                             "checkpoint": True,
+                             "save": [dict(zip(("region", "op", "k"), u.keyed[o["i"]]),
+                                           bytes=sum(rp.bytes[x] for x in o["made"])) for o in kept],
+                             "recompute_cost": rp.unit_cost(u, kept), "recompute_flops": rp.unit_flops(u, kept)}))
+    for r in rp.top:
+        if r not in covered:
+            u = rp.unit((r,))
+            rows.append((u.ops[0]["i"] if u.ops else -1, {"name": r, "members": [r], "option": "none",
+                                                           "checkpoint": False, "save": [], "recompute_cost": 0,
+                                                           "recompute_flops": 0}))
+    return [d for _, d in sorted(rows, key=lambda x: x[0])]
 
 
 def _ckpt_own(model, budget, time_limit):
