@@ -109,3 +109,18 @@ def test_the_budget_strategy_takes_the_block_plan_where_it_is_cheapest():
     assert any(k.startswith("blocks-dp") for k in cands)
     assert sim.cost == min(cands.values())
     assert p.solver.startswith("blocks-dp")
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_hierarchical_plan_equals_the_whole_graph_milp_on_two_block_transformers(seed):
+    """Two transformer blocks at 0.9 of store-all's peak: the block DP's plan costs exactly the
+    Checkmate MILP's proved optimum over the whole joint graph."""
+    from ckpt.plan.milp import solve_milp
+
+    j = pg.joint_of(pg.transformer_config(2, seed))
+    ix = JointIndex(j)
+    managed = int(0.9 * _store_all_peak(ix))
+    m, status = solve_milp(ix, managed, time_limit=120)
+    assert status == "optimal"
+    dp = min(walk(ix, p.steps)[1] for p in (solve_blocks(v, managed) for v in block_views(ix)) if p.steps)
+    assert dp == pytest.approx(walk(ix, m.steps)[1], rel=1e-12)
