@@ -118,7 +118,8 @@ def _signature(ix, F, B, prev, gin):
     """A block's structure, by position: two blocks with equal signatures have the same options."""
     idx = {u: i for i, u in enumerate(F + B)}
     idx[prev], idx[gin] = -1, -2
-    return (ix.ram.get(prev, 0), ix.ram.get(gin, 0)) + tuple((ix.ram[u], ix.ws[u], ix.cost[u], tuple(idx.get(p, -3) for p in ix.preds[u])) for u in F + B)
+    return (ix.ram.get(prev, 0), ix.ram.get(gin, 0)) + tuple(
+        (ix.ram[u], ix.ws[u], ix.cost[u], tuple(idx.get(p, -3) for p in ix.preds[u])) for u in F + B)
 
 
 def _groupings(ix, fwd, bwd):
