@@ -12,13 +12,25 @@ least squares (each node's time is the sum of its kinds' terms). --write stores 
 ckpt/model/cost_weights.py, which lower() reads: plans then depend on fixed data, never on the
 clock at plan time.
 
+Each case (a config at one size) is timed in a process of its own, as `ckpt run` would run it:
+the C allocator's state carries over from one model to the next in a process (glibc raises its
+mmap and trim thresholds to the largest block freed so far), which changed gpt_small's measured
+sqrt-n overhead from 10% to 25% after mlp_deep had run, and the per-node times the fit sees with it.
+Within a process, glibc's default also hands the heap's top back to the system whenever more than
+twice the largest freed block is free there, and takes it back with page faults at the next
+forward: a cost of the schedule's memory shape, not of what it computes (it made resnet_small's
+0.9x budget plan measure -1% against store-all's +7%, the plan faster for recomputing). So by
+default (--malloc kept) the timed processes keep their heap: blocks up to 32 MiB come from it and
+none of it is handed back, as a caching allocator would; --malloc default measures glibc as it is.
+
 On a shared machine, wall-clock times swing with the load; `--clock cpu` (the default) times with
 the process's CPU time instead, and `--threads 1` runs BLAS on one thread so that CPU time is
 step time (the 1-thread control).
 
 `check` measures, per config and strategy (sqrt-n, budget at 0.9x/0.7x/0.5x), the overhead over
 store-all side by side in one process (interleaved rounds, median of per-round ratios), --repeats
-times, and prints the median measured overhead beside the predicted one and their relative error.
+times, and prints the median measured overhead beside the predicted one, their relative error and
+their difference in percentage points (a small overhead's relative error is mostly the noise).
 """
 
 import argparse
@@ -26,6 +38,7 @@ import datetime
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 
@@ -56,12 +69,18 @@ def config(name):
 
 def step_times(model, steps, backend, n_steps):
     """Seconds of each compute step of a schedule ((node, occurrence) -> median over n_steps
-    steps after a warm-up), the clock read after every node as measure_costs does."""
+    steps after a warm-up), the clock read after every node as measure_costs does. Reading the
+    clock and keeping the sample take time of their own (about a microsecond with the CPU clock,
+    5% of a gpt_small step) that a plain step does not spend: the same callback is timed on its
+    own, and its cost taken off each sample. (Timing plain steps beside the instrumented ones and
+    sharing out the difference gave the same figure on small models, but on mlp_deep the
+    difference of two 60 ms steps swings by tens of microseconds per node.)"""
     ex = Executor(model.graph, model.joint, steps, backend)
     leaves = device_leaves(model, backend)
     ex.step(leaves)
     samples = {}
-    for _ in range(n_steps):
+
+    def recorder():
         seen, last = {}, [backend.clock()]
 
         def took(x, _value):
@@ -69,32 +88,61 @@ def step_times(model, steps, backend, n_steps):
             k = seen[x] = seen.get(x, -1) + 1
             samples.setdefault((x, k), []).append(now - last[0])
             last[0] = now
+        return took
 
-        ex.step(leaves, on_value=took)
-    return {k: statistics.median(v) for k, v in samples.items()}
+    took, n = recorder(), 20000
+    t0 = backend.clock()
+    for i in range(n):
+        took(i, None)
+    per_call = (backend.clock() - t0) / n
+    samples.clear()
+    for _ in range(n_steps):
+        ex.step(leaves, on_value=recorder())
+    return {k: max(statistics.median(v) - per_call, 0.0) for k, v in samples.items()}
 
 
-def collect(steps, backend):
-    """Per-node times in store-all steps and in steps of plans that recompute (sqrt-n, budget at
-    0.7x): a node's time depends on what the allocator and the caches hold around it, and the fit
-    should see both the generous and the lean context."""
-    rows = []  # (features, seconds, case)
-    for name, overrides in CASES:
-        model = load_model(config(name), overrides)
-        sa, sa_sim = plan(model.joint, "store-all", ix=model.index)
-        schedules = [sa, plan(model.joint, "sqrt-n", ix=model.index)[0]]
-        try:
-            schedules.append(plan(model.joint, "budget", int(0.7 * sa_sim.peak_ws), ix=model.index)[0])
-        except BudgetError:
-            pass
-        total = 0
-        for p in schedules:
-            times = step_times(model, p.steps, backend, steps)
-            for (x, _), t in times.items():
-                rows.append((model.joint.nodes[x]["features"], t, name))
-            total += len(times)
-        print(f"  timed {name} {overrides or ''}: {total} node computes in {len(schedules)} schedules",
-              file=sys.stderr)
+def collect_case(case, steps, backend):
+    """Rows (features, seconds, config) of one case: per-node times in store-all steps and in
+    steps of plans that recompute (sqrt-n, budget at 0.7x): a node's time depends on what the
+    allocator and the caches hold around it, and the fit should see both the generous and the
+    lean context."""
+    name, overrides = CASES[case]
+    model = load_model(config(name), overrides)
+    sa, sa_sim = plan(model.joint, "store-all", ix=model.index)
+    schedules = [sa, plan(model.joint, "sqrt-n", ix=model.index)[0]]
+    try:
+        schedules.append(plan(model.joint, "budget", int(0.7 * sa_sim.peak_ws), ix=model.index)[0])
+    except BudgetError:
+        pass
+    rows, total = [], 0
+    label = name + "".join(f" {k}={v}" for k, v in overrides.items())
+    for p in schedules:
+        times = step_times(model, p.steps, backend, steps)
+        for (x, _), t in times.items():
+            rows.append((model.joint.nodes[x]["features"], t, label))
+        total += len(times)
+    print(f"  timed {name} {overrides or ''}: {total} node computes in {len(schedules)} schedules",
+          file=sys.stderr)
+    return rows
+
+
+def child_env(args):
+    """The timed processes' environment: glibc keeps its heap unless --malloc default."""
+    env = dict(os.environ)
+    if args.malloc == "kept":
+        env.update(MALLOC_MMAP_THRESHOLD_=str(32 << 20), MALLOC_TRIM_THRESHOLD_=str(1 << 40))
+    return env
+
+
+def collect(args):
+    """The rows of every case, each timed in a fresh process (see the module's note)."""
+    import json
+    rows = []
+    for case in range(len(CASES)):
+        cmd = [sys.executable, os.path.abspath(__file__), "collect", str(case), "--steps", str(args.steps),
+               "--clock", args.clock] + (["--threads", args.threads] if args.threads else [])
+        out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True, env=child_env(args)).stdout
+        rows += [({k: tuple(v) for k, v in feats.items()}, t, c) for feats, t, c in json.loads(out)]
     return rows
 
 
@@ -116,11 +164,18 @@ def _generic(key):
 
 def fit(rows, power=0.0):
     """NNLS over columns (kind, per FLOP | per byte | per call); rows weighted by time**-power
-    (0: absolute errors, so the totals that overheads are made of come out right). First one
+    (0: absolute errors, so the totals that overheads are made of come out right) and by one over
+    their case's total time: an overhead is relative to its own model's step, so each case's
+    error counts relative to that step (unweighted, mlp_deep's millisecond GEMMs outweighed every
+    node of gpt_small, whose store-all step came out 14% over its measured time). First one
     kind per direction over every sample (the fallback), then a kind of its own for each op the
     samples cover, the others held at the fallback."""
     y = np.array([t * 1e9 for _, t, _ in rows])
     w = np.maximum(y, 1.0) ** -power
+    case_total = {}
+    for (_, _, c), t in zip(rows, y):
+        case_total[c] = case_total.get(c, 0.0) + t
+    w /= np.array([case_total[c] for _, _, c in rows])
 
     def design(kinds, mapping):
         col = {k: 3 * n for n, k in enumerate(kinds)}
@@ -195,25 +250,37 @@ def cmd_fit(args):
         with open(args.samples) as f:
             rows = [({k: tuple(v) for k, v in feats.items()}, t, c) for feats, t, c in json.load(f)]
     else:
-        rows = collect(args.steps, backend_for(args))
+        rows = collect(args)
     if args.save_samples:
         with open(args.save_samples, "w") as f:
             json.dump(rows, f)
     weights, pred, y = fit(rows, args.power)
-    print(f"{'case':14} {'nodes':>6} {'measured ms':>12} {'predicted ms':>13}  ratio")
+    print(f"{'case':28} {'nodes':>6} {'measured ms':>12} {'predicted ms':>13}  ratio")
     for name in dict.fromkeys(c for _, _, c in rows):
         idx = [n for n, r in enumerate(rows) if r[2] == name]
         m, p = y[idx].sum() / 1e6, pred[idx].sum() / 1e6
-        print(f"{name:14} {len(idx):6d} {m:12.2f} {p:13.2f}  {p / m:.3f}")
+        print(f"{name:28} {len(idx):6d} {m:12.2f} {p:13.2f}  {p / m:.3f}")
     for k, (a, b, c) in sorted(weights.items()):
         print(f"  {k:32} {a:10.4g} ns/flop {b:10.4g} ns/byte {c:10.4g} ns/call")
     if args.write:
         write(weights)
 
 
+def cmd_collect(args):
+    import json
+    json.dump(collect_case(args.case, args.steps, backend_for(args)), sys.stdout)
+
+
 def cmd_check(args):
+    if not args.child:  # each config in a fresh process (see the module's note)
+        print(f"{'config':14} {'strategy':14} {'predicted':>10} {'measured':>10} {'rel. error':>10} {'points':>9}   runs",
+              flush=True)
+        for name in args.config:
+            subprocess.run([sys.executable, os.path.abspath(__file__), "check", "--child", "--config", name,
+                            "--rounds", str(args.rounds), "--repeats", str(args.repeats), "--clock", args.clock]
+                           + (["--threads", args.threads] if args.threads else []), check=True, env=child_env(args))
+        return
     backend = backend_for(args)
-    print(f"{'config':14} {'strategy':14} {'predicted':>10} {'measured':>10} {'rel. error':>10}   runs")
     for name in args.config:
         model = load_model(config(name))
         sa, sa_sim = plan(model.joint, "store-all", ix=model.index)
@@ -232,7 +299,8 @@ def cmd_check(args):
             measured = statistics.median(runs)
             err = (predicted - measured) / measured if measured else float("nan")
             label = strategy + (f"@{f}x" if f else "")
-            print(f"{name:14} {label:14} {predicted:+10.1%} {measured:+10.1%} {err:+10.1%}   "
+            print(f"{name:14} {label:14} {predicted:+10.1%} {measured:+10.1%} {err:+10.1%} "
+                  f"{100 * (predicted - measured):+9.1f}   "
                   + " ".join(f"{r:+.1%}" for r in runs), flush=True)
 
 
@@ -249,11 +317,17 @@ def main():
     c.add_argument("--rounds", type=int, default=7)
     c.add_argument("--repeats", type=int, default=3)
     c.add_argument("--config", nargs="+", default=["mlp_deep", "gpt_small", "resnet_small"])
-    for p in (f, c):
+    c.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    k = sub.add_parser("collect", help="(internal) time one case; its rows as JSON on stdout")
+    k.add_argument("case", type=int)
+    k.add_argument("--steps", type=int, default=5)
+    for p in (f, c, k):
         p.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
+        p.add_argument("--malloc", choices=["kept", "default"], default="kept",
+                       help="kept: the timed processes keep their heap (glibc thresholds fixed); default: glibc's own")
         p.add_argument("--threads", help="BLAS threads (set before numpy loads)")
     args = ap.parse_args()
-    (cmd_fit if args.cmd == "fit" else cmd_check)(args)
+    {"fit": cmd_fit, "check": cmd_check, "collect": cmd_collect}[args.cmd](args)
 
 
 if __name__ == "__main__":
