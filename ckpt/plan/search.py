@@ -130,18 +130,31 @@ def _spread(items, k):
     return [items[min(len(items) - 1, int((i + 1) * stride) - 1)] for i in range(k)]
 
 
+class _Drops:
+    """The keep-sets left after dropping the first n values of `order`, for n from len(order) down
+    to 0 (least memory first), built when asked for: a family as fine as the plain greedy's."""
+
+    def __init__(self, order, extra=frozenset()):
+        self.order, self.extra = order, extra
+
+    def __len__(self):
+        return len(self.order) + 1
+
+    def __getitem__(self, i):
+        return frozenset(self.order[len(self.order) - i:]) | self.extra
+
+
 def families(ix):
     """Families of keep-sets, each ordered from least memory to most."""
     points = articulation_points(ix)
     res = [u for u in ix.fwd if u in ix.residuals]
-    # values whose recompute is cheap for their size are dropped first
-    by_value = sorted(res, key=lambda u: (ix.ram[u] / max(ix.cost[u], 1e-9), ix.pos[u]))
+    # values that free the most bytes per unit of recompute are dropped first (the plain greedy's order)
+    by_value = sorted(res, key=lambda u: (-ix.ram[u] / max(ix.cost[u], 1e-9), ix.pos[u]))
     counts = sorted({0, 1, 2, len(points)} | {round(len(points) ** e) for e in (0.25, 0.5, 0.75)}
                     | {int(len(points) * f) for f in (0.125, 0.25, 0.5, 0.75)})
     spread = [frozenset(_spread(points, k)) for k in counts]
-    drops = sorted({int(len(by_value) * f / 16) for f in range(17)}, reverse=True)
     root = frozenset(_spread(points, round(math.sqrt(len(points)))))
-    return [spread, [frozenset(by_value[n:]) for n in drops], [frozenset(by_value[n:]) | root for n in drops]]
+    return [spread, _Drops(by_value), _Drops(by_value, root)]
 
 
 def class_starts(ix, classes):
@@ -174,6 +187,23 @@ def family_starts(ix, ev, budget_managed):
                 if peak <= budget_managed:
                     found.append((cost, State(family[k], hold)))
     return found
+
+
+def greedy_start(ix, ev, budget_managed, share=4):
+    """Issue 12's plain greedy, the search's floor: from store-all's keep-set, drop values one at a
+    time, most bytes per unit of recompute first, until one policy's plan fits: [(cost, State)].
+    It may take 1/`share` of the evaluations' work (then the bisection of family_starts stands in)."""
+    order = families(ix)[1].order
+    cap = ev.walked + ev.work // share
+    for n in range(len(order) + 1):
+        if ev.walked > cap or ev.exhausted:
+            return []
+        keep = frozenset(order[n:])
+        fits = [(ev(State(keep, h))[1], State(keep, h)) for h in _policies(ix)]
+        fits = [f for f in fits if ev(f[1])[0] <= budget_managed]
+        if fits:
+            return [min(fits, key=lambda f: f[0])]
+    return []
 
 
 def _refetchable(ix):
@@ -318,7 +348,7 @@ def search(ix, budget_managed, starts=(), work=None, ev=None, lowest_fallback=Tr
         for s, peak, cost in descent(ix, ev, tied, hold, budget_managed):
             if peak <= budget_managed:
                 cands.append((cost, len(cands), s))
-    for cost, s in family_starts(ix, ev, budget_managed):
+    for cost, s in greedy_start(ix, ev, budget_managed) + family_starts(ix, ev, budget_managed):
         cands.append((cost, len(cands), s))
     for s in class_starts(ix, tied):
         peak, cost, _ = ev(s)
