@@ -81,7 +81,7 @@ def _budget(joint, ix, budget, time_limit):
             consider(solve_blocks(view, managed), f"blocks-dp ({view.n} blocks)")
     # beside a DP plan exact over its family, the search only looks for a joint-graph shortcut
     work = WORK // 10 if chain_exact else None
-    consider(search(ix, managed, starts=[(sq.notes["keep"], False)], work=work, lowest_fallback=not chain_exact),
+    consider(search(ix, managed, starts=[(sq.notes["keep"], False)], work=work, floors=not chain_exact),
              "search")
     lower = sa_cost  # nothing recomputed: a bound every schedule respects
     if chain is None and len(ix.order) <= MILP_MAX_NODES:

@@ -75,10 +75,12 @@ class Evaluator:
     def exhausted(self):
         return self.walked >= self.work
 
-    def __call__(self, s):
-        if s not in self.seen:
-            # at least one evaluation (a start) is always made, however large the graph
-            steps = s.steps(self.ix, max_steps=max(self.work - self.walked, 4 * len(self.ix.order)))
+    def __call__(self, s, whole=False):
+        if s not in self.seen or (whole and self.seen[s][0] == math.inf):
+            # at least one evaluation (a start) is always made, however large the graph; `whole`:
+            # this one however long its schedule (the least-peak fallback's)
+            left = None if whole else max(self.work - self.walked, 4 * len(self.ix.order))
+            steps = s.steps(self.ix, max_steps=left)
             self.evals += 1
             if steps is None:  # beyond what is left of the budget: as good as not fitting
                 self.walked = self.work
@@ -335,11 +337,12 @@ def improve(ix, ev, classes, s, budget_managed):
     return s, cost
 
 
-def search(ix, budget_managed, starts=(), work=None, ev=None, lowest_fallback=True):
+def search(ix, budget_managed, starts=(), work=None, ev=None, floors=True):
     """The cheapest plan found that fits, or None. `starts`: (keep, eager) pairs from other
     planners to improve on; the result costs no more than the best of them that fits. `ev`: an
-    Evaluator that measures plans its own way (the block planner's). `lowest_fallback`: when no
-    start fits, try the plan of the least peak (not needed where another planner already fits)."""
+    Evaluator that measures plans its own way (the block planner's). `floors`: start from the plain
+    greedy's plan, and when no start fits, try the plan of the least peak (not needed beside a plan
+    another planner proved optimal over its family)."""
     ev = ev or Evaluator(ix, work or WORK)
     tied = value_classes(ix)
     lazy, eager = _policies(ix)
@@ -348,7 +351,7 @@ def search(ix, budget_managed, starts=(), work=None, ev=None, lowest_fallback=Tr
         for s, peak, cost in descent(ix, ev, tied, hold, budget_managed):
             if peak <= budget_managed:
                 cands.append((cost, len(cands), s))
-    for cost, s in greedy_start(ix, ev, budget_managed) + family_starts(ix, ev, budget_managed):
+    for cost, s in (greedy_start(ix, ev, budget_managed) if floors else []) + family_starts(ix, ev, budget_managed):
         cands.append((cost, len(cands), s))
     for s in class_starts(ix, tied):
         peak, cost, _ = ev(s)
@@ -359,11 +362,11 @@ def search(ix, budget_managed, starts=(), work=None, ev=None, lowest_fallback=Tr
         peak, cost, _ = ev(s)
         if peak <= budget_managed:
             cands.append((cost, len(cands), s))
-    if not cands and not lowest_fallback:
+    if not cands and not floors:
         return None
     if not cands:  # below every descent: the plan of the least peak, if it fits
         _, s = lowest(ix, work=ev.work)
-        if ev(s)[0] > budget_managed:
+        if ev(s, whole=True)[0] > budget_managed:
             return None
         cands.append((ev(s)[1], 0, s))
     # local optima are many: improve the few best distinct starts, then the best of them move by move
