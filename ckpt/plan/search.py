@@ -12,7 +12,7 @@ Two phases:
   on the budget, so the best of its members that fit is monotone in the budget.
 - *starts*: besides the descent, families of checkpoint sets spread evenly over the articulation
   points or over the values by bytes per unit of cost (a bisection in each finds the largest that
-  fits), and sqrt-n's.
+  fits), sqrt-n's, and the plain greedy's plan (issue 12's floor: that family scanned value by value).
 - *improvement*: from the best start, local
   moves — keep one more value, hold or release a recomputed one, or swap a value live at the peak
   for one that saves recompute — accepted when the plan still fits and costs less. It never
