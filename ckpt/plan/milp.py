@@ -128,7 +128,7 @@ def solve_milp(ix, budget_managed, time_limit=120.0, node_limit=NODE_LIMIT, cuto
         rows.add([(v, c) for v, c in zip(range(V.n), V.cost) if c], -np.inf, cutoff / top * (1 - 1e-6))
     A = coo_matrix((rows.v, (rows.r, rows.c)), shape=(len(rows.lo), V.n)).tocsr()
     start = time.perf_counter()
-    with _quiet_stdout():
+    with quiet_stdout():
         res = milp(c=np.array(V.cost), constraints=LinearConstraint(A, rows.lo, rows.hi),
                    integrality=np.array(V.integer), bounds=Bounds(V.lb, V.ub),
                    options={"time_limit": float(time_limit), "node_limit": int(node_limit), "disp": False,
@@ -149,7 +149,7 @@ def solve_milp(ix, budget_managed, time_limit=120.0, node_limit=NODE_LIMIT, cuto
 
 
 @contextmanager
-def _quiet_stdout():
+def quiet_stdout():
     """HiGHS (C++) may print to file descriptor 1 even with disp off: point it at stderr meanwhile,
     so that `--json` output stays one JSON document."""
     try:

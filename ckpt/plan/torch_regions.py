@@ -131,6 +131,8 @@ class RegionProfile:
         import numpy as np
         from scipy.optimize import Bounds, LinearConstraint, milp
         from scipy.sparse import coo_matrix
+
+        from .milp import quiet_stdout
         units = [u for u in self.units if u.rerun or self.inputs[u.members[0]]]
         col = {}  # ('w', ui) | ('s', op index) | ('h', storage) -> column
         for ui, u in enumerate(units):
@@ -213,9 +215,10 @@ class RegionProfile:
             row([(c, held[c]) for c in range(n) if held[c]], -np.inf, limit - const)
             objective = recompute
         a = coo_matrix((vals, (rows, cols)), shape=(len(lo), n)).tocsr()
-        res = milp(objective, constraints=LinearConstraint(a, lo, hi) if lo else (), integrality=integer,
-                   bounds=Bounds(np.zeros(n), np.ones(n)),
-                   options={"node_limit": NODE_LIMIT, "disp": False, "mip_rel_gap": 1e-6})
+        with quiet_stdout():  # HiGHS may print even with disp off: keep `--json` output clean
+            res = milp(objective, constraints=LinearConstraint(a, lo, hi) if lo else (), integrality=integer,
+                       bounds=Bounds(np.zeros(n), np.ones(n)),
+                       options={"node_limit": NODE_LIMIT, "disp": False, "mip_rel_gap": 1e-6})
         if res.x is None:
             return None
         x = res.x
