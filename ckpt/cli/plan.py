@@ -93,8 +93,10 @@ def plan(config, budget, strategy, sweep, points, plot_file, time_limit, device,
         if r.get("error"):
             click.echo(f"{r['name']}: {r['error']}")
         if r.get("lower_bound_overhead") is not None and r["solver"] not in ("store-all fits", "chain-dp", "direct"):
-            click.echo(f"{r['name']}: best known lower bound on overhead {fmt_pct(r['lower_bound_overhead'])}"
-                       + (" (proved optimal)" if r["lower_bound_overhead"] >= r["overhead"] else ""))
+            lb, gap = r["lower_bound_overhead"], r["overhead"] - r["lower_bound_overhead"]
+            click.echo(f"{r['name']}: proved optimal" if gap <= 0 else
+                       f"{r['name']}: no schedule costs less than {fmt_pct(lb)} (a lower bound): this plan is at "
+                       f"most {gap * 100:.2f} points of overhead above the optimum")
         if r.get("planners"):
             click.echo(f"{r['name']}: each planner's plan: " + ", ".join(
                 f"{k} {v if isinstance(v, str) else fmt_pct(v)}" for k, v in r["planners"].items()))

@@ -11,6 +11,7 @@ from ..simulate import simulate
 from ..sizes import fmt_bytes
 from .basic import sqrt_n, store_all
 from .blocks import block_views, solve_blocks
+from .bound import lower_bound
 from .chain import Chain, solve_chain
 from .keepset import JointIndex
 from .milp import solve_milp
@@ -83,9 +84,13 @@ def _budget(joint, ix, budget, time_limit):
     work = WORK // 10 if chain_exact else None
     consider(search(ix, managed, starts=[(sq.notes["keep"], False)], work=work, floors=not chain_exact),
              "search")
-    lower = sa_cost  # nothing recomputed: a bound every schedule respects
-    if chain is None and len(ix.order) <= MILP_MAX_NODES:
-        best = min(cands, key=lambda c: c[:2])[0] if cands else None
+    # no schedule costs less than store-all plus the bound of bound.py (nor fits where it is infinite)
+    extra, infeasible = lower_bound(ix, managed)
+    if infeasible and not cands:
+        _fail(joint, ix, budget, resident, time_limit)
+    lower = sa_cost + (0.0 if infeasible else extra)
+    best = min(cands, key=lambda c: c[:2])[0] if cands else None
+    if chain is None and len(ix.order) <= MILP_MAX_NODES and (best is None or best > lower):
         m, status = solve_milp(ix, managed, time_limit=time_limit, cutoff=best)
         notes["milp"] = status
         if m is not None and m.notes["optimal"]:
@@ -104,7 +109,7 @@ def _budget(joint, ix, budget, time_limit):
     cost, _, p = min(cands, key=lambda c: c[:2])
     p.strategy = "budget"
     p.lower_bound = min(max(lower, p.lower_bound or lower), cost)
-    if p.lower_bound == cost and p.solver == "search":
+    if p.lower_bound == cost and p.solver == "search" and "milp" in notes:
         p.solver = "search (proved optimal by the milp)"
     p.notes["candidates"] = notes
     return p
@@ -161,6 +166,7 @@ def plan_table(joint, names, budget, time_limit=120.0, ix=None, strict=False, bu
         row = {"name": name, "budget_bytes": b, "resident_bytes": joint.graph.get("resident", 0)}
         try:
             p, sim = plan(joint, name, b, time_limit=time_limit, ix=ix)
+            lower = p.lower_bound  # this budget's: a smaller budget's bound may exceed it
             if budgets is not None:
                 if carried is not None and carried[1].cost < sim.cost:
                     p, sim = carried
@@ -173,7 +179,7 @@ def plan_table(joint, names, budget, time_limit=120.0, ix=None, strict=False, bu
             rows.append(row)
             continue
         overhead = (sim.cost - sa_sim.cost) / sa_sim.cost if sa_sim.cost else 0.0
-        lb = None if p.lower_bound is None else (p.lower_bound - sa_sim.cost) / sa_sim.cost if sa_sim.cost else 0.0
+        lb = None if lower is None else (min(lower, sim.cost) - sa_sim.cost) / sa_sim.cost if sa_sim.cost else 0.0
         row.update(feasible=b is None or sim.peak_ws <= b, peak_bytes=sim.peak, managed_bytes=sim.peak_managed,
                    peak_with_workspace_bytes=sim.peak_ws,
                    overhead=overhead, cost=sim.cost, stored=sim.stored, recomputed=sim.recomputes,
