@@ -74,7 +74,7 @@ def _budget(joint, ix, budget, time_limit):
             notes["chain-dp"] = "chain too long for the DP table"
         else:
             consider(p, p.solver)
-            chain_exact = p.steps is not None and p.notes["exact"]
+            chain_exact = p.solver in notes and p.notes["exact"]  # exact, and fits when walked
     sq = sqrt_n(ix)
     consider(sq, "sqrt-n")
     if not chain_exact:
@@ -108,7 +108,8 @@ def _budget(joint, ix, budget, time_limit):
         _fail(joint, ix, budget, resident, time_limit)
     cost, _, p = min(cands, key=lambda c: c[:2])
     p.strategy = "budget"
-    p.lower_bound = min(max(lower, p.lower_bound or lower), cost)
+    # a candidate's own bound holds over its family only (the chain DP's: checkpoints on a stack)
+    p.lower_bound = min(lower, cost)
     if p.lower_bound == cost and p.solver == "search" and "milp" in notes:
         p.solver = "search (proved optimal by the milp)"
     p.notes["candidates"] = notes

@@ -34,7 +34,7 @@ from .search import Evaluator, State, _spread, descent, search, walk
 
 MAX_BLOCKS = 100  # blocks after grouping: the DP does O(n^3 x slots) work
 MAX_SLOTS = 2048  # the DP's work grows with them; rounding to fewer loses at tight budgets
-MAX_OPTIONS = 12  # per distinct block, spread over the Pareto set
+MAX_OPTIONS = 32  # per distinct block, spread over the Pareto set (32 held the whole set on GPT layers)
 OPTION_WORK = 1_500_000  # schedule steps walked to find options, all distinct blocks together
 BUDGETS = 6  # budgets per distinct block at which the search adds an option (two kinds)
 

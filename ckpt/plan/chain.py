@@ -76,6 +76,7 @@ class Chain:
         self.seed = grad_of[fwd[-1]]
         self.groups = [None] + [groups[k] for k in range(1, l + 1)] + [[self.seed]]
         self.x = [0] + [ix.ram[a] for a in fwd] + [0]
+        self.wsx = [0] + [ix.ws[a] for a in fwd] + [0]  # workspace, held while a_k is computed
         self.c = [0.0] + [ix.cost[a] for a in fwd] + [0.0]
         self.gsz = [0] + [ix.ram[grad_of[a]] if a in grad_of else 0 for a in fwd] + [0]
         self.grad = [None] + [grad_of.get(a) for a in fwd] + [None]
@@ -88,7 +89,7 @@ class Chain:
             self.needs_out[k] = k <= l and fwd[k - 1] in reads
             held, peak = 0, 0
             for b in self.groups[k]:
-                peak = max(peak, held + ix.ram[b])
+                peak = max(peak, held + ix.ram[b] + ix.ws[b])
                 if ix.breaders[b]:
                     held += ix.ram[b]
             self.extra[k] = peak
@@ -98,8 +99,11 @@ class Chain:
         """Every schedule runs each gradient node once: the cost the DP leaves out."""
         return sum(self.ix.cost[b] for g in self.groups[1:] for b in g)
 
-    def sizes(self):
-        return [s for s in self.x + self.gsz + self.extra if s > 0]
+    def sizes(self, workspace=False):
+        """The values' sizes, which set the slot unit; with `workspace`, also the figures that
+        count workspace (whose odd sizes must not shrink the unit: they are rounded instead)."""
+        more = self.wsx + self.extra if workspace else []
+        return [s for s in self.x + self.gsz + more if s > 0]
 
 
 def _unit(sizes, budget, max_slots=None):
@@ -136,7 +140,7 @@ def solve_chain(chain, budget_managed, coarse=True, least=True):
     S = int(budget_managed // unit)
     if 2 * lay.n * (S + 1) > MAX_CELLS:
         return None
-    rounded = any(s % unit for s in sizes)
+    rounded = any(s % unit for s in chain.sizes(workspace=True))
     if not coarse and unit > _unit(sizes, 0):
         return None  # slots coarser than the sizes: left to a planner that needs none (see coarse)
     # Values smaller than a slot (a scalar loss and its gradient) take no slot: their bytes are set
@@ -180,10 +184,14 @@ def solve_chain(chain, budget_managed, coarse=True, least=True):
 
 
 def peak_managed(ix, steps):
+    """The peak the budget bounds: each step's workspace counted while it runs."""
     live = peak = 0
     for kind, x in steps:
-        live += ix.ram[x] if kind == COMPUTE else -ix.ram[x]
-        peak = max(peak, live)
+        if kind == COMPUTE:
+            peak = max(peak, live + ix.ram[x] + ix.ws[x])
+            live += ix.ram[x]
+        else:
+            live -= ix.ram[x]
     return peak
 
 
@@ -262,6 +270,7 @@ def _table(chain, unit, S, rnd, S_up=None):
         return int(rnd(b / unit))
 
     x = [slots(v) for v in chain.x]
+    w = [slots(v) for v in chain.wsx]
     gs = [slots(v) for v in chain.gsz]
     ex = [slots(v) for v in chain.extra]
     c = chain.c
@@ -272,7 +281,7 @@ def _table(chain, unit, S, rnd, S_up=None):
     C = np.full((2, lay.n, S + 1), -9, dtype=np.int32)  # -1 base, -2 direct, k - i split
     csum = np.concatenate([[0.0], np.cumsum(c[1:])])  # csum[k] = c_1 + ... + c_k
     nout_k = np.array(nout, dtype=bool)
-    xa = np.array(x)
+    xa, wa = np.array(x), np.array(w)
 
     for i, j in lay.pairs:
         d = j - i
@@ -280,7 +289,7 @@ def _table(chain, unit, S, rnd, S_up=None):
         # P[k] for k in (i, j): the advance's peak above a_i from a_i to a_k
         if d > 1:
             ks = np.arange(i + 1, j)
-            P = np.maximum.accumulate(np.where(ks - 1 > i, xa[ks - 1], 0) + xa[ks])
+            P = np.maximum.accumulate(np.where(ks - 1 > i, xa[ks - 1], 0) + xa[ks] + wa[ks])
             adv = csum[i + 1:j] - csum[i]
             right, left = lay.right(ks, j), lay.left(i, ks)
         for h in (0, 1):
@@ -289,7 +298,7 @@ def _table(chain, unit, S, rnd, S_up=None):
             choice = np.full(S + 1, -9, dtype=np.int32)
             if d == 1:
                 A = x[j] if nout[j] else 0
-                peak = max(base + (x[j] if nout[j] and not h else 0), x[i] + gs[j] + A + ex[j])
+                peak = max(base + (x[j] + w[j] if nout[j] and not h else 0), x[i] + gs[j] + A + ex[j])
                 cost = c[j] if nout[j] and not h else 0.0
                 ok = m >= peak
                 best[ok], choice[ok] = cost, -1
