@@ -73,3 +73,22 @@ def test_the_plan_report_carries_the_bound():
     p, sim = plan(m.joint, "budget", m.joint.graph["resident"] + int(0.7 * sa_peak), ix=ix)
     extra, _ = lower_bound(ix, int(0.7 * sa_peak))
     assert p.lower_bound >= sa_cost + extra > sa_cost
+
+
+def test_proves_the_plan_optimal_without_the_milp_on_a_small_transformer():
+    """In integers, the bound meets the optimum the MILP proved on this graph at 0.7 (1.2215 of
+    store-all's cost, benchmarks/planner_optima.json), so the plan is proved optimal at once and
+    the MILP is not run."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
+    import planner_graphs as pg
+
+    j = pg.joint_of(pg.transformer_config(1, 7))
+    ix = JointIndex(j)
+    sa_peak, sa_cost, _ = walk(ix, store_all(ix).steps)
+    p, sim = plan(j, "budget", j.graph["resident"] + int(0.7 * sa_peak), ix=ix)
+    assert p.lower_bound == sim.cost
+    assert "milp" not in p.notes["candidates"]
+    assert sim.cost / sa_cost == pytest.approx(1.2215, abs=1e-4)

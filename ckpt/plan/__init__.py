@@ -19,6 +19,8 @@ from .search import WORK, lowest, search, walk
 
 STRATEGIES = ("store-all", "sqrt-n", "budget")
 MILP_MAX_NODES = 80  # joint nodes; beyond this HiGHS rarely closes the Checkmate MILP within its node limit
+MILP_MIN_GAP = 1e-3  # relative: a plan proved this close to optimal is not worth a MILP's minute
+PROOF_TOLERANCE = 1e-5  # relative: a plan this close to the lower bound is optimal up to HiGHS's tolerances
 
 
 def plan(joint, strategy, budget=None, time_limit=120.0, ix=None):
@@ -42,7 +44,9 @@ def plan(joint, strategy, budget=None, time_limit=120.0, ix=None):
 
 def _budget(joint, ix, budget, time_limit):
     """The cheapest of every planner's plan that fits: exact ones (chain DP, MILP) where they
-    prove optimality, the keep-set search everywhere, the simple strategies as a floor."""
+    prove optimality, the keep-set search everywhere, the simple strategies as a floor. The plan
+    carries a lower bound on the optimum (bound.py, or the MILP's), so a report can say how far
+    from optimal it can be."""
     resident = joint.graph.get("resident", 0)
     managed = budget - resident
     sa = store_all(ix)
@@ -90,7 +94,10 @@ def _budget(joint, ix, budget, time_limit):
         _fail(joint, ix, budget, resident, time_limit)
     lower = sa_cost + (0.0 if infeasible else extra)
     best = min(cands, key=lambda c: c[:2])[0] if cands else None
-    if chain is None and len(ix.order) <= MILP_MAX_NODES and (best is None or best > lower):
+    if best is not None and best <= lower * (1 + PROOF_TOLERANCE):
+        lower = best  # the bound meets the best plan: it is optimal, and the MILP has nothing to add
+    # the MILP runs where the bound leaves room for a real gain (it can take a minute on 70 nodes)
+    if chain is None and len(ix.order) <= MILP_MAX_NODES and (best is None or best > lower * (1 + MILP_MIN_GAP)):
         m, status = solve_milp(ix, managed, time_limit=time_limit, cutoff=best)
         notes["milp"] = status
         if m is not None and m.notes["optimal"]:
@@ -110,8 +117,8 @@ def _budget(joint, ix, budget, time_limit):
     p.strategy = "budget"
     # a candidate's own bound holds over its family only (the chain DP's: checkpoints on a stack)
     p.lower_bound = min(lower, cost)
-    if p.lower_bound == cost and p.solver == "search" and "milp" in notes:
-        p.solver = "search (proved optimal by the milp)"
+    if p.lower_bound == cost and p.solver == "search":
+        p.solver = "search (proved optimal by the milp)" if "milp" in notes else "search (proved optimal)"
     p.notes["candidates"] = notes
     return p
 

@@ -29,24 +29,43 @@ import numpy as np
 
 MAX_POINTS = 8  # backward steps whose program is solved (the best was among the first 3 on every graph tried)
 MAX_VARS = 400_000  # per program; beyond this the bound is not attempted
+INTEGER_POINTS = 2  # the steps with the best relaxed bounds are solved again in integers...
+INTEGER_VARS = 4_000  # ...where the program is this small
+INTEGER_NODES = 1_000  # branch-and-bound nodes: a work limit, so the bound is the same on every machine
 SAFETY = 1e-6  # relative: HiGHS's tolerances must not turn the bound into an overestimate
 
 
 def lower_bound(ix, managed):
     """(extra, infeasible): a lower bound on the cost that any schedule fitting `managed` bytes
     adds to store-all's, and whether some step proved that none fits. (0.0, False) when no step
-    is under pressure or the programs would be too large."""
+    is under pressure or the programs would be too large.
+
+    Each step's program is solved relaxed (fast at any size); on small graphs the steps with the
+    best relaxed bounds are solved again with x and r in {0, 1}, which is still a relaxation of the
+    scheduling problem (a schedule gives such an x and r) and often closes the gap to the optimum:
+    HiGHS's dual bound is taken, which holds even where its node limit stops it."""
     if not ix.bwd:
         return 0.0, False
     first = _first_needed(ix)
-    best = 0.0
+    found = []
     for k in _points(ix, managed):
-        extra = _program(ix, managed, k, first)
-        if extra is None:
+        prog = _program(ix, managed, k, first)
+        if prog is None:
             continue
+        extra = _solve(prog, integral=False)
         if extra == math.inf:
             return math.inf, True
-        best = max(best, extra)
+        if extra is not None:
+            found.append((extra, k, prog))
+    best = max((e for e, _, _ in found), default=0.0)
+    found.sort(key=lambda t: (-t[0], t[1]))
+    for _, _, prog in found[:INTEGER_POINTS]:
+        if len(prog[0]) <= INTEGER_VARS:
+            extra = _solve(prog, integral=True)
+            if extra == math.inf:
+                return math.inf, True
+            if extra is not None:
+                best = max(best, extra)
     return best, False
 
 
@@ -96,9 +115,10 @@ def _gradients_held(ix, bpos):
 
 
 def _program(ix, managed, k, first):
-    """The bound of step k (math.inf: infeasible; None: too large or unsolved)."""
-    from scipy.optimize import linprog  # scipy.optimize is slow to import
-    from scipy.sparse import coo_matrix
+    """Step k's program as (cost vector, A, rhs, lower, upper, cost scale) for A z <= rhs; None
+    when it is too large. Its cost is the extra cost at z; its rows are in units that HiGHS handles
+    well (costs relative to the largest, bytes to the budget)."""
+    from scipy.sparse import coo_matrix  # scipy is slow to import
 
     bwd = ix.bwd
     bk = bwd[k]
@@ -106,9 +126,7 @@ def _program(ix, managed, k, first):
     bpos = {b: i for i, b in enumerate(bwd)}
     must = [u for u in ix.fwd if any(c in later for c in ix.breaders[u])]
     held = sum(ix.ram[g] for g in bwd[:k] if any(bpos.get(c, -1) >= k for c in ix.breaders[g]))
-    cap = managed - ix.ram[bk] - ix.ws[bk] - held
-    if cap < 0:
-        return math.inf
+    cap = managed - ix.ram[bk] - ix.ws[bk] - held  # may be negative: the program is then infeasible
     # the values that matter: what must be accounted for, and its ancestors
     inside, stack = set(), list(must)
     while stack:
@@ -153,9 +171,28 @@ def _program(ix, managed, k, first):
     lo, hi = np.zeros(2 * n), np.ones(2 * n)
     for p in ix.fpreds[bk]:
         lo[idx[p]] = 1.0
-    res = linprog(c, A_ub=A, b_ub=np.array(rhs), bounds=np.column_stack([lo, hi]), method="highs")
+    return c * top, A, np.array(rhs), lo, hi, top
+
+
+def _solve(prog, integral):
+    """The program's optimum (relaxed) or HiGHS's dual bound on it (integral), as extra cost;
+    math.inf where it is infeasible, None where HiGHS gave no bound."""
+    from scipy.optimize import Bounds, LinearConstraint, linprog, milp
+
+    c, A, rhs, lo, hi, top = prog
+    if not len(c):  # nothing to account for but the step's own bytes
+        return math.inf if rhs[-1] < 0 else 0.0
+    c = c / top
+    if not integral:
+        res = linprog(c, A_ub=A, b_ub=rhs, bounds=np.column_stack([lo, hi]), method="highs")
+        if res.status == 2:
+            return math.inf
+        return None if res.status != 0 else max(0.0, res.fun * top * (1 - SAFETY))
+    res = milp(c, constraints=[LinearConstraint(A, -np.inf, rhs)], bounds=Bounds(lo, hi),
+               integrality=np.ones(len(c)), options={"node_limit": INTEGER_NODES, "disp": False})
     if res.status == 2:
         return math.inf
-    if res.status != 0:
+    dual = getattr(res, "mip_dual_bound", None)
+    if dual is None or not math.isfinite(dual):
         return None
-    return max(0.0, res.fun * top * (1 - SAFETY))
+    return max(0.0, dual * top * (1 - SAFETY))
