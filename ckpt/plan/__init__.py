@@ -88,12 +88,15 @@ def _budget(joint, ix, budget, time_limit):
     work = WORK // 10 if chain_exact else None
     consider(search(ix, managed, starts=[(sq.notes["keep"], False)], work=work, floors=not chain_exact),
              "search")
-    # no schedule costs less than store-all plus the bound of bound.py (nor fits where it is infinite)
-    extra, infeasible = lower_bound(ix, managed)
+    # no schedule costs less than store-all plus the bound of bound.py (nor fits where it is
+    # infinite); beside an exact chain DP plan the bound is not worth its time (a second or so on a
+    # 1,000-layer chain, half of it importing scipy.optimize)
+    best = min(cands, key=lambda c: c[:2])[0] if cands else None
+    extra, infeasible = (0.0, False) if chain_exact else lower_bound(
+        ix, managed, goal=None if best is None else best - sa_cost)
     if infeasible and not cands:
         _fail(joint, ix, budget, resident, time_limit)
     lower = sa_cost + (0.0 if infeasible else extra)
-    best = min(cands, key=lambda c: c[:2])[0] if cands else None
     if best is not None and best <= lower * (1 + PROOF_TOLERANCE):
         lower = best  # the bound meets the best plan: it is optimal, and the MILP has nothing to add
     # the MILP runs where the bound leaves room for a real gain (it can take a minute on 70 nodes)

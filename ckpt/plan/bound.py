@@ -30,15 +30,16 @@ import numpy as np
 MAX_POINTS = 8  # backward steps whose program is solved (the best was among the first 3 on every graph tried)
 MAX_VARS = 400_000  # per program; beyond this the bound is not attempted
 INTEGER_POINTS = 2  # the steps with the best relaxed bounds are solved again in integers...
-INTEGER_VARS = 4_000  # ...where the program is this small
+INTEGER_VARS = 2_000  # ...where the program is this small (a second at most)
 INTEGER_NODES = 1_000  # branch-and-bound nodes: a work limit, so the bound is the same on every machine
 SAFETY = 1e-6  # relative: HiGHS's tolerances must not turn the bound into an overestimate
 
 
-def lower_bound(ix, managed):
+def lower_bound(ix, managed, goal=None):
     """(extra, infeasible): a lower bound on the cost that any schedule fitting `managed` bytes
     adds to store-all's, and whether some step proved that none fits. (0.0, False) when no step
-    is under pressure or the programs would be too large.
+    is under pressure or the programs would be too large. `goal`: the extra cost of a plan in
+    hand; once the bound meets it, nothing more is solved.
 
     Each step's program is solved relaxed (fast at any size); on small graphs the steps with the
     best relaxed bounds are solved again with x and r in {0, 1}, which is still a relaxation of the
@@ -60,6 +61,8 @@ def lower_bound(ix, managed):
     best = max((e for e, _, _ in found), default=0.0)
     found.sort(key=lambda t: (-t[0], t[1]))
     for _, _, prog in found[:INTEGER_POINTS]:
+        if goal is not None and best >= goal * (1 - 2 * SAFETY):
+            break
         if len(prog[0]) <= INTEGER_VARS:
             extra = _solve(prog, integral=True)
             if extra == math.inf:
