@@ -247,7 +247,7 @@ def _period(chain, periods=4, tails=4):
     tail of at most `tails` stages), values a_1..a_l' included; None when the chain has none worth
     sharing (fewer than two periods)."""
     l = chain.l
-    sig = [None] + [(chain.c[k], chain.gsz[k], chain.extra[k], chain.needs_out[k], chain.needs_in[k])
+    sig = [None] + [(chain.c[k], chain.gsz[k], chain.extra[k], chain.wsx[k], chain.needs_out[k], chain.needs_in[k])
                     for k in range(1, chain.L + 1)]
     for tail in range(0, min(tails, l) + 1):
         lp = l - tail
