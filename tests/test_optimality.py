@@ -6,7 +6,8 @@ import math
 import pytest
 
 from ckpt.plan import plan
-from ckpt.plan.chain import Chain
+from ckpt.plan.chain import Chain, solve_chain
+from ckpt.plan.search import walk
 from ckpt.plan.keepset import JointIndex
 from helpers import exhaustive_cost, random_joint, revolve_bruteforce, revolve_count, uniform_chain_joint
 
@@ -76,3 +77,30 @@ def test_budget_strategy_equals_exhaustive_search_on_small_dags(seed):
         assert sim.cost == pytest.approx(best, rel=1e-9), (seed, b, p.solver)
         checked += 1
     assert checked >= 1
+
+
+@pytest.mark.parametrize("l", [4, 6])
+def test_chain_dp_with_workspace_equals_exhaustive_search(l):
+    """Forward and gradient nodes that hold workspace while they run: the chain DP's plans fit when
+    walked with it, and the budget strategy's cost equals an exhaustive search's at every budget."""
+    j = uniform_chain_joint(l, size=2)
+    j.nodes["a2"]["ws"] = 3  # odd sizes: the slots stay at the values' unit, the workspace rounds
+    j.nodes[f"grad:a{l - 1}"]["ws"] = 1
+    ix = JointIndex(j)
+    assert Chain.of(ix) is not None
+    _, sa = plan(j, "store-all", ix=ix)
+    checked = 0
+    for b in range(4, sa.peak_managed_ws + 1):
+        best = exhaustive_cost(j, b)
+        if math.isinf(best):
+            continue
+        q = solve_chain(Chain.of(ix), b, least=False)
+        if q.steps is not None:
+            peak, cost, _ = walk(ix, q.steps)
+            assert peak <= b, b
+            assert cost >= best * (1 - 1e-9)
+        p, sim = plan(j, "budget", b, ix=ix)
+        assert sim.peak_managed_ws <= b
+        assert sim.cost == pytest.approx(best, rel=1e-9), (b, p.solver)
+        checked += 1
+    assert checked >= 3
