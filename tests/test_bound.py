@@ -92,3 +92,27 @@ def test_proves_the_plan_optimal_without_the_milp_on_a_small_transformer():
     assert p.lower_bound == sim.cost
     assert "milp" not in p.notes["candidates"]
     assert sim.cost / sa_cost == pytest.approx(1.2215, abs=1e-4)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_no_schedule_fits_names_a_true_lower_bound_on_the_least_peak(seed):
+    """Below the least peak the error says what ckpt can schedule and, where the bound proves it,
+    under what nothing fits: exhaustive search must agree on both."""
+    import re
+
+    from ckpt.errors import BudgetError
+
+    j = random_joint(seed, n_ops=4)
+    ix = JointIndex(j)
+    resident = j.graph.get("resident", 0)
+    floor = max(ix.ram[x] + ix.ws[x] + sum(ix.ram[u] for u in ix.preds[x]) for x in ix.order)
+    with pytest.raises(BudgetError) as e:
+        plan(j, "budget", resident + floor - 1, ix=ix)
+    text = str(e.value)
+    least = int(re.search(r"is \S+ \S+ \((\d+) bytes", text).group(1)) - resident
+    assert not math.isinf(exhaustive_cost(j, least))
+    under = re.search(r"none fits under \S+ \S+ \((\d+) bytes", text)
+    if "smallest feasible peak" in text:
+        assert math.isinf(exhaustive_cost(j, least - 1))
+    elif under:
+        assert math.isinf(exhaustive_cost(j, int(under.group(1)) - resident - 1))

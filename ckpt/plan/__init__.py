@@ -209,9 +209,33 @@ def _planner_costs(cands, sa_cost):
 
 def _fail(joint, ix, budget, resident, time_limit):
     best, exact = smallest_peak(joint, ix, time_limit=time_limit)
+    proved = None if exact else _proved_infeasible_below(ix, max(0, budget - resident), best - resident)
+    if proved == best - resident:
+        exact = True
     how = "the smallest feasible peak is" if exact else "the smallest peak ckpt can schedule is"
+    below = "" if exact or proved is None else \
+        f", and none fits under {fmt_bytes(resident + proved)} ({resident + proved} bytes; a lower bound)"
     raise BudgetError(f"no schedule fits a memory budget of {fmt_bytes(budget)} ({budget} bytes): {how} "
-                      f"{fmt_bytes(best)} ({best} bytes; {fmt_bytes(resident)} of it resident)", min_peak=best)
+                      f"{fmt_bytes(best)} ({best} bytes; {fmt_bytes(resident)} of it resident){below}",
+                      min_peak=best)
+
+
+def _proved_infeasible_below(ix, lo, hi, tries=12):
+    """The largest managed budget in [lo, hi] under which the lower bound proves that nothing fits
+    (bisection on its infeasibility, which is monotone in the budget; `tries` programs at most, a
+    work limit), or None when it proves nothing even at `lo`. `hi` is known to fit."""
+    if not lower_bound(ix, lo)[1]:
+        return None
+    lo += 1  # every budget below lo is proved infeasible; hi fits
+    for _ in range(tries):
+        if lo >= hi:
+            break
+        mid = (lo + hi) // 2
+        if lower_bound(ix, mid)[1]:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
 __all__ = ["STRATEGIES", "plan", "plan_table", "smallest_peak", "JointIndex"]
