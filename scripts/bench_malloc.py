@@ -1,19 +1,23 @@
 #!/usr/bin/env python3
-"""The kept C heap (ckpt/cli/common.py: keep_heap) against glibc's default malloc, as users meet it:
-each measurement is a fresh `ckpt run CONFIG --strategy S --steps N --json` process (the setting is
-process-wide, so the two cannot share one), CKPT_MALLOC=kept or default, the two back to back in
-each round and their order alternated from round to round. Per config and strategy it prints the
-median over rounds of the per-round ratio of step times (default / kept: above 1, the kept heap is
-faster), the range of those ratios, sqrt-n's measured overhead over store-all under each setting
-(the ratio `ckpt bench`'s gate compares), and whether every memory figure `run` reports was the same
-to the byte under both. Run once with the default threads and once with OPENBLAS_NUM_THREADS,
-OMP_NUM_THREADS and MKL_NUM_THREADS=1 (the control: a ratio that moves there was the thread pool's).
+"""The kept C heap (ckpt/cli/common.py: keep_heap) against glibc's default malloc: each measurement
+is a fresh process (the setting is process-wide, so the two cannot share one) that calls keep_heap
+as the command line does, with CKPT_MALLOC=kept or default, then times steps as `ckpt run` does
+(session.time_side_by_side: a warm-up, then --steps steps; sqrt-n interleaved with store-all). The
+two settings run back to back in each round, their order alternated from round to round. Per
+config and strategy it prints the median over rounds of the per-round ratio of median step times
+(default / kept: above 1, the kept heap is faster), the range of those ratios, sqrt-n's overhead
+over store-all under each setting (the ratio `ckpt bench`'s gate compares), and whether the memory
+figures `run` reports (resident, managed peak, allocator peak) were the same to the byte under both.
+Run once with the default threads and once with OPENBLAS_NUM_THREADS, OMP_NUM_THREADS and
+MKL_NUM_THREADS=1 (the control: a ratio that moves there was the thread pool's).
 
-    python scripts/bench_malloc.py [--rounds 5] [--steps 15] [--configs gpt_small resnet_small mlp_deep]
-        [--strategies store-all sqrt-n] [--threads default 1]
+    python scripts/bench_malloc.py [--rounds 5] [--steps 10] [--configs gpt_small resnet_small mlp_deep]
+        [--strategies store-all sqrt-n] [--threads default 1] [--clock cpu|wall]
 
-Step times are wall clock (what `ckpt run` reports: the median of its steps); on a shared machine
-the per-round ratio is the figure to read, not either time.
+--clock cpu (the default) times with the process's CPU time, as `ckpt bench` does: on a shared
+machine, waiting for a core is not the step's, while the page faults and the system calls that
+glibc's trimming costs are (they are the process's system time). --clock wall is what `ckpt run`
+reports.
 """
 
 import argparse
@@ -22,25 +26,49 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 MODES = ("kept", "default")
-# every memory figure of `run --json`: the kept heap must leave each unchanged to the byte
-MEMORY_KEYS = ("peak_bytes", "resident_bytes", "managed_peak_bytes")
+MEMORY_KEYS = ("resident", "managed_peak", "allocator_peak")
 
 
-def run_once(config, strategy, steps, mode, threads):
+def child(config, strategy, steps, clock):
+    """One process's figures, as JSON on stdout."""
+    sys.path.insert(0, ROOT)
+    from ckpt.cli.common import keep_heap
+    kept = keep_heap()  # first, as the commands do
+    from ckpt.backend import get_backend
+    from ckpt.plan import plan
+    from ckpt.session import load_model, run_plan, time_side_by_side
+
+    model = load_model(os.path.join(ROOT, "configs", config + ".yaml"))
+    backend = get_backend("cpu")
+    p, _ = plan(model.joint, strategy, ix=model.index)
+    sa, _ = plan(model.joint, "store-all", ix=model.index)
+    r = run_plan(model, p.steps, backend, n_steps=0)  # the memory figures, as `run` measures them
+    plans = [p.steps] if strategy == "store-all" else [p.steps, sa.steps]
+    times = time_side_by_side(model, plans, backend, n_steps=steps,
+                              clock=time.process_time if clock == "cpu" else time.perf_counter)
+    doc = {"malloc": "kept" if kept else "default", "time_s": statistics.median(times[0]),
+           "resident": r.resident, "managed_peak": r.measured_managed, "allocator_peak": r.allocator_peak}
+    if strategy != "store-all":
+        doc["overhead"] = statistics.median(a / b for a, b in zip(*times)) - 1.0
+    print(json.dumps(doc))
+
+
+def run_once(args, config, strategy, mode, threads):
     env = dict(os.environ, CKPT_MALLOC=mode)
-    for v in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_"):
+    for v in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_",
+              "GLIBC_TUNABLES"):
         env.pop(v, None)  # glibc's own settings would turn the kept heap off (keep_heap leaves them be)
     if threads != "default":
         env.update({v: threads for v in THREAD_VARS})
-    cmd = [sys.executable, "-m", "ckpt", "run", os.path.join(ROOT, "configs", config + ".yaml"),
-           "--strategy", strategy, "--steps", str(steps), "--json"]
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", config, strategy, str(args.steps), args.clock]
     doc = json.loads(subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, check=True).stdout)
     if doc["malloc"] != mode:  # e.g. no glibc here: the comparison would be of nothing
-        sys.exit(f"bench_malloc: asked for CKPT_MALLOC={mode}, the run reports {doc['malloc']!r}")
+        sys.exit(f"bench_malloc: asked for CKPT_MALLOC={mode}, the process reports {doc['malloc']!r}")
     return doc
 
 
@@ -51,7 +79,7 @@ def measure(args, threads):
             for strategy in args.strategies:
                 for mode in (MODES if r % 2 == 0 else MODES[::-1]):
                     docs.setdefault((config, strategy, mode), []).append(
-                        run_once(config, strategy, args.steps, mode, threads))
+                        run_once(args, config, strategy, mode, threads))
         print(f"  threads {threads}: round {r + 1}/{args.rounds}", file=sys.stderr, flush=True)
     rows = []
     for config in args.configs:
@@ -63,21 +91,25 @@ def measure(args, threads):
                    "time_kept_s": statistics.median(k["time_s"] for k in kept),
                    "time_default_s": statistics.median(d["time_s"] for d in default),
                    "default_over_kept": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
-                   "memory_figures_identical": same, "allocator_peak": kept[0]["peak_bytes"]["allocator"]}
+                   "memory_figures_identical": same, "allocator_peak": kept[0]["allocator_peak"]}
             if strategy != "store-all":
                 for mode, ds in (("kept", kept), ("default", default)):
-                    row[f"overhead_{mode}"] = statistics.median(d["overhead"]["measured"] for d in ds)
+                    row[f"overhead_{mode}"] = statistics.median(d["overhead"] for d in ds)
             rows.append(row)
     return rows
 
 
 def main():
+    if sys.argv[1:2] == ["--child"]:
+        config, strategy, steps, clock = sys.argv[2:6]
+        return child(config, strategy, int(steps), clock)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=15)
+    ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--configs", nargs="+", default=["gpt_small", "resnet_small", "mlp_deep"])
     ap.add_argument("--strategies", nargs="+", default=["store-all", "sqrt-n"])
     ap.add_argument("--threads", nargs="+", default=["default", "1"], help="default, or a thread count")
+    ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
     ap.add_argument("--json", dest="json_file", help="Also write the rows here.")
     args = ap.parse_args()
     rows = [row for threads in args.threads for row in measure(args, threads)]
@@ -90,8 +122,8 @@ def main():
               f"{r['time_default_s'] * 1e3:>7.2f}ms{r['default_over_kept']:>14.3f}"
               f"{r['ratio_min']:>7.2f}-{r['ratio_max']:<6.2f}{over}  "
               f"{'identical' if r['memory_figures_identical'] else 'DIFFER'}")
-    print(f"(medians of {args.rounds} interleaved rounds, each a fresh process per setting, {args.steps} steps; "
-          "overhead: sqrt-n's measured overhead over store-all, side by side in its process)")
+    print(f"(medians of {args.rounds} interleaved rounds, each a fresh process per setting, {args.steps} steps, "
+          f"{args.clock} time; overhead: sqrt-n's over store-all, side by side in its process)")
     if args.json_file:
         with open(args.json_file, "w") as f:
             json.dump(rows, f, indent=1)
