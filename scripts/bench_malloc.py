@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The kept C heap (ckpt/cli/common.py: keep_heap) against glibc's default malloc: each measurement
 is a fresh process (the setting is process-wide, so the two cannot share one) that calls keep_heap
-as the command line does, with CKPT_MALLOC=kept or default, then times steps as `ckpt run` does
-(session.time_side_by_side: a warm-up, then --steps steps; sqrt-n interleaved with store-all). The
+as the command line does, with CKPT_MALLOC=kept or default, then runs and times steps as `ckpt run` does
+(session.run_plan, and for a plan other than store-all session.time_side_by_side after it). The
 two settings run back to back in each round, their order alternated from round to round. Per
 config and strategy it prints the median over rounds of the per-round ratio of median step times
 (default / kept: above 1, the kept heap is faster), the range of those ratios, sqrt-n's overhead
@@ -14,15 +14,17 @@ MKL_NUM_THREADS=1 (the control: a ratio that moves there was the thread pool's).
     python scripts/bench_malloc.py [--rounds 5] [--steps 10] [--configs gpt_small resnet_small mlp_deep]
         [--strategies store-all sqrt-n] [--threads default 1] [--clock cpu|wall]
 
---clock cpu (the default) times with the process's CPU time, as `ckpt bench` does: on a shared
-machine, waiting for a core is not the step's, while the page faults and the system calls that
-glibc's trimming costs are (they are the process's system time). --clock wall is what `ckpt run`
-reports.
+--clock wall (the default) is what `ckpt run` reports. --clock cpu times with the process's CPU
+time, as `ckpt bench` does: waiting for a core is then not the step's, while the page faults and
+system calls of glibc's trimming are (system time); but with several BLAS threads it counts their
+spinning too, so it is for the 1-thread control. Each row also gives the minor page faults per step
+(getrusage, over every step the process ran), the mechanism itself, which the machine's load does not move.
 """
 
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -47,11 +49,20 @@ def child(config, strategy, steps, clock):
     backend = get_backend("cpu")
     p, _ = plan(model.joint, strategy, ix=model.index)
     sa, _ = plan(model.joint, "store-all", ix=model.index)
-    r = run_plan(model, p.steps, backend, n_steps=0)  # the memory figures, as `run` measures them
-    plans = [p.steps] if strategy == "store-all" else [p.steps, sa.steps]
-    times = time_side_by_side(model, plans, backend, n_steps=steps,
-                              clock=time.process_time if clock == "cpu" else time.perf_counter)
+    if clock == "cpu":
+        backend.clock = time.process_time
+    # in `run`'s order: the C heap's state, and with it what glibc trims, depends on what ran before
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    if strategy == "store-all":  # a warm-up, the timed steps, then the metered step
+        r = run_plan(model, p.steps, backend, n_steps=steps)
+        times, n_run = [r.times], steps + 2
+    else:  # a warm-up and the metered step, then side by side with store-all (a warm-up each first)
+        r = run_plan(model, p.steps, backend, n_steps=0)
+        times = time_side_by_side(model, [p.steps, sa.steps], backend, n_steps=steps)
+        n_run = 2 + 2 * (steps + 1)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     doc = {"malloc": "kept" if kept else "default", "time_s": statistics.median(times[0]),
+           "faults_per_step": faults / n_run,
            "resident": r.resident, "managed_peak": r.measured_managed, "allocator_peak": r.allocator_peak}
     if strategy != "store-all":
         doc["overhead"] = statistics.median(a / b for a, b in zip(*times)) - 1.0
@@ -90,7 +101,9 @@ def measure(args, threads):
             row = {"config": config, "strategy": strategy, "threads": threads,
                    "time_kept_s": statistics.median(k["time_s"] for k in kept),
                    "time_default_s": statistics.median(d["time_s"] for d in default),
-                   "default_over_kept": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+                   "default_over_kept": statistics.median(ratios),
+                   "faults_kept": statistics.median(k["faults_per_step"] for k in kept),
+                   "faults_default": statistics.median(d["faults_per_step"] for d in default), "ratio_min": min(ratios), "ratio_max": max(ratios),
                    "memory_figures_identical": same, "allocator_peak": kept[0]["allocator_peak"]}
             if strategy != "store-all":
                 for mode, ds in (("kept", kept), ("default", default)):
@@ -109,18 +122,18 @@ def main():
     ap.add_argument("--configs", nargs="+", default=["gpt_small", "resnet_small", "mlp_deep"])
     ap.add_argument("--strategies", nargs="+", default=["store-all", "sqrt-n"])
     ap.add_argument("--threads", nargs="+", default=["default", "1"], help="default, or a thread count")
-    ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     ap.add_argument("--json", dest="json_file", help="Also write the rows here.")
     args = ap.parse_args()
     rows = [row for threads in args.threads for row in measure(args, threads)]
     print(f"{'config':<14}{'strategy':<11}{'threads':<9}{'kept':>9}{'default':>9}{'default/kept':>14}"
-          f"{'range':>14}{'overhead kept':>15}{'default':>9}  memory figures")
+          f"{'range':>14}{'overhead kept':>15}{'default':>9}{'faults/step kept':>18}{'default':>9}  memory figures")
     for r in rows:
         over = (f"{r['overhead_kept']:>+15.1%}{r['overhead_default']:>+9.1%}" if "overhead_kept" in r
                 else f"{'-':>15}{'-':>9}")
         print(f"{r['config']:<14}{r['strategy']:<11}{r['threads']:<9}{r['time_kept_s'] * 1e3:>7.2f}ms"
               f"{r['time_default_s'] * 1e3:>7.2f}ms{r['default_over_kept']:>14.3f}"
-              f"{r['ratio_min']:>7.2f}-{r['ratio_max']:<6.2f}{over}  "
+              f"{r['ratio_min']:>7.2f}-{r['ratio_max']:<6.2f}{over}{r['faults_kept']:>18.0f}{r['faults_default']:>9.0f}  "
               f"{'identical' if r['memory_figures_identical'] else 'DIFFER'}")
     print(f"(medians of {args.rounds} interleaved rounds, each a fresh process per setting, {args.steps} steps, "
           f"{args.clock} time; overhead: sqrt-n's over store-all, side by side in its process)")
