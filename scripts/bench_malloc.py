@@ -103,13 +103,29 @@ def measure(args, threads):
                    "time_default_s": statistics.median(d["time_s"] for d in default),
                    "default_over_kept": statistics.median(ratios),
                    "faults_kept": statistics.median(k["faults_per_step"] for k in kept),
-                   "faults_default": statistics.median(d["faults_per_step"] for d in default), "ratio_min": min(ratios), "ratio_max": max(ratios),
+                   "faults_default": statistics.median(d["faults_per_step"] for d in default),
+                   "ratio_min": min(ratios), "ratio_max": max(ratios),
                    "memory_figures_identical": same, "allocator_peak": kept[0]["allocator_peak"]}
             if strategy != "store-all":
                 for mode, ds in (("kept", kept), ("default", default)):
                     row[f"overhead_{mode}"] = statistics.median(d["overhead"] for d in ds)
             rows.append(row)
     return rows
+
+
+def print_table(rows, args):
+    print(f"{'config':<14}{'strategy':<11}{'threads':<9}{'kept':>9}{'default':>9}{'default/kept':>14}"
+          f"{'range':>14}{'overhead kept':>15}{'default':>9}{'faults/step kept':>18}{'default':>9}  memory figures")
+    for r in rows:
+        over = (f"{r['overhead_kept']:>+15.1%}{r['overhead_default']:>+9.1%}" if "overhead_kept" in r
+                else f"{'-':>15}{'-':>9}")
+        print(f"{r['config']:<14}{r['strategy']:<11}{r['threads']:<9}{r['time_kept_s'] * 1e3:>7.2f}ms"
+              f"{r['time_default_s'] * 1e3:>7.2f}ms{r['default_over_kept']:>14.3f}"
+              f"{r['ratio_min']:>7.2f}-{r['ratio_max']:<6.2f}{over}"
+              f"{r['faults_kept']:>18.0f}{r['faults_default']:>9.0f}  "
+              f"{'identical' if r['memory_figures_identical'] else 'DIFFER'}")
+    print(f"(medians of {args.rounds} interleaved rounds, each a fresh process per setting, {args.steps} steps, "
+          f"{args.clock} time; overhead: sqrt-n's over store-all, side by side in its process)")
 
 
 def main():
@@ -125,18 +141,11 @@ def main():
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     ap.add_argument("--json", dest="json_file", help="Also write the rows here.")
     args = ap.parse_args()
-    rows = [row for threads in args.threads for row in measure(args, threads)]
-    print(f"{'config':<14}{'strategy':<11}{'threads':<9}{'kept':>9}{'default':>9}{'default/kept':>14}"
-          f"{'range':>14}{'overhead kept':>15}{'default':>9}{'faults/step kept':>18}{'default':>9}  memory figures")
-    for r in rows:
-        over = (f"{r['overhead_kept']:>+15.1%}{r['overhead_default']:>+9.1%}" if "overhead_kept" in r
-                else f"{'-':>15}{'-':>9}")
-        print(f"{r['config']:<14}{r['strategy']:<11}{r['threads']:<9}{r['time_kept_s'] * 1e3:>7.2f}ms"
-              f"{r['time_default_s'] * 1e3:>7.2f}ms{r['default_over_kept']:>14.3f}"
-              f"{r['ratio_min']:>7.2f}-{r['ratio_max']:<6.2f}{over}{r['faults_kept']:>18.0f}{r['faults_default']:>9.0f}  "
-              f"{'identical' if r['memory_figures_identical'] else 'DIFFER'}")
-    print(f"(medians of {args.rounds} interleaved rounds, each a fresh process per setting, {args.steps} steps, "
-          f"{args.clock} time; overhead: sqrt-n's over store-all, side by side in its process)")
+    rows = []
+    for threads in args.threads:  # each pass's table as soon as it is measured
+        new = measure(args, threads)
+        rows += new
+        print_table(new, args)
     if args.json_file:
         with open(args.json_file, "w") as f:
             json.dump(rows, f, indent=1)
