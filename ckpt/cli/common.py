@@ -75,8 +75,8 @@ def _store_all_peak(model):
 # glibc's mallopt parameters (malloc.h) and the mmap threshold the CLI sets: 32 MiB is where glibc's
 # own sliding threshold stops (DEFAULT_MMAP_THRESHOLD_MAX on 64-bit), so blocks up to it come from
 # the heap from the first step on rather than after glibc has seen one freed; larger ones (gpt_large's
-# 768 MiB activations) are still mapped and unmapped, which their compute amortises, and keep a
-# fragmented heap from holding them.
+# 768 MiB activations) are still mapped and unmapped, which their compute amortises, so that a
+# fragmented heap never holds them.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 HEAP_MMAP_THRESHOLD = 32 << 20
 # glibc's own ways to tune malloc: a user who set one keeps it
@@ -87,14 +87,19 @@ def keep_heap(device="cpu"):
     """Keep the C heap between training steps: called by the commands that execute steps on the CPU.
 
     glibc's default malloc hands the top of the heap back to the system whenever more than 128 KiB
-    is free there, and takes it back with page faults in the next step: every step of a model pays
-    for its memory again (store-all steps of gpt_small and resnet_small measured 45-48% slower so,
-    scripts/bench_malloc.py). A step reuses the same sizes, so the kept heap is what a caching
-    allocator does. Process-wide, so the command line does it (it owns its process) and
-    `import ckpt` never does. CKPT_MALLOC=default leaves glibc as it is; so do glibc's own MALLOC_*_
-    or GLIBC_TUNABLES malloc settings. A no-op where there is no glibc (macOS, musl, Windows).
-    Returns whether the heap is now kept. The allocator peak is unchanged: tracemalloc counts what
-    numpy asks for, not what the C heap holds."""
+    (or twice the largest block freed so far) is free there, and takes it back with page faults in
+    the next step: a step pays for its memory again, by how much depending on what ran before in
+    the process. One-thread store-all steps measured 1.33x slower so on gpt_small, 1.24x on
+    resnet_small, 1.11x on mlp_deep; and sqrt-n's measured overhead on gpt_small swung from +7% to
+    +24% between processes (a plan with a smaller peak trims less), kept +23% to +26%
+    (scripts/bench_malloc.py, `ckpt bench`).
+    A step reuses the same sizes, so the kept heap is what a caching allocator does.
+
+    Process-wide, so the command line does it (it owns its process) and `import ckpt` never does.
+    CKPT_MALLOC=default leaves glibc as it is; so do glibc's own MALLOC_*_ or GLIBC_TUNABLES malloc
+    settings. A silent no-op where there is no glibc (macOS, musl, Windows). Returns whether the
+    heap is now kept. Memory figures are unchanged: tracemalloc counts what numpy asks for, not
+    what the C heap holds."""
     mode = os.environ.get("CKPT_MALLOC", "kept")
     if mode not in ("kept", "default"):
         shown = repr(mode) if len(mode) <= 40 else repr(mode[:37] + "...")
