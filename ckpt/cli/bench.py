@@ -9,7 +9,7 @@ from ..errors import CheckFailed, ConfigError
 from ..jsonio import check_writable, write_json_atomic
 from ..plan import STRATEGIES
 from ..report import emit_json, fmt_bytes, fmt_time, table
-from .common import json_opt, overrides, set_opt, time_limit_opt
+from .common import json_opt, keep_heap, overrides, set_opt, time_limit_opt
 
 
 def _tolerance(text):
@@ -51,6 +51,7 @@ def bench(configs, strategies, budgets, steps, baseline, time_tolerance, update_
     for path in (output if output != "-" else None, baseline if update_baseline else None):
         if path:
             check_writable(path)  # a missing folder is one line now, not after the whole run
+    keep_heap()
     base = None
     if baseline and (not update_baseline or os.path.exists(baseline)):
         base = load_baseline(baseline)  # a corrupt baseline stops here, before anything is written

@@ -1,6 +1,7 @@
-"""What every command shares: options, --set parsing and the budget parser."""
+"""What every command shares: options, --set parsing, the budget parser and the process's heap."""
 
 import math
+import os
 
 import click
 
@@ -69,3 +70,52 @@ def _store_all_peak(model):
     """What `0.8x` is a fraction of: store-all's peak with its workspace, the most any plan needs."""
     from ..plan import plan
     return plan(model.joint, "store-all", ix=model.index)[1].peak_ws
+
+
+# glibc's mallopt parameters (malloc.h) and the mmap threshold the CLI sets: 32 MiB is where glibc's
+# own sliding threshold stops (DEFAULT_MMAP_THRESHOLD_MAX on 64-bit), so blocks up to it come from
+# the heap from the first step on rather than after glibc has seen one freed; larger ones (gpt_large's
+# 768 MiB activations) are still mapped and unmapped, which their compute amortises, so that a
+# fragmented heap never holds them.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+HEAP_MMAP_THRESHOLD = 32 << 20
+# glibc's own ways to tune malloc: a user who set one keeps it
+_GLIBC_MALLOC_VARS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
+
+
+def keep_heap(device="cpu"):
+    """Keep the C heap between training steps: called by the commands that execute steps on the CPU.
+
+    glibc's default malloc hands the top of the heap back to the system whenever more than 128 KiB
+    (or twice the largest block freed so far) is free there, and takes it back with page faults in
+    the next step: a step pays for its memory again, by how much depending on what ran before in
+    the process. One-thread store-all steps measured 1.33x slower so on gpt_small, 1.24x on
+    resnet_small, 1.11x on mlp_deep; and sqrt-n's measured overhead on gpt_small swung from +7% to
+    +24% between processes (a plan with a smaller peak trims less), kept +23% to +26%
+    (scripts/bench_malloc.py, `ckpt bench`).
+    A step reuses the same sizes, so the kept heap is what a caching allocator does.
+
+    Process-wide, so the command line does it (it owns its process) and `import ckpt` never does.
+    CKPT_MALLOC=default leaves glibc as it is; so do glibc's own MALLOC_*_ or GLIBC_TUNABLES malloc
+    settings. A silent no-op where there is no glibc (macOS, musl, Windows). Returns whether the
+    heap is now kept. Memory figures are unchanged: tracemalloc counts what numpy asks for, not
+    what the C heap holds."""
+    mode = os.environ.get("CKPT_MALLOC", "kept")
+    if mode not in ("kept", "default"):
+        shown = repr(mode) if len(mode) <= 40 else repr(mode[:37] + "...")
+        raise ConfigError(f"environment variable CKPT_MALLOC={shown}: use kept (the default) or default")
+    if device != "cpu" or mode == "default":
+        return False
+    if any(v in os.environ for v in _GLIBC_MALLOC_VARS) or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None)  # the running process's symbols (TypeError on Windows)
+        mallopt = libc.mallopt
+    except (ImportError, OSError, TypeError, AttributeError):
+        return False
+    if not hasattr(libc, "gnu_get_libc_version"):  # the parameter numbers above are glibc's
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    # mallopt answers 1 when it took the value; -1 as the trim threshold is the largest size_t: never
+    return mallopt(_M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD) == 1 and mallopt(_M_TRIM_THRESHOLD, -1) == 1

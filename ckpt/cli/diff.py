@@ -7,7 +7,7 @@ from ..errors import ConfigError
 from ..report import Progress, emit_json, fmt_bytes, fmt_time, table
 from ..session import (check_gradients, jacobian as jacobian_of, load_model, methods as methods_study, numeric_study,
                        raise_if_failed, swell as swell_study)
-from .common import FiniteFloat, config_arg, dtype_opt, json_opt, overrides, set_opt
+from .common import FiniteFloat, config_arg, dtype_opt, json_opt, keep_heap, overrides, set_opt
 
 
 @click.command()
@@ -21,6 +21,7 @@ from .common import FiniteFloat, config_arg, dtype_opt, json_opt, overrides, set
 def jacobian(config, of, wrt, mode, sets, dtype, as_json):
     """The full Jacobian: a column per forward pass or a row per reverse pass; auto picks fewer passes."""
     import numpy as np
+    keep_heap()
     model = load_model(config, overrides(sets), dtype)
     res = jacobian_of(model, of=of, wrt=list(wrt) or None, mode=mode)
     J = res.pop("jacobian")
@@ -49,6 +50,7 @@ def jacobian(config, of, wrt, mode, sets, dtype, as_json):
 @json_opt
 def numeric(config, wrt, plot_file, sets, as_json):
     """Numeric differences against reverse mode for h from 1e-1 to 1e-12: truncation vs round-off."""
+    keep_heap()
     res = numeric_study(config, wrt=wrt, overrides=overrides(sets))
     if plot_file:
         plots.plot_numeric(res, plot_file)
@@ -107,6 +109,7 @@ def methods(config, swell, depth, family, plot_file, sets, as_json):
         raise ConfigError("methods needs a CONFIG, or --swell")
     if plot_file:
         raise ConfigError("--plot draws the --swell figure: add --swell (methods CONFIG has no plot)")
+    keep_heap()  # it times reverse mode against the others, steps as `ckpt run` runs them
     res = methods_study(config, overrides=overrides(sets))
     if as_json:
         emit_json(res)
@@ -144,6 +147,7 @@ def methods(config, swell, depth, family, plot_file, sets, as_json):
 @json_opt
 def check(config, method, step, tol, sets, as_json):
     """Compare reverse-mode gradients with numeric differences in float64 (exit 1 on failure)."""
+    keep_heap()
     with Progress("checking gradients", enabled=not as_json) as bar:
         res = check_gradients(config, method=method, step=step, tol=tol, overrides=overrides(sets),
                               progress=bar)

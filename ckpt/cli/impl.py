@@ -14,7 +14,8 @@ from ..jsonio import write_atomic
 from ..plan import STRATEGIES, plan as make_plan
 from ..report import emit_json, fmt_bytes, fmt_time, table
 from ..session import load_model, require_model
-from .common import budget_bytes, budget_opt, config_arg, dtype_opt, json_opt, overrides, set_opt, time_limit_opt
+from .common import (budget_bytes, budget_opt, config_arg, dtype_opt, json_opt, keep_heap, overrides, set_opt,
+                     time_limit_opt)
 
 
 @click.command("export-config")
@@ -66,6 +67,7 @@ def compile_step(config, output, strategy, budget, time_limit, check, sets, dtyp
            "lines": source.count("\n"), "steps": len(p.steps), "recomputes": sim.recomputes,
            "peak_bytes": sim.peak, "resident_bytes": sim.resident, "managed_peak_bytes": sim.peak_managed}
     if check:
+        keep_heap()
         doc["check"] = _check_compiled(model, p.steps, source, sim)
     if as_json:
         emit_json(doc)
@@ -110,6 +112,7 @@ def _check_compiled(model, steps, source, sim):
 def impl(config, rounds, sets, dtype, as_json):
     """Time one training step four ways: interpreter, operator-overloading tape, generated code, hand-written numpy."""
     from ..backends.compare import compare
+    keep_heap()
     model = load_model(config, overrides(sets), dtype)
     require_model(model, "impl")
     if model.graph.graph["dtype"] == "bfloat16":

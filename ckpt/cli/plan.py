@@ -10,7 +10,8 @@ from ..model.costgraph import cost_graph_doc
 from ..plan import STRATEGIES, plan as make_plan, plan_table, smallest_peak
 from ..report import Progress, emit_json, fmt_bytes, fmt_pct, fmt_time, table
 from ..session import load_model, measure_costs, require_model, with_costs
-from .common import budget_bytes, budget_opt, config_arg, dtype_opt, json_opt, overrides, set_opt, time_limit_opt
+from .common import (budget_bytes, budget_opt, config_arg, dtype_opt, json_opt, keep_heap, overrides, set_opt,
+                     time_limit_opt)
 
 
 @click.command()
@@ -44,6 +45,7 @@ def plan(config, budget, strategy, sweep, points, plot_file, time_limit, device,
     budget_b = budget_bytes(budget, model)
     if device is not None:
         require_model(model, "plan --device")
+        keep_heap(device)  # the measured costs are of steps as `ckpt run` runs them
         model = with_costs(model, measure_costs(model, get_backend(device)))
     if emit or emit_file:
         return _emit(model, config, budget, emit, emit_file, time_limit, as_json, compare)

@@ -10,7 +10,8 @@ from ..model.joint import GRAD
 from ..plan import STRATEGIES, plan as make_plan
 from ..report import Progress, emit_json, fmt_bytes, fmt_pct, fmt_time, fmt_value, gradient_summary, table
 from ..session import load_model, require_memory, require_model, run_plan, time_side_by_side
-from .common import budget_bytes, budget_opt, config_arg, dtype_opt, json_opt, overrides, set_opt, time_limit_opt
+from .common import (budget_bytes, budget_opt, config_arg, dtype_opt, json_opt, keep_heap, overrides, set_opt,
+                     time_limit_opt)
 
 
 @click.command()
@@ -30,6 +31,7 @@ def run(config, steps, strategy, budget, time_limit, device, trace, plot_file, s
     """Run forward+backward steps under a strategy; report loss, gradients, memory and time."""
     if trace and as_json:
         raise ConfigError("--trace prints the traces as text: use it without --json")
+    heap_kept = keep_heap(device)
     model = load_model(config, overrides(sets), dtype)
     require_model(model, "run")
     budget_b = budget_bytes(budget, model)
@@ -67,6 +69,8 @@ def run(config, steps, strategy, budget, time_limit, device, trace, plot_file, s
                      "measured": measured_overhead},
         "recomputes": sim.recomputes,
         "time_s": time_s, "steps": steps,
+        # the C heap kept between steps (keep_heap), or glibc's default: step times depend on it
+        "malloc": "kept" if heap_kept else "default",
     }
     if plot_file:
         plots.plot_memory(model, p.steps, sim, r, budget_b, plot_file, strategy)
@@ -199,6 +203,7 @@ def _print_tangent_trace(model, wrt, backend):
 @set_opt
 def trace(config, mode, wrt, sets):
     """Print the primal, tangent (forward) or adjoint (reverse) traces in the seed's notation."""
+    keep_heap()
     model = load_model(config, overrides(sets))
     require_model(model, "trace")
     backend = get_backend("cpu")
