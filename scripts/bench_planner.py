@@ -192,7 +192,16 @@ def header(title, cols):
 
 
 def maxrss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
+    """This process's peak RSS. On Linux from VmHWM: ru_maxrss survives exec, so a child would
+    report its parent's peak at the fork when that is larger."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
 
 
 # ---- child process: one plan of a config, for time and peak RSS --------------------------------

@@ -19,8 +19,9 @@ With x_v = "v is live at b_k" and r_v = "v is computed after b_k", relaxed to [0
 is a linear program whose optimum no schedule beats: store-all's cost plus it is a lower bound,
 and an infeasible program proves that no schedule fits. Each step gives its own bound; the best of
 those tried is reported. Steps are tried in order of the bytes that must be missing there (the
-tightest first), at most MAX_POINTS of them, and a program is only built over the ancestors of the
-values it must account for, so the work is bounded and the bound is the same on every machine.
+tightest first), at most MAX_POINTS of them and MAX_VARS variables in all, and a program is only
+built over the ancestors of the values it must account for, so the work is bounded and the bound
+is the same on every machine.
 """
 
 import math
@@ -28,7 +29,7 @@ import math
 import numpy as np
 
 MAX_POINTS = 8  # backward steps whose program is solved (the best was among the first 3 on every graph tried)
-MAX_VARS = 400_000  # per program; beyond this the bound is not attempted
+MAX_VARS = 100_000  # variables of the programs solved, all steps together (the first is always tried)
 INTEGER_POINTS = 2  # the steps with the best relaxed bounds are solved again in integers...
 INTEGER_VARS = 2_000  # ...where the program is this small (a second at most)
 INTEGER_NODES = 1_000  # branch-and-bound nodes: a work limit, so the bound is the same on every machine
@@ -38,7 +39,7 @@ SAFETY = 1e-6  # relative: HiGHS's tolerances must not turn the bound into an ov
 def lower_bound(ix, managed, goal=None):
     """(extra, infeasible): a lower bound on the cost that any schedule fitting `managed` bytes
     adds to store-all's, and whether some step proved that none fits. (0.0, False) when no step
-    is under pressure or the programs would be too large. `goal`: the extra cost of a plan in
+    is under pressure. `goal`: the extra cost of a plan in
     hand; once the bound meets it, nothing more is solved.
 
     Each step's program is solved relaxed (fast at any size); on small graphs the steps with the
@@ -48,11 +49,12 @@ def lower_bound(ix, managed, goal=None):
     if not ix.bwd:
         return 0.0, False
     first = _first_needed(ix)
-    found = []
+    found, size = [], 0
     for k in _points(ix, managed):
+        if size >= MAX_VARS:  # a work limit: a 10,000-layer MLP's programs take seconds each
+            break
         prog = _program(ix, managed, k, first)
-        if prog is None:
-            continue
+        size += len(prog[0])
         extra = _solve(prog, integral=False)
         if extra == math.inf:
             return math.inf, True
@@ -118,8 +120,7 @@ def _gradients_held(ix, bpos):
 
 
 def _program(ix, managed, k, first):
-    """Step k's program as (cost vector, A, rhs, lower, upper, cost scale) for A z <= rhs; None
-    when it is too large. Its cost is the extra cost at z; its rows are in units that HiGHS handles
+    """Step k's program as (cost vector, A, rhs, lower, upper, cost scale) for A z <= rhs. Its cost is the extra cost at z; its rows are in units that HiGHS handles
     well (costs relative to the largest, bytes to the budget)."""
     from scipy.sparse import coo_matrix  # scipy is slow to import
 
@@ -139,8 +140,6 @@ def _program(ix, managed, k, first):
             stack.extend(ix.fpreds[u])
     vals = [u for u in ix.fwd if u in inside]
     n = len(vals)
-    if 2 * n > MAX_VARS:
-        return None
     idx = {u: i for i, u in enumerate(vals)}
     top = max((ix.cost[u] for u in vals), default=0.0) or 1.0
     c = np.zeros(2 * n)  # x (live at b_k), then r (computed after b_k)
