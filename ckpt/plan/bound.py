@@ -29,7 +29,8 @@ import math
 import numpy as np
 
 MAX_POINTS = 8  # backward steps whose program is solved (the best was among the first 3 on every graph tried)
-MAX_VARS = 100_000  # variables of the programs solved, all steps together (the first is always tried)
+MAX_VARS = 100_000  # variables of the programs solved, all steps together...
+PROGRAM_VARS = 20_000  # ...and in one: HiGHS takes seconds on a 10,000-layer MLP's 40,000
 INTEGER_POINTS = 2  # the steps with the best relaxed bounds are solved again in integers...
 INTEGER_VARS = 2_000  # ...where the program is this small (a second at most)
 INTEGER_NODES = 1_000  # branch-and-bound nodes: a work limit, so the bound is the same on every machine
@@ -54,6 +55,8 @@ def lower_bound(ix, managed, goal=None):
         if size >= MAX_VARS:  # a work limit: a 10,000-layer MLP's programs take seconds each
             break
         prog = _program(ix, managed, k, first)
+        if prog is None:
+            continue
         size += len(prog[0])
         extra = _solve(prog, integral=False)
         if extra == math.inf:
@@ -120,7 +123,8 @@ def _gradients_held(ix, bpos):
 
 
 def _program(ix, managed, k, first):
-    """Step k's program as (cost vector, A, rhs, lower, upper, cost scale) for A z <= rhs. Its cost is the extra cost at z; its rows are in units that HiGHS handles
+    """Step k's program as (cost vector, A, rhs, lower, upper, cost scale) for A z <= rhs, or None
+    when it is too large. Its cost is the extra cost at z; its rows are in units that HiGHS handles
     well (costs relative to the largest, bytes to the budget)."""
     from scipy.sparse import coo_matrix  # scipy is slow to import
 
@@ -140,6 +144,8 @@ def _program(ix, managed, k, first):
             stack.extend(ix.fpreds[u])
     vals = [u for u in ix.fwd if u in inside]
     n = len(vals)
+    if 2 * n > PROGRAM_VARS:
+        return None
     idx = {u: i for i, u in enumerate(vals)}
     top = max((ix.cost[u] for u in vals), default=0.0) or 1.0
     c = np.zeros(2 * n)  # x (live at b_k), then r (computed after b_k)
