@@ -15,7 +15,7 @@ from .bound import lower_bound
 from .chain import Chain, solve_chain
 from .keepset import JointIndex
 from .milp import solve_milp
-from .search import WORK, lowest, search, walk
+from .search import lowest, search, walk
 
 STRATEGIES = ("store-all", "sqrt-n", "budget")
 MILP_MAX_NODES = 80  # joint nodes; beyond this HiGHS rarely closes the Checkmate MILP within its node limit
@@ -82,12 +82,12 @@ def _budget(joint, ix, budget, time_limit):
     sq = sqrt_n(ix)
     consider(sq, "sqrt-n")
     if not chain_exact:
+        # beside a DP plan exact over its family (checkpoints on a stack), neither the block DP nor
+        # the search found more than ties on chains (mlp_deep at L=30..200, 0.9x..0.2x; uniform
+        # chains at Revolve's count): they would only double a long chain's planning time
         for view in views:
             consider(solve_blocks(view, managed), f"blocks-dp ({view.n} blocks)")
-    # beside a DP plan exact over its family, the search only looks for a joint-graph shortcut
-    work = WORK // 10 if chain_exact else None
-    consider(search(ix, managed, starts=[(sq.notes["keep"], False)], work=work, floors=not chain_exact),
-             "search")
+        consider(search(ix, managed, starts=[(sq.notes["keep"], False)]), "search")
     # no schedule costs less than store-all plus the bound of bound.py (nor fits where it is
     # infinite); beside an exact chain DP plan the bound is not worth its time (a second or so on a
     # 1,000-layer chain, half of it importing scipy.optimize)

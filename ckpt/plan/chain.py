@@ -290,8 +290,13 @@ def _table(chain, unit, S, rnd, S_up=None):
         if d > 1:
             ks = np.arange(i + 1, j)
             P = np.maximum.accumulate(np.where(ks - 1 > i, xa[ks - 1], 0) + xa[ks] + wa[ks])
-            adv = csum[i + 1:j] - csum[i]
             right, left = lay.right(ks, j), lay.left(i, ks)
+            # the advance's cost and the left part, the same for both h: after the right part,
+            # a_k stays live only if group k reads it
+            reads = nout_k[i + 1:j]
+            after = _rows(T[1], left) if reads.all() else _rows(T[0], left) if not reads.any() else \
+                np.where(reads[:, None], _rows(T[1], left), _rows(T[0], left))
+            rest = (csum[i + 1:j] - csum[i])[:, None] + after
         for h in (0, 1):
             base = x[i] + gs[j] + (x[j] if h else 0)
             best = np.full(S + 1, INF)
@@ -309,14 +314,19 @@ def _table(chain, unit, S, rnd, S_up=None):
                     cand = np.where(m >= peak, T[0, lay.key(i, j - 1)], INF)
                     better = cand < best
                     best[better], choice[better] = cand[better], -2
-                # split at every k at once: rows are k, columns are m
-                sub1 = np.full((len(ks), S + 1), INF)
+                # split at every k at once: rows are k, columns are m (the right part runs with
+                # a_i's slots taken)
+                total = np.full((len(ks), S + 1), INF)
                 if x[i] <= S:
-                    sub1[:, x[i]:] = T[h, right, :S + 1 - x[i]]
-                # after the right part, a_k stays live only if group k reads it
-                rest = np.where(nout_k[i + 1:j, None], T[1, left, :], T[0, left, :])
-                total = adv[:, None] + sub1 + rest
-                total[m[None, :] < (base + P)[:, None]] = INF
+                    np.add(rest[:, x[i]:], _rows(T[h], right)[:, :S + 1 - x[i]], out=total[:, x[i]:])
+                # the advance to a_k needs base + P[k] slots; P never falls, so the rows with
+                # one threshold are a run: a slice each where there are few (a uniform chain's two)
+                steps = np.flatnonzero(np.diff(P)) + 1
+                if len(steps) < 16:
+                    for a, b in zip(np.concatenate([[0], steps]), np.concatenate([steps, [len(P)]])):
+                        total[a:b, :max(0, min(S + 1, base + int(P[a])))] = INF
+                else:
+                    total[m[None, :] < (base + P)[:, None]] = INF
                 kbest = np.argmin(total, axis=0)
                 cand = total[kbest, m]
                 better = cand < best
@@ -324,6 +334,17 @@ def _table(chain, unit, S, rnd, S_up=None):
             T[h, row], C[h, row] = best, choice
 
     return T, C, lay, x
+
+
+def _rows(A, idx):
+    """A[idx] for a vector of row numbers: a view where they run by one, up or down (rows shared
+    by a periodic layout do), which spares the copy of a gather."""
+    n = len(idx)
+    if n and idx[-1] - idx[0] == n - 1 and (n < 3 or idx[1] - idx[0] == 1) and (np.diff(idx) == 1).all():
+        return A[idx[0]:idx[-1] + 1]
+    if n and idx[0] - idx[-1] == n - 1 and (np.diff(idx) == -1).all():
+        return A[idx[-1]:idx[0] + 1][::-1]
+    return A[idx]
 
 
 def _emit(ch, C, lay, x, steps, i, j, h, m):
