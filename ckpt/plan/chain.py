@@ -297,6 +297,10 @@ def _table(chain, unit, S, rnd, S_up=None):
             after = _rows(T[1], left) if reads.all() else _rows(T[0], left) if not reads.any() else \
                 np.where(reads[:, None], _rows(T[1], left), _rows(T[0], left))
             rest = (csum[i + 1:j] - csum[i])[:, None] + after
+            # the advance to a_k needs base + P[k] slots; P never falls, so the rows with one
+            # threshold are a run: a slice each where there are few (a uniform chain has two)
+            cuts = np.flatnonzero(np.diff(P)) + 1
+            runs = list(zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(P)]]))) if len(cuts) < 16 else None
         for h in (0, 1):
             base = x[i] + gs[j] + (x[j] if h else 0)
             best = np.full(S + 1, INF)
@@ -316,14 +320,12 @@ def _table(chain, unit, S, rnd, S_up=None):
                     best[better], choice[better] = cand[better], -2
                 # split at every k at once: rows are k, columns are m (the right part runs with
                 # a_i's slots taken)
-                total = np.full((len(ks), S + 1), INF)
+                total = np.empty((len(ks), S + 1))
+                total[:, :x[i]] = INF
                 if x[i] <= S:
                     np.add(rest[:, x[i]:], _rows(T[h], right)[:, :S + 1 - x[i]], out=total[:, x[i]:])
-                # the advance to a_k needs base + P[k] slots; P never falls, so the rows with
-                # one threshold are a run: a slice each where there are few (a uniform chain's two)
-                steps = np.flatnonzero(np.diff(P)) + 1
-                if len(steps) < 16:
-                    for a, b in zip(np.concatenate([[0], steps]), np.concatenate([steps, [len(P)]])):
+                if runs is not None:
+                    for a, b in runs:
                         total[a:b, :max(0, min(S + 1, base + int(P[a])))] = INF
                 else:
                     total[m[None, :] < (base + P)[:, None]] = INF
