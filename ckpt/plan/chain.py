@@ -224,7 +224,12 @@ class _Layout:
             self.pairs += [(j - d, j) for j in range(lp + 1, L + 1) if j - d >= 0]
 
     def key(self, i, j):
-        return int(self.left(i, np.array([j]))[0])
+        """The row of (i, j): `left` for one k, in plain integers (it is called per subproblem)."""
+        if not self.periodic:
+            return i * (self.L + 1) + j
+        if j > self.lp:
+            return self.b + (j - self.lp - 1) * (self.L + 1) + i
+        return self.a + j if i == 0 else ((i - 1) % self.p) * self.lp + (j - i - 1)
 
     def right(self, ks, j):
         """Rows of (k, j) for every k in ks (all k >= 1)."""
