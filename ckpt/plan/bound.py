@@ -40,8 +40,8 @@ SAFETY = 1e-6  # relative: HiGHS's tolerances must not turn the bound into an ov
 def lower_bound(ix, managed, goal=None):
     """(extra, infeasible): a lower bound on the cost that any schedule fitting `managed` bytes
     adds to store-all's, and whether some step proved that none fits. (0.0, False) when no step
-    is under pressure. `goal`: the extra cost of a plan in
-    hand; once the bound meets it, nothing more is solved.
+    is under pressure. `goal`: the extra cost of a plan in hand; once the bound meets it, nothing
+    more is solved.
 
     Each step's program is solved relaxed (fast at any size); on small graphs the steps with the
     best relaxed bounds are solved again with x and r in {0, 1}, which is still a relaxation of the
@@ -50,11 +50,12 @@ def lower_bound(ix, managed, goal=None):
     if not ix.bwd:
         return 0.0, False
     first = _first_needed(ix)
+    held = _gradients_held(ix)
     found, size = [], 0
-    for k in _points(ix, managed):
+    for k in _points(ix, managed, held):
         if size >= MAX_VARS:  # a work limit: a 10,000-layer MLP's programs take seconds each
             break
-        prog = _program(ix, managed, k, first)
+        prog = _program(ix, managed, k, first, held[k])
         if prog is None:
             continue
         size += len(prog[0])
@@ -77,7 +78,7 @@ def lower_bound(ix, managed, goal=None):
     return best, False
 
 
-def _points(ix, managed):
+def _points(ix, managed, held):
     """The backward steps where most bytes must be missing, tightest first (ties: the earlier)."""
     bwd = ix.bwd
     n = len(bwd)
@@ -90,7 +91,6 @@ def _points(ix, managed):
             need[0] += ix.ram[u]
             need[last + 1] -= ix.ram[u]
     need = np.cumsum(need)[:n]
-    held = _gradients_held(ix, bpos)
     excess = [need[k] + held[k] + ix.ram[b] + ix.ws[b] - managed for k, b in enumerate(bwd)]
     order = sorted((k for k in range(n) if excess[k] > 0), key=lambda k: (-excess[k], k))
     return order[:MAX_POINTS]
@@ -98,7 +98,8 @@ def _points(ix, managed):
 
 def _first_needed(ix):
     """For each forward value, the first backward step it is an ancestor of: it has been computed
-    before that step, so computing it after is extra. (A value no gradient depends on: n.)"""
+    before that step, so computing it after is extra. A value no gradient depends on is absent:
+    its first computation may come late, so it costs nothing in the programs."""
     first = {}
     for j, b in enumerate(ix.bwd):
         stack = [p for p in ix.fpreds[b] if p not in first]
@@ -110,19 +111,20 @@ def _first_needed(ix):
     return first
 
 
-def _gradients_held(ix, bpos):
+def _gradients_held(ix):
     """Bytes of gradients computed before step k and read at or after it, for each k."""
     n = len(ix.bwd)
+    bpos = {b: i for i, b in enumerate(ix.bwd)}
     held = np.zeros(n + 1)
     for i, g in enumerate(ix.bwd):
         last = max((bpos[c] for c in ix.breaders[g] if c in bpos), default=-1)
         if last > i:
             held[i + 1] += ix.ram[g]
             held[last + 1] -= ix.ram[g]
-    return np.cumsum(held)[:n]
+    return [int(v) for v in np.cumsum(held)[:n]]
 
 
-def _program(ix, managed, k, first):
+def _program(ix, managed, k, first, held):
     """Step k's program as (cost vector, A, rhs, lower, upper, cost scale) for A z <= rhs, or None
     when it is too large. Its cost is the extra cost at z; its rows are in units that HiGHS handles
     well (costs relative to the largest, bytes to the budget)."""
@@ -131,9 +133,7 @@ def _program(ix, managed, k, first):
     bwd = ix.bwd
     bk = bwd[k]
     later = set(bwd[k:])
-    bpos = {b: i for i, b in enumerate(bwd)}
     must = [u for u in ix.fwd if any(c in later for c in ix.breaders[u])]
-    held = sum(ix.ram[g] for g in bwd[:k] if any(bpos.get(c, -1) >= k for c in ix.breaders[g]))
     cap = managed - ix.ram[bk] - ix.ws[bk] - held  # may be negative: the program is then infeasible
     # the values that matter: what must be accounted for, and its ancestors
     inside, stack = set(), list(must)
