@@ -306,7 +306,10 @@ def _table(chain, unit, S, rnd, S_up=None):
             # threshold are a run: a slice each where there are few (a uniform chain has two)
             cuts = np.flatnonzero(np.diff(P)) + 1
             runs = list(zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(P)]]))) if len(cuts) < 16 else None
-        for h in (0, 1):
+        # a_j is live going in (h = 1) only in a left part ending where group j reads a_j, and in
+        # that part's right parts, which end at the same j: elsewhere that half of the table is
+        # never read (a uniform chain's groups read only a_{j-1}: half the work)
+        for h in ((0, 1) if nout[j] else (0,)):
             base = x[i] + gs[j] + (x[j] if h else 0)
             best = np.full(S + 1, INF)
             choice = np.full(S + 1, -9, dtype=np.int32)
