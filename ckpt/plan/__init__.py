@@ -19,7 +19,8 @@ from .search import lowest, search, walk
 
 STRATEGIES = ("store-all", "sqrt-n", "budget")
 MILP_MAX_NODES = 80  # joint nodes; beyond this HiGHS rarely closes the Checkmate MILP within its node limit
-MILP_MIN_GAP = 1e-3  # relative: a plan proved this close to optimal is not worth a MILP's minute
+MILP_MIN_GAP = 1e-3  # relative: a plan proved this close to optimal is not worth a MILP's minute...
+MILP_QUICK_NODES = 40  # ...except on graphs this small, where HiGHS closes the gap in a second
 PROOF_TOLERANCE = 1e-5  # relative: a plan this close to the lower bound is optimal up to HiGHS's tolerances
 
 
@@ -99,8 +100,10 @@ def _budget(joint, ix, budget, time_limit):
     lower = sa_cost + (0.0 if infeasible else extra)
     if best is not None and best <= lower * (1 + PROOF_TOLERANCE):
         lower = best  # the bound meets the best plan: it is optimal, and the MILP has nothing to add
-    # the MILP runs where the bound leaves room for a real gain (it can take a minute on 70 nodes)
-    if chain is None and len(ix.order) <= MILP_MAX_NODES and (best is None or best > lower * (1 + MILP_MIN_GAP)):
+    # the MILP runs where the bound leaves room for a real gain (it can take a minute on 70 nodes),
+    # and on small graphs, where it is quick, wherever the bound has not proved the plan optimal
+    gap = MILP_MIN_GAP if len(ix.order) > MILP_QUICK_NODES else 0.0
+    if chain is None and len(ix.order) <= MILP_MAX_NODES and (best is None or best > lower * (1 + gap)):
         m, status = solve_milp(ix, managed, time_limit=time_limit, cutoff=best)
         notes["milp"] = status
         if m is not None and m.notes["optimal"]:
