@@ -210,3 +210,19 @@ def test_chain_dp_counts_workspace_on_mlp_deep():
         assert sim.peak_ws <= sa.resident + managed
         costs.append(sim.cost)
     assert all(a >= b * (1 - 1e-12) for a, b in zip(costs, costs[1:])), costs
+
+
+@pytest.mark.parametrize("frac", [0.8, 0.6])
+def test_plan_does_not_depend_on_the_cost_unit(frac):
+    """Costs in seconds, in FLOPs or in anything else: the same plan. The search once floored
+    costs at 1e-9, so costs of 1e-300 each reordered its drops."""
+    plans = []
+    for scale in (1.0, 1e-300, 1e290):
+        joint = pg.random_training_dag(120, 3)  # beyond the MILP: the search decides
+        for x in joint.nodes:
+            joint.nodes[x]["cost"] *= scale
+        ix = JointIndex(joint)
+        sa = _store_all(joint, ix)
+        p, _ = _budget(joint, ix, sa.resident + int(frac * sa.peak_managed_ws))
+        plans.append(p.steps)
+    assert plans[0] == plans[1] == plans[2]

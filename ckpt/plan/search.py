@@ -151,7 +151,9 @@ def families(ix):
     points = articulation_points(ix)
     res = [u for u in ix.fwd if u in ix.residuals]
     # values that free the most bytes per unit of recompute are dropped first (the plain greedy's order)
-    by_value = sorted(res, key=lambda u: (-ix.ram[u] / max(ix.cost[u], 1e-9), ix.pos[u]))
+    # (a ratio, not a floor on the cost, so that the order does not depend on the cost's unit)
+    by_value = sorted(res, key=lambda u: (-ix.ram[u] / ix.cost[u], 0, ix.pos[u]) if ix.cost[u] > 0
+                      else (-math.inf, -ix.ram[u], ix.pos[u]))
     counts = sorted({0, 1, 2, len(points)} | {round(len(points) ** e) for e in (0.25, 0.5, 0.75)}
                     | {int(len(points) * f) for f in (0.125, 0.25, 0.5, 0.75)})
     spread = [frozenset(_spread(points, k)) for k in counts]
@@ -239,7 +241,7 @@ def descent(ix, ev, classes, hold, budget_managed=-1):
                 continue
             freed = sum(ix.ram[v] for v in let_go)
             extra = sum(_recompute_cost(ix, v, s.keep) for v in let_go)
-            scores[c] = (freed / max(extra, 1e-12), -ix.pos[c[0]])
+            scores[c] = (freed / extra, 0, -ix.pos[c[0]]) if extra > 0 else (math.inf, freed, -ix.pos[c[0]])
         if not scores:
             break
         c = set(max(scores, key=scores.__getitem__))
