@@ -107,8 +107,12 @@ def plan(config, budget, strategy, sweep, points, plot_file, time_limit, device,
     if sweep:
         click.echo("\ntrade-off frontier (budget strategy)")
         srows = [(fmt_bytes(s["budget_bytes"]), fmt_bytes(s["peak_with_workspace_bytes"]) if s["feasible"] else "-",
-                  fmt_pct(s["overhead"]) if s["feasible"] else "infeasible", s["solver"]) for s in doc["sweep"]]
-        click.echo(table(srows, ["budget", "peak", "overhead", "solver"]))
+                  fmt_pct(s["overhead"]) if s["feasible"] else "infeasible",
+                  # the chain DP is exact over its family and computes no bound of its own
+                  fmt_pct(s["lower_bound_overhead"]) if s.get("lower_bound_overhead") is not None
+                  and s["solver"] not in ("chain-dp", "direct") else "-",
+                  s["solver"]) for s in doc["sweep"]]
+        click.echo(table(srows, ["budget", "peak", "overhead", "lower bound", "solver"]))
     if plot_file:
         click.echo(f"wrote {plot_file}")
     _raise_unfit(unfit)
