@@ -48,6 +48,11 @@ TORCH = {
     "less": lambda x, a: (x[0] < x[1]).to(torch.result_type(x[0], x[1])),
     "less_equal": lambda x, a: (x[0] <= x[1]).to(torch.result_type(x[0], x[1])),
     "pow": lambda x, a: x[0] ** a["exponent"],
+    # the residuals the model graph saves for layernorm and dropout: their readers above ignore them
+    # (torch computes its own), so they only have to exist, and take no gradient
+    "layernorm_stats": lambda x, a: torch.stack(
+        [x[0].mean(-1), torch.rsqrt(x[0].var(-1, unbiased=False) + a["eps"])], -1).detach(),
+    "dropout_mask": lambda x, a: torch.from_numpy(dropout_keep(np, tuple(a["shape"]), a["_seed"], a["p"])),
 }
 
 

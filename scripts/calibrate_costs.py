@@ -52,6 +52,7 @@ from ckpt.backend import get_backend  # noqa: E402
 from ckpt.errors import BudgetError  # noqa: E402
 from ckpt.plan import plan  # noqa: E402
 from ckpt.execute import Executor  # noqa: E402
+from ckpt.model.cost_weights import WEIGHTS  # noqa: E402
 from ckpt.session import device_leaves, load_model, time_side_by_side  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -135,10 +136,10 @@ def child_env(args):
 
 
 def collect(args):
-    """The rows of every case, each timed in a fresh process (see the module's note)."""
+    """The rows of every case (or of --cases), each timed in a fresh process (see the module's note)."""
     import json
     rows = []
-    for case in range(len(CASES)):
+    for case in [n for n, (name, _) in enumerate(CASES) if not args.cases or name in args.cases]:
         cmd = [sys.executable, os.path.abspath(__file__), "collect", str(case), "--steps", str(args.steps),
                "--clock", args.clock] + (["--threads", args.threads] if args.threads else [])
         out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True, env=child_env(args)).stdout
@@ -162,14 +163,15 @@ def _generic(key):
     return key if ":" not in key else "*:" + key.rpartition(":")[2]
 
 
-def fit(rows, power=0.0):
+def fit(rows, power=0.0, only=None):
     """NNLS over columns (kind, per FLOP | per byte | per call); rows weighted by time**-power
     (0: absolute errors, so the totals that overheads are made of come out right) and by one over
     their case's total time: an overhead is relative to its own model's step, so each case's
     error counts relative to that step (unweighted, mlp_deep's millisecond GEMMs outweighed every
     node of gpt_small, whose store-all step came out 14% over its measured time). First one
     kind per direction over every sample (the fallback), then a kind of its own for each op the
-    samples cover, the others held at the fallback."""
+    samples cover, the others held at the fallback. `only`: refit just these kinds, every other
+    held at the stored table's weights (an op whose rules changed, without moving the rest)."""
     y = np.array([t * 1e9 for _, t, _ in rows])
     w = np.maximum(y, 1.0) ** -power
     case_total = {}
@@ -190,6 +192,13 @@ def fit(rows, power=0.0):
                     rest[r] += _predict({k: v}, weights, fallback=True)
         return X, col, rest
 
+    if only:
+        weights = dict(WEIGHTS)
+        X, col, rest = design(sorted(only), lambda k: k)
+        sol = _nnls(X, np.maximum(y - rest, 0.0), w)
+        weights.update({k: tuple(float(sol[col[k] + m]) for m in range(3)) for k in col})
+        pred = np.array([_predict(f, weights, fallback=True) for f, _, _ in rows])
+        return weights, pred, y
     weights = {}
     generic = sorted({_generic(k) for f, _, _ in rows for k in f})
     X, col, _ = design(generic, _generic)
@@ -254,7 +263,7 @@ def cmd_fit(args):
     if args.save_samples:
         with open(args.save_samples, "w") as f:
             json.dump(rows, f)
-    weights, pred, y = fit(rows, args.power)
+    weights, pred, y = fit(rows, args.power, args.only)
     print(f"{'case':28} {'nodes':>6} {'measured ms':>12} {'predicted ms':>13}  ratio")
     for name in dict.fromkeys(c for _, _, c in rows):
         idx = [n for n, r in enumerate(rows) if r[2] == name]
@@ -313,6 +322,9 @@ def main():
     f.add_argument("--power", type=float, default=0.0, help="rows weighted by time**-power")
     f.add_argument("--save-samples", help="also write the timed samples (JSON) for refitting")
     f.add_argument("--samples", help="fit these samples instead of timing again")
+    f.add_argument("--only", nargs="+", metavar="KIND",
+                   help="refit only these kinds (e.g. layernorm:vjp), the rest held at the stored table")
+    f.add_argument("--cases", nargs="+", metavar="CONFIG", help="time only these configs' cases")
     c = sub.add_parser("check")
     c.add_argument("--rounds", type=int, default=7)
     c.add_argument("--repeats", type=int, default=3)

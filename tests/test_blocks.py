@@ -98,12 +98,13 @@ def test_a_weight_shared_by_two_blocks_gives_no_block_view():
 
 
 def test_the_budget_strategy_takes_the_block_plan_where_it_is_cheapest():
-    """gpt_small at 0.35 of store-all's peak: the block DP (multi-level recompute) beats the
-    keep-set search, and the budget plan is the cheapest of the candidates it reports."""
+    """gpt_small at 0.28 of store-all's peak (near its least peak): the block DP (multi-level
+    recompute) beats the keep-set search, and the budget plan is the cheapest of the candidates it
+    reports."""
     m = load_model(config_path("gpt_small"))
     ix = m.index
     resident = m.joint.graph["resident"]
-    budget = resident + int(0.35 * _store_all_peak(ix))
+    budget = resident + int(0.28 * _store_all_peak(ix))
     p, sim = plan(m.joint, "budget", budget, ix=ix)
     cands = {k: v for k, v in p.notes["candidates"].items() if not isinstance(v, str)}
     assert any(k.startswith("blocks-dp") for k in cands)

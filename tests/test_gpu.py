@@ -159,6 +159,7 @@ class _InterpretedKernel:
 
     def __init__(self, params, out, body, name):
         self.params, self.out, self.body = params, _names(out)[0], _python(body)
+        self.out_type = out.split()[0]
         self.ttype = [p.split()[-1] for p in params.split(",") if p.split()[0] == "T"]
 
     def __call__(self, *args):
@@ -166,7 +167,7 @@ class _InterpretedKernel:
         arrays = [a for a in args if isinstance(a, np.ndarray)]
         shape = np.broadcast_shapes(*[a.shape for a in arrays])
         env["i"] = np.arange(int(np.prod(shape)), dtype=np.uint64).reshape(shape)
-        dtype = env[self.ttype[0]].dtype
+        dtype = env[self.ttype[0]].dtype if self.ttype else np.dtype(self.out_type)  # a mask: bool
         for st in self.body:
             name, expr = (t.strip() for t in st.split("=", 1))
             env[name] = eval(expr, {}, env)
@@ -230,5 +231,5 @@ def test_fused_kernels_give_the_array_rules_on_a_numpy_interpreter(dtype):
             assert np.linalg.norm(r.grads[k] - g) <= tol * max(np.linalg.norm(g), 1e-12), (name, k)
     from ckpt.ops import _kernels
     used = {n for (xp, n), k in _kernels.items() if xp is fake.xp and k}
-    assert used == {"dropout", "gelu", "gelu_vjp", "exp_sub", "rowdot", "softmax_vjp",
+    assert used == {"dropout_mask", "dropout_masked", "gelu", "gelu_vjp", "exp_sub", "rowdot", "softmax_vjp",
                     "ln_sqdev", "ln_fwd", "ln_gxhat", "ln_dx"}

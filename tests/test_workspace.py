@@ -13,6 +13,8 @@ from ckpt.ops import REGISTRY, Ctx, iter_buffer, size
 # Ops whose rules another change rewrites (convolution, pooling, upsampling): they state their own.
 OWN_WORKSPACE_ELSEWHERE = {"conv2d", "maxpool2d", "avgpool2d", "upsample2d"}
 OPS = sorted(set(REGISTRY) - OWN_WORKSPACE_ELSEWHERE)
+# and each op that reads a saved residual, given it (as the model graph gives it): NAME+saved
+OPS += sorted(f"{n}+saved" for n in OPS if REGISTRY[n].residual is not None)
 # Interpreter objects the allocator also counts (array headers, iterator state, closures): not
 # part of any rule's stated bytes (softmax builds its 2 KB CUDA source string even on numpy).
 SLACK = 8192
@@ -32,7 +34,8 @@ def _owned(arr, others):
 def measure(name, shapes, dtype=np.float32):
     """{which: (measured, stated)} for the forward and each VJP: the allocator's high-water mark
     while the rule runs and its result is made to own its buffer (as the executor does), less the
-    result's bytes."""
+    result's bytes. NAME+saved: the op given its residual as the last input."""
+    name, saved = name.partition("+")[::2]
     op = REGISTRY[name]
     attrs = dict(op.attrs)
     attrs.update(op.example.get("attrs", {}))
@@ -45,13 +48,18 @@ def measure(name, shapes, dtype=np.float32):
             ins.append(rng.uniform(0.5, 2.0, s).astype(dtype))
         else:
             ins.append(rng.standard_normal(s).astype(dtype))
+    grads = [i for i in range(len(shapes)) if i not in op.int_inputs]
+    if saved:
+        rop, positions, rattrs = op.residual(shapes, attrs)
+        ins.append(REGISTRY[rop].forward(np, [ins[k] for k in positions], {**REGISTRY[rop].attrs, **rattrs}))
+        shapes = list(shapes) + [ins[-1].shape]
     out = np.asarray(op.forward(np, ins, attrs))
     g = rng.standard_normal(out.shape).astype(dtype)
     itemsize = np.dtype(dtype).itemsize
     result = {}
     tracemalloc.start()
     try:
-        for which in ["forward"] + [i for i in range(len(shapes)) if i not in op.int_inputs]:
+        for which in ["forward"] + (grads if op.differentiable else []):
             need = set(op.needs(0 if which == "forward" else which))
             ctx = Ctx([x if k in need else None for k, x in enumerate(ins)], out, list(shapes), out.shape, attrs)
             before = tracemalloc.get_traced_memory()[0]
@@ -76,7 +84,7 @@ def test_stated_workspace_matches_the_allocator(name, k):
     """Under 256 KiB per array (numpy reuses no temporary): the stated bytes are what the rule
     allocates, to the interpreter's objects and at most one iteration buffer beyond."""
     for dtype in (np.float32, np.float64):
-        shapes = _scaled(REGISTRY[name], k)
+        shapes = _scaled(REGISTRY[name.partition("+")[0]], k)
         for which, (measured, stated) in measure(name, shapes, dtype).items():
             assert measured <= stated + SLACK, (name, k, dtype.__name__, which, measured, stated)
             loose = iter_buffer(np.getbufsize(), np.dtype(dtype).itemsize)
@@ -86,7 +94,7 @@ def test_stated_workspace_matches_the_allocator(name, k):
 @pytest.mark.parametrize("name", OPS)
 def test_stated_workspace_bounds_large_arrays(name):
     """Larger arrays: the stated bytes stay an upper bound (numpy may reuse temporaries)."""
-    shapes = _scaled(REGISTRY[name], 40)
+    shapes = _scaled(REGISTRY[name.partition("+")[0]], 40)
     for which, (measured, stated) in measure(name, shapes).items():
         assert measured <= stated + SLACK, (name, which, measured, stated)
 

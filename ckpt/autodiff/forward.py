@@ -56,7 +56,7 @@ def jvp(g, leaves, tangents, backend, target=None, record=False):
         out = xp.asarray(op.forward(xp, ins, d["attrs"]))
         ts = [tan(u) for u in d["inputs"]]
         t_out = None
-        if any(t is not None for t in ts):
+        if op.differentiable and any(t is not None for t in ts):  # a residual carries no tangent
             ts = [xp.zeros(a.shape, dtype=a.dtype) if t is None else t for a, t in zip(ins, ts)]
             ctx = Ctx(ins, out, [a.shape for a in ins], out.shape, d["attrs"])
             t_out = xp.asarray(op.jvp(xp, ts, ctx))

@@ -219,7 +219,7 @@ _FUNCTIONS = {}
 
 def __getattr__(name):
     """ckpt.sin, ckpt.linear, ...: one function per op in the registry, made on first use."""
-    if name in REGISTRY:
+    if name in REGISTRY and not REGISTRY[name].internal:
         if name not in _FUNCTIONS:
             _FUNCTIONS[name] = _op_function(name)
         return _FUNCTIONS[name]
@@ -565,7 +565,8 @@ class EagerTape:
         if not isinstance(value, self.xp.ndarray):
             value = self.xp.asarray(value)
         self.n += 1
-        out = Traced(self, self.n, value.shape, str(value.dtype), value, grad=any(a.grad for a in ins))
+        out = Traced(self, self.n, value.shape, str(value.dtype), value,
+                     grad=op.differentiable and any(a.grad for a in ins))
         if out.grad:
             self.entries.append((op, ins, full, out))
         return out

@@ -560,8 +560,9 @@ class _Reader:
 
     def node(self, item, scope, full):
         op = item.get("op")
-        if not isinstance(op, str) or op not in REGISTRY:
-            near = _close_matches(str(op), list(REGISTRY), n=1) if isinstance(op, str) else []
+        public = [k for k, o in REGISTRY.items() if not o.internal]
+        if not isinstance(op, str) or op not in public:
+            near = _close_matches(str(op), public, n=1) if isinstance(op, str) else []
             raise self.err(f"unknown op {_describe(op)}" + (f" (did you mean {near[0]!r}?)" if near else ""),
                            item, key=full, node_key="op")
         inputs = item.get("inputs", [])
@@ -712,11 +713,13 @@ OP_SUMMARY = {
     "mean": "mean over axes", "reshape": "same elements, new shape", "transpose": "permute axes",
     "concat": "join inputs along an axis", "matmul": "matrix product, batched over leading axes",
     "linear": "x @ W (+ b)", "softmax": "softmax along an axis", "log_softmax": "log of softmax along an axis",
-    "layernorm": "normalise the last axis, then * gamma + beta", "conv2d": "2-D convolution, NCHW (+ bias)",
+    "layernorm": "normalise the last axis, then * gamma + beta (the row mean and 1/std are saved: a "
+                 "`layernorm_stats` value the planner may keep or compute again)", "conv2d": "2-D convolution, NCHW (+ bias)",
     "maxpool2d": "max over k x k windows (NCHW)", "avgpool2d": "mean over k x k windows (NCHW)",
     "upsample2d": "repeat each pixel scale x scale times (NCHW)",
     "dropout": "zero elements with probability p, scale the rest by 1/(1-p); the mask is a hash of seed, "
-               "node and element, so a recompute redraws it", "mse": "mean squared error of two tensors",
+               "node and element, saved as a `dropout_mask` value of one byte an element that the "
+               "planner may keep or draw again", "mse": "mean squared error of two tensors",
     "softmax_cross_entropy": "mean cross-entropy of logits against integer labels",
     "where": "a where c != 0, else b (broadcasting; no gradient into c)",
     "greater": "1 where a > b, else 0", "greater_equal": "1 where a >= b, else 0",
@@ -807,7 +810,7 @@ def reference_markdown():
         "| op | what it computes | inputs | attrs | backward reads |",
         "|---|---|---|---|---|",
     ]
-    for name in sorted(REGISTRY):
+    for name in sorted(k for k, o in REGISTRY.items() if not o.internal):
         op = REGISTRY[name]
         lo, hi = op.arity
         n_in = str(lo) if lo == hi else f"{lo} to {hi}"
@@ -821,9 +824,13 @@ def reference_markdown():
             d = "required" if default is REQUIRED else f"default `{_yaml_scalar(default)}`"
             attrs.append(f"`{k}`: {KIND_TEXT[kind]}, {d}")
         reads = []
+        saved = f"the saved `{op.residual([()] * hi, op.attrs)[0]}`" if op.residual else ""
+
+        def read(r):
+            return "its output" if r == "out" else f"input {r + 1}" if r < hi else saved
         for i in range(min(hi, 3)):
             needs = op.needs(i)
-            what = ", ".join("its output" if r == "out" else f"input {r + 1}" for r in needs) or "nothing"
+            what = ", ".join(read(r) for r in needs) or "nothing"
             if i in op.int_inputs:
                 continue
             reads.append(f"d input {i + 1}: {what}" if hi > 1 else what)

@@ -17,7 +17,7 @@ from ..errors import ConfigError, ShapeError
 from ..ops import OUT, REGISTRY, size
 from ..sizes import MAX_BYTES, MAX_NODES
 
-ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "int32": 4, "int64": 8}
+ITEMSIZE = {"bool": 1, "float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "int32": 4, "int64": 8}
 
 
 def nbytes(shape, dtype):
@@ -61,6 +61,7 @@ def build_graph(spec):
              if g.nodes[v]["kind"] == "op"]
     for v in order:
         _infer(g, v, spec.file)
+    order = _residual_nodes(g, order, spec.file)
     out = g.nodes[spec.output]
     if out["shape"] != ():
         raise ConfigError(f"output {spec.output!r} must be a scalar to differentiate, but has shape {out['shape']}",
@@ -110,10 +111,35 @@ def _infer(g, v, file):
         # the config reader checks each attr's type; this catches a combination no rule foresaw
         raise ConfigError(f"{d['op']} cannot take these inputs and attrs ({e.__class__.__name__}: {e})",
                           file=file, line=d.get("line"), key=v) from None
-    d["dtype"] = next(u["dtype"] for u in ins if not u["dtype"].startswith("int"))
+    d["dtype"] = op.dtype or next(u["dtype"] for u in ins if not u["dtype"].startswith("int"))
     d["bytes"] = _bytes(d["shape"], d["dtype"], file, d.get("line"), v)
     d["flops"] = int(op.flops([u["shape"] for u in ins], d["shape"], d["attrs"]))
-    d["needs"] = [tuple(op.needs(i)) for i in range(len(ins))]
+    d["needs"] = [tuple(r for r in op.needs(i) if r == OUT or r < len(ins)) for i in range(len(ins))]
+
+
+def _residual_nodes(g, order, file):
+    """Each op that declares a residual (`Op.residual`) gets the node computing it as an extra last
+    input, named `NODE:OP`, placed in the order just before its reader: the planner then sees it as
+    a value it may keep or compute again, like any other. Returns the new order."""
+    out = []
+    for v in order:
+        d = g.nodes[v]
+        op = REGISTRY[d["op"]]
+        if op.residual is not None:
+            shapes = [g.nodes[u]["shape"] for u in d["inputs"]]
+            rop, positions, attrs = op.residual(shapes, d["attrs"])
+            r = f"{v}:{rop}"
+            ins = [d["inputs"][k] for k in positions]
+            g.add_node(r, kind="op", op=rop, inputs=ins, attrs=dict(REGISTRY[rop].attrs, **attrs), line=d.get("line"))
+            for u in ins:
+                g.add_edge(u, r)
+            g.add_edge(r, v)
+            _infer(g, r, file)
+            d["inputs"] = d["inputs"] + [r]
+            _infer(g, v, file)
+            out.append(r)
+        out.append(v)
+    return out
 
 
 def retarget(g, of=None, wrt=None):
@@ -147,7 +173,7 @@ def _mark_grad(g, order):
             g.nodes[v]["grad"] = g.nodes[v]["grad"] and v in feeds
     for v in order:
         d = g.nodes[v]
-        d["grad"] = v in feeds and any(g.nodes[u]["grad"] for u in d["inputs"])
+        d["grad"] = v in feeds and REGISTRY[d["op"]].differentiable and any(g.nodes[u]["grad"] for u in d["inputs"])
 
 
 def residuals(g, w, i):

@@ -57,6 +57,16 @@ class Op:
     workspace: Callable | None = None
     attrs: dict = field(default_factory=dict)  # name -> default; REQUIRED marks a required attr
     int_inputs: tuple = ()  # input positions that hold integer labels and take no gradient
+    # A residual the forward computes on the way and the VJPs would otherwise compute again
+    # (layernorm's row statistics, dropout's mask), made a value of its own so that the planner
+    # chooses whether to keep it: (in_shapes, attrs) -> (op, input positions, attrs) of the node
+    # that computes it. The model graph gives every such node that node as an extra last input,
+    # beyond `arity` (which is what a config writes); its rules then read it instead of computing
+    # it, and their VJPs stay the total derivative through it, since it takes no gradient.
+    residual: Callable | None = None
+    differentiable: bool = True  # False: the output takes no gradient (a residual, a mask)
+    dtype: str | None = None  # the output's dtype; None: the first floating-point input's
+    internal: bool = False  # made by the model graph only: not an op a config or front end writes
     # For the registry-generated tests: input shapes, attrs, and whether inputs must be positive.
     example: dict = field(default_factory=dict)
 

@@ -172,9 +172,13 @@ register(Op(
 
 
 # ---- layernorm over the last axis: y = (x - mean) / sqrt(var + eps) * gamma + beta --------------
+# The model graph gives each layernorm node a `layernorm_stats` node of its x as a fourth input (the
+# row mean and 1/std, two numbers a row), as PyTorch's layer_norm saves them: the forward and the
+# VJPs then read the statistics instead of computing them again from x. A config writes three.
 def _ln_shape(shapes, a):
     x = tuple(shapes[0])
-    if not x or tuple(shapes[1]) != x[-1:] or tuple(shapes[2]) != x[-1:]:
+    if not x or tuple(shapes[1]) != x[-1:] or tuple(shapes[2]) != x[-1:] or \
+            (len(shapes) == 4 and tuple(shapes[3]) != x[:-1] + (2,)):
         raise shape_error("layernorm", "needs x (..., d), gamma (d,) and beta (d,)", shapes)
     return x
 
@@ -193,32 +197,55 @@ def _ln_stats(xp, x, eps):
     return xc, rstd
 
 
+def _ln_saved(stats):
+    """(mean, 1/std), each (..., 1), from a layernorm_stats value."""
+    return stats[..., 0:1], stats[..., 1:2]
+
+
+def _ln_xhat(xp, x, stats):
+    """(xhat, 1/std) from saved statistics: the same values `_ln_stats` computes from x."""
+    mu, rstd = _ln_saved(stats)
+    xhat = x - mu
+    xhat *= rstd
+    return xhat, rstd
+
+
 # Fused layernorm: the row statistics by the array module's reductions, every elementwise stretch as
 # one kernel over x (xhat = (x - mu) * rstd is recomputed inside each kernel, never stored).
 _XHAT = "((x - mu) * rstd)"
 
 
-def _ln_fused(xp, x, eps):
-    """(mu, rstd, kernels) where kernels are compiled, else None (see ops.kernel)."""
+def _ln_kernels(xp, dtype):
+    """The compiled kernels, or None where the array rules run (see ops.kernel)."""
     def k(name, params, out, body):
-        return kernel(xp, "ElementwiseKernel", "ln_" + name, params, out, body, dtype=x.dtype)
+        return kernel(xp, "ElementwiseKernel", "ln_" + name, params, out, body, dtype=dtype)
     sqdev = k("sqdev", "T x, T mu", "T d", "T c = x - mu; d = c * c")
     if not sqdev:
         return None
+    return {"sqdev": sqdev,
+            "fwd": k("fwd", "T x, T mu, T rstd, T gamma, T beta", "T y", f"y = {_XHAT} * gamma + beta"),
+            "gxhat": k("gxhat", "T g, T x, T mu, T rstd", "T t", f"t = g * {_XHAT}"),
+            "dx": k("dx", "T gg, T x, T mu, T rstd, T m1, T m2", "T dx", f"dx = rstd * (gg - m1 - {_XHAT} * m2)")}
+
+
+def _ln_fused(xp, ins, eps):
+    """(mu, rstd, kernels) where kernels are compiled, else None."""
+    ks = _ln_kernels(xp, ins[0].dtype)
+    if not ks:
+        return None
+    if len(ins) == 4:
+        return _ln_saved(ins[3]) + (ks,)
+    x = ins[0]
     mu = x.mean(axis=-1, keepdims=True)
-    rstd = 1.0 / xp.sqrt(sqdev(x, mu).mean(axis=-1, keepdims=True) + eps)
-    ks = {"fwd": k("fwd", "T x, T mu, T rstd, T gamma, T beta", "T y", f"y = {_XHAT} * gamma + beta"),
-          "gxhat": k("gxhat", "T g, T x, T mu, T rstd", "T t", f"t = g * {_XHAT}"),
-          "dx": k("dx", "T gg, T x, T mu, T rstd, T m1, T m2", "T dx", f"dx = rstd * (gg - m1 - {_XHAT} * m2)")}
-    return mu, rstd, ks
+    return mu, 1.0 / xp.sqrt(ks["sqdev"](x, mu).mean(axis=-1, keepdims=True) + eps), ks
 
 
 def _ln_forward(xp, ins, a):
-    fused = _ln_fused(xp, ins[0], a["eps"])
+    fused = _ln_fused(xp, ins, a["eps"])
     if fused:
         mu, rstd, k = fused
         return k["fwd"](ins[0], mu, rstd, ins[1], ins[2])
-    xhat, _ = _ln_stats(xp, ins[0], a["eps"])
+    xhat, _ = _ln_xhat(xp, ins[0], ins[3]) if len(ins) == 4 else _ln_stats(xp, ins[0], a["eps"])
     xhat *= ins[1]
     xhat += ins[2]
     return xhat
@@ -229,10 +256,11 @@ def _lead_sum(g):
 
 
 def _ln_vjp(xp, i, g, c):
+    """The total derivative through the statistics (they take no gradient of their own)."""
     if i == 2:
         return _lead_sum(g)
     x = c.ins[0]
-    fused = _ln_fused(xp, x, c.attrs["eps"])
+    fused = _ln_fused(xp, c.ins, c.attrs["eps"])
     if fused:
         mu, rstd, k = fused
         if i == 1:
@@ -241,7 +269,8 @@ def _ln_vjp(xp, i, g, c):
         m1 = gg.mean(axis=-1, keepdims=True)
         m2 = k["gxhat"](gg, x, mu, rstd).mean(axis=-1, keepdims=True)
         return k["dx"](gg, x, mu, rstd, m1, m2)
-    xhat, rstd = _ln_stats(xp, x, c.attrs["eps"])
+    saved = len(c.ins) == 4
+    xhat, rstd = _ln_xhat(xp, x, c.ins[3]) if saved else _ln_stats(xp, x, c.attrs["eps"])
     if i == 1:
         xhat *= g
         return _lead_sum(xhat)
@@ -260,17 +289,20 @@ def _ln_workspace(which, s, o, a, itemsize):
     vector of 1/d they are taken with; x - mean then becomes xhat in place. gamma's VJP multiplies
     g into xhat and sums it; x's holds xhat, g * gamma and a third buffer for the row-centred term
     (its product with a row statistic iterating through numpy's buffer), and two row statistics;
-    beta's only sums g."""
+    beta's only sums g. With saved statistics xhat is made from them (x - mean, then times 1/std,
+    each row statistic iterating through numpy's buffer): no square, no row means."""
     n = size(o) * itemsize
     rows = size(o) // o[-1] * itemsize
     vec = o[-1] * itemsize
+    saved = len(s) == 4
+    buf = iter_buffer(size(o), itemsize)
     if which == "forward":
-        return n + rows + vec
+        return buf if saved else n + rows + vec
     if which == 2:
         return 0
     if which == 1:
-        return 2 * n + rows
-    return 2 * n + 2 * rows + vec + iter_buffer(size(o), itemsize)
+        return n + buf if saved else 2 * n + rows
+    return 2 * n + 2 * rows + vec + buf
 
 
 def _ln_jvp(xp, t, c):
@@ -283,13 +315,52 @@ def _ln_jvp(xp, t, c):
 register(Op(
     name="layernorm", arity=(3, 3), shape=_ln_shape, attrs={"eps": 1e-5},
     forward=_ln_forward, vjp=_ln_vjp, jvp=_ln_jvp,
-    needs=lambda i: ((0, 1), (0,), ())[i], flops=lambda s, o, a: 8 * size(o),
-    # every input's VJP but beta's recomputes the row statistics (5 per element); gamma's then
-    # takes g * xhat and its column sum, x's the seven elementwise and row-mean terms; beta's is a
-    # column sum of g
-    vjp_flops=lambda i, s, o, a: (12, 7, 1)[i] * size(o),
+    needs=lambda i: ((0, 1, 3), (0, 3), (), ())[i], flops=lambda s, o, a: (8 if len(s) == 3 else 4) * size(o),
+    # without saved statistics, every input's VJP but beta's computes them again (5 per element);
+    # gamma's then takes g * xhat and its column sum, x's the seven elementwise and row-mean terms;
+    # beta's is a column sum of g. With them, xhat costs 2 per element.
+    vjp_flops=lambda i, s, o, a: ((12, 7, 1) if len(s) == 3 else (9, 4, 1))[i] * size(o),
     workspace=_ln_workspace,
+    residual=lambda s, a: ("layernorm_stats", (0,), {"eps": a["eps"]}),
     example={"shapes": [(2, 3, 6), (6,), (6,)]},
+))
+
+
+def _ln_stats_forward(xp, x, eps):
+    """Row mean and 1/std of x as (..., 2): the numbers `_ln_stats` (or the kernels) compute."""
+    ks = _ln_kernels(xp, x.dtype)
+    out = xp.empty(x.shape[:-1] + (2,), dtype=x.dtype)
+    if ks:
+        mu = x.mean(axis=-1, keepdims=True)
+        rstd = 1.0 / xp.sqrt(ks["sqdev"](x, mu).mean(axis=-1, keepdims=True) + eps)
+    else:
+        mu = _row_mean(xp, x)
+        xc = x - mu
+        xc *= xc
+        var = _row_mean(xp, xc)
+        del xc
+        var += eps
+        rstd = 1.0 / xp.sqrt(var)
+    out[..., 0:1] = mu
+    out[..., 1:2] = rstd
+    return out
+
+
+def _ln_stats_workspace(which, s, o, a, itemsize):
+    """(x - mean), squared in place, beside the row means, their vector of 1/d and the variance;
+    the subtraction of the row means iterates through numpy's buffer."""
+    n = size(s[0]) * itemsize
+    rows = size(o) // 2 * itemsize
+    return n + iter_buffer(size(s[0]), itemsize) + 2 * rows + s[0][-1] * itemsize
+
+
+register(Op(
+    name="layernorm_stats", arity=(1, 1), attrs={"eps": 1e-5}, differentiable=False, internal=True,
+    shape=lambda s, a: tuple(s[0][:-1]) + (2,),
+    forward=lambda xp, ins, a: _ln_stats_forward(xp, ins[0], a["eps"]),
+    vjp=None, jvp=None, needs=lambda i: (), flops=lambda s, o, a: 5 * size(s[0]),
+    workspace=_ln_stats_workspace,
+    example={"shapes": [(2, 3, 6)]},
 ))
 
 
@@ -644,7 +715,7 @@ def dropout_keep(xp, shape, seed, p):
     per operation: ten passes through the allocator, paid again by each recompute and the VJP)."""
     u64 = xp.uint64
     offset, threshold = _hash_params(seed, p)
-    z = xp.arange(size(shape), dtype=u64)
+    z = xp.arange(size(shape), dtype=u64).reshape(shape)  # so that the mask owns its buffer
     z += u64(offset)
     t = z >> u64(30)
     z ^= t
@@ -655,19 +726,21 @@ def dropout_keep(xp, shape, seed, p):
     xp.right_shift(z, u64(31), out=t)
     z ^= t
     del t
-    return (z >= u64(threshold)).reshape(shape)
+    return z >= u64(threshold)
 
 
 # The same splitmix64 and product as one kernel where the array module compiles CUDA: the
 # array-at-a-time hash above makes ten passes over 8-byte integers per element, which on a GPU costs
 # more than the attention matmuls around it. The kernel covers float16 too (it only multiplies).
-_DROPOUT_CUDA = """
+_HASH_CUDA = """
 unsigned long long z = (unsigned long long)i + offset;
 z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
 z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
 z = z ^ (z >> 31);
-y = x * (z >= threshold ? scale : (T)0);
 """
+_DROPOUT_CUDA = _HASH_CUDA + "y = x * (z >= threshold ? scale : (T)0);\n"
+_MASK_CUDA = _HASH_CUDA + "m = z >= threshold;\n"
+_MASKED_CUDA = "y = x * (m ? scale : (T)0);\n"  # the bits of `_masked` (x * 0 * scale is x * 0)
 
 
 def _dropout(xp, x, a):
@@ -683,28 +756,77 @@ def _dropout(xp, x, a):
     return out
 
 
+def _masked(xp, x, mask, a):
+    """x times a saved keep-mask, then the scale: the bits of `_dropout` (x * 1 * scale, x * 0)."""
+    scale = x.dtype.type(1.0 / (1.0 - a["p"]))
+    k = kernel(xp, "ElementwiseKernel", "dropout_masked", "T x, bool m, T scale", "T y", _MASKED_CUDA)
+    if k:
+        return k(x, mask, scale)
+    out = xp.multiply(x, mask)
+    out *= scale
+    return out
+
+
+def _mask(xp, a):
+    """The keep-mask of a dropout node: one kernel where the array module compiles them."""
+    shape = tuple(a["shape"])
+    k = kernel(xp, "ElementwiseKernel", "dropout_mask", "uint64 offset, uint64 threshold", "bool m", _MASK_CUDA)
+    if k:
+        offset, threshold = _hash_params(a["_seed"], a["p"])
+        return k(xp.uint64(offset), xp.uint64(threshold), xp.empty(shape, dtype=bool))
+    return dropout_keep(xp, shape, a["_seed"], a["p"])
+
+
+def _dropout_rule(xp, x, ins, a):
+    return _masked(xp, x, ins[1], a) if len(ins) == 2 else _dropout(xp, x, a)
+
+
 def _dropout_shape(shapes, a):
     if not 0.0 <= a["p"] < 1.0:
         raise ShapeError(f"dropout: p must be in [0, 1), got {a['p']}")
+    if len(shapes) == 2 and tuple(shapes[1]) != tuple(shapes[0]):
+        raise shape_error("dropout", "the saved mask must have x's shape", shapes)
     return tuple(shapes[0])
 
 
 def _dropout_workspace(which, s, o, a, itemsize):
     """The hash holds two 8-byte integers per element, then the boolean mask beside the scaled mask
-    (the output, x multiplied into it in place); the forward and the VJP are the same rule."""
+    (the output, x multiplied into it in place); the forward and the VJP are the same rule. With a
+    saved mask: one product, the booleans cast through numpy's buffer."""
     n = size(o)
+    if len(s) == 2:
+        return iter_buffer(n, itemsize)
     return max(16 * n, n + n * itemsize) - n * itemsize
 
 
+# The model graph gives each dropout node its mask as a value of its own (a `dropout_mask` node, one
+# byte an element, as PyTorch saves it), so that the VJP reads it instead of drawing it again; the
+# planner may still drop it and draw it again, from nothing but the seed.
 register(Op(
     name="dropout", arity=(1, 1), shape=_dropout_shape, attrs={"p": 0.1, "_seed": 0},
-    forward=lambda xp, ins, a: _dropout(xp, ins[0], a),
-    vjp=lambda xp, i, g, c: _dropout(xp, g, c.attrs),
-    jvp=lambda xp, t, c: _dropout(xp, t[0], c.attrs),
-    needs=lambda i: (), flops=lambda s, o, a: 12 * size(o),
-    vjp_flops=lambda i, s, o, a: 12 * size(o),  # the same mask, redrawn from the hash, times g
+    forward=lambda xp, ins, a: _dropout_rule(xp, ins[0], ins, a),
+    vjp=lambda xp, i, g, c: _dropout_rule(xp, g, c.ins, c.attrs),
+    jvp=lambda xp, t, c: _dropout_rule(xp, t[0], c.ins, c.attrs),
+    needs=lambda i: (1,), flops=lambda s, o, a: (2 if len(s) == 2 else 12) * size(o),
+    vjp_flops=lambda i, s, o, a: (2 if len(s) == 2 else 12) * size(o),  # the same product with g
     workspace=_dropout_workspace,
+    residual=lambda s, a: ("dropout_mask", (), {"shape": tuple(s[0]), "p": a["p"], "_seed": a["_seed"]}),
     example={"shapes": [(4, 8)], "attrs": {"p": 0.25, "_seed": 7}},
+))
+
+
+def _mask_workspace(which, s, o, a, itemsize):
+    """The hash's two arrays of 8-byte integers, before the booleans are taken from them."""
+    return 15 * size(o)
+
+
+register(Op(
+    name="dropout_mask", arity=(0, 0), attrs={"shape": (), "p": 0.1, "_seed": 0}, differentiable=False,
+    dtype="bool", internal=True, shape=lambda s, a: tuple(a["shape"]),
+    forward=lambda xp, ins, a: _mask(xp, a),
+    vjp=None, jvp=None, needs=lambda i: (), flops=lambda s, o, a: 10 * size(o),
+    workspace=_mask_workspace,
+    example={"shapes": [], "attrs": {"shape": (4, 8), "p": 0.25, "_seed": 7}},
 ))
 
 
