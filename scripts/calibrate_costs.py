@@ -225,7 +225,15 @@ def _predict(feats, weights, fallback=False):
     return total
 
 
-def write(weights):
+def write(weights, only=None):
+    """The table as ckpt/model/cost_weights.py; with `only`, the stored header is kept and a line
+    names the kinds refitted today."""
+    if only:
+        with open(OUT) as f:
+            head = f.read().split('"""')[1].rstrip("\n").split("\n")
+        head.append(f"Refitted {datetime.date.today().isoformat()} (fit --only): {', '.join(sorted(only))}.")
+        _write_table(['"""' + head[0]] + head[1:] + ['"""', "", "WEIGHTS = {"], weights)
+        return
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -237,6 +245,10 @@ def write(weights):
              "Written by scripts/calibrate_costs.py fit --write: fitted on " + cpu + ",",
              f"numpy {np.__version__}, {datetime.date.today().isoformat()}. Fixed data: a plan never depends on the clock.",
              '"""', "", "WEIGHTS = {"]
+    _write_table(lines, weights)
+
+
+def _write_table(lines, weights):
     for k in sorted(weights, key=lambda k: (k.startswith("*"), k)):
         a, b, c = weights[k]
         lines.append(f"    {k!r}: ({a:.6g}, {b:.6g}, {c:.6g}),")
@@ -272,7 +284,7 @@ def cmd_fit(args):
     for k, (a, b, c) in sorted(weights.items()):
         print(f"  {k:32} {a:10.4g} ns/flop {b:10.4g} ns/byte {c:10.4g} ns/call")
     if args.write:
-        write(weights)
+        write(weights, args.only)
 
 
 def cmd_collect(args):

@@ -2,6 +2,7 @@
 
 Written by scripts/calibrate_costs.py fit --write: fitted on AMD EPYC,
 numpy 2.4.6, 2026-11-26. Fixed data: a plan never depends on the clock.
+Refitted 2026-11-27 (fit --only): dropout:forward, dropout:vjp, dropout_mask:forward, layernorm:forward, layernorm:vjp, layernorm_stats:forward.
 """
 
 WEIGHTS = {
@@ -10,13 +11,15 @@ WEIGHTS = {
     'concat:vjp': (0, 0.150236, 11367.4),
     'conv2d:forward': (0.0106491, 0.0487096, 35772.3),
     'conv2d:vjp': (0.0139048, 0.0341098, 23494.4),
-    'dropout:forward': (0.499849, 0, 0),
-    'dropout:vjp': (0.46313, 0, 0),
+    'dropout:forward': (0.254457, 0, 8533.67),
+    'dropout:vjp': (0.314874, 0, 4804.28),
+    'dropout_mask:forward': (0.35412, 0, 26750.7),
     'gelu:forward': (0, 0.166952, 70.076),
     'gelu:vjp': (0, 0.0847991, 0),
     'gradient': (0, 0, 1192.67),
-    'layernorm:forward': (0.311776, 0, 11496.3),
-    'layernorm:vjp': (0.00905222, 0.13378, 2789.1),
+    'layernorm:forward': (0.326551, 0, 9699.18),
+    'layernorm:vjp': (0.214189, 0.0596257, 8500.32),
+    'layernorm_stats:forward': (0.281497, 0, 20263.7),
     'linear:forward': (0.00912899, 0.104911, 0),
     'linear:vjp': (0.00925542, 0.108996, 522.501),
     'matmul:forward': (0.0146556, 0, 2715.01),
