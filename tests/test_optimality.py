@@ -104,3 +104,71 @@ def test_chain_dp_with_workspace_equals_exhaustive_search(l):
         assert sim.cost == pytest.approx(best, rel=1e-9), (b, p.solver)
         checked += 1
     assert checked >= 3
+
+
+def _residual_chain(tmp_path, layers, kinds, b=2, d=4):
+    """An MLP whose layers end in layernorm or dropout (each a value with a saved residual)."""
+    lines = ["name: residual_chain", "dtype: float32", "seed: 3", "inputs:",
+             f"  x: {{shape: [{b}, {d}], init: normal}}", f"  y: {{shape: [{b}, {d}], init: normal}}", "params:"]
+    nodes, prev = [], "x"
+    for i in range(layers):
+        lines += [f"  w{i}: {{shape: [{d}, {d}], init: xavier}}", f"  g{i}: {{shape: [{d}], init: ones}}",
+                  f"  c{i}: {{shape: [{d}], init: zeros}}"]
+        nodes.append(f"  - {{name: h{i}, op: linear, inputs: [{prev}, w{i}]}}")
+        if kinds[i % len(kinds)] == "layernorm":
+            nodes.append(f"  - {{name: a{i}, op: layernorm, inputs: [h{i}, g{i}, c{i}]}}")
+        else:
+            nodes.append(f"  - {{name: r{i}, op: relu, inputs: [h{i}]}}")
+            nodes.append(f"  - {{name: a{i}, op: dropout, inputs: [r{i}], attrs: {{p: 0.25}}}}")
+        prev = f"a{i}"
+    path = tmp_path / "chain.yaml"
+    path.write_text("\n".join(lines + ["nodes:"] + nodes + [f"  - {{name: loss, op: mse, inputs: [{prev}, y]}}",
+                                                          "output: loss"]) + "\n")
+    from ckpt.session import load_model
+    return load_model(str(path))
+
+
+@pytest.mark.parametrize("kinds", [["dropout"], ["layernorm", "dropout"]])
+def test_chains_whose_layers_save_residuals(tmp_path, kinds):
+    """Layernorm's statistics and dropout's mask are values of their own beside the chain: the
+    chain DP still sees a chain (each side value joined to a stage), its plans fit when walked
+    and never beat an exhaustive search, it claims no exactness (the family is narrower), and the
+    budget strategy's plan is the exhaustive optimum."""
+    m = _residual_chain(tmp_path, 2, kinds)
+    j, ix = m.joint, m.index
+    ch = Chain.of(ix)
+    assert ch is not None and ch.side
+    _, sa = plan(j, "store-all", ix=ix)
+    floor = max(ix.ram[x] + ix.ws[x] + sum(ix.ram[u] for u in ix.preds[x]) for x in ix.order)
+    checked = 0
+    for b in sorted({floor + 48, (floor + sa.peak_managed_ws) // 2, sa.peak_managed_ws - 8}):
+        best = exhaustive_cost(j, b)
+        if math.isinf(best):
+            continue
+        q = solve_chain(ch, b, least=False)
+        if q.steps is not None:
+            peak, cost, _ = walk(ix, q.steps)
+            assert peak <= b and cost >= best * (1 - 1e-12) and not q.notes["exact"]
+        p, sim = plan(j, "budget", b + sa.resident, ix=ix)
+        assert sim.peak_managed_ws <= b
+        assert sim.cost == pytest.approx(best, rel=1e-9), (b, p.solver)
+        checked += 1
+    assert checked >= 2
+
+
+def test_chain_dp_joins_residuals_on_a_long_chain(tmp_path):
+    """24 layers of linear, layernorm / linear, relu, dropout: every plan of the DP is a valid
+    schedule that fits, down to the least peak it reaches."""
+    from ckpt.simulate import simulate
+    m = _residual_chain(tmp_path, 24, ["layernorm", "dropout"], b=4, d=8)
+    ix = m.index
+    ch = Chain.of(ix)
+    assert ch is not None and len(ch.side) == 24
+    _, sa = plan(m.joint, "store-all", ix=ix)
+    for f in (0.9, 0.6, 0.4, 0.25):
+        b = int(f * sa.peak_managed_ws)
+        q = solve_chain(ch, b, least=False)
+        if q.steps is None:
+            continue
+        sim = simulate(m.joint, q.steps)  # checks every step's operands are live
+        assert sim.peak_managed_ws <= b and walk(ix, q.steps)[:2] == (sim.peak_managed_ws, sim.cost)

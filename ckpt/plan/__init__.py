@@ -74,7 +74,9 @@ def _budget(joint, ix, budget, time_limit):
         # the DP is exact over its family (checkpoints on a stack), not over every schedule: the
         # search may still find a cheaper one in the joint graph, so the DP's plan is a candidate.
         # Where its slots would be coarse (a long chain of unlike layers), the block DP does better.
-        p = solve_chain(chain, managed, coarse=not views, least=False)
+        # (a chain whose layers carry side values, however, is one of like layers: their sizes
+        # only make the common unit small)
+        p = solve_chain(chain, managed, coarse=not views or bool(chain.side), least=False)
         if p is None:
             notes["chain-dp"] = "chain too long for the DP table"
         else:
@@ -103,7 +105,7 @@ def _budget(joint, ix, budget, time_limit):
     # the MILP runs where the bound leaves room for a real gain (it can take a minute on 70 nodes),
     # and on small graphs, where it is quick, wherever the bound has not proved the plan optimal
     gap = MILP_MIN_GAP if len(ix.order) > MILP_QUICK_NODES else 0.0
-    if chain is None and len(ix.order) <= MILP_MAX_NODES and (best is None or best > lower * (1 + gap)):
+    if (chain is None or chain.side) and len(ix.order) <= MILP_MAX_NODES and (best is None or best > lower * (1 + gap)):
         m, status = solve_milp(ix, managed, time_limit=time_limit, cutoff=best)
         notes["milp"] = status
         if m is not None and m.notes["optimal"]:
@@ -152,7 +154,7 @@ def smallest_peak(joint, ix, time_limit=120.0):
             hi, exact = walk(ix, steps)[0], False
     if hi == floor:
         return resident + hi, True
-    if exact or chain is not None or len(ix.order) > MILP_MAX_NODES // 2:
+    if exact or (chain is not None and not chain.side) or len(ix.order) > MILP_MAX_NODES // 2:
         return resident + hi, exact
     lo = floor
     while lo < hi:  # bisect on the MILP's feasibility; a node limit, not the clock, bounds each try

@@ -36,13 +36,41 @@ class Chain:
         """Recognised from the structure alone, so cost graphs from other tools qualify too: the
         forward nodes form a path; one gradient node (the seed) reads only a_l; group k is the
         set of gradient nodes reading grad(a_k), of which exactly one (grad(a_{k-1})) is read by
-        later gradient nodes, and group k reads at most a_{k-1} and a_k."""
+        later gradient nodes, and group k reads at most a_{k-1} and a_k.
+
+        A side value of a_k (a residual such as layernorm's statistics or dropout's mask: read by
+        a_k alone and by group k, reading nothing a_k does not) is joined to a stage: to a_{k-1}'s
+        when it reads a_{k-1} (computed just after it: the statistics of x live where x does, as
+        group k reads both), else to a_k's (computed just before it: a mask); freed with it. The
+        DP is then exact over that family only (a schedule that keeps a stage's value but not its
+        side value is outside it), so it claims no more."""
         fwd, joint = ix.fwd, ix.joint
         if not fwd:
             return None
-        for k, a in enumerate(fwd):
-            if ix.fpreds[a] != ([] if k == 0 else [fwd[k - 1]]):
+        fsuccs = {a: [] for a in fwd}
+        for b in fwd:
+            for u in ix.fpreds[b]:
+                fsuccs[u].append(b)
+        side = {}
+        for u in fwd:
+            if len(fsuccs[u]) == 1 and fsuccs[u][0] not in side:
+                a = fsuccs[u][0]
+                others = set(ix.fpreds[a]) - {u}  # a's path predecessor (none: u may be the path)
+                if others and set(ix.fpreds[u]) <= others and len(ix.fpreds[a]) == 2:
+                    side[a] = u
+        spine = [a for a in fwd if a not in set(side.values())]
+        if not spine:
+            return None
+        attach = {}  # stage value -> (side value, computed before it)
+        for k, a in enumerate(spine):
+            if [u for u in ix.fpreds[a] if u != side.get(a)] != ([] if k == 0 else [spine[k - 1]]):
                 return None
+            if a in side:
+                owner = spine[k - 1] if ix.fpreds[side[a]] else a
+                if owner in attach:
+                    return None
+                attach[owner] = (side[a], owner == a)
+        fwd = spine
 
         def bpreds(b):
             return [u for u in ix.preds[b] if joint.nodes[u]["kind"] == "backward"]
@@ -58,6 +86,7 @@ class Chain:
             if len(members) != len(ix.breaders[g]):
                 return None  # something else reads grad(a_k) too
             allowed = {fwd[k - 1]} | ({fwd[k - 2]} if k >= 2 else set())
+            allowed |= {attach[a][0] for a in allowed if a in attach}
             if any(not set(ix.fpreds[b]) <= allowed for b in members):
                 return None
             passing = [b for b in members if ix.breaders[b]]
@@ -68,16 +97,21 @@ class Chain:
             groups[k] = members
         if sum(len(m) for m in groups.values()) + 1 != len(ix.bwd):
             return None
-        return cls(ix, fwd, groups, grad_of)
+        return cls(ix, fwd, groups, grad_of, attach)
 
-    def __init__(self, ix, fwd, groups, grad_of):
+    def __init__(self, ix, fwd, groups, grad_of, attach=None):
         l = len(fwd)
         self.ix, self.fwd, self.l, self.L = ix, fwd, l, l + 1
+        self.side = attach or {}
         self.seed = grad_of[fwd[-1]]
         self.groups = [None] + [groups[k] for k in range(1, l + 1)] + [[self.seed]]
-        self.x = [0] + [ix.ram[a] for a in fwd] + [0]
-        self.wsx = [0] + [ix.ws[a] for a in fwd] + [0]  # workspace, held while a_k is computed
-        self.c = [0.0] + [ix.cost[a] for a in fwd] + [0.0]
+        sv = [self.side.get(a, (None, False)) for a in fwd]
+        self.x = [0] + [ix.ram[a] + (ix.ram[s] if s else 0) for a, (s, _) in zip(fwd, sv)] + [0]
+        # workspace held while stage k is computed, beyond x_k (the side value is computed first
+        # or second, each with its own workspace)
+        self.wsx = [0] + [ix.ws[a] if not s else max(ix.ws[a], ix.ws[s] - ix.ram[a]) if first
+                          else max(ix.ws[a] - ix.ram[s], ix.ws[s]) for a, (s, first) in zip(fwd, sv)] + [0]
+        self.c = [0.0] + [ix.cost[a] + (ix.cost[s] if s else 0.0) for a, (s, _) in zip(fwd, sv)] + [0.0]
         self.gsz = [0] + [ix.ram[grad_of[a]] if a in grad_of else 0 for a in fwd] + [0]
         self.grad = [None] + [grad_of.get(a) for a in fwd] + [None]
         self.needs_in = [False] * (self.L + 1)
@@ -85,14 +119,30 @@ class Chain:
         self.extra = [0] * (self.L + 1)
         for k in range(1, self.L + 1):
             reads = set().union(*[ix.fpreds[b] for b in self.groups[k]])
-            self.needs_in[k] = k >= 2 and fwd[k - 2] in reads
-            self.needs_out[k] = k <= l and fwd[k - 1] in reads
+            self.needs_in[k] = k >= 2 and bool({fwd[k - 2], sv[k - 2][0]} & reads)
+            self.needs_out[k] = k <= l and bool({fwd[k - 1], sv[k - 1][0]} & reads)
             held, peak = 0, 0
             for b in self.groups[k]:
                 peak = max(peak, held + ix.ram[b] + ix.ws[b])
                 if ix.breaders[b]:
                     held += ix.ram[b]
             self.extra[k] = peak
+
+    def expand(self, steps):
+        """Steps over stages as steps over values: a side value computed just before its stage's
+        value, and freed with it."""
+        if not self.side:
+            return steps
+        out = []
+        for kind, v in steps:
+            s, first = self.side.get(v, (None, False))
+            if s is None:
+                out.append((kind, v))
+            elif kind == COMPUTE:
+                out += [(COMPUTE, s), (COMPUTE, v)] if first else [(COMPUTE, v), (COMPUTE, s)]
+            else:
+                out += [(FREE, v), (FREE, s)]
+        return out
 
     @property
     def backward_cost(self):
@@ -171,11 +221,15 @@ def solve_chain(chain, budget_managed, coarse=True, least=True):
         lower = T2[0, top, S]
         lf = np.flatnonzero(np.isfinite(T2[0, top]))
         min_lower = int(lf[0] * unit) if len(lf) else None
-    exact = plan.steps is not None and (not rounded or lower == cost)
-    exact_min = min_managed is not None and min_lower == min_managed
-    plan.solver = "chain-dp" if exact or plan.steps is None else "chain-dp (rounded)"
+    exact = plan.steps is not None and (not rounded or lower == cost) and not chain.side
+    exact_min = min_managed is not None and min_lower == min_managed and not chain.side
+    if exact or plan.steps is None:
+        plan.solver = "chain-dp"
+    else:  # exact over a narrower family: stages with their side values, or slots rounded
+        plan.solver = "chain-dp (rounded)" if rounded else "chain-dp (residuals with their layers)"
     if plan.steps is not None:
-        plan.lower_bound = float((cost if exact else lower) + chain.backward_cost)
+        if exact or (rounded and not chain.side):
+            plan.lower_bound = float((cost if exact else lower) + chain.backward_cost)
         plan.notes["dp_cost"] = float(cost)
     plan.notes.update(exact=bool(exact), unit_bytes=int(unit), slots=S, min_managed=min_managed,
                       min_exact=bool(exact_min), min_steps=min_steps)
@@ -402,3 +456,4 @@ def _emit(ch, C, lay, x, steps, i, j, h, m):
             tasks.append((i, k, 0, m))
             tasks.append((FREE, fwd[k - 1]))
         tasks.append((k, j, h, m - x[i]))
+    steps[:] = ch.expand(steps)
