@@ -17,9 +17,9 @@ the byte count, the frees.
 
 from array import array
 from functools import cached_property
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 
-from .errors import ScheduleError
+from .errors import ScheduleError, ShapeError
 from .model.joint import GRAD
 from .ops import OUT, REGISTRY, Ctx
 from .schedule import COMPUTE, validate
@@ -34,6 +34,7 @@ from .schedule import COMPUTE, validate
 # A VJP term's read is None where it reads no input: its Ctx keeps `nones` as its inputs.
 GRADIENT, FORWARD, GENERAL = range(3)
 _NONE = 0  # the slot that always holds None and 0 bytes: a residual a VJP does not read
+_shape = attrgetter("shape")
 
 
 class StepResult:
@@ -82,6 +83,11 @@ class Executor:
         self._read_leaves = lambda leaves, names=self._leaf_names: [leaves[name] for name in names]
         if len(self._leaf_names) > 1:
             self._read_leaves = itemgetter(*self._leaf_names)  # one C call
+        # Every value's shape follows from the leaves' shapes, and the leaves' are checked at every
+        # step: each rule's result is checked against its shape rule at the first step that runs
+        # to the end (where a rule that breaks its shape rule shows), and not again.
+        self._leaf_shapes = [tuple(g.nodes[name]["shape"]) for name in self._leaf_names]
+        self._checked = False
         # the memory timeline's events, one per step: (+1, k) computes the k-th managed value of
         # the step, (-1, k) frees it, (0, 0) changes no managed bytes (a leaf's gradient)
         self._events, made, n = [], {}, 0
@@ -167,6 +173,12 @@ class Executor:
         ndarray = xp.ndarray
         vals = [None] * (len(self._slots) + 1)  # by slot
         vals[1:len(self._leaf_names) + 1] = self._read_leaves(leaves)
+        try:
+            if list(map(_shape, vals[1:len(self._leaf_names) + 1])) != self._leaf_shapes:
+                raise AttributeError
+        except AttributeError:
+            self._leaf_error(vals)
+        checking = not self._checked
         # the record of sizes through a memoryview: its stores take no format parsing, as the
         # array's own do, and allocate nothing
         sizes, loss = memoryview(self._sizes), None
@@ -181,13 +193,13 @@ class Executor:
                 ctx.ins, ctx.out = nones, None  # hold no residual past its step
                 # each value owns its buffer, so that counting nbytes is counting memory: a view,
                 # or an operand handed back, is copied (as is anything not an array of the backend)
-                if type(out) is not ndarray or out.base is not None or out is vals[g_slot] or out.shape != shape:
+                if type(out) is not ndarray or out.base is not None or out is vals[g_slot] or checking and out.shape != shape:
                     out = self._owned(x, out, (vals[g_slot],), shape)
             elif code is FORWARD:
                 _, forward, read, attrs, shape, slot, k, frees, x = e
                 ins = read(vals)
                 out = forward(xp, ins, attrs)
-                if type(out) is not ndarray or out.base is not None or out.shape != shape:
+                if type(out) is not ndarray or out.base is not None or checking and out.shape != shape:
                     out = self._owned(x, out, ins, shape)
                 else:
                     for a in ins:
@@ -211,8 +223,16 @@ class Executor:
             out = None
             for k in frees:
                 vals[k] = None
+        self._checked = True
         grads = dict(zip(self._grad_names, self._read_grads(vals)))
         return StepResult(loss, grads, self._sizes[:], self._events, list(leaves.values()))
+
+    def _leaf_error(self, vals):
+        for k, (name, shape) in enumerate(zip(self._leaf_names, self._leaf_shapes)):
+            got = getattr(vals[k + 1], "shape", None)
+            if got is None or tuple(got) != shape:
+                what = f"shape {tuple(got)}" if got is not None else f"a {type(vals[k + 1]).__name__}, not an array"
+                raise ShapeError(f"{name}: the step was given {what}; the graph says shape {shape}")
 
     def _owned(self, x, out, sources, shape):
         """`out` as an array of the backend that owns its buffer and is none of `sources`, with the
