@@ -172,9 +172,10 @@ class Executor:
         xp = self.xp
         ndarray = xp.ndarray
         vals = [None] * (len(self._slots) + 1)  # by slot
-        vals[1:len(self._leaf_names) + 1] = self._read_leaves(leaves)
+        given = self._read_leaves(leaves)
+        vals[1:len(self._leaf_names) + 1] = given
         try:
-            if list(map(_shape, vals[1:len(self._leaf_names) + 1])) != self._leaf_shapes:
+            if list(map(_shape, given)) != self._leaf_shapes:
                 raise AttributeError
         except AttributeError:
             self._leaf_error(vals)
