@@ -38,15 +38,21 @@ _shape = attrgetter("shape")
 
 
 class StepResult:
-    """A step's loss and leaf gradients, and its memory figures: the managed bytes after every
-    step of the schedule (`timeline`), their maximum (`peak_managed`) and the resident bytes. The
-    step records only the bytes of each managed value it computes, as numpy reports them; the
-    figures are summed from those, in schedule order, when first read (a timed step pays nothing
-    for them)."""
+    """A step's loss and leaf gradients (by name, in the order computed), and its memory figures:
+    the managed bytes after every step of the schedule (`timeline`), their maximum
+    (`peak_managed`) and the resident bytes. The step records only the bytes of each managed value
+    it computes, as numpy reports them, and the leaf gradients as one tuple; the figures are summed
+    from those, in schedule order, and the gradients named, when first read (a timed step pays
+    nothing for them)."""
 
-    def __init__(self, loss, grads, sizes, events, leaves):
-        self.loss, self.grads = loss, grads
+    def __init__(self, loss, grad_names, grads, sizes, events, leaves):
+        self.loss = loss
+        self._grad_names, self._grads = grad_names, grads
         self._sizes, self._events, self._leaves = sizes, events, leaves
+
+    @cached_property
+    def grads(self):
+        return dict(zip(self._grad_names, self._grads))
 
     @cached_property
     def timeline(self):
@@ -225,8 +231,8 @@ class Executor:
             for k in frees:
                 vals[k] = None
         self._checked = True
-        grads = dict(zip(self._grad_names, self._read_grads(vals)))
-        return StepResult(loss, grads, self._sizes[:], self._events, list(leaves.values()))
+        return StepResult(loss, self._grad_names, self._read_grads(vals), self._sizes[:], self._events,
+                          list(leaves.values()))
 
     def _leaf_error(self, vals):
         for k, (name, shape) in enumerate(zip(self._leaf_names, self._leaf_shapes)):
