@@ -7,12 +7,14 @@ parameters and parameter gradients, and records the managed bytes after every st
 Everything a step needs that does not depend on the step's arrays is decided once, when the
 schedule is compiled: which rule runs, which slots of the value list it reads and writes, which
 residuals each VJP gets (a `Ctx` built once per gradient term and refilled at each step; a VJP
-that reads no input is not even refilled with them), which steps are the common kinds (a forward
-value, a gradient with one term) and which need the general path (the loss, the seed, a sum of
-terms), and which slots the frees after each compute drop. A leaf's gradient is a value with a
-slot like any other, so one hand-off serves every kind. The loop in `step` then does per step
-only the work the step itself is: a list lookup per operand, the rule, the checks on its result,
-the byte count, the frees.
+that reads no input is not refilled at all), which steps are the common kinds (a gradient with one
+term, a forward value) and which need the general path (the loss, the seed, a sum of terms), and
+which slots the frees after each compute drop. A leaf's gradient is a value with a slot like any
+other, so one hand-off serves every kind. The loop in `step` then does per step only the work the
+step itself is: a list lookup per operand, the rule, the checks that its result owns its buffer,
+the byte count, the frees. A result's shape follows from its operands' shapes, and so from the
+leaves': the leaves' shapes are checked at every step, and each result's against its shape rule
+at the first step that runs to the end.
 """
 
 from array import array
@@ -89,9 +91,8 @@ class Executor:
         self._read_leaves = lambda leaves, names=self._leaf_names: [leaves[name] for name in names]
         if len(self._leaf_names) > 1:
             self._read_leaves = itemgetter(*self._leaf_names)  # one C call
-        # Every value's shape follows from the leaves' shapes, and the leaves' are checked at every
-        # step: each rule's result is checked against its shape rule at the first step that runs
-        # to the end (where a rule that breaks its shape rule shows), and not again.
+        # checked at every step; the results' shapes only until a step has run to the end (a rule
+        # that breaks its shape rule shows there: with the same operand shapes it gives the same)
         self._leaf_shapes = [tuple(g.nodes[name]["shape"]) for name in self._leaf_names]
         self._checked = False
         # the memory timeline's events, one per step: (+1, k) computes the k-th managed value of
