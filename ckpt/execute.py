@@ -18,6 +18,7 @@ at the first step that runs to the end.
 """
 
 from array import array
+from sys import getrefcount
 from functools import cached_property
 from operator import attrgetter, itemgetter
 
@@ -27,9 +28,9 @@ from .ops import OUT, REGISTRY, Ctx
 from .schedule import COMPUTE, validate
 
 # Program entries, one per compute step, by their first field. Each ends with the same four
-# fields: the slot its result goes to; k, where its bytes go in the step's record of sizes (a
-# leaf's gradient, which is resident, writes to the spare index past the managed values); the
-# slots the schedule frees right after it; and x, the joint node (for on_value and errors).
+# fields: the slot its result goes to; k, where its bytes go in the step's record of sizes (None
+# for a leaf's gradient, which is resident); the slots the schedule frees right after it; and x,
+# the joint node (for on_value and errors).
 #   (GRADIENT, vjp, i, g_slot, read, out_slot, ctx, nones, shape, slot, k, frees, x)   a gradient of one term
 #   (FORWARD, forward, read, attrs, shape, slot, k, frees, x)                        a forward value
 #   (GENERAL, kind, data, slot, k, frees, x)                          the loss, the seed, a sum of terms
@@ -37,6 +38,14 @@ from .schedule import COMPUTE, validate
 GRADIENT, FORWARD, GENERAL = range(3)
 _NONE = 0  # the slot that always holds None and 0 bytes: a residual a VJP does not read
 _shape = attrgetter("shape")
+
+
+def _alone():
+    a = object()
+    return getrefcount(a)
+
+
+_ALONE = _alone()  # the count of an object that only a local names, as `step` reads it
 
 
 class StepResult:
@@ -108,8 +117,8 @@ class Executor:
                 self._events.append((-1, made.pop(x)))
         # Each compute writes its value's bytes at its index here: a buffer made once, so that a
         # step allocates nothing for its bookkeeping however long the schedule (the allocator's
-        # peak would count it); each StepResult takes a copy. Index n takes leaves' gradients.
-        self._sizes = array("q", bytes(8 * (n + 1)))
+        # peak would count it); each StepResult takes a copy.
+        self._sizes = array("q", bytes(8 * n))
         index = iter(k for sign, k in self._events if sign > 0)
         self.program, grads = [], {}
         for kind, x in steps:
@@ -121,7 +130,7 @@ class Executor:
                 continue
             if leaf:
                 grads.setdefault(x[len(GRAD):], self._slot_of(x))
-            self.program.append(self._compile(x, joint) + (n if leaf else next(index), (), x))
+            self.program.append(self._compile(x, joint) + (None if leaf else next(index), (), x))
         self._grad_names = tuple(grads)
         self._read_grads = self._reader(grads.values())
 
@@ -205,17 +214,13 @@ class Executor:
                     out = self._owned(x, out, (vals[g_slot],), shape)
             elif code is FORWARD:
                 _, forward, read, attrs, shape, slot, k, frees, x = e
-                ins = read(vals)
-                out = forward(xp, ins, attrs)
-                if type(out) is not ndarray or out.base is not None or checking and out.shape != shape:
-                    out = self._owned(x, out, ins, shape)
-                else:
-                    for a in ins:
-                        if a is out:
-                            out = out.copy()
-                            break
-                    a = None  # a local naming a value would keep it past its free
-                ins = None
+                out = forward(xp, read(vals), attrs)
+                # an operand handed back is held by the value list as well: only a result that
+                # something else references can be one (numpy's elision of temporaries reads the
+                # count in the same way), and the slow path compares it with the operands
+                if (type(out) is not ndarray or out.base is not None or getrefcount(out) > _ALONE
+                        or checking and out.shape != shape):
+                    out = self._owned(x, out, read(vals), shape)
             else:
                 _, kind, data, slot, k, frees, x = e
                 if kind == "loss":
@@ -225,7 +230,8 @@ class Executor:
                 else:
                     out = self._gradient(x, data, vals, seed)
             vals[slot] = out
-            sizes[k] = out.nbytes
+            if k is not None:
+                sizes[k] = out.nbytes
             if on_value is not None:
                 on_value(x, out)
             out = None
