@@ -235,8 +235,9 @@ class Executor:
             if on_value is not None:
                 on_value(x, out)
             out = None
-            for k in frees:
-                vals[k] = None
+            if frees:  # half the computes free nothing: no iterator for them
+                for k in frees:
+                    vals[k] = None
         self._checked = True
         return StepResult(loss, self._grad_names, self._read_grads(vals), self._sizes[:], self._events,
                           list(leaves.values()))
