@@ -18,9 +18,9 @@ at the first step that runs to the end.
 """
 
 from array import array
-from sys import getrefcount
 from functools import cached_property
 from operator import attrgetter, itemgetter
+from sys import getrefcount
 
 from .errors import ScheduleError, ShapeError
 from .model.joint import GRAD
@@ -100,8 +100,9 @@ class Executor:
         self._read_leaves = lambda leaves, names=self._leaf_names: [leaves[name] for name in names]
         if len(self._leaf_names) > 1:
             self._read_leaves = itemgetter(*self._leaf_names)  # one C call
-        # checked at every step; the results' shapes only until a step has run to the end (a rule
-        # that breaks its shape rule shows there: with the same operand shapes it gives the same)
+        # The leaves' shapes are checked at every step, the results' only until a step has run to
+        # the end: a rule that breaks its shape rule shows there, as with the same operand shapes
+        # it gives the same shape.
         self._leaf_shapes = [tuple(g.nodes[name]["shape"]) for name in self._leaf_names]
         self._checked = False
         # the memory timeline's events, one per step: (+1, k) computes the k-th managed value of
@@ -115,9 +116,9 @@ class Executor:
                 self._events.append((1, made[x]))
             else:
                 self._events.append((-1, made.pop(x)))
-        # Each compute writes its value's bytes at its index here: a buffer made once, so that a
-        # step allocates nothing for its bookkeeping however long the schedule (the allocator's
-        # peak would count it); each StepResult takes a copy.
+        # Each managed compute writes its value's bytes at its index here: a buffer made once, so
+        # that a step allocates nothing for its bookkeeping however long the schedule (the
+        # allocator's peak would count it); each StepResult takes a copy.
         self._sizes = array("q", bytes(8 * n))
         index = iter(k for sign, k in self._events if sign > 0)
         self.program, grads = [], {}
@@ -210,7 +211,8 @@ class Executor:
                 ctx.ins, ctx.out = nones, None  # hold no residual past its step
                 # each value owns its buffer, so that counting nbytes is counting memory: a view,
                 # or an operand handed back, is copied (as is anything not an array of the backend)
-                if type(out) is not ndarray or out.base is not None or out is vals[g_slot] or checking and out.shape != shape:
+                if (type(out) is not ndarray or out.base is not None or out is vals[g_slot]
+                        or checking and out.shape != shape):
                     out = self._owned(x, out, (vals[g_slot],), shape)
             elif code is FORWARD:
                 _, forward, read, attrs, shape, slot, k, frees, x = e
@@ -243,6 +245,7 @@ class Executor:
                           list(leaves.values()))
 
     def _leaf_error(self, vals):
+        """Name the first leaf whose shape is not the graph's (the slow path of the check in `step`)."""
         for k, (name, shape) in enumerate(zip(self._leaf_names, self._leaf_shapes)):
             got = getattr(vals[k + 1], "shape", None)
             if got is None or tuple(got) != shape:

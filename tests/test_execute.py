@@ -56,11 +56,15 @@ def test_leaf_gradients_are_handed_off_in_the_order_computed():
     assert all(r.grads[k].shape == leaves[k].shape for k in r.grads)
 
 
-@pytest.mark.parametrize("rule", ["its input", "a view", "a list"])
+@pytest.mark.parametrize("rule", ["its input", "a view", "a list", "a result it keeps"])
 def test_every_result_owns_its_buffer_at_every_step(monkeypatch, rule):
-    # relu as the identity, written three wrong ways; its VJP hands g back (as add's does)
+    # relu as the identity, written three wrong ways and one odd one (a fresh result that the rule
+    # also holds: the executor's reference count sees it held, and finds it is no operand); its
+    # VJP hands g back (as add's does)
+    kept = []
     forward = {"its input": lambda xp, ins, a: ins[0], "a view": lambda xp, ins, a: ins[0][...],
-               "a list": lambda xp, ins, a: ins[0].tolist()}[rule]
+               "a list": lambda xp, ins, a: ins[0].tolist(),
+               "a result it keeps": lambda xp, ins, a: kept.append(ins[0].copy()) or kept[-1]}[rule]
     _with_rule(monkeypatch, "relu", forward=forward, vjp=lambda xp, i, g, c: g)
     m = _mlp()
     ex, leaves, sim = _executor(m)
