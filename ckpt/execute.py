@@ -4,45 +4,66 @@ The executor never decides what to keep; it walks the steps it is given. It coun
 every forward value and activation gradient it holds (managed), separately from the resident inputs,
 parameters and parameter gradients, and records the managed bytes after every step.
 
-Everything a step needs is decided once, when the schedule is compiled: which rule runs, which
-slots of the value list it reads and writes, which residuals each VJP gets (a `Ctx` built once per
-gradient term and refilled at each step), which steps are the common kinds (a forward value, a
-gradient with one term) and which need the general path (the loss, the seed, a sum of terms). A
-run of frees is one entry, and so is the free of a parameter's gradient (which drops nothing). The
-loop in `step` then does per step only the work the step itself is: a list lookup per operand,
-the rule, the checks on its result, the byte count.
+Everything a step needs that does not depend on the step's arrays is decided once, when the
+schedule is compiled: which rule runs, which slots of the value list it reads and writes, which
+residuals each VJP gets (a `Ctx` built once per gradient term and refilled at each step; a VJP
+that reads no input is not refilled at all), which steps are the common kinds (a gradient with one
+term, a forward value) and which need the general path (the loss, the seed, a sum of terms), and
+which slots the frees after each compute drop. A leaf's gradient is a value with a slot like any
+other, so one hand-off serves every kind. The loop in `step` then does per step only the work the
+step itself is: a list lookup per operand, the rule, the checks that its result owns its buffer,
+the byte count, the frees. A result's shape follows from its operands' shapes, and so from the
+leaves': the leaves' shapes are checked at every step, and each result's against its shape rule
+at the first step that runs to the end.
 """
 
 from array import array
 from functools import cached_property
-from operator import itemgetter
+from operator import attrgetter, itemgetter
+from sys import getrefcount
 
-from .errors import ScheduleError
+from .errors import ScheduleError, ShapeError
 from .model.joint import GRAD
 from .ops import OUT, REGISTRY, Ctx
 from .schedule import COMPUTE, validate
 
-# Program entries, by their first field:
-#   (FREE, slots)                                              frees, in order (slot _NONE: nothing)
-#   (FORWARD, x, forward, read, attrs, slot, shape, k)         a forward value
-#   (GRADIENT, x, vjp, i, g_slot, read, out_slot, ctx, slot, shape, k)          an activation gradient of one term
-#   (LEAF_GRADIENT, x, vjp, i, g_slot, read, out_slot, ctx, name, shape, None)  a leaf's gradient of one term
-#   (GENERAL, x, kind, data, slot, name, k)                    the rest: loss, seed, a sum of terms
-# k: where the value's bytes go in the step's record of sizes (None for a leaf's gradient).
-FREE, FORWARD, GRADIENT, LEAF_GRADIENT, GENERAL = range(5)
+# Program entries, one per compute step, by their first field. Each ends with the same four
+# fields: the slot its result goes to; k, where its bytes go in the step's record of sizes (None
+# for a leaf's gradient, which is resident); the slots the schedule frees right after it; and x,
+# the joint node (for on_value and errors).
+#   (GRADIENT, vjp, i, g_slot, read, out_slot, ctx, nones, shape, slot, k, frees, x)   a gradient of one term
+#   (FORWARD, forward, read, attrs, shape, slot, k, frees, x)                        a forward value
+#   (GENERAL, kind, data, slot, k, frees, x)                          the loss, the seed, a sum of terms
+# A VJP term's read is None where it reads no input: its Ctx keeps `nones` as its inputs.
+GRADIENT, FORWARD, GENERAL = range(3)
 _NONE = 0  # the slot that always holds None and 0 bytes: a residual a VJP does not read
+_shape = attrgetter("shape")
+
+
+def _alone():
+    a = object()
+    return getrefcount(a)
+
+
+_ALONE = _alone()  # the count of an object that only a local names, as `step` reads it
 
 
 class StepResult:
-    """A step's loss and leaf gradients, and its memory figures: the managed bytes after every
-    step of the schedule (`timeline`), their maximum (`peak_managed`) and the resident bytes. The
-    step records only the bytes of each managed value it computes, as numpy reports them; the
-    figures are summed from those, in schedule order, when first read (a timed step pays nothing
-    for them)."""
+    """A step's loss and leaf gradients (by name, in the order computed), and its memory figures:
+    the managed bytes after every step of the schedule (`timeline`), their maximum
+    (`peak_managed`) and the resident bytes. The step records only the bytes of each managed value
+    it computes, as numpy reports them, and the leaf gradients as one tuple; the figures are summed
+    from those, in schedule order, and the gradients named, when first read (a timed step pays
+    nothing for them)."""
 
-    def __init__(self, loss, grads, sizes, events, leaves):
-        self.loss, self.grads = loss, grads
+    def __init__(self, loss, grad_names, grads, sizes, events, leaves):
+        self.loss = loss
+        self._grad_names, self._grads = grad_names, grads
         self._sizes, self._events, self._leaves = sizes, events, leaves
+
+    @cached_property
+    def grads(self):
+        return dict(zip(self._grad_names, self._grads))
 
     @cached_property
     def timeline(self):
@@ -69,8 +90,8 @@ class Executor:
         validate(joint, steps)
         self.g, self.backend, self.xp = g, backend, backend.xp
         self.out = g.graph["output"]
-        # Every leaf, forward value and activation gradient has a slot in one list of values; the
-        # leaves take slots 1..L, filled at the start of a step by one call.
+        # Every leaf, forward value, activation gradient and leaf gradient has a slot in one list of
+        # values; the leaves take slots 1..L, filled at the start of a step by one call.
         self._slots = {}
         leaves = [u for v in g.graph["order"] for u in g.nodes[v]["inputs"] if g.nodes[u]["kind"] != "op"]
         self._leaf_names = tuple(dict.fromkeys(leaves))
@@ -79,7 +100,11 @@ class Executor:
         self._read_leaves = lambda leaves, names=self._leaf_names: [leaves[name] for name in names]
         if len(self._leaf_names) > 1:
             self._read_leaves = itemgetter(*self._leaf_names)  # one C call
-        self.program = []
+        # The leaves' shapes are checked at every step, the results' only until a step has run to
+        # the end: a rule that breaks its shape rule shows there, as with the same operand shapes
+        # it gives the same shape.
+        self._leaf_shapes = [tuple(g.nodes[name]["shape"]) for name in self._leaf_names]
+        self._checked = False
         # the memory timeline's events, one per step: (+1, k) computes the k-th managed value of
         # the step, (-1, k) frees it, (0, 0) changes no managed bytes (a leaf's gradient)
         self._events, made, n = [], {}, 0
@@ -96,14 +121,19 @@ class Executor:
         # allocator's peak would count it); each StepResult takes a copy.
         self._sizes = array("q", bytes(8 * n))
         index = iter(k for sign, k in self._events if sign > 0)
+        self.program, grads = [], {}
         for kind, x in steps:
-            entry = self._compile(kind, x, joint)
-            if entry[0] != FREE:  # where its bytes go (a leaf's gradient: not managed, none)
-                managed = entry[0] != LEAF_GRADIENT and not (entry[0] == GENERAL and entry[4] is None)
-                entry += (next(index) if managed else None,)
-            if entry[0] == FREE and self.program and self.program[-1][0] == FREE:
-                entry = (FREE, self.program.pop()[1] + entry[1])  # a run of frees is one entry
-            self.program.append(entry)
+            leaf = g.nodes[joint.nodes[x]["ref"]]["kind"] != "op"
+            if kind != COMPUTE:  # a leaf's gradient stays resident: freeing its node drops nothing
+                if not leaf:  # joins the entry before it (validated: some compute made x live)
+                    e = self.program[-1]
+                    self.program[-1] = e[:-2] + (e[-2] + (self._slot_of(x),), e[-1])
+                continue
+            if leaf:
+                grads.setdefault(x[len(GRAD):], self._slot_of(x))
+            self.program.append(self._compile(x, joint) + (None if leaf else next(index), (), x))
+        self._grad_names = tuple(grads)
+        self._read_grads = self._reader(grads.values())
 
     def _slot_of(self, name):
         if name not in self._slots:
@@ -118,20 +148,18 @@ class Executor:
             return itemgetter(slice(slots[0], slots[0] + 1))  # a list of one
         return itemgetter(*slots) if slots else (lambda vals: ())
 
-    def _compile(self, kind, x, joint):
+    def _compile(self, x, joint):
+        """The entry of a compute step, up to its slot."""
         g = self.g
-        d = joint.nodes[x]
-        v = d["ref"]
+        v = joint.nodes[x]["ref"]
         nd = g.nodes[v]
-        if kind != COMPUTE:  # a parameter's gradient stays resident: freeing its node drops nothing
-            return (FREE, (self._slot_of(x) if nd["kind"] == "op" else _NONE,))
         shape = tuple(nd["shape"])
-        if d["kind"] == "forward":
+        if joint.nodes[x]["kind"] == "forward":
             op = REGISTRY[nd["op"]]
             if v == self.out:  # the loss: read back to the host
-                return (GENERAL, x, "loss", (op.forward, op.name, self._reader(nd["inputs"]), nd["attrs"], shape),
-                        self._slot_of(x), None)
-            return (FORWARD, x, op.forward, self._reader(nd["inputs"]), nd["attrs"], self._slot_of(x), shape)
+                return (GENERAL, "loss", (op.forward, op.name, self._reader(nd["inputs"]), nd["attrs"], shape),
+                        self._slot_of(x))
+            return (FORWARD, op.forward, self._reader(nd["inputs"]), nd["attrs"], shape, self._slot_of(x))
         terms = []
         for w in g.successors(v):
             wd = g.nodes[w]
@@ -142,84 +170,87 @@ class Executor:
             for i, u in enumerate(wd["inputs"]):
                 if u == v:
                     need = set(wd["needs"][i])
-                    ins = self._reader([self._slot_of(u2) if k in need else _NONE for k, u2 in enumerate(wd["inputs"])])
+                    nones = (None,) * len(wd["inputs"])
+                    read = None
+                    if need - {OUT}:
+                        read = self._reader([self._slot_of(u2) if k in need else _NONE
+                                             for k, u2 in enumerate(wd["inputs"])])
                     out_slot = self._slot_of(w) if OUT in need else _NONE
-                    ctx = Ctx(None, None, shapes, wd["shape"], wd["attrs"])
-                    terms.append((op.vjp, i, self._slot_of(GRAD + w), ins, out_slot, ctx))
-        is_op = nd["kind"] == "op"
+                    ctx = Ctx(nones, None, shapes, wd["shape"], wd["attrs"])
+                    terms.append((op.vjp, i, self._slot_of(GRAD + w), read, out_slot, ctx, nones))
         if len(terms) == 1 and v != self.out:
-            where = self._slot_of(x) if is_op else x[len(GRAD):]
-            return (GRADIENT if is_op else LEAF_GRADIENT, x) + terms[0] + (where, shape)
+            return (GRADIENT,) + terms[0] + (shape, self._slot_of(x))
         seed_spec = (nd["shape"], nd["dtype"]) if v == self.out else None
-        return (GENERAL, x, "gradient", (tuple(terms), seed_spec, shape),
-                self._slot_of(x) if is_op else None, None if is_op else x[len(GRAD):])
+        return (GENERAL, "gradient", (tuple(terms), seed_spec, shape), self._slot_of(x))
 
     def step(self, leaves, on_value=None, seed=None):
         """One pass; `on_value(node, array)`, when given, sees every value and gradient computed.
         `seed` is the output's cotangent (default ones: the gradient of a scalar loss)."""
         xp = self.xp
         ndarray = xp.ndarray
-        vals = [None] * (len(self._slots) + 1)  # by slot; forward values and activation gradients are managed
-        vals[1:len(self._leaf_names) + 1] = self._read_leaves(leaves)
-        leaf_grads, sizes, loss = {}, self._sizes, None
+        vals = [None] * (len(self._slots) + 1)  # by slot
+        given = self._read_leaves(leaves)
+        vals[1:len(self._leaf_names) + 1] = given
+        try:
+            if list(map(_shape, given)) != self._leaf_shapes:
+                raise AttributeError
+        except AttributeError:
+            self._leaf_error(vals)
+        checking = not self._checked
+        # the record of sizes through a memoryview: its stores take no format parsing, as the
+        # array's own do, and allocate nothing
+        sizes, loss = memoryview(self._sizes), None
         for e in self.program:
             code = e[0]
-            if code is FREE:
-                for k in e[1]:
-                    vals[k] = None
-                continue
-            if code is FORWARD:
-                _, x, forward, read, attrs, slot, shape, k = e
-                ins = read(vals)
-                out = forward(xp, ins, attrs)
-                # each value owns its buffer, so that counting nbytes is counting memory: a view,
-                # or an input handed back, is copied (as is anything not an array of the backend)
-                if type(out) is not ndarray or out.base is not None or out.shape != shape:
-                    out = self._owned(x, out, ins, shape)
-                else:
-                    for a in ins:
-                        if a is out:
-                            out = out.copy()
-                            break
-                    a = None  # a local naming a value would keep it past its free
-                ins = None
-            elif code is GRADIENT or code is LEAF_GRADIENT:
-                _, x, vjp, i, g_slot, read, out_slot, ctx, where, shape, k = e
-                ctx.ins = read(vals)
+            if code is GRADIENT:
+                _, vjp, i, g_slot, read, out_slot, ctx, nones, shape, slot, k, frees, x = e
+                if read is not None:
+                    ctx.ins = read(vals)
                 ctx.out = vals[out_slot]
-                g = vals[g_slot]
-                out = vjp(xp, i, g, ctx)
-                ctx.ins = ctx.out = None  # hold no residual past its step
-                if type(out) is not ndarray or out.base is not None or out is g or out.shape != shape:
-                    out = self._owned(x, out, (g,), shape)
-                g = None
-                if code is LEAF_GRADIENT:
-                    leaf_grads[where] = out
-                    if on_value is not None:
-                        on_value(x, out)
-                    out = None
-                    continue
-                slot = where
+                out = vjp(xp, i, vals[g_slot], ctx)
+                ctx.ins, ctx.out = nones, None  # hold no residual past its step
+                # each value owns its buffer, so that counting nbytes is counting memory: a view,
+                # or an operand handed back, is copied (as is anything not an array of the backend)
+                if (type(out) is not ndarray or out.base is not None or out is vals[g_slot]
+                        or checking and out.shape != shape):
+                    out = self._owned(x, out, (vals[g_slot],), shape)
+            elif code is FORWARD:
+                _, forward, read, attrs, shape, slot, k, frees, x = e
+                out = forward(xp, read(vals), attrs)
+                # an operand handed back is held by the value list as well: only a result that
+                # something else references can be one (numpy's elision of temporaries reads the
+                # count in the same way), and the slow path compares it with the operands
+                if (type(out) is not ndarray or out.base is not None or getrefcount(out) > _ALONE
+                        or checking and out.shape != shape):
+                    out = self._owned(x, out, read(vals), shape)
             else:
-                _, x, kind, data, slot, name, k = e
+                _, kind, data, slot, k, frees, x = e
                 if kind == "loss":
                     out = self._forward(x, data, vals)
                     if out.ndim == 0:
                         loss = float(self.backend.to_host(out))
                 else:
                     out = self._gradient(x, data, vals, seed)
-                    if slot is None:
-                        leaf_grads[name] = out
-                        if on_value is not None:
-                            on_value(x, out)
-                        out = None
-                        continue
             vals[slot] = out
-            sizes[k] = out.nbytes
+            if k is not None:
+                sizes[k] = out.nbytes
             if on_value is not None:
                 on_value(x, out)
             out = None
-        return StepResult(loss, leaf_grads, array("q", sizes), self._events, list(leaves.values()))
+            if frees:  # half the computes free nothing: no iterator for them
+                for k in frees:
+                    vals[k] = None
+        self._checked = True
+        return StepResult(loss, self._grad_names, self._read_grads(vals), self._sizes[:], self._events,
+                          list(leaves.values()))
+
+    def _leaf_error(self, vals):
+        """Name the first leaf whose shape is not the graph's (the slow path of the check in `step`)."""
+        for k, (name, shape) in enumerate(zip(self._leaf_names, self._leaf_shapes)):
+            got = getattr(vals[k + 1], "shape", None)
+            if got is None or tuple(got) != shape:
+                what = f"shape {tuple(got)}" if got is not None else f"a {type(vals[k + 1]).__name__}, not an array"
+                raise ShapeError(f"{name}: the step was given {what}; the graph says shape {shape}")
 
     def _owned(self, x, out, sources, shape):
         """`out` as an array of the backend that owns its buffer and is none of `sources`, with the
@@ -250,11 +281,12 @@ class Executor:
         if seed_spec is not None:
             grad = xp.ones(*seed_spec) if seed is None else seed.copy()
         fresh = seed_spec is not None  # grad is a buffer of its own: later terms add in place
-        for vjp, i, g_slot, read, out_slot, ctx in terms:
-            ctx.ins = read(vals)
+        for vjp, i, g_slot, read, out_slot, ctx, nones in terms:
+            if read is not None:
+                ctx.ins = read(vals)
             ctx.out = vals[out_slot]
             c = vjp(xp, i, vals[g_slot], ctx)
-            ctx.ins = ctx.out = None
+            ctx.ins, ctx.out = nones, None
             if grad is None:
                 grad = c
             elif not fresh:

@@ -79,7 +79,7 @@ def recorded_rules(ex, leaves):
     into the executor's part and the op rules' part."""
     import numpy as np
 
-    from ckpt.execute import FORWARD, GENERAL, GRADIENT, LEAF_GRADIENT
+    from ckpt.execute import FORWARD, GENERAL, GRADIENT
     from ckpt.ops import Ctx
 
     seen = {}
@@ -88,21 +88,22 @@ def recorded_rules(ex, leaves):
     for name, k in ex._slots.items():
         vals[k] = seen.get(name, leaves.get(name))
 
-    def vjp_call(vjp, i, g_slot, read, out_slot, ctx):
-        return vjp, (np, i, vals[g_slot], Ctx(read(vals), vals[out_slot], ctx.in_shapes, ctx.out_shape, ctx.attrs))
+    def vjp_call(vjp, i, g_slot, read, out_slot, ctx, nones):
+        ins = nones if read is None else read(vals)
+        return vjp, (np, i, vals[g_slot], Ctx(ins, vals[out_slot], ctx.in_shapes, ctx.out_shape, ctx.attrs))
 
     calls = []
     for e in ex.program:
         if e[0] == FORWARD:
-            forward, read, attrs = e[2:5]
+            forward, read, attrs = e[1:4]
             calls.append((forward, (np, read(vals), attrs)))
-        elif e[0] in (GRADIENT, LEAF_GRADIENT):
-            calls.append(vjp_call(*e[2:8]))
-        elif e[0] == GENERAL and e[2] == "loss":
-            forward, _, read, attrs, _ = e[3]
+        elif e[0] == GRADIENT:
+            calls.append(vjp_call(*e[1:8]))
+        elif e[0] == GENERAL and e[1] == "loss":
+            forward, _, read, attrs, _ = e[2]
             calls.append((forward, (np, read(vals), attrs)))
         elif e[0] == GENERAL:
-            calls.extend(vjp_call(*t) for t in e[3][0])
+            calls.extend(vjp_call(*t) for t in e[2][0])
     return calls
 
 
