@@ -129,8 +129,8 @@ class Chain:
             self.extra[k] = peak
 
     def expand(self, steps):
-        """Steps over stages as steps over values: a side value computed just before its stage's
-        value, and freed with it."""
+        """Steps over stages as steps over values: a side value computed just before or just
+        after its stage's value (see `of`), and freed with it."""
         if not self.side:
             return steps
         out = []
