@@ -714,7 +714,8 @@ OP_SUMMARY = {
     "concat": "join inputs along an axis", "matmul": "matrix product, batched over leading axes",
     "linear": "x @ W (+ b)", "softmax": "softmax along an axis", "log_softmax": "log of softmax along an axis",
     "layernorm": "normalise the last axis, then * gamma + beta (the row mean and 1/std are saved: a "
-                 "`layernorm_stats` value the planner may keep or compute again)", "conv2d": "2-D convolution, NCHW (+ bias)",
+                 "`layernorm_stats` value the planner may keep or compute again)",
+    "conv2d": "2-D convolution, NCHW (+ bias)",
     "maxpool2d": "max over k x k windows (NCHW)", "avgpool2d": "mean over k x k windows (NCHW)",
     "upsample2d": "repeat each pixel scale x scale times (NCHW)",
     "dropout": "zero elements with probability p, scale the rest by 1/(1-p); the mask is a hash of seed, "
