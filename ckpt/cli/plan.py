@@ -156,6 +156,8 @@ def block_of(model):
     regions = {k: v["region"] for k, v in meta["nodes"].items()} if meta else {}
 
     def block(x):
+        if ":" in x and not x.startswith("grad:"):  # a saved residual (`NODE:OP`): its reader's block
+            x = x.rsplit(":", 1)[0]
         if x in regions:
             return regions[x] or "(top)"
         return x.rsplit(".", 1)[0] if "." in x else "(top)"
