@@ -56,32 +56,22 @@ def test_gpu_matches_prediction_and_cpu(name):
 @pytest.mark.gpu
 @pytest.mark.skipif(REASON is not None, reason=REASON or "")
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
-def test_fused_dropout_kernel_gives_numpys_bits(dtype):
-    from ckpt.ops.nn import _dropout
+def test_fused_dropout_kernels_give_numpys_bits(dtype):
+    """Dropout drawn in the kernel, the saved mask's kernel and the masked product: numpy's bits."""
+    from ckpt.ops.nn import _dropout, _mask, _masked
     xp = get_backend("cuda").xp
     x = np.random.default_rng(0).standard_normal((3, 257, 129)).astype(dtype)
     for a in ({"p": 0.3, "_seed": 12345}, {"p": 0.0, "_seed": 0}, {"p": 0.9, "_seed": 2**40 + 7}):
         want = _dropout(np, x, a)
         got = _dropout(xp, xp.asarray(x), a)
         assert got.dtype == want.dtype and np.array_equal(xp.asnumpy(got), want), a
+        m = dict(a, shape=x.shape)
+        want, got = _mask(np, m), _mask(xp, m)
+        assert got.dtype == want.dtype == np.bool_ and np.array_equal(xp.asnumpy(got), want), a
+        y = _masked(xp, xp.asarray(x), got, m)
+        assert y.dtype == x.dtype and np.array_equal(xp.asnumpy(y), _masked(np, x, want, m)), a
     strided = xp.asarray(x).transpose(2, 0, 1)  # the mask follows the logical (C-order) index
     assert np.array_equal(xp.asnumpy(_dropout(xp, strided, a)), _dropout(np, x.transpose(2, 0, 1), a))
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(REASON is not None, reason=REASON or "")
-@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
-def test_saved_mask_kernels_give_numpys_bits(dtype):
-    """The dropout mask's kernel draws numpy's mask, and the masked product its bits, on the device."""
-    from ckpt.ops.nn import _mask, _masked
-    xp = get_backend("cuda").xp
-    x = np.random.default_rng(0).standard_normal((3, 257, 129)).astype(dtype)
-    for a in ({"p": 0.3, "_seed": 12345}, {"p": 0.0, "_seed": 0}, {"p": 0.9, "_seed": 2**40 + 7}):
-        a = dict(a, shape=x.shape)
-        want, got = _mask(np, a), _mask(xp, a)
-        assert got.dtype == want.dtype == np.bool_ and np.array_equal(xp.asnumpy(got), want), a
-        y = _masked(xp, xp.asarray(x), got, a)
-        assert y.dtype == x.dtype and np.array_equal(xp.asnumpy(y), _masked(np, x, want, a)), a
 
 
 @pytest.mark.gpu
