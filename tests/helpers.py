@@ -6,6 +6,7 @@ import math
 import random
 
 import networkx as nx
+import numpy as np
 
 from ckpt.model import build_graph, lower, parse_config
 
@@ -186,3 +187,12 @@ def gpu_reason():
     except ConfigError as e:
         return str(e)
     return None
+
+
+def saved_residual(op, ins, attrs):
+    """The residual op `op` reads as its last input (Op.residual), computed on numpy from `ins`, as
+    the model graph's residual node computes it."""
+    from ckpt.ops import REGISTRY
+    rop, positions, rattrs = op.residual([np.shape(a) for a in ins], attrs)
+    res = REGISTRY[rop]
+    return res, np.asarray(res.forward(np, [ins[k] for k in positions], {**res.attrs, **rattrs}))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ckpt.ops import REGISTRY, Ctx, iter_buffer, size
+from helpers import saved_residual
 
 # Ops whose rules another change rewrites (convolution, pooling, upsampling): they state their own.
 OWN_WORKSPACE_ELSEWHERE = {"conv2d", "maxpool2d", "avgpool2d", "upsample2d"}
@@ -50,8 +51,7 @@ def measure(name, shapes, dtype=np.float32):
             ins.append(rng.standard_normal(s).astype(dtype))
     grads = [i for i in range(len(shapes)) if i not in op.int_inputs]
     if saved:
-        rop, positions, rattrs = op.residual(shapes, attrs)
-        ins.append(REGISTRY[rop].forward(np, [ins[k] for k in positions], {**REGISTRY[rop].attrs, **rattrs}))
+        ins.append(saved_residual(op, ins, attrs)[1])
         shapes = list(shapes) + [ins[-1].shape]
     out = np.asarray(op.forward(np, ins, attrs))
     g = rng.standard_normal(out.shape).astype(dtype)
