@@ -30,7 +30,8 @@ def plan(model, budget=None, strategy=None, time_limit=10.0):
 
 
 def simulate(model, plan):
-    """The simulator's walk of the plan: `.peak`, `.resident`, `.peak_managed`, `.cost`, `.recomputes`."""
+    """The simulator's walk of the plan: `.peak`, `.resident`, `.peak_managed`, `.cost`, `.time`
+    (the predicted step time: cost and cache term), `.recomputes`."""
     from .simulate import simulate as sim
     return sim(model.joint, plan.steps)
 

@@ -131,7 +131,7 @@ def run_bench(configs, strategies, budgets, steps=5, time_limit=10.0, overrides=
                     "peak_predicted": sim.peak, "peak_measured": r.resident + r.measured_managed,
                     "peak_allocator": r.allocator_peak, "time_s": t, "time_ratio": ratio,
                     "time_ratios": ratios, "time_ratio_bounds": list(median_bounds(ratios)), "rechecked": rechecked,
-                    "overhead_predicted": (sim.cost - sa_sim.cost) / sa_sim.cost if sa_sim.cost else 0.0,
+                    "overhead_predicted": sim.time / sa_sim.time - 1.0 if sa_sim.time else 0.0,
                 }
                 if bar:
                     bar.update(1)

@@ -17,6 +17,9 @@ class Simulation:
     # peak_managed with each step's workspace (the temporaries an op holds while it runs, `ws` on
     # the joint node) counted at its step: what the allocator sees beyond the resident bytes
     peak_managed_ws: int = 0
+    # the predicted step time: `cost` and the cache term (`cache_bytes`); cost alone where the
+    # joint graph has no cache weights (a cost graph, measured costs)
+    time: float = 0.0
 
     @property
     def peak(self):
@@ -56,5 +59,33 @@ def simulate(joint, steps, check=True):
             live_bytes -= d["ram"]
             live.discard(x)
         timeline.append(live_bytes)
+    cache = joint.graph.get("cache")
+    time = cost + (cache[1] * cache_bytes(joint, steps, cache[0]) if cache else 0.0)
     return Simulation(joint.graph.get("resident", 0), peak, cost, timeline, fwd_computes,
-                      fwd_computes - len(seen), first_backward or 0, max(peak, peak_ws))
+                      fwd_computes - len(seen), first_backward or 0, max(peak, peak_ws), time)
+
+
+def cache_bytes(joint, steps, capacity):
+    """Bytes the compute steps read from memory rather than from a cache of `capacity` bytes. A
+    node's cost is fitted over many contexts, but what it reads comes faster from the cache when
+    it was written or read a short while before: a recomputed value read by the gradient right
+    after it, against the same value stored since the forward pass under store-all. Node costs
+    cannot see this (on gpt_small, recompute plans ran 2-6 points of store-all's time faster than
+    their nodes' costs said), and the predicted time adds a weight per byte of this count.
+    The cache is least-recently-used: a value of s bytes last touched when the traffic (bytes
+    written by the steps, outputs and workspace, and bytes read from memory) stood d bytes lower
+    is read with min(s, max(0, d + s - capacity)) bytes from memory."""
+    nodes, pred = joint.nodes, joint.pred
+    traffic, last, missed = 0, {}, 0
+    for kind, x in steps:
+        if kind != COMPUTE:
+            continue
+        for u in pred[x]:
+            s = nodes[u]["ram"]
+            miss = min(s, max(0, traffic - last[u] + s - capacity))
+            missed += miss
+            traffic += miss
+            last[u] = traffic
+        traffic += nodes[x]["ram"] + nodes[x].get("ws", 0)
+        last[x] = traffic
+    return missed

@@ -8,9 +8,12 @@
 so that shapes vary; store-all and plans that recompute, so that contexts vary), the clock read
 after every node, medians over --steps steps; then
 fits, per op and direction, nanoseconds per FLOP, per byte moved and per call by non-negative
-least squares (each node's time is the sum of its kinds' terms). --write stores the table in
-ckpt/model/cost_weights.py, which lower() reads: plans then depend on fixed data, never on the
-clock at plan time.
+least squares (each node's time is the sum of its kinds' terms). Then the cache term of the
+predicted step time (ckpt/simulate.py:cache_bytes): the cache capacity and the weight per byte
+read from memory whose predicted overheads come closest to the overheads of the same plans
+measured in plain steps, side by side with store-all (`fit_cache`); `--only cache` fits it alone,
+the table held. --write stores both in ckpt/model/cost_weights.py, which lower() reads: plans
+then depend on fixed data, never on the clock at plan time.
 
 Each case (a config at one size) is timed in a process of its own, as `ckpt run` would run it:
 the C allocator's state carries over from one model to the next in a process (glibc raises its
@@ -29,12 +32,14 @@ step time (the 1-thread control).
 
 `check` measures, per config and strategy (sqrt-n, budget at 0.9x/0.7x/0.5x), the overhead over
 store-all side by side in one process (interleaved rounds, median of per-round ratios), --repeats
-times, and prints the median measured overhead beside the predicted one, their relative error and
+times, and prints the median measured overhead beside the predicted one (of the step time:
+cost and cache term), their relative error and
 their difference in percentage points (a small overhead's relative error is mostly the noise).
 """
 
 import argparse
 import datetime
+import math
 import os
 import platform
 import statistics
@@ -53,6 +58,8 @@ from ckpt.errors import BudgetError  # noqa: E402
 from ckpt.plan import plan  # noqa: E402
 from ckpt.execute import Executor  # noqa: E402
 from ckpt.model.cost_weights import WEIGHTS  # noqa: E402
+from ckpt.schedule import COMPUTE  # noqa: E402
+from ckpt.simulate import cache_bytes  # noqa: E402
 from ckpt.session import device_leaves, load_model, time_side_by_side  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -62,6 +69,9 @@ CASES = [  # (config, overrides): the example configs and some other sizes of th
     ("resnet_small", {}), ("unet_small", {}), ("seed_example", {}),
 ]
 OUT = os.path.join(ROOT, "ckpt", "model", "cost_weights.py")
+CAPACITIES = [1 << k for k in range(17, 26)]  # cache sizes the fit of the cache term tries: 128 KiB-32 MiB
+FLOOR = 0.05  # the cache term's fit weighs relative errors, of overheads of at least 5% (below, points)
+FRACTIONS = (0.9, 0.7, 0.5)  # the budgets (of store-all's peak) that fit and check plan at
 
 
 def config(name):
@@ -104,17 +114,18 @@ def step_times(model, steps, backend, n_steps):
 
 def collect_case(case, steps, backend):
     """Rows (features, seconds, config) of one case: per-node times in store-all steps and in
-    steps of plans that recompute (sqrt-n, budget at 0.7x): a node's time depends on what the
+    steps of plans that recompute (sqrt-n, budgets at FRACTIONS): a node's time depends on what the
     allocator and the caches hold around it, and the fit should see both the generous and the
     lean context."""
     name, overrides = CASES[case]
     model = load_model(config(name), overrides)
     sa, sa_sim = plan(model.joint, "store-all", ix=model.index)
     schedules = [sa, plan(model.joint, "sqrt-n", ix=model.index)[0]]
-    try:
-        schedules.append(plan(model.joint, "budget", int(0.7 * sa_sim.peak_ws), ix=model.index)[0])
-    except BudgetError:
-        pass
+    for f in FRACTIONS:
+        try:
+            schedules.append(plan(model.joint, "budget", int(f * sa_sim.peak_ws), ix=model.index)[0])
+        except BudgetError:
+            pass
     rows, total = [], 0
     label = name + "".join(f" {k}={v}" for k, v in overrides.items())
     for p in schedules:
@@ -122,9 +133,35 @@ def collect_case(case, steps, backend):
         for (x, _), t in times.items():
             rows.append((model.joint.nodes[x]["features"], t, label))
         total += len(times)
+    plans = plan_rows(model, schedules, backend, steps, label)
     print(f"  timed {name} {overrides or ''}: {total} node computes in {len(schedules)} schedules",
           file=sys.stderr)
-    return rows
+    return {"nodes": rows, "plans": plans}
+
+
+def plan_rows(model, schedules, backend, steps, label):
+    """One record per schedule that recomputes, for the cache term: the summed features of its
+    computes and of store-all's (so that their costs follow any weights), the bytes each reads
+    from memory at every capacity in CAPACITIES, and its measured overhead over store-all in
+    plain steps side by side (medians of per-round ratios, as `check` measures it)."""
+    def summary(p):
+        feats = {}
+        for kind, x in p.steps:
+            if kind == COMPUTE:
+                for k, v in model.joint.nodes[x]["features"].items():
+                    feats[k] = [a + b for a, b in zip(feats.get(k, (0, 0, 0)), v)]
+        return feats, [cache_bytes(model.joint, p.steps, c) for c in CAPACITIES]
+
+    sa, out = schedules[0], []
+    base = summary(sa)
+    for p in schedules[1:]:
+        runs = []
+        for _ in range(3):  # as `check` measures: the median of three medians of 41 rounds
+            mine, ref = time_side_by_side(model, [p.steps, sa.steps], backend, n_steps=41)
+            runs.append(statistics.median(a / b for a, b in zip(mine, ref)) - 1.0)
+        out.append({"case": label, "features": [base[0], summary(p)[0]], "missed": [base[1], summary(p)[1]],
+                    "measured": statistics.median(runs)})
+    return out
 
 
 def child_env(args):
@@ -136,15 +173,17 @@ def child_env(args):
 
 
 def collect(args):
-    """The rows of every case (or of --cases), each timed in a fresh process (see the module's note)."""
+    """The node rows and plan records of every case (or of --cases), each case timed in a fresh
+    process (see the module's note)."""
     import json
-    rows = []
+    rows, plans = [], []
     for case in [n for n, (name, _) in enumerate(CASES) if not args.cases or name in args.cases]:
         cmd = [sys.executable, os.path.abspath(__file__), "collect", str(case), "--steps", str(args.steps),
                "--clock", args.clock] + (["--threads", args.threads] if args.threads else [])
-        out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True, env=child_env(args)).stdout
-        rows += [({k: tuple(v) for k, v in feats.items()}, t, c) for feats, t, c in json.loads(out)]
-    return rows
+        out = json.loads(subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True, env=child_env(args)).stdout)
+        rows += [({k: tuple(v) for k, v in feats.items()}, t, c) for feats, t, c in out["nodes"]]
+        plans += out["plans"]
+    return rows, plans
 
 
 # A kind gets weights of its own only where the samples cover it: enough nodes, and some that move
@@ -225,14 +264,15 @@ def _predict(feats, weights, fallback=False):
     return total
 
 
-def write(weights, only=None):
+def write(weights, only=None, cache=None):
     """The table as ckpt/model/cost_weights.py; with `only`, the stored header is kept and a line
-    names the kinds refitted today."""
+    names the kinds refitted today (only=["cache"]: the cache term alone, the table kept)."""
     if only:
         with open(OUT) as f:
             head = f.read().split('"""')[1].rstrip("\n").split("\n")
-        head.append(f"Refitted {datetime.date.today().isoformat()} (fit --only): {', '.join(sorted(only))}.")
-        _write_table(['"""' + head[0]] + head[1:] + ['"""', "", "WEIGHTS = {"], weights)
+        what = "the cache term" if only == ["cache"] else ", ".join(sorted(only)) + " and the cache term"
+        head.append(f"Refitted {datetime.date.today().isoformat()} (fit --only): {what}.")
+        _write_table(['"""' + head[0]] + head[1:] + ['"""', "", "WEIGHTS = {"], weights, cache)
         return
     cpu = platform.processor() or platform.machine()
     try:
@@ -240,19 +280,21 @@ def write(weights, only=None):
             cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
     except OSError:
         pass
-    lines = ['"""Cost weights: nanoseconds per FLOP, per byte moved and per call, by op and direction.',
+    lines = ['"""Cost weights: nanoseconds per FLOP, per byte moved and per call, by op and direction;',
+             "and the cache term of the predicted step time (ckpt/simulate.py:cache_bytes).",
              "",
              "Written by scripts/calibrate_costs.py fit --write: fitted on " + cpu + ",",
              f"numpy {np.__version__}, {datetime.date.today().isoformat()}. Fixed data: a plan never depends on the clock.",
              '"""', "", "WEIGHTS = {"]
-    _write_table(lines, weights)
+    _write_table(lines, weights, cache)
 
 
-def _write_table(lines, weights):
+def _write_table(lines, weights, cache):
     for k in sorted(weights, key=lambda k: (k.startswith("*"), k)):
         a, b, c = weights[k]
         lines.append(f"    {k!r}: ({a:.6g}, {b:.6g}, {c:.6g}),")
-    lines.append("}")
+    lines += ["}", "", "# (cache capacity in bytes, ns per byte read from memory rather than from the cache)",
+              f"CACHE = ({cache[0]}, {cache[1]:.6g})"]
     with open(OUT, "w") as f:
         f.write("\n".join(lines) + "\n")
     print(f"wrote {os.path.relpath(OUT)}", file=sys.stderr)
@@ -265,17 +307,43 @@ def backend_for(args):
     return backend
 
 
+def fit_cache(plans, weights):
+    """(capacity, ns per byte) of the simulator's cache term (simulate.cache_bytes): the pair, of
+    CAPACITIES and a grid of weights, whose predicted overheads (store-all's and each plan's costs
+    under `weights`, plus the weight times the bytes each reads from memory) come closest to the
+    overheads measured in plain steps: least squares of relative errors, an overhead under FLOOR
+    counted as FLOOR (so mlp_deep's overheads of 100-240% weigh no more than gpt_small's 1-10%,
+    and no 1% overhead's noise weighs more)."""
+    grid = np.linspace(0.0, 2.0, 401)
+    costs = [[_predict(f, weights, fallback=True) for f in r["features"]] for r in plans]
+    best = (math.inf, CAPACITIES[0], 0.0)
+    for k, cap in enumerate(CAPACITIES):
+        err = np.zeros_like(grid)
+        for r, (cs, cp) in zip(plans, costs):
+            ms, mp = r["missed"][0][k], r["missed"][1][k]
+            err += (((cp + grid * mp) / (cs + grid * ms) - 1.0 - r["measured"]) / max(abs(r["measured"]), FLOOR)) ** 2
+        n = int(np.argmin(err))
+        best = min(best, (float(err[n]), cap, float(grid[n])))
+    return best[1], best[2]
+
+
 def cmd_fit(args):
     import json
     if args.samples:
         with open(args.samples) as f:
-            rows = [({k: tuple(v) for k, v in feats.items()}, t, c) for feats, t, c in json.load(f)]
+            saved = json.load(f)
+        rows = [({k: tuple(v) for k, v in feats.items()}, t, c) for feats, t, c in saved["nodes"]]
+        plans = saved["plans"]
     else:
-        rows = collect(args)
+        rows, plans = collect(args)
     if args.save_samples:
         with open(args.save_samples, "w") as f:
-            json.dump(rows, f)
-    weights, pred, y = fit(rows, args.power, args.only)
+            json.dump({"nodes": rows, "plans": plans}, f)
+    if args.only == ["cache"]:
+        weights, pred, y = dict(WEIGHTS), np.array([_predict(f, WEIGHTS, True) for f, _, _ in rows]), \
+            np.array([t * 1e9 for _, t, _ in rows])
+    else:
+        weights, pred, y = fit(rows, args.power, args.only)
     print(f"{'case':28} {'nodes':>6} {'measured ms':>12} {'predicted ms':>13}  ratio")
     for name in dict.fromkeys(c for _, _, c in rows):
         idx = [n for n, r in enumerate(rows) if r[2] == name]
@@ -283,8 +351,17 @@ def cmd_fit(args):
         print(f"{name:28} {len(idx):6d} {m:12.2f} {p:13.2f}  {p / m:.3f}")
     for k, (a, b, c) in sorted(weights.items()):
         print(f"  {k:32} {a:10.4g} ns/flop {b:10.4g} ns/byte {c:10.4g} ns/call")
+    cache = fit_cache(plans, weights)
+    k = CAPACITIES.index(cache[0])
+    print(f"cache term: {cache[0] >> 10} KiB, {cache[1]:.3g} ns per byte read from memory")
+    print(f"{'case':28} {'measured':>9} {'nodes only':>11} {'with cache':>11}")
+    for r in plans:
+        cs, cp = (_predict(f, weights, fallback=True) for f in r["features"])
+        ms, mp = r["missed"][0][k], r["missed"][1][k]
+        print(f"{r['case']:28} {r['measured']:+9.1%} {cp / cs - 1:+11.1%} "
+              f"{(cp + cache[1] * mp) / (cs + cache[1] * ms) - 1:+11.1%}")
     if args.write:
-        write(weights, args.only)
+        write(weights, args.only, cache)
 
 
 def cmd_collect(args):
@@ -299,20 +376,21 @@ def cmd_check(args):
         for name in args.config:
             subprocess.run([sys.executable, os.path.abspath(__file__), "check", "--child", "--config", name,
                             "--rounds", str(args.rounds), "--repeats", str(args.repeats), "--clock", args.clock]
+                           + (["--set", *args.set] if args.set else [])
                            + (["--threads", args.threads] if args.threads else []), check=True, env=child_env(args))
         return
     backend = backend_for(args)
     for name in args.config:
-        model = load_model(config(name))
+        model = load_model(config(name), {k: int(v) for k, v in (s.split("=", 1) for s in args.set)})
         sa, sa_sim = plan(model.joint, "store-all", ix=model.index)
         leaves = device_leaves(model, backend)
-        cases = [("sqrt-n", None)] + [("budget", f) for f in (0.9, 0.7, 0.5)]
+        cases = [("sqrt-n", None)] + [("budget", f) for f in FRACTIONS]
         for strategy, f in cases:
             try:
                 p, sim = plan(model.joint, strategy, None if f is None else int(f * sa_sim.peak_ws), ix=model.index)
             except BudgetError:
                 continue
-            predicted = sim.cost / sa_sim.cost - 1.0
+            predicted = sim.time / sa_sim.time - 1.0
             runs = []
             for _ in range(args.repeats):
                 mine, base = time_side_by_side(model, [p.steps, sa.steps], backend, n_steps=args.rounds, leaves=leaves)
@@ -335,12 +413,15 @@ def main():
     f.add_argument("--save-samples", help="also write the timed samples (JSON) for refitting")
     f.add_argument("--samples", help="fit these samples instead of timing again")
     f.add_argument("--only", nargs="+", metavar="KIND",
-                   help="refit only these kinds (e.g. layernorm:vjp), the rest held at the stored table")
+                   help="refit only these kinds (e.g. layernorm:vjp), the rest held at the stored table; "
+                        "`cache`: only the cache term (the cache term is refitted with any kinds)")
     f.add_argument("--cases", nargs="+", metavar="CONFIG", help="time only these configs' cases")
     c = sub.add_parser("check")
     c.add_argument("--rounds", type=int, default=7)
     c.add_argument("--repeats", type=int, default=3)
     c.add_argument("--config", nargs="+", default=["mlp_deep", "gpt_small", "resnet_small"])
+    c.add_argument("--set", nargs="+", default=[], metavar="DIM=N",
+                   help="check the configs at other sizes (sizes the fit did not time)")
     c.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     k = sub.add_parser("collect", help="(internal) time one case; its rows as JSON on stdout")
     k.add_argument("case", type=int)

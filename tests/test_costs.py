@@ -112,3 +112,66 @@ def test_costs_follow_the_weights():
     grad = gradient_features(g, "h", [("a", 0)])
     assert grad["relu:vjp"][0] == 2 * B * D and grad["gradient"][2] == 1
     assert predict(grad, {"*:vjp": (1.0, 0.0, 0.0)}) == 2 * B * D
+
+
+# ---- the cache term of the predicted step time (simulate.cache_bytes) ----------------------------
+def test_cache_bytes_counts_what_an_lru_cache_cannot_hold():
+    """A chain a1 -> a2 -> a3 of 100-byte values under store-all: each forward read comes right
+    after its write, each gradient reads a value (and the gradient before it) written some way
+    back. Counted by hand for caches of 0, 250 and 1000 bytes."""
+    from ckpt.plan import JointIndex, store_all
+    from ckpt.simulate import cache_bytes
+    from helpers import uniform_chain_joint
+
+    j = uniform_chain_joint(3, size=100)
+    steps = store_all(JointIndex(j)).steps
+    reads = sum(j.in_degree(x) for k, x in steps if k == "compute")
+    assert cache_bytes(j, steps, 0) == 100 * reads  # no cache: every read from memory
+    assert cache_bytes(j, steps, 10 ** 9) == 0  # all of it fits
+    # traffic: a1 [100] a2 (reads a1 at 0: hit) [200] a3 (a2 hit) [300] grad:a3 (a3 hit) [400]
+    # grad:a2 reads grad:a3 (hit) and a2, last touched at 300 - 100... by hand at 250 bytes:
+    # grad:a2: a2 was read at traffic 200 (by a3), now 400: d = 200, miss = min(100, 200 + 100 - 250) = 50
+    #          traffic 450 (the miss) + 100 (its output) = 550
+    # grad:a1: grad:a2 hit; a1 read at 100, d = 450: miss 100; traffic 650, then its output: 750
+    # grad:x:  grad:a1 hit
+    assert cache_bytes(j, steps, 250) == 150
+
+
+def test_a_recomputed_value_is_read_from_cache_where_a_stored_one_is_not():
+    """A chain whose odd values are small (10 bytes) and even ones large (100): store-all's
+    gradients read the large values long after the forward wrote them, from memory; a plan that
+    keeps the small ones and recomputes each large one right before its gradient reads it from
+    the cache. The predicted time adds the weight per byte to the cost; no cache term without
+    the graph's weights (a cost graph)."""
+    from ckpt.plan import JointIndex, store_all
+    from ckpt.simulate import cache_bytes, simulate
+    from helpers import uniform_chain_joint
+
+    j = uniform_chain_joint(6, size=100)
+    for k in (1, 3, 5):
+        j.nodes[f"a{k}"]["ram"] = j.nodes[f"grad:a{k}"]["ram"] = 10
+    sa = store_all(JointIndex(j)).steps
+    steps = [("compute", f"a{k}") for k in range(1, 7)] + [("free", "a2"), ("free", "a4")]
+    steps += [("compute", "grad:a6"), ("free", "a6"), ("compute", "grad:a5"), ("free", "grad:a6"), ("free", "a5"),
+              ("compute", "a4"), ("compute", "grad:a4"), ("free", "grad:a5"), ("free", "a4"),
+              ("compute", "grad:a3"), ("free", "grad:a4"), ("free", "a3"),
+              ("compute", "a2"), ("compute", "grad:a2"), ("free", "grad:a3"), ("free", "a2"),
+              ("compute", "grad:a1"), ("free", "grad:a2"), ("free", "a1"), ("compute", "grad:x"), ("free", "grad:a1")]
+    assert cache_bytes(j, steps, 150) < cache_bytes(j, sa, 150)
+    j.graph["cache"] = (150, 0.5)
+    for s in (sa, steps):
+        sim = simulate(j, s)
+        assert sim.time == sim.cost + 0.5 * cache_bytes(j, s, 150)
+    del j.graph["cache"]
+    assert simulate(j, steps).time == simulate(j, steps).cost
+
+
+def test_model_graphs_carry_the_fitted_cache_term_and_measured_costs_drop_it():
+    from ckpt.model.cost_weights import CACHE
+    from ckpt.session import load_model, with_costs
+
+    m = load_model("configs/seed_example.yaml")
+    assert m.joint.graph["cache"] == CACHE
+    measured = with_costs(m, {x: 1e-6 for x in m.joint.nodes})  # seconds: no ns-per-byte term
+    assert "cache" not in measured.joint.graph
+    assert "cache" in m.joint.graph

@@ -1,8 +1,10 @@
-"""Cost weights: nanoseconds per FLOP, per byte moved and per call, by op and direction.
+"""Cost weights: nanoseconds per FLOP, per byte moved and per call, by op and direction;
+and the cache term of the predicted step time (ckpt/simulate.py:cache_bytes).
 
 Written by scripts/calibrate_costs.py fit --write: fitted on AMD EPYC,
 numpy 2.4.6, 2026-11-26. Fixed data: a plan never depends on the clock.
 Refitted 2026-11-27 (fit --only): dropout:forward, dropout:vjp, dropout_mask:forward, layernorm:forward, layernorm:vjp, layernorm_stats:forward.
+Refitted 2026-11-27 (fit --only): the cache term.
 """
 
 WEIGHTS = {
@@ -41,3 +43,6 @@ WEIGHTS = {
     '*:forward': (0.010294, 0.0591526, 1357.19),
     '*:vjp': (0.0103283, 0.046112, 1022.26),
 }
+
+# (cache capacity in bytes, ns per byte read from memory rather than from the cache)
+CACHE = (2097152, 0.14)

@@ -11,7 +11,9 @@ Cost model: a node's `cost` is its predicted time in nanoseconds on the machine 
 fitted on (scripts/calibrate_costs.py; ckpt/model/cost_weights.py holds them): per op and
 direction, a weight per FLOP, per byte moved and per call, applied to what the node computes
 (`features`). The weights are fixed data, so a plan never depends on the clock. `flops` keeps the
-node's FLOPs.
+node's FLOPs. The graph's `cache` (capacity, ns per byte) is the simulator's term for values read
+from memory rather than from a cache (simulate.cache_bytes): part of a schedule's predicted time,
+not of any node's cost.
 
 Memory model (Checkmate's): a node's output is live from the step that computes it to the step
 that frees it; computing x needs every predecessor live and costs ram(x) more bytes. While x is
@@ -23,7 +25,7 @@ as the executor accumulates them).
 import networkx as nx
 
 from ..ops import REGISTRY, iter_buffer
-from .cost_weights import WEIGHTS
+from .cost_weights import CACHE, WEIGHTS
 from .graph import ITEMSIZE, residuals
 
 GRAD = "grad:"
@@ -78,6 +80,7 @@ def lower(g):
     j.graph["order"] = fwd + [grad_id(v) for v in bwd]
     leaves = [v for v in g.nodes if g.nodes[v]["kind"] != "op"]
     j.graph["resident"] = sum(g.nodes[v]["bytes"] * (2 if g.nodes[v]["grad"] else 1) for v in leaves)
+    j.graph["cache"] = CACHE  # (capacity, ns per byte read from memory): the simulator's time term
     return j
 
 

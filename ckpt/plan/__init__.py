@@ -190,7 +190,8 @@ def plan_table(joint, names, budget, time_limit=120.0, ix=None, strict=False, bu
         except BudgetError as e:
             if strict:
                 raise
-            row.update(feasible=False, peak_bytes=None, managed_bytes=None, overhead=None, cost=None, stored=None,
+            row.update(feasible=False, peak_bytes=None, managed_bytes=None, overhead=None, time_overhead=None,
+                       cost=None, stored=None,
                        recomputed=None, solver="-", solve_time_s=0.0, error=str(e), min_peak_bytes=e.min_peak)
             rows.append(row)
             continue
@@ -199,6 +200,8 @@ def plan_table(joint, names, budget, time_limit=120.0, ix=None, strict=False, bu
         row.update(feasible=b is None or sim.peak_ws <= b, peak_bytes=sim.peak, managed_bytes=sim.peak_managed,
                    peak_with_workspace_bytes=sim.peak_ws,
                    overhead=overhead, cost=sim.cost, stored=sim.stored, recomputed=sim.recomputes,
+                   # the predicted step time's overhead: the cost's and the cache term's (simulate)
+                   time_overhead=sim.time / sa_sim.time - 1.0 if sa_sim.time else 0.0,
                    solver=p.solver, solve_time_s=p.solve_time_s, lower_bound_overhead=lb,
                    planners=_planner_costs(p.notes.get("candidates"), sa_sim.cost))
         rows.append(row)
