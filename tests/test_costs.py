@@ -175,3 +175,41 @@ def test_model_graphs_carry_the_fitted_cache_term_and_measured_costs_drop_it():
     measured = with_costs(m, {x: 1e-6 for x in m.joint.nodes})  # seconds: no ns-per-byte term
     assert "cache" not in measured.joint.graph
     assert "cache" in m.joint.graph
+
+
+def test_plans_do_not_depend_on_the_cache_term():
+    """The planners minimise the cost; the cache term only predicts the step time."""
+    from ckpt.plan import plan
+    from ckpt.session import load_model
+
+    m = load_model("configs/gpt_small.yaml")
+    sa, sa_sim = plan(m.joint, "store-all", ix=m.index)
+    budget = int(0.7 * sa_sim.peak_ws)
+    with_term = plan(m.joint, "budget", budget, ix=m.index)
+    m.joint.graph["cache"] = (m.joint.graph["cache"][0], 0.0)
+    without = plan(m.joint, "budget", budget, ix=m.index)
+    assert with_term[0].steps == without[0].steps and with_term[1].cost == without[1].cost
+    assert without[1].time == without[1].cost
+
+
+def test_fit_cache_recovers_the_term_that_made_the_overheads():
+    """Overheads made by a known capacity and weight, from plans that read different bytes from
+    memory at each capacity: the fit finds that pair on its grid."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
+    import calibrate_costs as cc
+
+    caps = cc.CAPACITIES
+    weights = {"x:forward": (0.0, 0.0, 1.0)}  # a node's cost: 1 ns per call
+    true_k, true_w = 3, 0.35
+    plans = []
+    for n, (cs, cp) in enumerate([(1000, 1300), (1000, 1050), (2000, 2600), (500, 700)]):
+        ms = [4000 - 300 * k + 50 * n for k in range(len(caps))]  # store-all: more misses
+        mp = [900 + 150 * ((k * (n + 2)) % 5) for k in range(len(caps))]  # each plan its own pattern
+        measured = (cp + true_w * mp[true_k]) / (cs + true_w * ms[true_k]) - 1.0
+        plans.append({"case": f"p{n}", "features": [{"x:forward": (0, 0, cs)}, {"x:forward": (0, 0, cp)}],
+                      "missed": [ms, mp], "measured": measured})
+    cap, w = cc.fit_cache(plans, weights)
+    assert cap == caps[true_k] and w == pytest.approx(true_w, abs=0.005)
