@@ -172,3 +172,40 @@ def test_chain_dp_joins_residuals_on_a_long_chain(tmp_path):
             continue
         sim = simulate(m.joint, q.steps)  # checks every step's operands are live
         assert sim.peak_managed_ws <= b and walk(ix, q.steps)[:2] == (sim.peak_managed_ws, sim.cost)
+
+
+@pytest.mark.parametrize("kinds", [["dropout"], ["layernorm"], ["layernorm", "dropout"]])
+def test_chain_dp_with_kept_residuals(tmp_path, kinds):
+    """The family that keeps side values apart from their stages: each computed once, at its
+    stage's first compute, and freed right after the gradient that reads it; its plans are valid
+    and fit, on an 8-layer chain at every budget down to where it finds none; and where layers
+    end in layernorm and dropout, it beats the family that recomputes them with their stages
+    (the masks and statistics are dear to recompute for their size)."""
+    from ckpt.simulate import simulate
+    m = _residual_chain(tmp_path, 8, kinds, b=32, d=64)
+    ix = m.index
+    ch = Chain.of(ix)
+    kept = ch.with_kept_sides()
+    assert kept is not None and kept.keep == {s for s, _ in ch.side.values()}
+    _, sa = plan(m.joint, "store-all", ix=ix)
+    found = 0
+    for f in (0.9, 0.7, 0.5, 0.4):
+        b = int(f * sa.peak_managed_ws)
+        q = solve_chain(kept, b, least=False)
+        if q.steps is None:
+            continue
+        found += 1
+        sim = simulate(m.joint, q.steps)  # every step's operands live
+        assert sim.peak_managed_ws <= b and q.solver == "chain-dp (residuals kept)" and not q.notes["exact"]
+        for s in kept.keep:
+            at = [n for n, st in enumerate(q.steps) if st == ("compute", s)]
+            assert len(at) == 1
+            readers = [n for n, (kind, x) in enumerate(q.steps) if kind == "compute" and s in ix.preds[x]
+                       and ix.joint.nodes[x]["kind"] == "backward"]
+            assert q.steps[max(readers) + 1] == ("free", s)
+        if kinds == ["layernorm", "dropout"] and f == 0.7:
+            joined = simulate(m.joint, solve_chain(ch, b, least=False).steps)
+            assert sim.cost < joined.cost
+            p, best = plan(m.joint, "budget", b + sa.resident, ix=ix)
+            assert best.cost <= sim.cost
+    assert found >= 2

@@ -82,6 +82,15 @@ def _budget(joint, ix, budget, time_limit):
         else:
             consider(p, p.solver)
             chain_exact = p.solver in notes and p.notes["exact"]  # exact, and fits when walked
+        # where layers save residuals, families that keep them apart from their stages: all of
+        # them, or only those computed after their stage's value (statistics, a few numbers a row;
+        # at tight budgets the masks, a byte an element, are better recomputed with their stage).
+        # On an 8-layer chain of layernorm / dropout layers at 0.7x: +6.7% and +7.2%, where the
+        # family above gives +10.4% (the optimum: +5.7%).
+        for which, name in ((lambda s, first: True, "all"), (lambda s, first: not first, "statistics")):
+            kept = chain.with_kept_sides(which)
+            if kept is not None and (name == "all" or len(kept.keep) < len(chain.side)):
+                consider(solve_chain(kept, managed, least=False), f"chain-dp (residuals kept: {name})")
     sq = sqrt_n(ix)
     consider(sq, "sqrt-n")
     if not chain_exact:

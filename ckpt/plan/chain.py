@@ -99,49 +99,84 @@ class Chain:
             return None
         return cls(ix, fwd, groups, grad_of, attach)
 
-    def __init__(self, ix, fwd, groups, grad_of, attach=None):
+    def __init__(self, ix, fwd, groups, grad_of, attach=None, keep=frozenset()):
         l = len(fwd)
         self.ix, self.fwd, self.l, self.L = ix, fwd, l, l + 1
+        self._args = (ix, fwd, groups, grad_of, attach)
         self.side = attach or {}
+        self.keep = keep  # side values kept apart from their stages (with_kept_sides)
         self.seed = grad_of[fwd[-1]]
         self.groups = [None] + [groups[k] for k in range(1, l + 1)] + [[self.seed]]
         sv = [self.side.get(a, (None, False)) for a in fwd]
-        self.x = [0] + [ix.ram[a] + (ix.ram[s] if s else 0) for a, (s, _) in zip(fwd, sv)] + [0]
+        joined = [(s, first) if s not in keep else (None, False) for s, first in sv]
+        self.x = [0] + [ix.ram[a] + (ix.ram[s] if s else 0) for a, (s, _) in zip(fwd, joined)] + [0]
         # workspace held while stage k is computed, beyond x_k (the side value is computed first
-        # or second, each with its own workspace)
+        # or second, each with its own workspace; a kept one is in `reserve` already)
         self.wsx = [0] + [ix.ws[a] if not s else max(ix.ws[a], ix.ws[s] - ix.ram[a]) if first
-                          else max(ix.ws[a] - ix.ram[s], ix.ws[s]) for a, (s, first) in zip(fwd, sv)] + [0]
-        self.c = [0.0] + [ix.cost[a] + (ix.cost[s] if s else 0.0) for a, (s, _) in zip(fwd, sv)] + [0.0]
+                          else max(ix.ws[a] - ix.ram[s], ix.ws[s]) for a, (s, first) in zip(fwd, joined)] + [0]
+        self.wsx = [max(w, ix.ws[s]) if s in keep else w for w, (s, _) in zip(self.wsx, [(None, 0)] + sv + [(None, 0)])]
+        self.c = [0.0] + [ix.cost[a] + (ix.cost[s] if s else 0.0) for a, (s, _) in zip(fwd, joined)] + [0.0]
         self.gsz = [0] + [ix.ram[grad_of[a]] if a in grad_of else 0 for a in fwd] + [0]
         self.grad = [None] + [grad_of.get(a) for a in fwd] + [None]
         self.needs_in = [False] * (self.L + 1)
         self.needs_out = [False] * (self.L + 1)
         self.extra = [0] * (self.L + 1)
+        # reserve[j]: bytes of the kept side values still to be read while groups j, j-1, ... run
+        self.reserve = [0] * (self.L + 1)
+        self.freed_after = {}  # kept side values: the gradient node after which each is freed
         for k in range(1, self.L + 1):
             reads = set().union(*[ix.fpreds[b] for b in self.groups[k]])
-            self.needs_in[k] = k >= 2 and bool({fwd[k - 2], sv[k - 2][0]} & reads)
-            self.needs_out[k] = k <= l and bool({fwd[k - 1], sv[k - 1][0]} & reads)
+            sides = {joined[k - 2][0]} if k >= 2 else set()
+            self.needs_in[k] = k >= 2 and bool(({fwd[k - 2]} | sides) & reads)
+            sides = {joined[k - 1][0]} if k <= l else set()
+            self.needs_out[k] = k <= l and bool(({fwd[k - 1]} | sides) & reads)
             held, peak = 0, 0
             for b in self.groups[k]:
                 peak = max(peak, held + ix.ram[b] + ix.ws[b])
                 if ix.breaders[b]:
                     held += ix.ram[b]
             self.extra[k] = peak
+        for s in keep:  # freed after the last gradient node that reads it (with_kept_sides)
+            k, b = next((k, b) for k in range(1, self.L + 1) for b in reversed(self.groups[k]) if s in ix.fpreds[b])
+            self.freed_after.setdefault(b, []).append(s)
+            for j in range(k, self.L + 1):
+                self.reserve[j] += ix.ram[s]
+
+    def with_kept_sides(self, which=lambda side, first: True):
+        """This chain in a second family of schedules: each side value computed once, with its
+        stage's first compute, and kept until the gradient that reads it has run; recomputing a
+        stage leaves it alone. Side values are small and dear to recompute for their size (a
+        dropout mask: a byte an element and a hash; layernorm's statistics: two numbers a row),
+        and a gradient that reads only a mask no longer needs its stage's value. The DP counts the
+        side values still to be read (`reserve`) as live throughout each subproblem, the first
+        forward pass included, where they are not all computed yet: its plans fit, and it is exact
+        over neither family. `which(side, first)` picks the side values kept (first: computed
+        before its stage's value, as a mask is); None where it picks none, or one that no gradient
+        reads."""
+        keep = frozenset(s for s, first in self.side.values() if which(s, first))
+        if not keep or any(not any(s in self.ix.fpreds[b] for g in self.groups[1:] for b in g) for s in keep):
+            return None
+        ix, fwd, groups, grad_of, attach = self._args
+        return Chain(ix, fwd, groups, grad_of, attach, keep=keep)
 
     def expand(self, steps):
         """Steps over stages as steps over values: a side value computed just before or just
-        after its stage's value (see `of`), and freed with it."""
+        after its stage's value (see `of`), and freed with it; kept side values
+        (`with_kept_sides`) at the stage's first compute only, and freed after their reader."""
         if not self.side:
             return steps
-        out = []
+        out, done = [], set()
         for kind, v in steps:
             s, first = self.side.get(v, (None, False))
-            if s is None:
-                out.append((kind, v))
+            if s is None or (s in self.keep and (kind != COMPUTE or v in done)):
+                out.append((kind, v))  # a kept side value stays when its stage is freed or recomputed
             elif kind == COMPUTE:
+                done.add(v)
                 out += [(COMPUTE, s), (COMPUTE, v)] if first else [(COMPUTE, v), (COMPUTE, s)]
             else:
                 out += [(FREE, v), (FREE, s)]
+            if kind == COMPUTE:
+                out += [(FREE, r) for r in self.freed_after.get(v, ())]
         return out
 
     @property
@@ -153,7 +188,7 @@ class Chain:
         """The values' sizes, which set the slot unit; with `workspace`, also the figures that
         count workspace (whose odd sizes must not shrink the unit: they are rounded instead)."""
         more = self.wsx + self.extra if workspace else []
-        return [s for s in self.x + self.gsz + more if s > 0]
+        return [s for s in self.x + self.gsz + self.reserve + more if s > 0]
 
 
 def _unit(sizes, budget, max_slots=None):
@@ -226,7 +261,8 @@ def solve_chain(chain, budget_managed, coarse=True, least=True):
     if exact or plan.steps is None:
         plan.solver = "chain-dp"
     else:  # exact over a narrower family: stages with their side values, or slots rounded
-        plan.solver = "chain-dp (rounded)" if rounded else "chain-dp (residuals with their layers)"
+        plan.solver = "chain-dp (residuals kept)" if chain.keep else \
+            "chain-dp (rounded)" if rounded else "chain-dp (residuals with their layers)"
     if plan.steps is not None:
         if exact or (rounded and not chain.side):
             plan.lower_bound = float((cost if exact else lower) + chain.backward_cost)
@@ -260,7 +296,7 @@ class _Layout:
     def __init__(self, chain):
         L = self.L = chain.L
         self.periodic = False
-        found = _period(chain)
+        found = None if chain.keep else _period(chain)  # reserve[j] depends on j itself
         if found is None:
             self.n = (L + 1) ** 2
             self.pairs = [(i, i + d) for d in range(1, L + 1) for i in range(0, L - d + 1)]
@@ -329,6 +365,7 @@ def _table(chain, unit, S, rnd, S_up=None):
         return int(rnd(b / unit))
 
     x = [slots(v) for v in chain.x]
+    R = [slots(v) for v in chain.reserve]
     w = [slots(v) for v in chain.wsx]
     gs = [slots(v) for v in chain.gsz]
     ex = [slots(v) for v in chain.extra]
@@ -371,13 +408,13 @@ def _table(chain, unit, S, rnd, S_up=None):
                 A = x[j] if nout[j] else 0
                 peak = max(base + (x[j] + w[j] if nout[j] and not h else 0), x[i] + gs[j] + A + ex[j])
                 cost = c[j] if nout[j] and not h else 0.0
-                ok = m >= peak
+                ok = m >= peak + R[j]
                 best[ok], choice[ok] = cost, -1
             else:
                 if not nin[j] and (h or not nout[j]):
                     A = x[j] if nout[j] else 0
                     peak = max(base, x[i] + gs[j] + A + ex[j])
-                    cand = np.where(m >= peak, T[0, lay.key(i, j - 1)], INF)
+                    cand = np.where(m >= peak + R[j], T[0, lay.key(i, j - 1)], INF)
                     better = cand < best
                     best[better], choice[better] = cand[better], -2
                 # split at every k at once: rows are k, columns are m (the right part runs with
@@ -388,9 +425,9 @@ def _table(chain, unit, S, rnd, S_up=None):
                     np.add(rest[:, x[i]:], _rows(T[h], right)[:, :S + 1 - x[i]], out=total[:, x[i]:])
                 if runs is not None:
                     for a, b in runs:
-                        total[a:b, :max(0, min(S + 1, base + int(P[a])))] = INF
+                        total[a:b, :max(0, min(S + 1, base + R[j] + int(P[a])))] = INF
                 else:
-                    total[m[None, :] < (base + P)[:, None]] = INF
+                    total[m[None, :] < (base + R[j] + P)[:, None]] = INF
                 kbest = np.argmin(total, axis=0)
                 cand = total[kbest, m]
                 better = cand < best
