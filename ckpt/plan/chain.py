@@ -110,11 +110,17 @@ class Chain:
         sv = [self.side.get(a, (None, False)) for a in fwd]
         joined = [(s, first) if s not in keep else (None, False) for s, first in sv]
         self.x = [0] + [ix.ram[a] + (ix.ram[s] if s else 0) for a, (s, _) in zip(fwd, joined)] + [0]
-        # workspace held while stage k is computed, beyond x_k (the side value is computed first
-        # or second, each with its own workspace; a kept one is in `reserve` already)
-        self.wsx = [0] + [ix.ws[a] if not s else max(ix.ws[a], ix.ws[s] - ix.ram[a]) if first
-                          else max(ix.ws[a] - ix.ram[s], ix.ws[s]) for a, (s, first) in zip(fwd, joined)] + [0]
-        self.wsx = [max(w, ix.ws[s]) if s in keep else w for w, (s, _) in zip(self.wsx, [(None, 0)] + sv + [(None, 0)])]
+
+        def held(a, s, first):
+            """Workspace held while stage a is computed, beyond x: a joined side value is computed
+            first or second, each with its own workspace; a kept one's bytes are in `reserve`."""
+            if s in keep:
+                return max(ix.ws[a], ix.ws[s])
+            if not s:
+                return ix.ws[a]
+            return max(ix.ws[a], ix.ws[s] - ix.ram[a]) if first else max(ix.ws[a] - ix.ram[s], ix.ws[s])
+
+        self.wsx = [0] + [held(a, s, first) for a, (s, first) in zip(fwd, sv)] + [0]
         self.c = [0.0] + [ix.cost[a] + (ix.cost[s] if s else 0.0) for a, (s, _) in zip(fwd, joined)] + [0.0]
         self.gsz = [0] + [ix.ram[grad_of[a]] if a in grad_of else 0 for a in fwd] + [0]
         self.grad = [None] + [grad_of.get(a) for a in fwd] + [None]
