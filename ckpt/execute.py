@@ -11,7 +11,7 @@ that reads no input is not refilled at all), which steps are the common kinds (a
 term, a forward value) and which need the general path (the loss, the seed, a sum of terms), and
 which slots the frees after each compute drop. A leaf's gradient is a value with a slot like any
 other, so one hand-off serves every kind. The loop in `step` then does per step only the work the
-step itself is: a list lookup per operand, the rule, the checks that its result owns its buffer,
+step itself is: a list lookup per operand, the rule, the checks that its result shares no live buffer,
 the byte count, the frees. A result's shape follows from its operands' shapes, and so from the
 leaves': the leaves' shapes are checked at every step, and each result's against its shape rule
 at the first step that runs to the end.
@@ -209,11 +209,12 @@ class Executor:
                 ctx.out = vals[out_slot]
                 out = vjp(xp, i, vals[g_slot], ctx)
                 ctx.ins, ctx.out = nones, None  # hold no residual past its step
-                # each value owns its buffer, so that counting nbytes is counting memory: a view,
-                # or an operand handed back, is copied (as is anything not an array of the backend)
+                # no two live values share a buffer, so that counting nbytes is counting memory: a
+                # view, or an operand handed back, is copied (as is anything not an array of the
+                # backend), unless the operand is freed right after this step (see _owned)
                 if (type(out) is not ndarray or out.base is not None or out is vals[g_slot]
                         or checking and out.shape != shape):
-                    out = self._owned(x, out, (vals[g_slot],), shape)
+                    out = self._owned(x, out, (vals[g_slot],), shape, frees, vals)
             elif code is FORWARD:
                 _, forward, read, attrs, shape, slot, k, frees, x = e
                 out = forward(xp, read(vals), attrs)
@@ -222,7 +223,7 @@ class Executor:
                 # count in the same way), and the slow path compares it with the operands
                 if (type(out) is not ndarray or out.base is not None or getrefcount(out) > _ALONE
                         or checking and out.shape != shape):
-                    out = self._owned(x, out, read(vals), shape)
+                    out = self._owned(x, out, read(vals), shape, frees, vals)
             else:
                 _, kind, data, slot, k, frees, x = e
                 if kind == "loss":
@@ -252,9 +253,12 @@ class Executor:
                 what = f"shape {tuple(got)}" if got is not None else f"a {type(vals[k + 1]).__name__}, not an array"
                 raise ShapeError(f"{name}: the step was given {what}; the graph says shape {shape}")
 
-    def _owned(self, x, out, sources, shape):
+    def _owned(self, x, out, sources, shape, frees=(), vals=None):
         """`out` as an array of the backend that owns its buffer and is none of `sources`, with the
-        shape its shape rule gives (the slow path of the checks in `step`)."""
+        shape its shape rule gives (the slow path of the checks in `step`). Where `out` is a value
+        the schedule frees right after this step (at a slot in `frees`), or a contiguous view of
+        the whole of one, it takes that buffer over instead of copying it (add's VJP handing g on,
+        a reshape): the bytes the step records are the same, and the memory one buffer less."""
         xp = self.xp
         if type(out) is not xp.ndarray:
             out = xp.asarray(out)
@@ -262,7 +266,10 @@ class Executor:
             what = "gradient" if x.startswith(GRAD) else "value"
             raise ScheduleError(f"{x}: {what} has shape {out.shape}, its shape rule says {shape}")
         if out.base is not None or any(out is s for s in sources):
-            out = out.copy()
+            owner = out if out.base is None else out.base
+            if not (any(owner is vals[k] for k in frees) and owner.base is None and out.nbytes == owner.nbytes
+                    and out.flags.c_contiguous):
+                out = out.copy()
         return out
 
     def _forward(self, x, data, vals):
