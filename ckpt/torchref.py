@@ -48,6 +48,8 @@ TORCH = {
     "less": lambda x, a: (x[0] < x[1]).to(torch.result_type(x[0], x[1])),
     "less_equal": lambda x, a: (x[0] <= x[1]).to(torch.result_type(x[0], x[1])),
     "pow": lambda x, a: x[0] ** a["exponent"],
+    "slice": lambda x, a: x[0].narrow(a["axis"], a["start"], a["stop"] - a["start"])[
+        (slice(None),) * (a["axis"] % x[0].ndim) + (slice(None, None, a["step"]),)],
     # the residuals the model graph saves for layernorm and dropout: their readers above ignore them
     # (torch's layer_norm saves its own statistics, and the mask is drawn above), so they are nothing
     # here, and cost a timed PyTorch step nothing

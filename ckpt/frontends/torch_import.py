@@ -135,10 +135,46 @@ def export(model, args):
         raise ConfigError(f"tracing the module failed ({e.__class__.__name__}): {_first_line(e)}") from None
 
 
+def functional(ep):
+    """The exported program without in-place ops. torch.export keeps `relu_`, `out += identity` and
+    batch norm's running-statistics updates as mutations; with an empty decomposition table
+    run_decompositions only functionalizes them (the updates become extra outputs, which the loss
+    does not read), so a graph that mutates nothing is left as traced."""
+    if not any(n.op == "call_function" and getattr(getattr(n.target, "_schema", None), "is_mutable", False)
+               for n in ep.graph.nodes):
+        return ep
+    try:
+        return ep.run_decompositions({})
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"removing the in-place ops of the trace failed ({e.__class__.__name__}): "
+                          f"{_first_line(e)}") from None
+
+
 # ---- aten -> ckpt ---------------------------------------------------------------------------------
 def _module_path(node):
     stack = node.meta.get("nn_module_stack") or {}
     return list(stack.values())[-1][0] if stack else ""
+
+
+def _source_line(node):
+    """`file.py:LINE` of the user's code that made the node: the innermost frame of its stack trace
+    outside torch itself (nn.MultiheadAttention's own lines say less than the line that called it)."""
+    frames = re.findall(r'File "([^"]+)", line (\d+)', node.meta.get("stack_trace") or "")
+    if not frames:
+        return ""
+    torch_dir = os.sep + "torch" + os.sep
+    user = [f for f in frames if torch_dir not in f[0]] or frames
+    return f"{os.path.basename(user[-1][0])}:{user[-1][1]}"
+
+
+class _Lazy:
+    """A constant known at import (a buffer, or an op on constants only, folded by torch): it
+    becomes a ckpt input leaf only where an op ckpt records reads it."""
+
+    __slots__ = ("fx",)
+
+    def __init__(self, fx):
+        self.fx = fx
 
 
 class _Recorder:
@@ -152,6 +188,7 @@ class _Recorder:
         self.high = {}  # int input -> exclusive upper bound of its values (rows, classes)
         self.input_names = input_names
         self.cur = None
+        self.values = {}  # fx name -> torch tensor of a constant (buffers, folded ops); see _Lazy
 
     # values
     def shape(self, v):
@@ -191,14 +228,15 @@ class _Recorder:
         self.info[name] = (arr.shape, str(arr.dtype))
         return name
 
-    def int_view(self, x, shape):
-        """Integer labels reshaped: ckpt's ops take floats, so the view is an input leaf of its own
-        whose values are the source's, reshaped (filled in once the source's values are drawn)."""
-        name = f"{x}_{'x'.join(map(str, shape))}"
+    def int_view(self, x, shape, how=None, tag=""):
+        """Integer labels reshaped (or sliced: `how` maps the source's array to the view's): ckpt's
+        ops take floats, so the view is an input leaf of its own whose values are the source's,
+        transformed (filled in once the source's values are drawn)."""
+        name = f"{x}_{tag}{'x'.join(map(str, shape))}"
         if name not in self.info:
             self.inputs[name] = {"shape": list(shape), "dtype": self.info[x][1]}
             self.info[name] = (tuple(shape), self.info[x][1])
-            self.int_views[name] = (x, tuple(shape))
+            self.int_views[name] = (x, how or (lambda a, _s=tuple(shape): a.reshape(_s)))
         return name
 
     def source(self, x):
@@ -209,21 +247,23 @@ class _Recorder:
     def run(self):
         import torch
         sig = self.ep.graph_signature
-        state = dict(self.model.named_parameters())
-        state.update(dict(self.model.named_buffers()))
+        # A parameter shared between modules (tied embeddings) has several names; torch.export
+        # may trace it under any of them, ckpt names it as model.named_parameters() lists it.
+        state = dict(self.model.named_parameters(remove_duplicate=False))
+        state.update(dict(self.model.named_buffers(remove_duplicate=False)))
+        canonical = {id(p): k for k, p in self.model.named_parameters()}
         self.info = {}
         params = {}
         for spec in sig.input_specs:
             ph = spec.arg.name
             if spec.kind.name == "PARAMETER":
-                params[ph] = spec.target
+                params[ph] = canonical.get(id(state.get(spec.target)), spec.target)
             elif spec.kind.name in ("BUFFER", "CONSTANT_TENSOR"):
                 tensor = state.get(spec.target)
                 if tensor is None:
                     tensor = self.ep.constants[spec.target]
-                name = self.const(tensor.detach().cpu().numpy(),
-                                  dtype=self.dtype if tensor.is_floating_point() else str(tensor.dtype)[6:])
-                self.env[ph] = name
+                self.values[ph] = tensor.detach()
+                self.env[ph] = _Lazy(ph)
             elif spec.kind.name == "USER_INPUT":
                 pass
             else:
@@ -236,7 +276,7 @@ class _Recorder:
                 val = node.meta["val"]
                 if node.name in params:
                     target = params[node.name]
-                    tensor = state[target]
+                    tensor = dict(self.model.named_parameters())[target]
                     shape = tuple(tensor.shape)
                     if uses.get(node.name) == "linear-only":
                         shape = shape[::-1]
@@ -257,16 +297,79 @@ class _Recorder:
                     self.info[node.name] = (tuple(val.shape), dt)
                     self.env[node.name] = node.name
             elif node.op == "call_function":
-                self.env[node.name] = self.call(node)
+                try:
+                    self.env[node.name] = self.fold(node)
+                    if self.env[node.name] is None:
+                        self.env[node.name] = self.call(node)
+                except (ConfigError, RecursionError):
+                    raise
+                except Exception as e:  # noqa: BLE001 -- an op's arguments ckpt did not foresee: one line
+                    self.unsupported(f"{e.__class__.__name__}: {_first_line(e)}")
             elif node.op == "output":
                 outs = [a for a in torch.utils._pytree.tree_leaves(node.args[0])]
-                if len(outs) != 1 or self.env.get(outs[0].name) is None or self.shape(self.env[outs[0].name]) != ():
+                kinds = [s.kind.name for s in sig.output_specs]
+                if len(kinds) == len(outs):  # batch norm's new running statistics are not the loss
+                    outs = [a for a, k in zip(outs, kinds) if k == "USER_OUTPUT"]
+                if len(outs) != 1 or not isinstance(self.env.get(outs[0].name), str) \
+                        or self.shape(self.env[outs[0].name]) != ():
                     raise ConfigError("the module's forward must return one scalar (the loss) for ckpt to "
                                       "differentiate")
                 self.output = self.env[outs[0].name]
             else:
                 raise UnsupportedOp(f"unsupported graph node {node.op} {node.target} (node {node.name})")
+        self.prune()
         return self
+
+    def prune(self):
+        """Drop what the loss does not read: ops on batch norm's step counter, unused constants."""
+        live, need = set(), [self.output]
+        made = {n["name"]: n for n in self.nodes}
+        while need:
+            v = need.pop()
+            if v in live:
+                continue
+            live.add(v)
+            if v in made:
+                need.extend(made[v]["inputs"])
+        self.nodes = [n for n in self.nodes if n["name"] in live]
+        for k in [k for k in self.where if k not in live]:
+            del self.where[k]
+        for k in [k for k in self.inputs if k not in live and k not in self.input_names and k not in self.int_views]:
+            del self.inputs[k]
+            self.arrays.pop(k, None)
+
+    def fold(self, node):
+        """An op whose tensor arguments are all constants runs in torch now (masks built from a
+        buffer, zeros_like, arange); its result is a constant. None: the op is recorded."""
+        import operator
+
+        import torch
+        if node.target is operator.getitem and isinstance(self.env.get(getattr(node.args[0], "name", None)), list):
+            return self.env[node.args[0].name][node.args[1]]
+        tensors = [a for a in torch.utils._pytree.tree_leaves((node.args, node.kwargs)) if hasattr(a, "op")]
+        val = node.meta.get("val")
+        creation = not tensors and isinstance(val, torch.Tensor) and _op_key(node.target) not in HANDLERS
+        if not creation and (not tensors or any(a.name not in self.values for a in tensors)):
+            return None
+        if any(self.values[a.name].is_meta for a in tensors) or "dropout" in str(node.target):
+            return None
+        args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), lambda a: self.values[a.name])
+        out = node.target(*args, **kwargs)
+        if isinstance(out, torch.Tensor):
+            self.values[node.name] = out
+            return _Lazy(node.name)
+        if isinstance(out, (tuple, list)) and all(isinstance(o, torch.Tensor) for o in out):
+            for k, o in enumerate(out):
+                self.values[f"{node.name}#{k}"] = o
+            return [_Lazy(f"{node.name}#{k}") for k in range(len(out))]
+        return None
+
+    def lazy_const(self, fx):
+        t = self.values[fx]
+        arr = t.detach().cpu().numpy()
+        if t.dtype.is_floating_point or arr.dtype == bool:  # a bool mask is read as 0/1 by `where`
+            return self.const(arr, dtype=self.dtype)
+        return self.const(arr, dtype=str(arr.dtype))
 
     def _weight_uses(self, params):
         """Parameters used only as the weight of aten.linear are stored transposed (W as (in, out));
@@ -286,14 +389,25 @@ class _Recorder:
     def arg(self, a):
         if hasattr(a, "name") and hasattr(a, "op"):
             if a.name not in self.env or self.env[a.name] is None:
-                raise UnsupportedOp(f"value {a.name} is not a tensor ckpt can hold (node {self.cur.name})")
-            return self.env[a.name]
+                self.unsupported(f"it reads {a.name}, a value ckpt does not hold")
+            v = self.env[a.name]
+            if isinstance(v, _Lazy):
+                v = self.env[a.name] = self.lazy_const(v.fx)
+            elif isinstance(v, list):
+                v = [self.lazy_const(x.fx) if isinstance(x, _Lazy) else x for x in v]
+            return v
         return a
+
+    def value(self, name):
+        """The numpy value of a constant leaf, or None for a value computed from the inputs."""
+        return self.arrays.get(name) if name in self.inputs and name not in self.input_names else None
 
     def unsupported(self, why=""):
         node = self.cur
         where = _module_path(node) or "the top-level module"
-        raise UnsupportedOp(f"unsupported op {node.target} in {where} (node {node.name})" + (f": {why}" if why else "")
+        line = _source_line(node)
+        raise UnsupportedOp(f"unsupported op {node.target} in {where} (node {node.name}"
+                            + (f", {line}" if line else "") + ")" + (f": {why}" if why else "")
                             + "; `ckpt import ... -o graph.json` writes a cost graph that `ckpt plan` accepts")
 
     def call(self, node):
@@ -435,8 +549,13 @@ def _sdpa(r, node, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scal
         # -inf above the diagonal, as torch's math kernel; exp(-inf) is exactly 0 in both.
         s = r.emit("add", [s, r.const(np.triu(np.full((lq, lk), -np.inf), k=1))])
     if attn_mask is not None:
-        if r.info[attn_mask][1].startswith("int") or r.info[attn_mask][1] == "bool":
-            r.unsupported("a boolean attention mask (pass an additive float mask)")
+        fx_mask = node.kwargs.get("attn_mask", node.args[3] if len(node.args) > 3 else None)
+        if str(fx_mask.meta["val"].dtype) == "torch.bool":  # True: attend; read here as 0/1 floats
+            if r.value(attn_mask) is None:
+                r.unsupported("a boolean attention mask computed from the inputs (pass an additive float mask)")
+            attn_mask = r.const(np.where(r.value(attn_mask) != 0, 0.0, -np.inf))
+        elif r.info[attn_mask][1].startswith("int"):
+            r.unsupported("an integer attention mask")
         s = r.emit("add", [s, attn_mask])
     p = r.emit("softmax", [s], {"axis": -1})
     if dropout_p:
@@ -516,22 +635,75 @@ handles("aten.sum.dim_IntList", "aten.sum.default")(_reduce("sum"))
 handles("aten.mean.dim", "aten.mean.default")(_reduce("mean"))
 
 
+def _class_rows(r, logits, target):
+    """Logits (N, C, d1, ...) and labels (N, d1, ...) as ckpt's (rows, C) and (rows,): the class
+    axis moved last (torch's layout for images and sequences)."""
+    shape = r.shape(logits)
+    if r.info[target][1] not in ("int64", "int32") or len(r.shape(target)) != len(shape) - 1:
+        r.unsupported("a loss against class probabilities (ckpt's take integer class indices)")
+    if len(shape) > 2:
+        logits = r.emit("transpose", [logits], {"axes": [0] + list(range(2, len(shape))) + [1]})
+        logits = r.emit("reshape", [logits], {"shape": [-1, shape[1]]})
+        target = r.int_view(target, (size_of(r.shape(target)),))
+    src = r.source(target)
+    r.high[src] = min(r.high.get(src, 1 << 62), shape[1])
+    return logits, target
+
+
+def size_of(shape):
+    return int(np.prod(shape, dtype=np.int64)) if shape else 1
+
+
+def _reduced(r, loss, reduction, rows, what):
+    """mean (1) as ckpt's losses compute it, sum (2) as rows times the mean; none (0) is not a loss."""
+    if reduction == 1:
+        return loss
+    if reduction == 2:
+        return r.emit("scale", [loss], {"factor": float(rows)})
+    r.unsupported(f"{what} with reduction='none' (return a scalar: its mean or sum)")
+
+
 @handles("aten.cross_entropy_loss.default")
 def _cross_entropy(r, node, logits, target, weight=None, reduction=1, ignore_index=-100, label_smoothing=0.0):
-    if weight is not None or reduction != 1 or label_smoothing:
-        r.unsupported("cross entropy with class weights, label smoothing or a reduction other than mean")
-    if len(r.shape(logits)) != 2:
-        r.unsupported("cross entropy over logits of other than (N, classes)")
-    src = r.source(target)
-    r.high[src] = min(r.high.get(src, 1 << 62), r.shape(logits)[-1])
-    return r.emit("softmax_cross_entropy", [logits, target])
+    if weight is not None:
+        r.unsupported("cross entropy with class weights")
+    logits, target = _class_rows(r, logits, target)
+    loss = r.emit("softmax_cross_entropy", [logits, target])
+    if label_smoothing:
+        # torch: (1 - eps) * cross entropy + eps * the mean over rows of -mean_c log_softmax
+        eps = float(label_smoothing)
+        smooth = r.emit("mean", [r.emit("log_softmax", [logits], {"axis": -1})], {"axis": None, "keepdims": False})
+        loss = r.emit("sub", [r.emit("scale", [loss], {"factor": 1.0 - eps}),
+                              r.emit("scale", [smooth], {"factor": eps})])
+    return _reduced(r, loss, reduction, r.shape(logits)[0], "cross entropy")
+
+
+@handles("aten.nll_loss_nd.default", "aten.nll_loss.default", "aten.nll_loss2d.default")
+def _nll(r, node, logp, target, weight=None, reduction=1, ignore_index=-100):
+    """-mean of logp at each row's label: the label's row of an identity table (embedding) picks it."""
+    if weight is not None:
+        r.unsupported("nll loss with class weights")
+    logp, target = _class_rows(r, logp, target)
+    rows, classes = r.shape(logp)
+    onehot = r.emit("embedding", [r.const(np.eye(classes)), target])
+    picked = r.emit("sum", [r.emit("mul", [logp, onehot])], {"axis": None, "keepdims": False})
+    return _reduced(r, r.emit("scale", [picked], {"factor": -1.0 / rows}), reduction, rows, "nll loss")
 
 
 @handles("aten.mse_loss.default")
 def _mse(r, node, a, b, reduction=1):
-    if reduction != 1:
-        r.unsupported("mse with a reduction other than mean")
-    return r.emit("mse", [a, b])
+    if r.shape(a) != r.shape(b):
+        r.unsupported("mse of tensors of different shapes")
+    return _reduced(r, r.emit("mse", [a, b]), reduction, size_of(r.shape(a)), "mse")
+
+
+@handles("aten.l1_loss.default")
+def _l1(r, node, a, b, reduction=1):
+    d = r.emit("sub", [a, b])
+    # |d| = d * sign(d), with sign = 2 [d > 0] - 1 (a comparison: no gradient through it)
+    sign = r.emit("sub", [r.emit("scale", [r.emit("greater", [d, r.const(0.0)])], {"factor": 2.0}), r.const(1.0)])
+    loss = r.emit("mean", [r.emit("mul", [d, sign])], {"axis": None, "keepdims": False})
+    return _reduced(r, loss, reduction, size_of(r.shape(a)), "l1 loss")
 
 
 def _pair(v):
@@ -550,10 +722,49 @@ def _conv2d(r, node, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1
 def _pool(op):
     def rule(r, node, x, kernel_size, stride=(), padding=0, *rest):
         k, s = _pair(kernel_size), _pair(stride) if stride not in ((), [], None) else _pair(kernel_size)
-        if k[0] != k[1] or s != k or _pair(padding) != [0, 0] or any(rest[:1]) or len(r.shape(x)) != 4:
-            r.unsupported(f"{op} over windows other than k x k with stride k and no padding")
-        return r.emit(op, [x], {"kernel": int(k[0])})
+        p = _pair(padding)
+        if len(r.shape(x)) != 4:
+            r.unsupported(f"{op} of other than (N, C, H, W)")
+        if k[0] == k[1] and s == k and p == [0, 0] and not any(rest[:2]):
+            return r.emit(op, [x], {"kernel": int(k[0])})
+        return _window_pool(r, node, x, op, k, s, p, rest)
     return rule
+
+
+def _window_pool(r, node, x, op, k, s, p, rest):
+    """Overlapping or padded windows (ResNet's 3 x 3 max pool of stride 2, padding 1) from strided
+    slices, one per offset in the window: max by a chain of where(greater) (the first maximum
+    wins, as in torch), average as their sum over k*k (padding counted, torch's default)."""
+    if op == "maxpool2d":
+        dilation, ceil_mode = (list(rest[0]) if rest and rest[0] else [1, 1]), (rest[1] if len(rest) > 1 else False)
+        if _pair(dilation) != [1, 1] or ceil_mode:
+            r.unsupported("max pooling with dilation or ceil_mode")
+    else:
+        ceil_mode = rest[0] if rest else False
+        if ceil_mode or (len(rest) > 1 and not rest[1]) or (len(rest) > 2 and rest[2] is not None):
+            r.unsupported("average pooling with ceil_mode, count_include_pad=False or divisor_override")
+    n, c, h, w = r.shape(x)
+    if p != [0, 0]:
+        fill = -np.inf if op == "maxpool2d" else 0.0
+        parts = [r.const(np.full((n, c, p[0], w), fill))] if p[0] else []
+        x = r.emit("concat", parts + [x] + parts, {"axis": 2}) if parts else x
+        h += 2 * p[0]
+        parts = [r.const(np.full((n, c, h, p[1]), fill))] if p[1] else []
+        x = r.emit("concat", parts + [x] + parts, {"axis": 3}) if parts else x
+        w += 2 * p[1]
+    oh, ow = (h - k[0]) // s[0] + 1, (w - k[1]) // s[1] + 1
+    out = None
+    for a in range(k[0]):
+        rows = _slice(r, x, 2, a, a + (oh - 1) * s[0] + 1, s[0])
+        for b in range(k[1]):
+            win = _slice(r, rows, 3, b, b + (ow - 1) * s[1] + 1, s[1])
+            if out is None:
+                out = win
+            elif op == "maxpool2d":
+                out = r.emit("where", [r.emit("greater", [win, out]), win, out])
+            else:
+                out = r.emit("add", [out, win])
+    return out if op == "maxpool2d" else r.emit("scale", [out], {"factor": 1.0 / (k[0] * k[1])})
 
 
 handles("aten.max_pool2d.default")(_pool("maxpool2d"))
@@ -562,9 +773,21 @@ handles("aten.avg_pool2d.default")(_pool("avgpool2d"))
 
 @handles("aten.adaptive_avg_pool2d.default")
 def _adaptive_avg(r, node, x, size_):
-    if list(size_) != [1, 1]:
-        r.unsupported("adaptive average pooling to other than 1 x 1")
-    return r.emit("mean", [x], {"axis": [2, 3], "keepdims": True})
+    if list(size_) == [1, 1]:
+        return r.emit("mean", [x], {"axis": [2, 3], "keepdims": True})
+    h, w = r.shape(x)[-2:]
+    oh, ow = _out_shape(node)[-2:]
+    if (oh, ow) == (h, w):
+        return x
+
+    def bins(n_in, n_out):  # torch's bins: [floor(i n / o), ceil((i + 1) n / o)), averaged
+        a = np.zeros((n_out, n_in))
+        for i in range(n_out):
+            lo, hi = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+            a[i, lo:hi] = 1.0 / (hi - lo)
+        return a
+    # y = A_h x A_w^T: two matrix products with constant averaging matrices
+    return r.emit("matmul", [r.emit("matmul", [r.const(bins(h, oh)), x]), r.const(np.ascontiguousarray(bins(w, ow).T))])
 
 
 @handles("aten.broadcast_tensors.default")
@@ -580,6 +803,293 @@ def _getitem(r, node, xs, i):
     if not isinstance(xs, list):
         r.unsupported("indexing a tensor")
     return xs[i]
+
+
+# ---- constants shaped like a traced value ---------------------------------------------------------
+def _filled(fill_arg):
+    def rule(r, node, *args, **kw):
+        val = node.meta["val"]
+        fill = kw.get("fill_value", args[fill_arg] if fill_arg is not None and len(args) > fill_arg else 0)
+        fill = 1 if fill_arg == "one" else fill
+        dt = r.dtype if val.is_floating_point() or str(val.dtype) == "torch.bool" else str(val.dtype)[6:]
+        return r.const(np.full(tuple(val.shape), float(fill)), dtype=dt)
+    return rule
+
+
+handles("aten.new_zeros.default", "aten.zeros_like.default", "aten.new_empty.default",
+        "aten.empty_like.default")(_filled(None))
+handles("aten.new_ones.default", "aten.ones_like.default")(_filled("one"))
+handles("aten.new_full.default")(_filled(2))
+handles("aten.full_like.default")(_filled(1))
+
+
+@handles("aten._to_copy.default", "aten.to.dtype", "aten.to.dtype_layout", "aten.type_as.default")
+def _to(r, node, x, *rest, **kw):
+    if not node.meta["val"].is_floating_point():
+        r.unsupported("a cast to a non-float dtype")
+    if r.info[x][1].startswith("int"):
+        r.unsupported("a cast of integers to floats")
+    return x  # one float dtype per ckpt model: a cast between float dtypes is the model's dtype
+
+
+# ---- batch and group normalization, from ckpt's elementwise ops and reductions --------------------
+def _channel(r, v, nd):
+    """A per-channel (C,) vector shaped to broadcast over (N, C, ...)."""
+    return r.emit("reshape", [v], {"shape": [-1] + [1] * (nd - 2)}) if nd > 2 else v
+
+
+def _normalize(r, x, axes, eps):
+    """(x - mean) / sqrt(var + eps) over `axes`, the biased variance, as torch normalizes."""
+    mean = r.emit("mean", [x], {"axis": axes, "keepdims": True})
+    xc = r.emit("sub", [x, mean])
+    var = r.emit("mean", [r.emit("mul", [xc, xc])], {"axis": axes, "keepdims": True})
+    return r.emit("mul", [xc, r.emit("pow", [r.emit("add", [var, r.const(float(eps))])], {"exponent": -0.5})])
+
+
+def _affine(r, y, w, b, nd):
+    if w is not None:
+        y = r.emit("mul", [y, _channel(r, w, nd)])
+    if b is not None:
+        y = r.emit("add", [y, _channel(r, b, nd)])
+    return y
+
+
+def _bn(r, x, w, b, rm, rv, training, eps):
+    nd = len(r.shape(x))
+    if nd < 2:
+        r.unsupported("batch norm of a tensor of fewer than 2 dimensions")
+    if training or rm is None:  # batch statistics; the running ones are updated outside the loss
+        y = _normalize(r, x, [0] + list(range(2, nd)), eps)
+    elif r.value(rm) is not None and r.value(rv) is not None:
+        mean, var = r.value(rm), r.value(rv)
+        y = r.emit("mul", [r.emit("sub", [x, _channel(r, rm, nd)]),
+                           r.const((1.0 / np.sqrt(var + eps)).reshape([-1] + [1] * (nd - 2)))])
+        del mean
+    else:  # running statistics without values (a model on the meta device)
+        rstd = r.emit("pow", [r.emit("add", [rv, r.const(float(eps))])], {"exponent": -0.5})
+        y = r.emit("mul", [r.emit("sub", [x, _channel(r, rm, nd)]), _channel(r, rstd, nd)])
+    return _affine(r, y, w, b, nd)
+
+
+@handles("aten.batch_norm.default")
+def _batch_norm(r, node, x, w, b, rm, rv, training, momentum, eps, *rest):
+    return _bn(r, x, w, b, rm, rv, training, eps)
+
+
+@handles("aten._native_batch_norm_legit_functional.default", "aten._native_batch_norm_legit.default")
+def _batch_norm_functional(r, node, x, w, b, rm, rv, training, momentum, eps):
+    return [_bn(r, x, w, b, rm, rv, training, eps), None, None, None, None]
+
+
+@handles("aten._native_batch_norm_legit.no_stats")
+def _batch_norm_no_stats(r, node, x, w, b, training, momentum, eps):
+    return [_bn(r, x, w, b, None, None, True, eps), None, None]
+
+
+@handles("aten._native_batch_norm_legit_no_training.default")
+def _batch_norm_eval(r, node, x, w, b, rm, rv, momentum, eps):
+    return [_bn(r, x, w, b, rm, rv, False, eps), None, None]
+
+
+@handles("aten.group_norm.default")
+def _group_norm(r, node, x, groups, w=None, b=None, eps=1e-5, cudnn_enabled=True):
+    shape = r.shape(x)
+    g = r.emit("reshape", [x], {"shape": [shape[0], int(groups), -1]})
+    y = r.emit("reshape", [_normalize(r, g, [2], eps)], {"shape": list(shape)})
+    return _affine(r, y, w, b, len(shape))
+
+
+@handles("aten.native_dropout.default")
+def _native_dropout(r, node, x, p, train):
+    return [_dropout(r, node, x, p, train if train is not None else True), None]
+
+
+# ---- slices: split, chunk, unbind, select, narrow --------------------------------------------------
+def _slice(r, x, dim, start, stop, step=1):
+    shape = r.shape(x)
+    dim = int(dim) % len(shape)
+    st, sp, stp = slice(start, stop, step).indices(shape[dim])
+    n = len(range(st, sp, stp))
+    if n == shape[dim]:
+        return x
+    if n == 0:
+        r.unsupported("an empty slice")
+    sp = st + (n - 1) * stp + 1
+    if r.info[x][1].startswith("int"):
+        index = (slice(None),) * dim + (slice(st, sp, stp),)
+        return r.int_view(x, shape[:dim] + (n,) + shape[dim + 1:], lambda a, _i=index: a[_i], tag=f"s{dim}_{st}_{stp}_")
+    return r.emit("slice", [x], {"axis": dim, "start": st, "stop": sp, "step": stp})
+
+
+def _select(r, x, dim, index):
+    shape = r.shape(x)
+    dim = int(dim) % len(shape)
+    index = int(index) % shape[dim]
+    part = _slice(r, x, dim, index, index + 1)
+    out = shape[:dim] + shape[dim + 1:]
+    if r.info[x][1].startswith("int"):
+        return r.int_view(x, out, lambda a, _d=dim, _i=index: np.take(a, _i, axis=_d), tag=f"i{dim}_{index}_")
+    return r.emit("reshape", [part], {"shape": list(out)})
+
+
+@handles("aten.slice.Tensor")
+def _slice_rule(r, node, x, dim=0, start=None, end=None, step=1):
+    return _slice(r, x, dim, start, end, step)
+
+
+@handles("aten.narrow.default")
+def _narrow(r, node, x, dim, start, length):
+    return _slice(r, x, dim, start, start + length)
+
+
+@handles("aten.select.int")
+def _select_rule(r, node, x, dim, index):
+    return _select(r, x, dim, index)
+
+
+def _pieces(r, x, sizes, dim):
+    out, start = [], 0
+    for n in sizes:
+        out.append(_slice(r, x, dim, start, start + n))
+        start += n
+    return out
+
+
+@handles("aten.split.Tensor", "aten.split_with_sizes.default")
+def _split(r, node, x, size_, dim=0):
+    total = r.shape(x)[int(dim)]
+    sizes = list(size_) if isinstance(size_, (list, tuple)) else \
+        [min(int(size_), total - k) for k in range(0, total, int(size_))]
+    return _pieces(r, x, sizes, dim)
+
+
+@handles("aten.chunk.default")
+def _chunk(r, node, x, chunks, dim=0):
+    return _pieces(r, x, [int(v.shape[int(dim)]) for v in node.meta["val"]], dim)
+
+
+@handles("aten.unbind.int")
+def _unbind(r, node, x, dim=0):
+    return [_select(r, x, dim, k) for k in range(r.shape(x)[int(dim)])]
+
+
+@handles("aten.stack.default")
+def _stack(r, node, xs, dim=0):
+    shape = r.shape(xs[0])
+    dim = int(dim) % (len(shape) + 1)
+    new = list(shape[:dim]) + [1] + list(shape[dim:])
+    return r.emit("concat", [r.emit("reshape", [x], {"shape": new}) for x in xs], {"axis": dim})
+
+
+@handles("aten.masked_fill.Scalar", "aten.masked_fill.Tensor")
+def _masked_fill(r, node, x, mask, value):
+    if not _is_tensor(r, value):
+        value = r.const(float(value))
+    return r.emit("where", [mask, value, x])
+
+
+@handles("aten.where.self")
+def _where(r, node, c, a, b):
+    a = a if _is_tensor(r, a) else r.const(float(a))
+    b = b if _is_tensor(r, b) else r.const(float(b))
+    return r.emit("where", [c, a, b])
+
+
+@handles("aten.pow.Tensor_Scalar")
+def _pow(r, node, x, exponent):
+    return r.emit("pow", [x], {"exponent": float(exponent)})
+
+
+@handles("aten.sqrt.default")
+def _sqrt(r, node, x):
+    return r.emit("pow", [x], {"exponent": 0.5})
+
+
+@handles("aten.rsqrt.default")
+def _rsqrt(r, node, x):
+    return r.emit("pow", [x], {"exponent": -0.5})
+
+
+@handles("aten.square.default")
+def _square(r, node, x):
+    return r.emit("mul", [x, x])
+
+
+@handles("aten.expand.default", "aten.expand_as.default")
+def _expand(r, node, x, *rest):
+    shape = _out_shape(node)
+    if shape == r.shape(x):
+        return x
+    # ckpt's elementwise ops broadcast by themselves; an explicit expand adds zeros of its shape
+    return r.emit("add", [x, r.const(np.zeros(shape))])
+
+
+# ---- up-sampling and transposed convolution --------------------------------------------------------
+def _interp_matrix(n_in, n_out, mode, align_corners, scale):
+    """The (n_out, n_in) matrix of torch's 1-D interpolation along one axis: nearest, or linear
+    (bilinear is one per axis). `scale` is torch's input/output ratio."""
+    a = np.zeros((n_out, n_in))
+    dst = np.arange(n_out)
+    if mode == "nearest":
+        a[dst, np.minimum(np.floor(dst * scale).astype(int), n_in - 1)] = 1.0
+        return a
+    if align_corners:
+        src = dst * ((n_in - 1) / (n_out - 1) if n_out > 1 else 0.0)
+    else:
+        src = np.maximum((dst + 0.5) * scale - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(int), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    lam = src - i0
+    np.add.at(a, (dst, i0), 1.0 - lam)
+    np.add.at(a, (dst, i1), lam)
+    return a
+
+
+def _upsample(r, node, x, mode, align_corners, scales):
+    n, c, h, w = r.shape(x)
+    oh, ow = _out_shape(node)[2:]
+    if scales and len(scales) == 2 and all(s is not None for s in scales):
+        sh, sw = 1.0 / float(scales[0]), 1.0 / float(scales[1])
+    else:
+        sh, sw = h / oh, w / ow
+    if mode == "nearest" and oh == ow and h == w and oh % h == 0 and sh == sw == h / oh:
+        return r.emit("upsample2d", [x], {"scale": oh // h})
+    if mode != "nearest" and align_corners:
+        sh = sw = None
+    ah = _interp_matrix(h, oh, mode, align_corners, sh)
+    aw = _interp_matrix(w, ow, mode, align_corners, sw)
+    # y = A_h x A_w^T over the last two axes: two matrix products with constant matrices
+    return r.emit("matmul", [r.emit("matmul", [r.const(ah), x]), r.const(np.ascontiguousarray(aw.T))])
+
+
+@handles("aten.upsample_nearest2d.vec")
+def _up_nearest(r, node, x, output_size=None, scales=None):
+    return _upsample(r, node, x, "nearest", False, scales)
+
+
+@handles("aten.upsample_bilinear2d.vec")
+def _up_bilinear(r, node, x, output_size=None, align_corners=False, scales=None):
+    return _upsample(r, node, x, "bilinear", align_corners, scales)
+
+
+@handles("aten.conv_transpose2d.input")
+def _conv_transpose2d(r, node, x, w, b=None, stride=(1, 1), padding=(0, 0), output_padding=(0, 0), groups=1,
+                      dilation=(1, 1)):
+    """With kernel == stride and no padding (UNet's up-convolution) each input pixel writes its own
+    k x k block: y[n, o, i*k + a, j*k + b] = sum_c x[n, c, i, j] w[c, o, a, b], one matrix product."""
+    cin, cout, kh, kw = r.shape(w)
+    s = _pair(stride)
+    if [kh, kw] != s or kh != kw or _pair(padding) != [0, 0] or _pair(output_padding) != [0, 0] \
+            or groups != 1 or _pair(dilation) != [1, 1]:
+        r.unsupported("transposed convolution other than kernel == stride, no padding, groups or dilation")
+    n, _, h, wd = r.shape(x)
+    k = kh
+    xt = r.emit("transpose", [x], {"axes": [0, 2, 3, 1]})  # (N, H, W, Cin)
+    y = r.emit("matmul", [xt, r.emit("reshape", [w], {"shape": [cin, cout * k * k]})])
+    y = r.emit("reshape", [y], {"shape": [n, h, wd, cout, k, k]})
+    y = r.emit("transpose", [y], {"axes": [0, 3, 1, 4, 2, 5]})  # (N, Cout, H, k, W, k)
+    y = r.emit("reshape", [y], {"shape": [n, cout, h * k, wd * k]})
+    return _affine(r, y, None, b, 4)
 
 
 for _name in ("aten._assert_tensor_metadata.default", "aten._assert_scalar.default"):
@@ -620,8 +1130,8 @@ def _fill_inputs(rec, arg_names, args, seed):
             info["high"] = int(high)
         else:
             rec.arrays[name] = rng.standard_normal(info["shape"]).astype(rec.dtype)
-    for name in rec.int_views:
-        rec.arrays[name] = rec.arrays[rec.source(name)].reshape(rec.int_views[name][1])
+    for name, (src, how) in rec.int_views.items():  # in the order made: a view's source is filled first
+        rec.arrays[name] = np.ascontiguousarray(how(rec.arrays[src]))
 
 
 def _flow(d):
@@ -661,7 +1171,7 @@ def import_model(target, inputs, output, seed=0):
         from .torch_costgraph import write_cost_graph
         return write_cost_graph(ep, model, output)
     dtype = model_dtype(model)
-    rec = _Recorder(ep, model, arg_names, dtype).run()
+    rec = _Recorder(functional(ep), model, arg_names, dtype).run()
     for n in arg_names:
         if n not in rec.inputs:
             raise ConfigError(f"input {n} is not used by the traced forward")
@@ -700,13 +1210,17 @@ def _fake_profile(model, arrays, regions):
 
     from ..backends.torch_apply import profile
     fm = FakeTensorMode(allow_non_fake_inputs=False)
-    for name, p in list(model.named_parameters()):
+    fakes = {}  # one fake per tensor: a parameter shared between modules (tied weights) stays shared
+    for name, p in list(model.named_parameters(remove_duplicate=False)):
         owner, _, leaf = name.rpartition(".")
-        setattr(model.get_submodule(owner) if owner else model, leaf,
-                torch.nn.Parameter(fm.from_tensor(p.detach()), requires_grad=p.requires_grad))
-    for name, b in list(model.named_buffers()):
+        if id(p) not in fakes:
+            fakes[id(p)] = torch.nn.Parameter(fm.from_tensor(p.detach()), requires_grad=p.requires_grad)
+        setattr(model.get_submodule(owner) if owner else model, leaf, fakes[id(p)])
+    for name, b in list(model.named_buffers(remove_duplicate=False)):
         owner, _, leaf = name.rpartition(".")
-        (model.get_submodule(owner) if owner else model).register_buffer(leaf, fm.from_tensor(b))
+        if id(b) not in fakes:
+            fakes[id(b)] = fm.from_tensor(b)
+        (model.get_submodule(owner) if owner else model).register_buffer(leaf, fakes[id(b)])
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     values = [fm.from_tensor(torch.from_numpy(a).to(device)) for a in arrays]
     with fm:
