@@ -1,6 +1,8 @@
 """Three ordinary PyTorch models for the bridge tests (`ckpt import tests/torch_models.py:gpt ...`).
 Each forward returns the loss. float64, so that ckpt and PyTorch agree to round-off."""
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -160,3 +162,378 @@ def gpt_meta():
     """Built on the meta device: shapes without values, as a model too large for this machine."""
     with torch.device("meta"):
         return GPT().double().eval()
+
+
+# ---- real-model shapes, as PyTorch users write them (tests/test_torch_real.py) ---------------------
+# torchvision-style ResNet (BatchNorm in train and eval mode, ReLU(inplace=True), a 3x3/2 max pool
+# with padding), a VGG (adaptive pooling to 2x2, dropout, label smoothing), UNets (transposed
+# convolutions, bilinear and nearest up-sampling, torch.cat, per-pixel cross entropy), nanoGPT
+# (split, masked_fill from a buffer, tied embeddings, ModuleDict), nn.MultiheadAttention, hand-written
+# LSTM and GRU cells (chunk, select, stack, nll_loss), and a layer used twice with a buffer.
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, inp, out, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inp, out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(out, out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out)
+        self.downsample = None
+        if stride != 1 or inp != out:
+            self.downsample = nn.Sequential(nn.Conv2d(inp, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+
+    def forward(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu(out)
+
+
+class ResNet(nn.Module):
+    def __init__(self, widths=(8, 16), classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, widths[0], 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        layers, inp = [], widths[0]
+        for i, w in enumerate(widths):
+            layers.append(nn.Sequential(BasicBlock(inp, w, 1 if i == 0 else 2), BasicBlock(w, w)))
+            inp = w
+        self.layer1, self.layer2 = layers
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(inp, classes)
+
+    def forward(self, x, y):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer2(self.layer1(x))
+        x = torch.flatten(self.avgpool(x), 1)
+        return F.cross_entropy(self.fc(x), y)
+
+
+def resnet_train():
+    torch.manual_seed(0)
+    return ResNet().double()
+
+def resnet_eval():
+    torch.manual_seed(0)
+    m = ResNet().double()
+    for mod in m.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5); mod.running_var.uniform_(0.5, 2.0)
+    return m.eval()
+
+
+class VGG(nn.Module):
+    def __init__(self, classes=10):
+        super().__init__()
+        cfg = [8, "M", 16, "M", 16, 16, "M"]
+        layers, c = [], 3
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            else:
+                layers += [nn.Conv2d(c, v, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+                c = v
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d((2, 2))
+        self.classifier = nn.Sequential(nn.Linear(c * 4, 32), nn.ReLU(True), nn.Dropout(),
+                                        nn.Linear(32, 32), nn.ReLU(True), nn.Dropout(), nn.Linear(32, classes))
+
+    def forward(self, x, y):
+        x = self.avgpool(self.features(x))
+        x = torch.flatten(x, 1)
+        return F.cross_entropy(self.classifier(x), y, label_smoothing=0.1)
+
+
+def vgg():
+    torch.manual_seed(0)
+    return VGG().double().eval()
+
+
+class DoubleConv(nn.Sequential):
+    def __init__(self, i, o):
+        super().__init__(nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True),
+                         nn.Conv2d(o, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True))
+
+
+class UNet(nn.Module):
+    def __init__(self, bilinear=False):
+        super().__init__()
+        self.inc = DoubleConv(3, 8)
+        self.down1 = nn.Sequential(nn.MaxPool2d(2), DoubleConv(8, 16))
+        self.down2 = nn.Sequential(nn.MaxPool2d(2), DoubleConv(16, 16))
+        if bilinear:
+            self.up1 = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
+            self.up2 = nn.Upsample(scale_factor=2, mode="nearest")
+            self.conv1, self.conv2 = DoubleConv(32, 8), DoubleConv(16, 8)
+        else:
+            self.up1 = nn.ConvTranspose2d(16, 16, 2, stride=2)
+            self.up2 = nn.ConvTranspose2d(8, 8, 2, stride=2)
+            self.conv1, self.conv2 = DoubleConv(32, 8), DoubleConv(16, 8)
+        self.outc = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x, y):
+        x1 = self.inc(x)
+        x2 = self.down1(x1)
+        x3 = self.down2(x2)
+        u = self.conv1(torch.cat([x2, self.up1(x3)], dim=1))
+        u = self.conv2(torch.cat([x1, self.up2(u)], dim=1))
+        return F.cross_entropy(self.outc(u), y)
+
+
+def unet():
+    torch.manual_seed(0)
+    return UNet().double()
+
+def unet_up():
+    torch.manual_seed(0)
+    return UNet(True).double()
+
+
+class CausalSelfAttention(nn.Module):   # nanoGPT
+    def __init__(self, c, heads, T, p):
+        super().__init__()
+        self.c_attn = nn.Linear(c, 3 * c)
+        self.c_proj = nn.Linear(c, c)
+        self.attn_dropout, self.resid_dropout = nn.Dropout(p), nn.Dropout(p)
+        self.n_head, self.n_embd = heads, c
+        self.register_buffer("bias", torch.tril(torch.ones(T, T)).view(1, 1, T, T))
+
+    def forward(self, x):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+        att = att.masked_fill(self.bias[:, :, :T, :T] == 0, float("-inf"))
+        att = F.softmax(att, dim=-1)
+        att = self.attn_dropout(att)
+        y = att @ v
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class SDPAAttention(nn.Module):
+    def __init__(self, c, heads, T, p):
+        super().__init__()
+        self.qkv = nn.Linear(c, 3 * c, bias=False)
+        self.proj = nn.Linear(c, c)
+        self.h, self.p = heads, p
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        q, k, v = (t.reshape(B, T, self.h, -1).permute(0, 2, 1, 3) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.p if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class MHA(nn.Module):
+    def __init__(self, c, heads, T, p):
+        super().__init__()
+        self.mha = nn.MultiheadAttention(c, heads, dropout=p, batch_first=True)
+        self.register_buffer("mask", torch.triu(torch.ones(T, T, dtype=torch.bool), 1))
+
+    def forward(self, x):
+        T = x.shape[1]
+        return self.mha(x, x, x, attn_mask=self.mask[:T, :T], need_weights=False)[0]
+
+
+class GPT2MLP(nn.Module):
+    def __init__(self, c, p, approx):
+        super().__init__()
+        self.c_fc, self.gelu, self.c_proj, self.dropout = (nn.Linear(c, 4 * c), nn.GELU(approximate=approx),
+                                                            nn.Linear(4 * c, c), nn.Dropout(p))
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class GPT2Block(nn.Module):
+    def __init__(self, c, heads, T, p, attn, approx):
+        super().__init__()
+        self.ln_1, self.ln_2 = nn.LayerNorm(c), nn.LayerNorm(c)
+        self.attn = attn(c, heads, T, p)
+        self.mlp = GPT2MLP(c, p, approx)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT2(nn.Module):
+    def __init__(self, attn=CausalSelfAttention, approx="tanh", vocab=40, T=8, c=16, heads=2, layers=2, p=0.1,
+                 smoothing=0.0):
+        super().__init__()
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(vocab, c), wpe=nn.Embedding(T, c), drop=nn.Dropout(p),
+            h=nn.ModuleList([GPT2Block(c, heads, T, p, attn, approx) for _ in range(layers)]), ln_f=nn.LayerNorm(c)))
+        self.lm_head = nn.Linear(c, vocab, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # tied
+        self.smoothing = smoothing
+
+    def forward(self, idx, targets):
+        b, t = idx.size()
+        pos = torch.arange(0, t, dtype=torch.long, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for block in self.transformer.h:
+            x = block(x)
+        logits = self.lm_head(self.transformer.ln_f(x))
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1,
+                               label_smoothing=self.smoothing)
+
+
+def gpt2():
+    torch.manual_seed(0)
+    return GPT2().double().eval()
+
+def gpt2_mha():
+    torch.manual_seed(0)
+    return GPT2(MHA).double().eval()
+
+def gpt2_f32():
+    torch.manual_seed(0)
+    return GPT2().eval()
+
+
+class LSTMCell(nn.Module):
+    def __init__(self, i, h):
+        super().__init__()
+        self.ih, self.hh = nn.Linear(i, 4 * h), nn.Linear(h, 4 * h)
+
+    def forward(self, x, state):
+        h, c = state
+        i, f, g, o = (self.ih(x) + self.hh(h)).chunk(4, 1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+
+
+class GRUCell(nn.Module):
+    def __init__(self, i, h):
+        super().__init__()
+        self.ih, self.hh = nn.Linear(i, 3 * h), nn.Linear(h, 3 * h)
+
+    def forward(self, x, h):
+        xr, xz, xn = self.ih(x).chunk(3, dim=-1)
+        hr, hz, hn = self.hh(h).chunk(3, dim=-1)
+        r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+        n = torch.tanh(xn + r * hn)
+        return (1 - z) * n + z * h
+
+
+class RNN(nn.Module):
+    def __init__(self, i=6, h=8, classes=5):
+        super().__init__()
+        self.lstm, self.gru, self.h = LSTMCell(i, h), GRUCell(h, h), h
+        self.out = nn.Linear(h, classes)
+
+    def forward(self, x, y):
+        B, T, _ = x.shape
+        h = c = x.new_zeros(B, self.h)
+        g = torch.zeros(B, self.h, dtype=x.dtype)
+        outs = []
+        for t in range(T):
+            h, c = self.lstm(x[:, t], (h, c))
+            g = self.gru(h, g)
+            outs.append(g)
+        hs = torch.stack(outs, dim=1)
+        logp = F.log_softmax(self.out(hs), dim=-1)
+        return F.nll_loss(logp.reshape(-1, logp.shape[-1]), y.reshape(-1))
+
+
+def rnn():
+    torch.manual_seed(0)
+    return RNN().double()
+
+
+class Shared(nn.Module):
+    """Parameters shared between layers, a buffer, ModuleDict, scalar ops, keepdim reductions."""
+    def __init__(self, d=8):
+        super().__init__()
+        self.shared = nn.Linear(d, d)
+        self.layers = nn.ModuleList([self.shared, nn.Linear(d, d), self.shared])
+        self.heads = nn.ModuleDict({"a": nn.Linear(d, 3), "b": nn.Linear(d, 3)})
+        self.register_buffer("scale", torch.linspace(0.5, 1.5, d))
+        self.w = nn.Parameter(torch.randn(d))
+
+    def forward(self, x, y):
+        for layer in self.layers:
+            x = F.relu(layer(x)) * self.scale + self.w
+        x = x - x.mean(dim=-1, keepdim=True)
+        x = x / (x.pow(2).sum(-1, keepdim=True) + 1e-5).sqrt()
+        a = self.heads["a"](x)
+        b = self.heads["b"](x) * 0.5 / math.sqrt(8)
+        return F.mse_loss(a, y) + F.mse_loss(b, y, reduction="sum") * 0.01 + torch.log_softmax(a, -1).mean()
+
+
+def shared():
+    torch.manual_seed(0)
+    return Shared().double()
+
+
+
+REAL_INPUTS = {
+    "resnet_train": ["x=2x3x16x16", "y=2:int64"], "resnet_eval": ["x=2x3x16x16", "y=2:int64"],
+    "vgg": ["x=2x3x16x16", "y=2:int64"], "unet": ["x=2x3x8x8", "y=2x8x8:int64"],
+    "unet_up": ["x=2x3x8x8", "y=2x8x8:int64"], "gpt2": ["idx=2x8:int64", "targets=2x8:int64"],
+    "gpt2_mha": ["idx=2x8:int64", "targets=2x8:int64"],
+    "gpt2_f32": ["idx=2x8:int64", "targets=2x8:int64"], "rnn": ["x=2x4x6", "y=2x4:int64"],
+    "shared": ["x=4x8", "y=4x3"],
+}
+INPUTS.update(REAL_INPUTS)
+
+
+class ExactGelu(nn.Module):
+    """nn.GELU() (the erf form): ckpt's gelu is the tanh form, so the import names the op and line."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.act = nn.Linear(4, 4), nn.GELU()
+
+    def forward(self, x):
+        return self.act(self.fc(x)).mean()
+
+
+def exact_gelu():
+    return ExactGelu().double()
+
+
+class MaxOverDim(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.fc(x).max(dim=-1).values.mean()
+
+
+def max_over_dim():
+    return MaxOverDim().double()
+
+
+class SliceWrite(nn.Module):
+    """A write into a slice (`h[:, :2] *= 2`): the trace is functionalized, the write a slice_scatter."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = self.fc(x)
+        h[:, :2] *= 2.0
+        h.relu_()
+        return (h * h).mean()
+
+
+def slice_write():
+    torch.manual_seed(0)
+    return SliceWrite().double()

@@ -136,18 +136,49 @@ def export(model, args):
 
 
 def functional(ep):
-    """The exported program without in-place ops. torch.export keeps `relu_`, `out += identity` and
-    batch norm's running-statistics updates as mutations; with an empty decomposition table
-    run_decompositions only functionalizes them (the updates become extra outputs, which the loss
-    does not read), so a graph that mutates nothing is left as traced."""
-    if not any(n.op == "call_function" and getattr(getattr(n.target, "_schema", None), "is_mutable", False)
-               for n in ep.graph.nodes):
+    """The exported program without in-place ops that ckpt cannot read as their functional forms.
+    torch.export keeps `relu_` (ReLU(inplace=True)), `out += identity` and batch norm's step
+    counter as mutations. Where the mutated tensor is read by nothing after the mutation and
+    shares no storage with another value (no view of it, not itself a view), the in-place op is
+    read as its functional form (later readers already read its result) and the counter update,
+    read by nothing, is dropped. Anything else (a write into a slice, say) is functionalized by
+    run_decompositions with an empty table: correct in every case, but a second trace, seconds
+    on a small model."""
+    if all(_in_place_alone(n) for n in ep.graph.nodes
+           if n.op == "call_function" and getattr(getattr(n.target, "_schema", None), "is_mutable", False)):
         return ep
+    import warnings
     try:
-        return ep.run_decompositions({})
+        with warnings.catch_warnings():  # torch's own deprecation notices, not the user's to act on
+            warnings.simplefilter("ignore", FutureWarning)
+            return ep.run_decompositions({})
     except Exception as e:  # noqa: BLE001
         raise ConfigError(f"removing the in-place ops of the trace failed ({e.__class__.__name__}): "
                           f"{_first_line(e)}") from None
+
+
+def _is_view(node):
+    schema = getattr(node.target, "_schema", None) if node.op == "call_function" else None
+    if schema is None:
+        return node.op == "call_function"  # getitem of a split, a Python function: taken as a view
+    return not schema.is_mutable and any(r.alias_info is not None for r in schema.returns)
+
+
+def _in_place_alone(node):
+    """An in-place aten op `x.op_(...)` whose x is read by nothing after it and aliases nothing."""
+    name = node.target._schema.name
+    if not name.endswith("_") or name.endswith("__") or not node.args or not hasattr(node.args[0], "users"):
+        return False
+    x = node.args[0]
+    if _is_view(x):
+        return False
+    after = False
+    for n in node.graph.nodes:  # in order: readers of x after the mutation, or views of x at all
+        if n is node:
+            after = True
+        elif x in n.all_input_nodes and (after or _is_view(n)):
+            return False
+    return True
 
 
 # ---- aten -> ckpt ---------------------------------------------------------------------------------
@@ -411,7 +442,12 @@ class _Recorder:
                             + "; `ckpt import ... -o graph.json` writes a cost graph that `ckpt plan` accepts")
 
     def call(self, node):
-        handler = HANDLERS.get(_op_key(node.target))
+        key = _op_key(node.target)
+        if key not in HANDLERS and getattr(getattr(node.target, "_schema", None), "is_mutable", False):
+            # x.op_(...): alone (see functional), its result is the functional op's
+            head, _, overload = key.rpartition(".")
+            key = f"{head[:-1]}.{overload}" if head.endswith("_") else key
+        handler = HANDLERS.get(key)
         if handler is None:
             self.unsupported()
         args = [self.arg(a) if not isinstance(a, (list, tuple)) else [self.arg(x) for x in a] for a in node.args]
@@ -973,6 +1009,38 @@ def _unbind(r, node, x, dim=0):
     return [_select(r, x, dim, k) for k in range(r.shape(x)[int(dim)])]
 
 
+def _scatter(r, base, src, dim, start, stop):
+    """base with base[start:stop] along dim replaced by src: the pieces either side, joined."""
+    n = r.shape(base)[dim]
+    parts = ([_slice(r, base, dim, 0, start)] if start > 0 else []) + [src] + \
+        ([_slice(r, base, dim, stop, n)] if stop < n else [])
+    return parts[0] if len(parts) == 1 else r.emit("concat", parts, {"axis": dim})
+
+
+@handles("aten.slice_scatter.default")
+def _slice_scatter(r, node, base, src, dim=0, start=None, end=None, step=1):
+    """What a functionalized write into a slice (`h[:, :2] *= 2`) becomes."""
+    dim = int(dim) % len(r.shape(base))
+    st, sp, stp = slice(start, end, step).indices(r.shape(base)[dim])
+    if stp != 1:
+        r.unsupported("a write into a strided slice")
+    return _scatter(r, base, src, dim, st, max(sp, st))
+
+
+@handles("aten.select_scatter.default")
+def _select_scatter(r, node, base, src, dim, index):
+    shape = list(r.shape(base))
+    dim = int(dim) % len(shape)
+    index = int(index) % shape[dim]
+    return _scatter(r, base, r.emit("reshape", [src], {"shape": shape[:dim] + [1] + shape[dim + 1:]}),
+                    dim, index, index + 1)
+
+
+@handles("aten.copy.default")
+def _copy(r, node, dst, src, non_blocking=False):
+    return src if r.shape(src) == r.shape(dst) else r.emit("add", [src, r.const(np.zeros(r.shape(dst)))])
+
+
 @handles("aten.stack.default")
 def _stack(r, node, xs, dim=0):
     shape = r.shape(xs[0])
@@ -1103,6 +1171,13 @@ def _regions(where, module):
     import torch
     containers = (torch.nn.ModuleList, torch.nn.Sequential, torch.nn.ModuleDict)
     out = {}
+    # A module used in several places (the same layer twice) is one object under several names: it
+    # cannot be wrapped for one use and not another, so its ops belong to no region of their own.
+    seen, shared = {}, set()
+    for name, m in module.named_modules(remove_duplicate=False):
+        if id(m) in seen:
+            shared.update({name, seen[id(m)]})
+        seen.setdefault(id(m), name)
     for path in {w["module"] for w in where.values()}:
         if not path:
             out[path] = ""
@@ -1114,7 +1189,7 @@ def _regions(where, module):
             region = parts[0]
         elif isinstance(m, containers) and len(parts) > 1:
             region = ".".join(parts[:2])
-        out[path] = region
+        out[path] = "" if region in shared else region
     return out
 
 
