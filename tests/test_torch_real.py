@@ -94,14 +94,15 @@ def test_batch_norm_and_slices_become_ckpt_ops(imported):
     assert sum(n.op == "slice" for n in spec.nodes) == 3 * 2  # q, k, v in each of the 2 layers
     params = [k for k, v in spec.leaves.items() if getattr(v, "kind", "param") == "param"]
     assert "transformer.wte.weight" in open(out).read() and '"lm_head.weight"' not in open(out).read(), params
+    assert "gelu_erf" in {n.op for n in ckpt.load(imported("gpt2_mha")).spec.nodes}  # nn.GELU()
 
 
-@pytest.mark.parametrize("factory,needle", [
-    ("exact_gelu", "aten.gelu.default in act (node gelu, torch_models.py:"),
-    ("max_over_dim", "aten.max.dim in the top-level module (node max_1, torch_models.py:"),
+@pytest.mark.parametrize("factory,inputs,needle", [
+    ("padded_embedding", ["idx=3x4:int64"], "aten.embedding.default in emb (node embedding, torch_models.py:"),
+    ("max_over_dim", ["x=3x4"], "aten.max.dim in the top-level module (node max_1, torch_models.py:"),
 ])
-def test_unsupported_op_names_op_module_and_line(tmp_path, factory, needle):
-    res, _ = do_import(tmp_path, "x", factory=factory, inputs=["x=3x4"])
+def test_unsupported_op_names_op_module_and_line(tmp_path, factory, inputs, needle):
+    res, _ = do_import(tmp_path, "x", factory=factory, inputs=inputs)
     assert res.exit_code == 2 and res.output.count("\n") == 1 and "Traceback" not in res.output
     assert needle in res.output, res.output
 

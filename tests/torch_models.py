@@ -397,8 +397,9 @@ def gpt2():
     return GPT2().double().eval()
 
 def gpt2_mha():
+    """nn.MultiheadAttention with a boolean causal mask, and the exact (erf) GELU."""
     torch.manual_seed(0)
-    return GPT2(MHA).double().eval()
+    return GPT2(MHA, "none").double().eval()
 
 def gpt2_f32():
     torch.manual_seed(0)
@@ -492,19 +493,20 @@ REAL_INPUTS = {
 INPUTS.update(REAL_INPUTS)
 
 
-class ExactGelu(nn.Module):
-    """nn.GELU() (the erf form): ckpt's gelu is the tanh form, so the import names the op and line."""
+class PaddedEmbedding(nn.Module):
+    """nn.Embedding(padding_idx=0): the padding row takes no gradient, which ckpt's embedding does
+    not know; the import names the op, its module and the line."""
 
     def __init__(self):
         super().__init__()
-        self.fc, self.act = nn.Linear(4, 4), nn.GELU()
+        self.emb = nn.Embedding(5, 4, padding_idx=0)
 
-    def forward(self, x):
-        return self.act(self.fc(x)).mean()
+    def forward(self, idx):
+        return self.emb(idx).mean()
 
 
-def exact_gelu():
-    return ExactGelu().double()
+def padded_embedding():
+    return PaddedEmbedding().double()
 
 
 class MaxOverDim(nn.Module):

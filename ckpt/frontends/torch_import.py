@@ -540,9 +540,7 @@ for _name in ("neg", "exp", "log", "sin", "cos", "tanh", "sigmoid", "relu"):
 
 @handles("aten.gelu.default")
 def _gelu(r, node, x, approximate="none"):
-    if approximate != "tanh":
-        r.unsupported("ckpt's gelu is the tanh approximation: use nn.GELU(approximate='tanh')")
-    return r.emit("gelu", [x])
+    return r.emit("gelu" if approximate == "tanh" else "gelu_erf", [x])
 
 
 @handles("aten.silu.default")

@@ -709,6 +709,7 @@ class _Reader:
 OP_SUMMARY = {
     "neg": "-x", "exp": "e^x", "log": "natural logarithm", "sin": "sine", "cos": "cosine", "tanh": "tanh",
     "sigmoid": "1 / (1 + e^-x)", "relu": "max(x, 0)", "gelu": "Gaussian error linear unit (tanh form)",
+    "gelu_erf": "Gaussian error linear unit, exact: x * (1 + erf(x / sqrt 2)) / 2",
     "scale": "x * factor", "add": "a + b (numpy broadcasting)", "sub": "a - b (broadcasting)",
     "mul": "a * b (broadcasting)", "div": "a / b (broadcasting)", "sum": "sum over axes",
     "mean": "mean over axes", "reshape": "same elements, new shape", "transpose": "permute axes",
