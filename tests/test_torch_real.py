@@ -38,7 +38,8 @@ def imported(tmp_path_factory):
 
 
 def torch_step(name, stem):
-    meta = json.load(open(stem + ".torch.json"))
+    with open(stem + ".torch.json") as f:
+        meta = json.load(f)
     z = np.load(stem + ".npz")
     model = getattr(torch_models, name)()
     loss = model(*[torch.from_numpy(z[a]) for a in meta["arg_order"]])
@@ -93,12 +94,14 @@ def test_batch_norm_and_slices_become_ckpt_ops(imported):
     spec = ckpt.load(out).spec
     assert sum(n.op == "slice" for n in spec.nodes) == 3 * 2  # q, k, v in each of the 2 layers
     params = [k for k, v in spec.leaves.items() if getattr(v, "kind", "param") == "param"]
-    assert "transformer.wte.weight" in open(out).read() and '"lm_head.weight"' not in open(out).read(), params
+    with open(out) as f:
+        text = f.read()
+    assert "transformer.wte.weight" in text and '"lm_head.weight"' not in text, params
     assert "gelu_erf" in {n.op for n in ckpt.load(imported("gpt2_mha")).spec.nodes}  # nn.GELU()
 
 
 @pytest.mark.parametrize("factory,inputs,needle", [
-    ("padded_embedding", ["idx=3x4:int64"], "aten.embedding.default in emb (node embedding, torch_models.py:"),
+    ("torch_lstm", ["x=2x3x4"], "aten.lstm.input in rnn (node lstm, torch_models.py:"),
     ("max_over_dim", ["x=3x4"], "aten.max.dim in the top-level module (node max_1, torch_models.py:"),
 ])
 def test_unsupported_op_names_op_module_and_line(tmp_path, factory, inputs, needle):
@@ -111,7 +114,8 @@ def test_shared_layer_has_no_region_of_its_own(imported, tmp_path):
     """A layer used twice is one module under two names: PyTorch cannot wrap one use in a checkpoint
     and not the other, so its ops fall in no region; the PyTorch plan is still made."""
     out = imported("shared")
-    meta = json.load(open(out[:-5] + ".torch.json"))
+    with open(out[:-5] + ".torch.json") as f:
+        meta = json.load(f)
     assert "layers.0" not in meta["regions"] and "layers.1" in meta["regions"]
     res = CliRunner().invoke(cli, ["plan", out, "--emit", "torch", "-o", str(tmp_path / "p.json"),
                                    "--memory-budget", "0.8x", "--time-limit", "0.5", "--json"])

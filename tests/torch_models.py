@@ -493,20 +493,19 @@ REAL_INPUTS = {
 INPUTS.update(REAL_INPUTS)
 
 
-class PaddedEmbedding(nn.Module):
-    """nn.Embedding(padding_idx=0): the padding row takes no gradient, which ckpt's embedding does
-    not know; the import names the op, its module and the line."""
+class TorchLSTM(nn.Module):
+    """nn.LSTM (aten.lstm, one fused op): not a ckpt op; the import names it, its module and line."""
 
     def __init__(self):
         super().__init__()
-        self.emb = nn.Embedding(5, 4, padding_idx=0)
+        self.rnn = nn.LSTM(4, 4, batch_first=True)
 
-    def forward(self, idx):
-        return self.emb(idx).mean()
+    def forward(self, x):
+        return self.rnn(x)[0].mean()
 
 
-def padded_embedding():
-    return PaddedEmbedding().double()
+def torch_lstm():
+    return TorchLSTM().double()
 
 
 class MaxOverDim(nn.Module):
@@ -539,3 +538,157 @@ class SliceWrite(nn.Module):
 def slice_write():
     torch.manual_seed(0)
     return SliceWrite().double()
+
+
+# ---- more real-model shapes: MobileNet, Llama, ViT, a 1-D conv net --------------------------------
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: 1x1 expand, 3x3 depthwise (groups = channels), 1x1 project, ReLU6."""
+
+    def __init__(self, c, expand, stride):
+        super().__init__()
+        h = c * expand
+        self.use_res = stride == 1
+        self.conv = nn.Sequential(
+            nn.Conv2d(c, h, 1, bias=False), nn.BatchNorm2d(h), nn.ReLU6(inplace=True),
+            nn.Conv2d(h, h, 3, stride, 1, groups=h, bias=False), nn.BatchNorm2d(h), nn.ReLU6(inplace=True),
+            nn.Conv2d(h, c, 1, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        return x + self.conv(x) if self.use_res else self.conv(x)
+
+
+class MobileNet(nn.Module):
+    def __init__(self, classes=5):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1, bias=False), nn.BatchNorm2d(4), nn.Hardtanh(0.0, 6.0))
+        self.blocks = nn.Sequential(InvertedResidual(4, 2, 1), InvertedResidual(4, 2, 2))
+        self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(4, classes))
+
+    def forward(self, x, y):
+        h = self.blocks(self.stem(x))
+        return F.cross_entropy(self.head(nn.functional.adaptive_avg_pool2d(h, 1).flatten(1)), y)
+
+
+def mobilenet():
+    """BatchNorm in train mode; the dropout in eval mode (PyTorch's masks are not ckpt's)."""
+    torch.manual_seed(0)
+    m = MobileNet().double()
+    m.head[0].eval()
+    return m
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, d, eps=1e-6):
+        super().__init__()
+        self.eps, self.weight = eps, nn.Parameter(torch.ones(d) + 0.1 * torch.randn(d))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def rotate(x, cos, sin):
+    """Rotary embedding on interleaved pairs: x[..., ::2] and x[..., 1::2]."""
+    x1, x2 = x[..., ::2], x[..., 1::2]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class LlamaBlock(nn.Module):
+    def __init__(self, d, heads, T):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = RMSNorm(d), nn.RMSNorm(d, eps=1e-6)
+        self.wq, self.wk, self.wv, self.wo = (nn.Linear(d, d, bias=False) for _ in range(4))
+        self.w1, self.w2, self.w3 = nn.Linear(d, 2 * d, bias=False), nn.Linear(2 * d, d, bias=False), \
+            nn.Linear(d, 2 * d, bias=False)
+        hd = d // heads
+        freqs = 1.0 / (10000 ** (torch.arange(0, hd, 2).double() / hd))
+        angles = torch.outer(torch.arange(T).double(), freqs)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x):
+        B, T, D = x.shape
+        h = self.norm1(x)
+        q, k, v = (w(h).view(B, T, self.heads, -1).transpose(1, 2) for w in (self.wq, self.wk, self.wv))
+        q, k = rotate(q, self.cos[:T], self.sin[:T]), rotate(k, self.cos[:T], self.sin[:T])
+        att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.wo(att.transpose(1, 2).reshape(B, T, D))
+        h = self.norm2(x)
+        return x + self.w2(F.silu(self.w1(h)) * self.w3(h))
+
+
+class Llama(nn.Module):
+    def __init__(self, vocab=30, d=16, heads=2, T=8, layers=2):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d, padding_idx=0)
+        self.layers = nn.ModuleList([LlamaBlock(d, heads, T) for _ in range(layers)])
+        self.norm, self.out = RMSNorm(d), nn.Linear(d, vocab, bias=False)
+
+    def forward(self, idx, targets):
+        x = self.emb(idx)
+        for layer in self.layers:
+            x = layer(x)
+        logits = self.out(self.norm(x))
+        return F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), targets[:, 1:].reshape(-1))
+
+
+def llama():
+    torch.manual_seed(0)
+    m = Llama().double()
+    with torch.no_grad():
+        m.emb.weight[0] = 0.5  # a padding row that is not zero: it takes no gradient, keeps its value
+    return m
+
+
+class ViT(nn.Module):
+    """Patches by a strided conv, a class token expanded over the batch, learned positions, and
+    nn.TransformerEncoderLayer (norm_first, exact GELU)."""
+
+    def __init__(self, d=16, patch=4, image=8, classes=3):
+        super().__init__()
+        self.patch = nn.Conv2d(3, d, patch, stride=patch)
+        self.cls = nn.Parameter(torch.randn(1, 1, d) * 0.1)
+        self.pos = nn.Parameter(torch.randn(1, (image // patch) ** 2 + 1, d) * 0.1)
+        self.enc = nn.TransformerEncoderLayer(d, 2, 32, dropout=0.1, activation="gelu", batch_first=True,
+                                              norm_first=True)
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, x, y):
+        h = self.patch(x).flatten(2).transpose(1, 2)
+        h = torch.cat([self.cls.expand(x.shape[0], -1, -1), h], dim=1) + self.pos
+        h = self.enc(h)
+        return F.cross_entropy(self.head(h[:, 0]), y)
+
+
+def vit():
+    torch.manual_seed(0)
+    return ViT().double().eval()
+
+
+class TCN(nn.Module):
+    """1-D convolutions: causal (left padding by F.pad), 'same' padding, a depthwise one, LeakyReLU,
+    GroupNorm; a regression loss with the L1 and the mse summed."""
+
+    def __init__(self, c=4):
+        super().__init__()
+        self.c1 = nn.Conv1d(2, c, 3)
+        self.c2 = nn.Conv1d(c, c, 3, padding="same", groups=c)
+        self.c3 = nn.Conv1d(c, c, 2, stride=2)
+        self.norm = nn.GroupNorm(2, c)
+        self.act = nn.LeakyReLU(0.1)
+
+    def forward(self, x, y):
+        h = self.act(self.c1(F.pad(x, (2, 0))))
+        h = self.act(self.norm(self.c2(h)))
+        h = self.c3(h)
+        return F.l1_loss(h.mean(1), y) + F.mse_loss(h.mean(1), y, reduction="sum") * 0.1
+
+
+def tcn():
+    torch.manual_seed(0)
+    return TCN().double()
+
+
+REAL_INPUTS.update({"mobilenet": ["x=2x3x8x8", "y=2:int64"], "llama": ["idx=2x8:int64", "targets=2x8:int64"],
+                    "vit": ["x=2x3x8x8", "y=2:int64"], "tcn": ["x=2x2x8", "y=2x4"]})
+INPUTS.update(REAL_INPUTS)

@@ -599,11 +599,23 @@ def _sdpa(r, node, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scal
 
 @handles("aten.embedding.default")
 def _embedding(r, node, w, idx, padding_idx=-1, scale_grad_by_freq=False, sparse=False):
-    if padding_idx not in (-1, None) or scale_grad_by_freq:
-        r.unsupported("padding_idx or scale_grad_by_freq")
+    if scale_grad_by_freq:
+        r.unsupported("scale_grad_by_freq")
     src = r.source(idx)
-    r.high[src] = min(r.high.get(src, 1 << 62), r.shape(w)[0])
-    return r.emit("embedding", [w, idx])
+    rows = r.shape(w)[0]
+    r.high[src] = min(r.high.get(src, 1 << 62), rows)
+    if padding_idx in (-1, None):
+        return r.emit("embedding", [w, idx])
+    # The padding row takes no gradient in torch, so it never changes from its value now: rows of
+    # W with that row zeroed (its gradient is then zero), plus a constant table holding only it.
+    pad = int(padding_idx) % rows
+    keep = np.ones((rows, 1))
+    keep[pad] = 0.0
+    fixed = np.zeros(r.shape(w))
+    if w in r.arrays:  # a parameter's current values (none on the meta device: nn.Embedding zeroes it)
+        fixed[pad] = r.arrays[w][pad]
+    y = r.emit("embedding", [r.emit("mul", [w, r.const(keep)]), idx])
+    return r.emit("add", [y, r.emit("embedding", [r.const(fixed), idx])]) if fixed.any() else y
 
 
 @handles("aten.arange.default", "aten.arange.start", "aten.arange.start_step")
@@ -745,12 +757,85 @@ def _pair(v):
     return v * 2 if len(v) == 1 else v
 
 
-@handles("aten.conv2d.default")
+def _pad_axis(r, x, axis, left, right, value=0.0):
+    """x with `left` and `right` entries of a constant joined on either side of an axis."""
+    if not left and not right:
+        return x
+    shape = list(r.shape(x))
+    parts = []
+    for n in (left, right):
+        shape[axis] = n
+        parts.append([r.const(np.full(shape, float(value)))] if n else [])
+    return r.emit("concat", parts[0] + [x] + parts[1], {"axis": axis})
+
+
+@handles("aten.constant_pad_nd.default", "aten.pad.default")
+def _constant_pad(r, node, x, pad, mode="constant", value=None):
+    if mode != "constant":
+        r.unsupported(f"{mode} padding (only constant padding)")
+    nd = len(r.shape(x))
+    if any(int(v) < 0 for v in pad):
+        r.unsupported("negative padding (cropping)")
+    for k in range(len(pad) // 2):  # torch's order: the last axis first, (left, right) each
+        x = _pad_axis(r, x, nd - 1 - k, int(pad[2 * k]), int(pad[2 * k + 1]), value or 0.0)
+    return x
+
+
+def _conv_padding(padding, k, d):
+    """(left, right) per spatial axis: torch's ints, or 'same' / 'valid'."""
+    if padding == "valid":
+        return [(0, 0)] * len(k)
+    if padding == "same":
+        return [(d_ * (k_ - 1) // 2, d_ * (k_ - 1) - d_ * (k_ - 1) // 2) for k_, d_ in zip(k, d)]
+    p = list(padding) if isinstance(padding, (list, tuple)) else [padding] * len(k)
+    p = p * len(k) if len(p) == 1 else p
+    return [(int(v), int(v)) for v in p]
+
+
+def _conv(r, x, w, b, stride, pads, groups):
+    """ckpt's conv2d (one square stride, one padding for both axes) for torch's: unequal or
+    one-sided padding is joined as zeros first; groups are convolutions of channel slices, joined."""
+    (ph, ph2), (pw, pw2) = pads
+    if ph == ph2 == pw == pw2:
+        pad = ph
+    else:
+        x = _pad_axis(r, _pad_axis(r, x, 2, ph, ph2), 3, pw, pw2)
+        pad = 0
+    if groups == 1:
+        return r.emit("conv2d", [x, w] + ([b] if b is not None else []), {"stride": stride, "padding": pad})
+    cin, cout = r.shape(x)[1] // groups, r.shape(w)[0] // groups
+    outs = []
+    for g in range(groups):
+        xg = _slice(r, x, 1, g * cin, (g + 1) * cin)
+        wg = _slice(r, w, 0, g * cout, (g + 1) * cout)
+        bg = [_slice(r, b, 0, g * cout, (g + 1) * cout)] if b is not None else []
+        outs.append(r.emit("conv2d", [xg, wg] + bg, {"stride": stride, "padding": pad}))
+    return r.emit("concat", outs, {"axis": 1})
+
+
+@handles("aten.conv2d.default", "aten.conv2d.padding")
 def _conv2d(r, node, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
-    s, p, d = _pair(stride), _pair(padding), _pair(dilation)
-    if isinstance(padding, str) or s[0] != s[1] or p[0] != p[1] or d != [1, 1] or groups != 1:
-        r.unsupported("conv2d with unequal strides or paddings, dilation or groups")
-    return r.emit("conv2d", [x, w] + ([b] if b is not None else []), {"stride": int(s[0]), "padding": int(p[0])})
+    s, d = _pair(stride), _pair(dilation)
+    if d != [1, 1]:
+        r.unsupported("conv2d with dilation")
+    if s[0] != s[1] and not (r.shape(x)[2] == 1 and r.shape(w)[2] == 1):
+        r.unsupported("conv2d with unequal strides")
+    return _conv(r, x, w, b, int(s[1]), _conv_padding(padding, r.shape(w)[2:], d), int(groups))
+
+
+@handles("aten.conv1d.default", "aten.conv1d.padding")
+def _conv1d(r, node, x, w, b=None, stride=(1,), padding=(0,), dilation=(1,), groups=1):
+    """(N, C, L) as an image of height 1: ckpt's conv2d with a (1, k) kernel."""
+    s = stride[0] if isinstance(stride, (list, tuple)) else stride
+    d = dilation[0] if isinstance(dilation, (list, tuple)) else dilation
+    if d != 1 or len(r.shape(x)) != 3:
+        r.unsupported("conv1d with dilation or of other than (N, C, L)")
+    (pl, pr), = _conv_padding(padding, r.shape(w)[2:], [1])
+    n, c, length = r.shape(x)
+    x4 = r.emit("reshape", [x], {"shape": [n, c, 1, length]})
+    w4 = r.emit("reshape", [w], {"shape": [r.shape(w)[0], r.shape(w)[1], 1, r.shape(w)[2]]})
+    y = _conv(r, x4, w4, b, int(s), [(0, 0), (pl, pr)] if (pl, pr) != (0, 0) else [(0, 0), (0, 0)], int(groups))
+    return r.emit("reshape", [y], {"shape": list(_out_shape(node))})
 
 
 def _pool(op):
@@ -895,10 +980,8 @@ def _bn(r, x, w, b, rm, rv, training, eps):
     if training or rm is None:  # batch statistics; the running ones are updated outside the loss
         y = _normalize(r, x, [0] + list(range(2, nd)), eps)
     elif r.value(rm) is not None and r.value(rv) is not None:
-        mean, var = r.value(rm), r.value(rv)
         y = r.emit("mul", [r.emit("sub", [x, _channel(r, rm, nd)]),
-                           r.const((1.0 / np.sqrt(var + eps)).reshape([-1] + [1] * (nd - 2)))])
-        del mean
+                           r.const((1.0 / np.sqrt(r.value(rv) + eps)).reshape([-1] + [1] * (nd - 2)))])
     else:  # running statistics without values (a model on the meta device)
         rstd = r.emit("pow", [r.emit("add", [rv, r.const(float(eps))])], {"exponent": -0.5})
         y = r.emit("mul", [r.emit("sub", [x, _channel(r, rm, nd)]), _channel(r, rstd, nd)])
@@ -1088,6 +1171,96 @@ def _expand(r, node, x, *rest):
         return x
     # ckpt's elementwise ops broadcast by themselves; an explicit expand adds zeros of its shape
     return r.emit("add", [x, r.const(np.zeros(shape))])
+
+
+# ---- clamps and their kin, from where() and comparisons (no gradient through the comparison) -----
+def _clamp(r, x, lo, hi):
+    if lo is not None:
+        lo = lo if _is_tensor(r, lo) else r.const(float(lo))
+        x = r.emit("where", [r.emit("less", [x, lo]), lo, x])
+    if hi is not None:
+        hi = hi if _is_tensor(r, hi) else r.const(float(hi))
+        x = r.emit("where", [r.emit("greater", [x, hi]), hi, x])
+    return x
+
+
+@handles("aten.clamp.default", "aten.clamp.Tensor", "aten.clip.default")
+def _clamp_rule(r, node, x, lo=None, hi=None):
+    return _clamp(r, x, lo, hi)
+
+
+@handles("aten.clamp_min.default")
+def _clamp_min(r, node, x, lo):
+    return _clamp(r, x, lo, None)
+
+
+@handles("aten.clamp_max.default")
+def _clamp_max(r, node, x, hi):
+    return _clamp(r, x, None, hi)
+
+
+@handles("aten.hardtanh.default")
+def _hardtanh(r, node, x, lo=-1.0, hi=1.0):  # nn.ReLU6 is hardtanh(0, 6)
+    return _clamp(r, x, lo, hi)
+
+
+@handles("aten.leaky_relu.default")
+def _leaky_relu(r, node, x, slope=0.01):
+    return r.emit("where", [r.emit("greater", [x, r.const(0.0)]), x, r.emit("scale", [x], {"factor": float(slope)})])
+
+
+@handles("aten.maximum.default", "aten.minimum.default")
+def _extremum(r, node, a, b):
+    rel = "greater" if "maximum" in str(node.target) else "less"
+    return r.emit("where", [r.emit(rel, [a, b]), a, b])
+
+
+@handles("aten.abs.default")
+def _abs(r, node, x):
+    sign = r.emit("sub", [r.emit("scale", [r.emit("greater", [x, r.const(0.0)])], {"factor": 2.0}), r.const(1.0)])
+    return r.emit("mul", [x, sign])
+
+
+@handles("aten.tril.default", "aten.triu.default")
+def _tri(r, node, x, diagonal=0):
+    rows, cols = r.shape(x)[-2:]
+    keep = (np.tril if "tril" in str(node.target) else np.triu)(np.ones((rows, cols)), int(diagonal))
+    return r.emit("mul", [x, r.const(keep)])
+
+
+@handles("aten.rms_norm.default")
+def _rms_norm(r, node, x, normalized_shape, w=None, eps=None):
+    """nn.RMSNorm: x / sqrt(mean(x^2) + eps) * w over the normalized (last) axes."""
+    nd, k = len(r.shape(x)), len(normalized_shape)
+    if eps is None:
+        eps = float(np.finfo(r.dtype).eps)
+    ms = r.emit("mean", [r.emit("mul", [x, x])], {"axis": list(range(nd - k, nd)), "keepdims": True})
+    y = r.emit("mul", [x, r.emit("pow", [r.emit("add", [ms, r.const(float(eps))])], {"exponent": -0.5})])
+    return r.emit("mul", [y, w]) if w is not None else y
+
+
+@handles("aten.var.correction", "aten.std.correction", "aten.var.dim", "aten.std.dim")
+def _var(r, node, x, dims=None, *rest, correction=None, keepdim=False, unbiased=None):
+    if rest and isinstance(rest[0], bool):  # var.dim(x, dims, unbiased, keepdim)
+        unbiased, keepdim = rest[0], (rest[1] if len(rest) > 1 else keepdim)
+    corr = correction if correction is not None else (1 if unbiased in (None, True) else 0)
+    nd = len(r.shape(x))
+    axes = list(range(nd)) if dims in (None, []) else [int(d) % nd for d in dims]
+    n = size_of([r.shape(x)[a] for a in axes])
+    xc = r.emit("sub", [x, r.emit("mean", [x], {"axis": axes, "keepdims": True})])
+    var = r.emit("mean", [r.emit("mul", [xc, xc])], {"axis": axes, "keepdims": bool(keepdim)})
+    var = r.emit("scale", [var], {"factor": n / (n - float(corr))}) if corr else var
+    return r.emit("pow", [var], {"exponent": 0.5}) if "std" in str(node.target) else var
+
+
+@handles("aten.linalg_vector_norm.default")
+def _vector_norm(r, node, x, ord=2, dims=None, keepdim=False, dtype=None):
+    if ord != 2:
+        r.unsupported("a vector norm other than the 2-norm")
+    nd = len(r.shape(x))
+    axis = None if dims in (None, []) else [int(d) % nd for d in dims]
+    ss = r.emit("sum", [r.emit("mul", [x, x])], {"axis": axis, "keepdims": bool(keepdim)})
+    return r.emit("pow", [ss], {"exponent": 0.5})
 
 
 # ---- up-sampling and transposed convolution --------------------------------------------------------
