@@ -692,3 +692,9 @@ def tcn():
 REAL_INPUTS.update({"mobilenet": ["x=2x3x8x8", "y=2:int64"], "llama": ["idx=2x8:int64", "targets=2x8:int64"],
                     "vit": ["x=2x3x8x8", "y=2:int64"], "tcn": ["x=2x2x8", "y=2x4"]})
 INPUTS.update(REAL_INPUTS)
+
+
+def llama_meta():
+    """On the meta device: buffers (the rotary tables) have shapes and no values."""
+    with torch.device("meta"):
+        return Llama().double()

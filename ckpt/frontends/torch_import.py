@@ -129,8 +129,11 @@ def example_inputs(model, inputs, seed=0):
 
 def export(model, args):
     torch = torch_or_error()
+    import warnings
     try:
-        return torch.export.export(model, args, strict=False)
+        with warnings.catch_warnings():  # torch's notes on the user's module: ckpt's answer is one line
+            warnings.simplefilter("ignore")
+            return torch.export.export(model, args, strict=False)
     except Exception as e:  # noqa: BLE001 -- a shape mismatch, an untraceable forward: one line
         raise ConfigError(f"tracing the module failed ({e.__class__.__name__}): {_first_line(e)}") from None
 
@@ -382,7 +385,7 @@ class _Recorder:
         creation = not tensors and isinstance(val, torch.Tensor) and _op_key(node.target) not in HANDLERS
         if not creation and (not tensors or any(a.name not in self.values for a in tensors)):
             return None
-        if any(self.values[a.name].is_meta for a in tensors) or "dropout" in str(node.target):
+        if "dropout" in str(node.target):
             return None
         args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), lambda a: self.values[a.name])
         out = node.target(*args, **kwargs)
@@ -397,7 +400,9 @@ class _Recorder:
 
     def lazy_const(self, fx):
         t = self.values[fx]
-        arr = t.detach().cpu().numpy()
+        # On the meta device a buffer (and what is folded from it) has a shape and no values: zeros
+        # stand in, enough to plan (running such a model runs made-up weights anyway).
+        arr = np.zeros(tuple(t.shape), dtype=str(t.dtype)[6:]) if t.is_meta else t.detach().cpu().numpy()
         if t.dtype.is_floating_point or arr.dtype == bool:  # a bool mask is read as 0/1 by `where`
             return self.const(arr, dtype=self.dtype)
         return self.const(arr, dtype=str(arr.dtype))
