@@ -698,3 +698,42 @@ def llama_meta():
     """On the meta device: buffers (the rotary tables) have shapes and no values."""
     with torch.device("meta"):
         return Llama().double()
+
+
+class Zoo(nn.Module):
+    """The activations, norms and losses of everyday models, each once: comparisons and where,
+    softplus, ELU, SELU, Hardswish, Mish, LogSigmoid, LeakyReLU, clamp, LayerNorm over (C, H, W),
+    InstanceNorm2d, F.normalize, std, logsumexp, a matrix-vector product, BCE with logits, BCE,
+    smooth L1 and Huber."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.conv = nn.Conv2d(2, 3, 3, padding=(1, 0))
+        self.ln = nn.LayerNorm([3, 4, 2])
+        self.inorm = nn.InstanceNorm2d(3, affine=True)
+        self.v = nn.Parameter(torch.randn(6))
+        self.acts = nn.ModuleList([nn.Softplus(), nn.ELU(0.5), nn.SELU(), nn.Hardswish(), nn.Mish(),
+                                   nn.LogSigmoid(), nn.LeakyReLU(0.2)])
+
+    def forward(self, x, img, y):
+        h = self.fc(x)
+        h = torch.where(h > 0, h, 0.1 * h) + (h <= -0.5).float() * h * h
+        for act in self.acts:
+            h = h + act(h) * 0.1
+        h = torch.clamp(h, -3.0, 3.0)
+        n = F.normalize(h, dim=-1)
+        score = torch.logsumexp(h, dim=-1) + h @ self.v + n.std(dim=-1)
+        c = self.inorm(self.ln(self.conv(img)))
+        p, y = torch.sigmoid(score), torch.sigmoid(y)  # BCE takes targets in [0, 1]
+        return (F.binary_cross_entropy_with_logits(score, y) + F.binary_cross_entropy(p, y)
+                + F.smooth_l1_loss(h, x, beta=0.5) + F.huber_loss(h, x, delta=2.0) + c.pow(2).mean())
+
+
+def zoo():
+    torch.manual_seed(0)
+    return Zoo().double()
+
+
+REAL_INPUTS["zoo"] = ["x=4x6", "img=2x2x4x4", "y=4"]
+INPUTS.update(REAL_INPUTS)

@@ -504,9 +504,15 @@ def _t(r, node, x):
 
 @handles("aten.matmul.default", "aten.bmm.default", "aten.mm.default")
 def _matmul(r, node, a, b):
-    if len(r.shape(a)) < 2 or len(r.shape(b)) < 2:
-        r.unsupported("ckpt's matmul takes operands of at least 2 dimensions")
-    return r.emit("matmul", [a, b])
+    """A vector operand is a matrix of one row (left) or one column (right), dropped after, as
+    torch.matmul does."""
+    sa, sb = r.shape(a), r.shape(b)
+    if len(sa) == 1:
+        a = r.emit("reshape", [a], {"shape": [1, sa[0]]})
+    if len(sb) == 1:
+        b = r.emit("reshape", [b], {"shape": [sb[0], 1]})
+    y = r.emit("matmul", [a, b])
+    return y if r.shape(y) == _out_shape(node) else r.emit("reshape", [y], {"shape": list(_out_shape(node))})
 
 
 @handles("aten.addmm.default")
@@ -528,10 +534,119 @@ def _binary(op, scalar_op):
     return rule
 
 
-handles("aten.add.Tensor")(_binary("add", None))
-handles("aten.sub.Tensor")(_binary("sub", None))
-handles("aten.mul.Tensor")(_binary("mul", lambda r, a, s: r.emit("scale", [a], {"factor": s})))
-handles("aten.div.Tensor")(_binary("div", lambda r, a, s: r.emit("scale", [a], {"factor": 1.0 / s})))
+handles("aten.add.Tensor", "aten.add.Scalar")(_binary("add", None))
+handles("aten.sub.Tensor", "aten.sub.Scalar")(_binary("sub", None))
+handles("aten.mul.Tensor", "aten.mul.Scalar")(_binary("mul", lambda r, a, s: r.emit("scale", [a], {"factor": s})))
+handles("aten.div.Tensor", "aten.div.Scalar")(_binary("div", lambda r, a, s: r.emit("scale", [a], {"factor": 1.0 / s})))
+
+
+# comparisons make float masks (1 where true), as ckpt's comparison ops do; a mask is read by
+# where(), mul() and the like, and takes no gradient
+def _compare(rel):
+    def rule(r, node, a, b):
+        if any(_is_tensor(r, v) and r.info[v][1].startswith("int") for v in (a, b)):
+            r.unsupported("a comparison of integers (a mask from token ids, say): pass the mask as a float input")
+        a = a if _is_tensor(r, a) else r.const(float(a))
+        b = b if _is_tensor(r, b) else r.const(float(b))
+        if rel == "eq":
+            return r.emit("mul", [r.emit("greater_equal", [a, b]), r.emit("less_equal", [a, b])])
+        if rel == "ne":
+            return r.emit("sub", [r.const(1.0), _compare("eq")(r, node, a, b)])
+        return r.emit(rel, [a, b])
+    return rule
+
+
+for _aten, _rel in (("gt", "greater"), ("ge", "greater_equal"), ("lt", "less"), ("le", "less_equal"),
+                    ("eq", "eq"), ("ne", "ne")):
+    handles(f"aten.{_aten}.Tensor", f"aten.{_aten}.Scalar")(_compare(_rel))
+
+
+@handles("aten.logical_not.default", "aten.bitwise_not.default")
+def _not(r, node, m):
+    return r.emit("sub", [r.const(1.0), m])
+
+
+@handles("aten.logical_and.default", "aten.bitwise_and.Tensor")
+def _and(r, node, a, b):
+    return r.emit("mul", [a, b])
+
+
+@handles("aten.reciprocal.default")
+def _reciprocal(r, node, x):
+    return r.emit("pow", [x], {"exponent": -1.0})
+
+
+@handles("aten.log1p.default")
+def _log1p(r, node, x):
+    return r.emit("log", [r.emit("add", [x, r.const(1.0)])])
+
+
+def _softplus_of(r, x):
+    """log(1 + e^x) as relu(x) + log(1 + e^-|x|): no overflow, and the gradient sigmoid(x)."""
+    neg_abs = r.emit("neg", [_abs(r, None, x)])
+    return r.emit("add", [r.emit("relu", [x]), r.emit("log", [r.emit("add", [r.emit("exp", [neg_abs]),
+                                                                            r.const(1.0)])])])
+
+
+@handles("aten.softplus.default")
+def _softplus(r, node, x, beta=1, threshold=20):
+    # torch returns x itself past the threshold; log(1 + e^-|x|) is below 2e-9 there
+    if beta == 1:
+        return _softplus_of(r, x)
+    return r.emit("scale", [_softplus_of(r, r.emit("scale", [x], {"factor": float(beta)}))], {"factor": 1.0 / beta})
+
+
+@handles("aten.log_sigmoid.default")
+def _log_sigmoid(r, node, x):
+    return r.emit("neg", [_softplus_of(r, r.emit("neg", [x]))])
+
+
+@handles("aten.log_sigmoid_forward.default")
+def _log_sigmoid_forward(r, node, x):
+    return [_log_sigmoid(r, node, x), None]
+
+
+@handles("aten.mish.default")
+def _mish(r, node, x):
+    return r.emit("mul", [x, r.emit("tanh", [_softplus_of(r, x)])])
+
+
+@handles("aten.elu.default")
+def _elu(r, node, x, alpha=1.0, scale=1.0, input_scale=1.0):
+    """x > 0: scale x; else scale alpha (e^(input_scale x) - 1), the exponential of min(x, 0) (no
+    overflow in the branch not taken). SELU and CELU are this with other constants."""
+    pos = r.emit("greater", [x, r.const(0.0)])
+    neg = r.emit("where", [pos, r.const(0.0), x])
+    em1 = r.emit("sub", [r.emit("exp", [r.emit("scale", [neg], {"factor": float(input_scale)})]), r.const(1.0)])
+    y = r.emit("where", [pos, x, r.emit("scale", [em1], {"factor": float(alpha)})])
+    return r.emit("scale", [y], {"factor": float(scale)}) if scale != 1 else y
+
+
+@handles("aten.selu.default")
+def _selu(r, node, x):
+    return _elu(r, node, x, 1.6732632423543772848170429916717, 1.0507009873554804934193349852946)
+
+
+@handles("aten.celu.default")
+def _celu(r, node, x, alpha=1.0):
+    return _elu(r, node, x, alpha, 1.0, 1.0 / alpha)
+
+
+@handles("aten.hardsigmoid.default", "aten.hardswish.default")
+def _hard(r, node, x):
+    hs = r.emit("scale", [_clamp(r, r.emit("add", [x, r.const(3.0)]), 0.0, 6.0)], {"factor": 1.0 / 6.0})
+    return hs if "sigmoid" in str(node.target) else r.emit("mul", [x, hs])
+
+
+@handles("aten.logsumexp.default")
+def _logsumexp(r, node, x, dims, keepdim=False):
+    """x - log_softmax(x) is log-sum-exp at every element of the axis: their mean, exactly so."""
+    nd = len(r.shape(x))
+    if len(dims) != 1:
+        r.unsupported("logsumexp over more than one axis")
+    ax = int(dims[0]) % nd
+    lse = r.emit("sub", [x, r.emit("log_softmax", [x], {"axis": ax})])
+    return r.emit("mean", [lse], {"axis": [ax], "keepdims": bool(keepdim)})
 
 
 @handles("aten.rsub.Scalar")
@@ -555,12 +670,26 @@ def _silu(r, node, x):
 
 @handles("aten.layer_norm.default")
 def _layer_norm(r, node, x, normalized_shape, w=None, b=None, eps=1e-5, cudnn_enable=True):
-    if len(normalized_shape) != 1:
-        r.unsupported("layer norm over more than the last dimension")
-    d = normalized_shape[0]
+    """ckpt's layernorm is over the last axis: over several (LayerNorm([C, H, W])) they are joined
+    into one, the affine parameters flattened alike."""
+    shape, k = r.shape(x), len(normalized_shape)
+    d = size_of(normalized_shape)
+    if k > 1:
+        x = r.emit("reshape", [x], {"shape": list(shape[:-k]) + [d]})
+        w = r.emit("reshape", [w], {"shape": [d]}) if w is not None else None
+        b = r.emit("reshape", [b], {"shape": [d]}) if b is not None else None
     w = w if w is not None else r.const(np.ones(d))
     b = b if b is not None else r.const(np.zeros(d))
-    return r.emit("layernorm", [x, w, b], {"eps": float(eps)})
+    y = r.emit("layernorm", [x, w, b], {"eps": float(eps)})
+    return r.emit("reshape", [y], {"shape": list(shape)}) if k > 1 else y
+
+
+@handles("aten.instance_norm.default")
+def _instance_norm(r, node, x, w, b, rm, rv, use_input_stats, momentum, eps, cudnn_enabled=False):
+    nd = len(r.shape(x))
+    if not use_input_stats:
+        r.unsupported("instance norm with running statistics in eval mode")
+    return _affine(r, _normalize(r, x, list(range(2, nd)), eps), w, b, nd)
 
 
 @handles("aten.softmax.int", "aten._softmax.default")
@@ -746,6 +875,42 @@ def _mse(r, node, a, b, reduction=1):
     if r.shape(a) != r.shape(b):
         r.unsupported("mse of tensors of different shapes")
     return _reduced(r, r.emit("mse", [a, b]), reduction, size_of(r.shape(a)), "mse")
+
+
+@handles("aten.binary_cross_entropy_with_logits.default")
+def _bce_logits(r, node, x, y, weight=None, pos_weight=None, reduction=1):
+    """mean(softplus(x) - x y), written stably: relu(x) - x y + log(1 + e^-|x|)."""
+    if weight is not None or pos_weight is not None:
+        r.unsupported("binary cross entropy with weight or pos_weight")
+    per = r.emit("sub", [_softplus_of(r, x), r.emit("mul", [x, y])])
+    return _reduced(r, r.emit("mean", [per], {"axis": None, "keepdims": False}), reduction,
+                    size_of(r.shape(per)), "binary cross entropy")
+
+
+@handles("aten.binary_cross_entropy.default")
+def _bce(r, node, p, y, weight=None, reduction=1):
+    """-mean(y log p + (1 - y) log(1 - p)) (torch also clamps each log at -100: p of 0 or 1 only)."""
+    if weight is not None:
+        r.unsupported("binary cross entropy with weight")
+    one = r.const(1.0)
+    ll = r.emit("add", [r.emit("mul", [y, r.emit("log", [p])]),
+                        r.emit("mul", [r.emit("sub", [one, y]), r.emit("log", [r.emit("sub", [one, p])])])])
+    loss = r.emit("neg", [r.emit("mean", [ll], {"axis": None, "keepdims": False})])
+    return _reduced(r, loss, reduction, size_of(r.shape(ll)), "binary cross entropy")
+
+
+@handles("aten.smooth_l1_loss.default", "aten.huber_loss.default")
+def _smooth_l1(r, node, a, b, reduction=1, beta=1.0):
+    """|d| < beta: d^2 / (2 beta), else |d| - beta / 2 (Huber: delta times the same, at beta = delta)."""
+    huber = "huber" in str(node.target)
+    d = r.emit("sub", [a, b])
+    ad = _abs(r, None, d)
+    quad = r.emit("scale", [r.emit("mul", [d, d])], {"factor": 0.5 / beta if not huber else 0.5})
+    lin = r.emit("sub", [ad if not huber else r.emit("scale", [ad], {"factor": float(beta)}),
+                         r.const(0.5 * beta if not huber else 0.5 * beta * beta)])
+    per = r.emit("where", [r.emit("less", [ad, r.const(float(beta))]), quad, lin])
+    return _reduced(r, r.emit("mean", [per], {"axis": None, "keepdims": False}), reduction,
+                    size_of(r.shape(per)), "smooth l1 loss")
 
 
 @handles("aten.l1_loss.default")
