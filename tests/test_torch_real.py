@@ -43,6 +43,7 @@ def torch_step(name, stem):
     z = np.load(stem + ".npz")
     model = getattr(torch_models, name)()
     loss = model(*[torch.from_numpy(z[a]) for a in meta["arg_order"]])
+    loss = loss[0] if isinstance(loss, tuple) else loss  # (loss, logits): ckpt takes the scalar
     loss.backward()
     return loss.item(), {k: p.grad.numpy() for k, p in model.named_parameters()}, meta
 

@@ -737,3 +737,37 @@ def zoo():
 
 REAL_INPUTS["zoo"] = ["x=4x6", "img=2x2x4x4", "y=4"]
 INPUTS.update(REAL_INPUTS)
+
+
+class EinsumAttention(nn.Module):
+    """Attention written with torch.einsum, grouped-query keys by repeat_interleave, a tiled
+    bias by repeat, a matrix-vector product; forward returns (loss, logits), as many models do."""
+
+    def __init__(self, d=8, heads=4, kv_heads=2):
+        super().__init__()
+        self.h, self.kv = heads, kv_heads
+        self.q = nn.Linear(d, d)
+        self.kv_proj = nn.Linear(d, 2 * d * kv_heads // heads)
+        self.bias = nn.Parameter(torch.randn(1, 2) * 0.1)
+        self.out = nn.Linear(d, 3)
+
+    def forward(self, x, y):
+        B, T, D = x.shape
+        hd = D // self.h
+        q = self.q(x).view(B, T, self.h, hd)
+        k, v = self.kv_proj(x).view(B, T, 2 * self.kv, hd).chunk(2, dim=2)
+        k, v = k.repeat_interleave(self.h // self.kv, dim=2), v.repeat_interleave(self.h // self.kv, dim=2)
+        s = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(hd)
+        a = torch.einsum("bhqk,bkhd->bqhd", s.softmax(-1), v).reshape(B, T, D)
+        logits = self.out(a + self.bias.repeat(1, D // 2))
+        pooled = torch.einsum("btc->bc", logits)
+        return F.cross_entropy(pooled, y), logits
+
+
+def einsum_attention():
+    torch.manual_seed(0)
+    return EinsumAttention().double()
+
+
+REAL_INPUTS["einsum_attention"] = ["x=2x5x8", "y=2:int64"]
+INPUTS.update(REAL_INPUTS)

@@ -344,11 +344,14 @@ class _Recorder:
                 kinds = [s.kind.name for s in sig.output_specs]
                 if len(kinds) == len(outs):  # batch norm's new running statistics are not the loss
                     outs = [a for a, k in zip(outs, kinds) if k == "USER_OUTPUT"]
-                if len(outs) != 1 or not isinstance(self.env.get(outs[0].name), str) \
-                        or self.shape(self.env[outs[0].name]) != ():
-                    raise ConfigError("the module's forward must return one scalar (the loss) for ckpt to "
-                                      "differentiate")
-                self.output = self.env[outs[0].name]
+                # the loss: the one float scalar returned (beside it, logits and the like are dropped)
+                scalars = [a for a in outs if isinstance(self.env.get(getattr(a, "name", None)), str)
+                           and self.shape(self.env[a.name]) == () and not self.info[self.env[a.name]][1].startswith("int")]
+                if len(scalars) != 1:
+                    raise ConfigError(f"the module's forward must return one scalar (the loss) for ckpt to "
+                                      f"differentiate; it returns {len(outs)} value(s), {len(scalars)} of them "
+                                      f"float scalars")
+                self.output = self.env[scalars[0].name]
             else:
                 raise UnsupportedOp(f"unsupported graph node {node.op} {node.target} (node {node.name})")
         self.prune()
@@ -1433,6 +1436,76 @@ def _vector_norm(r, node, x, ord=2, dims=None, keepdim=False, dtype=None):
     return r.emit("pow", [ss], {"exponent": 0.5})
 
 
+# ---- einsum, repeat -------------------------------------------------------------------------------
+def _permute_to(r, x, letters, order):
+    perm = [letters.index(c) for c in order]
+    return x if perm == sorted(perm) else r.emit("transpose", [x], {"axes": perm})
+
+
+def _reshape_to(r, x, shape):
+    return x if tuple(shape) == r.shape(x) else r.emit("reshape", [x], {"shape": list(shape)})
+
+
+@handles("aten.einsum.default")
+def _einsum(r, node, equation, operands, path=None):
+    """One or two operands, each index once per operand: a sum over the indices that only one
+    operand has, then a batched matrix product (batch: indices of both operands and the output;
+    contracted: of both and not the output), then the output's order."""
+    eq = equation.replace(" ", "")
+    lhs, arrow, out = eq.partition("->")
+    ins = lhs.split(",")
+    if "." in eq or len(ins) != len(operands) or len(ins) > 2 or any(len(set(t)) != len(t) for t in ins):
+        r.unsupported("einsum with an ellipsis, a repeated index or more than two operands")
+    if not arrow:  # implicit output: the indices seen once, in alphabetical order
+        out = "".join(sorted(c for c in set(lhs) if lhs.count(c) == 1))
+    size = {c: n for t, x in zip(ins, operands) for c, n in zip(t, r.shape(x))}
+    xs, ts = list(operands), list(ins)
+    for k, (t, x) in enumerate(zip(ts, xs)):  # indices no other operand and not the output has
+        others = "".join(ts[:k] + ts[k + 1:]) + out
+        lone = [i for i, c in enumerate(t) if c not in others]
+        if lone:
+            xs[k] = r.emit("sum", [x], {"axis": lone, "keepdims": False})
+            ts[k] = "".join(c for c in t if c in others)
+    if len(xs) == 1:
+        return _permute_to(r, xs[0], ts[0], out)
+    (a, b), (ta, tb) = xs, ts
+    if any(r.shape(a)[ta.index(c)] != r.shape(b)[tb.index(c)] for c in set(ta) & set(tb)):
+        r.unsupported("einsum over broadcast sizes")
+    batch = [c for c in out if c in ta and c in tb]
+    left = [c for c in ta if c not in tb]
+    right = [c for c in tb if c not in ta]
+    contract = [c for c in ta if c in tb and c not in out]
+    nb = [size[c] for c in batch]
+    nl, nr, nk = size_of([size[c] for c in left]), size_of([size[c] for c in right]), size_of([size[c] for c in contract])
+    a = _reshape_to(r, _permute_to(r, a, ta, batch + left + contract), nb + [nl, nk])
+    b = _reshape_to(r, _permute_to(r, b, tb, batch + contract + right), nb + [nk, nr])
+    y = r.emit("matmul", [a, b])
+    y = _reshape_to(r, y, nb + [size[c] for c in left] + [size[c] for c in right])
+    return _permute_to(r, y, "".join(batch + left + right), out)
+
+
+@handles("aten.repeat_interleave.self_int")
+def _repeat_interleave(r, node, x, repeats, dim=None, output_size=None):
+    if dim is None:
+        x, dim = _reshape_to(r, x, [size_of(r.shape(x))]), 0
+    shape = list(r.shape(x))
+    dim = int(dim) % len(shape)
+    up = shape[:dim + 1] + [1] + shape[dim + 1:]
+    wide = shape[:dim + 1] + [int(repeats)] + shape[dim + 1:]
+    y = r.emit("add", [_reshape_to(r, x, up), r.const(np.zeros(wide))])  # broadcast: each entry repeated
+    return _reshape_to(r, y, shape[:dim] + [shape[dim] * int(repeats)] + shape[dim + 1:])
+
+
+@handles("aten.repeat.default")
+def _repeat(r, node, x, sizes):
+    shape = list(r.shape(x))
+    x = _reshape_to(r, x, [1] * (len(sizes) - len(shape)) + shape)
+    for axis, n in enumerate(sizes):
+        if int(n) > 1:
+            x = r.emit("concat", [x] * int(n), {"axis": axis})
+    return x
+
+
 # ---- up-sampling and transposed convolution --------------------------------------------------------
 def _interp_matrix(n_in, n_out, mode, align_corners, scale):
     """The (n_out, n_in) matrix of torch's 1-D interpolation along one axis: nearest, or linear
@@ -1639,6 +1712,15 @@ def _fake_profile(model, arrays, regions):
         (model.get_submodule(owner) if owner else model).register_buffer(leaf, fakes[id(b)])
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     values = [fm.from_tensor(torch.from_numpy(a).to(device)) for a in arrays]
+    forward = model.forward
+
+    def loss_only(*args, **kwargs):  # a forward returning (loss, logits): the profile steps the loss
+        out = forward(*args, **kwargs)
+        if isinstance(out, torch.Tensor):
+            return out
+        return next(t for t in torch.utils._pytree.tree_leaves(out)
+                    if isinstance(t, torch.Tensor) and t.dim() == 0 and t.is_floating_point())
+    model.forward = loss_only
     with fm:
         return profile(model, values, regions)
 
