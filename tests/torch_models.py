@@ -494,18 +494,39 @@ INPUTS.update(REAL_INPUTS)
 
 
 class TorchLSTM(nn.Module):
-    """nn.LSTM (aten.lstm, one fused op): not a ckpt op; the import names it, its module and line."""
+    """nn.LSTM (two layers, bidirectional, batch first) into nn.GRU: PyTorch's fused recurrent ops,
+    unrolled over time by the import."""
 
     def __init__(self):
         super().__init__()
-        self.rnn = nn.LSTM(4, 4, batch_first=True)
+        self.lstm = nn.LSTM(4, 3, num_layers=2, batch_first=True, bidirectional=True)
+        self.gru = nn.GRU(6, 5)
+        self.head = nn.Linear(5, 2)
+
+    def forward(self, x, y):
+        h, (h_n, c_n) = self.lstm(x)
+        g, g_n = self.gru(h.transpose(0, 1))  # time-major
+        return F.mse_loss(self.head(g[-1]), y) + h_n.pow(2).mean() + c_n.mean() + g_n.mean()
+
+
+def torch_lstm():
+    torch.manual_seed(0)
+    return TorchLSTM().double()
+
+
+class TorchRNN(nn.Module):
+    """nn.RNN (tanh): not a ckpt op; the import names it, its module and line."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.RNN(4, 4, batch_first=True)
 
     def forward(self, x):
         return self.rnn(x)[0].mean()
 
 
-def torch_lstm():
-    return TorchLSTM().double()
+def torch_rnn():
+    return TorchRNN().double()
 
 
 class MaxOverDim(nn.Module):
@@ -770,4 +791,5 @@ def einsum_attention():
 
 
 REAL_INPUTS["einsum_attention"] = ["x=2x5x8", "y=2:int64"]
+REAL_INPUTS["torch_lstm"] = ["x=2x3x4", "y=2x2"]
 INPUTS.update(REAL_INPUTS)

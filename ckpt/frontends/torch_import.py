@@ -1506,6 +1506,74 @@ def _repeat(r, node, x, sizes):
     return x
 
 
+# ---- nn.LSTM and nn.GRU, unrolled over time into ckpt's ops -----------------------------------------
+def _rnn(r, node, kind, x, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first):
+    """One linear for the input projections of every step, then per step the hidden projection
+    and the gates (torch's order: LSTM i, f, g, o; GRU r, z, n); layers stacked, directions joined.
+    Returns [output, h_n] (+ [c_n] for an LSTM)."""
+    gates = 4 if kind == "lstm" else 3
+    dirs = 2 if bidirectional else 1
+    per = 4 if has_biases else 2
+    if len(params) != num_layers * dirs * per:
+        r.unsupported(f"nn.{kind.upper()} with proj_size")
+    h0 = hx[0] if kind == "lstm" else hx
+    c0 = hx[1] if kind == "lstm" else None
+    t_axis = 1 if batch_first else 0
+    steps = r.shape(x)[t_axis]
+    hidden = r.shape(h0)[-1]
+    layer_in, h_n, c_n = x, [], []
+    for layer in range(num_layers):
+        outs = []
+        for d in range(dirs):
+            k = (layer * dirs + d) * per
+            w_ih, w_hh = params[k], params[k + 1]
+            b_ih, b_hh = (params[k + 2], params[k + 3]) if has_biases else (None, None)
+            w_ihT = r.emit("transpose", [w_ih], {"axes": [1, 0]})
+            w_hhT = r.emit("transpose", [w_hh], {"axes": [1, 0]})
+            xs = r.emit("linear", [layer_in, w_ihT] + ([b_ih] if b_ih is not None else []))
+            h = _select(r, h0, 0, layer * dirs + d)
+            c = _select(r, c0, 0, layer * dirs + d) if c0 is not None else None
+            seq = [None] * steps
+            for t in (range(steps) if d == 0 else reversed(range(steps))):
+                gx = _select(r, xs, t_axis, t)
+                gh = r.emit("linear", [h, w_hhT] + ([b_hh] if b_hh is not None else []))
+                if kind == "lstm":
+                    g = r.emit("add", [gx, gh])
+                    i_, f_, g_, o_ = (_slice(r, g, -1, j * hidden, (j + 1) * hidden) for j in range(gates))
+                    c = r.emit("add", [r.emit("mul", [r.emit("sigmoid", [f_]), c]),
+                                       r.emit("mul", [r.emit("sigmoid", [i_]), r.emit("tanh", [g_])])])
+                    h = r.emit("mul", [r.emit("sigmoid", [o_]), r.emit("tanh", [c])])
+                else:
+                    xr, xz, xn = (_slice(r, gx, -1, j * hidden, (j + 1) * hidden) for j in range(gates))
+                    hr, hz, hn = (_slice(r, gh, -1, j * hidden, (j + 1) * hidden) for j in range(gates))
+                    rg = r.emit("sigmoid", [r.emit("add", [xr, hr])])
+                    z = r.emit("sigmoid", [r.emit("add", [xz, hz])])
+                    n = r.emit("tanh", [r.emit("add", [xn, r.emit("mul", [rg, hn])])])
+                    h = r.emit("add", [n, r.emit("mul", [z, r.emit("sub", [h, n])])])  # (1 - z) n + z h
+                seq[t] = h
+            h_n.append(h)
+            c_n.append(c)
+            b = r.shape(h)[0]
+            up = [b, 1, hidden] if batch_first else [1, b, hidden]
+            outs.append(r.emit("concat", [_reshape_to(r, v, up) for v in seq], {"axis": t_axis}))
+        layer_in = outs[0] if dirs == 1 else r.emit("concat", outs, {"axis": -1})
+        if dropout and train and layer < num_layers - 1:
+            layer_in = r.emit("dropout", [layer_in], {"p": float(dropout)})
+    stacked = [r.emit("concat", [_reshape_to(r, v, [1] + list(r.shape(v))) for v in vs], {"axis": 0})
+               for vs in ([h_n, c_n] if kind == "lstm" else [h_n])]
+    return [layer_in] + stacked
+
+
+@handles("aten.lstm.input")
+def _lstm(r, node, x, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first):
+    return _rnn(r, node, "lstm", x, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first)
+
+
+@handles("aten.gru.input")
+def _gru(r, node, x, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first):
+    return _rnn(r, node, "gru", x, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first)
+
+
 # ---- up-sampling and transposed convolution --------------------------------------------------------
 def _interp_matrix(n_in, n_out, mode, align_corners, scale):
     """The (n_out, n_in) matrix of torch's 1-D interpolation along one axis: nearest, or linear
