@@ -201,6 +201,9 @@ def _source_line(node):
     return f"{os.path.basename(user[-1][0])}:{user[-1][1]}"
 
 
+_RANDOM = ("rand", "normal", "bernoulli", "multinomial", "dropout", "uniform", "poisson", "exponential")
+
+
 class _Lazy:
     """A constant known at import (a buffer, or an op on constants only, folded by torch): it
     becomes a ckpt input leaf only where an op ckpt records reads it."""
@@ -335,9 +338,9 @@ class _Recorder:
                     self.env[node.name] = self.fold(node)
                     if self.env[node.name] is None:
                         self.env[node.name] = self.call(node)
-                except (ConfigError, RecursionError):
+                except UnsupportedOp:
                     raise
-                except Exception as e:  # noqa: BLE001 -- an op's arguments ckpt did not foresee: one line
+                except Exception as e:  # noqa: BLE001 -- arguments ckpt did not foresee, a shape it refuses
                     self.unsupported(f"{e.__class__.__name__}: {_first_line(e)}")
             elif node.op == "output":
                 outs = [a for a in torch.utils._pytree.tree_leaves(node.args[0])]
@@ -345,13 +348,14 @@ class _Recorder:
                 if len(kinds) == len(outs):  # batch norm's new running statistics are not the loss
                     outs = [a for a, k in zip(outs, kinds) if k == "USER_OUTPUT"]
                 # the loss: the one float scalar returned (beside it, logits and the like are dropped)
-                scalars = [a for a in outs if isinstance(self.env.get(getattr(a, "name", None)), str)
-                           and self.shape(self.env[a.name]) == () and not self.info[self.env[a.name]][1].startswith("int")]
+                vals = [self.env.get(getattr(a, "name", None)) for a in outs]
+                scalars = [v for v in vals if isinstance(v, str) and self.shape(v) == ()
+                           and not self.info[v][1].startswith("int")]
                 if len(scalars) != 1:
                     raise ConfigError(f"the module's forward must return one scalar (the loss) for ckpt to "
                                       f"differentiate; it returns {len(outs)} value(s), {len(scalars)} of them "
                                       f"float scalars")
-                self.output = self.env[scalars[0].name]
+                self.output = scalars[0]
             else:
                 raise UnsupportedOp(f"unsupported graph node {node.op} {node.target} (node {node.name})")
         self.prune()
@@ -388,10 +392,12 @@ class _Recorder:
         creation = not tensors and isinstance(val, torch.Tensor) and _op_key(node.target) not in HANDLERS
         if not creation and (not tensors or any(a.name not in self.values for a in tensors)):
             return None
-        if "dropout" in str(node.target):
+        if any(w in str(node.target) for w in _RANDOM):  # a new draw each step: not a constant
             return None
         args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), lambda a: self.values[a.name])
         out = node.target(*args, **kwargs)
+        if "empty" in str(node.target) and isinstance(out, torch.Tensor):  # its values are whatever was there
+            out = torch.zeros_like(out)
         if isinstance(out, torch.Tensor):
             self.values[node.name] = out
             return _Lazy(node.name)
@@ -1476,7 +1482,7 @@ def _einsum(r, node, equation, operands, path=None):
     right = [c for c in tb if c not in ta]
     contract = [c for c in ta if c in tb and c not in out]
     nb = [size[c] for c in batch]
-    nl, nr, nk = size_of([size[c] for c in left]), size_of([size[c] for c in right]), size_of([size[c] for c in contract])
+    nl, nr, nk = (size_of([size[c] for c in group]) for group in (left, right, contract))
     a = _reshape_to(r, _permute_to(r, a, ta, batch + left + contract), nb + [nl, nk])
     b = _reshape_to(r, _permute_to(r, b, tb, batch + contract + right), nb + [nk, nr])
     y = r.emit("matmul", [a, b])
