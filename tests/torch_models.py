@@ -151,7 +151,7 @@ class Unsupported(nn.Module):
         self.fc = nn.Linear(4, 4)
 
     def forward(self, x):
-        return torch.cumsum(self.fc(x), dim=0).sum()
+        return torch.sort(self.fc(x), dim=0).values.sum()
 
 
 def unsupported():
@@ -688,21 +688,27 @@ def vit():
 
 class TCN(nn.Module):
     """1-D convolutions: causal (left padding by F.pad), 'same' padding, a depthwise one, LeakyReLU,
-    GroupNorm; a regression loss with the L1 and the mse summed."""
+    GroupNorm, 1-D pooling (max with padding, average, adaptive), cumsum, flip, rows of a
+    parameter by integer ids; a regression loss with the L1 and the mse summed."""
 
     def __init__(self, c=4):
         super().__init__()
+        self.table = nn.Parameter(torch.randn(5, 2, c))
         self.c1 = nn.Conv1d(2, c, 3)
         self.c2 = nn.Conv1d(c, c, 3, padding="same", groups=c)
         self.c3 = nn.Conv1d(c, c, 2, stride=2)
         self.norm = nn.GroupNorm(2, c)
         self.act = nn.LeakyReLU(0.1)
 
-    def forward(self, x, y):
+    def forward(self, x, y, ids):
         h = self.act(self.c1(F.pad(x, (2, 0))))
         h = self.act(self.norm(self.c2(h)))
+        h = h + F.max_pool1d(h, 3, stride=1, padding=1) + torch.cumsum(h, -1) * 0.1 + h.flip(-1)
         h = self.c3(h)
-        return F.l1_loss(h.mean(1), y) + F.mse_loss(h.mean(1), y, reduction="sum") * 0.1
+        q = F.adaptive_avg_pool1d(h, 3) + F.avg_pool1d(h, 2, 1)
+        rows = self.table[ids]  # (2, 3, 2, c): rows of a parameter by integer ids
+        return (F.l1_loss(h.mean(1), y) + F.mse_loss(h.mean(1), y, reduction="sum") * 0.1 + q.pow(2).mean()
+                + rows.pow(2).mean())
 
 
 def tcn():
@@ -711,7 +717,7 @@ def tcn():
 
 
 REAL_INPUTS.update({"mobilenet": ["x=2x3x8x8", "y=2:int64"], "llama": ["idx=2x8:int64", "targets=2x8:int64"],
-                    "vit": ["x=2x3x8x8", "y=2:int64"], "tcn": ["x=2x2x8", "y=2x4"]})
+                    "vit": ["x=2x3x8x8", "y=2:int64"], "tcn": ["x=2x2x8", "y=2x4", "ids=2x3:int64"]})
 INPUTS.update(REAL_INPUTS)
 
 

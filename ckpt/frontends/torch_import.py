@@ -1069,6 +1069,46 @@ handles("aten.max_pool2d.default")(_pool("maxpool2d"))
 handles("aten.avg_pool2d.default")(_pool("avgpool2d"))
 
 
+def _pool1d(op):
+    """(N, C, L) as an image of height 1: windows of 1 x k."""
+    def rule(r, node, x, kernel_size, stride=(), padding=0, *rest):
+        k = kernel_size[0] if isinstance(kernel_size, (list, tuple)) else kernel_size
+        s_ = (stride[0] if isinstance(stride, (list, tuple)) else stride) if stride not in ((), [], None) else k
+        p = padding[0] if isinstance(padding, (list, tuple)) else padding
+        if len(r.shape(x)) != 3:
+            r.unsupported(f"{op} of other than (N, C, L)")
+        n, c, length = r.shape(x)
+        x4 = r.emit("reshape", [x], {"shape": [n, c, 1, length]})
+        if op == "maxpool2d" and rest:  # max_pool1d(x, k, s, p, dilation, ceil_mode)
+            rest = ([1, rest[0][0] if isinstance(rest[0], (list, tuple)) else rest[0]],) + tuple(rest[1:])
+        y = _window_pool(r, node, x4, op, [1, int(k)], [1, int(s_)], [0, int(p)], rest)
+        return r.emit("reshape", [y], {"shape": list(_out_shape(node))})
+    return rule
+
+
+handles("aten.max_pool1d.default")(_pool1d("maxpool2d"))
+handles("aten.avg_pool1d.default")(_pool1d("avgpool2d"))
+
+
+def _bins(n_in, n_out):
+    """torch's adaptive bins, [floor(i n / o), ceil((i + 1) n / o)), as an averaging matrix (o, n)."""
+    a = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        lo, hi = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+        a[i, lo:hi] = 1.0 / (hi - lo)
+    return a
+
+
+@handles("aten.adaptive_avg_pool1d.default")
+def _adaptive_avg1d(r, node, x, size_):
+    n_out, n_in = _out_shape(node)[-1], r.shape(x)[-1]
+    if n_out == n_in:
+        return x
+    if n_out == 1:
+        return r.emit("mean", [x], {"axis": [-1], "keepdims": True})
+    return r.emit("matmul", [x, r.const(np.ascontiguousarray(_bins(n_in, n_out).T))])
+
+
 @handles("aten.adaptive_avg_pool2d.default")
 def _adaptive_avg(r, node, x, size_):
     if list(size_) == [1, 1]:
@@ -1078,14 +1118,8 @@ def _adaptive_avg(r, node, x, size_):
     if (oh, ow) == (h, w):
         return x
 
-    def bins(n_in, n_out):  # torch's bins: [floor(i n / o), ceil((i + 1) n / o)), averaged
-        a = np.zeros((n_out, n_in))
-        for i in range(n_out):
-            lo, hi = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
-            a[i, lo:hi] = 1.0 / (hi - lo)
-        return a
     # y = A_h x A_w^T: two matrix products with constant averaging matrices
-    return r.emit("matmul", [r.emit("matmul", [r.const(bins(h, oh)), x]), r.const(np.ascontiguousarray(bins(w, ow).T))])
+    return r.emit("matmul", [r.emit("matmul", [r.const(_bins(h, oh)), x]), r.const(np.ascontiguousarray(_bins(w, ow).T))])
 
 
 @handles("aten.broadcast_tensors.default")
@@ -1578,6 +1612,46 @@ def _lstm(r, node, x, hx, params, has_biases, num_layers, dropout, train, bidire
 @handles("aten.gru.input")
 def _gru(r, node, x, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first):
     return _rnn(r, node, "gru", x, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first)
+
+
+# ---- along one axis by a constant matrix: cumsum, flip; rows by integer indices ----------------------
+def _along(r, x, dim, matrix):
+    """x's axis `dim` times a constant (n, n) matrix: the axis moved last, multiplied, moved back."""
+    nd = len(r.shape(x))
+    dim = int(dim) % nd
+    perm = list(range(nd))
+    perm[dim], perm[-1] = perm[-1], perm[dim]
+    y = r.emit("matmul", [_permute_to(r, x, list(range(nd)), perm), r.const(matrix)])
+    return _permute_to(r, y, list(range(nd)), perm)
+
+
+@handles("aten.cumsum.default")
+def _cumsum(r, node, x, dim, dtype=None):
+    if r.info[x][1].startswith("int"):
+        r.unsupported("a cumulative sum of integers")
+    n = r.shape(x)[int(dim)]
+    return _along(r, x, dim, np.triu(np.ones((n, n))))  # y_j = sum over i <= j of x_i
+
+
+@handles("aten.flip.default")
+def _flip(r, node, x, dims):
+    for d in dims:
+        n = r.shape(x)[int(d)]
+        x = _along(r, x, d, np.eye(n)[::-1].copy())
+    return x
+
+
+@handles("aten.index.Tensor")
+def _index(r, node, x, indices):
+    """x[idx] with one integer index tensor on the first axis: rows gathered, as an embedding."""
+    if len(indices) != 1 or indices[0] is None or not _is_tensor(r, indices[0]) \
+            or not r.info[indices[0]][1].startswith("int") or len(r.shape(x)) < 2 or r.info[x][1].startswith("int"):
+        r.unsupported("indexing other than rows of a float tensor by one integer tensor (x[idx])")
+    idx, shape = indices[0], r.shape(x)
+    src = r.source(idx)
+    r.high[src] = min(r.high.get(src, 1 << 62), shape[0])
+    rows = _reshape_to(r, x, [shape[0], size_of(shape[1:])])
+    return _reshape_to(r, r.emit("embedding", [rows, idx]), list(_out_shape(node)))
 
 
 # ---- up-sampling and transposed convolution --------------------------------------------------------
