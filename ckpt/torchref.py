@@ -22,6 +22,7 @@ TORCH = {
     "log": lambda x, a: torch.log(x[0]), "sin": lambda x, a: torch.sin(x[0]), "cos": lambda x, a: torch.cos(x[0]),
     "tanh": lambda x, a: torch.tanh(x[0]), "sigmoid": lambda x, a: torch.sigmoid(x[0]),
     "relu": lambda x, a: torch.relu(x[0]), "gelu": lambda x, a: F.gelu(x[0], approximate="tanh"),
+    "gelu_erf": lambda x, a: F.gelu(x[0]),
     "scale": lambda x, a: x[0] * a["factor"], "matmul": lambda x, a: x[0] @ x[1],
     "linear": lambda x, a: x[0] @ x[1] + (x[2] if len(x) == 3 else 0),
     "sum": lambda x, a: x[0].sum(dim=_axes(a["axis"], x[0].ndim), keepdim=a["keepdims"]),
@@ -48,6 +49,8 @@ TORCH = {
     "less": lambda x, a: (x[0] < x[1]).to(torch.result_type(x[0], x[1])),
     "less_equal": lambda x, a: (x[0] <= x[1]).to(torch.result_type(x[0], x[1])),
     "pow": lambda x, a: x[0] ** a["exponent"],
+    "slice": lambda x, a: x[0].narrow(a["axis"], a["start"], a["stop"] - a["start"])[
+        (slice(None),) * (a["axis"] % x[0].ndim) + (slice(None, None, a["step"]),)],
     # the residuals the model graph saves for layernorm and dropout: their readers above ignore them
     # (torch's layer_norm saves its own statistics, and the mask is drawn above), so they are nothing
     # here, and cost a timed PyTorch step nothing

@@ -84,7 +84,8 @@ def test_fused_kernels_give_the_array_rules_on_cuda(dtype):
     xp = get_backend("cuda").xp
     rng = np.random.default_rng(1)
     tol = 2e-6 if dtype == "float32" else 1e-13
-    cases = [("gelu", [(4, 300)], {}), ("softmax", [(3, 1)], {"axis": -1}), ("softmax", [(2, 5, 7)], {"axis": -1}),
+    cases = [("gelu", [(4, 300)], {}), ("gelu_erf", [(4, 300)], {}), ("softmax", [(3, 1)], {"axis": -1}),
+             ("softmax", [(2, 5, 7)], {"axis": -1}),
              ("softmax", [(4, 1024)], {"axis": -1}), ("softmax", [(2, 1500)], {"axis": -1}),
              ("softmax", [(6, 5, 4)], {"axis": 1}), ("layernorm", [(3, 4, 40), (40,), (40,)], {"eps": 1e-5}),
              ("layernorm_stats", [(3, 4, 40)], {"eps": 1e-5}), ("layernorm", [(3, 4, 40), (40,), (40,), "stats"],
@@ -175,7 +176,8 @@ class _InterpretedKernel:
         self.ttype = [p.split()[-1] for p in params.split(",") if p.split()[0] == "T"]
 
     def __call__(self, *args):
-        env = dict(zip(_names(self.params), args), tanh=np.tanh, exp=np.exp, where=np.where)
+        from scipy.special import erf
+        env = dict(zip(_names(self.params), args), tanh=np.tanh, exp=np.exp, where=np.where, erf=erf)
         arrays = [a for a in args if isinstance(a, np.ndarray)]
         shape = np.broadcast_shapes(*[a.shape for a in arrays])
         env["i"] = np.arange(int(np.prod(shape)), dtype=np.uint64).reshape(shape)
@@ -245,3 +247,23 @@ def test_fused_kernels_give_the_array_rules_on_a_numpy_interpreter(dtype):
     used = {n for (xp, n), k in _kernels.items() if xp is fake.xp and k}
     assert used == {"dropout_mask", "dropout_masked", "gelu", "gelu_vjp", "exp_sub", "rowdot", "softmax_vjp",
                     "ln_sqdev", "ln_fwd", "ln_gxhat", "ln_dx"}
+
+
+def test_gelu_erf_kernels_on_a_numpy_interpreter():
+    """The exact GELU's kernels (no config of the suite uses it): forward and VJP through the
+    stand-in's interpreter against the array rules (scipy's erf)."""
+    from ckpt.backend import CupyBackend
+    from ckpt.ops import REGISTRY, Ctx
+    fake = CupyBackend(_numpy_standing_in_for_cupy()).xp
+    op = REGISTRY["gelu_erf"]
+    x = np.random.default_rng(0).standard_normal((3, 50))
+    g = np.random.default_rng(1).standard_normal((3, 50))
+    for xp_ in (fake, np):
+        y = op.forward(xp_, [x], {})
+        dx = op.vjp(xp_, 0, g, Ctx([x], y, [x.shape], y.shape, {}))
+        if xp_ is fake:
+            ky, kdx = y, dx
+    np.testing.assert_allclose(ky, y, rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(kdx, dx, rtol=1e-13, atol=1e-15)
+    from ckpt.ops import _kernels
+    assert {n for (m, n), k in _kernels.items() if m is fake and k} >= {"gelu_erf", "gelu_erf_vjp"}

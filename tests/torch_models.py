@@ -1,6 +1,8 @@
 """Three ordinary PyTorch models for the bridge tests (`ckpt import tests/torch_models.py:gpt ...`).
 Each forward returns the loss. float64, so that ckpt and PyTorch agree to round-off."""
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -149,7 +151,7 @@ class Unsupported(nn.Module):
         self.fc = nn.Linear(4, 4)
 
     def forward(self, x):
-        return torch.cumsum(self.fc(x), dim=0).sum()
+        return torch.sort(self.fc(x), dim=0).values.sum()
 
 
 def unsupported():
@@ -160,3 +162,640 @@ def gpt_meta():
     """Built on the meta device: shapes without values, as a model too large for this machine."""
     with torch.device("meta"):
         return GPT().double().eval()
+
+
+# ---- real-model shapes, as PyTorch users write them (tests/test_torch_real.py) ---------------------
+# torchvision-style ResNet (BatchNorm in train and eval mode, ReLU(inplace=True), a 3x3/2 max pool
+# with padding), a VGG (adaptive pooling to 2x2, dropout, label smoothing), UNets (transposed
+# convolutions, bilinear and nearest up-sampling, torch.cat, per-pixel cross entropy), nanoGPT
+# (split, masked_fill from a buffer, tied embeddings, ModuleDict), nn.MultiheadAttention, hand-written
+# LSTM and GRU cells (chunk, select, stack, nll_loss), and a layer used twice with a buffer.
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, inp, out, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inp, out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(out, out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out)
+        self.downsample = None
+        if stride != 1 or inp != out:
+            self.downsample = nn.Sequential(nn.Conv2d(inp, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+
+    def forward(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu(out)
+
+
+class ResNet(nn.Module):
+    def __init__(self, widths=(8, 16), classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, widths[0], 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        layers, inp = [], widths[0]
+        for i, w in enumerate(widths):
+            layers.append(nn.Sequential(BasicBlock(inp, w, 1 if i == 0 else 2), BasicBlock(w, w)))
+            inp = w
+        self.layer1, self.layer2 = layers
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(inp, classes)
+
+    def forward(self, x, y):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer2(self.layer1(x))
+        x = torch.flatten(self.avgpool(x), 1)
+        return F.cross_entropy(self.fc(x), y)
+
+
+def resnet_train():
+    torch.manual_seed(0)
+    return ResNet().double()
+
+def resnet_eval():
+    torch.manual_seed(0)
+    m = ResNet().double()
+    for mod in m.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5); mod.running_var.uniform_(0.5, 2.0)
+    return m.eval()
+
+
+class VGG(nn.Module):
+    def __init__(self, classes=10):
+        super().__init__()
+        cfg = [8, "M", 16, "M", 16, 16, "M"]
+        layers, c = [], 3
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            else:
+                layers += [nn.Conv2d(c, v, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+                c = v
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d((2, 2))
+        self.classifier = nn.Sequential(nn.Linear(c * 4, 32), nn.ReLU(True), nn.Dropout(),
+                                        nn.Linear(32, 32), nn.ReLU(True), nn.Dropout(), nn.Linear(32, classes))
+
+    def forward(self, x, y):
+        x = self.avgpool(self.features(x))
+        x = torch.flatten(x, 1)
+        return F.cross_entropy(self.classifier(x), y, label_smoothing=0.1)
+
+
+def vgg():
+    torch.manual_seed(0)
+    return VGG().double().eval()
+
+
+class DoubleConv(nn.Sequential):
+    def __init__(self, i, o):
+        super().__init__(nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True),
+                         nn.Conv2d(o, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True))
+
+
+class UNet(nn.Module):
+    def __init__(self, bilinear=False):
+        super().__init__()
+        self.inc = DoubleConv(3, 8)
+        self.down1 = nn.Sequential(nn.MaxPool2d(2), DoubleConv(8, 16))
+        self.down2 = nn.Sequential(nn.MaxPool2d(2), DoubleConv(16, 16))
+        if bilinear:
+            self.up1 = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
+            self.up2 = nn.Upsample(scale_factor=2, mode="nearest")
+            self.conv1, self.conv2 = DoubleConv(32, 8), DoubleConv(16, 8)
+        else:
+            self.up1 = nn.ConvTranspose2d(16, 16, 2, stride=2)
+            self.up2 = nn.ConvTranspose2d(8, 8, 2, stride=2)
+            self.conv1, self.conv2 = DoubleConv(32, 8), DoubleConv(16, 8)
+        self.outc = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x, y):
+        x1 = self.inc(x)
+        x2 = self.down1(x1)
+        x3 = self.down2(x2)
+        u = self.conv1(torch.cat([x2, self.up1(x3)], dim=1))
+        u = self.conv2(torch.cat([x1, self.up2(u)], dim=1))
+        return F.cross_entropy(self.outc(u), y)
+
+
+def unet():
+    torch.manual_seed(0)
+    return UNet().double()
+
+def unet_up():
+    torch.manual_seed(0)
+    return UNet(True).double()
+
+
+class CausalSelfAttention(nn.Module):   # nanoGPT
+    def __init__(self, c, heads, T, p):
+        super().__init__()
+        self.c_attn = nn.Linear(c, 3 * c)
+        self.c_proj = nn.Linear(c, c)
+        self.attn_dropout, self.resid_dropout = nn.Dropout(p), nn.Dropout(p)
+        self.n_head, self.n_embd = heads, c
+        self.register_buffer("bias", torch.tril(torch.ones(T, T)).view(1, 1, T, T))
+
+    def forward(self, x):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+        att = att.masked_fill(self.bias[:, :, :T, :T] == 0, float("-inf"))
+        att = F.softmax(att, dim=-1)
+        att = self.attn_dropout(att)
+        y = att @ v
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class SDPAAttention(nn.Module):
+    def __init__(self, c, heads, T, p):
+        super().__init__()
+        self.qkv = nn.Linear(c, 3 * c, bias=False)
+        self.proj = nn.Linear(c, c)
+        self.h, self.p = heads, p
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        q, k, v = (t.reshape(B, T, self.h, -1).permute(0, 2, 1, 3) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.p if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class MHA(nn.Module):
+    def __init__(self, c, heads, T, p):
+        super().__init__()
+        self.mha = nn.MultiheadAttention(c, heads, dropout=p, batch_first=True)
+        self.register_buffer("mask", torch.triu(torch.ones(T, T, dtype=torch.bool), 1))
+
+    def forward(self, x):
+        T = x.shape[1]
+        return self.mha(x, x, x, attn_mask=self.mask[:T, :T], need_weights=False)[0]
+
+
+class GPT2MLP(nn.Module):
+    def __init__(self, c, p, approx):
+        super().__init__()
+        self.c_fc, self.gelu, self.c_proj, self.dropout = (nn.Linear(c, 4 * c), nn.GELU(approximate=approx),
+                                                            nn.Linear(4 * c, c), nn.Dropout(p))
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class GPT2Block(nn.Module):
+    def __init__(self, c, heads, T, p, attn, approx):
+        super().__init__()
+        self.ln_1, self.ln_2 = nn.LayerNorm(c), nn.LayerNorm(c)
+        self.attn = attn(c, heads, T, p)
+        self.mlp = GPT2MLP(c, p, approx)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT2(nn.Module):
+    def __init__(self, attn=CausalSelfAttention, approx="tanh", vocab=40, T=8, c=16, heads=2, layers=2, p=0.1,
+                 smoothing=0.0):
+        super().__init__()
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(vocab, c), wpe=nn.Embedding(T, c), drop=nn.Dropout(p),
+            h=nn.ModuleList([GPT2Block(c, heads, T, p, attn, approx) for _ in range(layers)]), ln_f=nn.LayerNorm(c)))
+        self.lm_head = nn.Linear(c, vocab, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # tied
+        self.smoothing = smoothing
+
+    def forward(self, idx, targets):
+        b, t = idx.size()
+        pos = torch.arange(0, t, dtype=torch.long, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for block in self.transformer.h:
+            x = block(x)
+        logits = self.lm_head(self.transformer.ln_f(x))
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1,
+                               label_smoothing=self.smoothing)
+
+
+def gpt2():
+    torch.manual_seed(0)
+    return GPT2().double().eval()
+
+def gpt2_mha():
+    """nn.MultiheadAttention with a boolean causal mask, and the exact (erf) GELU."""
+    torch.manual_seed(0)
+    return GPT2(MHA, "none").double().eval()
+
+def gpt2_f32():
+    torch.manual_seed(0)
+    return GPT2().eval()
+
+
+class LSTMCell(nn.Module):
+    def __init__(self, i, h):
+        super().__init__()
+        self.ih, self.hh = nn.Linear(i, 4 * h), nn.Linear(h, 4 * h)
+
+    def forward(self, x, state):
+        h, c = state
+        i, f, g, o = (self.ih(x) + self.hh(h)).chunk(4, 1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+
+
+class GRUCell(nn.Module):
+    def __init__(self, i, h):
+        super().__init__()
+        self.ih, self.hh = nn.Linear(i, 3 * h), nn.Linear(h, 3 * h)
+
+    def forward(self, x, h):
+        xr, xz, xn = self.ih(x).chunk(3, dim=-1)
+        hr, hz, hn = self.hh(h).chunk(3, dim=-1)
+        r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+        n = torch.tanh(xn + r * hn)
+        return (1 - z) * n + z * h
+
+
+class RNN(nn.Module):
+    def __init__(self, i=6, h=8, classes=5):
+        super().__init__()
+        self.lstm, self.gru, self.h = LSTMCell(i, h), GRUCell(h, h), h
+        self.out = nn.Linear(h, classes)
+
+    def forward(self, x, y):
+        B, T, _ = x.shape
+        h = c = x.new_zeros(B, self.h)
+        g = torch.zeros(B, self.h, dtype=x.dtype)
+        outs = []
+        for t in range(T):
+            h, c = self.lstm(x[:, t], (h, c))
+            g = self.gru(h, g)
+            outs.append(g)
+        hs = torch.stack(outs, dim=1)
+        logp = F.log_softmax(self.out(hs), dim=-1)
+        return F.nll_loss(logp.reshape(-1, logp.shape[-1]), y.reshape(-1))
+
+
+def rnn():
+    torch.manual_seed(0)
+    return RNN().double()
+
+
+class Shared(nn.Module):
+    """Parameters shared between layers, a buffer, ModuleDict, scalar ops, keepdim reductions."""
+    def __init__(self, d=8):
+        super().__init__()
+        self.shared = nn.Linear(d, d)
+        self.layers = nn.ModuleList([self.shared, nn.Linear(d, d), self.shared])
+        self.heads = nn.ModuleDict({"a": nn.Linear(d, 3), "b": nn.Linear(d, 3)})
+        self.register_buffer("scale", torch.linspace(0.5, 1.5, d))
+        self.w = nn.Parameter(torch.randn(d))
+
+    def forward(self, x, y):
+        for layer in self.layers:
+            x = F.relu(layer(x)) * self.scale + self.w
+        x = x - x.mean(dim=-1, keepdim=True)
+        x = x / (x.pow(2).sum(-1, keepdim=True) + 1e-5).sqrt()
+        a = self.heads["a"](x)
+        b = self.heads["b"](x) * 0.5 / math.sqrt(8)
+        return F.mse_loss(a, y) + F.mse_loss(b, y, reduction="sum") * 0.01 + torch.log_softmax(a, -1).mean()
+
+
+def shared():
+    torch.manual_seed(0)
+    return Shared().double()
+
+
+
+REAL_INPUTS = {
+    "resnet_train": ["x=2x3x16x16", "y=2:int64"], "resnet_eval": ["x=2x3x16x16", "y=2:int64"],
+    "vgg": ["x=2x3x16x16", "y=2:int64"], "unet": ["x=2x3x8x8", "y=2x8x8:int64"],
+    "unet_up": ["x=2x3x8x8", "y=2x8x8:int64"], "gpt2": ["idx=2x8:int64", "targets=2x8:int64"],
+    "gpt2_mha": ["idx=2x8:int64", "targets=2x8:int64"],
+    "gpt2_f32": ["idx=2x8:int64", "targets=2x8:int64"], "rnn": ["x=2x4x6", "y=2x4:int64"],
+    "shared": ["x=4x8", "y=4x3"],
+}
+INPUTS.update(REAL_INPUTS)
+
+
+class TorchLSTM(nn.Module):
+    """nn.LSTM (two layers, bidirectional, batch first) into nn.GRU: PyTorch's fused recurrent ops,
+    unrolled over time by the import."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(4, 3, num_layers=2, batch_first=True, bidirectional=True)
+        self.gru = nn.GRU(6, 5)
+        self.head = nn.Linear(5, 2)
+
+    def forward(self, x, y):
+        h, (h_n, c_n) = self.lstm(x)
+        g, g_n = self.gru(h.transpose(0, 1))  # time-major
+        return F.mse_loss(self.head(g[-1]), y) + h_n.pow(2).mean() + c_n.mean() + g_n.mean()
+
+
+def torch_lstm():
+    torch.manual_seed(0)
+    return TorchLSTM().double()
+
+
+class TorchRNN(nn.Module):
+    """nn.RNN (tanh): not a ckpt op; the import names it, its module and line."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.RNN(4, 4, batch_first=True)
+
+    def forward(self, x):
+        return self.rnn(x)[0].mean()
+
+
+def torch_rnn():
+    return TorchRNN().double()
+
+
+class MaxOverDim(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.fc(x).max(dim=-1).values.mean()
+
+
+def max_over_dim():
+    return MaxOverDim().double()
+
+
+class SliceWrite(nn.Module):
+    """A write into a slice (`h[:, :2] *= 2`): the trace is functionalized, the write a slice_scatter."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = self.fc(x)
+        h[:, :2] *= 2.0
+        h.relu_()
+        return (h * h).mean()
+
+
+def slice_write():
+    torch.manual_seed(0)
+    return SliceWrite().double()
+
+
+# ---- more real-model shapes: MobileNet, Llama, ViT, a 1-D conv net --------------------------------
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: 1x1 expand, 3x3 depthwise (groups = channels), 1x1 project, ReLU6."""
+
+    def __init__(self, c, expand, stride):
+        super().__init__()
+        h = c * expand
+        self.use_res = stride == 1
+        self.conv = nn.Sequential(
+            nn.Conv2d(c, h, 1, bias=False), nn.BatchNorm2d(h), nn.ReLU6(inplace=True),
+            nn.Conv2d(h, h, 3, stride, 1, groups=h, bias=False), nn.BatchNorm2d(h), nn.ReLU6(inplace=True),
+            nn.Conv2d(h, c, 1, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        return x + self.conv(x) if self.use_res else self.conv(x)
+
+
+class MobileNet(nn.Module):
+    def __init__(self, classes=5):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1, bias=False), nn.BatchNorm2d(4), nn.Hardtanh(0.0, 6.0))
+        self.blocks = nn.Sequential(InvertedResidual(4, 2, 1), InvertedResidual(4, 2, 2))
+        self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(4, classes))
+
+    def forward(self, x, y):
+        h = self.blocks(self.stem(x))
+        return F.cross_entropy(self.head(nn.functional.adaptive_avg_pool2d(h, 1).flatten(1)), y)
+
+
+def mobilenet():
+    """BatchNorm in train mode; the dropout in eval mode (PyTorch's masks are not ckpt's)."""
+    torch.manual_seed(0)
+    m = MobileNet().double()
+    m.head[0].eval()
+    return m
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, d, eps=1e-6):
+        super().__init__()
+        self.eps, self.weight = eps, nn.Parameter(torch.ones(d) + 0.1 * torch.randn(d))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def rotate(x, cos, sin):
+    """Rotary embedding on interleaved pairs: x[..., ::2] and x[..., 1::2]."""
+    x1, x2 = x[..., ::2], x[..., 1::2]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class LlamaBlock(nn.Module):
+    def __init__(self, d, heads, T):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = RMSNorm(d), nn.RMSNorm(d, eps=1e-6)
+        self.wq, self.wk, self.wv, self.wo = (nn.Linear(d, d, bias=False) for _ in range(4))
+        self.w1, self.w2, self.w3 = nn.Linear(d, 2 * d, bias=False), nn.Linear(2 * d, d, bias=False), \
+            nn.Linear(d, 2 * d, bias=False)
+        hd = d // heads
+        freqs = 1.0 / (10000 ** (torch.arange(0, hd, 2).double() / hd))
+        angles = torch.outer(torch.arange(T).double(), freqs)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x):
+        B, T, D = x.shape
+        h = self.norm1(x)
+        q, k, v = (w(h).view(B, T, self.heads, -1).transpose(1, 2) for w in (self.wq, self.wk, self.wv))
+        q, k = rotate(q, self.cos[:T], self.sin[:T]), rotate(k, self.cos[:T], self.sin[:T])
+        att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.wo(att.transpose(1, 2).reshape(B, T, D))
+        h = self.norm2(x)
+        return x + self.w2(F.silu(self.w1(h)) * self.w3(h))
+
+
+class Llama(nn.Module):
+    def __init__(self, vocab=30, d=16, heads=2, T=8, layers=2):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d, padding_idx=0)
+        self.layers = nn.ModuleList([LlamaBlock(d, heads, T) for _ in range(layers)])
+        self.norm, self.out = RMSNorm(d), nn.Linear(d, vocab, bias=False)
+
+    def forward(self, idx, targets):
+        x = self.emb(idx)
+        for layer in self.layers:
+            x = layer(x)
+        logits = self.out(self.norm(x))
+        return F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), targets[:, 1:].reshape(-1))
+
+
+def llama():
+    torch.manual_seed(0)
+    m = Llama().double()
+    with torch.no_grad():
+        m.emb.weight[0] = 0.5  # a padding row that is not zero: it takes no gradient, keeps its value
+    return m
+
+
+class ViT(nn.Module):
+    """Patches by a strided conv, a class token expanded over the batch, learned positions, and
+    nn.TransformerEncoderLayer (norm_first, exact GELU)."""
+
+    def __init__(self, d=16, patch=4, image=8, classes=3):
+        super().__init__()
+        self.patch = nn.Conv2d(3, d, patch, stride=patch)
+        self.cls = nn.Parameter(torch.randn(1, 1, d) * 0.1)
+        self.pos = nn.Parameter(torch.randn(1, (image // patch) ** 2 + 1, d) * 0.1)
+        self.enc = nn.TransformerEncoderLayer(d, 2, 32, dropout=0.1, activation="gelu", batch_first=True,
+                                              norm_first=True)
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, x, y):
+        h = self.patch(x).flatten(2).transpose(1, 2)
+        h = torch.cat([self.cls.expand(x.shape[0], -1, -1), h], dim=1) + self.pos
+        h = self.enc(h)
+        return F.cross_entropy(self.head(h[:, 0]), y)
+
+
+def vit():
+    torch.manual_seed(0)
+    return ViT().double().eval()
+
+
+class TCN(nn.Module):
+    """1-D convolutions: causal (left padding by F.pad), 'same' padding, a depthwise one, LeakyReLU,
+    GroupNorm, 1-D pooling (max with padding, average, adaptive), cumsum, flip, rows of a
+    parameter by integer ids; a regression loss with the L1 and the mse summed."""
+
+    def __init__(self, c=4):
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(5, 2, c))
+        self.c1 = nn.Conv1d(2, c, 3)
+        self.c2 = nn.Conv1d(c, c, 3, padding="same", groups=c)
+        self.c3 = nn.Conv1d(c, c, 2, stride=2)
+        self.norm = nn.GroupNorm(2, c)
+        self.act = nn.LeakyReLU(0.1)
+
+    def forward(self, x, y, ids):
+        h = self.act(self.c1(F.pad(x, (2, 0))))
+        h = self.act(self.norm(self.c2(h)))
+        h = h + F.max_pool1d(h, 3, stride=1, padding=1) + torch.cumsum(h, -1) * 0.1 + h.flip(-1)
+        h = self.c3(h)
+        q = F.adaptive_avg_pool1d(h, 3) + F.avg_pool1d(h, 2, 1)
+        rows = self.table[ids]  # (2, 3, 2, c): rows of a parameter by integer ids
+        return (F.l1_loss(h.mean(1), y) + F.mse_loss(h.mean(1), y, reduction="sum") * 0.1 + q.pow(2).mean()
+                + rows.pow(2).mean())
+
+
+def tcn():
+    torch.manual_seed(0)
+    return TCN().double()
+
+
+REAL_INPUTS.update({"mobilenet": ["x=2x3x8x8", "y=2:int64"], "llama": ["idx=2x8:int64", "targets=2x8:int64"],
+                    "vit": ["x=2x3x8x8", "y=2:int64"], "tcn": ["x=2x2x8", "y=2x4", "ids=2x3:int64"]})
+INPUTS.update(REAL_INPUTS)
+
+
+def llama_meta():
+    """On the meta device: buffers (the rotary tables) have shapes and no values."""
+    with torch.device("meta"):
+        return Llama().double()
+
+
+class Zoo(nn.Module):
+    """The activations, norms and losses of everyday models, each once: comparisons and where,
+    softplus, ELU, SELU, Hardswish, Mish, LogSigmoid, LeakyReLU, clamp, LayerNorm over (C, H, W),
+    InstanceNorm2d, F.normalize, std, logsumexp, a matrix-vector product, BCE with logits, BCE,
+    smooth L1 and Huber."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.conv = nn.Conv2d(2, 3, 3, padding=(1, 0))
+        self.ln = nn.LayerNorm([3, 4, 2])
+        self.inorm = nn.InstanceNorm2d(3, affine=True)
+        self.v = nn.Parameter(torch.randn(6))
+        self.acts = nn.ModuleList([nn.Softplus(), nn.ELU(0.5), nn.SELU(), nn.Hardswish(), nn.Mish(),
+                                   nn.LogSigmoid(), nn.LeakyReLU(0.2)])
+
+    def forward(self, x, img, y):
+        h = self.fc(x)
+        h = torch.where(h > 0, h, 0.1 * h) + (h <= -0.5).float() * h * h
+        for act in self.acts:
+            h = h + act(h) * 0.1
+        h = torch.clamp(h, -3.0, 3.0)
+        n = F.normalize(h, dim=-1)
+        score = torch.logsumexp(h, dim=-1) + h @ self.v + n.std(dim=-1)
+        c = self.inorm(self.ln(self.conv(img)))
+        p, y = torch.sigmoid(score), torch.sigmoid(y)  # BCE takes targets in [0, 1]
+        return (F.binary_cross_entropy_with_logits(score, y) + F.binary_cross_entropy(p, y)
+                + F.smooth_l1_loss(h, x, beta=0.5) + F.huber_loss(h, x, delta=2.0) + c.pow(2).mean())
+
+
+def zoo():
+    torch.manual_seed(0)
+    return Zoo().double()
+
+
+REAL_INPUTS["zoo"] = ["x=4x6", "img=2x2x4x4", "y=4"]
+INPUTS.update(REAL_INPUTS)
+
+
+class EinsumAttention(nn.Module):
+    """Attention written with torch.einsum, grouped-query keys by repeat_interleave, a tiled
+    bias by repeat, a matrix-vector product; forward returns (loss, logits), as many models do."""
+
+    def __init__(self, d=8, heads=4, kv_heads=2):
+        super().__init__()
+        self.h, self.kv = heads, kv_heads
+        self.q = nn.Linear(d, d)
+        self.kv_proj = nn.Linear(d, 2 * d * kv_heads // heads)
+        self.bias = nn.Parameter(torch.randn(1, 2) * 0.1)
+        self.out = nn.Linear(d, 3)
+
+    def forward(self, x, y):
+        B, T, D = x.shape
+        hd = D // self.h
+        q = self.q(x).view(B, T, self.h, hd)
+        k, v = self.kv_proj(x).view(B, T, 2 * self.kv, hd).chunk(2, dim=2)
+        k, v = k.repeat_interleave(self.h // self.kv, dim=2), v.repeat_interleave(self.h // self.kv, dim=2)
+        s = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(hd)
+        a = torch.einsum("bhqk,bkhd->bqhd", s.softmax(-1), v).reshape(B, T, D)
+        logits = self.out(a + self.bias.repeat(1, D // 2))
+        pooled = torch.einsum("btc->bc", logits)
+        return F.cross_entropy(pooled, y), logits
+
+
+def einsum_attention():
+    torch.manual_seed(0)
+    return EinsumAttention().double()
+
+
+REAL_INPUTS["einsum_attention"] = ["x=2x5x8", "y=2:int64"]
+REAL_INPUTS["torch_lstm"] = ["x=2x3x4", "y=2x2"]
+INPUTS.update(REAL_INPUTS)

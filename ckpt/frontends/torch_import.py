@@ -129,16 +129,89 @@ def example_inputs(model, inputs, seed=0):
 
 def export(model, args):
     torch = torch_or_error()
+    import warnings
     try:
-        return torch.export.export(model, args, strict=False)
+        with warnings.catch_warnings():  # torch's notes on the user's module: ckpt's answer is one line
+            warnings.simplefilter("ignore")
+            return torch.export.export(model, args, strict=False)
     except Exception as e:  # noqa: BLE001 -- a shape mismatch, an untraceable forward: one line
         raise ConfigError(f"tracing the module failed ({e.__class__.__name__}): {_first_line(e)}") from None
+
+
+def functional(ep):
+    """The exported program without in-place ops that ckpt cannot read as their functional forms.
+    torch.export keeps `relu_` (ReLU(inplace=True)), `out += identity` and batch norm's step
+    counter as mutations. Where the mutated tensor is read by nothing after the mutation and
+    shares no storage with another value (no view of it, not itself a view), the in-place op is
+    read as its functional form (later readers already read its result) and the counter update,
+    read by nothing, is dropped. Anything else (a write into a slice, say) is functionalized by
+    run_decompositions with an empty table: correct in every case, but a second trace, seconds
+    on a small model."""
+    if all(_in_place_alone(n) for n in ep.graph.nodes
+           if n.op == "call_function" and getattr(getattr(n.target, "_schema", None), "is_mutable", False)):
+        return ep
+    import warnings
+    try:
+        with warnings.catch_warnings():  # torch's own deprecation notices, not the user's to act on
+            warnings.simplefilter("ignore", FutureWarning)
+            return ep.run_decompositions({})
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"removing the in-place ops of the trace failed ({e.__class__.__name__}): "
+                          f"{_first_line(e)}") from None
+
+
+def _is_view(node):
+    schema = getattr(node.target, "_schema", None) if node.op == "call_function" else None
+    if schema is None:
+        return node.op == "call_function"  # getitem of a split, a Python function: taken as a view
+    return not schema.is_mutable and any(r.alias_info is not None for r in schema.returns)
+
+
+def _in_place_alone(node):
+    """An in-place aten op `x.op_(...)` whose x is read by nothing after it and aliases nothing."""
+    name = node.target._schema.name
+    if not name.endswith("_") or name.endswith("__") or not node.args or not hasattr(node.args[0], "users"):
+        return False
+    x = node.args[0]
+    if _is_view(x):
+        return False
+    after = False
+    for n in node.graph.nodes:  # in order: readers of x after the mutation, or views of x at all
+        if n is node:
+            after = True
+        elif x in n.all_input_nodes and (after or _is_view(n)):
+            return False
+    return True
 
 
 # ---- aten -> ckpt ---------------------------------------------------------------------------------
 def _module_path(node):
     stack = node.meta.get("nn_module_stack") or {}
     return list(stack.values())[-1][0] if stack else ""
+
+
+def _source_line(node):
+    """`file.py:LINE` of the user's code that made the node: the innermost frame of its stack trace
+    outside torch itself (nn.MultiheadAttention's own lines say less than the line that called it)."""
+    frames = re.findall(r'File "([^"]+)", line (\d+)', node.meta.get("stack_trace") or "")
+    if not frames:
+        return ""
+    torch_dir = os.sep + "torch" + os.sep
+    user = [f for f in frames if torch_dir not in f[0]] or frames
+    return f"{os.path.basename(user[-1][0])}:{user[-1][1]}"
+
+
+_RANDOM = ("rand", "normal", "bernoulli", "multinomial", "dropout", "uniform", "poisson", "exponential")
+
+
+class _Lazy:
+    """A constant known at import (a buffer, or an op on constants only, folded by torch): it
+    becomes a ckpt input leaf only where an op ckpt records reads it."""
+
+    __slots__ = ("fx",)
+
+    def __init__(self, fx):
+        self.fx = fx
 
 
 class _Recorder:
@@ -152,6 +225,7 @@ class _Recorder:
         self.high = {}  # int input -> exclusive upper bound of its values (rows, classes)
         self.input_names = input_names
         self.cur = None
+        self.values = {}  # fx name -> torch tensor of a constant (buffers, folded ops); see _Lazy
 
     # values
     def shape(self, v):
@@ -191,14 +265,15 @@ class _Recorder:
         self.info[name] = (arr.shape, str(arr.dtype))
         return name
 
-    def int_view(self, x, shape):
-        """Integer labels reshaped: ckpt's ops take floats, so the view is an input leaf of its own
-        whose values are the source's, reshaped (filled in once the source's values are drawn)."""
-        name = f"{x}_{'x'.join(map(str, shape))}"
+    def int_view(self, x, shape, how=None, tag=""):
+        """Integer labels reshaped (or sliced: `how` maps the source's array to the view's): ckpt's
+        ops take floats, so the view is an input leaf of its own whose values are the source's,
+        transformed (filled in once the source's values are drawn)."""
+        name = f"{x}_{tag}{'x'.join(map(str, shape))}"
         if name not in self.info:
             self.inputs[name] = {"shape": list(shape), "dtype": self.info[x][1]}
             self.info[name] = (tuple(shape), self.info[x][1])
-            self.int_views[name] = (x, tuple(shape))
+            self.int_views[name] = (x, how or (lambda a, _s=tuple(shape): a.reshape(_s)))
         return name
 
     def source(self, x):
@@ -209,21 +284,23 @@ class _Recorder:
     def run(self):
         import torch
         sig = self.ep.graph_signature
-        state = dict(self.model.named_parameters())
-        state.update(dict(self.model.named_buffers()))
+        # A parameter shared between modules (tied embeddings) has several names; torch.export
+        # may trace it under any of them, ckpt names it as model.named_parameters() lists it.
+        state = dict(self.model.named_parameters(remove_duplicate=False))
+        state.update(dict(self.model.named_buffers(remove_duplicate=False)))
+        canonical = {id(p): k for k, p in self.model.named_parameters()}
         self.info = {}
         params = {}
         for spec in sig.input_specs:
             ph = spec.arg.name
             if spec.kind.name == "PARAMETER":
-                params[ph] = spec.target
+                params[ph] = canonical.get(id(state.get(spec.target)), spec.target)
             elif spec.kind.name in ("BUFFER", "CONSTANT_TENSOR"):
                 tensor = state.get(spec.target)
                 if tensor is None:
                     tensor = self.ep.constants[spec.target]
-                name = self.const(tensor.detach().cpu().numpy(),
-                                  dtype=self.dtype if tensor.is_floating_point() else str(tensor.dtype)[6:])
-                self.env[ph] = name
+                self.values[ph] = tensor.detach()
+                self.env[ph] = _Lazy(ph)
             elif spec.kind.name == "USER_INPUT":
                 pass
             else:
@@ -236,7 +313,7 @@ class _Recorder:
                 val = node.meta["val"]
                 if node.name in params:
                     target = params[node.name]
-                    tensor = state[target]
+                    tensor = dict(self.model.named_parameters())[target]
                     shape = tuple(tensor.shape)
                     if uses.get(node.name) == "linear-only":
                         shape = shape[::-1]
@@ -257,16 +334,87 @@ class _Recorder:
                     self.info[node.name] = (tuple(val.shape), dt)
                     self.env[node.name] = node.name
             elif node.op == "call_function":
-                self.env[node.name] = self.call(node)
+                try:
+                    self.env[node.name] = self.fold(node)
+                    if self.env[node.name] is None:
+                        self.env[node.name] = self.call(node)
+                except UnsupportedOp:
+                    raise
+                except Exception as e:  # noqa: BLE001 -- arguments ckpt did not foresee, a shape it refuses
+                    self.unsupported(f"{e.__class__.__name__}: {_first_line(e)}")
             elif node.op == "output":
                 outs = [a for a in torch.utils._pytree.tree_leaves(node.args[0])]
-                if len(outs) != 1 or self.env.get(outs[0].name) is None or self.shape(self.env[outs[0].name]) != ():
-                    raise ConfigError("the module's forward must return one scalar (the loss) for ckpt to "
-                                      "differentiate")
-                self.output = self.env[outs[0].name]
+                kinds = [s.kind.name for s in sig.output_specs]
+                if len(kinds) == len(outs):  # batch norm's new running statistics are not the loss
+                    outs = [a for a, k in zip(outs, kinds) if k == "USER_OUTPUT"]
+                # the loss: the one float scalar returned (beside it, logits and the like are dropped)
+                vals = [self.env.get(getattr(a, "name", None)) for a in outs]
+                scalars = [v for v in vals if isinstance(v, str) and self.shape(v) == ()
+                           and not self.info[v][1].startswith("int")]
+                if len(scalars) != 1:
+                    raise ConfigError(f"the module's forward must return one scalar (the loss) for ckpt to "
+                                      f"differentiate; it returns {len(outs)} value(s), {len(scalars)} of them "
+                                      f"float scalars")
+                self.output = scalars[0]
             else:
                 raise UnsupportedOp(f"unsupported graph node {node.op} {node.target} (node {node.name})")
+        self.prune()
         return self
+
+    def prune(self):
+        """Drop what the loss does not read: ops on batch norm's step counter, unused constants."""
+        live, need = set(), [self.output]
+        made = {n["name"]: n for n in self.nodes}
+        while need:
+            v = need.pop()
+            if v in live:
+                continue
+            live.add(v)
+            if v in made:
+                need.extend(made[v]["inputs"])
+        self.nodes = [n for n in self.nodes if n["name"] in live]
+        for k in [k for k in self.where if k not in live]:
+            del self.where[k]
+        for k in [k for k in self.inputs if k not in live and k not in self.input_names and k not in self.int_views]:
+            del self.inputs[k]
+            self.arrays.pop(k, None)
+
+    def fold(self, node):
+        """An op whose tensor arguments are all constants runs in torch now (masks built from a
+        buffer, zeros_like, arange); its result is a constant. None: the op is recorded."""
+        import operator
+
+        import torch
+        if node.target is operator.getitem and isinstance(self.env.get(getattr(node.args[0], "name", None)), list):
+            return self.env[node.args[0].name][node.args[1]]
+        tensors = [a for a in torch.utils._pytree.tree_leaves((node.args, node.kwargs)) if hasattr(a, "op")]
+        val = node.meta.get("val")
+        creation = not tensors and isinstance(val, torch.Tensor) and _op_key(node.target) not in HANDLERS
+        if not creation and (not tensors or any(a.name not in self.values for a in tensors)):
+            return None
+        if any(w in str(node.target) for w in _RANDOM):  # a new draw each step: not a constant
+            return None
+        args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), lambda a: self.values[a.name])
+        out = node.target(*args, **kwargs)
+        if "empty" in str(node.target) and isinstance(out, torch.Tensor):  # its values are whatever was there
+            out = torch.zeros_like(out)
+        if isinstance(out, torch.Tensor):
+            self.values[node.name] = out
+            return _Lazy(node.name)
+        if isinstance(out, (tuple, list)) and all(isinstance(o, torch.Tensor) for o in out):
+            for k, o in enumerate(out):
+                self.values[f"{node.name}#{k}"] = o
+            return [_Lazy(f"{node.name}#{k}") for k in range(len(out))]
+        return None
+
+    def lazy_const(self, fx):
+        t = self.values[fx]
+        # On the meta device a buffer (and what is folded from it) has a shape and no values: zeros
+        # stand in, enough to plan (running such a model runs made-up weights anyway).
+        arr = np.zeros(tuple(t.shape), dtype=str(t.dtype)[6:]) if t.is_meta else t.detach().cpu().numpy()
+        if t.dtype.is_floating_point or arr.dtype == bool:  # a bool mask is read as 0/1 by `where`
+            return self.const(arr, dtype=self.dtype)
+        return self.const(arr, dtype=str(arr.dtype))
 
     def _weight_uses(self, params):
         """Parameters used only as the weight of aten.linear are stored transposed (W as (in, out));
@@ -286,18 +434,34 @@ class _Recorder:
     def arg(self, a):
         if hasattr(a, "name") and hasattr(a, "op"):
             if a.name not in self.env or self.env[a.name] is None:
-                raise UnsupportedOp(f"value {a.name} is not a tensor ckpt can hold (node {self.cur.name})")
-            return self.env[a.name]
+                self.unsupported(f"it reads {a.name}, a value ckpt does not hold")
+            v = self.env[a.name]
+            if isinstance(v, _Lazy):
+                v = self.env[a.name] = self.lazy_const(v.fx)
+            elif isinstance(v, list):
+                v = [self.lazy_const(x.fx) if isinstance(x, _Lazy) else x for x in v]
+            return v
         return a
+
+    def value(self, name):
+        """The numpy value of a constant leaf, or None for a value computed from the inputs."""
+        return self.arrays.get(name) if name in self.inputs and name not in self.input_names else None
 
     def unsupported(self, why=""):
         node = self.cur
         where = _module_path(node) or "the top-level module"
-        raise UnsupportedOp(f"unsupported op {node.target} in {where} (node {node.name})" + (f": {why}" if why else "")
+        line = _source_line(node)
+        raise UnsupportedOp(f"unsupported op {node.target} in {where} (node {node.name}"
+                            + (f", {line}" if line else "") + ")" + (f": {why}" if why else "")
                             + "; `ckpt import ... -o graph.json` writes a cost graph that `ckpt plan` accepts")
 
     def call(self, node):
-        handler = HANDLERS.get(_op_key(node.target))
+        key = _op_key(node.target)
+        if key not in HANDLERS and getattr(getattr(node.target, "_schema", None), "is_mutable", False):
+            # x.op_(...): alone (see functional), its result is the functional op's
+            head, _, overload = key.rpartition(".")
+            key = f"{head[:-1]}.{overload}" if head.endswith("_") else key
+        handler = HANDLERS.get(key)
         if handler is None:
             self.unsupported()
         args = [self.arg(a) if not isinstance(a, (list, tuple)) else [self.arg(x) for x in a] for a in node.args]
@@ -349,9 +513,15 @@ def _t(r, node, x):
 
 @handles("aten.matmul.default", "aten.bmm.default", "aten.mm.default")
 def _matmul(r, node, a, b):
-    if len(r.shape(a)) < 2 or len(r.shape(b)) < 2:
-        r.unsupported("ckpt's matmul takes operands of at least 2 dimensions")
-    return r.emit("matmul", [a, b])
+    """A vector operand is a matrix of one row (left) or one column (right), dropped after, as
+    torch.matmul does."""
+    sa, sb = r.shape(a), r.shape(b)
+    if len(sa) == 1:
+        a = r.emit("reshape", [a], {"shape": [1, sa[0]]})
+    if len(sb) == 1:
+        b = r.emit("reshape", [b], {"shape": [sb[0], 1]})
+    y = r.emit("matmul", [a, b])
+    return y if r.shape(y) == _out_shape(node) else r.emit("reshape", [y], {"shape": list(_out_shape(node))})
 
 
 @handles("aten.addmm.default")
@@ -373,10 +543,119 @@ def _binary(op, scalar_op):
     return rule
 
 
-handles("aten.add.Tensor")(_binary("add", None))
-handles("aten.sub.Tensor")(_binary("sub", None))
-handles("aten.mul.Tensor")(_binary("mul", lambda r, a, s: r.emit("scale", [a], {"factor": s})))
-handles("aten.div.Tensor")(_binary("div", lambda r, a, s: r.emit("scale", [a], {"factor": 1.0 / s})))
+handles("aten.add.Tensor", "aten.add.Scalar")(_binary("add", None))
+handles("aten.sub.Tensor", "aten.sub.Scalar")(_binary("sub", None))
+handles("aten.mul.Tensor", "aten.mul.Scalar")(_binary("mul", lambda r, a, s: r.emit("scale", [a], {"factor": s})))
+handles("aten.div.Tensor", "aten.div.Scalar")(_binary("div", lambda r, a, s: r.emit("scale", [a], {"factor": 1.0 / s})))
+
+
+# comparisons make float masks (1 where true), as ckpt's comparison ops do; a mask is read by
+# where(), mul() and the like, and takes no gradient
+def _compare(rel):
+    def rule(r, node, a, b):
+        if any(_is_tensor(r, v) and r.info[v][1].startswith("int") for v in (a, b)):
+            r.unsupported("a comparison of integers (a mask from token ids, say): pass the mask as a float input")
+        a = a if _is_tensor(r, a) else r.const(float(a))
+        b = b if _is_tensor(r, b) else r.const(float(b))
+        if rel == "eq":
+            return r.emit("mul", [r.emit("greater_equal", [a, b]), r.emit("less_equal", [a, b])])
+        if rel == "ne":
+            return r.emit("sub", [r.const(1.0), _compare("eq")(r, node, a, b)])
+        return r.emit(rel, [a, b])
+    return rule
+
+
+for _aten, _rel in (("gt", "greater"), ("ge", "greater_equal"), ("lt", "less"), ("le", "less_equal"),
+                    ("eq", "eq"), ("ne", "ne")):
+    handles(f"aten.{_aten}.Tensor", f"aten.{_aten}.Scalar")(_compare(_rel))
+
+
+@handles("aten.logical_not.default", "aten.bitwise_not.default")
+def _not(r, node, m):
+    return r.emit("sub", [r.const(1.0), m])
+
+
+@handles("aten.logical_and.default", "aten.bitwise_and.Tensor")
+def _and(r, node, a, b):
+    return r.emit("mul", [a, b])
+
+
+@handles("aten.reciprocal.default")
+def _reciprocal(r, node, x):
+    return r.emit("pow", [x], {"exponent": -1.0})
+
+
+@handles("aten.log1p.default")
+def _log1p(r, node, x):
+    return r.emit("log", [r.emit("add", [x, r.const(1.0)])])
+
+
+def _softplus_of(r, x):
+    """log(1 + e^x) as relu(x) + log(1 + e^-|x|): no overflow, and the gradient sigmoid(x)."""
+    neg_abs = r.emit("neg", [_abs(r, None, x)])
+    return r.emit("add", [r.emit("relu", [x]), r.emit("log", [r.emit("add", [r.emit("exp", [neg_abs]),
+                                                                            r.const(1.0)])])])
+
+
+@handles("aten.softplus.default")
+def _softplus(r, node, x, beta=1, threshold=20):
+    # torch returns x itself past the threshold; log(1 + e^-|x|) is below 2e-9 there
+    if beta == 1:
+        return _softplus_of(r, x)
+    return r.emit("scale", [_softplus_of(r, r.emit("scale", [x], {"factor": float(beta)}))], {"factor": 1.0 / beta})
+
+
+@handles("aten.log_sigmoid.default")
+def _log_sigmoid(r, node, x):
+    return r.emit("neg", [_softplus_of(r, r.emit("neg", [x]))])
+
+
+@handles("aten.log_sigmoid_forward.default")
+def _log_sigmoid_forward(r, node, x):
+    return [_log_sigmoid(r, node, x), None]
+
+
+@handles("aten.mish.default")
+def _mish(r, node, x):
+    return r.emit("mul", [x, r.emit("tanh", [_softplus_of(r, x)])])
+
+
+@handles("aten.elu.default")
+def _elu(r, node, x, alpha=1.0, scale=1.0, input_scale=1.0):
+    """x > 0: scale x; else scale alpha (e^(input_scale x) - 1), the exponential of min(x, 0) (no
+    overflow in the branch not taken). SELU and CELU are this with other constants."""
+    pos = r.emit("greater", [x, r.const(0.0)])
+    neg = r.emit("where", [pos, r.const(0.0), x])
+    em1 = r.emit("sub", [r.emit("exp", [r.emit("scale", [neg], {"factor": float(input_scale)})]), r.const(1.0)])
+    y = r.emit("where", [pos, x, r.emit("scale", [em1], {"factor": float(alpha)})])
+    return r.emit("scale", [y], {"factor": float(scale)}) if scale != 1 else y
+
+
+@handles("aten.selu.default")
+def _selu(r, node, x):
+    return _elu(r, node, x, 1.6732632423543772848170429916717, 1.0507009873554804934193349852946)
+
+
+@handles("aten.celu.default")
+def _celu(r, node, x, alpha=1.0):
+    return _elu(r, node, x, alpha, 1.0, 1.0 / alpha)
+
+
+@handles("aten.hardsigmoid.default", "aten.hardswish.default")
+def _hard(r, node, x):
+    hs = r.emit("scale", [_clamp(r, r.emit("add", [x, r.const(3.0)]), 0.0, 6.0)], {"factor": 1.0 / 6.0})
+    return hs if "sigmoid" in str(node.target) else r.emit("mul", [x, hs])
+
+
+@handles("aten.logsumexp.default")
+def _logsumexp(r, node, x, dims, keepdim=False):
+    """x - log_softmax(x) is log-sum-exp at every element of the axis: their mean, exactly so."""
+    nd = len(r.shape(x))
+    if len(dims) != 1:
+        r.unsupported("logsumexp over more than one axis")
+    ax = int(dims[0]) % nd
+    lse = r.emit("sub", [x, r.emit("log_softmax", [x], {"axis": ax})])
+    return r.emit("mean", [lse], {"axis": [ax], "keepdims": bool(keepdim)})
 
 
 @handles("aten.rsub.Scalar")
@@ -390,9 +669,7 @@ for _name in ("neg", "exp", "log", "sin", "cos", "tanh", "sigmoid", "relu"):
 
 @handles("aten.gelu.default")
 def _gelu(r, node, x, approximate="none"):
-    if approximate != "tanh":
-        r.unsupported("ckpt's gelu is the tanh approximation: use nn.GELU(approximate='tanh')")
-    return r.emit("gelu", [x])
+    return r.emit("gelu" if approximate == "tanh" else "gelu_erf", [x])
 
 
 @handles("aten.silu.default")
@@ -402,12 +679,26 @@ def _silu(r, node, x):
 
 @handles("aten.layer_norm.default")
 def _layer_norm(r, node, x, normalized_shape, w=None, b=None, eps=1e-5, cudnn_enable=True):
-    if len(normalized_shape) != 1:
-        r.unsupported("layer norm over more than the last dimension")
-    d = normalized_shape[0]
+    """ckpt's layernorm is over the last axis: over several (LayerNorm([C, H, W])) they are joined
+    into one, the affine parameters flattened alike."""
+    shape, k = r.shape(x), len(normalized_shape)
+    d = size_of(normalized_shape)
+    if k > 1:
+        x = r.emit("reshape", [x], {"shape": list(shape[:-k]) + [d]})
+        w = r.emit("reshape", [w], {"shape": [d]}) if w is not None else None
+        b = r.emit("reshape", [b], {"shape": [d]}) if b is not None else None
     w = w if w is not None else r.const(np.ones(d))
     b = b if b is not None else r.const(np.zeros(d))
-    return r.emit("layernorm", [x, w, b], {"eps": float(eps)})
+    y = r.emit("layernorm", [x, w, b], {"eps": float(eps)})
+    return r.emit("reshape", [y], {"shape": list(shape)}) if k > 1 else y
+
+
+@handles("aten.instance_norm.default")
+def _instance_norm(r, node, x, w, b, rm, rv, use_input_stats, momentum, eps, cudnn_enabled=False):
+    nd = len(r.shape(x))
+    if not use_input_stats:
+        r.unsupported("instance norm with running statistics in eval mode")
+    return _affine(r, _normalize(r, x, list(range(2, nd)), eps), w, b, nd)
 
 
 @handles("aten.softmax.int", "aten._softmax.default")
@@ -435,8 +726,13 @@ def _sdpa(r, node, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scal
         # -inf above the diagonal, as torch's math kernel; exp(-inf) is exactly 0 in both.
         s = r.emit("add", [s, r.const(np.triu(np.full((lq, lk), -np.inf), k=1))])
     if attn_mask is not None:
-        if r.info[attn_mask][1].startswith("int") or r.info[attn_mask][1] == "bool":
-            r.unsupported("a boolean attention mask (pass an additive float mask)")
+        fx_mask = node.kwargs.get("attn_mask", node.args[3] if len(node.args) > 3 else None)
+        if str(fx_mask.meta["val"].dtype) == "torch.bool":  # True: attend; read here as 0/1 floats
+            if r.value(attn_mask) is None:
+                r.unsupported("a boolean attention mask computed from the inputs (pass an additive float mask)")
+            attn_mask = r.const(np.where(r.value(attn_mask) != 0, 0.0, -np.inf))
+        elif r.info[attn_mask][1].startswith("int"):
+            r.unsupported("an integer attention mask")
         s = r.emit("add", [s, attn_mask])
     p = r.emit("softmax", [s], {"axis": -1})
     if dropout_p:
@@ -446,11 +742,23 @@ def _sdpa(r, node, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scal
 
 @handles("aten.embedding.default")
 def _embedding(r, node, w, idx, padding_idx=-1, scale_grad_by_freq=False, sparse=False):
-    if padding_idx not in (-1, None) or scale_grad_by_freq:
-        r.unsupported("padding_idx or scale_grad_by_freq")
+    if scale_grad_by_freq:
+        r.unsupported("scale_grad_by_freq")
     src = r.source(idx)
-    r.high[src] = min(r.high.get(src, 1 << 62), r.shape(w)[0])
-    return r.emit("embedding", [w, idx])
+    rows = r.shape(w)[0]
+    r.high[src] = min(r.high.get(src, 1 << 62), rows)
+    if padding_idx in (-1, None):
+        return r.emit("embedding", [w, idx])
+    # The padding row takes no gradient in torch, so it never changes from its value now: rows of
+    # W with that row zeroed (its gradient is then zero), plus a constant table holding only it.
+    pad = int(padding_idx) % rows
+    keep = np.ones((rows, 1))
+    keep[pad] = 0.0
+    fixed = np.zeros(r.shape(w))
+    if w in r.arrays:  # a parameter's current values (none on the meta device: nn.Embedding zeroes it)
+        fixed[pad] = r.arrays[w][pad]
+    y = r.emit("embedding", [r.emit("mul", [w, r.const(keep)]), idx])
+    return r.emit("add", [y, r.emit("embedding", [r.const(fixed), idx])]) if fixed.any() else y
 
 
 @handles("aten.arange.default", "aten.arange.start", "aten.arange.start_step")
@@ -516,22 +824,111 @@ handles("aten.sum.dim_IntList", "aten.sum.default")(_reduce("sum"))
 handles("aten.mean.dim", "aten.mean.default")(_reduce("mean"))
 
 
+def _class_rows(r, logits, target):
+    """Logits (N, C, d1, ...) and labels (N, d1, ...) as ckpt's (rows, C) and (rows,): the class
+    axis moved last (torch's layout for images and sequences)."""
+    shape = r.shape(logits)
+    if r.info[target][1] not in ("int64", "int32") or len(r.shape(target)) != len(shape) - 1:
+        r.unsupported("a loss against class probabilities (ckpt's take integer class indices)")
+    if len(shape) > 2:
+        logits = r.emit("transpose", [logits], {"axes": [0] + list(range(2, len(shape))) + [1]})
+        logits = r.emit("reshape", [logits], {"shape": [-1, shape[1]]})
+        target = r.int_view(target, (size_of(r.shape(target)),))
+    src = r.source(target)
+    r.high[src] = min(r.high.get(src, 1 << 62), shape[1])
+    return logits, target
+
+
+def size_of(shape):
+    return int(np.prod(shape, dtype=np.int64)) if shape else 1
+
+
+def _reduced(r, loss, reduction, rows, what):
+    """mean (1) as ckpt's losses compute it, sum (2) as rows times the mean; none (0) is not a loss."""
+    if reduction == 1:
+        return loss
+    if reduction == 2:
+        return r.emit("scale", [loss], {"factor": float(rows)})
+    r.unsupported(f"{what} with reduction='none' (return a scalar: its mean or sum)")
+
+
 @handles("aten.cross_entropy_loss.default")
 def _cross_entropy(r, node, logits, target, weight=None, reduction=1, ignore_index=-100, label_smoothing=0.0):
-    if weight is not None or reduction != 1 or label_smoothing:
-        r.unsupported("cross entropy with class weights, label smoothing or a reduction other than mean")
-    if len(r.shape(logits)) != 2:
-        r.unsupported("cross entropy over logits of other than (N, classes)")
-    src = r.source(target)
-    r.high[src] = min(r.high.get(src, 1 << 62), r.shape(logits)[-1])
-    return r.emit("softmax_cross_entropy", [logits, target])
+    if weight is not None:
+        r.unsupported("cross entropy with class weights")
+    logits, target = _class_rows(r, logits, target)
+    loss = r.emit("softmax_cross_entropy", [logits, target])
+    if label_smoothing:
+        # torch: (1 - eps) * cross entropy + eps * the mean over rows of -mean_c log_softmax
+        eps = float(label_smoothing)
+        smooth = r.emit("mean", [r.emit("log_softmax", [logits], {"axis": -1})], {"axis": None, "keepdims": False})
+        loss = r.emit("sub", [r.emit("scale", [loss], {"factor": 1.0 - eps}),
+                              r.emit("scale", [smooth], {"factor": eps})])
+    return _reduced(r, loss, reduction, r.shape(logits)[0], "cross entropy")
+
+
+@handles("aten.nll_loss_nd.default", "aten.nll_loss.default", "aten.nll_loss2d.default")
+def _nll(r, node, logp, target, weight=None, reduction=1, ignore_index=-100):
+    """-mean of logp at each row's label: the label's row of an identity table (embedding) picks it."""
+    if weight is not None:
+        r.unsupported("nll loss with class weights")
+    logp, target = _class_rows(r, logp, target)
+    rows, classes = r.shape(logp)
+    onehot = r.emit("embedding", [r.const(np.eye(classes)), target])
+    picked = r.emit("sum", [r.emit("mul", [logp, onehot])], {"axis": None, "keepdims": False})
+    return _reduced(r, r.emit("scale", [picked], {"factor": -1.0 / rows}), reduction, rows, "nll loss")
 
 
 @handles("aten.mse_loss.default")
 def _mse(r, node, a, b, reduction=1):
-    if reduction != 1:
-        r.unsupported("mse with a reduction other than mean")
-    return r.emit("mse", [a, b])
+    if r.shape(a) != r.shape(b):
+        r.unsupported("mse of tensors of different shapes")
+    return _reduced(r, r.emit("mse", [a, b]), reduction, size_of(r.shape(a)), "mse")
+
+
+@handles("aten.binary_cross_entropy_with_logits.default")
+def _bce_logits(r, node, x, y, weight=None, pos_weight=None, reduction=1):
+    """mean(softplus(x) - x y), written stably: relu(x) - x y + log(1 + e^-|x|)."""
+    if weight is not None or pos_weight is not None:
+        r.unsupported("binary cross entropy with weight or pos_weight")
+    per = r.emit("sub", [_softplus_of(r, x), r.emit("mul", [x, y])])
+    return _reduced(r, r.emit("mean", [per], {"axis": None, "keepdims": False}), reduction,
+                    size_of(r.shape(per)), "binary cross entropy")
+
+
+@handles("aten.binary_cross_entropy.default")
+def _bce(r, node, p, y, weight=None, reduction=1):
+    """-mean(y log p + (1 - y) log(1 - p)) (torch also clamps each log at -100: p of 0 or 1 only)."""
+    if weight is not None:
+        r.unsupported("binary cross entropy with weight")
+    one = r.const(1.0)
+    ll = r.emit("add", [r.emit("mul", [y, r.emit("log", [p])]),
+                        r.emit("mul", [r.emit("sub", [one, y]), r.emit("log", [r.emit("sub", [one, p])])])])
+    loss = r.emit("neg", [r.emit("mean", [ll], {"axis": None, "keepdims": False})])
+    return _reduced(r, loss, reduction, size_of(r.shape(ll)), "binary cross entropy")
+
+
+@handles("aten.smooth_l1_loss.default", "aten.huber_loss.default")
+def _smooth_l1(r, node, a, b, reduction=1, beta=1.0):
+    """|d| < beta: d^2 / (2 beta), else |d| - beta / 2 (Huber: delta times the same, at beta = delta)."""
+    huber = "huber" in str(node.target)
+    d = r.emit("sub", [a, b])
+    ad = _abs(r, None, d)
+    quad = r.emit("scale", [r.emit("mul", [d, d])], {"factor": 0.5 / beta if not huber else 0.5})
+    lin = r.emit("sub", [ad if not huber else r.emit("scale", [ad], {"factor": float(beta)}),
+                         r.const(0.5 * beta if not huber else 0.5 * beta * beta)])
+    per = r.emit("where", [r.emit("less", [ad, r.const(float(beta))]), quad, lin])
+    return _reduced(r, r.emit("mean", [per], {"axis": None, "keepdims": False}), reduction,
+                    size_of(r.shape(per)), "smooth l1 loss")
+
+
+@handles("aten.l1_loss.default")
+def _l1(r, node, a, b, reduction=1):
+    d = r.emit("sub", [a, b])
+    # |d| = d * sign(d), with sign = 2 [d > 0] - 1 (a comparison: no gradient through it)
+    sign = r.emit("sub", [r.emit("scale", [r.emit("greater", [d, r.const(0.0)])], {"factor": 2.0}), r.const(1.0)])
+    loss = r.emit("mean", [r.emit("mul", [d, sign])], {"axis": None, "keepdims": False})
+    return _reduced(r, loss, reduction, size_of(r.shape(a)), "l1 loss")
 
 
 def _pair(v):
@@ -539,32 +936,190 @@ def _pair(v):
     return v * 2 if len(v) == 1 else v
 
 
-@handles("aten.conv2d.default")
+def _pad_axis(r, x, axis, left, right, value=0.0):
+    """x with `left` and `right` entries of a constant joined on either side of an axis."""
+    if not left and not right:
+        return x
+    shape = list(r.shape(x))
+    parts = []
+    for n in (left, right):
+        shape[axis] = n
+        parts.append([r.const(np.full(shape, float(value)))] if n else [])
+    return r.emit("concat", parts[0] + [x] + parts[1], {"axis": axis})
+
+
+@handles("aten.constant_pad_nd.default", "aten.pad.default")
+def _constant_pad(r, node, x, pad, mode="constant", value=None):
+    if mode != "constant":
+        r.unsupported(f"{mode} padding (only constant padding)")
+    nd = len(r.shape(x))
+    if any(int(v) < 0 for v in pad):
+        r.unsupported("negative padding (cropping)")
+    for k in range(len(pad) // 2):  # torch's order: the last axis first, (left, right) each
+        x = _pad_axis(r, x, nd - 1 - k, int(pad[2 * k]), int(pad[2 * k + 1]), value or 0.0)
+    return x
+
+
+def _conv_padding(padding, k, d):
+    """(left, right) per spatial axis: torch's ints, or 'same' / 'valid'."""
+    if padding == "valid":
+        return [(0, 0)] * len(k)
+    if padding == "same":
+        return [(d_ * (k_ - 1) // 2, d_ * (k_ - 1) - d_ * (k_ - 1) // 2) for k_, d_ in zip(k, d)]
+    p = list(padding) if isinstance(padding, (list, tuple)) else [padding] * len(k)
+    p = p * len(k) if len(p) == 1 else p
+    return [(int(v), int(v)) for v in p]
+
+
+def _conv(r, x, w, b, stride, pads, groups):
+    """ckpt's conv2d (one square stride, one padding for both axes) for torch's: unequal or
+    one-sided padding is joined as zeros first; groups are convolutions of channel slices, joined."""
+    (ph, ph2), (pw, pw2) = pads
+    if ph == ph2 == pw == pw2:
+        pad = ph
+    else:
+        x = _pad_axis(r, _pad_axis(r, x, 2, ph, ph2), 3, pw, pw2)
+        pad = 0
+    if groups == 1:
+        return r.emit("conv2d", [x, w] + ([b] if b is not None else []), {"stride": stride, "padding": pad})
+    cin, cout = r.shape(x)[1] // groups, r.shape(w)[0] // groups
+    outs = []
+    for g in range(groups):
+        xg = _slice(r, x, 1, g * cin, (g + 1) * cin)
+        wg = _slice(r, w, 0, g * cout, (g + 1) * cout)
+        bg = [_slice(r, b, 0, g * cout, (g + 1) * cout)] if b is not None else []
+        outs.append(r.emit("conv2d", [xg, wg] + bg, {"stride": stride, "padding": pad}))
+    return r.emit("concat", outs, {"axis": 1})
+
+
+@handles("aten.conv2d.default", "aten.conv2d.padding")
 def _conv2d(r, node, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
-    s, p, d = _pair(stride), _pair(padding), _pair(dilation)
-    if isinstance(padding, str) or s[0] != s[1] or p[0] != p[1] or d != [1, 1] or groups != 1:
-        r.unsupported("conv2d with unequal strides or paddings, dilation or groups")
-    return r.emit("conv2d", [x, w] + ([b] if b is not None else []), {"stride": int(s[0]), "padding": int(p[0])})
+    s, d = _pair(stride), _pair(dilation)
+    if d != [1, 1]:
+        r.unsupported("conv2d with dilation")
+    if s[0] != s[1] and not (r.shape(x)[2] == 1 and r.shape(w)[2] == 1):
+        r.unsupported("conv2d with unequal strides")
+    return _conv(r, x, w, b, int(s[1]), _conv_padding(padding, r.shape(w)[2:], d), int(groups))
+
+
+@handles("aten.conv1d.default", "aten.conv1d.padding")
+def _conv1d(r, node, x, w, b=None, stride=(1,), padding=(0,), dilation=(1,), groups=1):
+    """(N, C, L) as an image of height 1: ckpt's conv2d with a (1, k) kernel."""
+    s = stride[0] if isinstance(stride, (list, tuple)) else stride
+    d = dilation[0] if isinstance(dilation, (list, tuple)) else dilation
+    if d != 1 or len(r.shape(x)) != 3:
+        r.unsupported("conv1d with dilation or of other than (N, C, L)")
+    (pl, pr), = _conv_padding(padding, r.shape(w)[2:], [1])
+    n, c, length = r.shape(x)
+    x4 = r.emit("reshape", [x], {"shape": [n, c, 1, length]})
+    w4 = r.emit("reshape", [w], {"shape": [r.shape(w)[0], r.shape(w)[1], 1, r.shape(w)[2]]})
+    y = _conv(r, x4, w4, b, int(s), [(0, 0), (pl, pr)] if (pl, pr) != (0, 0) else [(0, 0), (0, 0)], int(groups))
+    return r.emit("reshape", [y], {"shape": list(_out_shape(node))})
 
 
 def _pool(op):
     def rule(r, node, x, kernel_size, stride=(), padding=0, *rest):
         k, s = _pair(kernel_size), _pair(stride) if stride not in ((), [], None) else _pair(kernel_size)
-        if k[0] != k[1] or s != k or _pair(padding) != [0, 0] or any(rest[:1]) or len(r.shape(x)) != 4:
-            r.unsupported(f"{op} over windows other than k x k with stride k and no padding")
-        return r.emit(op, [x], {"kernel": int(k[0])})
+        p = _pair(padding)
+        if len(r.shape(x)) != 4:
+            r.unsupported(f"{op} of other than (N, C, H, W)")
+        if k[0] == k[1] and s == k and p == [0, 0] and not any(rest[:2]):
+            return r.emit(op, [x], {"kernel": int(k[0])})
+        return _window_pool(r, node, x, op, k, s, p, rest)
     return rule
+
+
+def _window_pool(r, node, x, op, k, s, p, rest):
+    """Overlapping or padded windows (ResNet's 3 x 3 max pool of stride 2, padding 1) from strided
+    slices, one per offset in the window: max by a chain of where(greater) (the first maximum
+    wins, as in torch), average as their sum over k*k (padding counted, torch's default)."""
+    if op == "maxpool2d":
+        dilation, ceil_mode = (list(rest[0]) if rest and rest[0] else [1, 1]), (rest[1] if len(rest) > 1 else False)
+        if _pair(dilation) != [1, 1] or ceil_mode:
+            r.unsupported("max pooling with dilation or ceil_mode")
+    else:
+        ceil_mode = rest[0] if rest else False
+        if ceil_mode or (len(rest) > 1 and not rest[1]) or (len(rest) > 2 and rest[2] is not None):
+            r.unsupported("average pooling with ceil_mode, count_include_pad=False or divisor_override")
+    n, c, h, w = r.shape(x)
+    if p != [0, 0]:
+        fill = -np.inf if op == "maxpool2d" else 0.0
+        parts = [r.const(np.full((n, c, p[0], w), fill))] if p[0] else []
+        x = r.emit("concat", parts + [x] + parts, {"axis": 2}) if parts else x
+        h += 2 * p[0]
+        parts = [r.const(np.full((n, c, h, p[1]), fill))] if p[1] else []
+        x = r.emit("concat", parts + [x] + parts, {"axis": 3}) if parts else x
+        w += 2 * p[1]
+    oh, ow = (h - k[0]) // s[0] + 1, (w - k[1]) // s[1] + 1
+    out = None
+    for a in range(k[0]):
+        rows = _slice(r, x, 2, a, a + (oh - 1) * s[0] + 1, s[0])
+        for b in range(k[1]):
+            win = _slice(r, rows, 3, b, b + (ow - 1) * s[1] + 1, s[1])
+            if out is None:
+                out = win
+            elif op == "maxpool2d":
+                out = r.emit("where", [r.emit("greater", [win, out]), win, out])
+            else:
+                out = r.emit("add", [out, win])
+    return out if op == "maxpool2d" else r.emit("scale", [out], {"factor": 1.0 / (k[0] * k[1])})
 
 
 handles("aten.max_pool2d.default")(_pool("maxpool2d"))
 handles("aten.avg_pool2d.default")(_pool("avgpool2d"))
 
 
+def _pool1d(op):
+    """(N, C, L) as an image of height 1: windows of 1 x k."""
+    def rule(r, node, x, kernel_size, stride=(), padding=0, *rest):
+        k = kernel_size[0] if isinstance(kernel_size, (list, tuple)) else kernel_size
+        s_ = (stride[0] if isinstance(stride, (list, tuple)) else stride) if stride not in ((), [], None) else k
+        p = padding[0] if isinstance(padding, (list, tuple)) else padding
+        if len(r.shape(x)) != 3:
+            r.unsupported(f"{op} of other than (N, C, L)")
+        n, c, length = r.shape(x)
+        x4 = r.emit("reshape", [x], {"shape": [n, c, 1, length]})
+        if op == "maxpool2d" and rest:  # max_pool1d(x, k, s, p, dilation, ceil_mode)
+            rest = ([1, rest[0][0] if isinstance(rest[0], (list, tuple)) else rest[0]],) + tuple(rest[1:])
+        y = _window_pool(r, node, x4, op, [1, int(k)], [1, int(s_)], [0, int(p)], rest)
+        return r.emit("reshape", [y], {"shape": list(_out_shape(node))})
+    return rule
+
+
+handles("aten.max_pool1d.default")(_pool1d("maxpool2d"))
+handles("aten.avg_pool1d.default")(_pool1d("avgpool2d"))
+
+
+def _bins(n_in, n_out):
+    """torch's adaptive bins, [floor(i n / o), ceil((i + 1) n / o)), as an averaging matrix (o, n)."""
+    a = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        lo, hi = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+        a[i, lo:hi] = 1.0 / (hi - lo)
+    return a
+
+
+@handles("aten.adaptive_avg_pool1d.default")
+def _adaptive_avg1d(r, node, x, size_):
+    n_out, n_in = _out_shape(node)[-1], r.shape(x)[-1]
+    if n_out == n_in:
+        return x
+    if n_out == 1:
+        return r.emit("mean", [x], {"axis": [-1], "keepdims": True})
+    return r.emit("matmul", [x, r.const(np.ascontiguousarray(_bins(n_in, n_out).T))])
+
+
 @handles("aten.adaptive_avg_pool2d.default")
 def _adaptive_avg(r, node, x, size_):
-    if list(size_) != [1, 1]:
-        r.unsupported("adaptive average pooling to other than 1 x 1")
-    return r.emit("mean", [x], {"axis": [2, 3], "keepdims": True})
+    if list(size_) == [1, 1]:
+        return r.emit("mean", [x], {"axis": [2, 3], "keepdims": True})
+    h, w = r.shape(x)[-2:]
+    oh, ow = _out_shape(node)[-2:]
+    if (oh, ow) == (h, w):
+        return x
+
+    # y = A_h x A_w^T: two matrix products with constant averaging matrices
+    return r.emit("matmul", [r.emit("matmul", [r.const(_bins(h, oh)), x]), r.const(np.ascontiguousarray(_bins(w, ow).T))])
 
 
 @handles("aten.broadcast_tensors.default")
@@ -582,6 +1137,591 @@ def _getitem(r, node, xs, i):
     return xs[i]
 
 
+# ---- constants shaped like a traced value ---------------------------------------------------------
+def _filled(fill_arg):
+    def rule(r, node, *args, **kw):
+        val = node.meta["val"]
+        fill = kw.get("fill_value", args[fill_arg] if fill_arg is not None and len(args) > fill_arg else 0)
+        fill = 1 if fill_arg == "one" else fill
+        dt = r.dtype if val.is_floating_point() or str(val.dtype) == "torch.bool" else str(val.dtype)[6:]
+        return r.const(np.full(tuple(val.shape), float(fill)), dtype=dt)
+    return rule
+
+
+handles("aten.new_zeros.default", "aten.zeros_like.default", "aten.new_empty.default",
+        "aten.empty_like.default")(_filled(None))
+handles("aten.new_ones.default", "aten.ones_like.default")(_filled("one"))
+handles("aten.new_full.default")(_filled(2))
+handles("aten.full_like.default")(_filled(1))
+
+
+@handles("aten._to_copy.default", "aten.to.dtype", "aten.to.dtype_layout", "aten.type_as.default")
+def _to(r, node, x, *rest, **kw):
+    if not node.meta["val"].is_floating_point():
+        r.unsupported("a cast to a non-float dtype")
+    if r.info[x][1].startswith("int"):
+        r.unsupported("a cast of integers to floats")
+    return x  # one float dtype per ckpt model: a cast between float dtypes is the model's dtype
+
+
+# ---- batch and group normalization, from ckpt's elementwise ops and reductions --------------------
+def _channel(r, v, nd):
+    """A per-channel (C,) vector shaped to broadcast over (N, C, ...)."""
+    return r.emit("reshape", [v], {"shape": [-1] + [1] * (nd - 2)}) if nd > 2 else v
+
+
+def _normalize(r, x, axes, eps):
+    """(x - mean) / sqrt(var + eps) over `axes`, the biased variance, as torch normalizes."""
+    mean = r.emit("mean", [x], {"axis": axes, "keepdims": True})
+    xc = r.emit("sub", [x, mean])
+    var = r.emit("mean", [r.emit("mul", [xc, xc])], {"axis": axes, "keepdims": True})
+    return r.emit("mul", [xc, r.emit("pow", [r.emit("add", [var, r.const(float(eps))])], {"exponent": -0.5})])
+
+
+def _affine(r, y, w, b, nd):
+    if w is not None:
+        y = r.emit("mul", [y, _channel(r, w, nd)])
+    if b is not None:
+        y = r.emit("add", [y, _channel(r, b, nd)])
+    return y
+
+
+def _bn(r, x, w, b, rm, rv, training, eps):
+    nd = len(r.shape(x))
+    if nd < 2:
+        r.unsupported("batch norm of a tensor of fewer than 2 dimensions")
+    if training or rm is None:  # batch statistics; the running ones are updated outside the loss
+        y = _normalize(r, x, [0] + list(range(2, nd)), eps)
+    elif r.value(rm) is not None and r.value(rv) is not None:
+        y = r.emit("mul", [r.emit("sub", [x, _channel(r, rm, nd)]),
+                           r.const((1.0 / np.sqrt(r.value(rv) + eps)).reshape([-1] + [1] * (nd - 2)))])
+    else:  # running statistics without values (a model on the meta device)
+        rstd = r.emit("pow", [r.emit("add", [rv, r.const(float(eps))])], {"exponent": -0.5})
+        y = r.emit("mul", [r.emit("sub", [x, _channel(r, rm, nd)]), _channel(r, rstd, nd)])
+    return _affine(r, y, w, b, nd)
+
+
+@handles("aten.batch_norm.default")
+def _batch_norm(r, node, x, w, b, rm, rv, training, momentum, eps, *rest):
+    return _bn(r, x, w, b, rm, rv, training, eps)
+
+
+@handles("aten._native_batch_norm_legit_functional.default", "aten._native_batch_norm_legit.default")
+def _batch_norm_functional(r, node, x, w, b, rm, rv, training, momentum, eps):
+    return [_bn(r, x, w, b, rm, rv, training, eps), None, None, None, None]
+
+
+@handles("aten._native_batch_norm_legit.no_stats")
+def _batch_norm_no_stats(r, node, x, w, b, training, momentum, eps):
+    return [_bn(r, x, w, b, None, None, True, eps), None, None]
+
+
+@handles("aten._native_batch_norm_legit_no_training.default")
+def _batch_norm_eval(r, node, x, w, b, rm, rv, momentum, eps):
+    return [_bn(r, x, w, b, rm, rv, False, eps), None, None]
+
+
+@handles("aten.group_norm.default")
+def _group_norm(r, node, x, groups, w=None, b=None, eps=1e-5, cudnn_enabled=True):
+    shape = r.shape(x)
+    g = r.emit("reshape", [x], {"shape": [shape[0], int(groups), -1]})
+    y = r.emit("reshape", [_normalize(r, g, [2], eps)], {"shape": list(shape)})
+    return _affine(r, y, w, b, len(shape))
+
+
+@handles("aten.native_dropout.default")
+def _native_dropout(r, node, x, p, train):
+    return [_dropout(r, node, x, p, train if train is not None else True), None]
+
+
+# ---- slices: split, chunk, unbind, select, narrow --------------------------------------------------
+def _slice(r, x, dim, start, stop, step=1):
+    shape = r.shape(x)
+    dim = int(dim) % len(shape)
+    st, sp, stp = slice(start, stop, step).indices(shape[dim])
+    n = len(range(st, sp, stp))
+    if n == shape[dim]:
+        return x
+    if n == 0:
+        r.unsupported("an empty slice")
+    sp = st + (n - 1) * stp + 1
+    if r.info[x][1].startswith("int"):
+        index = (slice(None),) * dim + (slice(st, sp, stp),)
+        return r.int_view(x, shape[:dim] + (n,) + shape[dim + 1:], lambda a, _i=index: a[_i], tag=f"s{dim}_{st}_{stp}_")
+    return r.emit("slice", [x], {"axis": dim, "start": st, "stop": sp, "step": stp})
+
+
+def _select(r, x, dim, index):
+    shape = r.shape(x)
+    dim = int(dim) % len(shape)
+    index = int(index) % shape[dim]
+    part = _slice(r, x, dim, index, index + 1)
+    out = shape[:dim] + shape[dim + 1:]
+    if r.info[x][1].startswith("int"):
+        return r.int_view(x, out, lambda a, _d=dim, _i=index: np.take(a, _i, axis=_d), tag=f"i{dim}_{index}_")
+    return r.emit("reshape", [part], {"shape": list(out)})
+
+
+@handles("aten.slice.Tensor")
+def _slice_rule(r, node, x, dim=0, start=None, end=None, step=1):
+    return _slice(r, x, dim, start, end, step)
+
+
+@handles("aten.narrow.default")
+def _narrow(r, node, x, dim, start, length):
+    return _slice(r, x, dim, start, start + length)
+
+
+@handles("aten.select.int")
+def _select_rule(r, node, x, dim, index):
+    return _select(r, x, dim, index)
+
+
+def _pieces(r, x, sizes, dim):
+    out, start = [], 0
+    for n in sizes:
+        out.append(_slice(r, x, dim, start, start + n))
+        start += n
+    return out
+
+
+@handles("aten.split.Tensor", "aten.split_with_sizes.default")
+def _split(r, node, x, size_, dim=0):
+    total = r.shape(x)[int(dim)]
+    sizes = list(size_) if isinstance(size_, (list, tuple)) else \
+        [min(int(size_), total - k) for k in range(0, total, int(size_))]
+    return _pieces(r, x, sizes, dim)
+
+
+@handles("aten.chunk.default")
+def _chunk(r, node, x, chunks, dim=0):
+    return _pieces(r, x, [int(v.shape[int(dim)]) for v in node.meta["val"]], dim)
+
+
+@handles("aten.unbind.int")
+def _unbind(r, node, x, dim=0):
+    return [_select(r, x, dim, k) for k in range(r.shape(x)[int(dim)])]
+
+
+def _scatter(r, base, src, dim, start, stop):
+    """base with base[start:stop] along dim replaced by src: the pieces either side, joined."""
+    n = r.shape(base)[dim]
+    parts = ([_slice(r, base, dim, 0, start)] if start > 0 else []) + [src] + \
+        ([_slice(r, base, dim, stop, n)] if stop < n else [])
+    return parts[0] if len(parts) == 1 else r.emit("concat", parts, {"axis": dim})
+
+
+@handles("aten.slice_scatter.default")
+def _slice_scatter(r, node, base, src, dim=0, start=None, end=None, step=1):
+    """What a functionalized write into a slice (`h[:, :2] *= 2`) becomes."""
+    dim = int(dim) % len(r.shape(base))
+    st, sp, stp = slice(start, end, step).indices(r.shape(base)[dim])
+    if stp != 1:
+        r.unsupported("a write into a strided slice")
+    return _scatter(r, base, src, dim, st, max(sp, st))
+
+
+@handles("aten.select_scatter.default")
+def _select_scatter(r, node, base, src, dim, index):
+    shape = list(r.shape(base))
+    dim = int(dim) % len(shape)
+    index = int(index) % shape[dim]
+    return _scatter(r, base, r.emit("reshape", [src], {"shape": shape[:dim] + [1] + shape[dim + 1:]}),
+                    dim, index, index + 1)
+
+
+@handles("aten.copy.default")
+def _copy(r, node, dst, src, non_blocking=False):
+    return src if r.shape(src) == r.shape(dst) else r.emit("add", [src, r.const(np.zeros(r.shape(dst)))])
+
+
+@handles("aten.stack.default")
+def _stack(r, node, xs, dim=0):
+    shape = r.shape(xs[0])
+    dim = int(dim) % (len(shape) + 1)
+    new = list(shape[:dim]) + [1] + list(shape[dim:])
+    return r.emit("concat", [r.emit("reshape", [x], {"shape": new}) for x in xs], {"axis": dim})
+
+
+@handles("aten.masked_fill.Scalar", "aten.masked_fill.Tensor")
+def _masked_fill(r, node, x, mask, value):
+    if not _is_tensor(r, value):
+        value = r.const(float(value))
+    return r.emit("where", [mask, value, x])
+
+
+@handles("aten.where.self")
+def _where(r, node, c, a, b):
+    a = a if _is_tensor(r, a) else r.const(float(a))
+    b = b if _is_tensor(r, b) else r.const(float(b))
+    return r.emit("where", [c, a, b])
+
+
+@handles("aten.pow.Tensor_Scalar")
+def _pow(r, node, x, exponent):
+    return r.emit("pow", [x], {"exponent": float(exponent)})
+
+
+@handles("aten.sqrt.default")
+def _sqrt(r, node, x):
+    return r.emit("pow", [x], {"exponent": 0.5})
+
+
+@handles("aten.rsqrt.default")
+def _rsqrt(r, node, x):
+    return r.emit("pow", [x], {"exponent": -0.5})
+
+
+@handles("aten.square.default")
+def _square(r, node, x):
+    return r.emit("mul", [x, x])
+
+
+@handles("aten.expand.default", "aten.expand_as.default")
+def _expand(r, node, x, *rest):
+    shape = _out_shape(node)
+    if shape == r.shape(x):
+        return x
+    # ckpt's elementwise ops broadcast by themselves; an explicit expand adds zeros of its shape
+    return r.emit("add", [x, r.const(np.zeros(shape))])
+
+
+# ---- clamps and their kin, from where() and comparisons (no gradient through the comparison) -----
+def _clamp(r, x, lo, hi):
+    if lo is not None:
+        lo = lo if _is_tensor(r, lo) else r.const(float(lo))
+        x = r.emit("where", [r.emit("less", [x, lo]), lo, x])
+    if hi is not None:
+        hi = hi if _is_tensor(r, hi) else r.const(float(hi))
+        x = r.emit("where", [r.emit("greater", [x, hi]), hi, x])
+    return x
+
+
+@handles("aten.clamp.default", "aten.clamp.Tensor", "aten.clip.default")
+def _clamp_rule(r, node, x, lo=None, hi=None):
+    return _clamp(r, x, lo, hi)
+
+
+@handles("aten.clamp_min.default")
+def _clamp_min(r, node, x, lo):
+    return _clamp(r, x, lo, None)
+
+
+@handles("aten.clamp_max.default")
+def _clamp_max(r, node, x, hi):
+    return _clamp(r, x, None, hi)
+
+
+@handles("aten.hardtanh.default")
+def _hardtanh(r, node, x, lo=-1.0, hi=1.0):  # nn.ReLU6 is hardtanh(0, 6)
+    return _clamp(r, x, lo, hi)
+
+
+@handles("aten.leaky_relu.default")
+def _leaky_relu(r, node, x, slope=0.01):
+    return r.emit("where", [r.emit("greater", [x, r.const(0.0)]), x, r.emit("scale", [x], {"factor": float(slope)})])
+
+
+@handles("aten.maximum.default", "aten.minimum.default")
+def _extremum(r, node, a, b):
+    rel = "greater" if "maximum" in str(node.target) else "less"
+    return r.emit("where", [r.emit(rel, [a, b]), a, b])
+
+
+@handles("aten.abs.default")
+def _abs(r, node, x):
+    sign = r.emit("sub", [r.emit("scale", [r.emit("greater", [x, r.const(0.0)])], {"factor": 2.0}), r.const(1.0)])
+    return r.emit("mul", [x, sign])
+
+
+@handles("aten.tril.default", "aten.triu.default")
+def _tri(r, node, x, diagonal=0):
+    rows, cols = r.shape(x)[-2:]
+    keep = (np.tril if "tril" in str(node.target) else np.triu)(np.ones((rows, cols)), int(diagonal))
+    return r.emit("mul", [x, r.const(keep)])
+
+
+@handles("aten.rms_norm.default")
+def _rms_norm(r, node, x, normalized_shape, w=None, eps=None):
+    """nn.RMSNorm: x / sqrt(mean(x^2) + eps) * w over the normalized (last) axes."""
+    nd, k = len(r.shape(x)), len(normalized_shape)
+    if eps is None:
+        eps = float(np.finfo(r.dtype).eps)
+    ms = r.emit("mean", [r.emit("mul", [x, x])], {"axis": list(range(nd - k, nd)), "keepdims": True})
+    y = r.emit("mul", [x, r.emit("pow", [r.emit("add", [ms, r.const(float(eps))])], {"exponent": -0.5})])
+    return r.emit("mul", [y, w]) if w is not None else y
+
+
+@handles("aten.var.correction", "aten.std.correction", "aten.var.dim", "aten.std.dim")
+def _var(r, node, x, dims=None, *rest, correction=None, keepdim=False, unbiased=None):
+    if rest and isinstance(rest[0], bool):  # var.dim(x, dims, unbiased, keepdim)
+        unbiased, keepdim = rest[0], (rest[1] if len(rest) > 1 else keepdim)
+    corr = correction if correction is not None else (1 if unbiased in (None, True) else 0)
+    nd = len(r.shape(x))
+    axes = list(range(nd)) if dims in (None, []) else [int(d) % nd for d in dims]
+    n = size_of([r.shape(x)[a] for a in axes])
+    xc = r.emit("sub", [x, r.emit("mean", [x], {"axis": axes, "keepdims": True})])
+    var = r.emit("mean", [r.emit("mul", [xc, xc])], {"axis": axes, "keepdims": bool(keepdim)})
+    var = r.emit("scale", [var], {"factor": n / (n - float(corr))}) if corr else var
+    return r.emit("pow", [var], {"exponent": 0.5}) if "std" in str(node.target) else var
+
+
+@handles("aten.linalg_vector_norm.default")
+def _vector_norm(r, node, x, ord=2, dims=None, keepdim=False, dtype=None):
+    if ord != 2:
+        r.unsupported("a vector norm other than the 2-norm")
+    nd = len(r.shape(x))
+    axis = None if dims in (None, []) else [int(d) % nd for d in dims]
+    ss = r.emit("sum", [r.emit("mul", [x, x])], {"axis": axis, "keepdims": bool(keepdim)})
+    return r.emit("pow", [ss], {"exponent": 0.5})
+
+
+# ---- einsum, repeat -------------------------------------------------------------------------------
+def _permute_to(r, x, letters, order):
+    perm = [letters.index(c) for c in order]
+    return x if perm == sorted(perm) else r.emit("transpose", [x], {"axes": perm})
+
+
+def _reshape_to(r, x, shape):
+    return x if tuple(shape) == r.shape(x) else r.emit("reshape", [x], {"shape": list(shape)})
+
+
+@handles("aten.einsum.default")
+def _einsum(r, node, equation, operands, path=None):
+    """One or two operands, each index once per operand: a sum over the indices that only one
+    operand has, then a batched matrix product (batch: indices of both operands and the output;
+    contracted: of both and not the output), then the output's order."""
+    eq = equation.replace(" ", "")
+    lhs, arrow, out = eq.partition("->")
+    ins = lhs.split(",")
+    if "." in eq or len(ins) != len(operands) or len(ins) > 2 or any(len(set(t)) != len(t) for t in ins):
+        r.unsupported("einsum with an ellipsis, a repeated index or more than two operands")
+    if not arrow:  # implicit output: the indices seen once, in alphabetical order
+        out = "".join(sorted(c for c in set(lhs) if lhs.count(c) == 1))
+    size = {c: n for t, x in zip(ins, operands) for c, n in zip(t, r.shape(x))}
+    xs, ts = list(operands), list(ins)
+    for k, (t, x) in enumerate(zip(ts, xs)):  # indices no other operand and not the output has
+        others = "".join(ts[:k] + ts[k + 1:]) + out
+        lone = [i for i, c in enumerate(t) if c not in others]
+        if lone:
+            xs[k] = r.emit("sum", [x], {"axis": lone, "keepdims": False})
+            ts[k] = "".join(c for c in t if c in others)
+    if len(xs) == 1:
+        return _permute_to(r, xs[0], ts[0], out)
+    (a, b), (ta, tb) = xs, ts
+    if any(r.shape(a)[ta.index(c)] != r.shape(b)[tb.index(c)] for c in set(ta) & set(tb)):
+        r.unsupported("einsum over broadcast sizes")
+    batch = [c for c in out if c in ta and c in tb]
+    left = [c for c in ta if c not in tb]
+    right = [c for c in tb if c not in ta]
+    contract = [c for c in ta if c in tb and c not in out]
+    nb = [size[c] for c in batch]
+    nl, nr, nk = (size_of([size[c] for c in group]) for group in (left, right, contract))
+    a = _reshape_to(r, _permute_to(r, a, ta, batch + left + contract), nb + [nl, nk])
+    b = _reshape_to(r, _permute_to(r, b, tb, batch + contract + right), nb + [nk, nr])
+    y = r.emit("matmul", [a, b])
+    y = _reshape_to(r, y, nb + [size[c] for c in left] + [size[c] for c in right])
+    return _permute_to(r, y, "".join(batch + left + right), out)
+
+
+@handles("aten.repeat_interleave.self_int")
+def _repeat_interleave(r, node, x, repeats, dim=None, output_size=None):
+    if dim is None:
+        x, dim = _reshape_to(r, x, [size_of(r.shape(x))]), 0
+    shape = list(r.shape(x))
+    dim = int(dim) % len(shape)
+    up = shape[:dim + 1] + [1] + shape[dim + 1:]
+    wide = shape[:dim + 1] + [int(repeats)] + shape[dim + 1:]
+    y = r.emit("add", [_reshape_to(r, x, up), r.const(np.zeros(wide))])  # broadcast: each entry repeated
+    return _reshape_to(r, y, shape[:dim] + [shape[dim] * int(repeats)] + shape[dim + 1:])
+
+
+@handles("aten.repeat.default")
+def _repeat(r, node, x, sizes):
+    shape = list(r.shape(x))
+    x = _reshape_to(r, x, [1] * (len(sizes) - len(shape)) + shape)
+    for axis, n in enumerate(sizes):
+        if int(n) > 1:
+            x = r.emit("concat", [x] * int(n), {"axis": axis})
+    return x
+
+
+# ---- nn.LSTM and nn.GRU, unrolled over time into ckpt's ops -----------------------------------------
+def _rnn(r, node, kind, x, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first):
+    """One linear for the input projections of every step, then per step the hidden projection
+    and the gates (torch's order: LSTM i, f, g, o; GRU r, z, n); layers stacked, directions joined.
+    Returns [output, h_n] (+ [c_n] for an LSTM)."""
+    gates = 4 if kind == "lstm" else 3
+    dirs = 2 if bidirectional else 1
+    per = 4 if has_biases else 2
+    if len(params) != num_layers * dirs * per:
+        r.unsupported(f"nn.{kind.upper()} with proj_size")
+    h0 = hx[0] if kind == "lstm" else hx
+    c0 = hx[1] if kind == "lstm" else None
+    t_axis = 1 if batch_first else 0
+    steps = r.shape(x)[t_axis]
+    hidden = r.shape(h0)[-1]
+    layer_in, h_n, c_n = x, [], []
+    for layer in range(num_layers):
+        outs = []
+        for d in range(dirs):
+            k = (layer * dirs + d) * per
+            w_ih, w_hh = params[k], params[k + 1]
+            b_ih, b_hh = (params[k + 2], params[k + 3]) if has_biases else (None, None)
+            w_ihT = r.emit("transpose", [w_ih], {"axes": [1, 0]})
+            w_hhT = r.emit("transpose", [w_hh], {"axes": [1, 0]})
+            xs = r.emit("linear", [layer_in, w_ihT] + ([b_ih] if b_ih is not None else []))
+            h = _select(r, h0, 0, layer * dirs + d)
+            c = _select(r, c0, 0, layer * dirs + d) if c0 is not None else None
+            seq = [None] * steps
+            for t in (range(steps) if d == 0 else reversed(range(steps))):
+                gx = _select(r, xs, t_axis, t)
+                gh = r.emit("linear", [h, w_hhT] + ([b_hh] if b_hh is not None else []))
+                if kind == "lstm":
+                    g = r.emit("add", [gx, gh])
+                    i_, f_, g_, o_ = (_slice(r, g, -1, j * hidden, (j + 1) * hidden) for j in range(gates))
+                    c = r.emit("add", [r.emit("mul", [r.emit("sigmoid", [f_]), c]),
+                                       r.emit("mul", [r.emit("sigmoid", [i_]), r.emit("tanh", [g_])])])
+                    h = r.emit("mul", [r.emit("sigmoid", [o_]), r.emit("tanh", [c])])
+                else:
+                    xr, xz, xn = (_slice(r, gx, -1, j * hidden, (j + 1) * hidden) for j in range(gates))
+                    hr, hz, hn = (_slice(r, gh, -1, j * hidden, (j + 1) * hidden) for j in range(gates))
+                    rg = r.emit("sigmoid", [r.emit("add", [xr, hr])])
+                    z = r.emit("sigmoid", [r.emit("add", [xz, hz])])
+                    n = r.emit("tanh", [r.emit("add", [xn, r.emit("mul", [rg, hn])])])
+                    h = r.emit("add", [n, r.emit("mul", [z, r.emit("sub", [h, n])])])  # (1 - z) n + z h
+                seq[t] = h
+            h_n.append(h)
+            c_n.append(c)
+            b = r.shape(h)[0]
+            up = [b, 1, hidden] if batch_first else [1, b, hidden]
+            outs.append(r.emit("concat", [_reshape_to(r, v, up) for v in seq], {"axis": t_axis}))
+        layer_in = outs[0] if dirs == 1 else r.emit("concat", outs, {"axis": -1})
+        if dropout and train and layer < num_layers - 1:
+            layer_in = r.emit("dropout", [layer_in], {"p": float(dropout)})
+    stacked = [r.emit("concat", [_reshape_to(r, v, [1] + list(r.shape(v))) for v in vs], {"axis": 0})
+               for vs in ([h_n, c_n] if kind == "lstm" else [h_n])]
+    return [layer_in] + stacked
+
+
+@handles("aten.lstm.input")
+def _lstm(r, node, x, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first):
+    return _rnn(r, node, "lstm", x, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first)
+
+
+@handles("aten.gru.input")
+def _gru(r, node, x, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first):
+    return _rnn(r, node, "gru", x, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first)
+
+
+# ---- along one axis by a constant matrix: cumsum, flip; rows by integer indices ----------------------
+def _along(r, x, dim, matrix):
+    """x's axis `dim` times a constant (n, n) matrix: the axis moved last, multiplied, moved back."""
+    nd = len(r.shape(x))
+    dim = int(dim) % nd
+    perm = list(range(nd))
+    perm[dim], perm[-1] = perm[-1], perm[dim]
+    y = r.emit("matmul", [_permute_to(r, x, list(range(nd)), perm), r.const(matrix)])
+    return _permute_to(r, y, list(range(nd)), perm)
+
+
+@handles("aten.cumsum.default")
+def _cumsum(r, node, x, dim, dtype=None):
+    if r.info[x][1].startswith("int"):
+        r.unsupported("a cumulative sum of integers")
+    n = r.shape(x)[int(dim)]
+    return _along(r, x, dim, np.triu(np.ones((n, n))))  # y_j = sum over i <= j of x_i
+
+
+@handles("aten.flip.default")
+def _flip(r, node, x, dims):
+    for d in dims:
+        n = r.shape(x)[int(d)]
+        x = _along(r, x, d, np.eye(n)[::-1].copy())
+    return x
+
+
+@handles("aten.index.Tensor")
+def _index(r, node, x, indices):
+    """x[idx] with one integer index tensor on the first axis: rows gathered, as an embedding."""
+    if len(indices) != 1 or indices[0] is None or not _is_tensor(r, indices[0]) \
+            or not r.info[indices[0]][1].startswith("int") or len(r.shape(x)) < 2 or r.info[x][1].startswith("int"):
+        r.unsupported("indexing other than rows of a float tensor by one integer tensor (x[idx])")
+    idx, shape = indices[0], r.shape(x)
+    src = r.source(idx)
+    r.high[src] = min(r.high.get(src, 1 << 62), shape[0])
+    rows = _reshape_to(r, x, [shape[0], size_of(shape[1:])])
+    return _reshape_to(r, r.emit("embedding", [rows, idx]), list(_out_shape(node)))
+
+
+# ---- up-sampling and transposed convolution --------------------------------------------------------
+def _interp_matrix(n_in, n_out, mode, align_corners, scale):
+    """The (n_out, n_in) matrix of torch's 1-D interpolation along one axis: nearest, or linear
+    (bilinear is one per axis). `scale` is torch's input/output ratio."""
+    a = np.zeros((n_out, n_in))
+    dst = np.arange(n_out)
+    if mode == "nearest":
+        a[dst, np.minimum(np.floor(dst * scale).astype(int), n_in - 1)] = 1.0
+        return a
+    if align_corners:
+        src = dst * ((n_in - 1) / (n_out - 1) if n_out > 1 else 0.0)
+    else:
+        src = np.maximum((dst + 0.5) * scale - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(int), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    lam = src - i0
+    np.add.at(a, (dst, i0), 1.0 - lam)
+    np.add.at(a, (dst, i1), lam)
+    return a
+
+
+def _upsample(r, node, x, mode, align_corners, scales):
+    n, c, h, w = r.shape(x)
+    oh, ow = _out_shape(node)[2:]
+    if scales and len(scales) == 2 and all(s is not None for s in scales):
+        sh, sw = 1.0 / float(scales[0]), 1.0 / float(scales[1])
+    else:
+        sh, sw = h / oh, w / ow
+    if mode == "nearest" and oh == ow and h == w and oh % h == 0 and sh == sw == h / oh:
+        return r.emit("upsample2d", [x], {"scale": oh // h})
+    if mode != "nearest" and align_corners:
+        sh = sw = None
+    ah = _interp_matrix(h, oh, mode, align_corners, sh)
+    aw = _interp_matrix(w, ow, mode, align_corners, sw)
+    # y = A_h x A_w^T over the last two axes: two matrix products with constant matrices
+    return r.emit("matmul", [r.emit("matmul", [r.const(ah), x]), r.const(np.ascontiguousarray(aw.T))])
+
+
+@handles("aten.upsample_nearest2d.vec")
+def _up_nearest(r, node, x, output_size=None, scales=None):
+    return _upsample(r, node, x, "nearest", False, scales)
+
+
+@handles("aten.upsample_bilinear2d.vec")
+def _up_bilinear(r, node, x, output_size=None, align_corners=False, scales=None):
+    return _upsample(r, node, x, "bilinear", align_corners, scales)
+
+
+@handles("aten.conv_transpose2d.input")
+def _conv_transpose2d(r, node, x, w, b=None, stride=(1, 1), padding=(0, 0), output_padding=(0, 0), groups=1,
+                      dilation=(1, 1)):
+    """With kernel == stride and no padding (UNet's up-convolution) each input pixel writes its own
+    k x k block: y[n, o, i*k + a, j*k + b] = sum_c x[n, c, i, j] w[c, o, a, b], one matrix product."""
+    cin, cout, kh, kw = r.shape(w)
+    s = _pair(stride)
+    if [kh, kw] != s or kh != kw or _pair(padding) != [0, 0] or _pair(output_padding) != [0, 0] \
+            or groups != 1 or _pair(dilation) != [1, 1]:
+        r.unsupported("transposed convolution other than kernel == stride, no padding, groups or dilation")
+    n, _, h, wd = r.shape(x)
+    k = kh
+    xt = r.emit("transpose", [x], {"axes": [0, 2, 3, 1]})  # (N, H, W, Cin)
+    y = r.emit("matmul", [xt, r.emit("reshape", [w], {"shape": [cin, cout * k * k]})])
+    y = r.emit("reshape", [y], {"shape": [n, h, wd, cout, k, k]})
+    y = r.emit("transpose", [y], {"axes": [0, 3, 1, 4, 2, 5]})  # (N, Cout, H, k, W, k)
+    y = r.emit("reshape", [y], {"shape": [n, cout, h * k, wd * k]})
+    return _affine(r, y, None, b, 4)
+
+
 for _name in ("aten._assert_tensor_metadata.default", "aten._assert_scalar.default"):
     HANDLERS[_name] = lambda r, node, *a, **k: None
 
@@ -593,6 +1733,13 @@ def _regions(where, module):
     import torch
     containers = (torch.nn.ModuleList, torch.nn.Sequential, torch.nn.ModuleDict)
     out = {}
+    # A module used in several places (the same layer twice) is one object under several names: it
+    # cannot be wrapped for one use and not another, so its ops belong to no region of their own.
+    seen, shared = {}, set()
+    for name, m in module.named_modules(remove_duplicate=False):
+        if id(m) in seen:
+            shared.update({name, seen[id(m)]})
+        seen.setdefault(id(m), name)
     for path in {w["module"] for w in where.values()}:
         if not path:
             out[path] = ""
@@ -604,7 +1751,7 @@ def _regions(where, module):
             region = parts[0]
         elif isinstance(m, containers) and len(parts) > 1:
             region = ".".join(parts[:2])
-        out[path] = region
+        out[path] = "" if region in shared else region
     return out
 
 
@@ -620,8 +1767,8 @@ def _fill_inputs(rec, arg_names, args, seed):
             info["high"] = int(high)
         else:
             rec.arrays[name] = rng.standard_normal(info["shape"]).astype(rec.dtype)
-    for name in rec.int_views:
-        rec.arrays[name] = rec.arrays[rec.source(name)].reshape(rec.int_views[name][1])
+    for name, (src, how) in rec.int_views.items():  # in the order made: a view's source is filled first
+        rec.arrays[name] = np.ascontiguousarray(how(rec.arrays[src]))
 
 
 def _flow(d):
@@ -661,7 +1808,7 @@ def import_model(target, inputs, output, seed=0):
         from .torch_costgraph import write_cost_graph
         return write_cost_graph(ep, model, output)
     dtype = model_dtype(model)
-    rec = _Recorder(ep, model, arg_names, dtype).run()
+    rec = _Recorder(functional(ep), model, arg_names, dtype).run()
     for n in arg_names:
         if n not in rec.inputs:
             raise ConfigError(f"input {n} is not used by the traced forward")
@@ -700,15 +1847,28 @@ def _fake_profile(model, arrays, regions):
 
     from ..backends.torch_apply import profile
     fm = FakeTensorMode(allow_non_fake_inputs=False)
-    for name, p in list(model.named_parameters()):
+    fakes = {}  # one fake per tensor: a parameter shared between modules (tied weights) stays shared
+    for name, p in list(model.named_parameters(remove_duplicate=False)):
         owner, _, leaf = name.rpartition(".")
-        setattr(model.get_submodule(owner) if owner else model, leaf,
-                torch.nn.Parameter(fm.from_tensor(p.detach()), requires_grad=p.requires_grad))
-    for name, b in list(model.named_buffers()):
+        if id(p) not in fakes:
+            fakes[id(p)] = torch.nn.Parameter(fm.from_tensor(p.detach()), requires_grad=p.requires_grad)
+        setattr(model.get_submodule(owner) if owner else model, leaf, fakes[id(p)])
+    for name, b in list(model.named_buffers(remove_duplicate=False)):
         owner, _, leaf = name.rpartition(".")
-        (model.get_submodule(owner) if owner else model).register_buffer(leaf, fm.from_tensor(b))
+        if id(b) not in fakes:
+            fakes[id(b)] = fm.from_tensor(b)
+        (model.get_submodule(owner) if owner else model).register_buffer(leaf, fakes[id(b)])
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     values = [fm.from_tensor(torch.from_numpy(a).to(device)) for a in arrays]
+    forward = model.forward
+
+    def loss_only(*args, **kwargs):  # a forward returning (loss, logits): the profile steps the loss
+        out = forward(*args, **kwargs)
+        if isinstance(out, torch.Tensor):
+            return out
+        return next(t for t in torch.utils._pytree.tree_leaves(out)
+                    if isinstance(t, torch.Tensor) and t.dim() == 0 and t.is_floating_point())
+    model.forward = loss_only
     with fm:
         return profile(model, values, regions)
 

@@ -64,9 +64,10 @@ _INT_HIGH = {"int32": 2**31, "int64": 2**63 - 1}
 ATTR_KINDS = {
     "factor": "number", "axis": "axes", "keepdims": "bool", "shape": "shape", "axes": "permutation",
     "eps": "positive", "stride": "count", "padding": "index", "kernel": "count", "scale": "count",
-    "p": "probability", "exponent": "number",
+    "p": "probability", "exponent": "number", "start": "index", "stop": "count", "step": "count",
 }
-ATTR_KINDS_BY_OP = {("concat", "axis"): "axis", ("softmax", "axis"): "axis", ("log_softmax", "axis"): "axis"}
+ATTR_KINDS_BY_OP = {("concat", "axis"): "axis", ("softmax", "axis"): "axis", ("log_softmax", "axis"): "axis",
+                    ("slice", "axis"): "axis"}
 KIND_TEXT = {
     "number": "a finite number", "positive": "a finite number > 0", "probability": "a number in [0, 1)",
     "bool": "true or false", "count": "an integer >= 1", "index": "an integer >= 0",
@@ -708,6 +709,7 @@ class _Reader:
 OP_SUMMARY = {
     "neg": "-x", "exp": "e^x", "log": "natural logarithm", "sin": "sine", "cos": "cosine", "tanh": "tanh",
     "sigmoid": "1 / (1 + e^-x)", "relu": "max(x, 0)", "gelu": "Gaussian error linear unit (tanh form)",
+    "gelu_erf": "Gaussian error linear unit, exact: x * (1 + erf(x / sqrt 2)) / 2",
     "scale": "x * factor", "add": "a + b (numpy broadcasting)", "sub": "a - b (broadcasting)",
     "mul": "a * b (broadcasting)", "div": "a / b (broadcasting)", "sum": "sum over axes",
     "mean": "mean over axes", "reshape": "same elements, new shape", "transpose": "permute axes",
@@ -726,6 +728,7 @@ OP_SUMMARY = {
     "greater": "1 where a > b, else 0", "greater_equal": "1 where a >= b, else 0",
     "less": "1 where a < b, else 0", "less_equal": "1 where a <= b, else 0", "pow": "x ** exponent",
     "embedding": "rows of a table W (rows, dim) gathered by integer indices",
+    "slice": "x[start:stop:step] along an axis (the other axes whole)",
 }
 
 _LEAF_DOC = {

@@ -126,6 +126,59 @@ def _gelu_vjp(xp, g, x, y):
 unary("gelu", _gelu, _dgelu, needs=(0,), k=8, vjp=_gelu_vjp, vk=16, ws=(0, 2))
 
 
+# The exact GELU, x Phi(x) with Phi(x) = (1 + erf(x / sqrt 2)) / 2: nn.GELU()'s default (BERT, ViT,
+# nn.TransformerEncoderLayer). numpy has no erf: scipy's ufunc (a dependency) on numpy, CUDA's erf
+# in a kernel on cupy.
+_R2, _RPI2 = 1.0 / math.sqrt(2.0), 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def _erf_ufunc():
+    from scipy.special import erf
+    return erf
+
+
+def _gelu_erf(xp, x):
+    k = kernel(xp, "ElementwiseKernel", "gelu_erf", "T x", "T y",
+               f"y = (T)0.5 * x * ((T)1 + erf(x * (T){_R2!r}))", dtype=x.dtype)
+    if k:
+        return k(x)
+    y = x * _R2  # built in place in the output buffer
+    _erf_ufunc()(y, out=y)
+    y += 1.0
+    y *= x
+    y *= 0.5
+    return y
+
+
+def _dgelu_erf(xp, x, y):
+    return 0.5 * (1.0 + _erf_ufunc()(x * _R2)) + x * _RPI2 * xp.exp(-0.5 * x * x)
+
+
+def _gelu_erf_vjp(xp, g, x, y):
+    k = kernel(xp, "ElementwiseKernel", "gelu_erf_vjp", "T x, T g", "T dx",
+               f"dx = g * ((T)0.5 * ((T)1 + erf(x * (T){_R2!r})) + x * (T){_RPI2!r} * exp((T)-0.5 * x * x))",
+               dtype=x.dtype)
+    if k:
+        return k(x, g)
+    # Phi(x) + x phi(x), in two buffers: the result and the density term
+    d = x * _R2
+    _erf_ufunc()(d, out=d)
+    d += 1.0
+    d *= 0.5
+    p = x * x
+    p *= -0.5
+    xp.exp(p, out=p)
+    p *= x
+    p *= _RPI2
+    d += p
+    del p
+    d *= g
+    return d
+
+
+unary("gelu_erf", _gelu_erf, _dgelu_erf, needs=(0,), k=6, vjp=_gelu_erf_vjp, vk=14, ws=(0, 1))
+
+
 def _scale_vjp(xp, i, g, c):
     return g * c.attrs["factor"]
 

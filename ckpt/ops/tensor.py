@@ -174,6 +174,43 @@ register(Op(
 ))
 
 
+# ---- slice ------------------------------------------------------------------------------------
+def _slice_shape(shapes, a):
+    s = tuple(shapes[0])
+    if not s:
+        raise shape_error("slice", "the input needs at least 1 dimension", shapes)
+    ax = _axes("slice", a["axis"], len(s))[0]
+    start, stop, step = a["start"], a["stop"], a["step"]
+    if not (isinstance(start, int) and isinstance(stop, int) and isinstance(step, int)) \
+            or not 0 <= start < stop <= s[ax] or step < 1:
+        raise shape_error("slice", f"[{start}:{stop}:{step}] is not a non-empty range of axis {ax} "
+                                   f"(size {s[ax]})", shapes)
+    return s[:ax] + (len(range(start, stop, step)),) + s[ax + 1:]
+
+
+def _slice_index(a, ndim):
+    ax = _axes("slice", a["axis"], ndim)[0]
+    return (slice(None),) * ax + (slice(a["start"], a["stop"], a["step"]),)
+
+
+def _slice_vjp(xp, i, g, c):
+    """The gradient is g where the slice read and zero elsewhere (split, chunk and unbind are one
+    slice per piece: each piece's VJP writes its part of a zero array)."""
+    out = xp.zeros(c.in_shapes[0], dtype=g.dtype)
+    out[_slice_index(c.attrs, len(c.in_shapes[0]))] = g
+    return out
+
+
+register(Op(
+    name="slice", arity=(1, 1), shape=_slice_shape, attrs={"axis": REQUIRED, "start": 0, "stop": REQUIRED, "step": 1},
+    forward=lambda xp, ins, a: ins[0][_slice_index(a, ins[0].ndim)],
+    vjp=_slice_vjp,
+    jvp=lambda xp, t, c: t[0][_slice_index(c.attrs, t[0].ndim)],
+    needs=lambda i: (), flops=lambda s, o, a: 0, vjp_flops=lambda i, s, o, a: 0,
+    example={"shapes": [(3, 7, 2)], "attrs": {"axis": 1, "start": 1, "stop": 7, "step": 2}},
+))
+
+
 # ---- matmul (batched), linear ------------------------------------------------------------------
 def _matmul_shape(shapes, a):
     sa, sb = tuple(shapes[0]), tuple(shapes[1])
