@@ -66,10 +66,14 @@ class Census:
         from torch.utils._python_dispatch import TorchDispatchMode
         self._ref = StorageWeakRef
         self.known = {StorageWeakRef(t.untyped_storage()).cdata for t in known}
-        self.storages = {}  # cdata -> (weakref, nbytes, creator key, sequence number)
+        # every storage an op made, by a number of its own: a storage's address (cdata) is reused
+        # once it is freed, so the address alone would merge two storages into one
+        self.storages = {}  # id -> (weakref, nbytes, creator key, op position)
+        self._ids = {}  # cdata -> id of the storage made last at that address
         self.region = [""]
         self.counts = {}
-        self.ops = []  # (region, op, k, [storage cdata...], flops, bytes)
+        self.ops = []  # (region, op, k, [storage ids...], flops, bytes)
+        self.mutated = {}  # op position -> storages (ids) it wrote in place that an earlier op made
         self.live_peak = 0
         census = self
 
@@ -82,6 +86,11 @@ class Census:
         self.torch = torch
 
     skip = staticmethod(lambda: False)  # measure_step skips the backward's own ops
+
+    def sid(self, t):
+        """The id of the live storage under tensor `t` that an op made; None for any other."""
+        i = self._ids.get(self._ref(t.untyped_storage()).cdata)
+        return i if i is not None and not self.storages[i][0].expired() else None
 
     def record(self, func, args, kwargs, out):
         torch = self.torch
@@ -97,11 +106,15 @@ class Census:
                 continue
             st = t.untyped_storage()
             ref = self._ref(st)
-            if ref.cdata in self.known or ref.cdata in self.storages and not self.storages[ref.cdata][0].expired():
+            if ref.cdata in self.known or self.sid(t) is not None:
                 continue
-            self.storages[ref.cdata] = (ref, st.nbytes(), (region, str(func), k), len(self.ops))
-            made.append(ref.cdata)
+            i = self._ids[ref.cdata] = len(self.storages)
+            self.storages[i] = (ref, st.nbytes(), (region, str(func), k), len(self.ops))
+            made.append(i)
             nbytes += st.nbytes()
+        written = {self.sid(t) for t in _written(func, args, kwargs)} - {None} - set(made)
+        if written:
+            self.mutated[len(self.ops)] = sorted(written)
         self.ops.append((region, str(func), k, made, _flops(func, args, kwargs, out), nbytes))
         if made:  # the live total only grows when something is made
             self.live_peak = max(self.live_peak, self.live())
@@ -110,8 +123,8 @@ class Census:
         return sum(n for ref, n, _, _ in self.storages.values() if not ref.expired())
 
     def held(self, exclude=()):
-        ex = {self._ref(t.untyped_storage()).cdata for t in exclude}
-        return sum(n for c, (ref, n, _, _) in self.storages.items() if not ref.expired() and c not in ex)
+        ex = {self.sid(t) for t in exclude}
+        return sum(n for i, (ref, n, _, _) in self.storages.items() if not ref.expired() and i not in ex)
 
     def enter(self, name):
         self.region.append(name)
@@ -153,6 +166,30 @@ def _flops(func, args, kwargs, out):
         return 0
 
 
+def loss_of(out):
+    """The loss in what a forward returns: the tensor itself, or (as `ckpt import` takes it) the
+    first floating-point scalar of a tuple, list or dict such as (loss, logits)."""
+    torch = _torch()
+    if isinstance(out, torch.Tensor):
+        return out
+    loss = next((t for t in torch.utils._pytree.tree_leaves(out)
+                 if isinstance(t, torch.Tensor) and t.dim() == 0 and t.is_floating_point()), None)
+    if loss is None:
+        raise ConfigError(f"the module's forward returns {type(out).__name__}, with no floating-point scalar "
+                          "to take as the loss")
+    return loss
+
+
+def _written(func, args, kwargs):
+    """The tensors an op writes in place (`relu_`, `add_`, an out= argument): its schema's
+    arguments annotated `Tensor(a!)`."""
+    out = []
+    for i, a in enumerate(func._schema.arguments):
+        if a.alias_info is not None and a.alias_info.is_write:
+            out += _tensors(args[i] if i < len(args) else kwargs.get(a.name))
+    return out
+
+
 def _tensors(x):
     torch = _torch()
     return [t for t in torch.utils._pytree.tree_leaves(x) if isinstance(t, torch.Tensor)]
@@ -178,33 +215,36 @@ def profile(model, args, regions):
     for name, m in mods.items():
         def pre(mod, a, name=name):
             c.enter(name)
-            inputs[name] = sorted({c._ref(t.untyped_storage()).cdata for t in _tensors(a)})
+            inputs[name] = sorted({c.sid(t) for t in _tensors(a)} - {None})
 
         def post(mod, a, out):
             c.leave()
         handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
 
     def pack(t):
-        holders.setdefault(c._ref(t.untyped_storage()).cdata, set()).add(c.region[-1])
+        i = c.sid(t)
+        if i is not None:
+            holders.setdefault(i, set()).add(c.region[-1])
         last_pack[c.region[-1]] = len(c.ops)
         return t
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), c.mode:
-            loss = model(*args)
+            loss = loss_of(model(*args))
     finally:
         for h in handles:
             h.remove()
-    ids = {cd: i for i, cd in enumerate(c.storages)}
-    out = {"storages": [c.storages[cd][1] for cd in c.storages],
-           "alive": [ids[cd] for cd, (ref, *_rest) in c.storages.items() if not ref.expired()
-                     and cd != c._ref(loss.untyped_storage()).cdata],
-           "holders": {str(ids[cd]): sorted(h) for cd, h in holders.items() if cd in ids},
-           "ops": [{"region": r, "op": op, "k": k, "made": [ids[m] for m in made], "flops": fl, "bytes": nb}
-                   for r, op, k, made, fl, nb in c.ops],
-           "inputs": {r: [ids[cd] for cd in v if cd in ids] for r, v in inputs.items()},
+    lost = c.sid(loss)
+    out = {"storages": [n for _, n, _, _ in c.storages.values()],
+           "alive": [i for i, (ref, *_rest) in c.storages.items() if not ref.expired() and i != lost],
+           "holders": {str(i): sorted(h) for i, h in holders.items()},
+           "ops": [{"region": r, "op": op, "k": k, "made": made, "flops": fl, "bytes": nb,
+                    # the storages it writes in place: a policy must not keep what is written later
+                    **({"mutated": c.mutated[i]} if i in c.mutated else {})}
+                   for i, (r, op, k, made, fl, nb) in enumerate(c.ops)],
+           "inputs": {r: v for r, v in inputs.items()},
            "nested": [r for r in nested if r in inputs], "last_pack": last_pack,
            # the loss: what a census leaves out, so a policy that keeps it holds nothing more
-           "output": [ids[cd] for cd in [c._ref(loss.untyped_storage()).cdata] if cd in ids],
+           "output": [lost] if lost is not None else [],
            "resident_bytes": sum(t.numel() * t.element_size() for t in resident)
            + sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)}
     loss.backward()
@@ -313,7 +353,7 @@ def measure_step(model, args):
     c = Census(known=resident)
     c.skip = lambda: torch._C._current_graph_task_id() != -1 and not _RECOMPUTING[0]
     with c.mode:
-        loss = model(*args)
+        loss = loss_of(model(*args))  # (loss, logits): the rest is dropped, as in the profile
         end = c.held(exclude=[loss])
         forward_peak = c.live_peak
         loss.backward()

@@ -34,7 +34,7 @@ def example_args(plan, inputs, seed):
 def check(target, plan_file, inputs=(), steps=3, seed=0, device="cpu"):
     import torch
     from ..frontends.torch_import import load_factory
-    from .torch_apply import apply, check_plan, load_plan, measure_step
+    from .torch_apply import apply, check_plan, load_plan, loss_of, measure_step
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device is available to PyTorch here")
     plan = load_plan(plan_file)
@@ -57,7 +57,7 @@ def check(target, plan_file, inputs=(), steps=3, seed=0, device="cpu"):
             torch.cuda.reset_peak_memory_stats()
         for _ in range(n):
             t0 = time.perf_counter()
-            model(*args).backward()
+            loss_of(model(*args)).backward()
             if cuda:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)

@@ -47,8 +47,9 @@ class Unit:
     """Members (module names, one or a Sequential run), the ops they run in forward order,
     and which of them a checkpoint around the unit recomputes."""
 
-    def __init__(self, members, scope, ops, last):
+    def __init__(self, members, scope, ops, last, written=frozenset(), wrappable=True):
         self.members, self.scope, self.ops = tuple(members), frozenset(scope), ops
+        self.wrappable = wrappable
         self.name = ROOT_NAME if members == ("",) else members[0] if len(members) == 1 else \
             f"{members[0]}..{members[-1]}"
         self.rerun = [o for o in ops if last is None or o["i"] < last]
@@ -61,8 +62,10 @@ class Unit:
                     counts[o["op"]] = k + 1
                     self.keyed[o["i"]] = (m, o["op"], k)
         self.full_cost = sum(cost(o) for o in self.rerun)
-        # only an op that would be recomputed and makes a storage is worth keeping
-        self.keepable = [o for o in self.rerun if o["made"] and cost(o) > 0]
+        # only an op that would be recomputed and makes a storage is worth keeping, and only one
+        # whose output no later in-place op writes: the checkpoint's cache would hand the written
+        # tensor back to the recompute (PyTorch refuses: "cached ... has been mutated")
+        self.keepable = [o for o in self.rerun if o["made"] and cost(o) > 0 and o["i"] not in written]
 
 
 class RegionProfile:
@@ -77,6 +80,14 @@ class RegionProfile:
         self.inputs = {r: set(v) for r, v in prof["inputs"].items()}
         self.ops = [dict(o, i=i) for i, o in enumerate(prof["ops"])]
         self.last_pack = prof.get("last_pack")  # None in a profile from before early stop was modelled
+        # in-place writes (`relu_`, `out += x`): storage -> positions of the ops that write it
+        self.writes = {}
+        for o in self.ops:
+            for s in o.get("mutated", ()):
+                self.writes.setdefault(s, []).append(o["i"])
+        # ops whose output a later op writes in place: no policy may keep them
+        self.written = frozenset(o["i"] for o in self.ops if any(j > o["i"] for s in o["made"]
+                                                                 for j in self.writes.get(s, ())))
         self.top = [r for r in regions if r in self.inputs]
         self.regions = self.top + [r for r in prof.get("nested", []) if r in self.inputs]
         self.units = [self._unit((r,)) for r in self.regions]
@@ -94,7 +105,11 @@ class RegionProfile:
         last = None
         if self.last_pack is not None:
             last = max((self.last_pack[r] for r in scope if r in self.last_pack), default=0)
-        return Unit(members, scope, ops, last)
+        # a checkpoint saves its arguments with their version: one written in place from the unit
+        # on (ReLU(inplace=True) wrapped alone, or a later `x += ...`) fails the backward
+        first = ops[0]["i"] if ops else len(self.ops)
+        wrappable = not any(j >= first for s in self.inputs.get(members[0], ()) for j in self.writes.get(s, ()))
+        return Unit(members, scope, ops, last, self.written, wrappable)
 
     def unit(self, members):
         return next(u for u in self.units if u.members == tuple(members))
@@ -133,7 +148,7 @@ class RegionProfile:
         from scipy.sparse import coo_matrix
 
         from .milp import quiet_stdout
-        units = [u for u in self.units if u.rerun or self.inputs[u.members[0]]]
+        units = [u for u in self.units if u.wrappable and (u.rerun or self.inputs[u.members[0]])]
         col = {}  # ('w', ui) | ('s', op index) | ('h', storage) -> column
         for ui, u in enumerate(units):
             col[("w", ui)] = len(col)
