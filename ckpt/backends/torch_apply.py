@@ -210,14 +210,18 @@ def profile(model, args, regions):
     mods = _region_modules(model, list(regions) + nested)
     resident = list(model.parameters()) + list(model.buffers()) + _tensors(args)
     c = Census(known=resident)
-    holders, inputs, last_pack = {}, {}, {}
+    holders, inputs, last_pack, calls = {}, {}, {}, {}
     handles = []
     for name, m in mods.items():
         def pre(mod, a, name=name):
             c.enter(name)
-            inputs[name] = sorted({c.sid(t) for t in _tensors(a)} - {None})
+            # a module called more than once (an RNN cell) is a checkpoint per call: each holds its
+            # own arguments, and each call's recompute stops at its own last pack
+            inputs.setdefault(name, set()).update({c.sid(t) for t in _tensors(a)} - {None})
+            calls.setdefault(name, []).append([len(c.ops), len(c.ops), len(c.ops)])
 
-        def post(mod, a, out):
+        def post(mod, a, out, name=name):
+            calls[name][-1][2] = len(c.ops)
             c.leave()
         handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
 
@@ -226,6 +230,8 @@ def profile(model, args, regions):
         if i is not None:
             holders.setdefault(i, set()).add(c.region[-1])
         last_pack[c.region[-1]] = len(c.ops)
+        for r in c.region[1:]:  # the call of every module around the op packs it
+            calls[r][-1][1] = len(c.ops)
         return t
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), c.mode:
@@ -241,7 +247,9 @@ def profile(model, args, regions):
                     # the storages it writes in place: a policy must not keep what is written later
                     **({"mutated": c.mutated[i]} if i in c.mutated else {})}
                    for i, (r, op, k, made, fl, nb) in enumerate(c.ops)],
-           "inputs": {r: v for r, v in inputs.items()},
+           "inputs": {r: sorted(v) for r, v in inputs.items()},
+           # per region, per call: [first op, just past its last pack, just past its last op]
+           "calls": calls,
            "nested": [r for r in nested if r in inputs], "last_pack": last_pack,
            # the loss: what a census leaves out, so a policy that keeps it holds nothing more
            "output": [lost] if lost is not None else [],
