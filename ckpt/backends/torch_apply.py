@@ -268,7 +268,35 @@ def load_plan(plan):
     doc = read_json(plan, "plan file")
     if not isinstance(doc, dict) or doc.get("format") != "ckpt-torch-plan" or "regions" not in doc:
         raise ConfigError("not a ckpt PyTorch plan (write one with `ckpt plan --emit torch -o FILE`)", file=plan)
+    bad = _malformed(doc)
+    if bad:
+        raise ConfigError(f"a malformed ckpt PyTorch plan: {bad}", file=plan)
     return doc
+
+
+def _malformed(doc):
+    """What in a plan document apply or torch-check could not read; None when nothing."""
+    regions = doc["regions"]
+    if not isinstance(regions, list):
+        return "regions is not a list"
+    for r in regions:
+        if not isinstance(r, dict) or not isinstance(r.get("name"), str) or "checkpoint" not in r:
+            return "a region without a name or checkpoint"
+        members = r.get("members", [r["name"]])
+        if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
+            return f"region {r['name']!r}: members is not a list of module names"
+        save = r.get("save", [])
+        if not isinstance(save, list) or not all(isinstance(x, dict) and isinstance(x.get("op"), str)
+                                                 and isinstance(x.get("k"), int) for x in save):
+            return f"region {r['name']!r}: save is not a list of {{op, k}}"
+    inputs = doc.get("inputs", {})
+    if not isinstance(inputs, dict) or not all(
+            isinstance(v, dict) and isinstance(v.get("shape"), list) and isinstance(v.get("dtype"), str)
+            for v in inputs.values()):
+        return "inputs is not {name: {shape, dtype}}"
+    if "parameters" in doc and not isinstance(doc["parameters"], (dict, type(None))):
+        return "parameters is not {name: shape}"
+    return None
 
 
 def check_plan(model, plan):
@@ -298,7 +326,7 @@ def apply(model, plan):
     ignored = _ignored()
     for unit in units:
         members = unit.get("members", [unit["name"]])
-        save = {(s.get("region", unit["name"]), s["op"], s["k"]) for s in unit["save"]}
+        save = {(s.get("region", unit["name"]), s["op"], s["k"]) for s in unit.get("save", [])}
         current = [members[0]]
 
         def context(save=save, current=current):
