@@ -68,7 +68,8 @@ def step_flops(model, args):
 
 def run_choice(name, rp, choice):
     """Apply a choice to a fresh model: held bytes and recomputed FLOPs measured == predicted,
-    gradients bitwise the unplanned model's."""
+    gradients and buffers (BatchNorm's running statistics, updated once per step, not again by
+    the recompute) bitwise the unplanned model's."""
     from ckpt.backends.torch_apply import apply, measure_step
     from ckpt.backends.torch_plan import _regions_doc
     factory = getattr(torch_models, name)
@@ -82,6 +83,9 @@ def run_choice(name, rp, choice):
     assert set(b["grads"]) == set(p["grads"])
     for k, g in b["grads"].items():
         assert torch.equal(g, p["grads"][k]), k
+    buffers = dict(planned.named_buffers())
+    for k, v in base.named_buffers():
+        assert torch.equal(v, buffers[k]), k
 
 
 @pytest.mark.parametrize("name", ["vgg", "unet", "resnet_train", "llama", "mobilenet", "rnn"])

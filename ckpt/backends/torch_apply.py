@@ -315,6 +315,7 @@ def apply(model, plan):
     """Wrap the plan's checkpointed regions in non-reentrant checkpoints with its save policy;
     returns the same module. Idempotent per module: applying twice replaces the first plan."""
     torch = _torch()
+    from torch.utils._python_dispatch import _disable_current_modes
     from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
     doc = check_plan(model, plan)
     units = [r for r in doc["regions"] if r["checkpoint"]]
@@ -348,13 +349,25 @@ def apply(model, plan):
             # A segment of consecutive nn.Sequential items runs them in order inside one
             # checkpoint; the policy counts each item's ops apart, as the profile did.
             out = None
-            _RECOMPUTING[0] += torch._C._current_graph_task_id() != -1  # called again in the backward
+            again = torch._C._current_graph_task_id() != -1  # called again in the backward
+            _RECOMPUTING[0] += again
+            # The recompute must not update state twice: BatchNorm's running statistics (train
+            # mode) are put back as the forward left them, as if it had run once.
+            # (Outside the dispatch modes: the checkpoint's cache and the census see none of it.)
+            state = []
+            if again:
+                with _disable_current_modes(), torch.no_grad():
+                    state = [(b, b._version, b.clone()) for m in _members for b in mods[m].buffers()]
             try:
                 for i, (m, f) in enumerate(zip(_members, _origs)):
                     _current[0] = m
                     out = f(*args, **kwargs) if i == 0 else f(out)
             finally:
-                _RECOMPUTING[0] -= torch._C._current_graph_task_id() != -1
+                _RECOMPUTING[0] -= again
+                with _disable_current_modes(), torch.no_grad():
+                    for b, version, before in state:
+                        if b._version != version or not torch.equal(b, before):  # batch norm: no version bump
+                            b.copy_(before)
             return out
 
         def forward(*args, _segment=segment, _context=context, _plain=not save, **kwargs):
