@@ -204,7 +204,9 @@ def profile(model, args, regions):
     `layers.0.attn` alone); an op belongs to the innermost one. `last_pack` is, per region, the
     position in `ops` just past the last op that packed a tensor for backward there (an input is
     packed before its op runs, an output after): a checkpoint's recompute stops once every tensor
-    it packed is back (non-reentrant early stop), so ops from there on are not recomputed."""
+    it packed is back (non-reentrant early stop), so ops from there on are not recomputed. `calls`
+    is the same per call of each region (a cell run once per time step is a checkpoint per call),
+    and an op's `mutated` lists the storages it writes in place (`relu_`, `out += x`)."""
     torch = _torch()
     nested = [k for k, _ in model.named_modules() if any(k.startswith(r + ".") for r in regions)]
     mods = _region_modules(model, list(regions) + nested)
