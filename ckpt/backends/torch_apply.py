@@ -66,10 +66,14 @@ class Census:
         from torch.utils._python_dispatch import TorchDispatchMode
         self._ref = StorageWeakRef
         self.known = {StorageWeakRef(t.untyped_storage()).cdata for t in known}
-        self.storages = {}  # cdata -> (weakref, nbytes, creator key, sequence number)
+        # every storage an op made, by a number of its own: a storage's address (cdata) is reused
+        # once it is freed, so the address alone would merge two storages into one
+        self.storages = {}  # id -> (weakref, nbytes, creator key, op position)
+        self._ids = {}  # cdata -> id of the storage made last at that address
         self.region = [""]
         self.counts = {}
-        self.ops = []  # (region, op, k, [storage cdata...], flops, bytes)
+        self.ops = []  # (region, op, k, [storage ids...], flops, bytes)
+        self.mutated = {}  # op position -> storages (ids) it wrote in place that an earlier op made
         self.live_peak = 0
         census = self
 
@@ -82,6 +86,11 @@ class Census:
         self.torch = torch
 
     skip = staticmethod(lambda: False)  # measure_step skips the backward's own ops
+
+    def sid(self, t):
+        """The id of the live storage under tensor `t` that an op made; None for any other."""
+        i = self._ids.get(self._ref(t.untyped_storage()).cdata)
+        return i if i is not None and not self.storages[i][0].expired() else None
 
     def record(self, func, args, kwargs, out):
         torch = self.torch
@@ -97,11 +106,15 @@ class Census:
                 continue
             st = t.untyped_storage()
             ref = self._ref(st)
-            if ref.cdata in self.known or ref.cdata in self.storages and not self.storages[ref.cdata][0].expired():
+            if ref.cdata in self.known or self.sid(t) is not None:
                 continue
-            self.storages[ref.cdata] = (ref, st.nbytes(), (region, str(func), k), len(self.ops))
-            made.append(ref.cdata)
+            i = self._ids[ref.cdata] = len(self.storages)
+            self.storages[i] = (ref, st.nbytes(), (region, str(func), k), len(self.ops))
+            made.append(i)
             nbytes += st.nbytes()
+        written = {self.sid(t) for t in _written(func, args, kwargs)} - {None} - set(made)
+        if written:
+            self.mutated[len(self.ops)] = sorted(written)
         self.ops.append((region, str(func), k, made, _flops(func, args, kwargs, out), nbytes))
         if made:  # the live total only grows when something is made
             self.live_peak = max(self.live_peak, self.live())
@@ -110,8 +123,8 @@ class Census:
         return sum(n for ref, n, _, _ in self.storages.values() if not ref.expired())
 
     def held(self, exclude=()):
-        ex = {self._ref(t.untyped_storage()).cdata for t in exclude}
-        return sum(n for c, (ref, n, _, _) in self.storages.items() if not ref.expired() and c not in ex)
+        ex = {self.sid(t) for t in exclude}
+        return sum(n for i, (ref, n, _, _) in self.storages.items() if not ref.expired() and i not in ex)
 
     def enter(self, name):
         self.region.append(name)
@@ -153,6 +166,30 @@ def _flops(func, args, kwargs, out):
         return 0
 
 
+def loss_of(out):
+    """The loss in what a forward returns: the tensor itself, or (as `ckpt import` takes it) the
+    first floating-point scalar of a tuple, list or dict such as (loss, logits)."""
+    torch = _torch()
+    if isinstance(out, torch.Tensor):
+        return out
+    loss = next((t for t in torch.utils._pytree.tree_leaves(out)
+                 if isinstance(t, torch.Tensor) and t.dim() == 0 and t.is_floating_point()), None)
+    if loss is None:
+        raise ConfigError(f"the module's forward returns {type(out).__name__}, with no floating-point scalar "
+                          "to take as the loss")
+    return loss
+
+
+def _written(func, args, kwargs):
+    """The tensors an op writes in place (`relu_`, `add_`, an out= argument): its schema's
+    arguments annotated `Tensor(a!)`."""
+    out = []
+    for i, a in enumerate(func._schema.arguments):
+        if a.alias_info is not None and a.alias_info.is_write:
+            out += _tensors(args[i] if i < len(args) else kwargs.get(a.name))
+    return out
+
+
 def _tensors(x):
     torch = _torch()
     return [t for t in torch.utils._pytree.tree_leaves(x) if isinstance(t, torch.Tensor)]
@@ -167,44 +204,57 @@ def profile(model, args, regions):
     `layers.0.attn` alone); an op belongs to the innermost one. `last_pack` is, per region, the
     position in `ops` just past the last op that packed a tensor for backward there (an input is
     packed before its op runs, an output after): a checkpoint's recompute stops once every tensor
-    it packed is back (non-reentrant early stop), so ops from there on are not recomputed."""
+    it packed is back (non-reentrant early stop), so ops from there on are not recomputed. `calls`
+    is the same per call of each region (a cell run once per time step is a checkpoint per call),
+    and an op's `mutated` lists the storages it writes in place (`relu_`, `out += x`)."""
     torch = _torch()
     nested = [k for k, _ in model.named_modules() if any(k.startswith(r + ".") for r in regions)]
     mods = _region_modules(model, list(regions) + nested)
     resident = list(model.parameters()) + list(model.buffers()) + _tensors(args)
     c = Census(known=resident)
-    holders, inputs, last_pack = {}, {}, {}
+    holders, inputs, last_pack, calls = {}, {}, {}, {}
     handles = []
     for name, m in mods.items():
         def pre(mod, a, name=name):
             c.enter(name)
-            inputs[name] = sorted({c._ref(t.untyped_storage()).cdata for t in _tensors(a)})
+            # a module called more than once (an RNN cell) is a checkpoint per call: each holds its
+            # own arguments, and each call's recompute stops at its own last pack
+            inputs.setdefault(name, set()).update({c.sid(t) for t in _tensors(a)} - {None})
+            calls.setdefault(name, []).append([len(c.ops), len(c.ops), len(c.ops)])
 
-        def post(mod, a, out):
+        def post(mod, a, out, name=name):
+            calls[name][-1][2] = len(c.ops)
             c.leave()
         handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
 
     def pack(t):
-        holders.setdefault(c._ref(t.untyped_storage()).cdata, set()).add(c.region[-1])
+        i = c.sid(t)
+        if i is not None:
+            holders.setdefault(i, set()).add(c.region[-1])
         last_pack[c.region[-1]] = len(c.ops)
+        for r in c.region[1:]:  # the call of every module around the op packs it
+            calls[r][-1][1] = len(c.ops)
         return t
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), c.mode:
-            loss = model(*args)
+            loss = loss_of(model(*args))
     finally:
         for h in handles:
             h.remove()
-    ids = {cd: i for i, cd in enumerate(c.storages)}
-    out = {"storages": [c.storages[cd][1] for cd in c.storages],
-           "alive": [ids[cd] for cd, (ref, *_rest) in c.storages.items() if not ref.expired()
-                     and cd != c._ref(loss.untyped_storage()).cdata],
-           "holders": {str(ids[cd]): sorted(h) for cd, h in holders.items() if cd in ids},
-           "ops": [{"region": r, "op": op, "k": k, "made": [ids[m] for m in made], "flops": fl, "bytes": nb}
-                   for r, op, k, made, fl, nb in c.ops],
-           "inputs": {r: [ids[cd] for cd in v if cd in ids] for r, v in inputs.items()},
+    lost = c.sid(loss)
+    out = {"storages": [n for _, n, _, _ in c.storages.values()],
+           "alive": [i for i, (ref, *_rest) in c.storages.items() if not ref.expired() and i != lost],
+           "holders": {str(i): sorted(h) for i, h in holders.items()},
+           "ops": [{"region": r, "op": op, "k": k, "made": made, "flops": fl, "bytes": nb,
+                    # the storages it writes in place: a policy must not keep what is written later
+                    **({"mutated": c.mutated[i]} if i in c.mutated else {})}
+                   for i, (r, op, k, made, fl, nb) in enumerate(c.ops)],
+           "inputs": {r: sorted(v) for r, v in inputs.items()},
+           # per region, per call: [first op, just past its last pack, just past its last op]
+           "calls": calls,
            "nested": [r for r in nested if r in inputs], "last_pack": last_pack,
            # the loss: what a census leaves out, so a policy that keeps it holds nothing more
-           "output": [ids[cd] for cd in [c._ref(loss.untyped_storage()).cdata] if cd in ids],
+           "output": [lost] if lost is not None else [],
            "resident_bytes": sum(t.numel() * t.element_size() for t in resident)
            + sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)}
     loss.backward()
@@ -220,7 +270,35 @@ def load_plan(plan):
     doc = read_json(plan, "plan file")
     if not isinstance(doc, dict) or doc.get("format") != "ckpt-torch-plan" or "regions" not in doc:
         raise ConfigError("not a ckpt PyTorch plan (write one with `ckpt plan --emit torch -o FILE`)", file=plan)
+    bad = _malformed(doc)
+    if bad:
+        raise ConfigError(f"a malformed ckpt PyTorch plan: {bad}", file=plan)
     return doc
+
+
+def _malformed(doc):
+    """What in a plan document apply or torch-check could not read; None when nothing."""
+    regions = doc["regions"]
+    if not isinstance(regions, list):
+        return "regions is not a list"
+    for r in regions:
+        if not isinstance(r, dict) or not isinstance(r.get("name"), str) or "checkpoint" not in r:
+            return "a region without a name or checkpoint"
+        members = r.get("members", [r["name"]])
+        if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
+            return f"region {r['name']!r}: members is not a list of module names"
+        save = r.get("save", [])
+        if not isinstance(save, list) or not all(isinstance(x, dict) and isinstance(x.get("op"), str)
+                                                 and isinstance(x.get("k"), int) for x in save):
+            return f"region {r['name']!r}: save is not a list of {{op, k}}"
+    inputs = doc.get("inputs", {})
+    if not isinstance(inputs, dict) or not all(
+            isinstance(v, dict) and isinstance(v.get("shape"), list) and isinstance(v.get("dtype"), str)
+            for v in inputs.values()):
+        return "inputs is not {name: {shape, dtype}}"
+    if "parameters" in doc and not isinstance(doc["parameters"], (dict, type(None))):
+        return "parameters is not {name: shape}"
+    return None
 
 
 def check_plan(model, plan):
@@ -239,6 +317,7 @@ def apply(model, plan):
     """Wrap the plan's checkpointed regions in non-reentrant checkpoints with its save policy;
     returns the same module. Idempotent per module: applying twice replaces the first plan."""
     torch = _torch()
+    from torch.utils._python_dispatch import _disable_current_modes
     from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
     doc = check_plan(model, plan)
     units = [r for r in doc["regions"] if r["checkpoint"]]
@@ -250,7 +329,7 @@ def apply(model, plan):
     ignored = _ignored()
     for unit in units:
         members = unit.get("members", [unit["name"]])
-        save = {(s.get("region", unit["name"]), s["op"], s["k"]) for s in unit["save"]}
+        save = {(s.get("region", unit["name"]), s["op"], s["k"]) for s in unit.get("save", [])}
         current = [members[0]]
 
         def context(save=save, current=current):
@@ -272,13 +351,25 @@ def apply(model, plan):
             # A segment of consecutive nn.Sequential items runs them in order inside one
             # checkpoint; the policy counts each item's ops apart, as the profile did.
             out = None
-            _RECOMPUTING[0] += torch._C._current_graph_task_id() != -1  # called again in the backward
+            again = torch._C._current_graph_task_id() != -1  # called again in the backward
+            _RECOMPUTING[0] += again
+            # The recompute must not update state twice: BatchNorm's running statistics (train
+            # mode) are put back as the forward left them, as if it had run once.
+            # (Outside the dispatch modes: the checkpoint's cache and the census see none of it.)
+            state = []
+            if again:
+                with _disable_current_modes(), torch.no_grad():
+                    state = [(b, b._version, b.clone()) for m in _members for b in mods[m].buffers()]
             try:
                 for i, (m, f) in enumerate(zip(_members, _origs)):
                     _current[0] = m
                     out = f(*args, **kwargs) if i == 0 else f(out)
             finally:
-                _RECOMPUTING[0] -= torch._C._current_graph_task_id() != -1
+                _RECOMPUTING[0] -= again
+                with _disable_current_modes(), torch.no_grad():
+                    for b, version, before in state:
+                        if b._version != version or not torch.equal(b, before):  # batch norm: no version bump
+                            b.copy_(before)
             return out
 
         def forward(*args, _segment=segment, _context=context, _plain=not save, **kwargs):
@@ -313,7 +404,7 @@ def measure_step(model, args):
     c = Census(known=resident)
     c.skip = lambda: torch._C._current_graph_task_id() != -1 and not _RECOMPUTING[0]
     with c.mode:
-        loss = model(*args)
+        loss = loss_of(model(*args))  # (loss, logits): the rest is dropped, as in the profile
         end = c.held(exclude=[loss])
         forward_peak = c.live_peak
         loss.backward()

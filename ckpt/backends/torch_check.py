@@ -4,7 +4,7 @@ with the plan's prediction (bytes held for backward by unique storage; step time
 import statistics
 import time
 
-from ..errors import ConfigError
+from ..errors import CheckFailed, CkptError, ConfigError
 from ..sizes import fmt_bytes
 
 
@@ -23,7 +23,9 @@ def example_args(plan, inputs, seed):
     g = torch.Generator().manual_seed(seed)
     args = []
     for k, v in want.items():
-        dt = getattr(torch, v["dtype"])
+        dt = getattr(torch, v["dtype"], None)
+        if not isinstance(dt, torch.dtype):
+            raise ConfigError(f"the plan's input {k} has dtype {v['dtype']!r}, not a torch dtype")
         if dt.is_floating_point:
             args.append(torch.randn(v["shape"], generator=g, dtype=dt))
         else:
@@ -34,10 +36,16 @@ def example_args(plan, inputs, seed):
 def check(target, plan_file, inputs=(), steps=3, seed=0, device="cpu"):
     import torch
     from ..frontends.torch_import import load_factory
-    from .torch_apply import apply, check_plan, load_plan, measure_step
+    from .torch_apply import apply, check_plan, load_plan, loss_of, measure_step
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device is available to PyTorch here")
     plan = load_plan(plan_file)
+    p = plan.get("predicted")
+    if not isinstance(p, dict) or not all(isinstance(p.get(k), int) for k in
+                                          ("unplanned_held_bytes", "held_end_forward_bytes", "resident_bytes")) \
+            or "inputs" not in plan:
+        raise ConfigError("a malformed ckpt PyTorch plan: no inputs, or no predicted held and resident bytes",
+                          file=plan_file)
     model = load_factory(target)
     check_plan(model, plan_file)
     args = [a.to(device) for a in example_args(plan, inputs, seed)]
@@ -57,7 +65,7 @@ def check(target, plan_file, inputs=(), steps=3, seed=0, device="cpu"):
             torch.cuda.reset_peak_memory_stats()
         for _ in range(n):
             t0 = time.perf_counter()
-            model(*args).backward()
+            loss_of(model(*args)).backward()
             if cuda:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
@@ -67,9 +75,9 @@ def check(target, plan_file, inputs=(), steps=3, seed=0, device="cpu"):
         for o in out:
             o["time_s"] = statistics.median(times)
         return out
-    base = run(steps)
+    base = _step(run, steps, lambda e: ConfigError(f"the model's training step raised {e}", file=target))
     apply(model, plan)
-    planned = run(steps)
+    planned = _step(run, steps, lambda e: CheckFailed(f"the training step with the plan raised {e}"))
     p = plan["predicted"]
     b, q = base[-1], planned[-1]
     worst = 0.0
@@ -79,7 +87,7 @@ def check(target, plan_file, inputs=(), steps=3, seed=0, device="cpu"):
             d = (q["grads"][k] - g).abs().max().item()
             worst = max(worst, d)
             equal = equal and d == 0.0
-    r = {"model": plan["model"], "plan": plan_file, "checkpointed_regions": regions,
+    r = {"model": plan.get("model"), "plan": plan_file, "checkpointed_regions": regions,
          "held_end_forward": {"unplanned": {"predicted": p["unplanned_held_bytes"], "measured": b["held_end_forward"]},
                               "planned": {"predicted": p["held_end_forward_bytes"], "measured": q["held_end_forward"]}},
          "live_peak_forward": {"unplanned": b["live_peak_forward"], "planned": q["live_peak_forward"]},
@@ -100,6 +108,18 @@ def check(target, plan_file, inputs=(), steps=3, seed=0, device="cpu"):
         failures.append(f"gradients differ (max abs difference {worst:.3g})")
     r["failures"], r["passed"] = failures, not failures
     return r
+
+
+def _step(run, steps, error):
+    """run(steps), with what PyTorch raises (the model's own code, or a checkpoint refusing the
+    plan) as one line: `error` makes the typed error from "Name: first line"."""
+    try:
+        return run(steps)
+    except CkptError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- the user's model and PyTorch: any failure is one line
+        text = str(e).strip().splitlines()
+        raise error(f"{e.__class__.__name__}: {text[0] if text else '(no message)'}") from None
 
 
 def report_lines(r):

@@ -47,11 +47,15 @@ class Unit:
     """Members (module names, one or a Sequential run), the ops they run in forward order,
     and which of them a checkpoint around the unit recomputes."""
 
-    def __init__(self, members, scope, ops, last):
+    def __init__(self, members, scope, ops, last, written=frozenset(), wrappable=True, spans=None):
         self.members, self.scope, self.ops = tuple(members), frozenset(scope), ops
+        self.wrappable = wrappable
         self.name = ROOT_NAME if members == ("",) else members[0] if len(members) == 1 else \
             f"{members[0]}..{members[-1]}"
-        self.rerun = [o for o in ops if last is None or o["i"] < last]
+        if spans is None:
+            self.rerun = [o for o in ops if last is None or o["i"] < last]
+        else:  # per call (start, just past its last pack): each call's recompute stops on its own
+            self.rerun = [o for o in ops if any(a <= o["i"] < b for a, b in spans)]
         self.keyed = {}  # op index -> (member, aten overload, occurrence within the member's call)
         for m in members:
             counts = {}
@@ -61,8 +65,14 @@ class Unit:
                     counts[o["op"]] = k + 1
                     self.keyed[o["i"]] = (m, o["op"], k)
         self.full_cost = sum(cost(o) for o in self.rerun)
-        # only an op that would be recomputed and makes a storage is worth keeping
-        self.keepable = [o for o in self.rerun if o["made"] and cost(o) > 0]
+        # only an op that would be recomputed and makes a storage is worth keeping, and only one
+        # whose output no later in-place op writes: the checkpoint's cache would hand the written
+        # tensor back to the recompute (PyTorch refuses: "cached ... has been mutated")
+        # A member called more than once (an RNN cell) is one checkpoint per call, each counting
+        # its ops from 0: a kept op would be kept in every call, which one binary per op does not
+        # model, so such a unit is checkpointed whole.
+        self.keepable = [o for o in self.rerun if o["made"] and cost(o) > 0 and o["i"] not in written] \
+            if spans is None or len(spans) == 1 else []
 
 
 class RegionProfile:
@@ -77,6 +87,15 @@ class RegionProfile:
         self.inputs = {r: set(v) for r, v in prof["inputs"].items()}
         self.ops = [dict(o, i=i) for i, o in enumerate(prof["ops"])]
         self.last_pack = prof.get("last_pack")  # None in a profile from before early stop was modelled
+        self.calls = prof.get("calls")  # per region, per call: [first op, past its last pack, past its last op]
+        # in-place writes (`relu_`, `out += x`): storage -> positions of the ops that write it
+        self.writes = {}
+        for o in self.ops:
+            for s in o.get("mutated", ()):
+                self.writes.setdefault(s, []).append(o["i"])
+        # ops whose output a later op writes in place: no policy may keep them
+        self.written = frozenset(o["i"] for o in self.ops if any(j > o["i"] for s in o["made"]
+                                                                 for j in self.writes.get(s, ())))
         self.top = [r for r in regions if r in self.inputs]
         self.regions = self.top + [r for r in prof.get("nested", []) if r in self.inputs]
         self.units = [self._unit((r,)) for r in self.regions]
@@ -94,7 +113,18 @@ class RegionProfile:
         last = None
         if self.last_pack is not None:
             last = max((self.last_pack[r] for r in scope if r in self.last_pack), default=0)
-        return Unit(members, scope, ops, last)
+        # a checkpoint saves its arguments with their version: one written in place from the unit
+        # on (ReLU(inplace=True) wrapped alone, or a later `x += ...`) fails the backward
+        first = ops[0]["i"] if ops else len(self.ops)
+        wrappable = not any(j >= first for s in self.inputs.get(members[0], ()) for j in self.writes.get(s, ()))
+        spans = None
+        if self.calls is not None and all(m in self.calls for m in members):
+            per = [self.calls[m] for m in members]
+            if any(len(p) != len(per[0]) for p in per):
+                wrappable = False  # Sequential items called unevenly: no one segment runs them
+            else:
+                spans = [(per[0][j][0], max(p[j][1] for p in per)) for j in range(len(per[0]))]
+        return Unit(members, scope, ops, last, self.written, wrappable, spans)
 
     def unit(self, members):
         return next(u for u in self.units if u.members == tuple(members))
@@ -133,7 +163,7 @@ class RegionProfile:
         from scipy.sparse import coo_matrix
 
         from .milp import quiet_stdout
-        units = [u for u in self.units if u.rerun or self.inputs[u.members[0]]]
+        units = [u for u in self.units if u.wrappable and (u.rerun or self.inputs[u.members[0]])]
         col = {}  # ('w', ui) | ('s', op index) | ('h', storage) -> column
         for ui, u in enumerate(units):
             col[("w", ui)] = len(col)
