@@ -31,7 +31,7 @@ import yaml
 from ..errors import ConfigError
 from ..jsonio import read_text
 from ..ops import REGISTRY, REQUIRED, size as n_elements
-from ..sizes import MAX_BYTES, MAX_DEPTH, MAX_NODES
+from ..sizes import MAX_BYTES, MAX_DEPTH, MAX_NDIM, MAX_NODES
 
 
 def _close_matches(word, choices, n=1):
@@ -57,6 +57,10 @@ MAX_CONFIG_CHARS = 4 * 2**20
 MAX_REPEAT_NESTING = 32
 # The largest `high` of a randint init, per integer dtype (numpy draws below it).
 _INT_HIGH = {"int32": 2**31, "int64": 2**63 - 1}
+# The range of a literal value per dtype: a number beyond it would be stored as inf, or wrapped
+# around / refused by numpy, not as written.
+_VALUE_RANGE = {"float16": 65504.0, "bfloat16": 3.3895313892515355e38, "float32": 3.4028234663852886e38,
+                "float64": 1e300, "int32": 2**31 - 1, "int64": 2**63 - 1}
 
 # What each op attribute holds: how the config is read and what the config reference says (a test
 # checks that every attribute in the op registry has a kind here). Keyed by attribute name, and by
@@ -289,9 +293,10 @@ class _Reader:
         return m
 
     def name(self, v, what, where, key, node_key="name", dots=False):
-        banned = ":/ " if dots else ":./ "
-        if not isinstance(v, str) or not v or any(c in v for c in banned):
-            listed = "':', '/' or spaces" if dots else "':', '.', '/' or spaces"
+        banned = ":/" if dots else ":./"
+        # whitespace and control characters too: a name is printed inside one-line messages
+        if not isinstance(v, str) or not v or any(c in banned or c.isspace() or not c.isprintable() for c in v):
+            listed = "':', '/', spaces or control characters" if dots else "':', '.', '/', spaces or control characters"
             raise self.err(f"{what} must be a name without {listed}, got {_describe(v)}", where, key=key,
                            node_key=node_key)
         return v
@@ -376,6 +381,8 @@ class _Reader:
             raise self.err("missing shape", where, key=key)
         if not isinstance(v, list):
             raise self.err(f"shape must be a list of sizes, got {_describe(v)}", where, key=key, node_key="shape")
+        if len(v) > MAX_NDIM:
+            raise self.err(f"shape of {len(v)} dimensions (at most {MAX_NDIM})", where, key=key, node_key="shape")
         return tuple(self.size(d, where, key, node_key="shape") for d in v)
 
     def attr(self, op, name, v, where, key):
@@ -429,7 +436,7 @@ class _Reader:
             if not isinstance(v, list) or not v:
                 raise bad()
             out = integers(v)
-            if any(n < 1 and n != -1 for n in out) or out.count(-1) > 1:
+            if any(n < 1 and n != -1 for n in out) or out.count(-1) > 1 or len(out) > MAX_NDIM:
                 raise bad()
             return out
         raise self.err(f"{op} attr {name!r} has no reading rule (a bug: add it to ATTR_KINDS)", where, key=key)
@@ -470,17 +477,22 @@ class _Reader:
             spec.high = self.size(m.get("high", 2), m, key, node_key="high", limit=_INT_HIGH[ldtype])
         elif "high" in m:
             raise self.err("high applies to init: randint only", m, key=key, node_key="high")
+        if ldtype in INT_DTYPES and "init" in m and init in ("normal", "uniform", "xavier", "causal_mask"):
+            # drawn as floats and cast, they would be mostly 0 and -1: labels that silently index wrong
+            raise self.err(f"init {init} draws floating-point numbers: an integer input takes randint, zeros, ones "
+                           "or value", m, key=key, node_key="init")
         if init == "value":
             if spec.value is None:
                 raise self.err("init: value needs a value", m, key=key)
-            self.check_value(spec.value, shape, m, key)
+            self.check_value(spec.value, shape, ldtype, m, key)
         if spec.grad and ldtype in INT_DTYPES:
             raise self.err("an integer input cannot take a gradient", m, key=key, node_key="grad")
         return spec
 
-    def check_value(self, v, shape, where, key):
+    def check_value(self, v, shape, dtype, where, key):
         """A literal value: a number or nested lists of numbers with no more elements than the
-        shape (it is broadcast to it). Walked without recursion, with a budget, so that a value
+        shape (it is broadcast to it), each one the dtype holds as written (in range; whole for an
+        integer dtype). Walked without recursion, with a budget, so that a value
         built from YAML aliases cannot expand without bound."""
         budget = min(n_elements(shape), 2**22)  # no more numbers than a 4 MiB file writes out
         stack, count = [v], 0
@@ -491,8 +503,16 @@ class _Reader:
                 continue
             count += 1
             if isinstance(x, bool) or not isinstance(x, (int, float)) or abs(x) > 1e300 or x != x:
-                raise self.err(f"value must be finite numbers or lists of them, got {_describe(x)}", where, key=key,
+                hint = ""
+                if isinstance(x, str) and re.fullmatch(r"[-+]?[0-9.]+e[-+]?[0-9]+", x, re.I):
+                    hint = " (YAML reads it as text: write it with a point and a sign, 1.0e+30)"
+                raise self.err(f"value must be finite numbers or lists of them, got {_describe(x)}{hint}", where,
+                               key=key, node_key="value")
+            if dtype in INT_DTYPES and isinstance(x, float) and not x.is_integer():
+                raise self.err(f"value of dtype {dtype} must be whole numbers, got {_describe(x)}", where, key=key,
                                node_key="value")
+            if not -_VALUE_RANGE[dtype] - (dtype in INT_DTYPES) <= x <= _VALUE_RANGE[dtype]:
+                raise self.err(f"value {_describe(x)} is out of the range of {dtype}", where, key=key, node_key="value")
             if count > budget:
                 raise self.err(f"value has more elements than shape {shape} holds", where, key=key, node_key="value")
 
@@ -684,7 +704,7 @@ class _Reader:
         for node in self.nodes:  # forward references to top-level names, repeats' names included
             node.inputs = [i if i in self.defined_at else self.top.get(i, i) for i in node.inputs]
         for pname, item, full in self.pending:
-            if pname not in self.top:
+            if pname not in self.top and pname not in self.defined_at:  # a full name (`body.3.h`) is one too
                 near = _close_matches(pname, list(self.defined_at), n=1)
                 raise self.err(f"undefined value {pname!r}" + (f" (did you mean {near[0]!r}?)" if near else ""),
                                item, key=full, node_key="inputs")
@@ -770,7 +790,7 @@ def reference_markdown():
         "| `output` | the name of the scalar node to differentiate |",
         "| `description` | free text, ignored |",
         "",
-        "Names (of leaves, nodes and block parameters) contain no `:`, `.`, `/` or spaces.",
+        "Names (of leaves, nodes and block parameters) contain no `:`, `.`, `/`, spaces or control characters.",
         "",
         "## Leaves: `inputs` and `params`",
         "",

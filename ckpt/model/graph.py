@@ -103,6 +103,13 @@ def _infer(g, v, file):
             want = "integer labels" if i in op.int_inputs else "floating-point values"
             raise ConfigError(f"{d['op']} input {i + 1} ({d['inputs'][i]!r}) must hold {want}, not {u['dtype']}",
                               file=file, line=d.get("line"), key=v)
+    if op.labels_below is not None:  # randint labels drawn past the classes (or rows) they index
+        bound = op.labels_below([u["shape"] for u in ins])
+        for i in op.int_inputs:
+            spec = ins[i].get("spec")
+            if spec is not None and spec.init == "randint" and spec.high > bound:
+                raise ConfigError(f"{d['op']} reads labels below {bound}, but {d['inputs'][i]!r} draws them "
+                                  f"below high {spec.high}", file=file, line=spec.line, key=d["inputs"][i])
     try:
         d["shape"] = tuple(int(s) for s in op.shape([u["shape"] for u in ins], d["attrs"]))
     except ShapeError as e:
@@ -190,7 +197,28 @@ def leaf_values(g, dtype_override=None):
         if d["kind"] == "op":
             continue
         values[v] = _init(v, d, seed, g.graph.get("file"))
+    _check_labels(g, values)
     return values
+
+
+def _check_labels(g, values):
+    """Every integer label in range of what its op indexes (Op.labels_below): numpy would index
+    from the end with a negative one, silently, and fail deep inside the op past the end. Labels
+    are leaves (no op makes integers), so this is one pass over them before any step."""
+    for w, d in g.nodes(data=True):
+        op = REGISTRY[d["op"]] if d["kind"] == "op" else None
+        if op is None or op.labels_below is None:
+            continue
+        bound = op.labels_below([g.nodes[u]["shape"] for u in d["inputs"]])
+        for i in op.int_inputs:
+            u = d["inputs"][i]
+            arr = values.get(u)
+            if arr is None or arr.size == 0:
+                continue
+            lo, hi = int(arr.min()), int(arr.max())
+            if lo < 0 or hi >= bound:
+                raise ConfigError(f"label {lo if lo < 0 else hi} is outside 0..{bound - 1}, the range {d['op']} "
+                                  f"node {w!r} indexes", file=g.graph.get("file"), line=g.nodes[u]["spec"].line, key=u)
 
 
 def _init(name, d, seed, file):
@@ -201,16 +229,18 @@ def _init(name, d, seed, file):
         try:
             arr = np.asarray(spec.value, dtype=np_dtype)
             return np.array(np.broadcast_to(arr, shape))
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, OverflowError):
             raise ConfigError(f"value does not fit shape {shape}", file=file, line=spec.line, key=name) from None
     if spec.init == "normal":
         arr = rng.standard_normal(shape) * spec.scale
     elif spec.init == "uniform":
         arr = rng.uniform(-spec.scale, spec.scale, shape)
+    elif spec.init == "xavier" and not shape:  # a 0-d value has no fans
+        arr = rng.standard_normal() * spec.scale
     elif spec.init == "xavier":
         fan_in = shape[0] if len(shape) <= 2 else size(shape[1:])
         fan_out = shape[-1] if len(shape) <= 2 else shape[0] * size(shape[2:])
-        arr = rng.standard_normal(shape) * spec.scale * np.sqrt(2.0 / (fan_in + fan_out)) if shape else rng.standard_normal()
+        arr = rng.standard_normal(shape) * spec.scale * np.sqrt(2.0 / (fan_in + fan_out))
     elif spec.init == "zeros":
         arr = np.zeros(shape)
     elif spec.init == "ones":

@@ -74,8 +74,9 @@ def _gelu(xp, x):  # the tanh approximation used by GPT-2
     if k:
         return k(x)
     # 0.5 x (1 + tanh(C x (1 + 0.044715 x^2))), built in place in the one output buffer: the
-    # expression written out allocates a temporary per operation
-    y = x * x
+    # expression written out allocates a temporary per operation (into a buffer, not `x * x`: on a
+    # 0-d value that is a numpy scalar, which `out=` below refuses)
+    y = xp.multiply(x, x, out=xp.empty_like(x))
     y *= 0.044715
     y += 1.0
     y *= x
@@ -103,8 +104,8 @@ def _gelu_vjp(xp, g, x, y):
         return k(x, g)
     # _dgelu = 0.5 (1 + t) + a (1 - t)(1 + t) with a = 0.5 C x (1 + 3 * 0.044715 x^2), that is
     # (1 + t)(0.5 + a (2 - (1 + t))): three buffers (a, 1 + t, the result), each built in place
-    a = x * x
-    tp = a * 0.044715
+    a = xp.multiply(x, x, out=xp.empty_like(x))  # into buffers, not `x * x`: see _gelu
+    tp = xp.multiply(a, 0.044715, out=xp.empty_like(a))
     tp += 1.0
     tp *= x
     tp *= _C

@@ -1,0 +1,217 @@
+"""Hostile inputs found by a sweep over every command, each class with its test: 0-d values through
+every op, labels out of the range their op indexes, literal values a dtype cannot hold, shapes of
+more dimensions than numpy makes, names that would break a one-line message, inner names of a
+repeat. Every case is exit 0 with the exact figure, or exit 2 and one line; never a traceback."""
+
+import pytest
+
+from ckpt.ops import REGISTRY
+from ckpt.sizes import MAX_NDIM
+from helpers import assert_one_line, invoke
+
+HEAD = "name: t\ndtype: float64\n"
+
+
+def _run(tmp_path, text, *args):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return invoke([args[0] if args else "run", str(p), *args[1:]])
+
+
+# ---- 0-d values: numpy makes a scalar, not an array, of an op on them -------------------------
+def _scalar_ops():
+    """Every op of one input that takes a 0-d value with its default attrs (from the registry)."""
+    out = []
+    for name, op in sorted(REGISTRY.items()):
+        if op.internal or op.arity[0] != 1 or op.int_inputs or any(a is not None and a.__class__ is object
+                                                                      for a in op.attrs.values()):
+            continue
+        try:
+            op.shape([()], dict(op.attrs))
+        except Exception:
+            continue
+        out.append(name)
+    return out
+
+
+SCALAR_OPS = _scalar_ops()
+
+
+def test_scalar_ops_cover_the_ops_that_failed():
+    assert {"gelu", "dropout", "exp", "sum", "mean"} <= set(SCALAR_OPS)
+
+
+@pytest.mark.parametrize("op", SCALAR_OPS)
+def test_every_op_on_a_0d_value(tmp_path, op):
+    """gelu's and dropout's in-place rules wrote into a numpy scalar (TypeError traceback)."""
+    text = (HEAD + "inputs:\n  x: {shape: [], value: 0.7, grad: true}\n"
+            f"nodes:\n  - {{name: o, op: {op}, inputs: [x]}}\n  - {{name: loss, op: sum, inputs: [o]}}\noutput: loss\n")
+    for args in (("run", "--steps", "1"), ("check",), ("jacobian",)):
+        res = _run(tmp_path, text, *args)
+        assert res.exit_code == 0, (args, res.output)
+
+
+@pytest.mark.parametrize("axis", ["0", "[0, 0]", "[0]", "-0"])
+@pytest.mark.parametrize("op", ["sum", "mean"])
+def test_reduction_over_axis_0_of_a_0d_value(tmp_path, op, axis):
+    """Planned as a reduction over nothing, it failed when run (numpy's AxisError)."""
+    text = (HEAD + "inputs:\n  x: {shape: [], value: 0.7, grad: true}\n"
+            f"nodes:\n  - {{name: o, op: {op}, inputs: [x], attrs: {{axis: {axis}, keepdims: true}}}}\n"
+            "  - {name: loss, op: sum, inputs: [o]}\noutput: loss\n")
+    res = _run(tmp_path, text, "check")
+    assert res.exit_code == 0, res.output
+    res = _run(tmp_path, text, "run", "--steps", "1")
+    assert res.exit_code == 0 and "0.7" in res.output, res.output
+
+
+@pytest.mark.parametrize("init", ["xavier", "normal", "uniform", "ones", "zeros"])
+def test_every_init_of_a_0d_parameter(tmp_path, init):
+    """xavier read the fan of a shape with no axes (IndexError traceback)."""
+    text = (HEAD + f"params:\n  w: {{shape: [], init: {init}}}\n"
+            "nodes:\n  - {name: o, op: sin, inputs: [w]}\n  - {name: loss, op: sum, inputs: [o]}\noutput: loss\n")
+    res = _run(tmp_path, text, "run", "--steps", "1")
+    assert res.exit_code == 0, res.output
+
+
+# ---- integer labels out of the range their op indexes -----------------------------------------
+def _labels(leaf, op="softmax_cross_entropy"):
+    if op == "embedding":
+        body = "params:\n  W: {shape: [4, 2]}\nnodes:\n  - {name: e, op: embedding, inputs: [W, y]}\n" \
+               "  - {name: loss, op: sum, inputs: [e]}\n"
+    else:
+        body = "params:\n  x: {shape: [3, 4]}\nnodes:\n  - {name: loss, op: softmax_cross_entropy, inputs: [x, y]}\n"
+    return HEAD + f"inputs:\n  y: {leaf}\n" + body + "output: loss\n"
+
+
+LABEL_VALUES = ["[0, 1, 4]", "[-1, 0, 1]", "[0, 9, 2]", "-1", "[3, 3, 99999999]"]
+
+
+@pytest.mark.parametrize("op", ["softmax_cross_entropy", "embedding"])
+@pytest.mark.parametrize("value", LABEL_VALUES)
+def test_literal_labels_out_of_range(tmp_path, op, value):
+    """Past the end: IndexError traceback; negative: numpy indexed from the end, a silent wrong loss."""
+    text = _labels(f"{{shape: [3], dtype: int64, value: {value}}}", op)
+    for args in (("run", "--steps", "1"), ("check",), ("trace", "--mode", "reverse"), ("jacobian",), ("numeric",)):
+        res = _run(tmp_path, text, *args)
+        assert_one_line(res, needle="outside 0..3")
+        assert ":4: y:" in res.output  # the file, the line and the labels' name
+
+
+@pytest.mark.parametrize("op", ["softmax_cross_entropy", "embedding"])
+def test_labels_in_range_still_run(tmp_path, op):
+    res = _run(tmp_path, _labels("{shape: [3], dtype: int64, value: [0, 3, 2]}", op), "check")
+    assert res.exit_code == 0, res.output
+    res = _run(tmp_path, _labels("{shape: [3], dtype: int32, init: randint, high: 4}", op), "check")
+    assert res.exit_code == 0, res.output
+
+
+@pytest.mark.parametrize("op", ["softmax_cross_entropy", "embedding"])
+@pytest.mark.parametrize("command", ["plan", "run", "export"])
+def test_randint_labels_past_the_classes(tmp_path, op, command):
+    """Refused when the config is read, so `plan` says so too (it plans what `run` would fail)."""
+    args = ("-o", str(tmp_path / "g.json")) if command == "export" else ()
+    res = _run(tmp_path, _labels("{shape: [3], dtype: int64, init: randint, high: 5}", op), command, *args)
+    assert_one_line(res, needle="labels below 4")
+
+
+@pytest.mark.parametrize("init", ["normal", "uniform", "xavier", "causal_mask"])
+def test_integer_input_with_a_float_init(tmp_path, init):
+    """Drawn as floats and cast: mostly 0 and -1, labels that index wrong without a word."""
+    res = _run(tmp_path, _labels(f"{{shape: [3, 3], dtype: int64, init: {init}}}", "embedding"), "plan")
+    assert_one_line(res, needle=f"init {init} draws floating-point numbers")
+
+
+# ---- literal values the dtype cannot hold as written ------------------------------------------
+@pytest.mark.parametrize("dtype,value,needle", [
+    ("int64", "[1.5, 2]", "whole numbers"),
+    ("int32", "[0.5, 1]", "whole numbers"),
+    ("int64", "[1.0e+30, 1]", "out of the range of int64"),    # OverflowError traceback
+    ("int64", "[1e30, 1]", "write it with a point and a sign"),  # YAML 1.1 reads 1e30 as a string
+    ("int64", "[9223372036854775808, 1]", "out of the range of int64"),
+    ("int32", "[2147483648, 1]", "out of the range of int32"),  # OverflowError traceback
+    ("int32", "[-2147483649, 1]", "out of the range of int32"),
+])
+def test_integer_values_out_of_their_dtype(tmp_path, dtype, value, needle):
+    text = _labels(f"{{shape: [2], dtype: {dtype}, value: {value}}}", "embedding")
+    for command in ("plan", "run"):
+        assert_one_line(_run(tmp_path, text, command), needle=needle)
+
+
+def test_integer_values_at_the_edge_of_their_dtype_are_read_exactly(tmp_path):
+    for dtype, value in (("int32", "[-2147483648, 2147483647]"), ("int64", "[-9223372036854775808, 2.0]")):
+        res = _run(tmp_path, _labels(f"{{shape: [2], dtype: {dtype}, value: {value}}}", "embedding"), "plan")
+        assert res.exit_code == 0, res.output
+
+
+@pytest.mark.parametrize("dtype,value", [("float16", "70000.0"), ("float16", "-1.0e+5"), ("float32", "1.0e+39"),
+                                         ("bfloat16", "-1.0e+39")])
+def test_float_values_past_their_dtype(tmp_path, dtype, value):
+    """Stored as inf: a silent wrong loss."""
+    text = (f"name: t\ndtype: {dtype}\ninputs:\n  x: {{shape: [2], value: [{value}, 1], grad: true}}\n"
+            "nodes:\n  - {name: loss, op: sum, inputs: [x]}\noutput: loss\n")
+    assert_one_line(_run(tmp_path, text, "plan"), needle=f"out of the range of {dtype}")
+    # --dtype overrides the config's: the value is checked against the dtype it will be stored in
+    text64 = text.replace(f"dtype: {dtype}", "dtype: float64")
+    assert _run(tmp_path, text64, "plan").exit_code == 0
+    assert_one_line(_run(tmp_path, text64, "plan", "--dtype", dtype), needle=f"out of the range of {dtype}")
+
+
+# ---- shapes of more dimensions than numpy makes -----------------------------------------------
+def test_leaf_shape_past_numpys_dimensions(tmp_path):
+    ones = ", ".join(["1"] * (MAX_NDIM + 1))
+    text = HEAD + f"inputs:\n  x: {{shape: [{ones}], init: normal, grad: true}}\n" \
+                  "nodes:\n  - {name: loss, op: sum, inputs: [x]}\noutput: loss\n"
+    for command in ("plan", "run"):  # run failed inside numpy's random generator (ValueError traceback)
+        assert_one_line(_run(tmp_path, text, command), needle=f"at most {MAX_NDIM}")
+    ok = text.replace(ones, ", ".join(["1"] * MAX_NDIM))
+    assert _run(tmp_path, ok, "run", "--steps", "1").exit_code == 0
+
+
+def test_reshape_past_numpys_dimensions(tmp_path):
+    ones = ", ".join(["1"] * (MAX_NDIM + 1))
+    text = HEAD + "inputs:\n  x: {shape: [1], init: normal, grad: true}\n" \
+                  f"nodes:\n  - {{name: r, op: reshape, inputs: [x], attrs: {{shape: [{ones}]}}}}\n" \
+                  "  - {name: loss, op: sum, inputs: [r]}\noutput: loss\n"
+    assert_one_line(_run(tmp_path, text, "plan"), needle="reshape attr 'shape'")
+
+
+# ---- names are printed inside one-line messages -----------------------------------------------
+@pytest.mark.parametrize("name", ['"a\\nb"', '"a\\tb"', '"a\\x1b[31m"', '"a\\u2028b"', '"a\\0b"', '"a\\rb"'])
+@pytest.mark.parametrize("where", ["input", "node", "param"])
+def test_names_with_whitespace_or_control_characters(tmp_path, name, where):
+    if where == "input":
+        text = HEAD + f"inputs:\n  {name}: {{shape: [2], init: normal, grad: true}}\n" \
+                      f"nodes:\n  - {{name: loss, op: sum, inputs: [{name}]}}\noutput: loss\n"
+    elif where == "param":
+        text = HEAD + f"params:\n  {name}: {{shape: [2]}}\n" \
+                      f"nodes:\n  - {{name: loss, op: sum, inputs: [{name}]}}\noutput: loss\n"
+    else:
+        text = HEAD + "inputs:\n  x: {shape: [2], init: normal, grad: true}\n" \
+                      f"nodes:\n  - {{name: {name}, op: neg, inputs: [x]}}\n" \
+                      f"  - {{name: loss, op: sum, inputs: [{name}]}}\noutput: loss\n"
+    assert_one_line(_run(tmp_path, text, "plan"), needle="control characters")
+
+
+# ---- a repeat's inner nodes by their full names -----------------------------------------------
+REPEAT = HEAD + """inputs:
+  x: {shape: [3], init: normal, grad: true}
+blocks:
+  inner: {nodes: [{name: h, op: sin, inputs: [in]}]}
+  outer: {nodes: [{name: k, repeat: inner, times: 2, input: in}, {name: m, op: neg, inputs: [k]}]}
+nodes:
+  - {name: r, repeat: outer, times: 2, input: x}
+  - {name: loss, op: sum, inputs: [REF]}
+output: loss
+"""
+
+
+@pytest.mark.parametrize("ref", ["r.0.k.1.h", "r.1.m", "r.0.k.0.h"])
+def test_inner_node_by_its_full_name(tmp_path, ref):
+    """Refused as "undefined value 'r.0.k.1.h' (did you mean 'r.0.k.1.h'?)" though `output` takes
+    these names and the message offered the very name given."""
+    res = _run(tmp_path, REPEAT.replace("REF", ref), "check")
+    assert res.exit_code == 0, res.output
+
+
+def test_misspelt_inner_name_is_still_refused(tmp_path):
+    assert_one_line(_run(tmp_path, REPEAT.replace("REF", "r.0.k.7.h"), "plan"), needle="undefined value 'r.0.k.7.h'")
