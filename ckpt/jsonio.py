@@ -135,6 +135,8 @@ def _sigterm_raises():
 def check_writable(path):
     """Refuse early, before a long run, a path the writer will refuse: its folder is missing or
     it exists and is not a regular file. Returns (real path, its stat or None)."""
+    if not path:
+        raise ConfigError("cannot write to an empty path: give a file name, or - for standard output")
     real = os.path.realpath(path)  # a symlink keeps pointing at the file it names
     try:
         st = os.stat(real)

@@ -215,3 +215,74 @@ def test_inner_node_by_its_full_name(tmp_path, ref):
 
 def test_misspelt_inner_name_is_still_refused(tmp_path):
     assert_one_line(_run(tmp_path, REPEAT.replace("REF", "r.0.k.7.h"), "plan"), needle="undefined value 'r.0.k.7.h'")
+
+
+# ---- standard output stays the one document asked for ------------------------------------------
+SEED = "configs/seed_example.yaml"
+
+
+def test_compile_to_stdout_is_only_the_module():
+    """The summary line ("wrote -: step(params, inputs) ...") was printed after the module, on
+    stdout: `ckpt compile M -o - > step.py` wrote a file that does not parse."""
+    import ast
+    from click.testing import CliRunner
+
+    from ckpt.cli import cli
+    res = CliRunner().invoke(cli, ["compile", SEED, "-o", "-", "--check"])
+    assert res.exit_code == 0, res.output
+    ast.parse(res.stdout)
+    assert "wrote -" in res.stderr and "passed" in res.stderr
+
+
+def test_compile_to_stdout_with_json_is_refused():
+    assert_one_line(invoke(["compile", SEED, "-o", "-", "--json"]), needle="choose one")
+
+
+@pytest.mark.parametrize("args", [["bench", SEED, "--steps", "1"], ["export", SEED], ["compile", SEED],
+                                  ["export-config", "examples/seed.py:f"],
+                                  ["bench", SEED, "--steps", "1", "--baseline"],
+                                  ["bench", SEED, "--steps", "1", "--update-baseline", "--baseline"]])
+def test_empty_output_path(args):
+    """bench -o '' ran and wrote nothing, silently; the others said the path 'is not a regular file'."""
+    res = invoke(args + ([""] if args[-1] == "--baseline" else ["-o", ""]))
+    assert_one_line(res, needle="empty path")
+
+
+# ---- counts and seeds past what a command can do --------------------------------------------
+class _Result:
+    def __init__(self, code, out, err):
+        self.exit_code, self.stdout, self.stderr, self.output = code, out, err, out + err
+
+
+@pytest.fixture
+def run_main(capsys):
+    """The real entry point (click's usage errors as one line too), in-process."""
+    def go(args):
+        from ckpt.cli import main
+        with pytest.raises(SystemExit) as e:
+            main(args)
+        out, err = capsys.readouterr()
+        return _Result(e.value.code, out, err)
+    return go
+
+
+@pytest.mark.parametrize("args", [["bench", SEED, "--steps"], ["impl", SEED, "--rounds"],
+                                  ["torch-check", "m.py:f", "--plan", "p.json", "--steps"]])
+@pytest.mark.parametrize("count", ["99999999999999999999", "100001", "0", "-1"])
+def test_step_counts_out_of_range(run_main, args, count):
+    """A typo of a count ran for days instead of failing."""
+    assert_one_line(run_main(args + [count]), needle="is not in the range 1<=x<=100000")
+
+
+@pytest.mark.parametrize("args", [["import", "m.py:f", "-o", "m.yaml"], ["torch-check", "m.py:f", "--plan", "p.json"]])
+@pytest.mark.parametrize("seed", ["-1", str(2**64)])
+def test_seeds_out_of_range(run_main, args, seed):
+    """numpy's generator refused -1 and torch's 2**64, each with a traceback, after the trace."""
+    assert_one_line(run_main(args + ["--seed", seed]), needle="--seed")
+
+
+def test_torch_check_without_torch_is_one_line(monkeypatch):
+    """torch-check imported torch bare (ModuleNotFoundError traceback); import said how to install it."""
+    import sys
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError, as without the extra
+    assert_one_line(invoke(["torch-check", "m.py:f", "--plan", "p.json"]), needle="needs PyTorch")

@@ -32,8 +32,8 @@ def example_args(plan, inputs, seed):
 
 
 def check(target, plan_file, inputs=(), steps=3, seed=0, device="cpu"):
-    import torch
-    from ..frontends.torch_import import load_factory
+    from ..frontends.torch_import import load_factory, torch_or_error
+    torch = torch_or_error()  # without the extra: one line saying how to install it, not an ImportError
     from .torch_apply import apply, check_plan, load_plan, measure_step
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device is available to PyTorch here")
