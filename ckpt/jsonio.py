@@ -67,6 +67,8 @@ def read_json(path, what="file"):
         return json.loads(text, object_pairs_hook=_no_duplicates)
     except json.JSONDecodeError as e:
         raise ConfigError(f"{what} is not JSON: {e.msg}", file=path, line=e.lineno) from None
+    except ValueError:  # the one ValueError the decoder raises besides: an integer past Python's digit limit
+        raise ConfigError(f"{what} holds a number of more than {sys.get_int_max_str_digits()} digits", file=path) from None
     except _Duplicate as e:
         key = str(e.args[0])
         raise ConfigError(f"{what} has a duplicate key {key if len(key) <= 40 else key[:37] + '...'!r}",

@@ -286,3 +286,53 @@ def test_torch_check_without_torch_is_one_line(monkeypatch):
     import sys
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError, as without the extra
     assert_one_line(invoke(["torch-check", "m.py:f", "--plan", "p.json"]), needle="needs PyTorch")
+
+
+# ---- cost graphs and sizes past 2**62 ---------------------------------------------------------
+def _cost_graph(tmp_path, text):
+    p = tmp_path / "g.json"
+    p.write_text(text)
+    return invoke(["plan", str(p)])
+
+
+@pytest.mark.parametrize("text,needle", [
+    # json's decoder raised a bare ValueError past Python's 4300-digit limit (traceback)
+    ('{"nodes": [{"id": "a", "cost_cpu": 1, "cost_ram": 1' + "0" * 5000 + '}], "links": []}', "4300 digits"),
+    ('{"nodes": [{"id": "a", "cost_cpu": 1, "cost_ram": 1}], "links": [], "graph": {"resident_bytes": 1'
+     + "0" * 9000 + "}}", "4300 digits"),
+    # a workspace past 2**62 was planned (a peak of 2**70 bytes)
+    ('{"nodes": [{"id": "a", "cost_cpu": 1, "cost_ram": 1, "ws": 1180591620717411303424}], "links": []}', "2**62"),
+    ('{"nodes": [{"id": "a", "cost_cpu": 1, "cost_ram": 2305843009213693952, "ws": 2305843009213693952}, '
+     '{"id": "b", "cost_cpu": 1, "cost_ram": 1}], "links": [{"source": "a", "target": "b"}]}', "largest ws"),
+    # ids are printed inside one-line messages
+    ('{"nodes": [{"id": "a\\nb", "cost_cpu": 1, "cost_ram": 1}], "links": [{"source": "a\\nb", "target": "a\\nb"}]}',
+     "control character"),
+    ('{"nodes": [{"id": "\\ud800", "cost_cpu": 1, "cost_ram": 1}], "links": []}', "control character"),
+    ('{"nodes": [{"id": "a\\u001b[2J", "cost_cpu": 1, "cost_ram": 1}], "links": []}', "control character"),
+])
+def test_hostile_cost_graph_numbers_and_ids(tmp_path, text, needle):
+    assert_one_line(_cost_graph(tmp_path, text), needle=needle)
+
+
+def test_cost_graph_ids_with_spaces_still_plan(tmp_path):
+    res = _cost_graph(tmp_path, '{"nodes": [{"id": "layer 1", "cost_cpu": 1, "cost_ram": 1}], "links": []}')
+    assert res.exit_code == 0, res.output
+
+
+def test_a_baseline_with_a_number_past_the_digit_limit(tmp_path):
+    p = tmp_path / "b.json"
+    p.write_text('{"schema": 1, "entries": {"x": {"peak": 1' + "0" * 5000 + "}}}")
+    assert_one_line(invoke(["bench", SEED, "--steps", "1", "--baseline", str(p)]), needle="4300 digits")
+
+
+def test_workspace_past_2_62_is_refused_not_planned(tmp_path):
+    """Every value under 2**62, the convolution's im2col matrix 2**80 bytes: planned with a peak of
+    2**80 before (and a budget of 0.9x was then 'over the largest size ckpt handles')."""
+    text = ("name: c\ninputs:\n  x: {shape: [1, 1, 1048576, 1048576], init: normal, grad: true}\n"
+            "params:\n  w: {shape: [1, 1, 524288, 524288]}\n"
+            "nodes:\n  - {name: y, op: conv2d, inputs: [x, w]}\n  - {name: loss, op: sum, inputs: [y]}\noutput: loss\n")
+    for command in ("plan", "export"):
+        args = ("-o", str(tmp_path / "g.json")) if command == "export" else ()
+        assert_one_line(_run(tmp_path, text, command, *args), needle="the workspace of conv2d node 'y'")
+    # the same model at a size that fits is planned
+    assert _run(tmp_path, text.replace("1048576", "64").replace("524288", "3"), "plan").exit_code == 0

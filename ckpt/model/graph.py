@@ -79,10 +79,28 @@ def _check_totals(g, spec):
     if total > MAX_BYTES:
         raise ConfigError(f"the model's values and gradients total {total} bytes, over the {MAX_BYTES} "
                           "(2**62) ckpt handles", file=spec.file)
+    # an op's temporaries (an im2col matrix can be far larger than its operands) count too: a
+    # peak is values plus the workspace of the step, and must stay exact in a 64-bit integer
+    ws, node = max(((_largest_workspace(g, v), v) for v in g.graph["order"]), default=(0, None))
+    if total + ws > MAX_BYTES:
+        raise ConfigError(f"the workspace of {g.nodes[node]['op']} node {node!r} is {ws} bytes; with the model's "
+                          f"values and gradients that is over the {MAX_BYTES} (2**62) ckpt handles", file=spec.file,
+                          line=g.nodes[node].get("line"), key=node)
     joint = joint_size(g)
     if joint > MAX_NODES:
         raise ConfigError(f"the joint forward+gradient graph has {joint} nodes, more than the {MAX_NODES} "
                           "ckpt handles", file=spec.file)
+
+
+def _largest_workspace(g, v):
+    """The most bytes op node v's rules (forward, each VJP) hold beyond their results (Op.workspace)."""
+    d = g.nodes[v]
+    op = REGISTRY[d["op"]]
+    if op.workspace is None:
+        return 0
+    shapes = [g.nodes[u]["shape"] for u in d["inputs"]]
+    return max(int(op.workspace(which, shapes, d["shape"], d["attrs"], ITEMSIZE[d["dtype"]]))
+               for which in ["forward", *range(len(shapes))])
 
 
 def joint_size(g):
