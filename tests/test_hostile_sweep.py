@@ -336,3 +336,89 @@ def test_workspace_past_2_62_is_refused_not_planned(tmp_path):
         assert_one_line(_run(tmp_path, text, command, *args), needle="the workspace of conv2d node 'y'")
     # the same model at a size that fits is planned
     assert _run(tmp_path, text.replace("1048576", "64").replace("524288", "3"), "plan").exit_code == 0
+
+
+# ---- the Python front end: wrong calls and declarations name the file and the line ------------
+PY_HEAD = '''import ckpt
+import numpy as np
+
+
+@ckpt.traced(inputs={"x": {"shape": [2, 3], "init": "normal", "grad": True}}, dtype="float64")
+def f(x):
+'''
+
+
+@pytest.mark.parametrize("body,needle", [
+    ("    W = ckpt.param('W', (2.5, 3))\n    return (x @ W).sum()", "got 2.5"),  # int() rounded it to 2
+    ("    W = ckpt.param('W', 'ab')\n    return (x @ W).sum()", "shape must be a list or tuple"),
+    ("    W = ckpt.param('W', (-1, 3))\n    return (x @ W).sum()", "positive integer"),
+    ("    W = ckpt.param('W', (3,), value=float('nan'))\n    return (x * W).sum()", "finite"),
+    ("    return ckpt.layernorm(x, np.ones(3), np.zeros(3), eps=-1).sum()", "eps"),
+    ("    return (x * float('inf')).sum()", "finite"),
+    ("    return ckpt.softmax(x, axis=1.5).sum()", "axis"),
+    ("    return x.sum(axis=0, keepdims='yes').sum()", "keepdims"),
+    ("    import sys\n    sys.exit(3)", "SystemExit"),  # left the process with exit 3, silently
+    ("    raise GeneratorExit()", "GeneratorExit"),
+])
+def test_wrong_calls_name_the_line(tmp_path, body, needle):
+    p = tmp_path / "m.py"
+    p.write_text(PY_HEAD + body + "\n")
+    res = invoke(["plan", f"{p}:f"])
+    assert_one_line(res, needle=needle)
+    assert "m.py:7:" in res.output or "m.py:8:" in res.output, res.output  # the body's lines
+
+
+@pytest.mark.parametrize("decorator,needle", [
+    ('@ckpt.traced(inputs=[1, 2])', "inputs=...) must be a mapping"),
+    ('@ckpt.traced(inputs={"x": {"shape": [2]}}, dims=[1])', "dims=...) must be a mapping"),
+    ('@ckpt.traced(inputs={"x": {"shape": [2]}}, params=5)', "params=...) must be a mapping"),
+    ('@ckpt.traced(inputs={"x": {"shape": ["D"]}}, dims={"D": -1})', "dims.D"),
+    ('@ckpt.traced(inputs={"x": {"shape": "ab"}})', "shape must be a list"),
+    ('@ckpt.traced(inputs={"x": 3})', "must be a mapping"),
+    ('@ckpt.traced(inputs={"x": {"shape": [2]}}, seed=-5)', "seed must be"),
+    ('@ckpt.traced(inputs={"x": {"shape": [2]}}, name=[1])', "name must be a string"),
+    ('@ckpt.traced(inputs={"x": {"shape": [2], "dtype": "int8"}})', "unknown dtype"),
+])
+def test_bad_declarations_name_the_decorator(tmp_path, decorator, needle):
+    p = tmp_path / "m.py"
+    p.write_text(f"import ckpt\n\n\n{decorator}\ndef f(x, *, D=1):\n    return ckpt.sin(x).sum()\n")
+    res = invoke(["plan", f"{p}:f"])
+    assert_one_line(res, needle=needle)
+    assert "m.py:4:" in res.output, res.output
+
+
+@pytest.mark.parametrize("source", ["raise GeneratorExit()\n", "raise BaseException('x')\n"])
+def test_model_file_raising_a_base_exception(tmp_path, source):
+    p = tmp_path / "m.py"
+    p.write_text(source)
+    assert_one_line(invoke(["plan", f"{p}:f"]), needle="m.py:1:")
+
+
+def test_a_decorated_class_is_one_line(tmp_path):
+    """decl.fn.__code__ of a class: AttributeError traceback."""
+    p = tmp_path / "m.py"
+    p.write_text("import ckpt\n\n\n@ckpt.traced(inputs={'x': {'shape': [2]}})\nclass f:\n    pass\n")
+    assert_one_line(invoke(["plan", f"{p}:f"]), needle="must return one traced value")
+
+
+def test_a_runaway_trace_stops_at_the_node_limit(tmp_path, monkeypatch):
+    """Recorded to the end (minutes for a long loop) before the limit was checked."""
+    from ckpt.frontends import python
+    monkeypatch.setattr(python, "MAX_NODES", 50)
+    p = tmp_path / "m.py"
+    p.write_text(PY_HEAD + "    s = x.sum()\n    for i in range(10**9):\n        s = s + 1.0\n    return s\n")
+    res = invoke(["export-config", f"{p}:f", "-o", str(tmp_path / "m.yaml")])
+    assert_one_line(res, needle="more than 50 ops")
+    assert "m.py:9:" in res.output
+
+
+def test_numeric_warnings_are_one_line(tmp_path):
+    """numpy's RuntimeWarning printed the source line inside ckpt under it (two lines of internals)."""
+    import subprocess
+    import sys
+    p = tmp_path / "m.py"
+    p.write_text(PY_HEAD + "    return (ckpt.log(x - 10.0)).sum()\n")
+    proc = subprocess.run([sys.executable, "-m", "ckpt", "run", f"{p}:f", "--steps", "1"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == ["ckpt: warning: invalid value encountered in log"], proc.stderr
