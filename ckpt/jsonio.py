@@ -30,7 +30,12 @@ def read_text(path, what="file"):
     """A user file's text, refused before it is read when it is over MAX_FILE_BYTES."""
     too_big = f"{what} is larger than {MAX_FILE_BYTES // 2**20} MiB, the largest ckpt reads"
     try:
-        with open(path, "rb") as f:
+        # A named pipe with no writer would block open() forever; opened without blocking it opens at
+        # once, and read then waits for a writer's data as usual or, with no writer, sees the end.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb") as f:
             if os.fstat(f.fileno()).st_size > MAX_FILE_BYTES:
                 raise ConfigError(too_big, file=path)
             data = f.read(MAX_FILE_BYTES + 1)  # a pipe or a device has no size: read one byte past

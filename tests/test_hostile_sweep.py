@@ -422,3 +422,76 @@ def test_numeric_warnings_are_one_line(tmp_path):
                           text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.splitlines() == ["ckpt: warning: invalid value encountered in log"], proc.stderr
+
+
+# ---- YAML alias bombs anywhere in a config ----------------------------------------------------
+def _bomb(levels=9):
+    """A flow sequence of 10**levels ones in a few hundred bytes (billion laughs, YAML aliases)."""
+    parts = ["&l0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    parts += [f"&l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, levels)]
+    return "[" + ", ".join(parts) + "]"
+
+
+def _bomb_positions():
+    from test_hostile_config import POSITIONS
+    return POSITIONS
+
+
+@pytest.fixture
+def alarm():
+    """Fail, not hang, when a case runs past its seconds (an alias bomb walked element by element)."""
+    import signal
+
+    def expired(*_):
+        raise TimeoutError("still running: the alias bomb is being expanded")
+    old = signal.signal(signal.SIGALRM, expired)
+    yield lambda s: signal.alarm(s)
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize("path", _bomb_positions(), ids=lambda p: ".".join(map(str, p)))
+def test_alias_bomb_at_every_position(tmp_path, alarm, path):
+    """repr of the value in the message walked 10**9 elements (a hang) under attrs, dims, names,
+    inputs and the rest; a bomb is one line, at once, wherever it is put."""
+    import yaml
+    from test_hostile_config import _with
+    text = yaml.safe_dump(_with(path, "BOMB_HERE"), default_flow_style=None, width=10**6)
+    p = tmp_path / "c.yaml"
+    p.write_text(text.replace("BOMB_HERE", _bomb()))
+    alarm(20)
+    res = invoke(["plan", str(p)])
+    assert res.exit_code in (0, 2), res.output
+    if res.exit_code == 2:
+        assert_one_line(res)
+
+
+@pytest.mark.parametrize("tail", ["weights: BOMB\n", "description: BOMB\n", "? BOMB\n: 1\n", "unknown_key: BOMB\n"])
+def test_alias_bomb_under_other_keys(tmp_path, alarm, tail):
+    p = tmp_path / "c.yaml"
+    p.write_text(open(SEED).read() + tail.replace("BOMB", _bomb()))
+    alarm(20)
+    res = invoke(["plan", str(p)])
+    assert res.exit_code in (0, 2), res.output
+    if res.exit_code == 2:
+        assert_one_line(res)
+
+
+# ---- a named pipe as the config ---------------------------------------------------------------
+@pytest.mark.parametrize("name", ["c.yaml", "g.json"])
+def test_a_named_pipe_without_a_writer_does_not_hang(tmp_path, alarm, name):
+    """open() of a FIFO waited for a writer forever."""
+    import os
+    p = tmp_path / name
+    os.mkfifo(p)
+    alarm(20)
+    assert_one_line(invoke(["plan", str(p)]))
+
+
+def test_a_pipe_on_standard_input_is_still_read():
+    import subprocess
+    import sys
+    with open(SEED) as f:
+        proc = subprocess.run([sys.executable, "-m", "ckpt", "plan", "/dev/stdin"], stdin=f, capture_output=True,
+                              text=True, timeout=120)
+    assert proc.returncode == 0 and "store-all" in proc.stdout, proc.stderr

@@ -259,9 +259,19 @@ class _Scope(dict):
         return sorted(out)
 
 
+def _text(v):
+    """A name as a message shows it: itself when a string, else bounded (see _describe)."""
+    return v if isinstance(v, str) else _describe(v)
+
+
 def _describe(v):
-    """A value as a message shows it: short, whatever its type."""
-    text = repr(v)
+    """A value as a message shows it: short, whatever its type. reprlib's, not repr: it stops after
+    a few items and levels, where repr would walk every element of a YAML alias bomb (10**9 of them
+    in a few lines)."""
+    import reprlib
+    r = reprlib.Repr()
+    r.maxstring, r.maxother = 60, 60
+    text = r.repr(v)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -520,7 +530,7 @@ class _Reader:
     def block(self, bname, item, full):
         blocks = self.mapping(self.doc.get("blocks"), "blocks", self.doc, "blocks")
         if not isinstance(bname, str) or bname not in blocks:
-            near = _close_matches(str(bname), [str(b) for b in blocks], n=1)
+            near = _close_matches(bname, [str(b) for b in blocks], n=1) if isinstance(bname, str) else []
             raise self.err(f"unknown block {_describe(bname)}" + (f" (did you mean {near[0]!r}?)" if near else ""),
                            item, key=full, node_key="repeat")
         block = blocks[bname]
@@ -538,7 +548,7 @@ class _Reader:
                 n += 1
                 continue
             bname = item.get("repeat")
-            full = str(item.get("name"))
+            full = _text(item.get("name"))
             block = self.block(bname, item, full)
             if bname in stack:
                 loop = " -> ".join(stack[stack.index(bname):] + [bname])
@@ -890,7 +900,8 @@ def attach_weights(leaves, weights, file, line=None):
     import numpy as np
 
     if not isinstance(weights, str) or not weights.endswith(".npz"):
-        raise ConfigError(f"weights must name an .npz file, got {weights!r}", file=file, line=line, key="weights")
+        raise ConfigError(f"weights must name an .npz file, got {_describe(weights)}", file=file, line=line,
+                          key="weights")
     path = os.path.join(os.path.dirname(os.path.abspath(file)), weights) if file and file != "<config>" else weights
     try:
         with np.load(path, allow_pickle=False) as z:
