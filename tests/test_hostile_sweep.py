@@ -491,7 +491,7 @@ def test_a_named_pipe_without_a_writer_does_not_hang(tmp_path, alarm, name):
 def test_a_pipe_on_standard_input_is_still_read():
     import subprocess
     import sys
-    with open(SEED) as f:
-        proc = subprocess.run([sys.executable, "-m", "ckpt", "plan", "/dev/stdin"], stdin=f, capture_output=True,
-                              text=True, timeout=120)
+    with open(SEED) as f:  # through a pipe, as `cat config | ckpt plan /dev/stdin`
+        proc = subprocess.run([sys.executable, "-m", "ckpt", "plan", "/dev/stdin"], input=f.read(),
+                              capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "store-all" in proc.stdout, proc.stderr
