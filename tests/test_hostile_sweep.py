@@ -495,3 +495,15 @@ def test_a_pipe_on_standard_input_is_still_read():
         proc = subprocess.run([sys.executable, "-m", "ckpt", "plan", "/dev/stdin"], input=f.read(),
                               capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "store-all" in proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("strategy,budget,verdict", [("sqrt-n", "1", "EXCEEDED"), ("store-all", "1KiB", "EXCEEDED"),
+                                                     ("store-all", "1GiB", "met")])
+def test_compile_says_whether_a_budget_is_met(tmp_path, strategy, budget, verdict):
+    """A --memory-budget that store-all or sqrt-n does not plan to was ignored without a word."""
+    res = invoke(["compile", SEED, "--strategy", strategy, "--memory-budget", budget, "-o", str(tmp_path / "s.py")])
+    assert res.exit_code == 0 and f": {verdict} (peak with workspace" in res.output, res.output
+    res = invoke(["compile", SEED, "--strategy", strategy, "--memory-budget", budget, "-o", str(tmp_path / "s.py"),
+                  "--json"])
+    import json
+    assert json.loads(res.stdout)["budget_met"] is (verdict == "met")

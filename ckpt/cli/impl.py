@@ -68,6 +68,8 @@ def compile_step(config, output, strategy, budget, time_limit, check, sets, dtyp
     doc = {"output": output, "model": model.graph.graph["name"], "strategy": strategy, "solver": p.solver,
            "lines": source.count("\n"), "steps": len(p.steps), "recomputes": sim.recomputes,
            "peak_bytes": sim.peak, "resident_bytes": sim.resident, "managed_peak_bytes": sim.peak_managed}
+    if budget_b is not None:  # store-all and sqrt-n do not plan to a budget: say whether it is met
+        doc["budget_bytes"], doc["budget_met"] = budget_b, sim.peak_ws <= budget_b
     if check:
         keep_heap()
         doc["check"] = _check_compiled(model, p.steps, source, sim)
@@ -78,6 +80,9 @@ def compile_step(config, output, strategy, budget, time_limit, check, sets, dtyp
         click.echo(f"wrote {output}: step(params, inputs) for {doc['model']} under {strategy}, {len(p.steps)} "
                    f"schedule steps, {sim.recomputes} recomputes; predicted peak {fmt_bytes(sim.peak)} "
                    f"(resident {fmt_bytes(sim.resident)}, managed {fmt_bytes(sim.peak_managed)})", err=to_err)
+        if budget_b is not None:
+            click.echo(f"budget    {fmt_bytes(budget_b)}: {'met' if doc['budget_met'] else 'EXCEEDED'} (peak with "
+                       f"workspace {fmt_bytes(sim.peak_ws)})", err=to_err)
         if check:
             c = doc["check"]
             click.echo(f"check     gradients {'bitwise equal to' if c['bitwise'] else 'DIFFER from'} the "
