@@ -507,3 +507,16 @@ def test_compile_says_whether_a_budget_is_met(tmp_path, strategy, budget, verdic
                   "--json"])
     import json
     assert json.loads(res.stdout)["budget_met"] is (verdict == "met")
+
+
+# ---- --of a value the graph adds ---------------------------------------------------------------
+GPT = ["configs/gpt_small.yaml", "--set", "B=1", "--set", "T=2", "--set", "D=4", "--set", "H=1", "--set", "HD=4",
+       "--set", "V=3", "--set", "L=1"]
+
+
+@pytest.mark.parametrize("of", ["lnf:layernorm_stats", "body.0.drop:dropout_mask", "body.0.ln1:layernorm_stats"])
+def test_jacobian_of_a_saved_residual(of):
+    """A layernorm's saved statistics as --of failed inside the executor ("gradient has shape ()",
+    exit 1, as if a check had failed); a dropout mask said no input takes a gradient."""
+    res = invoke(["jacobian", GPT[0], "--of", of, *GPT[1:]])
+    assert_one_line(res, needle="is a residual ckpt saves for")

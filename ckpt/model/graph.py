@@ -176,6 +176,10 @@ def retarget(g, of=None, wrt=None):
             near = [v for v in g.graph["order"] if v.endswith(str(of))][:1]
             raise ConfigError(f"--of {of!r} is not an op node" + (f" (did you mean {near[0]!r}?)" if near else ""),
                               file=g.graph.get("file"))
+        if REGISTRY[h.nodes[of]["op"]].internal:  # a saved residual the graph adds: it takes no gradient
+            reader = of.rpartition(":")[0]
+            raise ConfigError(f"--of {of!r} is a residual ckpt saves for {reader!r}, not a node of the model "
+                              f"(did you mean {reader!r}?)", file=g.graph.get("file"))
         h.graph["output"] = of
     for v, d in h.nodes(data=True):
         if d["kind"] != "op":
