@@ -520,3 +520,23 @@ def test_jacobian_of_a_saved_residual(of):
     exit 1, as if a check had failed); a dropout mask said no input takes a gradient."""
     res = invoke(["jacobian", GPT[0], "--of", of, *GPT[1:]])
     assert_one_line(res, needle="is a residual ckpt saves for")
+
+
+# ---- bench entries are named by the file's stem -------------------------------------------------
+def test_bench_configs_of_one_stem_are_refused(tmp_path):
+    """Two configs named x.yaml in two folders (or two functions of one model file) wrote one
+    entry: the second's figures replaced the first's without a word."""
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "x.yaml").write_text(open(SEED).read())
+    res = invoke(["bench", str(tmp_path / "a" / "x.yaml"), str(tmp_path / "b" / "x.yaml"), "--steps", "1"])
+    assert_one_line(res, needle="both make entries named 'x'")
+    assert_one_line(invoke(["bench", "examples/seed.py:f", "examples/seed.py:leaky", "--steps", "1"]),
+                    needle="both make entries named 'seed'")
+
+
+def test_bench_config_given_twice_is_measured_once():
+    import json
+    res = invoke(["bench", SEED, SEED, "--steps", "1", "--strategy", "store-all", "--json"])
+    assert res.exit_code == 0, res.output
+    assert list(json.loads(res.stdout)["entries"]) == ["seed_example:store-all"]

@@ -42,7 +42,15 @@ def _tolerance(text):
 def bench(configs, strategies, budgets, steps, baseline, time_tolerance, update_baseline, output, time_limit, sets,
           as_json):
     """Measure memory and time per config and strategy; compare with or update a baseline."""
-    from ..bench import compare, load_baseline, run_bench, update_baseline as merge_into
+    from ..bench import compare, entry_key, load_baseline, run_bench, update_baseline as merge_into
+    configs = list(dict.fromkeys(configs))  # a config given twice is measured once
+    named = {}
+    for c in configs:  # entries are named by the file's stem: two configs of one stem would overwrite
+        name = entry_key(c, "", None)[:-1]
+        if name in named:
+            raise ConfigError(f"{named[name]} and {c} both make entries named {name!r} (an entry is named by its "
+                              "file's stem): give one another file name")
+        named[name] = c
     tol = _tolerance(time_tolerance)
     if baseline == "":  # would be taken as no baseline: nothing compared, nothing said
         raise ConfigError("--baseline needs a file name, got an empty path")
