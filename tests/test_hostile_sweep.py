@@ -540,3 +540,79 @@ def test_bench_config_given_twice_is_measured_once():
     res = invoke(["bench", SEED, SEED, "--steps", "1", "--strategy", "store-all", "--json"])
     assert res.exit_code == 0, res.output
     assert list(json.loads(res.stdout)["entries"]) == ["seed_example:store-all"]
+
+
+# ---- a PyTorch plan file edited by hand ------------------------------------------------------
+def _torch_plan(**change):
+    doc = {"format": "ckpt-torch-plan", "model": "mlp",
+           "inputs": {"x": {"shape": [8, 32], "dtype": "float64"}, "y": {"shape": [8, 32], "dtype": "float64"}},
+           "parameters": {},
+           "predicted": {"unplanned_held_bytes": 0, "held_end_forward_bytes": 0, "resident_bytes": 0},
+           "regions": [{"name": "blocks.0", "checkpoint": True, "save": [{"region": "blocks.0", "op": "aten.mm", "k": 0}]}]}
+    for path, v in change.items():
+        d, keys = doc, path.split("__")
+        for k in keys[:-1]:
+            d = d[int(k)] if isinstance(d, list) else d[k]
+        d[int(keys[-1]) if isinstance(d, list) else keys[-1]] = v
+    return doc
+
+
+@pytest.mark.parametrize("path,value,needle", [
+    ("inputs", [1], "inputs must be a mapping"),
+    ("inputs__x", "x", "inputs.x must be a mapping"),
+    ("inputs__x__shape", "", "inputs.x.shape must be a list"),
+    ("inputs__x__shape", [8, -1], "inputs.x.shape must be a list"),
+    ("inputs__x__shape", [8, 2**64], "inputs.x.shape must be a list"),
+    ("inputs__x__shape", [1] * 65, "inputs.x.shape must be a list"),
+    ("inputs__x__dtype", "aten.nope", "inputs.x.dtype must be one of"),
+    ("inputs__x__dtype", 3, "inputs.x.dtype must be one of"),
+    ("inputs__x__high", 0, "inputs.x.high"),
+    ("parameters", -1, "parameters must be a mapping"),
+    ("parameters", {"w": "x"}, "parameters.w must be a list"),
+    ("predicted", "", "predicted must be a mapping"),
+    ("predicted__resident_bytes", "", "predicted.resident_bytes"),
+    ("predicted__held_end_forward_bytes", {"a": 1}, "predicted.held_end_forward_bytes"),
+    ("regions", {"a": 1}, "regions must be a list"),
+    ("regions__0", 0, "regions[0] must be a mapping"),
+    ("regions__0__name", 3, "regions[0] must be a mapping"),
+    ("regions__0__checkpoint", "yes", "regions[0] must be a mapping"),
+    ("regions__0__members", None, "regions[0].members"),
+    ("regions__0__members", [], "regions[0].members"),
+    ("regions__0__save", 1.5, "regions[0].save must be a list"),
+    ("regions__0__save__0", None, "regions[0].save[0]"),
+    ("regions__0__save__0", {"a": 1}, "regions[0].save[0]"),
+    ("regions__0__save__0__k", [1], "regions[0].save[0]"),
+    ("regions__0__save__0__op", {}, "regions[0].save[0]"),
+    ("regions__0__save__0__region", {}, "regions[0].save[0]"),
+])
+def test_hostile_torch_plan_files(tmp_path, path, value, needle):
+    """Read as they were: TypeError, KeyError or AttributeError tracebacks from inside torch-check
+    and apply (randn of a string shape, getattr(torch, 3), `s["op"]` of an int)."""
+    import json
+
+    from ckpt.backends.torch_apply import load_plan
+    from ckpt.errors import ConfigError
+    p = tmp_path / "p.json"
+    p.write_text(json.dumps(_torch_plan(**{path: value})))
+    with pytest.raises(ConfigError) as e:
+        load_plan(str(p))
+    assert needle in str(e.value) and str(e.value).startswith(str(p)) and "\n" not in str(e.value)
+
+
+def test_a_good_hand_written_torch_plan_loads(tmp_path):
+    import json
+
+    from ckpt.backends.torch_apply import load_plan
+    p = tmp_path / "p.json"
+    p.write_text(json.dumps(_torch_plan()))
+    assert load_plan(str(p))["model"] == "mlp"
+
+
+def test_torch_check_with_inputs_the_model_cannot_take(tmp_path):
+    """The plan's input shapes are not the model's: a RuntimeError traceback from its forward."""
+    import json
+    pytest.importorskip("torch")
+    p = tmp_path / "p.json"
+    p.write_text(json.dumps(_torch_plan(inputs__x__shape=[8, 33], regions=[])))
+    res = invoke(["torch-check", "tests/torch_models.py:mlp", "--plan", str(p), "--steps", "1"])
+    assert_one_line(res, needle="the model's forward fails on the plan's inputs (x, y)")

@@ -67,7 +67,12 @@ def check(target, plan_file, inputs=(), steps=3, seed=0, device="cpu"):
         for o in out:
             o["time_s"] = statistics.median(times)
         return out
-    base = run(steps)
+    try:
+        base = run(steps)
+    except (RuntimeError, TypeError, ValueError, IndexError) as e:  # the plan's inputs are not this model's
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"{target}: the model's forward fails on the plan's inputs "
+                          f"({', '.join(plan['inputs']) or 'none'}): {e.__class__.__name__}: {first}") from None
     apply(model, plan)
     planned = run(steps)
     p = plan["predicted"]
