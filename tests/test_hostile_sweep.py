@@ -616,3 +616,51 @@ def test_torch_check_with_inputs_the_model_cannot_take(tmp_path):
     p.write_text(json.dumps(_torch_plan(inputs__x__shape=[8, 33], regions=[])))
     res = invoke(["torch-check", "tests/torch_models.py:mlp", "--plan", str(p), "--steps", "1"])
     assert_one_line(res, needle="the model's forward fails on the plan's inputs (x, y)")
+
+
+# ---- the weights file of an imported model ---------------------------------------------------
+WEIGHTS_CONFIG = """name: m
+dtype: float64
+weights: m.npz
+inputs:
+  x: {shape: [2, 3]}
+  y: {shape: [2], dtype: int64, init: randint, high: 3}
+params:
+  W: {shape: [3, 3]}
+nodes:
+  - {name: h, op: linear, inputs: [x, W]}
+  - {name: loss, op: softmax_cross_entropy, inputs: [h, y]}
+output: loss
+"""
+
+
+@pytest.mark.parametrize("arrays,needle", [
+    ({"W": ("U1", (3, 3))}, "W holds <U1 values, not real numbers"),
+    ({"W": ("complex128", (3, 3))}, "not real numbers"),      # the imaginary part was dropped, silently
+    ({"W": ("nan", (3, 3))}, "holds nan values"),              # a nan loss
+    ({"y": ("frac", (2,))}, "holds fractions"),                # labels 0.5, 1.7 were read as 0, 1
+    ({"y": ("label9", (2,))}, "label 9 is outside 0..2"),      # IndexError traceback
+    ({"W": ("bomb", (4000, 4000))}, "has shape (4000, 4000)"),  # inflated (16 MB here) before the check
+])
+def test_hostile_weights(tmp_path, arrays, needle):
+    import numpy as np
+    (tmp_path / "m.yaml").write_text(WEIGHTS_CONFIG)
+    made = {}
+    for k, (kind, shape) in arrays.items():
+        made[k] = {"U1": lambda: np.full(shape, "a"), "complex128": lambda: np.ones(shape, complex),
+                   "nan": lambda: np.full(shape, np.nan), "frac": lambda: np.array([0.5, 1.7]),
+                   "label9": lambda: np.array([0, 9]), "bomb": lambda: np.zeros(shape, np.uint8)}[kind]()
+    np.savez_compressed(tmp_path / "m.npz", **made)
+    assert_one_line(invoke(["run", str(tmp_path / "m.yaml"), "--steps", "1"]), needle=needle)
+
+
+def test_weights_of_other_names_are_not_read(tmp_path, monkeypatch):
+    import numpy as np
+    (tmp_path / "m.yaml").write_text(WEIGHTS_CONFIG)
+    np.savez(tmp_path / "m.npz", W=np.eye(3), y=np.array([0, 2]), other=np.zeros(5))
+    read = []
+    orig = np.lib.npyio.NpzFile.__getitem__
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", lambda self, k: read.append(k) or orig(self, k))
+    res = invoke(["run", str(tmp_path / "m.yaml"), "--steps", "1"])
+    assert res.exit_code == 0, res.output
+    assert sorted(read) == ["W", "y"]

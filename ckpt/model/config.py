@@ -903,17 +903,37 @@ def attach_weights(leaves, weights, file, line=None):
         raise ConfigError(f"weights must name an .npz file, got {_describe(weights)}", file=file, line=line,
                           key="weights")
     path = os.path.join(os.path.dirname(os.path.abspath(file)), weights) if file and file != "<config>" else weights
+    def refuse(name, what):
+        return ConfigError(f"weights {weights}: {name} {what}", file=file, line=leaves[name].line, key=name)
+
     try:
         with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
+            for name in z.files:
+                leaf = leaves.get(name)
+                if leaf is None:
+                    continue  # arrays of other names (for other tools) are not ckpt's to check, nor read
+                # the shape and dtype from the array's header, before its data is inflated: a small
+                # compressed file can hold an array of any size
+                shape, dtype = _npy_header(np, z, name)
+                if shape != tuple(leaf.shape):
+                    raise refuse(name, f"has shape {shape}, the config says {tuple(leaf.shape)}")
+                if dtype.kind not in "biuf":
+                    raise refuse(name, f"holds {dtype} values, not real numbers")
+                arr = z[name]
+                if dtype.kind == "f" and np.isnan(arr).any():  # (an -inf is a mask's, imported from PyTorch)
+                    raise refuse(name, "holds nan values")
+                if leaf.dtype in INT_DTYPES and dtype.kind == "f" and not (arr == np.round(arr)).all():
+                    raise refuse(name, f"holds fractions, and the config's dtype is {leaf.dtype}")
+                leaf.init, leaf.value = "value", arr
+    except (OSError, ValueError, EOFError, KeyError) as e:
         raise ConfigError(f"cannot read weights {weights}: {e.__class__.__name__}", file=file, line=line,
                           key="weights") from None
-    for name, arr in arrays.items():
-        leaf = leaves.get(name)
-        if leaf is None:
-            continue  # arrays of other names (for other tools) are not ckpt's to check
-        if tuple(arr.shape) != tuple(leaf.shape):
-            raise ConfigError(f"weights {weights}: {name} has shape {tuple(arr.shape)}, the config says "
-                              f"{tuple(leaf.shape)}", file=file, line=leaf.line, key=name)
-        leaf.init, leaf.value = "value", arr
+
+
+def _npy_header(np, z, name):
+    """(shape, dtype) of array `name` of an open .npz, read from its header alone."""
+    with z.zip.open(name + ".npy") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)
+    return tuple(shape), dtype
