@@ -763,13 +763,16 @@ _LEAF_DOC = {
     "dtype": f"inputs: {', '.join(DTYPES + INT_DTYPES)}; params: a float dtype. Every float leaf takes the "
              "model's `dtype` (one float dtype per model)",
     "init": f"{', '.join(INITS)}, or `value`. Default: `value` when a value is given, else `xavier` for "
-            "parameters and `normal` for inputs",
+            "parameters and `normal` for inputs. An integer input refuses `init: normal`, `uniform`, `xavier` "
+            "and `causal_mask` (floats cast to labels)",
     "scale": "a finite number (default 1): the standard deviation of normal, the bound of uniform, a factor "
              "on xavier and ones",
-    "value": "with init: value, a number or nested lists of numbers, broadcast to the shape",
+    "value": "with init: value, a number or nested lists of numbers, broadcast to the shape; each within "
+             "the dtype's range, and whole for an integer dtype",
     "grad": "true or false (default: true for parameters, false for inputs). Only true and false are "
             "booleans: `yes`, `no`, `on`, `off` and quoted strings are refused",
-    "high": "init: randint only, integer dtypes only: labels are drawn from 0 to high-1 (default 2)",
+    "high": "init: randint only, integer dtypes only: labels are drawn from 0 to high-1 (default 2), at "
+            "most the classes (or rows) the op reading them indexes",
 }
 
 
@@ -877,8 +880,10 @@ def reference_markdown():
         f" {MAX_DEPTH} levels; duplicate keys; keys that are lists or mappings; a model of more than {MAX_NODES:,}"
         " nodes (ops, inputs and parameters after expanding repeats; counted before expanding, so"
         f" `times: 1000000000` is refused at once) or whose joint forward+gradient graph has more than {MAX_NODES:,}"
-        " nodes; a value, or all values and gradients together, over 2**62 bytes. Every size is an exact"
-        " Python integer.",
+        " nodes; a value, or all values and gradients together (with the largest op workspace), over 2**62"
+        f" bytes; a shape of more than {MAX_NDIM} dimensions; a literal value its dtype cannot hold as written"
+        " (out of range; a fraction for an integer dtype); integer labels outside what their op indexes."
+        " Every size is an exact Python integer.",
         "",
     ]
     return "\n".join(lines)
