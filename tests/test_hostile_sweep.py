@@ -664,3 +664,10 @@ def test_weights_of_other_names_are_not_read(tmp_path, monkeypatch):
     res = invoke(["run", str(tmp_path / "m.yaml"), "--steps", "1"])
     assert res.exit_code == 0, res.output
     assert sorted(read) == ["W", "y"]
+
+
+def test_ckpt_param_called_while_the_file_loads(tmp_path):
+    """Said what was wrong, but neither the file nor the line."""
+    p = tmp_path / "m.py"
+    p.write_text("import ckpt\n\nW = ckpt.param('W', (3,))\n")
+    assert_one_line(invoke(["plan", f"{p}:f"]), needle="m.py:3: ckpt.param is called inside a model function")

@@ -423,7 +423,9 @@ def load_function(path):
     try:
         with contextlib.redirect_stdout(sys.stderr):  # stdout carries --json documents only
             spec.loader.exec_module(module)
-    except CkptError:
+    except CkptError as e:
+        if e.file is None:  # ckpt.param or the like called while the file loads, not while tracing
+            e.file, e.line = file, _user_error(e, file).line
         raise
     except SyntaxError as e:
         raise ConfigError(f"SyntaxError: {e.msg}", file=file, line=e.lineno) from None
