@@ -269,8 +269,9 @@ def run_main(capsys):
 @pytest.mark.parametrize("args", [["bench", SEED, "--steps"], ["impl", SEED, "--rounds"],
                                   ["torch-check", "m.py:f", "--plan", "p.json", "--steps"]])
 @pytest.mark.parametrize("count", ["99999999999999999999", "100001", "0", "-1"])
-def test_step_counts_out_of_range(run_main, args, count):
+def test_step_counts_out_of_range(run_main, alarm, args, count):
     """A typo of a count ran for days instead of failing."""
+    alarm(60)
     assert_one_line(run_main(args + [count]), needle="is not in the range 1<=x<=100000")
 
 
@@ -425,8 +426,9 @@ def test_numeric_warnings_are_one_line(tmp_path):
 
 
 # ---- YAML alias bombs anywhere in a config ----------------------------------------------------
-def _bomb(levels=9):
-    """A flow sequence of 10**levels ones in a few hundred bytes (billion laughs, YAML aliases)."""
+def _bomb(levels=8):
+    """A flow sequence of 10**levels ones in a few hundred bytes (billion laughs, YAML aliases): 10**8,
+    so that code which walks it fails the alarm after some seconds rather than hanging for hours."""
     parts = ["&l0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]
     parts += [f"&l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, levels)]
     return "[" + ", ".join(parts) + "]"
