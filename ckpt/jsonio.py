@@ -30,7 +30,12 @@ def read_text(path, what="file"):
     """A user file's text, refused before it is read when it is over MAX_FILE_BYTES."""
     too_big = f"{what} is larger than {MAX_FILE_BYTES // 2**20} MiB, the largest ckpt reads"
     try:
-        with open(path, "rb") as f:
+        # A named pipe with no writer would block open() forever; opened without blocking it opens at
+        # once, and read then waits for a writer's data as usual or, with no writer, sees the end.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb") as f:
             if os.fstat(f.fileno()).st_size > MAX_FILE_BYTES:
                 raise ConfigError(too_big, file=path)
             data = f.read(MAX_FILE_BYTES + 1)  # a pipe or a device has no size: read one byte past
@@ -67,6 +72,8 @@ def read_json(path, what="file"):
         return json.loads(text, object_pairs_hook=_no_duplicates)
     except json.JSONDecodeError as e:
         raise ConfigError(f"{what} is not JSON: {e.msg}", file=path, line=e.lineno) from None
+    except ValueError:  # the one ValueError the decoder raises besides: an integer past Python's digit limit
+        raise ConfigError(f"{what} holds a number of more than {sys.get_int_max_str_digits()} digits", file=path) from None
     except _Duplicate as e:
         key = str(e.args[0])
         raise ConfigError(f"{what} has a duplicate key {key if len(key) <= 40 else key[:37] + '...'!r}",
@@ -135,6 +142,8 @@ def _sigterm_raises():
 def check_writable(path):
     """Refuse early, before a long run, a path the writer will refuse: its folder is missing or
     it exists and is not a regular file. Returns (real path, its stat or None)."""
+    if not path:
+        raise ConfigError("cannot write to an empty path: give a file name, or - for standard output")
     real = os.path.realpath(path)  # a symlink keeps pointing at the file it names
     try:
         st = os.stat(real)

@@ -17,6 +17,12 @@ MAX_BYTES = 2**62
 MAX_FILE_BYTES = 64 * 2**20
 # Deepest nesting of YAML or JSON collections accepted (a real config nests fewer than 10 levels).
 MAX_DEPTH = 100
+# Most dimensions of a shape: numpy's (and cupy's) limit, so a plan never names a value no backend
+# can make.
+MAX_NDIM = 64
+# Most timed steps (or rounds) a command takes: a median needs a few; a count past this is a typo,
+# and would keep the command running for days rather than fail.
+MAX_STEPS = 100_000
 
 _UNITS = {
     "": 1, "b": 1,

@@ -270,35 +270,68 @@ def load_plan(plan):
     doc = read_json(plan, "plan file")
     if not isinstance(doc, dict) or doc.get("format") != "ckpt-torch-plan" or "regions" not in doc:
         raise ConfigError("not a ckpt PyTorch plan (write one with `ckpt plan --emit torch -o FILE`)", file=plan)
-    bad = _malformed(doc)
-    if bad:
-        raise ConfigError(f"a malformed ckpt PyTorch plan: {bad}", file=plan)
+    _check_plan_doc(doc, plan)
     return doc
 
 
-def _malformed(doc):
-    """What in a plan document apply or torch-check could not read; None when nothing."""
-    regions = doc["regions"]
-    if not isinstance(regions, list):
-        return "regions is not a list"
-    for r in regions:
-        if not isinstance(r, dict) or not isinstance(r.get("name"), str) or "checkpoint" not in r:
-            return "a region without a name or checkpoint"
+_PLAN_DTYPES = ("float16", "bfloat16", "float32", "float64", "int32", "int64")
+
+
+def _check_plan_doc(doc, file):
+    """Every field that torch-check and apply read, of the type they read it as: a plan file edited
+    by hand (or by another tool) is one line naming the field, not a TypeError inside PyTorch."""
+    from ..sizes import MAX_BYTES, MAX_NDIM
+
+    def bad(key, want):
+        return ConfigError(f"{key} must be {want}", file=file, key=None)
+
+    def count(v, lo=0):
+        return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= MAX_BYTES
+
+    def shape(key, v, lo):
+        if not isinstance(v, list) or len(v) > MAX_NDIM or not all(count(d, lo) for d in v):
+            raise bad(key, f"a list of at most {MAX_NDIM} sizes >= {lo}")
+
+    if not isinstance(doc.get("model", ""), str):
+        raise bad("model", "a name")
+    inputs = doc.get("inputs", {})
+    if not isinstance(inputs, dict):
+        raise bad("inputs", "a mapping of input names")
+    for k, v in inputs.items():
+        if not isinstance(v, dict):
+            raise bad(f"inputs.{k}", "a mapping with shape and dtype")
+        shape(f"inputs.{k}.shape", v.get("shape"), 1)
+        if v.get("dtype") not in _PLAN_DTYPES:
+            raise bad(f"inputs.{k}.dtype", "one of " + ", ".join(_PLAN_DTYPES))
+        if "high" in v and not count(v["high"], 1):
+            raise bad(f"inputs.{k}.high", "a whole number >= 1")
+    params = doc.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise bad("parameters", "a mapping of parameter names to shapes")
+    for k, v in params.items():
+        shape(f"parameters.{k}", v, 0)
+    predicted = doc.get("predicted")
+    if not isinstance(predicted, dict):
+        raise bad("predicted", "a mapping of figures")
+    for k in ("unplanned_held_bytes", "held_end_forward_bytes", "resident_bytes"):
+        if not count(predicted.get(k)):
+            raise bad(f"predicted.{k}", "a whole number of bytes")
+    if not isinstance(doc["regions"], list):
+        raise bad("regions", "a list")
+    for i, r in enumerate(doc["regions"]):
+        key = f"regions[{i}]"
+        if not isinstance(r, dict) or not isinstance(r.get("name"), str) or not isinstance(r.get("checkpoint"), bool):
+            raise bad(key, "a mapping with a name and checkpoint: true or false")
         members = r.get("members", [r["name"]])
         if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
-            return f"region {r['name']!r}: members is not a list of module names"
-        save = r.get("save", [])
-        if not isinstance(save, list) or not all(isinstance(x, dict) and isinstance(x.get("op"), str)
-                                                 and isinstance(x.get("k"), int) for x in save):
-            return f"region {r['name']!r}: save is not a list of {{op, k}}"
-    inputs = doc.get("inputs", {})
-    if not isinstance(inputs, dict) or not all(
-            isinstance(v, dict) and isinstance(v.get("shape"), list) and isinstance(v.get("dtype"), str)
-            for v in inputs.values()):
-        return "inputs is not {name: {shape, dtype}}"
-    if "parameters" in doc and not isinstance(doc["parameters"], (dict, type(None))):
-        return "parameters is not {name: shape}"
-    return None
+            raise bad(f"{key}.members", "a non-empty list of module names")
+        save = r.get("save", None if r["checkpoint"] else [])
+        if not isinstance(save, list):
+            raise bad(f"{key}.save", "a list (of the ops whose outputs the region keeps)")
+        for j, e in enumerate(save):
+            if not (isinstance(e, dict) and isinstance(e.get("op"), str) and count(e.get("k"))
+                    and isinstance(e.get("region", ""), str)):
+                raise bad(f"{key}.save[{j}]", "a mapping with op (a name), k (a count) and region (a name)")
 
 
 def check_plan(model, plan):

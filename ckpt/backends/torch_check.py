@@ -34,8 +34,8 @@ def example_args(plan, inputs, seed):
 
 
 def check(target, plan_file, inputs=(), steps=3, seed=0, device="cpu"):
-    import torch
-    from ..frontends.torch_import import load_factory
+    from ..frontends.torch_import import load_factory, torch_or_error
+    torch = torch_or_error()  # without the extra: one line saying how to install it, not an ImportError
     from .torch_apply import apply, check_plan, load_plan, loss_of, measure_step
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device is available to PyTorch here")
@@ -75,7 +75,10 @@ def check(target, plan_file, inputs=(), steps=3, seed=0, device="cpu"):
         for o in out:
             o["time_s"] = statistics.median(times)
         return out
-    base = _step(run, steps, lambda e: ConfigError(f"the model's training step raised {e}", file=target))
+    # the model's forward failing on the plan's inputs (not this model's plan) is bad input
+    base = _step(run, steps, lambda e: ConfigError(
+        f"{target}: the model's forward fails on the plan's inputs ({', '.join(plan['inputs']) or 'none'}): "
+        f"the training step raised {e}"))
     apply(model, plan)
     planned = _step(run, steps, lambda e: CheckFailed(f"the training step with the plan raised {e}"))
     p = plan["predicted"]

@@ -7,6 +7,7 @@ more than the rest of start-up)."""
 
 import importlib
 import sys
+import warnings
 
 import click
 
@@ -93,7 +94,14 @@ def cli():
 
 
 
+def _one_line_warning(message, category, filename, lineno, line=None):
+    """A warning (numpy's overflow in exp, say) as one line: not the file and source line inside ckpt
+    that raised it, which read like the start of a traceback."""
+    return f"ckpt: warning: {message}\n"
+
+
 def main(args=None):
+    warnings.formatwarning = _one_line_warning
     try:
         rv = cli.main(args=args, prog_name="ckpt", standalone_mode=False)
     except click.exceptions.Exit as e:

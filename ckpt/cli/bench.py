@@ -9,7 +9,7 @@ from ..errors import CheckFailed, ConfigError
 from ..jsonio import check_writable, write_json_atomic
 from ..plan import STRATEGIES
 from ..report import emit_json, fmt_bytes, fmt_time, table
-from .common import json_opt, keep_heap, overrides, set_opt, time_limit_opt
+from .common import json_opt, keep_heap, overrides, set_opt, step_count, time_limit_opt
 
 
 def _tolerance(text):
@@ -31,7 +31,7 @@ def _tolerance(text):
               help="Repeatable; default: all three.")
 @click.option("--memory-budget", "budgets", multiple=True, metavar="SIZE",
               help="Budgets for the budget strategy (repeatable; default 0.8x of store-all's peak).")
-@click.option("--steps", default=5, show_default=True, type=click.IntRange(min=1), help="Timed steps per entry.")
+@click.option("--steps", default=5, show_default=True, type=step_count, help="Timed steps per entry.")
 @click.option("--baseline", type=click.Path(dir_okay=False), help="Compare with this baseline (exit 1 on a regression).")
 @click.option("--time-tolerance", default="10%", show_default=True, help="Allowed rise of the time ratio to store-all.")
 @click.option("--update-baseline", is_flag=True, help="Write the results into --baseline (atomically) instead.")
@@ -42,14 +42,24 @@ def _tolerance(text):
 def bench(configs, strategies, budgets, steps, baseline, time_tolerance, update_baseline, output, time_limit, sets,
           as_json):
     """Measure memory and time per config and strategy; compare with or update a baseline."""
-    from ..bench import compare, load_baseline, run_bench, update_baseline as merge_into
+    from ..bench import compare, entry_key, load_baseline, run_bench, update_baseline as merge_into
+    configs = list(dict.fromkeys(configs))  # a config given twice is measured once
+    named = {}
+    for c in configs:  # entries are named by the file's stem: two configs of one stem would overwrite
+        name = entry_key(c, "", None)[:-1]
+        if name in named:
+            raise ConfigError(f"{named[name]} and {c} both make entries named {name!r} (an entry is named by its "
+                              "file's stem): give one another file name")
+        named[name] = c
     tol = _tolerance(time_tolerance)
+    if baseline == "":  # would be taken as no baseline: nothing compared, nothing said
+        raise ConfigError("--baseline needs a file name, got an empty path")
     if update_baseline and not baseline:
         raise ConfigError("--update-baseline needs --baseline FILE")
     if output == "-" and as_json:
         raise ConfigError("-o - and --json both print on standard output: choose one")
     for path in (output if output != "-" else None, baseline if update_baseline else None):
-        if path:
+        if path is not None:  # "" too: refused, not taken as no -o at all
             check_writable(path)  # a missing folder is one line now, not after the whole run
     keep_heap()
     base = None

@@ -6,7 +6,12 @@ import os
 import click
 
 from ..errors import ConfigError
-from ..sizes import parse_budget
+from ..sizes import MAX_STEPS, parse_budget
+
+# A count of timed steps or rounds: at least one, at most sizes.MAX_STEPS.
+step_count = click.IntRange(1, MAX_STEPS)
+# A seed as the config takes it (numpy's and torch's generators take no negative or wider one).
+seed_type = click.IntRange(0, 2**63 - 1)
 
 
 def overrides(pairs):

@@ -15,7 +15,7 @@ from ..plan import STRATEGIES, plan as make_plan
 from ..report import emit_json, fmt_bytes, fmt_time, table
 from ..session import load_model, require_model
 from .common import (budget_bytes, budget_opt, config_arg, dtype_opt, json_opt, keep_heap, overrides, set_opt,
-                     time_limit_opt)
+                     step_count, time_limit_opt)
 
 
 @click.command("export-config")
@@ -54,6 +54,8 @@ def export_config(model, output, sets, dtype):
 def compile_step(config, output, strategy, budget, time_limit, check, sets, dtype, as_json):
     """Generate a standalone numpy module whose step(params, inputs) runs the planned forward and backward."""
     from ..backends.codegen import generate
+    if output == "-" and as_json:
+        raise ConfigError("-o - and --json both print on standard output: choose one")
     model = load_model(config, overrides(sets), dtype)
     require_model(model, "compile")
     if model.graph.graph["dtype"] == "bfloat16":
@@ -66,20 +68,27 @@ def compile_step(config, output, strategy, budget, time_limit, check, sets, dtyp
     doc = {"output": output, "model": model.graph.graph["name"], "strategy": strategy, "solver": p.solver,
            "lines": source.count("\n"), "steps": len(p.steps), "recomputes": sim.recomputes,
            "peak_bytes": sim.peak, "resident_bytes": sim.resident, "managed_peak_bytes": sim.peak_managed}
+    if budget_b is not None:  # store-all and sqrt-n do not plan to a budget: say whether it is met
+        doc["budget_bytes"], doc["budget_met"] = budget_b, sim.peak_ws <= budget_b
     if check:
         keep_heap()
         doc["check"] = _check_compiled(model, p.steps, source, sim)
+    to_err = output == "-"  # the module is standard output: the summary must not end up inside it
     if as_json:
         emit_json(doc)
     else:
         click.echo(f"wrote {output}: step(params, inputs) for {doc['model']} under {strategy}, {len(p.steps)} "
                    f"schedule steps, {sim.recomputes} recomputes; predicted peak {fmt_bytes(sim.peak)} "
-                   f"(resident {fmt_bytes(sim.resident)}, managed {fmt_bytes(sim.peak_managed)})")
+                   f"(resident {fmt_bytes(sim.resident)}, managed {fmt_bytes(sim.peak_managed)})", err=to_err)
+        if budget_b is not None:
+            click.echo(f"budget    {fmt_bytes(budget_b)}: {'met' if doc['budget_met'] else 'EXCEEDED'} (peak with "
+                       f"workspace {fmt_bytes(sim.peak_ws)})", err=to_err)
         if check:
             c = doc["check"]
             click.echo(f"check     gradients {'bitwise equal to' if c['bitwise'] else 'DIFFER from'} the "
                        f"interpreter's; managed peak measured {fmt_bytes(c['measured_managed_bytes'])}, predicted "
-                       f"{fmt_bytes(c['predicted_managed_bytes'])}: {'passed' if c['passed'] else 'FAILED'}")
+                       f"{fmt_bytes(c['predicted_managed_bytes'])}: {'passed' if c['passed'] else 'FAILED'}",
+                       err=to_err)
     if check and not doc["check"]["passed"]:
         raise CheckFailed("the compiled step does not match the interpreter or the prediction")
 
@@ -104,7 +113,7 @@ def _check_compiled(model, steps, source, sim):
 
 @click.command("impl")
 @config_arg
-@click.option("--rounds", default=7, show_default=True, type=click.IntRange(min=1),
+@click.option("--rounds", default=7, show_default=True, type=step_count,
               help="Interleaved rounds; each times every implementation once.")
 @set_opt
 @dtype_opt

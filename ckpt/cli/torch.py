@@ -3,7 +3,7 @@
 import click
 
 from ..report import emit_json
-from .common import json_opt
+from .common import json_opt, seed_type, step_count
 
 input_opt = click.option("--input", "inputs", multiple=True, metavar="NAME=8x128[:int64]",
                          help="An argument of the module's forward: its shape, and its dtype when not the "
@@ -16,7 +16,7 @@ input_opt = click.option("--input", "inputs", multiple=True, metavar="NAME=8x128
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="model.yaml (a ckpt config, with model.npz and model.torch.json beside it) or graph.json "
                    "(a cost graph: plannable even where ckpt cannot run an op).")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the example inputs saved with the weights.")
+@click.option("--seed", default=0, show_default=True, type=seed_type, help="Seed of the example inputs saved with the weights.")
 @json_opt
 def import_(target, inputs, output, seed, as_json):
     """Trace a PyTorch module (its forward returns the loss) into a ckpt config or a cost graph."""
@@ -38,8 +38,8 @@ def import_(target, inputs, output, seed, as_json):
 @click.option("--plan", "plan_file", required=True, type=click.Path(dir_okay=False),
               help="A plan written by `ckpt plan MODEL.yaml --emit torch -o plan.json`.")
 @input_opt
-@click.option("--steps", default=3, show_default=True, type=click.IntRange(min=1), help="Timed steps of each (median).")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--steps", default=3, show_default=True, type=step_count, help="Timed steps of each (median).")
+@click.option("--seed", default=0, show_default=True, type=seed_type)
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
               help="Where PyTorch runs the step (cuda adds torch.cuda.max_memory_allocated).")
 @json_opt

@@ -39,6 +39,7 @@ import numpy as np
 
 from ..errors import CkptError, ConfigError, ShapeError
 from ..ops import REGISTRY, REQUIRED, Ctx
+from ..sizes import MAX_NODES
 
 _ACTIVE = []  # the tape being recorded (a stack: tracing is not re-entrant across threads)
 _NUMBERED = re.compile(r"^(v|c)\d+$")
@@ -61,9 +62,20 @@ def traced(inputs=None, params=None, dims=None, dtype="float32", seed=0, name=No
                           file=code and code.co_filename, line=code and code.co_firstlineno)
 
     def mark(fn):
+        for what, m in (("inputs", inputs), ("params", params), ("dims", dims)):
+            if m is not None and not isinstance(m, dict):
+                raise ConfigError(f"@ckpt.traced({what}=...) must be a mapping of names, got {type(m).__name__}",
+                                  file=getattr(getattr(fn, "__code__", None), "co_filename", None),
+                                  line=_first_line(fn))
         fn.__ckpt_model__ = ModelDecl(fn, inputs, params, dims, dtype, seed, name)
         return fn
     return mark
+
+
+def _first_line(fn):
+    """The line of a model function's decorator (a class or a callable object has no code: None)."""
+    code = getattr(fn, "__code__", None)
+    return code.co_firstlineno if code is not None else None
 
 
 def param(name, shape, init="xavier", scale=1.0, value=None, grad=True):
@@ -71,7 +83,10 @@ def param(name, shape, init="xavier", scale=1.0, value=None, grad=True):
     tape = _ACTIVE[-1] if _ACTIVE else None
     if tape is None:
         raise ConfigError("ckpt.param is called inside a model function while ckpt traces it")
-    m = {"shape": [int(d) for d in shape], "init": init}
+    if not isinstance(shape, (list, tuple)):
+        raise _error(f"ckpt.param({name!r}, shape): shape must be a list or tuple of sizes, got {shape!r}")
+    # sizes as given (numpy integers as Python ones): the config reader refuses 2.5, not int() rounding it
+    m = {"shape": [_plain(d) for d in shape], "init": init}
     if scale != 1.0:
         m["scale"] = scale
     if value is not None:
@@ -278,7 +293,12 @@ class GraphTape:
         if name in self.leaves:
             raise _error(f"repeated name {name!r}")
         if shape is None:
-            shape = _leaf_shape(self.file, name, m, kind, self.dtype)
+            try:
+                shape = _leaf_shape(self.file, name, m, kind, self.dtype)
+            except ConfigError as e:
+                if e.line is None:  # the line of the ckpt.param call
+                    e.line = _user_line(self)
+                raise
         self.leaves[name] = (kind, m)
         dtype = m.get("dtype", self.dtype) if str(m.get("dtype", "")).startswith("int") else self.dtype
         return Traced(self, name, tuple(shape), dtype)
@@ -311,6 +331,8 @@ class GraphTape:
         except ShapeError as e:
             raise _error(f"shape mismatch: {e.message}") from None
         dtype = next((a.dtype for a in ins if not a.dtype.startswith("int")), self.dtype)
+        if len(self.nodes) >= MAX_NODES:  # stop a runaway loop here, at its line, not after recording it all
+            raise _error(f"the model records more than {MAX_NODES} ops, more than ckpt handles")
         self.nodes.append({"op": name, "inputs": [a.ref for a in ins], "attrs": attrs, "line": _user_line(self)})
         return Traced(self, f"#{len(self.nodes) - 1}", shape, dtype)
 
@@ -319,10 +341,10 @@ class GraphTape:
         that computes each as soon as its operands exist (ties in the order recorded)."""
         if not isinstance(out, Traced) or out.tape is not self:
             raise ConfigError(f"{decl.name} must return one traced value (the loss), not {type(out).__name__}",
-                              file=self.file, line=decl.fn.__code__.co_firstlineno)
+                              file=self.file, line=_first_line(decl.fn))
         if not out.ref.startswith("#"):
             raise ConfigError(f"{decl.name} returns {out.ref!r} unchanged: a model computes its loss with at least "
-                              "one op", file=self.file, line=decl.fn.__code__.co_firstlineno)
+                              "one op", file=self.file, line=_first_line(decl.fn))
         keep, stack = set(), [out.ref]  # only what the output reads
         while stack:
             r = stack.pop()
@@ -401,13 +423,17 @@ def load_function(path):
     try:
         with contextlib.redirect_stdout(sys.stderr):  # stdout carries --json documents only
             spec.loader.exec_module(module)
-    except CkptError:
+    except CkptError as e:
+        if e.file is None:  # ckpt.param or the like called while the file loads, not while tracing
+            e.file, e.line = file, _user_error(e, file).line
         raise
     except SyntaxError as e:
         raise ConfigError(f"SyntaxError: {e.msg}", file=file, line=e.lineno) from None
     except SystemExit as e:
         raise ConfigError(f"the model file exits while it is loaded (SystemExit {e.code!r})", file=file) from None
-    except Exception as e:  # the user's file failed: one line, where it failed
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # the user's file failed: one line, where it failed
         raise _user_error(e, file) from None
     models = {k: v for k, v in vars(module).items() if callable(v) and hasattr(v, "__ckpt_model__")
               and getattr(v, "__module__", None) == mod_name}
@@ -423,7 +449,7 @@ def load_function(path):
         raise ConfigError(f"no function {name!r} (functions marked @ckpt.traced: {near})", file=file)
     if not hasattr(fn, "__ckpt_model__"):
         raise ConfigError(f"{name}: declare its inputs with @ckpt.traced(inputs={{...}}) above `def {name}`",
-                          file=file, line=fn.__code__.co_firstlineno if hasattr(fn, "__code__") else None)
+                          file=file, line=_first_line(fn))
     return file, fn
 
 
@@ -436,14 +462,14 @@ def _arguments(fn, decl, file, dims):
             if p.name not in decl.inputs and p.name not in decl.params:
                 raise ConfigError(f"{decl.name}: argument {p.name!r} is not a declared input or param "
                                   f"(inputs: {', '.join(decl.inputs) or 'none'})", file=file,
-                                  line=fn.__code__.co_firstlineno)
+                                  line=_first_line(fn))
             leaves.append(p.name)
         elif p.kind == p.KEYWORD_ONLY:
             if p.name in dims:
                 kw[p.name] = dims[p.name]
             elif p.default is p.empty:
                 raise ConfigError(f"{decl.name}: keyword-only argument {p.name!r} is not a dim "
-                                  f"(dims: {', '.join(dims) or 'none'})", file=file, line=fn.__code__.co_firstlineno)
+                                  f"(dims: {', '.join(dims) or 'none'})", file=file, line=_first_line(fn))
         else:
             raise ConfigError(f"{decl.name}: *args and **kwargs cannot be traced; name each input", file=file)
     return leaves, kw
@@ -466,16 +492,21 @@ def trace_document(path, overrides=None):
     dtype_override = overrides.pop("dtype", None)
     file, fn = load_function(path)
     decl = fn.__ckpt_model__
-    dims = _dims(decl, file, overrides)
-    dtype = dtype_override or decl.dtype
-    tape = GraphTape(file, dtype)
-    names, kw = _arguments(fn, decl, file, dims)
-    args = []
-    for kind, group in (("input", decl.inputs), ("param", decl.params)):
-        for leaf, m in group.items():
-            t = tape.leaf(leaf, kind, m, _leaf_shape(file, leaf, m, kind, dtype, dims))
-            if leaf in names:
-                args.append((names.index(leaf), t))
+    try:  # what the decorator declares (dims, leaves): its errors name the decorator's line
+        dims = _dims(decl, file, overrides)
+        dtype = dtype_override or decl.dtype
+        tape = GraphTape(file, dtype)
+        names, kw = _arguments(fn, decl, file, dims)
+        args = []
+        for kind, group in (("input", decl.inputs), ("param", decl.params)):
+            for leaf, m in group.items():
+                t = tape.leaf(leaf, kind, m, _leaf_shape(file, leaf, m, kind, dtype, dims))
+                if leaf in names:
+                    args.append((names.index(leaf), t))
+    except ConfigError as e:
+        if e.line is None:
+            e.line = _first_line(fn)
+        raise
     args = [t for _, t in sorted(args, key=lambda x: x[0])]
     _ACTIVE.append(tape)
     try:
@@ -483,19 +514,28 @@ def trace_document(path, overrides=None):
             out = fn(*args, **kw)
     except CkptError:
         raise
-    except Exception as e:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # SystemExit and GeneratorExit from the model too: one line, where
         raise _user_error(e, file) from None
     finally:
         _ACTIVE.pop()
     doc = tape.document(decl, dims, out)
-    return doc, file, tape.lines
+    lines = dict(tape.lines)
+    lines[None] = _first_line(fn)  # for what the decorator declares (seed, name, dtype)
+    return doc, file, lines
 
 
 def load_spec(path, overrides=None):
     """The ModelSpec of a Python model function, read by the YAML loader's own reader."""
     from ..model.config import _Reader
     doc, file, lines = trace_document(path, overrides)
-    spec = _Reader(file, doc, {}).spec()
+    try:
+        spec = _Reader(file, doc, {}).spec()
+    except ConfigError as e:  # the recorded node's line, or the decorator's
+        if e.line is None:
+            e.line = lines.get(e.key, lines[None])
+        raise
     for n in spec.nodes:
         n.line = lines.get(n.name)
     spec.file = file

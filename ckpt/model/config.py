@@ -31,7 +31,7 @@ import yaml
 from ..errors import ConfigError
 from ..jsonio import read_text
 from ..ops import REGISTRY, REQUIRED, size as n_elements
-from ..sizes import MAX_BYTES, MAX_DEPTH, MAX_NODES
+from ..sizes import MAX_BYTES, MAX_DEPTH, MAX_NDIM, MAX_NODES
 
 
 def _close_matches(word, choices, n=1):
@@ -57,6 +57,10 @@ MAX_CONFIG_CHARS = 4 * 2**20
 MAX_REPEAT_NESTING = 32
 # The largest `high` of a randint init, per integer dtype (numpy draws below it).
 _INT_HIGH = {"int32": 2**31, "int64": 2**63 - 1}
+# The range of a literal value per dtype: a number beyond it would be stored as inf, or wrapped
+# around / refused by numpy, not as written.
+_VALUE_RANGE = {"float16": 65504.0, "bfloat16": 3.3895313892515355e38, "float32": 3.4028234663852886e38,
+                "float64": 1e300, "int32": 2**31 - 1, "int64": 2**63 - 1}
 
 # What each op attribute holds: how the config is read and what the config reference says (a test
 # checks that every attribute in the op registry has a kind here). Keyed by attribute name, and by
@@ -256,9 +260,19 @@ class _Scope(dict):
         return sorted(out)
 
 
+def _text(v):
+    """A name as a message shows it: itself when a string, else bounded (see _describe)."""
+    return v if isinstance(v, str) else _describe(v)
+
+
 def _describe(v):
-    """A value as a message shows it: short, whatever its type."""
-    text = repr(v)
+    """A value as a message shows it: short, whatever its type. reprlib's, not repr: it stops after
+    a few items and levels, where repr would walk every element of a YAML alias bomb (10**9 of them
+    in a few lines)."""
+    import reprlib
+    r = reprlib.Repr()
+    r.maxstring, r.maxother = 60, 60
+    text = r.repr(v)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -290,9 +304,10 @@ class _Reader:
         return m
 
     def name(self, v, what, where, key, node_key="name", dots=False):
-        banned = ":/ " if dots else ":./ "
-        if not isinstance(v, str) or not v or any(c in v for c in banned):
-            listed = "':', '/' or spaces" if dots else "':', '.', '/' or spaces"
+        banned = ":/" if dots else ":./"
+        # whitespace and control characters too: a name is printed inside one-line messages
+        if not isinstance(v, str) or not v or any(c in banned or c.isspace() or not c.isprintable() for c in v):
+            listed = "':', '/', spaces or control characters" if dots else "':', '.', '/', spaces or control characters"
             raise self.err(f"{what} must be a name without {listed}, got {_describe(v)}", where, key=key,
                            node_key=node_key)
         return v
@@ -377,6 +392,8 @@ class _Reader:
             raise self.err("missing shape", where, key=key)
         if not isinstance(v, list):
             raise self.err(f"shape must be a list of sizes, got {_describe(v)}", where, key=key, node_key="shape")
+        if len(v) > MAX_NDIM:
+            raise self.err(f"shape of {len(v)} dimensions (at most {MAX_NDIM})", where, key=key, node_key="shape")
         return tuple(self.size(d, where, key, node_key="shape") for d in v)
 
     def attr(self, op, name, v, where, key):
@@ -430,7 +447,7 @@ class _Reader:
             if not isinstance(v, list) or not v:
                 raise bad()
             out = integers(v)
-            if any(n < 1 and n != -1 for n in out) or out.count(-1) > 1:
+            if any(n < 1 and n != -1 for n in out) or out.count(-1) > 1 or len(out) > MAX_NDIM:
                 raise bad()
             return out
         raise self.err(f"{op} attr {name!r} has no reading rule (a bug: add it to ATTR_KINDS)", where, key=key)
@@ -471,17 +488,22 @@ class _Reader:
             spec.high = self.size(m.get("high", 2), m, key, node_key="high", limit=_INT_HIGH[ldtype])
         elif "high" in m:
             raise self.err("high applies to init: randint only", m, key=key, node_key="high")
+        if ldtype in INT_DTYPES and "init" in m and init in ("normal", "uniform", "xavier", "causal_mask"):
+            # drawn as floats and cast, they would be mostly 0 and -1: labels that silently index wrong
+            raise self.err(f"init {init} draws floating-point numbers: an integer input takes randint, zeros, ones "
+                           "or value", m, key=key, node_key="init")
         if init == "value":
             if spec.value is None:
                 raise self.err("init: value needs a value", m, key=key)
-            self.check_value(spec.value, shape, m, key)
+            self.check_value(spec.value, shape, ldtype, m, key)
         if spec.grad and ldtype in INT_DTYPES:
             raise self.err("an integer input cannot take a gradient", m, key=key, node_key="grad")
         return spec
 
-    def check_value(self, v, shape, where, key):
+    def check_value(self, v, shape, dtype, where, key):
         """A literal value: a number or nested lists of numbers with no more elements than the
-        shape (it is broadcast to it). Walked without recursion, with a budget, so that a value
+        shape (it is broadcast to it), each one the dtype holds as written (in range; whole for an
+        integer dtype). Walked without recursion, with a budget, so that a value
         built from YAML aliases cannot expand without bound."""
         budget = min(n_elements(shape), 2**22)  # no more numbers than a 4 MiB file writes out
         stack, count = [v], 0
@@ -492,8 +514,16 @@ class _Reader:
                 continue
             count += 1
             if isinstance(x, bool) or not isinstance(x, (int, float)) or abs(x) > 1e300 or x != x:
-                raise self.err(f"value must be finite numbers or lists of them, got {_describe(x)}", where, key=key,
+                hint = ""
+                if isinstance(x, str) and re.fullmatch(r"[-+]?[0-9.]+e[-+]?[0-9]+", x, re.I):
+                    hint = " (YAML reads it as text: write it with a point and a sign, 1.0e+30)"
+                raise self.err(f"value must be finite numbers or lists of them, got {_describe(x)}{hint}", where,
+                               key=key, node_key="value")
+            if dtype in INT_DTYPES and isinstance(x, float) and not x.is_integer():
+                raise self.err(f"value of dtype {dtype} must be whole numbers, got {_describe(x)}", where, key=key,
                                node_key="value")
+            if not -_VALUE_RANGE[dtype] - (dtype in INT_DTYPES) <= x <= _VALUE_RANGE[dtype]:
+                raise self.err(f"value {_describe(x)} is out of the range of {dtype}", where, key=key, node_key="value")
             if count > budget:
                 raise self.err(f"value has more elements than shape {shape} holds", where, key=key, node_key="value")
 
@@ -501,7 +531,7 @@ class _Reader:
     def block(self, bname, item, full):
         blocks = self.mapping(self.doc.get("blocks"), "blocks", self.doc, "blocks")
         if not isinstance(bname, str) or bname not in blocks:
-            near = _close_matches(str(bname), [str(b) for b in blocks], n=1)
+            near = _close_matches(bname, [str(b) for b in blocks], n=1) if isinstance(bname, str) else []
             raise self.err(f"unknown block {_describe(bname)}" + (f" (did you mean {near[0]!r}?)" if near else ""),
                            item, key=full, node_key="repeat")
         block = blocks[bname]
@@ -519,7 +549,7 @@ class _Reader:
                 n += 1
                 continue
             bname = item.get("repeat")
-            full = str(item.get("name"))
+            full = _text(item.get("name"))
             block = self.block(bname, item, full)
             if bname in stack:
                 loop = " -> ".join(stack[stack.index(bname):] + [bname])
@@ -685,7 +715,7 @@ class _Reader:
         for node in self.nodes:  # forward references to top-level names, repeats' names included
             node.inputs = [i if i in self.defined_at else self.top.get(i, i) for i in node.inputs]
         for pname, item, full in self.pending:
-            if pname not in self.top:
+            if pname not in self.top and pname not in self.defined_at:  # a full name (`body.3.h`) is one too
                 near = _close_matches(pname, list(self.defined_at), n=1)
                 raise self.err(f"undefined value {pname!r}" + (f" (did you mean {near[0]!r}?)" if near else ""),
                                item, key=full, node_key="inputs")
@@ -736,13 +766,16 @@ _LEAF_DOC = {
     "dtype": f"inputs: {', '.join(DTYPES + INT_DTYPES)}; params: a float dtype. Every float leaf takes the "
              "model's `dtype` (one float dtype per model)",
     "init": f"{', '.join(INITS)}, or `value`. Default: `value` when a value is given, else `xavier` for "
-            "parameters and `normal` for inputs",
+            "parameters and `normal` for inputs. An integer input refuses `init: normal`, `uniform`, `xavier` "
+            "and `causal_mask` (floats cast to labels)",
     "scale": "a finite number (default 1): the standard deviation of normal, the bound of uniform, a factor "
              "on xavier and ones",
-    "value": "with init: value, a number or nested lists of numbers, broadcast to the shape",
+    "value": "with init: value, a number or nested lists of numbers, broadcast to the shape; each within "
+             "the dtype's range, and whole for an integer dtype",
     "grad": "true or false (default: true for parameters, false for inputs). Only true and false are "
             "booleans: `yes`, `no`, `on`, `off` and quoted strings are refused",
-    "high": "init: randint only, integer dtypes only: labels are drawn from 0 to high-1 (default 2)",
+    "high": "init: randint only, integer dtypes only: labels are drawn from 0 to high-1 (default 2), at "
+            "most the classes (or rows) the op reading them indexes",
 }
 
 
@@ -773,7 +806,7 @@ def reference_markdown():
         "| `output` | the name of the scalar node to differentiate |",
         "| `description` | free text, ignored |",
         "",
-        "Names (of leaves, nodes and block parameters) contain no `:`, `.`, `/` or spaces.",
+        "Names (of leaves, nodes and block parameters) contain no `:`, `.`, `/`, spaces or control characters.",
         "",
         "## Leaves: `inputs` and `params`",
         "",
@@ -850,8 +883,10 @@ def reference_markdown():
         f" {MAX_DEPTH} levels; duplicate keys; keys that are lists or mappings; a model of more than {MAX_NODES:,}"
         " nodes (ops, inputs and parameters after expanding repeats; counted before expanding, so"
         f" `times: 1000000000` is refused at once) or whose joint forward+gradient graph has more than {MAX_NODES:,}"
-        " nodes; a value, or all values and gradients together, over 2**62 bytes. Every size is an exact"
-        " Python integer.",
+        " nodes; a value, or all values and gradients together (with the largest op workspace), over 2**62"
+        f" bytes; a shape of more than {MAX_NDIM} dimensions; a literal value its dtype cannot hold as written"
+        " (out of range; a fraction for an integer dtype); integer labels outside what their op indexes."
+        " Every size is an exact Python integer.",
         "",
     ]
     return "\n".join(lines)
@@ -873,19 +908,40 @@ def attach_weights(leaves, weights, file, line=None):
     import numpy as np
 
     if not isinstance(weights, str) or not weights.endswith(".npz"):
-        raise ConfigError(f"weights must name an .npz file, got {weights!r}", file=file, line=line, key="weights")
+        raise ConfigError(f"weights must name an .npz file, got {_describe(weights)}", file=file, line=line,
+                          key="weights")
     path = os.path.join(os.path.dirname(os.path.abspath(file)), weights) if file and file != "<config>" else weights
+    def refuse(name, what):
+        return ConfigError(f"weights {weights}: {name} {what}", file=file, line=leaves[name].line, key=name)
+
     try:
         with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
+            for name in z.files:
+                leaf = leaves.get(name)
+                if leaf is None:
+                    continue  # arrays of other names (for other tools) are not ckpt's to check, nor read
+                # the shape and dtype from the array's header, before its data is inflated: a small
+                # compressed file can hold an array of any size
+                shape, dtype = _npy_header(np, z, name)
+                if shape != tuple(leaf.shape):
+                    raise refuse(name, f"has shape {shape}, the config says {tuple(leaf.shape)}")
+                if dtype.kind not in "biuf":
+                    raise refuse(name, f"holds {dtype} values, not real numbers")
+                arr = z[name]
+                if dtype.kind == "f" and np.isnan(arr).any():  # (an -inf is a mask's, imported from PyTorch)
+                    raise refuse(name, "holds nan values")
+                if leaf.dtype in INT_DTYPES and dtype.kind == "f" and not (arr == np.round(arr)).all():
+                    raise refuse(name, f"holds fractions, and the config's dtype is {leaf.dtype}")
+                leaf.init, leaf.value = "value", arr
+    except (OSError, ValueError, EOFError, KeyError) as e:
         raise ConfigError(f"cannot read weights {weights}: {e.__class__.__name__}", file=file, line=line,
                           key="weights") from None
-    for name, arr in arrays.items():
-        leaf = leaves.get(name)
-        if leaf is None:
-            continue  # arrays of other names (for other tools) are not ckpt's to check
-        if tuple(arr.shape) != tuple(leaf.shape):
-            raise ConfigError(f"weights {weights}: {name} has shape {tuple(arr.shape)}, the config says "
-                              f"{tuple(leaf.shape)}", file=file, line=leaf.line, key=name)
-        leaf.init, leaf.value = "value", arr
+
+
+def _npy_header(np, z, name):
+    """(shape, dtype) of array `name` of an open .npz, read from its header alone."""
+    with z.zip.open(name + ".npy") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)
+    return tuple(shape), dtype

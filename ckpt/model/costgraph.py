@@ -41,13 +41,15 @@ def parse_cost_graph(doc, file="<graph>"):
     if not isinstance(graph_attrs, dict):
         raise err(f"'graph' must be a mapping of graph attributes, got {type(graph_attrs).__name__}", key="graph")
     j = nx.DiGraph(name=str(graph_attrs.get("name", os.path.basename(str(file)))))
-    position, total_ram = {}, 0
+    position, total_ram, max_ws = {}, 0, 0
     for n, node in enumerate(nodes):
         if not isinstance(node, dict) or "id" not in node:
             raise err(f"node {n} has no 'id'", key=f"nodes[{n}]")
         if not _id(node["id"]):
             raise err(f"node id must be a string or an integer, got {type(node['id']).__name__}", key=f"nodes[{n}]")
         nid = str(node["id"])
+        if not nid.isprintable():  # a newline or escape in an id would break the one-line messages naming it
+            raise err(f"node id {_short(nid)} holds a control character", key=f"nodes[{n}]")
         if nid in position:
             raise err(f"repeated node id {nid!r}", key=f"node {nid}")
         cost = node.get("cost_cpu")
@@ -64,8 +66,9 @@ def parse_cost_graph(doc, file="<graph>"):
         if not isinstance(back, bool):
             raise err(f"backward must be true or false, got {_short(back)}", key=f"node {nid}")
         ws = node.get("ws", node.get("workspace", 0))
-        if not _number(ws) or ws < 0 or int(ws) != ws:
-            raise err(f"ws must be a whole number of bytes >= 0, got {_short(ws)}", key=f"node {nid}")
+        if not _number(ws) or ws < 0 or int(ws) != ws or ws > MAX_BYTES:
+            raise err(f"ws must be a whole number of bytes from 0 to 2**62, got {_short(ws)}", key=f"node {nid}")
+        max_ws = max(max_ws, int(ws))
         position[nid] = n
         j.add_node(nid, kind="backward" if back else "forward", ref=str(node.get("ref", nid)),
                    cost=float(cost), ram=int(ram), ws=int(ws))
@@ -97,6 +100,9 @@ def parse_cost_graph(doc, file="<graph>"):
     resident = graph_attrs.get("resident_bytes", 0)
     if not _number(resident) or resident < 0 or resident + total_ram > MAX_BYTES:
         raise err(f"resident_bytes must be a number >= 0 (at most 2**62 with cost_ram), got {_short(resident)}", key="graph")
+    if resident + total_ram + max_ws > MAX_BYTES:  # a peak is their sum at most: it stays exact in 64 bits
+        raise err(f"resident_bytes, cost_ram and the largest ws total more than {MAX_BYTES} bytes (2**62), the most "
+                  "ckpt handles", key="graph")
     j.graph["resident"] = int(resident)
     return j
 

@@ -79,10 +79,28 @@ def _check_totals(g, spec):
     if total > MAX_BYTES:
         raise ConfigError(f"the model's values and gradients total {total} bytes, over the {MAX_BYTES} "
                           "(2**62) ckpt handles", file=spec.file)
+    # an op's temporaries (an im2col matrix can be far larger than its operands) count too: a
+    # peak is values plus the workspace of the step, and must stay exact in a 64-bit integer
+    ws, node = max(((_largest_workspace(g, v), v) for v in g.graph["order"]), default=(0, None))
+    if total + ws > MAX_BYTES:
+        raise ConfigError(f"the workspace of {g.nodes[node]['op']} node {node!r} is {ws} bytes; with the model's "
+                          f"values and gradients that is over the {MAX_BYTES} (2**62) ckpt handles", file=spec.file,
+                          line=g.nodes[node].get("line"), key=node)
     joint = joint_size(g)
     if joint > MAX_NODES:
         raise ConfigError(f"the joint forward+gradient graph has {joint} nodes, more than the {MAX_NODES} "
                           "ckpt handles", file=spec.file)
+
+
+def _largest_workspace(g, v):
+    """The most bytes op node v's rules (forward, each VJP) hold beyond their results (Op.workspace)."""
+    d = g.nodes[v]
+    op = REGISTRY[d["op"]]
+    if op.workspace is None:
+        return 0
+    shapes = [g.nodes[u]["shape"] for u in d["inputs"]]
+    return max(int(op.workspace(which, shapes, d["shape"], d["attrs"], ITEMSIZE[d["dtype"]]))
+               for which in ["forward", *range(len(shapes))])
 
 
 def joint_size(g):
@@ -103,6 +121,13 @@ def _infer(g, v, file):
             want = "integer labels" if i in op.int_inputs else "floating-point values"
             raise ConfigError(f"{d['op']} input {i + 1} ({d['inputs'][i]!r}) must hold {want}, not {u['dtype']}",
                               file=file, line=d.get("line"), key=v)
+    if op.labels_below is not None:  # randint labels drawn past the classes (or rows) they index
+        bound = op.labels_below([u["shape"] for u in ins])
+        for i in op.int_inputs:
+            spec = ins[i].get("spec")
+            if spec is not None and spec.init == "randint" and spec.high > bound:
+                raise ConfigError(f"{d['op']} reads labels below {bound}, but {d['inputs'][i]!r} draws them "
+                                  f"below high {spec.high}", file=file, line=spec.line, key=d["inputs"][i])
     try:
         d["shape"] = tuple(int(s) for s in op.shape([u["shape"] for u in ins], d["attrs"]))
     except ShapeError as e:
@@ -151,6 +176,10 @@ def retarget(g, of=None, wrt=None):
             near = [v for v in g.graph["order"] if v.endswith(str(of))][:1]
             raise ConfigError(f"--of {of!r} is not an op node" + (f" (did you mean {near[0]!r}?)" if near else ""),
                               file=g.graph.get("file"))
+        if REGISTRY[h.nodes[of]["op"]].internal:  # a saved residual the graph adds: it takes no gradient
+            reader = of.rpartition(":")[0]
+            raise ConfigError(f"--of {of!r} is a residual ckpt saves for {reader!r}, not a node of the model "
+                              f"(did you mean {reader!r}?)", file=g.graph.get("file"))
         h.graph["output"] = of
     for v, d in h.nodes(data=True):
         if d["kind"] != "op":
@@ -190,7 +219,28 @@ def leaf_values(g, dtype_override=None):
         if d["kind"] == "op":
             continue
         values[v] = _init(v, d, seed, g.graph.get("file"))
+    _check_labels(g, values)
     return values
+
+
+def _check_labels(g, values):
+    """Every integer label in range of what its op indexes (Op.labels_below): numpy would index
+    from the end with a negative one, silently, and fail deep inside the op past the end. Labels
+    are leaves (no op makes integers), so this is one pass over them before any step."""
+    for w, d in g.nodes(data=True):
+        op = REGISTRY[d["op"]] if d["kind"] == "op" else None
+        if op is None or op.labels_below is None:
+            continue
+        bound = op.labels_below([g.nodes[u]["shape"] for u in d["inputs"]])
+        for i in op.int_inputs:
+            u = d["inputs"][i]
+            arr = values.get(u)
+            if arr is None or arr.size == 0:
+                continue
+            lo, hi = int(arr.min()), int(arr.max())
+            if lo < 0 or hi >= bound:
+                raise ConfigError(f"label {lo if lo < 0 else hi} is outside 0..{bound - 1}, the range {d['op']} "
+                                  f"node {w!r} indexes", file=g.graph.get("file"), line=g.nodes[u]["spec"].line, key=u)
 
 
 def _init(name, d, seed, file):
@@ -201,16 +251,18 @@ def _init(name, d, seed, file):
         try:
             arr = np.asarray(spec.value, dtype=np_dtype)
             return np.array(np.broadcast_to(arr, shape))
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, OverflowError):
             raise ConfigError(f"value does not fit shape {shape}", file=file, line=spec.line, key=name) from None
     if spec.init == "normal":
         arr = rng.standard_normal(shape) * spec.scale
     elif spec.init == "uniform":
         arr = rng.uniform(-spec.scale, spec.scale, shape)
+    elif spec.init == "xavier" and not shape:  # a 0-d value has no fans
+        arr = rng.standard_normal() * spec.scale
     elif spec.init == "xavier":
         fan_in = shape[0] if len(shape) <= 2 else size(shape[1:])
         fan_out = shape[-1] if len(shape) <= 2 else shape[0] * size(shape[2:])
-        arr = rng.standard_normal(shape) * spec.scale * np.sqrt(2.0 / (fan_in + fan_out)) if shape else rng.standard_normal()
+        arr = rng.standard_normal(shape) * spec.scale * np.sqrt(2.0 / (fan_in + fan_out))
     elif spec.init == "zeros":
         arr = np.zeros(shape)
     elif spec.init == "ones":

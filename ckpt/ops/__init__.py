@@ -57,6 +57,9 @@ class Op:
     workspace: Callable | None = None
     attrs: dict = field(default_factory=dict)  # name -> default; REQUIRED marks a required attr
     int_inputs: tuple = ()  # input positions that hold integer labels and take no gradient
+    # (in_shapes) -> n: every integer label must lie in 0..n-1 (a class, a row); a label outside
+    # would index out of bounds, or from the end when negative, so it is refused before the op runs
+    labels_below: Callable | None = None
     # A residual the forward computes on the way and the VJPs would otherwise compute again
     # (layernorm's row statistics, dropout's mask), made a value of its own so that the planner
     # chooses whether to keep it: (in_shapes, attrs) -> (op, input positions, attrs) of the node

@@ -74,8 +74,9 @@ def _gelu(xp, x):  # the tanh approximation used by GPT-2
     if k:
         return k(x)
     # 0.5 x (1 + tanh(C x (1 + 0.044715 x^2))), built in place in the one output buffer: the
-    # expression written out allocates a temporary per operation
-    y = x * x
+    # expression written out allocates a temporary per operation (into a buffer, not `x * x`: on a
+    # 0-d value that is a numpy scalar, which `out=` below refuses)
+    y = xp.multiply(x, x, out=xp.empty_like(x))
     y *= 0.044715
     y += 1.0
     y *= x
@@ -103,8 +104,8 @@ def _gelu_vjp(xp, g, x, y):
         return k(x, g)
     # _dgelu = 0.5 (1 + t) + a (1 - t)(1 + t) with a = 0.5 C x (1 + 3 * 0.044715 x^2), that is
     # (1 + t)(0.5 + a (2 - (1 + t))): three buffers (a, 1 + t, the result), each built in place
-    a = x * x
-    tp = a * 0.044715
+    a = xp.multiply(x, x, out=xp.empty_like(x))  # into buffers, not `x * x`: see _gelu
+    tp = xp.multiply(a, 0.044715, out=xp.empty_like(a))
     tp += 1.0
     tp *= x
     tp *= _C
@@ -142,7 +143,7 @@ def _gelu_erf(xp, x):
                f"y = (T)0.5 * x * ((T)1 + erf(x * (T){_R2!r}))", dtype=x.dtype)
     if k:
         return k(x)
-    y = x * _R2  # built in place in the output buffer
+    y = xp.multiply(x, _R2, out=xp.empty_like(x))  # built in place in the output buffer (see _gelu)
     _erf_ufunc()(y, out=y)
     y += 1.0
     y *= x
@@ -161,11 +162,11 @@ def _gelu_erf_vjp(xp, g, x, y):
     if k:
         return k(x, g)
     # Phi(x) + x phi(x), in two buffers: the result and the density term
-    d = x * _R2
+    d = xp.multiply(x, _R2, out=xp.empty_like(x))
     _erf_ufunc()(d, out=d)
     d += 1.0
     d *= 0.5
-    p = x * x
+    p = xp.multiply(x, x, out=xp.empty_like(x))
     p *= -0.5
     xp.exp(p, out=p)
     p *= x

@@ -30,6 +30,6 @@ register(Op(
     flops=lambda s, o, a: size(o),  # a copy per element
     vjp_flops=lambda i, s, o, a: 0 if i == 1 else size(o) + size(s[0]),  # zero the table, scatter-add every row
     workspace=lambda which, s, o, a, itemsize: 0,
-    int_inputs=(1,),
+    int_inputs=(1,), labels_below=lambda s: s[0][0],  # a row of the table
     example={"shapes": [(7, 3), (2, 4)]},
 ))

@@ -717,7 +717,8 @@ def dropout_keep(xp, shape, seed, p):
     offset, threshold = _hash_params(seed, p)
     z = xp.arange(size(shape), dtype=u64).reshape(shape)  # so that the mask owns its buffer
     z += u64(offset)
-    t = z >> u64(30)
+    t = xp.empty_like(z)  # not `z >> 30`: on a 0-d value that is a numpy scalar, which `out=` refuses
+    xp.right_shift(z, u64(30), out=t)
     z ^= t
     z *= u64(_M1)
     xp.right_shift(z, u64(27), out=t)
@@ -900,6 +901,7 @@ register(Op(
     name="softmax_cross_entropy", arity=(2, 2), shape=_xent_shape,
     forward=_xent_forward, vjp=_xent_vjp, jvp=_xent_jvp,
     needs=lambda i: (0, 1), flops=lambda s, o, a: 6 * size(s[0]), int_inputs=(1,),
+    labels_below=lambda s: s[0][-1],  # a class
     # the logits' gradient: softmax again (5), minus the one-hot (2: compare, subtract), times g;
     # the labels take no gradient
     vjp_flops=lambda i, s, o, a: 8 * size(s[0]) if i == 0 else 0,

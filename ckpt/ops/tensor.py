@@ -13,7 +13,8 @@ def _axes(op, axis, ndim):
     for a in items:
         if not isinstance(a, int) or not -ndim <= a < max(ndim, 1):
             raise ShapeError(f"{op}: axis {a!r} is out of range for {ndim} dimensions")
-        out.append(a % ndim if ndim else 0)
+        if ndim:  # a 0-d value has no axis to reduce: axis 0 there reduces over nothing, as numpy's sum
+            out.append(a % ndim)
     return tuple(sorted(set(out)))
 
 
@@ -127,6 +128,12 @@ def _transpose_shape(shapes, a):
     return tuple(shapes[0][p] for p in _perm(a, ndim))
 
 
+def _contiguous(xp, x):
+    """A C-ordered copy where x is a strided view; not ascontiguousarray on a 0-d value, which it
+    returns with shape (1,)."""
+    return xp.ascontiguousarray(x) if x.ndim else x.copy()
+
+
 def _inverse(perm):
     """The permutation that undoes `perm` (in Python: np.argsort costs more than the copy it guides on
     small arrays)."""
@@ -139,9 +146,9 @@ def _inverse(perm):
 register(Op(
     name="transpose", arity=(1, 1), attrs={"axes": None},
     shape=_transpose_shape,
-    forward=lambda xp, ins, a: xp.ascontiguousarray(ins[0].transpose(_perm(a, ins[0].ndim))),
-    vjp=lambda xp, i, g, c: xp.ascontiguousarray(g.transpose(_inverse(_perm(c.attrs, g.ndim)))),
-    jvp=lambda xp, t, c: xp.ascontiguousarray(t[0].transpose(_perm(c.attrs, t[0].ndim))),
+    forward=lambda xp, ins, a: _contiguous(xp, ins[0].transpose(_perm(a, ins[0].ndim))),
+    vjp=lambda xp, i, g, c: _contiguous(xp, g.transpose(_inverse(_perm(c.attrs, g.ndim)))),
+    jvp=lambda xp, t, c: _contiguous(xp, t[0].transpose(_perm(c.attrs, t[0].ndim))),
     needs=lambda i: (), flops=lambda s, o, a: 0, vjp_flops=lambda i, s, o, a: 0,
     example={"shapes": [(2, 3, 4)], "attrs": {"axes": [1, 2, 0]}},
 ))
