@@ -57,7 +57,8 @@ def plan(config, budget, strategy, sweep, points, plot_file, time_limit, device,
     rows = plan_table(model.joint, names, budget_b, time_limit=time_limit, ix=model.index,
                       strict=strategy == "budget")
     doc = {"model": model.joint.graph["name"], "config": config, "budget_bytes": budget_b, "strategies": rows,
-           "costs": f"seconds measured on {device}" if device else "nanoseconds (the calibrated cost model)"}
+           "costs": f"seconds measured on {device}" if device else "nanoseconds (the calibrated cost model)"
+           if model.graph is not None else "the cost graph's own units"}
     if plot_file and not sweep:
         raise ConfigError("--plot draws the --sweep frontier: add --sweep")
     if plot_file:

@@ -11,12 +11,12 @@ from ..plan import STRATEGIES, plan as make_plan
 from ..report import Progress, emit_json, fmt_bytes, fmt_pct, fmt_time, fmt_value, gradient_summary, table
 from ..session import load_model, require_memory, require_model, run_plan, time_side_by_side
 from .common import (budget_bytes, budget_opt, config_arg, dtype_opt, json_opt, keep_heap, overrides, set_opt,
-                     time_limit_opt)
+                     step_count, time_limit_opt)
 
 
 @click.command()
 @config_arg
-@click.option("--steps", default=5, show_default=True, type=click.IntRange(min=1), help="Timed steps.")
+@click.option("--steps", default=5, show_default=True, type=step_count, help="Timed steps.")
 @click.option("--strategy", default="store-all", show_default=True, type=click.Choice(STRATEGIES))
 @budget_opt
 @time_limit_opt
