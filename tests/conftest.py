@@ -25,3 +25,20 @@ def config_path(name):
 @pytest.fixture(params=sorted(SMALL))
 def small_config(request):
     return request.param, config_path(request.param), SMALL[request.param]
+
+
+class _Result:
+    def __init__(self, code, out, err):
+        self.exit_code, self.stdout, self.stderr, self.output = code, out, err, out + err
+
+
+@pytest.fixture
+def run_main(capsys):
+    """The real entry point (ckpt.cli.main: click's usage errors as one line too), in-process."""
+    def go(args):
+        from ckpt.cli import main
+        with pytest.raises(SystemExit) as e:
+            main(args)
+        out, err = capsys.readouterr()
+        return _Result(e.value.code, out, err)
+    return go

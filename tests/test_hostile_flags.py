@@ -13,23 +13,6 @@ SEED = config_path("seed_example")
 MLP_SMALL = ["--set", "B=4", "--set", "D=8", "--set", "L=3"]
 
 
-class _Result:
-    def __init__(self, code, out, err):
-        self.exit_code, self.stdout, self.stderr, self.output = code, out, err, out + err
-
-
-@pytest.fixture
-def run_main(capsys):
-    """The real entry point (ckpt.cli.main: click's usage errors as one line too), in-process."""
-    def go(args):
-        from ckpt.cli import main
-        with pytest.raises(SystemExit) as e:
-            main(args)
-        out, err = capsys.readouterr()
-        return _Result(e.value.code, out, err)
-    return go
-
-
 BUDGETS = ["1e400", "inf", "infx", "NaNx", "nan", "-1x", "0x", "0", "1e400x", "1e99999999", "x", "", "12 apples",
            "1.5.5MiB", "5 MiBs", "99999999999999999999999TiB", "0.0000001"]
 

@@ -249,23 +249,6 @@ def test_empty_output_path(args):
 
 
 # ---- counts and seeds past what a command can do --------------------------------------------
-class _Result:
-    def __init__(self, code, out, err):
-        self.exit_code, self.stdout, self.stderr, self.output = code, out, err, out + err
-
-
-@pytest.fixture
-def run_main(capsys):
-    """The real entry point (click's usage errors as one line too), in-process."""
-    def go(args):
-        from ckpt.cli import main
-        with pytest.raises(SystemExit) as e:
-            main(args)
-        out, err = capsys.readouterr()
-        return _Result(e.value.code, out, err)
-    return go
-
-
 @pytest.mark.parametrize("args", [["bench", SEED, "--steps"], ["impl", SEED, "--rounds"],
                                   ["torch-check", "m.py:f", "--plan", "p.json", "--steps"]])
 @pytest.mark.parametrize("count", ["99999999999999999999", "100001", "0", "-1"])
