@@ -133,13 +133,13 @@ def collect_case(case, steps, backend):
         for (x, _), t in times.items():
             rows.append((model.joint.nodes[x]["features"], t, label))
         total += len(times)
-    plans = plan_rows(model, schedules, backend, steps, label)
+    plans = plan_rows(model, schedules, backend, label)
     print(f"  timed {name} {overrides or ''}: {total} node computes in {len(schedules)} schedules",
           file=sys.stderr)
     return {"nodes": rows, "plans": plans}
 
 
-def plan_rows(model, schedules, backend, steps, label):
+def plan_rows(model, schedules, backend, label):
     """One record per schedule that recomputes, for the cache term: the summed features of its
     computes and of store-all's (so that their costs follow any weights), the bytes each reads
     from memory at every capacity in CAPACITIES, and its measured overhead over store-all in
@@ -159,7 +159,8 @@ def plan_rows(model, schedules, backend, steps, label):
         for _ in range(3):  # as `check` measures: the median of three medians of 41 rounds
             mine, ref = time_side_by_side(model, [p.steps, sa.steps], backend, n_steps=41)
             runs.append(statistics.median(a / b for a, b in zip(mine, ref)) - 1.0)
-        out.append({"case": label, "features": [base[0], summary(p)[0]], "missed": [base[1], summary(p)[1]],
+        feats, missed = summary(p)
+        out.append({"case": label, "features": [base[0], feats], "missed": [base[1], missed],
                     "measured": statistics.median(runs)})
     return out
 
