@@ -111,16 +111,18 @@ class Chain:
         joined = [(s, first) if s not in keep else (None, False) for s, first in sv]
         self.x = [0] + [ix.ram[a] + (ix.ram[s] if s else 0) for a, (s, _) in zip(fwd, joined)] + [0]
 
-        def held(a, s, first):
+        def held(a, s, first, once):
             """Workspace held while stage a is computed, beyond x: a joined side value is computed
-            first or second, each with its own workspace; a kept one's bytes are in `reserve`."""
+            first or second, each with its own workspace; a kept one's bytes are in `reserve`,
+            and its workspace counts only at its stage's first compute (`once`)."""
             if s in keep:
-                return max(ix.ws[a], ix.ws[s])
+                return max(ix.ws[a], ix.ws[s]) if once else ix.ws[a]
             if not s:
                 return ix.ws[a]
             return max(ix.ws[a], ix.ws[s] - ix.ram[a]) if first else max(ix.ws[a] - ix.ram[s], ix.ws[s])
 
-        self.wsx = [0] + [held(a, s, first) for a, (s, first) in zip(fwd, sv)] + [0]
+        self.wsx = [0] + [held(a, s, first, False) for a, (s, first) in zip(fwd, sv)] + [0]
+        self.wsx_first = [0] + [held(a, s, first, True) for a, (s, first) in zip(fwd, sv)] + [0]
         self.c = [0.0] + [ix.cost[a] + (ix.cost[s] if s else 0.0) for a, (s, _) in zip(fwd, joined)] + [0.0]
         self.gsz = [0] + [ix.ram[grad_of[a]] if a in grad_of else 0 for a in fwd] + [0]
         self.grad = [None] + [grad_of.get(a) for a in fwd] + [None]
@@ -147,6 +149,15 @@ class Chain:
             self.freed_after.setdefault(b, []).append(s)
             for j in range(k, self.L + 1):
                 self.reserve[j] += ix.ram[s]
+        # computed[t]: bytes of the kept side values computed by the end of stage t's first
+        # compute. Subproblems (i, L) are exactly those of the first forward pass (right parts
+        # keep their j; left parts and direct moves end before L), where only these are live yet.
+        self.computed = [0] * (self.L + 1)
+        for t, a in enumerate(fwd, 1):
+            s = self.side.get(a, (None, False))[0]
+            if s in keep:
+                for u in range(t, self.L + 1):
+                    self.computed[u] += ix.ram[s]
 
     def with_kept_sides(self, which=lambda side, first: True):
         """This chain in a second family of schedules: each side value computed once, with its
@@ -154,9 +165,9 @@ class Chain:
         stage leaves it alone. Side values are small and dear to recompute for their size (a
         dropout mask: a byte an element and a hash; layernorm's statistics: two numbers a row),
         and a gradient that reads only a mask no longer needs its stage's value. The DP counts the
-        side values still to be read (`reserve`) as live throughout each subproblem, the first
-        forward pass included, where they are not all computed yet: its plans fit, and it is exact
-        over neither family. `which(side, first)` picks the side values kept (first: computed
+        side values still to be read (`reserve`) as live throughout each subproblem after the
+        first forward pass, and in that pass those computed so far (`computed`): its plans fit,
+        and it is exact over neither family. `which(side, first)` picks the side values kept (first: computed
         before its stage's value, as a mask is); None where it picks none, or one that no gradient
         reads."""
         keep = frozenset(s for s, first in self.side.values() if which(s, first))
@@ -193,7 +204,7 @@ class Chain:
     def sizes(self, workspace=False):
         """The values' sizes, which set the slot unit; with `workspace`, also the figures that
         count workspace (whose odd sizes must not shrink the unit: they are rounded instead)."""
-        more = self.wsx + self.extra if workspace else []
+        more = self.wsx + self.wsx_first + self.extra if workspace else []
         return [s for s in self.x + self.gsz + self.reserve + more if s > 0]
 
 
@@ -372,6 +383,8 @@ def _table(chain, unit, S, rnd, S_up=None):
 
     x = [slots(v) for v in chain.x]
     R = [slots(v) for v in chain.reserve]
+    done = np.array([slots(v) for v in chain.computed])
+    wfirst = np.array([slots(v) for v in chain.wsx_first])
     w = [slots(v) for v in chain.wsx]
     gs = [slots(v) for v in chain.gsz]
     ex = [slots(v) for v in chain.extra]
@@ -391,7 +404,12 @@ def _table(chain, unit, S, rnd, S_up=None):
         # P[k] for k in (i, j): the advance's peak above a_i from a_i to a_k
         if d > 1:
             ks = np.arange(i + 1, j)
-            P = np.maximum.accumulate(np.where(ks - 1 > i, xa[ks - 1], 0) + xa[ks] + wa[ks])
+            # in the first forward pass (j = L) the kept side values computed so far are live,
+            # stage by stage; elsewhere all those still to be read are (Rj, below)
+            first = j == chain.L and chain.keep
+            P = np.maximum.accumulate(np.where(ks - 1 > i, xa[ks - 1], 0) + xa[ks] +
+                                      (wfirst[ks] + done[ks] if first else wa[ks]))
+            Rj = 0 if first else R[j]
             right, left = lay.right(ks, j), lay.left(i, ks)
             # the advance's cost and the left part, the same for both h: after the right part,
             # a_k stays live only if group k reads it
@@ -431,9 +449,9 @@ def _table(chain, unit, S, rnd, S_up=None):
                     np.add(rest[:, x[i]:], _rows(T[h], right)[:, :S + 1 - x[i]], out=total[:, x[i]:])
                 if runs is not None:
                     for a, b in runs:
-                        total[a:b, :max(0, min(S + 1, base + R[j] + int(P[a])))] = INF
+                        total[a:b, :max(0, min(S + 1, base + Rj + int(P[a])))] = INF
                 else:
-                    total[m[None, :] < (base + R[j] + P)[:, None]] = INF
+                    total[m[None, :] < (base + Rj + P)[:, None]] = INF
                 kbest = np.argmin(total, axis=0)
                 cand = total[kbest, m]
                 better = cand < best
