@@ -17,6 +17,9 @@ Two phases:
   moves — keep one more value, hold or release a recomputed one, or swap a value live at the peak
   for one that saves recompute — accepted when the plan still fits and costs less. It never
   returns worse than where it started.
+- *kicks*: with the work left (a quarter of the search's at most), the local optimum is perturbed —
+  holds released, a kept value at the peak swapped for one outside — and improved again, kept
+  where it ends cheaper.
 
 Values of repeated blocks are tied into classes (`body.3.probs` and `body.7.probs`, same size and
 cost): a move drops or keeps a whole class at once, so a 96-layer transformer is searched as one
@@ -34,6 +37,7 @@ from .keepset import keep_schedule
 # small graph gets many moves and a large one few, and the same graph always gets the same ones.
 WORK = 2_500_000
 STARTS = 4  # distinct starting plans improved by local moves
+KICKS = 12  # kept classes at the peak, and classes outside, that a kick's swaps pair
 
 
 def value_classes(ix):
@@ -339,6 +343,41 @@ def improve(ix, ev, classes, s, budget_managed):
     return s, cost
 
 
+def kick(ix, ev, classes, s, cost, budget_managed):
+    """Iterated local search with the evaluations left: a local optimum of `improve` often holds
+    recomputed values that block the better keep-sets (holding them was cheaper on the way). Each
+    kick — release every held value, release one held class, or swap a kept class for one
+    outside with the holds released — is improved again and taken when it ends cheaper. On a
+    2-block transformer at 0.45x: +19.9% -> +7.2% (Checkmate's optimum: +6.8%)."""
+    stop = ev.walked + ev.work // 4  # at most a quarter of the search's work again
+
+    def spent():
+        return ev.exhausted or ev.walked >= stop
+
+    improved = True
+    while improved and not spent():
+        improved = False
+        live = ev(s)[2]
+        held = [frozenset(c) for c in classes if frozenset(c) & s.hold - s.keep]
+        # as improve's swaps: the kept classes with most bytes at the peak, the dearest outside
+        kept = [frozenset(c) for c in classes if frozenset(c) & s.keep & live]
+        kept.sort(key=lambda c: (-sum(ix.ram[u] for u in c), min(ix.pos[u] for u in c)))
+        outside = [frozenset(c) for c in classes if not frozenset(c) <= s.keep]
+        outside.sort(key=lambda c: (-sum(ix.cost[u] for u in c - s.keep), min(ix.pos[u] for u in c)))
+        tries = [s._replace(hold=frozenset())] + [s._replace(hold=s.hold - c) for c in held]
+        tries += (State((s.keep - c) | d, frozenset(), s.refetch) for c in kept[:KICKS] for d in outside[:KICKS])
+        for k in tries:
+            if spent():
+                break
+            if ev(k)[0] > budget_managed:
+                continue
+            s2, c2 = improve(ix, ev, classes, k, budget_managed)
+            if c2 < cost:
+                s, cost, improved = s2, c2, True
+                break
+    return s, cost
+
+
 def search(ix, budget_managed, starts=(), work=None, ev=None, floors=True):
     """The cheapest plan found that fits, or None. `starts`: (keep, eager) pairs from other
     planners to improve on; the result costs no more than the best of them that fits. `ev`: an
@@ -381,6 +420,7 @@ def search(ix, budget_managed, starts=(), work=None, ev=None, floors=True):
     cost, s = min(results, key=lambda r: r[0])
     if len(ix.fwd) > len(tied):
         s, cost = improve(ix, ev, [(u,) for u in ix.fwd], s, budget_managed)
+    s, cost = kick(ix, ev, [(u,) for u in ix.fwd], s, cost, budget_managed)
     plan = Plan("budget", s.steps(ix), solver="search")
     plan.notes.update(state=s, kept=len(s.keep), keep=s.keep, held=len(s.hold - s.keep), refetched=len(s.refetch),
                       evaluations=ev.evals, steps_walked=ev.walked, work=ev.work)
