@@ -117,11 +117,6 @@ def _budget(joint, ix, budget, time_limit):
     if (chain is None or chain.side) and len(ix.order) <= MILP_MAX_NODES and (best is None or best > lower * (1 + gap)):
         m, status = solve_milp(ix, managed, time_limit=time_limit, cutoff=best)
         notes["milp"] = status
-        if m is not None and status == "time limit" and cands:
-            # what HiGHS found by a clock depends on the machine's load: only its node limit,
-            # counted work, may bound a plan (a plan nothing else found is still better than none)
-            notes["milp"] = "stopped by the time limit: its plan is not used (it would depend on the machine's load)"
-            m = None
         if m is not None and m.notes["optimal"]:
             m.notes["candidates"] = notes
             return m
@@ -174,7 +169,7 @@ def smallest_peak(joint, ix, time_limit=120.0):
     while lo < hi:  # bisect on the MILP's feasibility; a node limit, not the clock, bounds each try
         mid = (lo + hi) // 2
         p, status = solve_milp(ix, mid, time_limit=time_limit)
-        if p is not None and status != "time limit":  # a clock's answer would depend on the load
+        if p is not None:
             hi = min(hi, walk(ix, p.steps)[0])
         elif status.startswith("infeasible"):
             lo = mid + 1
