@@ -27,15 +27,26 @@ GEOMETRIES = [
     ((1, 2, 4, 4), (2, 2, 4, 4), 1, 2),
 ]
 # (x shape, w shape, stride, padding, dilation): atrous kernels on both paths (stride 1 on the
-# grid, where the taps' spill past a channel must add zeros; strided windows), a 1 x k kernel
-# (conv1d's), dilation with no padding and with padding beyond the dilated kernel's half
+# grid, where the taps' spill past a channel must add zeros; strided windows, at a larger stride or
+# where the grid would waste more than GRID_WASTE), 1 x k kernels (conv1d's), dilation with no
+# padding and with padding beyond the dilated kernel's half
 DILATED = [
+    ((2, 3, 12, 11), (4, 3, 3, 3), 1, 2, 2),
+    ((2, 2, 1, 20), (3, 2, 1, 3), 1, 0, 2),
     ((2, 3, 9, 8), (4, 3, 3, 3), 1, 2, 2),
     ((1, 2, 11, 12), (3, 2, 3, 2), 1, 0, 3),
     ((2, 2, 1, 13), (3, 2, 1, 3), 1, 0, 4),
     ((2, 3, 10, 9), (4, 3, 3, 3), 2, 1, 2),
     ((1, 2, 12, 11), (2, 2, 2, 3), 3, 4, 3),
 ]
+
+
+def test_dilated_geometries_take_both_paths():
+    from ckpt.ops.nn import _padded_grid
+    paths = {_padded_grid(xs, ws, {"stride": s, "padding": p, "dilation": d}) for xs, ws, s, p, d in DILATED if s == 1}
+    assert paths == {True, False}
+    # ASPP's rate 18 on a 33 x 33 map: the grid would compute 4.4 times the output
+    assert not _padded_grid((1, 8, 33, 33), (8, 8, 3, 3), {"stride": 1, "padding": 18, "dilation": 18})
 
 
 def _naive_conv(x, w, s, p, d=1):
@@ -99,6 +110,7 @@ WORKSPACE_CASES = [
     ("conv2d", [(4, 6, 45, 42), (8, 6, 3, 2), (8,)], {"stride": 3, "padding": 2}),
     ("conv2d", [(4, 16, 16, 16), (16, 16, 3, 3), (16,)], {"stride": 1, "padding": 2, "dilation": 2}),
     ("conv2d", [(2, 6, 45, 42), (8, 6, 3, 2), (8,)], {"stride": 2, "padding": 3, "dilation": 3}),
+    ("conv2d", [(4, 8, 12, 12), (8, 8, 3, 3), (8,)], {"stride": 1, "padding": 6, "dilation": 6}),
     ("maxpool2d", [(4, 16, 32, 32)], {"kernel": 2}),
     ("maxpool2d", [(4, 8, 48, 45)], {"kernel": 3}),
     ("maxpool2d", [(2, 8, 16, 16)], {"kernel": 1}),

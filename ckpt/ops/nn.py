@@ -402,11 +402,29 @@ def _conv_shape(shapes, a):
     return (shapes[0][0], shapes[1][0], oh, ow)
 
 
+# A dilated kernel makes the padded grid's dropped rows and columns d times as many: an atrous
+# 3 x 3 of dilation 18 and padding 18 on a 33 x 33 map computes 4.4 times its output on the grid.
+# Past twice the output, the strided windows of (OH, OW) cost less: on one thread 2.4 to 3.2 times
+# less at 3 to 4.4 times (scripts/bench_dilated.py); below it the two were within noise of each other
+# on a shared machine. Undilated kernels keep the grid (their waste is (Hp Wp) / (H W), 1.27 at
+# 16 x 16 and padding 1).
+GRID_WASTE = 2.0
+
+
+def _padded_grid(x_shape, w_shape, a):
+    """Whether the rules run on the padded input's grid (stride 1, little waste) or on strided windows."""
+    if a["stride"] != 1:
+        return False
+    (_, _, h, w), (_, _, kh, kw), p, d = x_shape, w_shape, a["padding"], a.get("dilation", 1)
+    hp, wp = h + 2 * p, w + 2 * p
+    return d == 1 or hp * wp <= GRID_WASTE * (hp - d * (kh - 1)) * (wp - d * (kw - 1))
+
+
 def _grid(x_shape, w_shape, out_shape, a):
     """(GH, GW, tail): the grid of output positions, and the zeros the stride-1 view reads past the
     padded input's end (its last row of windows starts at the last grid position)."""
     (_, _, h, w), (_, _, kh, kw), p, d = x_shape, w_shape, a["padding"], a.get("dilation", 1)
-    if a["stride"] == 1:
+    if _padded_grid(x_shape, w_shape, a):
         return h + 2 * p, w + 2 * p, d * ((kh - 1) * (w + 2 * p) + kw - 1)
     return out_shape[2], out_shape[3], 0
 
@@ -425,7 +443,7 @@ def _cols(xp, x, w_shape, out_shape, a):
     image = xp.lib.stride_tricks.as_strided(buf, (ch, n, hp, wp), ((m + tail) * e, hp * wp * e, wp * e, e))
     image[:, :, p:p + h, p:p + w] = x.transpose(1, 0, 2, 3)  # (a view for certain, where reshape may copy)
     del image
-    if s == 1:
+    if _padded_grid(x.shape, w_shape, a):
         view = xp.lib.stride_tricks.as_strided(buf, (ch, kh, kw, m), ((m + tail) * e, d * wp * e, d * e, e))
     else:
         view = xp.lib.stride_tricks.as_strided(buf, (ch, kh, kw, n, gh, gw),
@@ -489,7 +507,7 @@ def _conv_dx(xp, g, w, x_shape, a, gh, gw):
     oh, ow = g.shape[2:]
     hp, wp = h + 2 * p, wd + 2 * p
     grid = _on_grid(xp, g, gh, gw, pixel_major=False)
-    if s == 1:
+    if _padded_grid(x_shape, w.shape, a):
         # Rows ordered (kh, kw, C): the columns of offset (r, q) are one contiguous block, which
         # lands on the flattened padded input shifted by d*(r*Wp + q). Within the block, the last
         # d*(r*Wp + q) values of each channel spill into the next channel's first ones: they belong
@@ -554,7 +572,7 @@ def _conv_workspace(which, shapes, out_shape, a, itemsize):
         return max(buf + cols, cols + grid + dw_t, dw_t + out) - out
     if which == 0:
         out = size(shapes[0]) * e
-        if a["stride"] == 1:  # the gradient on the grid, the weights reordered, the columns; the
+        if _padded_grid(shapes[0], shapes[1], a):  # the gradient on the grid, the weights reordered, the columns; the
             # columns and the flat padded dX (with its tail); then that and the output
             flat = padded + tail * e
             return max(grid + o * ch * kh * kw * e + cols, cols + flat, flat + out) - out
