@@ -1,7 +1,9 @@
 """Real-model shapes through `ckpt import` (tests/torch_models.py, REAL_INPUTS): a torchvision-style
 ResNet with BatchNorm in train and eval mode, a VGG, UNets with transposed convolutions and
 up-sampling, nanoGPT and nn.MultiheadAttention GPT-2 blocks with tied embeddings, hand-written LSTM
-and GRU cells, a layer used twice. `ckpt run` reproduces PyTorch's loss and gradients (float64:
+and GRU cells, a layer used twice, DeepLab's ASPP (dilated convolutions), GoogLeNet's ceil-mode
+pools, a WaveNet (causal dilated 1-D convolutions, max over time), and PyTorch's tie rules for max
+pooling and max/min reductions. `ckpt run` reproduces PyTorch's loss and gradients (float64:
 relative 1e-9; float32: 1e-4), plans under a budget run with predicted == measured bytes and
 gradients bitwise equal to store-all's; an op ckpt cannot run is one line naming it and its source
 line. Skipped without torch."""
@@ -66,7 +68,8 @@ def test_real_model_matches_pytorch(imported, name):
 
 
 @pytest.mark.parametrize("name,strategy", [("gpt2", "budget"), ("unet", "sqrt-n"), ("resnet_train", "sqrt-n"),
-                                           ("rnn", "sqrt-n")])
+                                           ("rnn", "sqrt-n"), ("wavenet", "budget"),
+                                           ("inception_pools", "sqrt-n")])
 def test_real_model_plans_and_runs_with_recompute(imported, name, strategy):
     """A plan that recomputes (budget: 80% of store-all's managed bytes; sqrt-n: its checkpoints)
     runs with managed bytes equal to the prediction and store-all's gradients bit for bit. (The
@@ -108,6 +111,18 @@ def test_batch_norm_and_slices_become_ckpt_ops(imported):
 def test_unsupported_op_names_op_module_and_line(tmp_path, factory, inputs, needle):
     res, _ = do_import(tmp_path, "x", factory=factory, inputs=inputs)
     assert res.exit_code == 2 and res.output.count("\n") == 1 and "Traceback" not in res.output
+    assert needle in res.output, res.output
+
+
+@pytest.mark.parametrize("factory,needle", [
+    ("pool_padding", "pad should be at most half of effective kernel size"),
+    ("pool_dilation_0", "dilation should be greater than zero"),
+    ("conv_dilation_0", "conv2d with dilation (0, 0) (each must be at least 1)"),
+    ("max_indices", "a value ckpt does not hold"),
+])
+def test_bad_pooling_and_dilation_are_one_line(tmp_path, factory, needle):
+    res, _ = do_import(tmp_path, "x", factory=factory, inputs=["x=2x2x7x7"])
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and "Traceback" not in res.output, res.output
     assert needle in res.output, res.output
 
 

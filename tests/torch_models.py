@@ -542,6 +542,33 @@ def median_over_dim():
     return MedianOverDim().double()
 
 
+class BadPools(nn.Module):
+    """Geometries PyTorch itself refuses (caught while tracing) and one ckpt refuses: the indices
+    torch.max(x, dim) returns, read as a value (integers made from floats: no ckpt value)."""
+
+    def __init__(self, which):
+        super().__init__()
+        self.which = which
+        self.conv = nn.Conv2d(2, 2, 3, dilation=0 if which == "conv_dilation_0" else 1)
+
+    def forward(self, x):
+        if self.which == "pool_padding":
+            return F.max_pool2d(x, 2, 2, padding=2, ceil_mode=True).sum()
+        if self.which == "pool_dilation_0":
+            return F.max_pool2d(x, 3, 2, dilation=0).sum()
+        if self.which == "max_indices":
+            return (x.max(dim=1).indices * 1.0).sum() + x.sum()
+        return self.conv(x).sum()
+
+
+def bad_pools(which):
+    return lambda: BadPools(which).double()
+
+
+pool_padding, pool_dilation_0, max_indices, conv_dilation_0 = (
+    bad_pools(w) for w in ("pool_padding", "pool_dilation_0", "max_indices", "conv_dilation_0"))
+
+
 class SliceWrite(nn.Module):
     """A write into a slice (`h[:, :2] *= 2`): the trace is functionalized, the write a slice_scatter."""
 
@@ -834,8 +861,9 @@ def aspp():
 class InceptionPools(nn.Module):
     """GoogLeNet's and SqueezeNet's ceil-mode pooling: a 3 x 3 / 2 max pool whose last window runs
     past the input, an inception block with a 3 x 3 / 1 max-pool branch, an average pool of padding
-    1 that does not count the padding, one that does with a window past the input, a dilated max
-    pool, a global max pool (adaptive, to 1) and one to uneven bins (adaptive, to 3 x 2)."""
+    1 that does not count the padding, one that does with a window past the input, one of a window
+    larger than the input, a dilated max pool, a global max pool (adaptive, to 1) and one to uneven
+    bins (adaptive, to 3 x 2)."""
 
     def __init__(self, c=4, classes=5):
         super().__init__()
@@ -854,7 +882,8 @@ class InceptionPools(nn.Module):
         g = F.adaptive_max_pool2d(self.pool2(h), 1).flatten(1)
         q = self.pool3(h) + 0.5 * F.avg_pool2d(h, 3, 2, padding=1, ceil_mode=True, divisor_override=4)
         u = F.adaptive_max_pool2d(self.pool4(h), (3, 2))
-        return F.cross_entropy(self.fc(g), y) + q.pow(2).mean() + u.mean()
+        whole = F.avg_pool2d(h, 7, ceil_mode=True)  # one window, larger than the input
+        return F.cross_entropy(self.fc(g), y) + q.pow(2).mean() + u.mean() + whole.pow(2).mean()
 
 
 def inception_pools():

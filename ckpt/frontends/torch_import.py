@@ -129,13 +129,21 @@ def example_inputs(model, inputs, seed=0):
 
 def export(model, args):
     torch = torch_or_error()
+    import logging
     import warnings
+    # torch logs a shape check that fails on fake tensors (a pooling's padding over half its
+    # kernel, a dilation of 0) with its whole traceback before raising it: ckpt's answer is one line
+    fake = logging.getLogger("torch._subclasses.fake_tensor")
+    level = fake.level
+    fake.setLevel(logging.CRITICAL)
     try:
         with warnings.catch_warnings():  # torch's notes on the user's module: ckpt's answer is one line
             warnings.simplefilter("ignore")
             return torch.export.export(model, args, strict=False)
     except Exception as e:  # noqa: BLE001 -- a shape mismatch, an untraceable forward: one line
         raise ConfigError(f"tracing the module failed ({e.__class__.__name__}): {_first_line(e)}") from None
+    finally:
+        fake.setLevel(level)
 
 
 def functional(ep):
