@@ -343,3 +343,24 @@ def test_extremes_refuse_first_over_several_axes():
         with pytest.raises(ShapeError, match="out of range"):
             op.shape([(2, 3)], {**op.attrs, "axis": 2})
         assert op.shape([()], dict(op.attrs)) == ()  # a 0-d value: its own extremum
+
+
+def test_gather_picks_along_the_last_axis_and_sums_repeated_picks():
+    op = REGISTRY["gather"]
+    x = np.arange(24.0).reshape(2, 3, 4)
+    idx = np.array([[[0, 3, 3], [1, 1, 1], [2, 0, 2]], [[3, 3, 0], [0, 1, 2], [2, 2, 2]]])
+    out = op.forward(np, [x, idx], {})
+    np.testing.assert_array_equal(out, np.take_along_axis(x, idx, -1))
+    g = np.arange(1.0, 19.0).reshape(2, 3, 3)
+    dx = op.vjp(np, 0, g, Ctx([None, idx], None, [x.shape, idx.shape], out.shape, {}))
+    expected = np.zeros_like(x)
+    for b, r, j in np.ndindex(idx.shape):
+        expected[b, r, idx[b, r, j]] += g[b, r, j]
+    np.testing.assert_array_equal(dx, expected)
+    assert dx[1, 2, 2] == 16 + 17 + 18  # one element picked three times
+    np.testing.assert_array_equal(op.jvp(np, [x * 2, np.zeros(idx.shape)], Ctx([x, idx], out, [x.shape, idx.shape],
+                                                                           out.shape, {})), 2 * out)
+    from ckpt.errors import ShapeError
+    with pytest.raises(ShapeError, match="same leading axes"):
+        op.shape([(2, 3, 4), (3, 3, 1)], {})
+    assert op.labels_below([(2, 3, 4), (2, 3, 5)]) == 4

@@ -959,3 +959,39 @@ def ties():
 REAL_INPUTS.update({"aspp": ["x=2x3x10x10", "y=2x10x10:int64"], "inception_pools": ["x=2x3x11x11", "y=2:int64"],
                     "wavenet": ["x=2x2x16", "y=2x3"], "ties": ["x=2x2x5x3", "v=3x4"]})
 INPUTS.update(REAL_INPUTS)
+
+
+class PolicyGather(nn.Module):
+    """Losses that pick by integer positions: the log-probability of each taken action
+    (log_softmax(...).gather(-1, actions.unsqueeze(-1)), policy gradients), torch.gather along axis
+    1 by an integer input whose index is shorter than x off that axis, a constant index from a
+    buffer (with a repeated position: its gradient is the sum), take_along_dim with an index
+    broadcast over the batch, and take_along_dim of the flattened tensor (dim None)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.seq = nn.Linear(5, 6), nn.Linear(5, 4)
+        self.register_buffer("order", torch.tensor([[2, 0], [1, 1], [0, 3]]))
+        self.register_buffer("cols", torch.tensor([[0, 5, 5]]))
+        self.register_buffer("flat", torch.tensor([3, 7, 7, 12]))
+
+    def forward(self, x, actions, pos, adv):
+        logp = F.log_softmax(self.fc(x), -1)
+        chosen = logp.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        h = torch.tanh(self.seq(x))
+        pairs = h.unsqueeze(1) * h.unsqueeze(2)  # (B, 4, 4)
+        picked = torch.gather(pairs, 1, pos)  # pos (B, 2, 3): the first 3 of the last axis
+        const = torch.gather(h[:3], 1, self.order)
+        cols = torch.take_along_dim(logp, self.cols, dim=1)  # (1, 3) broadcast over the batch
+        flat = torch.take_along_dim(h, self.flat)
+        return (-(chosen * adv).mean() + picked.pow(2).mean() + const.sum() + cols.pow(2).mean()
+                + flat.sum())
+
+
+def policy_gather():
+    torch.manual_seed(0)
+    return PolicyGather().double()
+
+
+REAL_INPUTS["policy_gather"] = ["x=4x5", "actions=4:int64", "pos=4x2x3:int64", "adv=4"]
+INPUTS.update(REAL_INPUTS)

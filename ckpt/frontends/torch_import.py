@@ -281,7 +281,11 @@ class _Recorder:
         if name not in self.info:
             self.inputs[name] = {"shape": list(shape), "dtype": self.info[x][1]}
             self.info[name] = (tuple(shape), self.info[x][1])
-            self.int_views[name] = (x, how or (lambda a, _s=tuple(shape): a.reshape(_s)))
+            how = how or (lambda a, _s=tuple(shape): a.reshape(_s))
+            if x in self.arrays and x not in self.input_names:  # of a constant (a buffer): a constant
+                self.arrays[name] = np.ascontiguousarray(how(self.arrays[x]))
+            else:
+                self.int_views[name] = (x, how)
         return name
 
     def source(self, x):
@@ -767,6 +771,58 @@ def _embedding(r, node, w, idx, padding_idx=-1, scale_grad_by_freq=False, sparse
         fixed[pad] = r.arrays[w][pad]
     y = r.emit("embedding", [r.emit("mul", [w, r.const(keep)]), idx])
     return r.emit("add", [y, r.emit("embedding", [r.const(fixed), idx])]) if fixed.any() else y
+
+
+def _gather_along(r, x, idx, dim):
+    """x and integer positions idx of the same rank and the same sizes off `dim`, gathered along
+    dim: ckpt's gather along the last axis, with dim moved there (and back)."""
+    if not r.info[idx][1].startswith("int"):
+        r.unsupported("indices computed by the model (ckpt gathers by integer inputs and constants)")
+    nd = len(r.shape(x))
+    src = r.source(idx)
+    r.high[src] = min(r.high.get(src, 1 << 62), r.shape(x)[dim])
+    if dim == nd - 1:
+        return r.emit("gather", [x, idx])
+    perm = [d for d in range(nd) if d != dim] + [dim]
+    inv = [perm.index(d) for d in range(nd)]
+    shape = tuple(r.shape(idx)[p] for p in perm)
+    idx = r.int_view(idx, shape, lambda a, _p=tuple(perm): a.transpose(_p), tag=f"last{dim}_")
+    y = r.emit("gather", [r.emit("transpose", [x], {"axes": perm}), idx])
+    return r.emit("transpose", [y], {"axes": inv})
+
+
+@handles("aten.gather.default")
+def _gather(r, node, x, dim, index, sparse_grad=False):
+    """torch.gather: out[i][j] = x[i][index[i][j]] along dim; off dim, index may be shorter than x,
+    and torch reads x's first entries there."""
+    xs, ids = r.shape(x), r.shape(index)
+    if not xs or len(ids) != len(xs):
+        r.unsupported("gather of a 0-d tensor or with an index of another rank")
+    dim = int(dim) % len(xs)
+    for d in range(len(xs)):
+        if d != dim and ids[d] < xs[d]:
+            x = _slice(r, x, d, 0, ids[d])
+    return _gather_along(r, x, index, dim)
+
+
+@handles("aten.take_along_dim.default")
+def _take_along_dim(r, node, x, index, dim=None):
+    """torch.take_along_dim: gather whose index broadcasts against x off dim (dim None: of the
+    flattened x)."""
+    if dim is None:
+        n = size_of(r.shape(x))
+        flat = r.int_view(index, (size_of(r.shape(index)),)) if len(r.shape(index)) != 1 else index
+        return _gather_along(r, r.emit("reshape", [x], {"shape": [n]}) if len(r.shape(x)) != 1 else x, flat, 0)
+    xs, ids = r.shape(x), r.shape(index)
+    if not xs or len(ids) != len(xs):
+        r.unsupported("take_along_dim with an index of another rank")
+    dim = int(dim) % len(xs)
+    if any(xs[d] == 1 and ids[d] > 1 for d in range(len(xs)) if d != dim):
+        r.unsupported("take_along_dim broadcasting the tensor (only the index broadcasts here)")
+    shape = tuple(ids[d] if d == dim else xs[d] for d in range(len(xs)))
+    if shape != ids:
+        index = r.int_view(index, shape, lambda a, _s=shape: np.broadcast_to(a, _s), tag="b")
+    return _gather_along(r, x, index, dim)
 
 
 @handles("aten.arange.default", "aten.arange.start", "aten.arange.start_step")

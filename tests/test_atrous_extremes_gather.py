@@ -1,7 +1,7 @@
-"""Dilated convolution and the max/min reductions from a config: `ckpt check` holds the model's
-gradients to central differences, every strategy runs with managed bytes equal to the prediction
-(and gradients bitwise equal to store-all's), the allocator stays within the model's peak with
-workspace; a bad attr is one line and exit 2."""
+"""Dilated convolution, the max/min reductions and gather from a config: `ckpt check` holds the
+model's gradients to central differences, every strategy runs with managed bytes equal to the
+prediction (and gradients bitwise equal to store-all's), the allocator stays within the model's
+peak with workspace; a bad attr or label is one line and exit 2."""
 
 import numpy as np
 import pytest
@@ -85,3 +85,59 @@ def test_bad_attrs_are_one_line(tmp_path, old, new, needle):
     path.write_text(CONFIG.replace(old, new))
     for cmd in ("run", "plan"):
         assert_one_line(invoke([cmd, str(path)]), 2, needle)
+
+
+GATHER = """
+name: gather
+dtype: float64
+seed: 0
+inputs:
+  x: {shape: [4, 5], init: normal}
+  actions: {shape: [4, 2], dtype: int64, init: randint, high: 6}
+  adv: {shape: [4, 2], init: normal}
+params:
+  w: {shape: [5, 6]}
+nodes:
+  - {name: logits, op: linear, inputs: [x, w]}
+  - {name: logp, op: log_softmax, inputs: [logits]}
+  - {name: taken, op: gather, inputs: [logp, actions]}
+  - {name: weighted, op: mul, inputs: [taken, adv]}
+  - {name: loss, op: mean, inputs: [weighted]}
+output: loss
+"""
+
+
+@pytest.fixture
+def gather_config(tmp_path):
+    path = tmp_path / "gather.yaml"
+    path.write_text(GATHER)
+    return str(path)
+
+
+def test_gather_checks_and_is_exact(gather_config):
+    res = invoke(["check", gather_config])
+    assert res.exit_code == 0 and "passed" in res.output, res.output
+    m = load_model(gather_config)
+    for strategy in ("store-all", "sqrt-n"):
+        p, sim = plan(m.joint, strategy, ix=m.index)
+        r = run_plan(m, p.steps, get_backend("cpu"), n_steps=0)
+        assert r.measured_managed == sim.peak_managed
+        assert r.allocator_peak <= sim.peak_ws + _slack(m, p.steps)
+
+
+@pytest.mark.parametrize("old,new,needle", [
+    ("high: 6}", "high: 7}", "gather reads labels below 6, but 'actions' draws them below high 7"),
+    ("init: randint, high: 6}", "value: [[0, 1], [2, 6], [1, 1], [0, 0]]}", "label 6 is outside 0..5"),
+    ("init: randint, high: 6}", "value: [[0, 1], [2, -1], [1, 1], [0, 0]]}", "label -1 is outside 0..5"),
+    ("actions: {shape: [4, 2]", "actions: {shape: [3, 2]", "gather: needs x (..., n) and integer indices (..., k)"),
+    ("adv: {shape: [4, 2], init: normal}\n", "adv: {shape: [4, 2], init: normal}\n  f: {shape: [4, 2], init: normal}\n",
+     None),
+])
+def test_bad_gather_is_one_line(tmp_path, old, new, needle):
+    path = tmp_path / "bad.yaml"
+    text = GATHER.replace(old, new)
+    if needle is None:  # float positions: the op takes integer labels
+        text = text.replace("inputs: [logp, actions]", "inputs: [logp, f]")
+        needle = "gather input 2 ('f') must hold integer labels"
+    path.write_text(text)
+    assert_one_line(invoke(["run", str(path)]), 2, needle)
