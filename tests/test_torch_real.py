@@ -3,7 +3,8 @@ ResNet with BatchNorm in train and eval mode, a VGG, UNets with transposed convo
 up-sampling, nanoGPT and nn.MultiheadAttention GPT-2 blocks with tied embeddings, hand-written LSTM
 and GRU cells, a layer used twice, DeepLab's ASPP (dilated convolutions), GoogLeNet's ceil-mode
 pools, a WaveNet (causal dilated 1-D convolutions, max over time), PyTorch's tie rules for max
-pooling and max/min reductions, and policy-gradient picks by gather and take_along_dim. `ckpt run` reproduces PyTorch's loss and gradients (float64:
+pooling and max/min reductions, policy-gradient picks by gather and take_along_dim, and a zoo of
+pooling geometries (ceil mode, dilation, the average's divisors). `ckpt run` reproduces PyTorch's loss and gradients (float64:
 relative 1e-9; float32: 1e-4), plans under a budget run with predicted == measured bytes and
 gradients bitwise equal to store-all's; an op ckpt cannot run is one line naming it and its source
 line. Skipped without torch."""

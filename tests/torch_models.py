@@ -995,3 +995,41 @@ def policy_gather():
 
 REAL_INPUTS["policy_gather"] = ["x=4x5", "actions=4:int64", "pos=4x2x3:int64", "adv=4"]
 INPUTS.update(REAL_INPUTS)
+
+
+class PoolZoo(nn.Module):
+    """Pooling geometries side by side on one non-square input (9 x 10), each weighted differently:
+    ceil mode where the last window starts in the input, where it would start in the right padding
+    (PyTorch drops it), with dilation, with padding counted or not in the average, a divisor
+    override, windows larger than the input, and their 1-D forms."""
+
+    MAX = [(3, 2, 0, 1, True), (3, 2, 1, 1, True), (2, 2, 1, 1, True), (3, 3, 1, 2, True), (2, 3, 0, 2, False),
+           (4, 3, 2, 1, True), ((2, 3), (3, 2), (1, 0), (2, 1), True)]
+    AVG = [(3, 2, 0, True, True, None), (3, 2, 1, True, False, None), (2, 2, 1, True, True, None),
+           (4, 3, 2, True, False, None), (3, 2, 1, True, True, 5), ((3, 2), (2, 3), (1, 1), True, False, None),
+           (10, 10, 0, True, True, None)]
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 1)
+
+    def forward(self, x):
+        h = self.conv(x)
+        total = 0
+        for n, (k, s, p, d, ceil) in enumerate(self.MAX):
+            total = total + (n + 1) * F.max_pool2d(h, k, s, p, d, ceil_mode=ceil).pow(2).mean()
+        for n, (k, s, p, ceil, count, div) in enumerate(self.AVG):
+            total = total + (n + 2) * F.avg_pool2d(h, k, s, p, ceil, count, div).pow(2).mean()
+        row = h.flatten(2)  # (N, C, 90) as a sequence
+        total = total + F.max_pool1d(row, 4, 3, 2, 2, ceil_mode=True).pow(2).mean()
+        total = total + F.avg_pool1d(row, 5, 4, 2, ceil_mode=True, count_include_pad=False).pow(2).mean()
+        return total + F.adaptive_max_pool1d(row, 7).pow(2).mean() + F.adaptive_max_pool2d(h, (4, 3)).pow(2).mean()
+
+
+def pool_zoo():
+    torch.manual_seed(0)
+    return PoolZoo().double()
+
+
+REAL_INPUTS["pool_zoo"] = ["x=2x2x9x10"]
+INPUTS.update(REAL_INPUTS)
