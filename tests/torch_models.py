@@ -543,8 +543,9 @@ def median_over_dim():
 
 
 class BadPools(nn.Module):
-    """Geometries PyTorch itself refuses (caught while tracing) and one ckpt refuses: the indices
-    torch.max(x, dim) returns, read as a value (integers made from floats: no ckpt value)."""
+    """Geometries PyTorch itself refuses (caught while tracing) and what ckpt refuses: the indices
+    torch.max(x, dim) or max pooling returns, read as a value (integers made from floats: no ckpt
+    value)."""
 
     def __init__(self, which):
         super().__init__()
@@ -558,6 +559,8 @@ class BadPools(nn.Module):
             return F.max_pool2d(x, 3, 2, dilation=0).sum()
         if self.which == "max_indices":
             return (x.max(dim=1).indices * 1.0).sum() + x.sum()
+        if self.which == "unpool":  # SegNet's decoder reads max pooling's indices
+            return F.max_unpool2d(*F.max_pool2d(self.conv(x), 2, return_indices=True), 2).sum()
         return self.conv(x).sum()
 
 
@@ -565,8 +568,8 @@ def bad_pools(which):
     return lambda: BadPools(which).double()
 
 
-pool_padding, pool_dilation_0, max_indices, conv_dilation_0 = (
-    bad_pools(w) for w in ("pool_padding", "pool_dilation_0", "max_indices", "conv_dilation_0"))
+pool_padding, pool_dilation_0, max_indices, unpool, conv_dilation_0 = (
+    bad_pools(w) for w in ("pool_padding", "pool_dilation_0", "max_indices", "unpool", "conv_dilation_0"))
 
 
 class SliceWrite(nn.Module):
@@ -1001,7 +1004,8 @@ class PoolZoo(nn.Module):
     """Pooling geometries side by side on one non-square input (9 x 10), each weighted differently:
     ceil mode where the last window starts in the input, where it would start in the right padding
     (PyTorch drops it), with dilation, with padding counted or not in the average, a divisor
-    override, windows larger than the input, and their 1-D forms."""
+    override, windows larger than the input, their 1-D forms, and max pooling that returns its
+    indices (unused)."""
 
     MAX = [(3, 2, 0, 1, True), (3, 2, 1, 1, True), (2, 2, 1, 1, True), (3, 3, 1, 2, True), (2, 3, 0, 2, False),
            (4, 3, 2, 1, True), ((2, 3), (3, 2), (1, 0), (2, 1), True)]
@@ -1012,10 +1016,13 @@ class PoolZoo(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(2, 3, 1)
+        self.indexed = nn.MaxPool2d(3, 2, padding=1, ceil_mode=True, return_indices=True)
+        self.indexed1d = nn.MaxPool1d(3, 2, return_indices=True)
 
     def forward(self, x):
         h = self.conv(x)
-        total = 0
+        values, _ = self.indexed(h)  # return_indices=True, the indices unused
+        total = values.pow(2).mean() + self.indexed1d(h.flatten(2))[0].mean()
         for n, (k, s, p, d, ceil) in enumerate(self.MAX):
             total = total + (n + 1) * F.max_pool2d(h, k, s, p, d, ceil_mode=ceil).pow(2).mean()
         for n, (k, s, p, ceil, count, div) in enumerate(self.AVG):

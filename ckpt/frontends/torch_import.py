@@ -1197,7 +1197,9 @@ def _as_image(r, node, x, what, pool):
         r.unsupported(f"{what} of other than (N, C, L)")
     n, c, length = r.shape(x)
     y = pool(r.emit("reshape", [x], {"shape": [n, c, 1, length]}))
-    return r.emit("reshape", [y], {"shape": list(_out_shape(node))})
+    val = node.meta["val"]
+    val = val[0] if isinstance(val, (tuple, list)) else val  # (values, indices) of return_indices
+    return r.emit("reshape", [y], {"shape": [int(d) for d in val.shape]})
 
 
 @handles("aten.max_pool1d.default")
@@ -1214,6 +1216,14 @@ def _avg_pool1d(r, node, x, kernel_size, stride=(), padding=0, ceil_mode=False, 
     s = _ints(stride, 1)[0] if stride not in ((), [], None) else k
     return _as_image(r, node, x, "average pooling", lambda x4: _window_pool(
         r, x4, "avgpool2d", [1, k], [1, s], [0, _ints(padding, 1)[0]], [1, 1], bool(ceil_mode), bool(count_include_pad)))
+
+
+@handles("aten.max_pool2d_with_indices.default", "aten.max_pool1d_with_indices.default")
+def _max_pool_with_indices(r, node, x, *args, **kw):
+    """nn.MaxPool(return_indices=True): (values, indices). The values are max pooling's; the indices
+    are no ckpt value (a model that reads them, as max_unpool does, is refused where it does)."""
+    pool = _max_pool2d if "2d" in str(node.target) else _max_pool1d
+    return [pool(r, node, x, *args, **kw), None]
 
 
 # ---- max and min over axes; adaptive max pooling -------------------------------------------------------
