@@ -53,6 +53,7 @@ TORCH = {
     "softmax_cross_entropy": lambda x, a: F.cross_entropy(x[0].reshape(-1, x[0].shape[-1]), x[1].reshape(-1)),
     "embedding": lambda x, a: F.embedding(x[1], x[0]),
     "gather": lambda x, a: torch.gather(x[0], -1, x[1].long()),
+    "stop_gradient": lambda x, a: x[0].detach(),
     "where": lambda x, a: torch.where(x[0] != 0, x[1], x[2]),
     "greater": lambda x, a: (x[0] > x[1]).to(torch.result_type(x[0], x[1])),
     "greater_equal": lambda x, a: (x[0] >= x[1]).to(torch.result_type(x[0], x[1])),

@@ -141,3 +141,43 @@ def test_bad_gather_is_one_line(tmp_path, old, new, needle):
         needle = "gather input 2 ('f') must hold integer labels"
     path.write_text(text)
     assert_one_line(invoke(["run", str(path)]), 2, needle)
+
+
+STOP = """
+name: stop
+dtype: float64
+seed: 0
+inputs:
+  x: {shape: [3, 4], init: normal}
+params:
+  w: {shape: [4, 4]}
+  t: {shape: [4, 4]}
+nodes:
+  - {name: h, op: linear, inputs: [x, w]}
+  - {name: target, op: linear, inputs: [x, t]}
+  - {name: held, op: stop_gradient, inputs: [target]}
+  - {name: shift, op: amax, inputs: [h], attrs: {axis: -1, keepdims: true}}
+  - {name: fixed, op: stop_gradient, inputs: [shift]}
+  - {name: centred, op: sub, inputs: [h, fixed]}
+  - {name: loss, op: mse, inputs: [centred, held]}
+output: loss
+"""
+
+
+def test_stop_gradient_holds_a_value_constant(tmp_path):
+    """Gradients flow around stop_gradient, never through it: t (read only through it) takes none,
+    and w's is that of h - c with c a constant, by central differences (`check`) and by hand."""
+    path = tmp_path / "stop.yaml"
+    path.write_text(STOP)
+    res = invoke(["check", str(path)])
+    assert res.exit_code == 0 and "passed" in res.output, res.output
+    m = load_model(str(path))
+    assert not m.graph.nodes["t"]["grad"] and m.graph.nodes["w"]["grad"]
+    p, sim = plan(m.joint, "store-all", ix=m.index)
+    r = run_plan(m, p.steps, get_backend("cpu"), n_steps=0)
+    assert set(r.grads) == {"w"} and r.measured_managed == sim.peak_managed
+    from ckpt.model import leaf_values
+    v = leaf_values(m.graph)
+    h, target = v["x"] @ v["w"], v["x"] @ v["t"]
+    d = h - h.max(-1, keepdims=True) - target
+    np.testing.assert_allclose(r.grads["w"], v["x"].T @ (2 * d / d.size), rtol=1e-12)

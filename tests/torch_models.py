@@ -1040,3 +1040,34 @@ def pool_zoo():
 
 REAL_INPUTS["pool_zoo"] = ["x=2x2x9x10"]
 INPUTS.update(REAL_INPUTS)
+
+
+class DQN(nn.Module):
+    """Q-learning's loss: the Q-value of each taken action (gather) against r + 0.9 times the best
+    next Q-value of a target network (torch.max(dim)), detached, so that the target network's
+    parameters take no gradient (PyTorch leaves their .grad None); and a log-sum-exp stabilised by
+    its detached row maximum (amax), less a detached best next Q-value of the online network. Each
+    detach changes the gradients: a detach read as the identity fails against PyTorch."""
+
+    def __init__(self):
+        super().__init__()
+        self.q = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        self.target = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+
+    def forward(self, s, a, r, s2):
+        qs = self.q(s)
+        q = qs.gather(1, a.unsqueeze(1)).squeeze(1)
+        y = r + 0.9 * self.target(s2).max(1).values.detach()
+        m = qs.amax(1, keepdim=True).detach()
+        lse = m.squeeze(1) + torch.log(torch.exp(qs - m).sum(1))
+        online_best = self.q(s2).max(1).values.detach()
+        return F.smooth_l1_loss(q, y) + 0.1 * (lse - online_best).pow(2).mean()
+
+
+def dqn():
+    torch.manual_seed(0)
+    return DQN().double()
+
+
+REAL_INPUTS["dqn"] = ["s=5x4", "a=5:int64", "r=5", "s2=5x4"]
+INPUTS.update(REAL_INPUTS)

@@ -866,10 +866,15 @@ def _permute(r, node, x, dims):
     return r.emit("transpose", [x], {"axes": [d % nd for d in dims]})
 
 
-@handles("aten.contiguous.default", "aten.clone.default", "aten.alias.default", "aten.detach.default",
-         "aten.lift_fresh_copy.default")
+@handles("aten.contiguous.default", "aten.clone.default", "aten.alias.default", "aten.lift_fresh_copy.default")
 def _identity(r, node, x, *rest, **kw):
     return x
+
+
+@handles("aten.detach.default")
+def _detach(r, node, x):
+    """x.detach(): the value, with no gradient back through it (a constant or integers take none)."""
+    return x if r.info[x][1].startswith("int") else r.emit("stop_gradient", [x])
 
 
 @handles("aten.cat.default")

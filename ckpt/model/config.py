@@ -763,6 +763,7 @@ OP_SUMMARY = {
     "amax": "largest element over axes; the gradient is shared equally by tied elements, or with `first` "
             "(one axis) goes to the first of them",
     "amin": "smallest element over axes; ties as `amax`",
+    "stop_gradient": "x, passing no gradient back (torch's detach)",
     "gather": "x (..., n) at integer positions idx (..., k) along the last axis: out[..., j] = x[..., idx[..., j]]",
 }
 
