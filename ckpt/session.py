@@ -12,6 +12,7 @@ from .errors import CheckFailed, ConfigError
 from .execute import Executor
 from .model import build_graph, leaf_values, load_config, lower, retarget
 from .model.costgraph import load_cost_graph
+from .ops import REGISTRY
 from .ops import size as n_elements
 from .plan import JointIndex, plan
 from .sizes import fmt_bytes
@@ -304,6 +305,12 @@ def check_gradients(path, method="central", step=None, tol=None, overrides=None,
     # Below this absolute difference a finite difference cannot tell two slopes apart: the
     # rounding error of f, eps*|f|, divided by the step (the seed's round-off term).
     noise = float(4 * np.finfo(np.float64).eps * max(abs(r.loss), 1e-300) / h)
+    # Reverse mode passes nothing back through stop_gradient: the numeric side holds its values at
+    # the unperturbed ones, so both differentiate the same function (the residual nodes the model
+    # graph adds are not held: their readers' VJPs are the total derivative through them)
+    stops = [v for v in model.graph.graph["order"] if not REGISTRY[model.graph.nodes[v]["op"]].differentiable
+             and not REGISTRY[model.graph.nodes[v]["op"]].internal]
+    held = {v: evaluate(model.graph, host, backend, target=v) for v in stops}
     rows = []
     if progress is not None:
         progress.total = sum(1 + (host[k].size if host[k].size <= max_elements else 0) for k in r.grads)
@@ -320,7 +327,7 @@ def check_gradients(path, method="central", step=None, tol=None, overrides=None,
             def f(t, name=name, d=d):
                 shifted = dict(host)
                 shifted[name] = base + t * d
-                return float(backend.to_host(evaluate(model.graph, shifted, backend)))
+                return float(backend.to_host(evaluate(model.graph, shifted, backend, held=held)))
             num = numeric_derivative(f, method, h)
             ana = float(np.sum(np.asarray(grad) * d))
             err = abs(num - ana) / max(abs(num), abs(ana), 1e-300)

@@ -16,6 +16,14 @@ def _axes(axis, ndim):
     return tuple(a % ndim for a in ([axis] if isinstance(axis, int) else axis))
 
 
+def _extreme(spread, first, x, a):
+    """torch.amax (ties share the gradient) or, with `first`, torch.max(x, dim) (the first takes it)."""
+    axes = _axes(a["axis"], x.ndim)
+    if a.get("first") and axes:
+        return first(x, dim=axes[0], keepdim=a["keepdims"]).values
+    return spread(x, dim=axes, keepdim=a["keepdims"]) if axes else x.clone()
+
+
 TORCH = {
     "add": lambda x, a: x[0] + x[1], "sub": lambda x, a: x[0] - x[1], "mul": lambda x, a: x[0] * x[1],
     "div": lambda x, a: x[0] / x[1], "neg": lambda x, a: -x[0], "exp": lambda x, a: torch.exp(x[0]),
@@ -33,7 +41,8 @@ TORCH = {
     "softmax": lambda x, a: torch.softmax(x[0], dim=a["axis"]),
     "log_softmax": lambda x, a: torch.log_softmax(x[0], dim=a["axis"]),
     "layernorm": lambda x, a: F.layer_norm(x[0], x[0].shape[-1:], x[1], x[2], a["eps"]),
-    "conv2d": lambda x, a: F.conv2d(x[0], x[1], x[2] if len(x) == 3 else None, a["stride"], a["padding"]),
+    "conv2d": lambda x, a: F.conv2d(x[0], x[1], x[2] if len(x) == 3 else None, a["stride"], a["padding"],
+                                    a.get("dilation", 1)),
     "maxpool2d": lambda x, a: F.max_pool2d(x[0], a["kernel"]),
     "avgpool2d": lambda x, a: F.avg_pool2d(x[0], a["kernel"]),
     "upsample2d": lambda x, a: F.interpolate(x[0], scale_factor=a["scale"], mode="nearest"),
@@ -43,6 +52,8 @@ TORCH = {
     "mse": lambda x, a: F.mse_loss(x[0], x[1]),
     "softmax_cross_entropy": lambda x, a: F.cross_entropy(x[0].reshape(-1, x[0].shape[-1]), x[1].reshape(-1)),
     "embedding": lambda x, a: F.embedding(x[1], x[0]),
+    "gather": lambda x, a: torch.gather(x[0], -1, x[1].long()),
+    "stop_gradient": lambda x, a: x[0].detach(),
     "where": lambda x, a: torch.where(x[0] != 0, x[1], x[2]),
     "greater": lambda x, a: (x[0] > x[1]).to(torch.result_type(x[0], x[1])),
     "greater_equal": lambda x, a: (x[0] >= x[1]).to(torch.result_type(x[0], x[1])),
@@ -51,6 +62,8 @@ TORCH = {
     "pow": lambda x, a: x[0] ** a["exponent"],
     "slice": lambda x, a: x[0].narrow(a["axis"], a["start"], a["stop"] - a["start"])[
         (slice(None),) * (a["axis"] % x[0].ndim) + (slice(None, None, a["step"]),)],
+    "amax": lambda x, a: _extreme(torch.amax, torch.max, x[0], a),
+    "amin": lambda x, a: _extreme(torch.amin, torch.min, x[0], a),
     # the residuals the model graph saves for layernorm and dropout: their readers above ignore them
     # (torch's layer_norm saves its own statistics, and the mask is drawn above), so they are nothing
     # here, and cost a timed PyTorch step nothing

@@ -26,30 +26,51 @@ GEOMETRIES = [
     ((2, 2, 9, 8), (3, 2, 3, 2), 3, 2),
     ((1, 2, 4, 4), (2, 2, 4, 4), 1, 2),
 ]
+# (x shape, w shape, stride, padding, dilation): atrous kernels on both paths (stride 1 on the
+# grid, where the taps' spill past a channel must add zeros; strided windows, at a larger stride or
+# where the grid would waste more than GRID_WASTE), 1 x k kernels (conv1d's), dilation with no
+# padding and with padding beyond the dilated kernel's half
+DILATED = [
+    ((2, 3, 12, 11), (4, 3, 3, 3), 1, 2, 2),
+    ((2, 2, 1, 20), (3, 2, 1, 3), 1, 0, 2),
+    ((2, 3, 9, 8), (4, 3, 3, 3), 1, 2, 2),
+    ((1, 2, 11, 12), (3, 2, 3, 2), 1, 0, 3),
+    ((2, 2, 1, 13), (3, 2, 1, 3), 1, 0, 4),
+    ((2, 3, 10, 9), (4, 3, 3, 3), 2, 1, 2),
+    ((1, 2, 12, 11), (2, 2, 2, 3), 3, 4, 3),
+]
 
 
-def _naive_conv(x, w, s, p):
+def test_dilated_geometries_take_both_paths():
+    from ckpt.ops.nn import _padded_grid
+    paths = {_padded_grid(xs, ws, {"stride": s, "padding": p, "dilation": d}) for xs, ws, s, p, d in DILATED if s == 1}
+    assert paths == {True, False}
+    # ASPP's rate 18 on a 33 x 33 map: the grid would compute 4.4 times the output
+    assert not _padded_grid((1, 8, 33, 33), (8, 8, 3, 3), {"stride": 1, "padding": 18, "dilation": 18})
+
+
+def _naive_conv(x, w, s, p, d=1):
     """The definition, one output pixel at a time."""
     n, c, h, wd = x.shape
     o, _, kh, kw = w.shape
     xp_ = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
-    oh, ow = (h + 2 * p - kh) // s + 1, (wd + 2 * p - kw) // s + 1
+    oh, ow = (h + 2 * p - d * (kh - 1) - 1) // s + 1, (wd + 2 * p - d * (kw - 1) - 1) // s + 1
     y = np.zeros((n, o, oh, ow))
     for i in range(oh):
         for j in range(ow):
-            patch = xp_[:, :, i * s:i * s + kh, j * s:j * s + kw]
+            patch = xp_[:, :, i * s:i * s + d * (kh - 1) + 1:d, j * s:j * s + d * (kw - 1) + 1:d]
             y[:, :, i, j] = np.tensordot(patch, w, axes=([1, 2, 3], [1, 2, 3]))
     return y
 
 
-@pytest.mark.parametrize("geom", GEOMETRIES, ids=str)
+@pytest.mark.parametrize("geom", GEOMETRIES + DILATED, ids=str)
 def test_conv_forward_and_vjps_match_the_definition(geom):
-    xs, ws, s, p = geom
+    xs, ws, s, p, d = geom if len(geom) == 5 else geom + (1,)
     rng = np.random.default_rng(0)
     x, w, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])
-    a = {"stride": s, "padding": p}
+    a = {"stride": s, "padding": p, "dilation": d}
     y = CONV.forward(np, [x, w, b], a)
-    np.testing.assert_allclose(y, _naive_conv(x, w, s, p) + b.reshape(1, -1, 1, 1), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(y, _naive_conv(x, w, s, p, d) + b.reshape(1, -1, 1, 1), rtol=1e-12, atol=1e-12)
     assert y.flags.c_contiguous and y.base is None
     g = rng.standard_normal(y.shape)
     ctx = Ctx([x, w, b], y, [xs, ws, (ws[0],)], y.shape, a)
@@ -87,6 +108,9 @@ WORKSPACE_CASES = [
     ("conv2d", [(2, 8, 20, 18), (12, 8, 2, 3)], {"stride": 1, "padding": 0}),
     ("conv2d", [(4, 16, 16, 16), (16, 16, 3, 3), (16,)], {"stride": 2, "padding": 1}),
     ("conv2d", [(4, 6, 45, 42), (8, 6, 3, 2), (8,)], {"stride": 3, "padding": 2}),
+    ("conv2d", [(4, 16, 16, 16), (16, 16, 3, 3), (16,)], {"stride": 1, "padding": 2, "dilation": 2}),
+    ("conv2d", [(2, 6, 45, 42), (8, 6, 3, 2), (8,)], {"stride": 2, "padding": 3, "dilation": 3}),
+    ("conv2d", [(4, 8, 12, 12), (8, 8, 3, 3), (8,)], {"stride": 1, "padding": 6, "dilation": 6}),
     ("maxpool2d", [(4, 16, 32, 32)], {"kernel": 2}),
     ("maxpool2d", [(4, 8, 48, 45)], {"kernel": 3}),
     ("maxpool2d", [(2, 8, 16, 16)], {"kernel": 1}),
@@ -191,6 +215,7 @@ def test_conv_and_pool_rules_on_cupy_match_numpy():
     xp = get_backend("cuda").xp
     rng = np.random.default_rng(3)
     cases = [("conv2d", [xs, ws, (ws[0],)], {"stride": s, "padding": p}) for xs, ws, s, p in GEOMETRIES]
+    cases += [("conv2d", [xs, ws, (ws[0],)], {"stride": s, "padding": p, "dilation": d}) for xs, ws, s, p, d in DILATED]
     cases += [(name, [shape], attrs) for name, shape, attrs in POOLS]
     for name, shapes, attrs in cases:
         op = REGISTRY[name]

@@ -26,6 +26,8 @@ def _scalar_ops():
         if op.internal or op.arity[0] != 1 or op.int_inputs or any(a is not None and a.__class__ is object
                                                                       for a in op.attrs.values()):
             continue
+        if not op.differentiable:  # stop_gradient: x's only path to the loss carries no gradient
+            continue
         try:
             op.shape([()], dict(op.attrs))
         except Exception:

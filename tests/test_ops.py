@@ -259,3 +259,108 @@ def test_dropout_gives_the_bits_of_its_formula(dtype):
         t_keep = dropout_keep(np, t.shape, a["_seed"], a["p"])
         with np.errstate(invalid="ignore"):
             assert _dropout(np, t, a).tobytes() == (t * np.where(t_keep, scale, t.dtype.type(0))).tobytes()
+
+
+# ---- amax / amin: every attr combination, and PyTorch's two rules at ties ------------------------
+EXTREMES = [(name, attrs) for name in ("amax", "amin") for attrs in (
+    {"axis": None}, {"axis": -1}, {"axis": [0, 2], "keepdims": True}, {"axis": 1, "first": True},
+    {"axis": 0, "keepdims": True, "first": True}, {"axis": None, "first": True})]
+
+
+def _extreme_ctx(name, x, attrs):
+    op = REGISTRY[name]
+    a = {**op.attrs, **attrs}
+    out = np.asarray(op.forward(np, [x], a))
+    return op, a, out, Ctx([x], out, [x.shape], out.shape, a)
+
+
+@pytest.mark.parametrize("name,attrs", EXTREMES, ids=str)
+def test_extremes_match_central_differences(name, attrs):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 4, 5)) if attrs != {"axis": None, "first": True} else rng.standard_normal(7)
+    op, a, out, ctx = _extreme_ctx(name, x, attrs)
+    assert out.shape == tuple(op.shape([x.shape], a))
+    ref = (np.max if name == "amax" else np.min)(x, axis=None if a["axis"] is None else tuple(np.atleast_1d(a["axis"])),
+                                                 keepdims=a["keepdims"])
+    np.testing.assert_array_equal(out, ref)
+    g, t, h = rng.standard_normal(out.shape), rng.standard_normal(x.shape), 1e-6
+    numeric = (op.forward(np, [x + h * t], a) - op.forward(np, [x - h * t], a)) / (2 * h)
+    vjp = op.vjp(np, 0, g, Ctx([x], out, [x.shape], out.shape, a))
+    np.testing.assert_allclose(np.sum(vjp * t), np.sum(g * numeric), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(op.jvp(np, [t], ctx), numeric, rtol=1e-5, atol=1e-7)
+
+
+TIED = np.array([[1.0, 3.0, 3.0, -1.0],
+                 [2.0, 2.0, 0.0, 2.0],
+                 [-4.0, 5.0, -4.0, -4.0]])
+
+
+@pytest.mark.parametrize("first", [False, True])
+@pytest.mark.parametrize("name", ["amax", "amin"])
+def test_extremes_at_ties_share_or_pick_the_first(name, first):
+    """Rows with two and three tied extrema: amax/amin share the gradient equally among them
+    (torch.amax), `first` gives it all to the first along the axis (torch.max(x, dim)); the JVP
+    is the VJP's transpose at the ties too."""
+    op, a, out, ctx = _extreme_ctx(name, TIED, {"axis": 1, "first": first})
+    g = np.array([10.0, 20.0, 30.0])
+    big = name == "amax"
+    np.testing.assert_array_equal(out, [3.0, 2.0, 5.0] if big else [-1.0, 0.0, -4.0])
+    if big:
+        expected = [[0, 5, 5, 0], [20 / 3, 20 / 3, 0, 20 / 3], [0, 30, 0, 0]] if not first else \
+                   [[0, 10, 0, 0], [20, 0, 0, 0], [0, 30, 0, 0]]
+    else:
+        expected = [[0, 0, 0, 10], [0, 0, 20, 0], [10, 0, 10, 10]] if not first else \
+                   [[0, 0, 0, 10], [0, 0, 20, 0], [30, 0, 0, 0]]
+    np.testing.assert_allclose(op.vjp(np, 0, g, ctx), expected, rtol=1e-15)
+    t = np.arange(12.0).reshape(3, 4)
+    jvp = op.jvp(np, [t], ctx)
+    np.testing.assert_allclose(np.sum(op.vjp(np, 0, g, ctx) * t), np.sum(g * jvp), rtol=1e-13)
+
+
+def test_extremes_at_ties_are_pytorchs():
+    torch = pytest.importorskip("torch", reason="torch is not installed (optional)")
+    g = np.array([10.0, 20.0, 30.0])
+    for name, spread, first in (("amax", torch.amax, torch.max), ("amin", torch.amin, torch.min)):
+        for use_first in (False, True):
+            op, a, out, ctx = _extreme_ctx(name, TIED, {"axis": 1, "first": use_first})
+            x = torch.tensor(TIED, requires_grad=True)
+            y = first(x, dim=1).values if use_first else spread(x, dim=1)
+            y.backward(torch.tensor(g))
+            np.testing.assert_allclose(op.vjp(np, 0, g, ctx), x.grad.numpy(), rtol=1e-15, err_msg=(name, use_first))
+        # over every element: torch.max(x) shares the gradient, as amax with no axis does
+        op, a, out, ctx = _extreme_ctx(name, TIED, {"axis": None})
+        x = torch.tensor(TIED, requires_grad=True)
+        (first(x) * 7.0).backward()
+        np.testing.assert_allclose(op.vjp(np, 0, np.array(7.0), ctx), x.grad.numpy(), rtol=1e-15)
+
+
+def test_extremes_refuse_first_over_several_axes():
+    from ckpt.errors import ShapeError
+    for name in ("amax", "amin"):
+        op = REGISTRY[name]
+        with pytest.raises(ShapeError, match="first takes the first"):
+            op.shape([(2, 3, 4)], {**op.attrs, "axis": [0, 2], "first": True})
+        with pytest.raises(ShapeError, match="out of range"):
+            op.shape([(2, 3)], {**op.attrs, "axis": 2})
+        assert op.shape([()], dict(op.attrs)) == ()  # a 0-d value: its own extremum
+
+
+def test_gather_picks_along_the_last_axis_and_sums_repeated_picks():
+    op = REGISTRY["gather"]
+    x = np.arange(24.0).reshape(2, 3, 4)
+    idx = np.array([[[0, 3, 3], [1, 1, 1], [2, 0, 2]], [[3, 3, 0], [0, 1, 2], [2, 2, 2]]])
+    out = op.forward(np, [x, idx], {})
+    np.testing.assert_array_equal(out, np.take_along_axis(x, idx, -1))
+    g = np.arange(1.0, 19.0).reshape(2, 3, 3)
+    dx = op.vjp(np, 0, g, Ctx([None, idx], None, [x.shape, idx.shape], out.shape, {}))
+    expected = np.zeros_like(x)
+    for b, r, j in np.ndindex(idx.shape):
+        expected[b, r, idx[b, r, j]] += g[b, r, j]
+    np.testing.assert_array_equal(dx, expected)
+    assert dx[1, 2, 2] == 16 + 17 + 18  # one element picked three times
+    np.testing.assert_array_equal(op.jvp(np, [x * 2, np.zeros(idx.shape)], Ctx([x, idx], out, [x.shape, idx.shape],
+                                                                           out.shape, {})), 2 * out)
+    from ckpt.errors import ShapeError
+    with pytest.raises(ShapeError, match="same leading axes"):
+        op.shape([(2, 3, 4), (3, 3, 1)], {})
+    assert op.labels_below([(2, 3, 4), (2, 3, 5)]) == 4

@@ -1,7 +1,11 @@
 """Real-model shapes through `ckpt import` (tests/torch_models.py, REAL_INPUTS): a torchvision-style
 ResNet with BatchNorm in train and eval mode, a VGG, UNets with transposed convolutions and
 up-sampling, nanoGPT and nn.MultiheadAttention GPT-2 blocks with tied embeddings, hand-written LSTM
-and GRU cells, a layer used twice. `ckpt run` reproduces PyTorch's loss and gradients (float64:
+and GRU cells, a layer used twice, DeepLab's ASPP (dilated convolutions), GoogLeNet's ceil-mode
+pools, a WaveNet (causal dilated 1-D convolutions, max over time), PyTorch's tie rules for max
+pooling and max/min reductions, policy-gradient picks by gather and take_along_dim, and a zoo of
+pooling geometries (ceil mode, dilation, the average's divisors), and a DQN whose targets are
+detached (a target network's parameters take no gradient). `ckpt run` reproduces PyTorch's loss and gradients (float64:
 relative 1e-9; float32: 1e-4), plans under a budget run with predicted == measured bytes and
 gradients bitwise equal to store-all's; an op ckpt cannot run is one line naming it and its source
 line. Skipped without torch."""
@@ -45,7 +49,8 @@ def torch_step(name, stem):
     loss = model(*[torch.from_numpy(z[a]) for a in meta["arg_order"]])
     loss = loss[0] if isinstance(loss, tuple) else loss  # (loss, logits): ckpt takes the scalar
     loss.backward()
-    return loss.item(), {k: p.grad.numpy() for k, p in model.named_parameters()}, meta
+    # a parameter the loss reads only through detach has no gradient (None), in ckpt as in PyTorch
+    return loss.item(), {k: p.grad.numpy() if p.grad is not None else None for k, p in model.named_parameters()}, meta
 
 
 @pytest.mark.parametrize("name", REAL)
@@ -57,7 +62,9 @@ def test_real_model_matches_pytorch(imported, name):
     tol = 1e-9 if meta["dtype"] == "float64" else 1e-4
     assert abs(ours.loss - loss) <= tol * abs(loss)
     # every parameter by the name model.named_parameters() gives it (a tied weight once)
-    assert set(grads) <= set(ours.grads)
+    assert {k for k, g in grads.items() if g is not None} <= set(ours.grads)
+    assert not {k for k, g in grads.items() if g is None} & set(ours.grads)
+    grads = {k: g for k, g in grads.items() if g is not None}
     scale = max(np.abs(g).max() for g in grads.values())
     for k, ref in grads.items():
         got = ours.grads[k].T if k in meta["transposed"] else ours.grads[k]
@@ -66,7 +73,8 @@ def test_real_model_matches_pytorch(imported, name):
 
 
 @pytest.mark.parametrize("name,strategy", [("gpt2", "budget"), ("unet", "sqrt-n"), ("resnet_train", "sqrt-n"),
-                                           ("rnn", "sqrt-n")])
+                                           ("rnn", "sqrt-n"), ("wavenet", "budget"),
+                                           ("inception_pools", "sqrt-n")])
 def test_real_model_plans_and_runs_with_recompute(imported, name, strategy):
     """A plan that recomputes (budget: 80% of store-all's managed bytes; sqrt-n: its checkpoints)
     runs with managed bytes equal to the prediction and store-all's gradients bit for bit. (The
@@ -103,11 +111,24 @@ def test_batch_norm_and_slices_become_ckpt_ops(imported):
 
 @pytest.mark.parametrize("factory,inputs,needle", [
     ("torch_rnn", ["x=2x3x4"], "aten.rnn_tanh.input in rnn (node rnn_tanh, torch_models.py:"),
-    ("max_over_dim", ["x=3x4"], "aten.max.dim in the top-level module (node max_1, torch_models.py:"),
+    ("median_over_dim", ["x=3x4"], "aten.median.dim in the top-level module (node median, torch_models.py:"),
 ])
 def test_unsupported_op_names_op_module_and_line(tmp_path, factory, inputs, needle):
     res, _ = do_import(tmp_path, "x", factory=factory, inputs=inputs)
     assert res.exit_code == 2 and res.output.count("\n") == 1 and "Traceback" not in res.output
+    assert needle in res.output, res.output
+
+
+@pytest.mark.parametrize("factory,needle", [
+    ("pool_padding", "pad should be at most half of effective kernel size"),
+    ("pool_dilation_0", "dilation should be greater than zero"),
+    ("conv_dilation_0", "conv2d with dilation (0, 0) (each must be at least 1)"),
+    ("max_indices", "a value ckpt does not hold"),
+    ("unpool", "unsupported op aten.max_unpool2d.default"),
+])
+def test_bad_pooling_and_dilation_are_one_line(tmp_path, factory, needle):
+    res, _ = do_import(tmp_path, "x", factory=factory, inputs=["x=2x2x7x7"])
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and "Traceback" not in res.output, res.output
     assert needle in res.output, res.output
 
 

@@ -529,17 +529,47 @@ def torch_rnn():
     return TorchRNN().double()
 
 
-class MaxOverDim(nn.Module):
+class MedianOverDim(nn.Module):
     def __init__(self):
         super().__init__()
         self.fc = nn.Linear(4, 4)
 
     def forward(self, x):
-        return self.fc(x).max(dim=-1).values.mean()
+        return self.fc(x).median(dim=-1).values.mean()
 
 
-def max_over_dim():
-    return MaxOverDim().double()
+def median_over_dim():
+    return MedianOverDim().double()
+
+
+class BadPools(nn.Module):
+    """Geometries PyTorch itself refuses (caught while tracing) and what ckpt refuses: the indices
+    torch.max(x, dim) or max pooling returns, read as a value (integers made from floats: no ckpt
+    value)."""
+
+    def __init__(self, which):
+        super().__init__()
+        self.which = which
+        self.conv = nn.Conv2d(2, 2, 3, dilation=0 if which == "conv_dilation_0" else 1)
+
+    def forward(self, x):
+        if self.which == "pool_padding":
+            return F.max_pool2d(x, 2, 2, padding=2, ceil_mode=True).sum()
+        if self.which == "pool_dilation_0":
+            return F.max_pool2d(x, 3, 2, dilation=0).sum()
+        if self.which == "max_indices":
+            return (x.max(dim=1).indices * 1.0).sum() + x.sum()
+        if self.which == "unpool":  # SegNet's decoder reads max pooling's indices
+            return F.max_unpool2d(*F.max_pool2d(self.conv(x), 2, return_indices=True), 2).sum()
+        return self.conv(x).sum()
+
+
+def bad_pools(which):
+    return lambda: BadPools(which).double()
+
+
+pool_padding, pool_dilation_0, max_indices, unpool, conv_dilation_0 = (
+    bad_pools(w) for w in ("pool_padding", "pool_dilation_0", "max_indices", "unpool", "conv_dilation_0"))
 
 
 class SliceWrite(nn.Module):
@@ -798,4 +828,246 @@ def einsum_attention():
 
 REAL_INPUTS["einsum_attention"] = ["x=2x5x8", "y=2:int64"]
 REAL_INPUTS["torch_lstm"] = ["x=2x3x4", "y=2x2"]
+INPUTS.update(REAL_INPUTS)
+
+
+class ASPP(nn.Module):
+    """DeepLab's atrous spatial pyramid pooling: parallel 3 x 3 convolutions of dilation 2 and 3
+    (padding equal to the dilation), one of padding 'same', an image-pooling branch, a strided
+    atrous convolution and a depthwise atrous one (DeepLab on MobileNet); per-pixel cross entropy."""
+
+    def __init__(self, c=4, classes=3):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 3, padding=1)
+        self.b1 = nn.Conv2d(c, c, 1)
+        self.b2 = nn.Conv2d(c, c, 3, padding=2, dilation=2)
+        self.b3 = nn.Conv2d(c, c, 3, padding=3, dilation=3)
+        self.b4 = nn.Conv2d(c, c, (3, 2), padding="same", dilation=2)
+        self.proj = nn.Conv2d(5 * c, classes, 1)
+        self.down = nn.Conv2d(c, c, 3, stride=2, padding=1, dilation=2)
+        self.dw = nn.Conv2d(c, c, 3, padding=2, dilation=2, groups=c)
+
+    def forward(self, x, y):
+        h = torch.relu(self.stem(x))
+        pooled = F.adaptive_avg_pool2d(h, 1).expand_as(h)
+        a = torch.cat([self.b1(h), self.b2(h), self.b3(h), self.b4(h), pooled], 1)
+        logits = self.proj(torch.relu(a))
+        d = self.dw(torch.relu(self.down(h)))
+        return F.cross_entropy(logits, y) + d.pow(2).mean()
+
+
+def aspp():
+    torch.manual_seed(0)
+    return ASPP().double()
+
+
+class InceptionPools(nn.Module):
+    """GoogLeNet's and SqueezeNet's ceil-mode pooling: a 3 x 3 / 2 max pool whose last window runs
+    past the input, an inception block with a 3 x 3 / 1 max-pool branch, an average pool of padding
+    1 that does not count the padding, one that does with a window past the input, one of a window
+    larger than the input, a dilated max pool, a global max pool (adaptive, to 1) and one to uneven
+    bins (adaptive, to 3 x 2)."""
+
+    def __init__(self, c=4, classes=5):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 3, padding=1)
+        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.b1, self.b3 = nn.Conv2d(c, c, 1), nn.Conv2d(c, c, 3, padding=1)
+        self.bp = nn.Sequential(nn.MaxPool2d(3, 1, padding=1, ceil_mode=True), nn.Conv2d(c, c, 1))
+        self.pool2 = nn.AvgPool2d(3, 2, padding=1, ceil_mode=True, count_include_pad=False)
+        self.pool3 = nn.AvgPool2d(2, ceil_mode=True)
+        self.pool4 = nn.MaxPool2d(2, 1, padding=1, dilation=2)
+        self.fc = nn.Linear(3 * c, classes)
+
+    def forward(self, x, y):
+        h = self.pool1(torch.relu(self.stem(x)))
+        h = torch.relu(torch.cat([self.b1(h), self.b3(h), self.bp(h)], 1))
+        g = F.adaptive_max_pool2d(self.pool2(h), 1).flatten(1)
+        q = self.pool3(h) + 0.5 * F.avg_pool2d(h, 3, 2, padding=1, ceil_mode=True, divisor_override=4)
+        u = F.adaptive_max_pool2d(self.pool4(h), (3, 2))
+        whole = F.avg_pool2d(h, 7, ceil_mode=True)  # one window, larger than the input
+        return F.cross_entropy(self.fc(g), y) + q.pow(2).mean() + u.mean() + whole.pow(2).mean()
+
+
+def inception_pools():
+    torch.manual_seed(0)
+    return InceptionPools().double()
+
+
+class WaveNet(nn.Module):
+    """Causal dilated 1-D convolutions (dilations 1, 2, 4, 8: WaveNet, TCN) in gated tanh x sigmoid
+    units with residual and skip paths, a dilated 'same' convolution, then global max and min over
+    time (torch.max(dim), amax, amin), ceil-mode, dilated and average 1-D pooling, and adaptive max
+    pooling to uneven bins."""
+
+    def __init__(self, c=4, dilations=(1, 2, 4, 8)):
+        super().__init__()
+        self.dilations = dilations
+        self.inp = nn.Conv1d(2, c, 1)
+        self.filt = nn.ModuleList([nn.Conv1d(c, c, 2, dilation=d) for d in dilations])
+        self.gate = nn.ModuleList([nn.Conv1d(c, c, 2, dilation=d) for d in dilations])
+        self.res = nn.ModuleList([nn.Conv1d(c, c, 1) for _ in dilations])
+        self.same = nn.Conv1d(c, c, 3, padding="same", dilation=3)
+        self.head = nn.Linear(c, 3)
+
+    def forward(self, x, y):
+        h, skip = self.inp(x), 0
+        for d, f, g, r in zip(self.dilations, self.filt, self.gate, self.res):
+            z = F.pad(h, (d, 0))
+            u = torch.tanh(f(z)) * torch.sigmoid(g(z))
+            h, skip = h + r(u), skip + u
+        s = self.same(torch.relu(skip))
+        m = s.max(dim=-1).values + s.amax(-1) - 0.5 * s.amin(-1)
+        p = F.max_pool1d(s, 3, 2, ceil_mode=True)
+        q = F.max_pool1d(s, 2, 1, dilation=3)
+        a = F.adaptive_max_pool1d(s, 3)
+        v = F.avg_pool1d(s, 3, 2, padding=1, ceil_mode=True, count_include_pad=False)
+        return (F.mse_loss(self.head(m), y) + p.pow(2).mean() + q.mean() + a.pow(2).mean() + v.pow(2).mean()
+                + torch.max(h) + 0.1 * torch.min(s))
+
+
+def wavenet():
+    torch.manual_seed(0)
+    return WaveNet().double()
+
+
+class Ties(nn.Module):
+    """Equal values from different parameters: two layers with the same weights. Their outputs side
+    by side tie in every window and along every reduced axis, so each of PyTorch's rules shows in the
+    gradients: the first maximum takes it (max pooling, adaptive max pooling, torch.max(x, dim)), or
+    the tied elements share it (torch.amax, amin, torch.max(x))."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(2, 3, 3, padding=1), nn.Conv2d(2, 3, 3, padding=1)
+        self.b.load_state_dict(self.a.state_dict())
+        self.fa, self.fb = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.fb.load_state_dict(self.fa.state_dict())
+
+    def forward(self, x, v):
+        img = torch.stack([self.a(x), self.b(x)], -1).flatten(-2)  # columns alternate a, b
+        pools = (F.max_pool2d(img, 2).mean() + F.max_pool2d(img, 3, 2, padding=1, ceil_mode=True).pow(2).mean()
+                 + F.adaptive_max_pool2d(img, 1).sum() + F.adaptive_max_pool2d(img, (2, 3)).pow(2).mean())
+        fa, fb = self.fa(v), self.fb(v)
+        both = torch.stack([fb, fa], 1)  # (N, 2, 4): fb first
+        return (pools + both.amax(1).pow(2).mean() + both.max(1).values.mean() + both.min(1).values.pow(2).mean()
+                + both.amin((1, 2)).sum() + torch.max(both) + 0.3 * torch.min(fa - fb + fb))
+
+
+def ties():
+    torch.manual_seed(0)
+    return Ties().double()
+
+
+REAL_INPUTS.update({"aspp": ["x=2x3x10x10", "y=2x10x10:int64"], "inception_pools": ["x=2x3x11x11", "y=2:int64"],
+                    "wavenet": ["x=2x2x16", "y=2x3"], "ties": ["x=2x2x5x3", "v=3x4"]})
+INPUTS.update(REAL_INPUTS)
+
+
+class PolicyGather(nn.Module):
+    """Losses that pick by integer positions: the log-probability of each taken action
+    (log_softmax(...).gather(-1, actions.unsqueeze(-1)), policy gradients), torch.gather along axis
+    1 by an integer input whose index is shorter than x off that axis, a constant index from a
+    buffer (with a repeated position: its gradient is the sum), take_along_dim with an index
+    broadcast over the batch, and take_along_dim of the flattened tensor (dim None)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.seq = nn.Linear(5, 6), nn.Linear(5, 4)
+        self.register_buffer("order", torch.tensor([[2, 0], [1, 1], [0, 3]]))
+        self.register_buffer("cols", torch.tensor([[0, 5, 5]]))
+        self.register_buffer("flat", torch.tensor([3, 7, 7, 12]))
+
+    def forward(self, x, actions, pos, adv):
+        logp = F.log_softmax(self.fc(x), -1)
+        chosen = logp.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        h = torch.tanh(self.seq(x))
+        pairs = h.unsqueeze(1) * h.unsqueeze(2)  # (B, 4, 4)
+        picked = torch.gather(pairs, 1, pos)  # pos (B, 2, 3): the first 3 of the last axis
+        const = torch.gather(h[:3], 1, self.order)
+        cols = torch.take_along_dim(logp, self.cols, dim=1)  # (1, 3) broadcast over the batch
+        flat = torch.take_along_dim(h, self.flat)
+        return (-(chosen * adv).mean() + picked.pow(2).mean() + const.sum() + cols.pow(2).mean()
+                + flat.sum())
+
+
+def policy_gather():
+    torch.manual_seed(0)
+    return PolicyGather().double()
+
+
+REAL_INPUTS["policy_gather"] = ["x=4x5", "actions=4:int64", "pos=4x2x3:int64", "adv=4"]
+INPUTS.update(REAL_INPUTS)
+
+
+class PoolZoo(nn.Module):
+    """Pooling geometries side by side on one non-square input (9 x 10), each weighted differently:
+    ceil mode where the last window starts in the input, where it would start in the right padding
+    (PyTorch drops it), with dilation, with padding counted or not in the average, a divisor
+    override, windows larger than the input, their 1-D forms, and max pooling that returns its
+    indices (unused)."""
+
+    MAX = [(3, 2, 0, 1, True), (3, 2, 1, 1, True), (2, 2, 1, 1, True), (3, 3, 1, 2, True), (2, 3, 0, 2, False),
+           (4, 3, 2, 1, True), ((2, 3), (3, 2), (1, 0), (2, 1), True)]
+    AVG = [(3, 2, 0, True, True, None), (3, 2, 1, True, False, None), (2, 2, 1, True, True, None),
+           (4, 3, 2, True, False, None), (3, 2, 1, True, True, 5), ((3, 2), (2, 3), (1, 1), True, False, None),
+           (10, 10, 0, True, True, None)]
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 1)
+        self.indexed = nn.MaxPool2d(3, 2, padding=1, ceil_mode=True, return_indices=True)
+        self.indexed1d = nn.MaxPool1d(3, 2, return_indices=True)
+
+    def forward(self, x):
+        h = self.conv(x)
+        values, _ = self.indexed(h)  # return_indices=True, the indices unused
+        total = values.pow(2).mean() + self.indexed1d(h.flatten(2))[0].mean()
+        for n, (k, s, p, d, ceil) in enumerate(self.MAX):
+            total = total + (n + 1) * F.max_pool2d(h, k, s, p, d, ceil_mode=ceil).pow(2).mean()
+        for n, (k, s, p, ceil, count, div) in enumerate(self.AVG):
+            total = total + (n + 2) * F.avg_pool2d(h, k, s, p, ceil, count, div).pow(2).mean()
+        row = h.flatten(2)  # (N, C, 90) as a sequence
+        total = total + F.max_pool1d(row, 4, 3, 2, 2, ceil_mode=True).pow(2).mean()
+        total = total + F.avg_pool1d(row, 5, 4, 2, ceil_mode=True, count_include_pad=False).pow(2).mean()
+        return total + F.adaptive_max_pool1d(row, 7).pow(2).mean() + F.adaptive_max_pool2d(h, (4, 3)).pow(2).mean()
+
+
+def pool_zoo():
+    torch.manual_seed(0)
+    return PoolZoo().double()
+
+
+REAL_INPUTS["pool_zoo"] = ["x=2x2x9x10"]
+INPUTS.update(REAL_INPUTS)
+
+
+class DQN(nn.Module):
+    """Q-learning's loss: the Q-value of each taken action (gather) against r + 0.9 times the best
+    next Q-value of a target network (torch.max(dim)), detached, so that the target network's
+    parameters take no gradient (PyTorch leaves their .grad None); and a log-sum-exp stabilised by
+    its detached row maximum (amax), less a detached best next Q-value of the online network. Each
+    detach changes the gradients: a detach read as the identity fails against PyTorch."""
+
+    def __init__(self):
+        super().__init__()
+        self.q = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        self.target = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+
+    def forward(self, s, a, r, s2):
+        qs = self.q(s)
+        q = qs.gather(1, a.unsqueeze(1)).squeeze(1)
+        y = r + 0.9 * self.target(s2).max(1).values.detach()
+        m = qs.amax(1, keepdim=True).detach()
+        lse = m.squeeze(1) + torch.log(torch.exp(qs - m).sum(1))
+        online_best = self.q(s2).max(1).values.detach()
+        return F.smooth_l1_loss(q, y) + 0.1 * (lse - online_best).pow(2).mean()
+
+
+def dqn():
+    torch.manual_seed(0)
+    return DQN().double()
+
+
+REAL_INPUTS["dqn"] = ["s=5x4", "a=5:int64", "r=5", "s2=5x4"]
 INPUTS.update(REAL_INPUTS)

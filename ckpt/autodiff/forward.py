@@ -25,13 +25,15 @@ def _last_readers(g, target):
     return order[:stop], last
 
 
-def evaluate(g, leaves, backend, target=None):
+def evaluate(g, leaves, backend, target=None, held=None):
     """The value of `target` (default: the output) by a plain forward pass."""
-    return jvp(g, leaves, {}, backend, target=target).value
+    return jvp(g, leaves, {}, backend, target=target, held=held).value
 
 
-def jvp(g, leaves, tangents, backend, target=None, record=False):
-    """Forward mode through the graph: `tangents` maps leaf names to arrays shaped like them."""
+def jvp(g, leaves, tangents, backend, target=None, record=False, held=None):
+    """Forward mode through the graph: `tangents` maps leaf names to arrays shaped like them.
+    `held` maps op nodes to values taken as given rather than computed (stop_gradient's, held at
+    their unperturbed values while a gradient check perturbs the leaves)."""
     xp = backend.xp
     target = target or g.graph["output"]
     order, last = _last_readers(g, target)
@@ -53,7 +55,7 @@ def jvp(g, leaves, tangents, backend, target=None, record=False):
         d = g.nodes[v]
         op = REGISTRY[d["op"]]
         ins = [get(u) for u in d["inputs"]]
-        out = xp.asarray(op.forward(xp, ins, d["attrs"]))
+        out = held[v] if held and v in held else xp.asarray(op.forward(xp, ins, d["attrs"]))
         ts = [tan(u) for u in d["inputs"]]
         t_out = None
         if op.differentiable and any(t is not None for t in ts):  # a residual carries no tangent

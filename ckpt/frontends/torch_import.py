@@ -129,13 +129,21 @@ def example_inputs(model, inputs, seed=0):
 
 def export(model, args):
     torch = torch_or_error()
+    import logging
     import warnings
+    # torch logs a shape check that fails on fake tensors (a pooling's padding over half its
+    # kernel, a dilation of 0) with its whole traceback before raising it: ckpt's answer is one line
+    fake = logging.getLogger("torch._subclasses.fake_tensor")
+    level = fake.level
+    fake.setLevel(logging.CRITICAL)
     try:
         with warnings.catch_warnings():  # torch's notes on the user's module: ckpt's answer is one line
             warnings.simplefilter("ignore")
             return torch.export.export(model, args, strict=False)
     except Exception as e:  # noqa: BLE001 -- a shape mismatch, an untraceable forward: one line
         raise ConfigError(f"tracing the module failed ({e.__class__.__name__}): {_first_line(e)}") from None
+    finally:
+        fake.setLevel(level)
 
 
 def functional(ep):
@@ -273,7 +281,11 @@ class _Recorder:
         if name not in self.info:
             self.inputs[name] = {"shape": list(shape), "dtype": self.info[x][1]}
             self.info[name] = (tuple(shape), self.info[x][1])
-            self.int_views[name] = (x, how or (lambda a, _s=tuple(shape): a.reshape(_s)))
+            how = how or (lambda a, _s=tuple(shape): a.reshape(_s))
+            if x in self.arrays and x not in self.input_names:  # of a constant (a buffer): a constant
+                self.arrays[name] = np.ascontiguousarray(how(self.arrays[x]))
+            else:
+                self.int_views[name] = (x, how)
         return name
 
     def source(self, x):
@@ -761,6 +773,58 @@ def _embedding(r, node, w, idx, padding_idx=-1, scale_grad_by_freq=False, sparse
     return r.emit("add", [y, r.emit("embedding", [r.const(fixed), idx])]) if fixed.any() else y
 
 
+def _gather_along(r, x, idx, dim):
+    """x and integer positions idx of the same rank and the same sizes off `dim`, gathered along
+    dim: ckpt's gather along the last axis, with dim moved there (and back)."""
+    if not r.info[idx][1].startswith("int"):
+        r.unsupported("indices computed by the model (ckpt gathers by integer inputs and constants)")
+    nd = len(r.shape(x))
+    src = r.source(idx)
+    r.high[src] = min(r.high.get(src, 1 << 62), r.shape(x)[dim])
+    if dim == nd - 1:
+        return r.emit("gather", [x, idx])
+    perm = [d for d in range(nd) if d != dim] + [dim]
+    inv = [perm.index(d) for d in range(nd)]
+    shape = tuple(r.shape(idx)[p] for p in perm)
+    idx = r.int_view(idx, shape, lambda a, _p=tuple(perm): a.transpose(_p), tag=f"last{dim}_")
+    y = r.emit("gather", [r.emit("transpose", [x], {"axes": perm}), idx])
+    return r.emit("transpose", [y], {"axes": inv})
+
+
+@handles("aten.gather.default")
+def _gather(r, node, x, dim, index, sparse_grad=False):
+    """torch.gather: out[i][j] = x[i][index[i][j]] along dim; off dim, index may be shorter than x,
+    and torch reads x's first entries there."""
+    xs, ids = r.shape(x), r.shape(index)
+    if not xs or len(ids) != len(xs):
+        r.unsupported("gather of a 0-d tensor or with an index of another rank")
+    dim = int(dim) % len(xs)
+    for d in range(len(xs)):
+        if d != dim and ids[d] < xs[d]:
+            x = _slice(r, x, d, 0, ids[d])
+    return _gather_along(r, x, index, dim)
+
+
+@handles("aten.take_along_dim.default")
+def _take_along_dim(r, node, x, index, dim=None):
+    """torch.take_along_dim: gather whose index broadcasts against x off dim (dim None: of the
+    flattened x)."""
+    if dim is None:
+        n = size_of(r.shape(x))
+        flat = r.int_view(index, (size_of(r.shape(index)),)) if len(r.shape(index)) != 1 else index
+        return _gather_along(r, r.emit("reshape", [x], {"shape": [n]}) if len(r.shape(x)) != 1 else x, flat, 0)
+    xs, ids = r.shape(x), r.shape(index)
+    if not xs or len(ids) != len(xs):
+        r.unsupported("take_along_dim with an index of another rank")
+    dim = int(dim) % len(xs)
+    if any(xs[d] == 1 and ids[d] > 1 for d in range(len(xs)) if d != dim):
+        r.unsupported("take_along_dim broadcasting the tensor (only the index broadcasts here)")
+    shape = tuple(ids[d] if d == dim else xs[d] for d in range(len(xs)))
+    if shape != ids:
+        index = r.int_view(index, shape, lambda a, _s=shape: np.broadcast_to(a, _s), tag="b")
+    return _gather_along(r, x, index, dim)
+
+
 @handles("aten.arange.default", "aten.arange.start", "aten.arange.start_step")
 def _arange(r, node, *args, **kw):
     val = node.meta["val"]
@@ -802,10 +866,15 @@ def _permute(r, node, x, dims):
     return r.emit("transpose", [x], {"axes": [d % nd for d in dims]})
 
 
-@handles("aten.contiguous.default", "aten.clone.default", "aten.alias.default", "aten.detach.default",
-         "aten.lift_fresh_copy.default")
+@handles("aten.contiguous.default", "aten.clone.default", "aten.alias.default", "aten.lift_fresh_copy.default")
 def _identity(r, node, x, *rest, **kw):
     return x
+
+
+@handles("aten.detach.default")
+def _detach(r, node, x):
+    """x.detach(): the value, with no gradient back through it (a constant or integers take none)."""
+    return x if r.info[x][1].startswith("int") else r.emit("stop_gradient", [x])
 
 
 @handles("aten.cat.default")
@@ -971,123 +1040,259 @@ def _conv_padding(padding, k, d):
     return [(int(v), int(v)) for v in p]
 
 
-def _conv(r, x, w, b, stride, pads, groups):
-    """ckpt's conv2d (one square stride, one padding for both axes) for torch's: unequal or
-    one-sided padding is joined as zeros first; groups are convolutions of channel slices, joined."""
+def _conv(r, x, w, b, stride, pads, groups, dilation=1):
+    """ckpt's conv2d (one square stride, one padding and one dilation for both axes) for torch's:
+    unequal or one-sided padding is joined as zeros first; groups are convolutions of channel
+    slices, joined."""
     (ph, ph2), (pw, pw2) = pads
     if ph == ph2 == pw == pw2:
         pad = ph
     else:
         x = _pad_axis(r, _pad_axis(r, x, 2, ph, ph2), 3, pw, pw2)
         pad = 0
+    attrs = {"stride": stride, "padding": pad}
+    if dilation != 1:
+        attrs["dilation"] = dilation
     if groups == 1:
-        return r.emit("conv2d", [x, w] + ([b] if b is not None else []), {"stride": stride, "padding": pad})
+        return r.emit("conv2d", [x, w] + ([b] if b is not None else []), attrs)
     cin, cout = r.shape(x)[1] // groups, r.shape(w)[0] // groups
     outs = []
     for g in range(groups):
         xg = _slice(r, x, 1, g * cin, (g + 1) * cin)
         wg = _slice(r, w, 0, g * cout, (g + 1) * cout)
         bg = [_slice(r, b, 0, g * cout, (g + 1) * cout)] if b is not None else []
-        outs.append(r.emit("conv2d", [xg, wg] + bg, {"stride": stride, "padding": pad}))
+        outs.append(r.emit("conv2d", [xg, wg] + bg, dict(attrs)))
     return r.emit("concat", outs, {"axis": 1})
 
 
 @handles("aten.conv2d.default", "aten.conv2d.padding")
 def _conv2d(r, node, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
-    s, d = _pair(stride), _pair(dilation)
-    if d != [1, 1]:
-        r.unsupported("conv2d with dilation")
-    if s[0] != s[1] and not (r.shape(x)[2] == 1 and r.shape(w)[2] == 1):
+    s, d = [int(v) for v in _pair(stride)], [int(v) for v in _pair(dilation)]
+    kh, kw = r.shape(w)[2:]
+    if min(d) < 1:
+        r.unsupported(f"conv2d with dilation {tuple(d)} (each must be at least 1)")
+    if s[0] != s[1] and not (r.shape(x)[2] == 1 and kh == 1):
         r.unsupported("conv2d with unequal strides")
-    return _conv(r, x, w, b, int(s[1]), _conv_padding(padding, r.shape(w)[2:], d), int(groups))
+    # A dilation along an axis of kernel size 1 spaces nothing: only the other axis's counts
+    dil = {v for v, k in zip(d, (kh, kw)) if k > 1} or {1}
+    if len(dil) > 1:
+        r.unsupported("conv2d with unequal dilations")
+    return _conv(r, x, w, b, s[1], _conv_padding(padding, r.shape(w)[2:], d), int(groups), dil.pop())
 
 
 @handles("aten.conv1d.default", "aten.conv1d.padding")
 def _conv1d(r, node, x, w, b=None, stride=(1,), padding=(0,), dilation=(1,), groups=1):
     """(N, C, L) as an image of height 1: ckpt's conv2d with a (1, k) kernel."""
     s = stride[0] if isinstance(stride, (list, tuple)) else stride
-    d = dilation[0] if isinstance(dilation, (list, tuple)) else dilation
-    if d != 1 or len(r.shape(x)) != 3:
-        r.unsupported("conv1d with dilation or of other than (N, C, L)")
-    (pl, pr), = _conv_padding(padding, r.shape(w)[2:], [1])
+    d = int(dilation[0] if isinstance(dilation, (list, tuple)) else dilation)
+    if len(r.shape(x)) != 3:
+        r.unsupported("conv1d of other than (N, C, L)")
+    if d < 1:
+        r.unsupported(f"conv1d with dilation {d} (it must be at least 1)")
+    (pl, pr), = _conv_padding(padding, r.shape(w)[2:], [d])
     n, c, length = r.shape(x)
     x4 = r.emit("reshape", [x], {"shape": [n, c, 1, length]})
     w4 = r.emit("reshape", [w], {"shape": [r.shape(w)[0], r.shape(w)[1], 1, r.shape(w)[2]]})
-    y = _conv(r, x4, w4, b, int(s), [(0, 0), (pl, pr)] if (pl, pr) != (0, 0) else [(0, 0), (0, 0)], int(groups))
+    y = _conv(r, x4, w4, b, int(s), [(0, 0), (pl, pr)] if (pl, pr) != (0, 0) else [(0, 0), (0, 0)], int(groups),
+              d if r.shape(w)[2] > 1 else 1)
     return r.emit("reshape", [y], {"shape": list(_out_shape(node))})
 
 
-def _pool(op):
-    def rule(r, node, x, kernel_size, stride=(), padding=0, *rest):
-        k, s = _pair(kernel_size), _pair(stride) if stride not in ((), [], None) else _pair(kernel_size)
-        p = _pair(padding)
-        if len(r.shape(x)) != 4:
-            r.unsupported(f"{op} of other than (N, C, H, W)")
-        if k[0] == k[1] and s == k and p == [0, 0] and not any(rest[:2]):
-            return r.emit(op, [x], {"kernel": int(k[0])})
-        return _window_pool(r, node, x, op, k, s, p, rest)
-    return rule
+def _ints(v, n):
+    """torch's int or list of ints for n spatial axes, as n ints (one int is every axis's)."""
+    v = list(v) if isinstance(v, (list, tuple)) else [v]
+    return [int(x) for x in (v * n if len(v) == 1 else v)]
 
 
-def _window_pool(r, node, x, op, k, s, p, rest):
-    """Overlapping or padded windows (ResNet's 3 x 3 max pool of stride 2, padding 1) from strided
-    slices, one per offset in the window: max by a chain of where(greater) (the first maximum
-    wins, as in torch), average as their sum over k*k (padding counted, torch's default)."""
-    if op == "maxpool2d":
-        dilation, ceil_mode = (list(rest[0]) if rest and rest[0] else [1, 1]), (rest[1] if len(rest) > 1 else False)
-        if _pair(dilation) != [1, 1] or ceil_mode:
-            r.unsupported("max pooling with dilation or ceil_mode")
-    else:
-        ceil_mode = rest[0] if rest else False
-        if ceil_mode or (len(rest) > 1 and not rest[1]) or (len(rest) > 2 and rest[2] is not None):
-            r.unsupported("average pooling with ceil_mode, count_include_pad=False or divisor_override")
+def _pool_extent(r, what, n, k, s, p, d, ceil):
+    """Windows along one axis, by PyTorch's rule: with ceil_mode the last window may run past the
+    padded input, but it must start inside the input or its left padding."""
+    if k < 1 or s < 1 or d < 1 or p < 0:
+        r.unsupported(f"{what} with kernel {k}, stride {s}, padding {p} and dilation {d}")
+    if 2 * p > k:
+        r.unsupported(f"{what} with padding {p}, more than half the kernel {k}")
+    span = d * (k - 1) + 1
+    o = (n + 2 * p - span + (s - 1 if ceil else 0)) // s + 1
+    if ceil and (o - 1) * s >= n + p:
+        o -= 1
+    if o < 1:
+        r.unsupported(f"{what}: the window ({span}) is larger than the padded input ({n + 2 * p})")
+    return o
+
+
+def _avg_divisors(n, o, k, s, p, count_pad):
+    """What PyTorch divides each window's sum by along one axis: the window's length within the
+    padded input (count_include_pad) or within the input alone; a ceil_mode window's part past
+    the padding never counts."""
+    out = []
+    for i in range(o):
+        start = i * s - p
+        end = min(start + k, n + p)
+        out.append(end - start if count_pad else min(end, n) - max(start, 0))
+    return np.array(out, dtype=float)
+
+
+def _window_pool(r, x, op, k, s, p, d=(1, 1), ceil=False, count_pad=True, divisor=None):
+    """Pooling of (N, C, H, W) over windows of any kernel, stride, padding and dilation, floor or
+    ceil mode. Windows that tile the image are ckpt's pooling op; others (ResNet's 3 x 3 max pool of
+    stride 2, padding 1; GoogLeNet's ceil-mode pools) are strided slices, one per offset in the
+    window, of the input padded (-inf for max, zeros for the average) far enough that every window
+    fits: max by a chain of where(greater) (the first maximum in the window wins, as in torch),
+    average as their sum times 1/divisor, PyTorch's divisor per window."""
     n, c, h, w = r.shape(x)
-    if p != [0, 0]:
-        fill = -np.inf if op == "maxpool2d" else 0.0
-        parts = [r.const(np.full((n, c, p[0], w), fill))] if p[0] else []
-        x = r.emit("concat", parts + [x] + parts, {"axis": 2}) if parts else x
-        h += 2 * p[0]
-        parts = [r.const(np.full((n, c, h, p[1]), fill))] if p[1] else []
-        x = r.emit("concat", parts + [x] + parts, {"axis": 3}) if parts else x
-        w += 2 * p[1]
-    oh, ow = (h - k[0]) // s[0] + 1, (w - k[1]) // s[1] + 1
+    what = "max pooling" if op == "maxpool2d" else "average pooling"
+    k, s, p, d = list(k), list(s), list(p), list(d)
+    oh, ow = (_pool_extent(r, what, *a, ceil) for a in zip((h, w), k, s, p, d))
+    if k[0] == k[1] and s == k and p == [0, 0] and d == [1, 1] and (oh * k[0], ow * k[1]) == (h, w) \
+            and divisor is None:
+        return r.emit(op, [x], {"kernel": k[0]})
+    fill = -np.inf if op == "maxpool2d" else 0.0
+    for axis, length, o, k_, s_, p_, d_ in ((2, h, oh, k[0], s[0], p[0], d[0]), (3, w, ow, k[1], s[1], p[1], d[1])):
+        end = (o - 1) * s_ + d_ * (k_ - 1) + 1  # the last window's end, in the padded input
+        x = _pad_axis(r, x, axis, p_, max(0, end - length - p_), fill)
     out = None
     for a in range(k[0]):
-        rows = _slice(r, x, 2, a, a + (oh - 1) * s[0] + 1, s[0])
+        rows = _slice(r, x, 2, a * d[0], a * d[0] + (oh - 1) * s[0] + 1, s[0])
         for b in range(k[1]):
-            win = _slice(r, rows, 3, b, b + (ow - 1) * s[1] + 1, s[1])
+            win = _slice(r, rows, 3, b * d[1], b * d[1] + (ow - 1) * s[1] + 1, s[1])
             if out is None:
                 out = win
             elif op == "maxpool2d":
                 out = r.emit("where", [r.emit("greater", [win, out]), win, out])
             else:
                 out = r.emit("add", [out, win])
-    return out if op == "maxpool2d" else r.emit("scale", [out], {"factor": 1.0 / (k[0] * k[1])})
+    if op == "maxpool2d":
+        return out
+    if divisor:
+        return r.emit("scale", [out], {"factor": 1.0 / int(divisor)})
+    per = np.outer(_avg_divisors(h, oh, k[0], s[0], p[0], count_pad), _avg_divisors(w, ow, k[1], s[1], p[1], count_pad))
+    if (per == per.flat[0]).all():
+        return r.emit("scale", [out], {"factor": 1.0 / per.flat[0]})
+    return r.emit("mul", [out, r.const(1.0 / per)])  # (OH, OW), broadcast over the batch and channels
 
 
-handles("aten.max_pool2d.default")(_pool("maxpool2d"))
-handles("aten.avg_pool2d.default")(_pool("avgpool2d"))
+def _image(r, x, what):
+    if len(r.shape(x)) != 4:
+        r.unsupported(f"{what} of other than (N, C, H, W)")
 
 
-def _pool1d(op):
-    """(N, C, L) as an image of height 1: windows of 1 x k."""
-    def rule(r, node, x, kernel_size, stride=(), padding=0, *rest):
-        k = kernel_size[0] if isinstance(kernel_size, (list, tuple)) else kernel_size
-        s_ = (stride[0] if isinstance(stride, (list, tuple)) else stride) if stride not in ((), [], None) else k
-        p = padding[0] if isinstance(padding, (list, tuple)) else padding
-        if len(r.shape(x)) != 3:
-            r.unsupported(f"{op} of other than (N, C, L)")
-        n, c, length = r.shape(x)
-        x4 = r.emit("reshape", [x], {"shape": [n, c, 1, length]})
-        if op == "maxpool2d" and rest:  # max_pool1d(x, k, s, p, dilation, ceil_mode)
-            rest = ([1, rest[0][0] if isinstance(rest[0], (list, tuple)) else rest[0]],) + tuple(rest[1:])
-        y = _window_pool(r, node, x4, op, [1, int(k)], [1, int(s_)], [0, int(p)], rest)
-        return r.emit("reshape", [y], {"shape": list(_out_shape(node))})
-    return rule
+@handles("aten.max_pool2d.default")
+def _max_pool2d(r, node, x, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False):
+    _image(r, x, "max pooling")
+    k = _ints(kernel_size, 2)
+    s = _ints(stride, 2) if stride not in ((), [], None) else k
+    return _window_pool(r, x, "maxpool2d", k, s, _ints(padding, 2), _ints(dilation, 2), bool(ceil_mode))
 
 
-handles("aten.max_pool1d.default")(_pool1d("maxpool2d"))
-handles("aten.avg_pool1d.default")(_pool1d("avgpool2d"))
+@handles("aten.avg_pool2d.default")
+def _avg_pool2d(r, node, x, kernel_size, stride=(), padding=0, ceil_mode=False, count_include_pad=True,
+                divisor_override=None):
+    _image(r, x, "average pooling")
+    k = _ints(kernel_size, 2)
+    s = _ints(stride, 2) if stride not in ((), [], None) else k
+    if divisor_override is not None and int(divisor_override) < 1:
+        r.unsupported(f"average pooling with divisor_override {divisor_override}")
+    return _window_pool(r, x, "avgpool2d", k, s, _ints(padding, 2), (1, 1), bool(ceil_mode),
+                        bool(count_include_pad), divisor_override)
+
+
+def _as_image(r, node, x, what, pool):
+    """(N, C, L) as an image of height 1: `pool` of it, back to (N, C, L')."""
+    if len(r.shape(x)) != 3:
+        r.unsupported(f"{what} of other than (N, C, L)")
+    n, c, length = r.shape(x)
+    y = pool(r.emit("reshape", [x], {"shape": [n, c, 1, length]}))
+    val = node.meta["val"]
+    val = val[0] if isinstance(val, (tuple, list)) else val  # (values, indices) of return_indices
+    return r.emit("reshape", [y], {"shape": [int(d) for d in val.shape]})
+
+
+@handles("aten.max_pool1d.default")
+def _max_pool1d(r, node, x, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False):
+    k = _ints(kernel_size, 1)[0]
+    s = _ints(stride, 1)[0] if stride not in ((), [], None) else k
+    return _as_image(r, node, x, "max pooling", lambda x4: _window_pool(
+        r, x4, "maxpool2d", [1, k], [1, s], [0, _ints(padding, 1)[0]], [1, _ints(dilation, 1)[0]], bool(ceil_mode)))
+
+
+@handles("aten.avg_pool1d.default")
+def _avg_pool1d(r, node, x, kernel_size, stride=(), padding=0, ceil_mode=False, count_include_pad=True):
+    k = _ints(kernel_size, 1)[0]
+    s = _ints(stride, 1)[0] if stride not in ((), [], None) else k
+    return _as_image(r, node, x, "average pooling", lambda x4: _window_pool(
+        r, x4, "avgpool2d", [1, k], [1, s], [0, _ints(padding, 1)[0]], [1, 1], bool(ceil_mode), bool(count_include_pad)))
+
+
+@handles("aten.max_pool2d_with_indices.default", "aten.max_pool1d_with_indices.default")
+def _max_pool_with_indices(r, node, x, *args, **kw):
+    """nn.MaxPool(return_indices=True): (values, indices). The values are max pooling's; the indices
+    are no ckpt value (a model that reads them, as max_unpool does, is refused where it does)."""
+    pool = _max_pool2d if "2d" in str(node.target) else _max_pool1d
+    return [pool(r, node, x, *args, **kw), None]
+
+
+# ---- max and min over axes; adaptive max pooling -------------------------------------------------------
+def _extreme_op(node):
+    return "amax" if "max" in str(node.target) else "amin"
+
+
+@handles("aten.amax.default", "aten.amin.default")
+def _amax(r, node, x, dim=(), keepdim=False):
+    """torch.amax / amin: ties share the gradient equally."""
+    dims = _ints(dim, 1) if dim not in ((), [], None) else None
+    return r.emit(_extreme_op(node), [x], {"axis": dims, "keepdims": bool(keepdim)})
+
+
+@handles("aten.max.default", "aten.min.default")
+def _max_all(r, node, x):
+    """torch.max(x) over every element: ties share the gradient equally, as for amax."""
+    return r.emit(_extreme_op(node), [x], {"axis": None, "keepdims": False})
+
+
+@handles("aten.max.dim", "aten.min.dim")
+def _max_dim(r, node, x, dim, keepdim=False):
+    """torch.max(x, dim): (values, indices); the first extremum along the axis takes the gradient,
+    the element whose index torch returns. The indices are no ckpt value (integers from floats): a
+    model that reads them is refused where it does."""
+    values = r.emit(_extreme_op(node), [x], {"axis": int(dim), "keepdims": bool(keepdim), "first": True})
+    return [values, None]
+
+
+def _adaptive_max(r, x, oh, ow):
+    """Adaptive max pooling of (N, C, H, W) to (OH, OW): torch's bins (as for the average), each bin's
+    first maximum in row-major order taking the gradient, as torch's kernel picks it."""
+    n, c, h, w = r.shape(x)
+    if (oh, ow) == (h, w):
+        return x
+    if h % oh == 0 and w % ow == 0:  # equal bins that tile the image: windows of one stride
+        return _window_pool(r, x, "maxpool2d", [h // oh, w // ow], [h // oh, w // ow], [0, 0])
+    bins = []
+    for i in range(oh):
+        rows = _slice(r, x, 2, (i * h) // oh, -((-(i + 1) * h) // oh))
+        for j in range(ow):
+            part = _slice(r, rows, 3, (j * w) // ow, -((-(j + 1) * w) // ow))
+            bh, bw = r.shape(part)[2:]
+            flat = r.emit("reshape", [part], {"shape": [n, c, bh * bw]})
+            bins.append(r.emit("amax", [flat], {"axis": -1, "keepdims": True, "first": True}))
+    out = r.emit("concat", bins, {"axis": 2}) if len(bins) > 1 else bins[0]
+    return r.emit("reshape", [out], {"shape": [n, c, oh, ow]})
+
+
+@handles("aten.adaptive_max_pool2d.default")
+def _adaptive_max2d(r, node, x, output_size):
+    _image(r, x, "adaptive max pooling")
+    oh, ow = tuple(node.meta["val"][0].shape)[-2:]  # (values, indices)
+    return [_adaptive_max(r, x, int(oh), int(ow)), None]
+
+
+@handles("aten.adaptive_max_pool1d.default")
+def _adaptive_max1d(r, node, x, output_size):
+    if len(r.shape(x)) != 3:
+        r.unsupported("adaptive max pooling of other than (N, C, L)")
+    n, c, length = r.shape(x)
+    o = int(node.meta["val"][0].shape[-1])
+    y = _adaptive_max(r, r.emit("reshape", [x], {"shape": [n, c, 1, length]}), 1, o)
+    return [r.emit("reshape", [y], {"shape": [n, c, o]}), None]
 
 
 def _bins(n_in, n_out):

@@ -69,6 +69,7 @@ ATTR_KINDS = {
     "factor": "number", "axis": "axes", "keepdims": "bool", "shape": "shape", "axes": "permutation",
     "eps": "positive", "stride": "count", "padding": "index", "kernel": "count", "scale": "count",
     "p": "probability", "exponent": "number", "start": "index", "stop": "count", "step": "count",
+    "dilation": "count", "first": "bool",
 }
 ATTR_KINDS_BY_OP = {("concat", "axis"): "axis", ("softmax", "axis"): "axis", ("log_softmax", "axis"): "axis",
                     ("slice", "axis"): "axis"}
@@ -747,7 +748,7 @@ OP_SUMMARY = {
     "linear": "x @ W (+ b)", "softmax": "softmax along an axis", "log_softmax": "log of softmax along an axis",
     "layernorm": "normalise the last axis, then * gamma + beta (the row mean and 1/std are saved: a "
                  "`layernorm_stats` value the planner may keep or compute again)",
-    "conv2d": "2-D convolution, NCHW (+ bias)",
+    "conv2d": "2-D convolution, NCHW (+ bias); dilation spaces the kernel's taps",
     "maxpool2d": "max over k x k windows (NCHW)", "avgpool2d": "mean over k x k windows (NCHW)",
     "upsample2d": "repeat each pixel scale x scale times (NCHW)",
     "dropout": "zero elements with probability p, scale the rest by 1/(1-p); the mask is a hash of seed, "
@@ -759,6 +760,11 @@ OP_SUMMARY = {
     "less": "1 where a < b, else 0", "less_equal": "1 where a <= b, else 0", "pow": "x ** exponent",
     "embedding": "rows of a table W (rows, dim) gathered by integer indices",
     "slice": "x[start:stop:step] along an axis (the other axes whole)",
+    "amax": "largest element over axes; the gradient is shared equally by tied elements, or with `first` "
+            "(one axis) goes to the first of them",
+    "amin": "smallest element over axes; ties as `amax`",
+    "stop_gradient": "x, passing no gradient back (torch's detach)",
+    "gather": "x (..., n) at integer positions idx (..., k) along the last axis: out[..., j] = x[..., idx[..., j]]",
 }
 
 _LEAF_DOC = {

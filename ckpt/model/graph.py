@@ -195,14 +195,19 @@ def retarget(g, of=None, wrt=None):
 
 
 def _mark_grad(g, order):
-    """An op node takes a gradient when it depends on a leaf that does and feeds the output."""
-    feeds = nx.ancestors(g, g.graph["output"]) | {g.graph["output"]}
+    """A node takes a gradient when it depends on a leaf that does and the output's gradient reaches
+    it: through differentiable ops only (stop_gradient passes none back, and what only feeds the
+    output through it, a DQN's target network, takes none, as in PyTorch, whose .grad stays None)."""
+    reach = {g.graph["output"]}
+    for v in reversed(order):
+        if v in reach and REGISTRY[g.nodes[v]["op"]].differentiable:
+            reach.update(g.nodes[v]["inputs"])
     for v in g.nodes:
         if g.nodes[v]["kind"] != "op":
-            g.nodes[v]["grad"] = g.nodes[v]["grad"] and v in feeds
+            g.nodes[v]["grad"] = g.nodes[v]["grad"] and v in reach
     for v in order:
         d = g.nodes[v]
-        d["grad"] = v in feeds and REGISTRY[d["op"]].differentiable and any(g.nodes[u]["grad"] for u in d["inputs"])
+        d["grad"] = v in reach and REGISTRY[d["op"]].differentiable and any(g.nodes[u]["grad"] for u in d["inputs"])
 
 
 def residuals(g, w, i):

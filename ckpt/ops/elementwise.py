@@ -193,6 +193,20 @@ register(Op(
 ))
 
 
+# ---- stop_gradient: x itself, through which no gradient flows back (torch's detach) -------------
+# Not differentiable: the model graph gives its output no gradient, so its consumers send it none
+# and it sends none on (a DQN's target, a stabilising shift held constant). The forward's view is
+# made to own its buffer by the executor, as reshape's is.
+register(Op(
+    name="stop_gradient", arity=(1, 1), shape=_same_shape("stop_gradient"), differentiable=False,
+    forward=lambda xp, ins, a: ins[0].reshape(ins[0].shape),
+    vjp=lambda xp, i, g, c: xp.zeros(tuple(c.in_shapes[0]), dtype=g.dtype),
+    jvp=lambda xp, t, c: xp.zeros(tuple(c.out_shape), dtype=t[0].dtype),
+    needs=lambda i: (), flops=lambda s, o, a: 0, vjp_flops=lambda i, s, o, a: 0,
+    example={"shapes": [(3, 4)]},
+))
+
+
 # ---- broadcasting binaries ---------------------------------------------------------------------
 def _binary_vjp_flops(k):
     """k operations per output element for input i (k[i]), and a reduction over the output where

@@ -376,6 +376,9 @@ register(Op(
 # dropped by the forward and hold zero gradient in the VJPs: Hp*Wp / (OH*OW) more GEMM work (1.27
 # at 16x16, 3x3, padding 1), paid back several times over by copies with long inner loops. At
 # stride s that waste would be s*s: there the grid is (OH, OW) and the windows are strided.
+# Dilation d (atrous convolution: DeepLab's ASPP, WaveNet) spaces the kernel's taps d apart: it is
+# only a stride of the window view (the row of (c, i, j) is the channel shifted by d*(i*Wp + j)),
+# so a dilated convolution is the same one copy and one GEMM.
 def _conv_geometry(shapes, a):
     x, w = tuple(shapes[0]), tuple(shapes[1])
     if len(x) != 4 or len(w) != 4:
@@ -384,12 +387,13 @@ def _conv_geometry(shapes, a):
         raise shape_error("conv2d", f"input has {x[1]} channels, weights expect {w[1]}", shapes)
     if len(shapes) == 3 and tuple(shapes[2]) != (w[0],):
         raise shape_error("conv2d", f"bias must have shape ({w[0]},)", shapes)
-    s, p = a["stride"], a["padding"]
-    if not isinstance(s, int) or s < 1 or not isinstance(p, int) or p < 0:
-        raise ShapeError("conv2d: stride must be a positive integer and padding a non-negative one")
-    oh, ow = (x[2] + 2 * p - w[2]) // s + 1, (x[3] + 2 * p - w[3]) // s + 1
+    s, p, d = a["stride"], a["padding"], a.get("dilation", 1)
+    if any(not isinstance(v, int) or isinstance(v, bool) for v in (s, p, d)) or s < 1 or p < 0 or d < 1:
+        raise ShapeError("conv2d: stride and dilation must be positive integers and padding a non-negative one")
+    oh, ow = (x[2] + 2 * p - d * (w[2] - 1) - 1) // s + 1, (x[3] + 2 * p - d * (w[3] - 1) - 1) // s + 1
     if oh < 1 or ow < 1:
-        raise shape_error("conv2d", "kernel is larger than the padded input", shapes)
+        raise shape_error("conv2d", "kernel is larger than the padded input" + (f" (dilation {d})" if d > 1 else ""),
+                          shapes)
     return oh, ow
 
 
@@ -398,12 +402,30 @@ def _conv_shape(shapes, a):
     return (shapes[0][0], shapes[1][0], oh, ow)
 
 
+# A dilated kernel makes the padded grid's dropped rows and columns d times as many: an atrous
+# 3 x 3 of dilation 18 and padding 18 on a 33 x 33 map computes 4.4 times its output on the grid.
+# Past twice the output, the strided windows of (OH, OW) cost less: on one thread 2.4 to 3.2 times
+# less at 3 to 4.4 times (scripts/bench_dilated.py); below it the two were within noise of each other
+# on a shared machine. Undilated kernels keep the grid (their waste is (Hp Wp) / (H W), 1.27 at
+# 16 x 16 and padding 1).
+GRID_WASTE = 2.0
+
+
+def _padded_grid(x_shape, w_shape, a):
+    """Whether the rules run on the padded input's grid (stride 1, little waste) or on strided windows."""
+    if a["stride"] != 1:
+        return False
+    (_, _, h, w), (_, _, kh, kw), p, d = x_shape, w_shape, a["padding"], a.get("dilation", 1)
+    hp, wp = h + 2 * p, w + 2 * p
+    return d == 1 or hp * wp <= GRID_WASTE * (hp - d * (kh - 1)) * (wp - d * (kw - 1))
+
+
 def _grid(x_shape, w_shape, out_shape, a):
     """(GH, GW, tail): the grid of output positions, and the zeros the stride-1 view reads past the
     padded input's end (its last row of windows starts at the last grid position)."""
-    (_, _, h, w), (_, _, kh, kw), p = x_shape, w_shape, a["padding"]
-    if a["stride"] == 1:
-        return h + 2 * p, w + 2 * p, (kh - 1) * (w + 2 * p) + kw - 1
+    (_, _, h, w), (_, _, kh, kw), p, d = x_shape, w_shape, a["padding"], a.get("dilation", 1)
+    if _padded_grid(x_shape, w_shape, a):
+        return h + 2 * p, w + 2 * p, d * ((kh - 1) * (w + 2 * p) + kw - 1)
     return out_shape[2], out_shape[3], 0
 
 
@@ -412,7 +434,7 @@ def _cols(xp, x, w_shape, out_shape, a):
     laid out channel-major (C, N, Hp, Wp) and flattened, with `tail` zeros after it."""
     n, ch, h, w = x.shape
     _, _, kh, kw = w_shape
-    s, p = a["stride"], a["padding"]
+    s, p, d = a["stride"], a["padding"], a.get("dilation", 1)
     gh, gw, tail = _grid(x.shape, w_shape, out_shape, a)
     hp, wp = h + 2 * p, w + 2 * p
     m = n * hp * wp
@@ -421,11 +443,11 @@ def _cols(xp, x, w_shape, out_shape, a):
     image = xp.lib.stride_tricks.as_strided(buf, (ch, n, hp, wp), ((m + tail) * e, hp * wp * e, wp * e, e))
     image[:, :, p:p + h, p:p + w] = x.transpose(1, 0, 2, 3)  # (a view for certain, where reshape may copy)
     del image
-    if s == 1:
-        view = xp.lib.stride_tricks.as_strided(buf, (ch, kh, kw, m), ((m + tail) * e, wp * e, e, e))
+    if _padded_grid(x.shape, w_shape, a):
+        view = xp.lib.stride_tricks.as_strided(buf, (ch, kh, kw, m), ((m + tail) * e, d * wp * e, d * e, e))
     else:
         view = xp.lib.stride_tricks.as_strided(buf, (ch, kh, kw, n, gh, gw),
-                                               ((m + tail) * e, wp * e, e, hp * wp * e, s * wp * e, s * e))
+                                               ((m + tail) * e, d * wp * e, d * e, hp * wp * e, s * wp * e, s * e))
     return view.reshape(ch * kh * kw, n * gh * gw)  # a copy: the view is not contiguous
 
 
@@ -481,23 +503,24 @@ def _conv_dx(xp, g, w, x_shape, a, gh, gw):
     then col2im onto the channel-major padded input (C, N, Hp, Wp), cropped to NCHW at the end."""
     n, ch, h, wd = x_shape
     o, _, kh, kw = w.shape
-    s, p = a["stride"], a["padding"]
+    s, p, d = a["stride"], a["padding"], a.get("dilation", 1)
     oh, ow = g.shape[2:]
     hp, wp = h + 2 * p, wd + 2 * p
     grid = _on_grid(xp, g, gh, gw, pixel_major=False)
-    if s == 1:
+    if _padded_grid(x_shape, w.shape, a):
         # Rows ordered (kh, kw, C): the columns of offset (r, q) are one contiguous block, which
-        # lands on the flattened padded input shifted by r*Wp + q. Within the block, the last
-        # r*Wp + q values of each channel spill into the next channel's first ones: they belong to
-        # grid positions that are no output pixel, whose gradient is zero, so they add zeros. Each
-        # add is then one 1-D contiguous pass (numpy buffers none of its operands).
+        # lands on the flattened padded input shifted by d*(r*Wp + q). Within the block, the last
+        # d*(r*Wp + q) values of each channel spill into the next channel's first ones: they belong
+        # to grid positions that are no output pixel (rows past OH = Hp - d*(kh-1), or columns past
+        # OW), whose gradient is zero, so they add zeros. Each add is then one 1-D contiguous pass
+        # (numpy buffers none of its operands).
         m = n * hp * wp
         dcols = xp.matmul(xp.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(-1, o), grid)  # the one GEMM
         del grid
-        flat = xp.zeros(ch * m + (kh - 1) * wp + kw - 1, dtype=g.dtype)
+        flat = xp.zeros(ch * m + d * ((kh - 1) * wp + kw - 1), dtype=g.dtype)
         for r in range(kh):
             for q in range(kw):
-                off, k = r * wp + q, r * kw + q
+                off, k = d * (r * wp + q), r * kw + q
                 flat[off:off + ch * m] += dcols[k * ch:(k + 1) * ch].reshape(-1)
         dx = flat[:ch * m].reshape(ch, n, hp, wp)
     else:
@@ -507,7 +530,7 @@ def _conv_dx(xp, g, w, x_shape, a, gh, gw):
         dx = xp.zeros((ch, n, hp, wp), dtype=g.dtype)
         for r in range(kh):  # one strided add per kernel offset
             for q in range(kw):
-                dx[:, :, r:r + s * oh:s, q:q + s * ow:s] += dcols[:, r, q]
+                dx[:, :, d * r:d * r + s * oh:s, d * q:d * q + s * ow:s] += dcols[:, r, q]
     del dcols
     out = xp.empty(x_shape, dtype=g.dtype)
     out[...] = dx[:, :, p:p + h, p:p + wd].transpose(1, 0, 2, 3)
@@ -549,7 +572,7 @@ def _conv_workspace(which, shapes, out_shape, a, itemsize):
         return max(buf + cols, cols + grid + dw_t, dw_t + out) - out
     if which == 0:
         out = size(shapes[0]) * e
-        if a["stride"] == 1:  # the gradient on the grid, the weights reordered, the columns; the
+        if _padded_grid(shapes[0], shapes[1], a):  # the gradient on the grid, the weights reordered, the columns; the
             # columns and the flat padded dX (with its tail); then that and the output
             flat = padded + tail * e
             return max(grid + o * ch * kh * kw * e + cols, cols + flat, flat + out) - out
@@ -561,7 +584,7 @@ def _conv_workspace(which, shapes, out_shape, a, itemsize):
 
 
 register(Op(
-    name="conv2d", arity=(2, 3), shape=_conv_shape, attrs={"stride": 1, "padding": 0},
+    name="conv2d", arity=(2, 3), shape=_conv_shape, attrs={"stride": 1, "padding": 0, "dilation": 1},
     forward=_conv_forward, vjp=_conv_vjp, jvp=_conv_jvp, workspace=_conv_workspace,
     needs=lambda i: ((1,), (0,), ())[i],
     flops=lambda s, o, a: 2 * size(o) * s[1][1] * s[1][2] * s[1][3],

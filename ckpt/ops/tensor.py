@@ -1,6 +1,6 @@
 """Reductions, shape ops, concat and matrix products. One block per op."""
 
-from . import REQUIRED, Op, broadcast_shapes, iter_buffer, register, shape_error, size, unbroadcast
+from . import OUT, REQUIRED, Op, broadcast_shapes, iter_buffer, register, shape_error, size, unbroadcast
 from ..errors import ShapeError
 
 
@@ -83,6 +83,94 @@ register(Op(
     needs=lambda i: (), flops=_reduce_flops, vjp_flops=_expand_flops, workspace=_mean_workspace,
     example={"shapes": [(3, 4, 5)], "attrs": {"axis": 1, "keepdims": True}},
 ))
+
+
+# ---- amax, amin: the largest (smallest) element over axes ---------------------------------------
+# The gradient goes to the extremum; where several elements tie for it, PyTorch has two rules and
+# so has ckpt: by default the gradient is spread equally among the tied elements (torch.amax,
+# torch.max(x) over everything); with `first`, over one axis, the first extremum along it takes it
+# all (torch.max(x, dim) and adaptive max pooling, which return that element's index). The VJP and
+# the JVP of each rule are those of one function, so they stay each other's transpose at a tie.
+def _extreme_shape(op):
+    reduce = _reduce_shape(op)
+
+    def rule(shapes, a):
+        if a["first"] and len(_axes(op, a["axis"], len(shapes[0]))) > 1:
+            raise shape_error(op, f"first takes the first {op[1:]} along one axis; axis {a['axis']} names several",
+                              shapes)
+        return reduce(shapes, a)
+    return rule
+
+
+def _kept(c, v):
+    """A reduced value (the output, its gradient) with the reduced axes kept as axes of 1 (a view)."""
+    shape = tuple(c.in_shapes[0])
+    axes = _axes("", c.attrs["axis"], len(shape))
+    return v.reshape(tuple(1 if i in axes else n for i, n in enumerate(shape)))
+
+
+def _extreme_hits(xp, c, biggest):
+    """Where x holds its extremum (booleans of x's shape), and how many do, per reduction (floats of
+    the kept shape). With `first`, one per reduction: the first, by its index along the axis."""
+    x = c.ins[0]
+    axes = _axes("", c.attrs["axis"], x.ndim)
+    if c.attrs["first"] and axes:
+        ax, = axes
+        pick = x.argmax(axis=ax) if biggest else x.argmin(axis=ax)
+        where = xp.arange(x.shape[ax]).reshape((-1,) + (1,) * (x.ndim - 1 - ax))
+        return xp.equal(where, xp.expand_dims(pick, ax)), None
+    hit = xp.equal(x, _kept(c, c.out))
+    return hit, hit.sum(axis=axes, keepdims=True, dtype=x.dtype) if not c.attrs["first"] else None
+
+
+def _extreme_workspace(which, s, o, a, itemsize):
+    """The forward: none. The VJP: the booleans of x's shape, and either the argmax (int64, the kept
+    shape) and the positions along the axis it is compared with (int64), or the count of ties and
+    g's share of each (floats of the kept shape), with the buffer numpy's sum casts the booleans
+    through."""
+    if which == "forward":
+        return 0
+    x = tuple(s[0])
+    axes = _axes("", a["axis"], len(x))
+    kept = size(o)
+    if a["first"] and axes:
+        return size(x) + 8 * kept + 8 * x[axes[0]]
+    return size(x) + 2 * kept * itemsize + (iter_buffer(size(x), itemsize) if axes else 0)
+
+
+def extreme(name, biggest):
+    def forward(xp, ins, a):
+        x = ins[0]
+        return (x.max if biggest else x.min)(axis=_axes(name, a["axis"], x.ndim), keepdims=a["keepdims"])
+
+    def vjp(xp, i, g, c):
+        hit, count = _extreme_hits(xp, c, biggest)
+        share = _kept(c, g) if count is None else _kept(c, g) / count
+        dx = xp.zeros(c.in_shapes[0], dtype=g.dtype)
+        xp.copyto(dx, share, where=hit)  # a masked copy: no ufunc buffers
+        return dx
+
+    def jvp(xp, t, c):
+        hit, count = _extreme_hits(xp, c, biggest)
+        picked = xp.zeros(t[0].shape, dtype=t[0].dtype)
+        xp.copyto(picked, t[0], where=hit)
+        total = picked.sum(axis=_axes(name, c.attrs["axis"], t[0].ndim), keepdims=True)
+        if count is not None:
+            total /= count
+        return total.reshape(c.out_shape)
+
+    register(Op(
+        name=name, arity=(1, 1), shape=_extreme_shape(name), attrs={"axis": None, "keepdims": False, "first": False},
+        forward=forward, vjp=vjp, jvp=jvp, needs=lambda i: (0, OUT), workspace=_extreme_workspace,
+        flops=_reduce_flops,
+        vjp_flops=lambda i, s, o, a: 2 * size(s[0]),  # find the extremum again, route g to it
+        example={"shapes": [(3, 4, 5)], "attrs": {"axis": [0, 2]}} if biggest else
+        {"shapes": [(3, 4, 5)], "attrs": {"axis": 1, "keepdims": True, "first": True}},
+    ))
+
+
+extreme("amax", True)
+extreme("amin", False)
 
 
 # ---- reshape, transpose ------------------------------------------------------------------------
