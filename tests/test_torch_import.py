@@ -118,3 +118,18 @@ def test_meta_model_imports_and_plans_without_weights(tmp_path):
                                    "--memory-budget", "0.5x", "--time-limit", "0.5", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["predicted"]["held_end_forward_bytes"] > 0
+
+
+def test_a_model_with_no_parameters_imports_and_runs(tmp_path):
+    """Nothing to train (a loss of the inputs alone): the profile has no backward graph to release;
+    it was a PyTorch traceback."""
+    src = tmp_path / "noparam.py"
+    src.write_text("import torch\n\nclass M(torch.nn.Module):\n    def forward(self, x):\n"
+                   "        return (x * x).sum()\n\ndef model():\n    return M()\n")
+    out = str(tmp_path / "m.yaml")
+    res = CliRunner().invoke(cli, ["import", f"{src}:model", "--input", "x=4x3", "-o", out])
+    assert res.exit_code == 0, res.output
+    m = load_model(out)
+    sa, _ = plan(m.joint, "store-all", ix=m.index)
+    x = np.load(out[:-5] + ".npz")["x"]
+    assert run_plan(m, sa.steps, get_backend("cpu"), n_steps=1, warmup=0).loss == pytest.approx(float((x * x).sum()))

@@ -257,7 +257,8 @@ def profile(model, args, regions):
            "output": [lost] if lost is not None else [],
            "resident_bytes": sum(t.numel() * t.element_size() for t in resident)
            + sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)}
-    loss.backward()
+    if loss.requires_grad:  # a model with nothing to train has no backward graph to release
+        loss.backward()
     model.zero_grad(set_to_none=True)
     return out
 
