@@ -15,7 +15,7 @@ from .bound import lower_bound
 from .chain import Chain, solve_chain
 from .keepset import JointIndex
 from .milp import solve_milp
-from .search import lowest, search, walk
+from .search import kicked, lowest, search, walk
 
 STRATEGIES = ("store-all", "sqrt-n", "budget")
 MILP_MAX_NODES = 80  # joint nodes; beyond this HiGHS rarely closes the Checkmate MILP within its node limit
@@ -93,13 +93,15 @@ def _budget(joint, ix, budget, time_limit):
                 consider(solve_chain(kept, managed, least=False), f"chain-dp (residuals kept: {name})")
     sq = sqrt_n(ix)
     consider(sq, "sqrt-n")
+    found = None  # the search's plan
     if not chain_exact:
         # beside a DP plan exact over its family (checkpoints on a stack), neither the block DP nor
         # the search found more than ties on chains (mlp_deep at L=30..200, 0.9x..0.2x; uniform
         # chains at Revolve's count): they would only double a long chain's planning time
         for view in views:
             consider(solve_blocks(view, managed), f"blocks-dp ({view.n} blocks)")
-        consider(search(ix, managed, starts=[(sq.notes["keep"], False)]), "search")
+        found = search(ix, managed, starts=[(sq.notes["keep"], False)])
+        consider(found, "search")
     # no schedule costs less than store-all plus the bound of bound.py (nor fits where it is
     # infinite); beside an exact chain DP plan the bound is not worth its time (a second or so on a
     # 1,000-layer chain, half of it importing scipy.optimize)
@@ -111,6 +113,11 @@ def _budget(joint, ix, budget, time_limit):
     lower = sa_cost + (0.0 if infeasible else extra)
     if best is not None and best <= lower * (1 + PROOF_TOLERANCE):
         lower = best  # the bound meets the best plan: it is optimal, and the MILP has nothing to add
+    elif found is not None:  # room left: kick the search out of its local optimum
+        consider(kicked(ix, managed, found.notes["state"]), "search (kicked)")
+        best = min(cands, key=lambda c: c[:2])[0]
+        if best <= lower * (1 + PROOF_TOLERANCE):
+            lower = best
     # the MILP runs where the bound leaves room for a real gain (it can take a minute on 70 nodes),
     # and on small graphs, where it is quick, wherever the bound has not proved the plan optimal
     gap = MILP_MIN_GAP if len(ix.order) > MILP_QUICK_NODES else 0.0

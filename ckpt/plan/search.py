@@ -17,9 +17,9 @@ Two phases:
   moves — keep one more value, hold or release a recomputed one, or swap a value live at the peak
   for one that saves recompute — accepted when the plan still fits and costs less. It never
   returns worse than where it started.
-- *kicks*: with the work left (a quarter of the search's at most), the local optimum is perturbed —
-  holds released, a kept value at the peak swapped for one outside — and improved again, kept
-  where it ends cheaper.
+- *kicks* (`kicked`, run by the budget strategy where the lower bound leaves room): with a
+  quarter of the search's work, the local optimum is perturbed — holds released, a kept value at
+  the peak swapped for one outside — and improved again, kept where it ends cheaper.
 
 Values of repeated blocks are tied into classes (`body.3.probs` and `body.7.probs`, same size and
 cost): a move drops or keeps a whole class at once, so a 96-layer transformer is searched as one
@@ -349,13 +349,8 @@ def kick(ix, ev, classes, s, cost, budget_managed):
     kick — release every held value, release one held class, or swap a kept class for one
     outside with the holds released — is improved again and taken when it ends cheaper. On a
     2-block transformer at 0.45x: +19.9% -> +7.2% (Checkmate's optimum: +6.8%)."""
-    stop = ev.walked + ev.work // 4  # at most a quarter of the search's work again
-
-    def spent():
-        return ev.exhausted or ev.walked >= stop
-
     improved = True
-    while improved and not spent():
+    while improved and not ev.exhausted:
         improved = False
         live = ev(s)[2]
         held = [frozenset(c) for c in classes if frozenset(c) & s.hold - s.keep]
@@ -367,7 +362,7 @@ def kick(ix, ev, classes, s, cost, budget_managed):
         tries = [s._replace(hold=frozenset())] + [s._replace(hold=s.hold - c) for c in held]
         tries += (State((s.keep - c) | d, frozenset(), s.refetch) for c in kept[:KICKS] for d in outside[:KICKS])
         for k in tries:
-            if spent():
+            if ev.exhausted:
                 break
             if ev(k)[0] > budget_managed:
                 continue
@@ -420,7 +415,20 @@ def search(ix, budget_managed, starts=(), work=None, ev=None, floors=True):
     cost, s = min(results, key=lambda r: r[0])
     if len(ix.fwd) > len(tied):
         s, cost = improve(ix, ev, [(u,) for u in ix.fwd], s, budget_managed)
-    s, cost = kick(ix, ev, [(u,) for u in ix.fwd], s, cost, budget_managed)
+    return _plan(ix, s, ev)
+
+
+def kicked(ix, budget_managed, s, work=None):
+    """The search's plan from State `s`, kicked (see `kick`) with a quarter of the search's work,
+    or None where no kick made it cheaper. Apart from `search`, so that the budget strategy runs
+    it only where the lower bound leaves room, and the block planner's searches never do."""
+    ev = Evaluator(ix, (work or WORK) // 4)
+    cost = ev(s)[1]
+    s2, cost2 = kick(ix, ev, [(u,) for u in ix.fwd], s, cost, budget_managed)
+    return _plan(ix, s2, ev) if cost2 < cost else None
+
+
+def _plan(ix, s, ev):
     plan = Plan("budget", s.steps(ix), solver="search")
     plan.notes.update(state=s, kept=len(s.keep), keep=s.keep, held=len(s.hold - s.keep), refetched=len(s.refetch),
                       evaluations=ev.evals, steps_walked=ev.walked, work=ev.work)
