@@ -73,7 +73,12 @@ def time_status(samples, base, tolerance, confidence=CONFIDENCE):
 
 
 def entry_key(config, strategy, budget_spec):
-    name = os.path.splitext(os.path.basename(config))[0]
+    """`STEM:STRATEGY[@BUDGET]`: a YAML config is named by its file's stem, a Python model
+    (MODEL.py:NAME) by its stem and function, `m:f`, so that two functions of one file are two
+    entries."""
+    from .frontends.python import split_path
+    file, function = split_path(config)
+    name = os.path.splitext(os.path.basename(file))[0] + (f":{function}" if function else "")
     return f"{name}:{strategy}" + (f"@{budget_spec}" if strategy == "budget" else "")
 
 

@@ -120,3 +120,52 @@ def test_frontier_and_memory_plots(tmp_path):
 def test_plot_without_sweep_is_bad_input(tmp_path):
     res = CliRunner().invoke(cli, ["plan", config_path("seed_example"), "--plot", str(tmp_path / "x.png")])
     assert res.exit_code == 2 and "--sweep" in res.output
+
+
+# ---- entry names, and budgets that no entry meets -------------------------------------------------
+def test_two_functions_of_one_python_model_file_are_two_entries(run_main):
+    """`ckpt bench m.py:f m.py:g` was refused: both entries were named by the file's stem alone."""
+    res = run_main(["bench", "examples/seed.py:f", "examples/seed.py:leaky", "--strategy", "store-all",
+                    "--steps", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    assert sorted(json.loads(res.stdout)["entries"]) == ["seed:f:store-all", "seed:leaky:store-all"]
+
+
+def test_entry_names_of_yaml_configs_are_unchanged():
+    """The committed baseline's keys must still match: a YAML config is named by its stem alone."""
+    from ckpt.bench import entry_key
+    assert entry_key("configs/gpt_small.yaml", "budget", "0.9x") == "gpt_small:budget@0.9x"
+    assert entry_key("configs/gpt_small.yaml", "sqrt-n", "0.9x") == "gpt_small:sqrt-n"
+    assert entry_key("examples/seed.py", "store-all", None) == "seed:store-all"
+    assert entry_key("examples/seed.py:f", "store-all", None) == "seed:f:store-all"
+    import os
+
+    from conftest import ROOT
+    with open(os.path.join(ROOT, "benchmarks", "baseline.json")) as f:
+        keys = json.load(f)["entries"]
+    for key in keys:  # every committed key is one this naming still makes
+        stem, rest = key.split(":", 1)
+        strategy, _, spec = rest.partition("@")
+        assert entry_key(config_path(stem), strategy, spec or None) == key
+
+
+def test_a_budget_without_the_budget_strategy_is_refused(run_main):
+    """bench's budgets are the budget strategy's: with store-all or sqrt-n alone it was ignored."""
+    res = run_main(["bench", config_path("seed_example"), "--strategy", "sqrt-n", "--memory-budget", "1KiB",
+                    "--steps", "1"])
+    assert res.exit_code == 2 and res.stdout == "" and res.stderr.count("\n") == 1
+    assert "add --strategy budget" in res.stderr
+
+
+def test_bench_where_no_entry_fits_exits_3_after_the_report(run_main, tmp_path):
+    out = tmp_path / "r.json"
+    res = run_main(["bench", config_path("seed_example"), "--strategy", "budget", "--memory-budget", "10",
+                    "--steps", "1", "--json", "-o", str(out)])
+    assert res.exit_code == 3 and res.stderr.count("\n") == 1 and "smallest feasible peak" in res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["entries"]["seed_example:budget@10"]["feasible"] is False
+    assert json.loads(out.read_text())["entries"] == doc["entries"]  # the results are still written
+    # one entry that fits is a measurement: exit 0, the other entry's row says "no"
+    res = run_main(["bench", config_path("seed_example"), "--strategy", "budget", "--memory-budget", "10",
+                    "--memory-budget", "1GiB", "--steps", "1"])
+    assert res.exit_code == 0, res.output

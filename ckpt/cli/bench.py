@@ -5,7 +5,7 @@ import os
 
 import click
 
-from ..errors import CheckFailed, ConfigError
+from ..errors import BudgetError, CheckFailed, ConfigError
 from ..jsonio import check_writable, write_json_atomic
 from ..plan import STRATEGIES
 from ..report import emit_json, fmt_bytes, fmt_time, table
@@ -49,8 +49,14 @@ def bench(configs, strategies, budgets, steps, baseline, time_tolerance, update_
         name = entry_key(c, "", None)[:-1]
         if name in named:
             raise ConfigError(f"{named[name]} and {c} both make entries named {name!r} (an entry is named by its "
-                              "file's stem): give one another file name")
+                              "file's stem, and a Python model's by its function too): give one another file name")
         named[name] = c
+    if budgets and strategies and "budget" not in strategies:
+        # the budgets are the budget strategy's; store-all and sqrt-n would be measured as if none
+        # were given, and a plan over it reported as if it were fine
+        raise ConfigError("--memory-budget sets the budget strategy's budgets: add --strategy budget (to check "
+                          f"{' and '.join(strategies)} against a budget: `ckpt plan CONFIG --strategy "
+                          f"{strategies[0]} --memory-budget SIZE`)")
     tol = _tolerance(time_tolerance)
     if baseline == "":  # would be taken as no baseline: nothing compared, nothing said
         raise ConfigError("--baseline needs a file name, got an empty path")
@@ -99,3 +105,7 @@ def bench(configs, strategies, budgets, steps, baseline, time_tolerance, update_
                        f"to record, time tolerance {tol:.0%}")
     if regressions:
         raise CheckFailed(f"{len(regressions)} regression(s) against {baseline}")
+    if not any(e.get("feasible") for e in entries.values()):
+        # nothing measured: every entry asked for was the budget strategy's, and none fits
+        key, e = min(entries.items())
+        raise BudgetError(f"no entry fits its budget, nothing was measured; {key}: {e['error']}")

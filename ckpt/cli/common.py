@@ -5,8 +5,8 @@ import os
 
 import click
 
-from ..errors import ConfigError
-from ..sizes import MAX_STEPS, parse_budget
+from ..errors import BudgetError, ConfigError
+from ..sizes import MAX_STEPS, fmt_bytes, parse_budget
 
 # A count of timed steps or rounds: at least one, at most sizes.MAX_STEPS.
 step_count = click.IntRange(1, MAX_STEPS)
@@ -33,6 +33,23 @@ def budget_bytes(text, model):
     if text is None:
         return None
     return parse_budget(text, _store_all_peak(model))
+
+
+def over_budget_message(strategy, peak_ws, budget, peak=None):
+    """The line for a fixed strategy's plan (store-all, sqrt-n: they do not plan to a budget) whose
+    peak with workspace, the figure a budget bounds, is over the budget; `peak`, the model's peak
+    without op workspace, is named where it alone would have met it."""
+    temps = f" (the model peak {fmt_bytes(peak)} meets it; op temporaries do not)" \
+        if peak is not None and peak <= budget else ""
+    return (f"{strategy}'s plan peaks at {fmt_bytes(peak_ws)} ({peak_ws} bytes, with op workspace), over the "
+            f"memory budget of {fmt_bytes(budget)} ({budget} bytes){temps}: --strategy budget plans to a budget")
+
+
+def require_within_budget(strategy, sim, budget):
+    """Exit 3 (BudgetError) before a fixed strategy's plan is run or written while it misses the
+    budget the user gave: a budget is a bound to meet, not a label on the report."""
+    if budget is not None and sim.peak_ws > budget:
+        raise BudgetError(over_budget_message(strategy, sim.peak_ws, budget, sim.peak))
 
 
 class FiniteFloat(click.ParamType):

@@ -10,8 +10,8 @@ from ..model.costgraph import cost_graph_doc
 from ..plan import STRATEGIES, plan as make_plan, plan_table, smallest_peak
 from ..report import Progress, emit_json, fmt_bytes, fmt_pct, fmt_time, table
 from ..session import load_model, measure_costs, require_model, with_costs
-from .common import (budget_bytes, budget_opt, config_arg, dtype_opt, json_opt, keep_heap, overrides, set_opt,
-                     time_limit_opt)
+from .common import (budget_bytes, budget_opt, config_arg, dtype_opt, json_opt, keep_heap, over_budget_message,
+                     overrides, set_opt, time_limit_opt)
 
 
 @click.command()
@@ -70,8 +70,11 @@ def plan(config, budget, strategy, sweep, points, plot_file, time_limit, device,
         plots.plot_frontier(doc, plot_file)
     if show_saved:
         _attach_saved(model, rows, budget_b, time_limit)
-    # the budget strategy that cannot fit is exit 3 (after the report: --json still prints it)
-    unfit = next((r for r in rows if r["name"] == "budget" and r.get("error")), None)
+    # exit 3 after the report (--json still prints it): the budget strategy found no plan, or the
+    # one fixed strategy asked for misses the budget; a comparison of every strategy exits 3 only
+    # when the budget strategy fails
+    unfit = next((r for r in rows if r["name"] == "budget" and r.get("error")), None) or \
+        next((r for r in rows if strategy != "all" and not r["feasible"]), None)
     if as_json:
         emit_json(doc)
         _raise_unfit(unfit)
@@ -124,8 +127,12 @@ def plan(config, budget, strategy, sweep, points, plot_file, time_limit, device,
 
 
 def _raise_unfit(row):
-    if row is not None:
+    if row is None:
+        return
+    if row.get("error"):
         raise BudgetError(row["error"], min_peak=row.get("min_peak_bytes"))
+    raise BudgetError(over_budget_message(row["name"], row["peak_with_workspace_bytes"], row["budget_bytes"],
+                                          row["peak_bytes"]))
 
 
 @click.command()
