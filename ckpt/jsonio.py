@@ -155,6 +155,13 @@ def check_writable(path):
         raise ConfigError("cannot write: the path exists and is not a regular file", file=path)
     if not os.path.isdir(os.path.dirname(real)):
         raise ConfigError(f"cannot write: no such directory {os.path.dirname(path) or '.'!r}", file=path)
+    # the rename would replace a file its owner made read-only, which `>` or `cp` refuse; and a
+    # folder the temporary file cannot be made in fails the write only after the work
+    if st is not None and not os.access(real, os.W_OK):
+        raise ConfigError("cannot write: the file is read-only (permission denied)", file=path)
+    if not os.access(os.path.dirname(real), os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write: permission denied in the directory {os.path.dirname(path) or '.'!r}",
+                          file=path)
     return real, st
 
 

@@ -35,6 +35,23 @@ def budget_bytes(text, model):
     return parse_budget(text, _store_all_peak(model))
 
 
+def check_plot_file(path):
+    """Before the work a figure shows (a sweep, timed steps), everything that would refuse it
+    after: matplotlib missing, `-`, a path the writer refuses, a format matplotlib does not write."""
+    from ..jsonio import STDOUT, check_writable
+    from ..plots import pyplot
+    pyplot()  # says how to install matplotlib
+    if path == STDOUT:
+        raise ConfigError("a plot is written to a file: give a path ending in .png or .svg, not -")
+    check_writable(path)
+    fmt = os.path.splitext(path)[1].lstrip(".").lower() or "png"
+    from matplotlib.backend_bases import FigureCanvasBase
+    known = FigureCanvasBase.get_supported_filetypes()
+    if fmt not in known:
+        raise ConfigError(f"cannot write a plot as .{fmt}: end the name in .png or .svg (matplotlib also writes "
+                          f"{', '.join(sorted(k for k in known if k not in ('png', 'svg')))})", file=path)
+
+
 def over_budget_message(strategy, peak_ws, budget, peak=None):
     """The line for a fixed strategy's plan (store-all, sqrt-n: they do not plan to a budget) whose
     peak with workspace, the figure a budget bounds, is over the budget; `peak`, the model's peak

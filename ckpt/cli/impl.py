@@ -10,7 +10,7 @@ import sys
 import click
 
 from ..errors import CheckFailed, ConfigError
-from ..jsonio import write_atomic
+from ..jsonio import check_writable, write_atomic
 from ..plan import STRATEGIES, plan as make_plan
 from ..report import emit_json, fmt_bytes, fmt_time, table
 from ..session import load_model, require_model
@@ -56,6 +56,8 @@ def compile_step(config, output, strategy, budget, time_limit, check, sets, dtyp
     from ..backends.codegen import generate
     if output == "-" and as_json:
         raise ConfigError("-o - and --json both print on standard output: choose one")
+    if output != "-":
+        check_writable(output)  # before planning, which may take long, not after
     model = load_model(config, overrides(sets), dtype)
     require_model(model, "compile")
     if model.graph.graph["dtype"] == "bfloat16":

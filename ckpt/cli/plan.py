@@ -10,7 +10,7 @@ from ..model.costgraph import cost_graph_doc
 from ..plan import STRATEGIES, plan as make_plan, plan_table, smallest_peak
 from ..report import Progress, emit_json, fmt_bytes, fmt_pct, fmt_time, table
 from ..session import load_model, measure_costs, require_model, with_costs
-from .common import (budget_bytes, budget_opt, config_arg, dtype_opt, json_opt, keep_heap, over_budget_message,
+from .common import (budget_bytes, budget_opt, check_plot_file, config_arg, dtype_opt, json_opt, keep_heap, over_budget_message,
                      overrides, set_opt, time_limit_opt)
 
 
@@ -62,7 +62,7 @@ def plan(config, budget, strategy, sweep, points, plot_file, time_limit, device,
     if plot_file and not sweep:
         raise ConfigError("--plot draws the --sweep frontier: add --sweep")
     if plot_file:
-        plots.pyplot()  # say how to install matplotlib before the sweep, not after
+        check_plot_file(plot_file)  # before the sweep, not after it
     if sweep:
         with Progress(f"sweeping {points} budgets", enabled=not as_json):
             doc["sweep"] = _sweep(model, points, time_limit)

@@ -10,7 +10,7 @@ from ..model.joint import GRAD
 from ..plan import STRATEGIES, plan as make_plan
 from ..report import Progress, emit_json, fmt_bytes, fmt_pct, fmt_time, fmt_value, gradient_summary, table
 from ..session import load_model, require_memory, require_model, run_plan, time_side_by_side
-from .common import (budget_bytes, budget_opt, config_arg, dtype_opt, json_opt, keep_heap, overrides,
+from .common import (budget_bytes, budget_opt, check_plot_file, config_arg, dtype_opt, json_opt, keep_heap, overrides,
                      require_within_budget, set_opt, step_count, time_limit_opt)
 
 
@@ -41,7 +41,7 @@ def run(config, steps, strategy, budget, time_limit, device, trace, plot_file, s
     require_memory(model, sim.peak, backend)
     if plot_file:  # the figures' module (and matplotlib) only when a figure is asked for
         from .. import plots
-        plots.pyplot()
+        check_plot_file(plot_file)  # before the steps run, not after
     sa, sa_sim = make_plan(model.joint, "store-all", ix=model.index)
     with Progress(f"running {steps} steps", enabled=not as_json):
         if strategy == "store-all":

@@ -1,0 +1,98 @@
+"""What a new user meets following the README: mistakes in paths, formats and flags are one line and
+the right exit code, before any long work, and files are written as the README promises."""
+
+import json
+import os
+
+import pytest
+
+from conftest import config_path
+from helpers import assert_one_line
+
+SEED = config_path("seed_example")
+
+
+# ---- a figure that cannot be written is refused before the work it shows -------------------------
+@pytest.mark.parametrize("args", [
+    ["plan", SEED, "--sweep", "--plot", "{d}/f.txt"],
+    ["run", SEED, "--steps", "1", "--plot-memory", "{d}/m.doc"],
+    ["numeric", SEED, "--plot", "{d}/n.xyz"],
+    ["methods", "--swell", "--depth", "2", "--plot", "{d}/s.yaml"],
+])
+def test_a_plot_format_matplotlib_does_not_write_is_refused_first(run_main, tmp_path, monkeypatch, args):
+    """It was refused only after the sweep, the timed steps or the study had run."""
+    pytest.importorskip("matplotlib")
+    import ckpt.cli.diff as diff_cli
+    import ckpt.cli.plan as plan_cli
+    import ckpt.cli.run as run_cli
+    for mod, name in [(plan_cli, "_sweep"), (run_cli, "run_plan"), (diff_cli, "numeric_study"),
+                      (diff_cli, "swell_study")]:
+        monkeypatch.setattr(mod, name, lambda *a, **k: pytest.fail("the work ran before the plot path was checked"))
+    res = run_main([a.format(d=tmp_path) for a in args])
+    assert_one_line(res, needle="cannot write a plot as .")
+    assert "end the name in .png or .svg" in res.stderr
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("target,needle", [("-", "a plot is written to a file"),
+                                           ("{d}/no/such/f.png", "no such directory"),
+                                           ("{d}", "is a directory")])
+def test_a_plot_path_the_writer_refuses_is_refused_first(run_main, tmp_path, monkeypatch, target, needle):
+    pytest.importorskip("matplotlib")
+    import ckpt.cli.plan as plan_cli
+    monkeypatch.setattr(plan_cli, "_sweep", lambda *a, **k: pytest.fail("swept before the plot path was checked"))
+    res = run_main(["plan", SEED, "--sweep", "--plot", target.format(d=tmp_path)])
+    assert_one_line(res, needle=needle)
+
+
+# ---- files the user owns ---------------------------------------------------------------------------
+def _deny_writes_to(monkeypatch, denied):
+    """os.access as a non-root user sees a read-only file or folder (the tests may run as root, who
+    may write anything)."""
+    real_access = os.access
+
+    def access(path, mode, *a, **k):
+        if os.path.realpath(path) == os.path.realpath(denied) and mode & os.W_OK:
+            return False
+        return real_access(path, mode, *a, **k)
+    monkeypatch.setattr(os, "access", access)
+
+
+def test_a_read_only_file_is_not_replaced(run_main, tmp_path, monkeypatch):
+    """The atomic rename replaced a file its owner had made read-only (`>` and `cp` refuse)."""
+    out = tmp_path / "graph.json"
+    out.write_text("keep me\n")
+    out.chmod(0o444)
+    _deny_writes_to(monkeypatch, out)
+    for args in (["export", SEED, "-o", str(out)], ["compile", SEED, "-o", str(out)],
+                 ["bench", SEED, "--steps", "1", "--strategy", "store-all", "-o", str(out)],
+                 ["export-config", "examples/seed.py:f", "-o", str(out)]):
+        res = run_main(args)
+        assert_one_line(res, needle="read-only")
+        assert out.read_text() == "keep me\n" and (out.stat().st_mode & 0o777) == 0o444
+
+
+def test_a_folder_without_write_permission_is_refused_before_the_work(run_main, tmp_path, monkeypatch):
+    import ckpt.bench
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    _deny_writes_to(monkeypatch, folder)
+    monkeypatch.setattr(ckpt.bench, "run_bench", lambda *a, **k: pytest.fail("benchmarked before the check"))
+    res = run_main(["bench", SEED, "--steps", "1", "-o", str(folder / "r.json")])
+    assert_one_line(res, needle="permission denied in the directory")
+    res = run_main(["compile", SEED, "-o", str(folder / "s.py")])
+    assert_one_line(res, needle="permission denied in the directory")
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o755, 0o2664])
+def test_an_existing_file_keeps_its_mode(run_main, tmp_path, mode):
+    out = tmp_path / "graph.json"
+    out.write_text("old\n")
+    out.chmod(mode)
+    res = run_main(["export", SEED, "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert (out.stat().st_mode & 0o7777) == mode and json.loads(out.read_text())["nodes"]
+    link = tmp_path / "link.json"  # through a symbolic link: the file it names is written
+    link.symlink_to(out)
+    assert run_main(["export", SEED, "-o", str(link)]).exit_code == 0
+    assert link.is_symlink() and (out.stat().st_mode & 0o7777) == mode
