@@ -96,3 +96,24 @@ def test_an_existing_file_keeps_its_mode(run_main, tmp_path, mode):
     link.symlink_to(out)
     assert run_main(["export", SEED, "-o", str(link)]).exit_code == 0
     assert link.is_symlink() and (out.stat().st_mode & 0o7777) == mode
+
+
+# ---- sizes as people write them --------------------------------------------------------------------
+@pytest.mark.parametrize("budget,needle", [("50%", "written like 0.5x"), ("2G", "(2GB or 2GiB?)"),
+                                           ("512m", "(512MB or 512MiB?)"), ("1,5GiB", "like 0.8x")])
+def test_budgets_as_people_write_them_get_a_hint(run_main, budget, needle):
+    assert_one_line(run_main(["plan", SEED, "--memory-budget", budget]), needle=needle)
+
+
+@pytest.mark.parametrize("budget", ["2 GiB", " 1.5GiB ", "0.5 x", "1e3", "88"])
+def test_sizes_with_spaces_and_plain_bytes_are_read(run_main, budget):
+    res = run_main(["plan", SEED, "--strategy", "budget", "--memory-budget", budget, "--json"])
+    assert res.exit_code in (0, 3), res.output  # read and planned (3: a budget below the least peak)
+    assert json.loads(res.stdout)["budget_bytes"] == {"2 GiB": 2 * 2**30, " 1.5GiB ": 3 * 2**29, "0.5 x": 44,
+                                                       "1e3": 1000, "88": 88}[budget]
+
+
+def test_bench_reads_its_budgets_before_the_first_config(run_main, monkeypatch):
+    import ckpt.bench
+    monkeypatch.setattr(ckpt.bench, "run_bench", lambda *a, **k: pytest.fail("benchmarked before reading budgets"))
+    assert_one_line(run_main(["bench", SEED, "--memory-budget", "80%"]), needle="written like 0.5x")

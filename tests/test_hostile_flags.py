@@ -124,6 +124,17 @@ def test_plan_one_fixed_strategy_over_the_budget_exits_3_after_the_table(run_mai
         assert [r["feasible"] for r in doc["strategies"]] == [not code]
 
 
+def test_plan_budget_strategy_that_cannot_fit_prints_its_report_then_exits_3(run_main):
+    """--strategy budget stopped before the report: --json printed nothing on stdout."""
+    args = ["plan", SEED, "--strategy", "budget", "--memory-budget", "1"]
+    res = run_main(args + ["--json"])
+    assert res.exit_code == 3 and res.stderr.count("\n") == 1 and "smallest feasible peak is 88 B" in res.stderr
+    (row,) = json.loads(res.stdout)["strategies"]
+    assert row["name"] == "budget" and row["feasible"] is False and row["min_peak_bytes"] == 88
+    res = run_main(args)
+    assert res.exit_code == 3 and "budget      no" in res.stdout
+
+
 def test_plan_comparison_keeps_exit_0_while_the_budget_strategy_fits(run_main):
     """store-all misses a byte under its own peak, the budget strategy meets it: a comparison, exit 0."""
     budget = str(_fixed_peak("store-all").peak_ws - 1)

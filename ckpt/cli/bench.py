@@ -9,6 +9,7 @@ from ..errors import BudgetError, CheckFailed, ConfigError
 from ..jsonio import check_writable, write_json_atomic
 from ..plan import STRATEGIES
 from ..report import emit_json, fmt_bytes, fmt_time, table
+from ..sizes import parse_budget
 from .common import json_opt, keep_heap, overrides, set_opt, step_count, time_limit_opt
 
 
@@ -57,6 +58,8 @@ def bench(configs, strategies, budgets, steps, baseline, time_tolerance, update_
         raise ConfigError("--memory-budget sets the budget strategy's budgets: add --strategy budget (to check "
                           f"{' and '.join(strategies)} against a budget: `ckpt plan CONFIG --strategy "
                           f"{strategies[0]} --memory-budget SIZE`)")
+    for spec in budgets:  # a budget that cannot be read is one line now, not after the first config ran
+        parse_budget(spec, 1)
     tol = _tolerance(time_tolerance)
     if baseline == "":  # would be taken as no baseline: nothing compared, nothing said
         raise ConfigError("--baseline needs a file name, got an empty path")

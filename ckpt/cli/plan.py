@@ -54,8 +54,7 @@ def plan(config, budget, strategy, sweep, points, plot_file, time_limit, device,
         if strategy == "budget":
             raise ConfigError("the budget strategy needs --memory-budget")
         names = tuple(n for n in names if n != "budget")
-    rows = plan_table(model.joint, names, budget_b, time_limit=time_limit, ix=model.index,
-                      strict=strategy == "budget")
+    rows = plan_table(model.joint, names, budget_b, time_limit=time_limit, ix=model.index)
     doc = {"model": model.joint.graph["name"], "config": config, "budget_bytes": budget_b, "strategies": rows,
            "costs": f"seconds measured on {device}" if device else "nanoseconds (the calibrated cost model)"
            if model.graph is not None else "the cost graph's own units"}
