@@ -117,3 +117,33 @@ def test_bench_reads_its_budgets_before_the_first_config(run_main, monkeypatch):
     import ckpt.bench
     monkeypatch.setattr(ckpt.bench, "run_bench", lambda *a, **k: pytest.fail("benchmarked before reading budgets"))
     assert_one_line(run_main(["bench", SEED, "--memory-budget", "80%"]), needle="written like 0.5x")
+
+
+# ---- plan -o / --emit torch --------------------------------------------------------------------------
+@pytest.mark.parametrize("args,needle", [
+    (["-o", "{d}/p.json"], "plan -o writes a PyTorch plan, with --emit torch"),
+    (["--emit", "torch"], "--emit torch needs -o FILE"),
+    (["--emit", "torch", "-o", "{d}/p.json", "--sweep"], "--sweep does not apply"),
+    (["--emit", "torch", "-o", "{d}/p.json", "--strategy", "sqrt-n", "--show-saved"],
+     "--show-saved, --strategy sqrt-n do not apply"),
+    (["--emit", "torch", "-o", "-", "--json"], "choose one"),
+    (["--emit", "torch", "-o", "{d}/no/p.json"], "no such directory"),
+])
+def test_plan_emit_flags_are_checked_before_loading(run_main, tmp_path, monkeypatch, args, needle):
+    """--sweep, --show-saved and --strategy were dropped without a word under --emit torch."""
+    import ckpt.cli.plan as plan_cli
+    monkeypatch.setattr(plan_cli, "load_model", lambda *a, **k: pytest.fail("loaded before the flags were checked"))
+    assert_one_line(run_main(["plan", SEED, *[a.format(d=tmp_path) for a in args]]), needle=needle)
+
+
+def test_plan_emit_to_standard_output_keeps_it_for_the_plan(run_main, tmp_path):
+    pytest.importorskip("torch", reason="torch is not installed (optional: pip install 'ckpt-recompute[torch]')")
+    import torch_models
+    here = os.path.dirname(os.path.abspath(__file__))
+    cfg = tmp_path / "mlp.yaml"
+    res = run_main(["import", f"{here}/torch_models.py:mlp", "-o", str(cfg),
+                    *[a for i in torch_models.INPUTS["mlp"] for a in ("--input", i)]])
+    assert res.exit_code == 0, res.output
+    res = run_main(["plan", str(cfg), "--emit", "torch", "-o", "-", "--memory-budget", "0.5x", "--no-compare"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["format"] == "ckpt-torch-plan" and "PyTorch plan for" in res.stderr

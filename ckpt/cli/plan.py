@@ -5,7 +5,7 @@ import click
 from .. import plots
 from ..backend import get_backend
 from ..errors import BudgetError, ConfigError
-from ..jsonio import write_json_atomic
+from ..jsonio import check_writable, write_json_atomic
 from ..model.costgraph import cost_graph_doc
 from ..plan import STRATEGIES, plan as make_plan, plan_table, smallest_peak
 from ..report import Progress, emit_json, fmt_bytes, fmt_pct, fmt_time, table
@@ -41,6 +41,8 @@ from .common import (budget_bytes, budget_opt, check_plot_file, config_arg, dtyp
 def plan(config, budget, strategy, sweep, points, plot_file, time_limit, device, show_saved, emit, emit_file, compare,
          sets, dtype, as_json):
     """Plan without running: predicted peak and compute overhead of each strategy."""
+    if emit or emit_file:
+        _check_emit_flags(emit, emit_file, strategy, sweep, plot_file, show_saved, as_json)
     model = load_model(config, overrides(sets), dtype)
     budget_b = budget_bytes(budget, model)
     if device is not None:
@@ -222,9 +224,27 @@ def _print_saved(rows):
                 click.echo(f"  {' ' * len(b)}  recomputed: {', '.join(v['recomputed'])}")
 
 
+def _check_emit_flags(emit, emit_file, strategy, sweep, plot_file, show_saved, as_json):
+    """Before any work: -o and --emit go together, and the report's flags, which --emit would drop
+    without a word, are refused."""
+    if not emit:
+        raise ConfigError("plan -o writes a PyTorch plan, with --emit torch; for the report as a file use "
+                          "--json > FILE")
+    if not emit_file:
+        raise ConfigError("--emit torch needs -o FILE, where the plan is written")
+    ignored = [flag for flag, given in (("--sweep", sweep), ("--plot", plot_file), ("--show-saved", show_saved),
+                                        (f"--strategy {strategy}", strategy not in ("all", "budget"))) if given]
+    if ignored:
+        raise ConfigError(f"--emit torch writes a PyTorch region plan at the budget; {', '.join(ignored)} "
+                          f"{'does' if len(ignored) == 1 else 'do'} not apply to it: run `ckpt plan` without --emit "
+                          "for that")
+    if emit_file == "-" and as_json:
+        raise ConfigError("-o - and --json both print on standard output: choose one")
+    if emit_file != "-":
+        check_writable(emit_file)  # now, not after planning
+
+
 def _emit(model, config, budget, emit, emit_file, time_limit, as_json, compare=True):
-    if not (emit and emit_file):
-        raise ConfigError("--emit torch and -o FILE go together")
     from ..backends.torch_plan import emit_torch_plan, summary_lines
     require_model(model, "plan --emit torch")
     doc = emit_torch_plan(model, budget, emit_file, time_limit=time_limit, compare=compare)
@@ -232,4 +252,4 @@ def _emit(model, config, budget, emit, emit_file, time_limit, as_json, compare=T
         emit_json(doc)
         return
     for line in summary_lines(doc):
-        click.echo(line)
+        click.echo(line, err=emit_file == "-")  # `-o -`: standard output holds the plan alone
