@@ -147,3 +147,42 @@ def test_plan_emit_to_standard_output_keeps_it_for_the_plan(run_main, tmp_path):
     res = run_main(["plan", str(cfg), "--emit", "torch", "-o", "-", "--memory-budget", "0.5x", "--no-compare"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["format"] == "ckpt-torch-plan" and "PyTorch plan for" in res.stderr
+
+
+# ---- a model whose values are not finite -------------------------------------------------------------
+NAN_MODEL = """name: nanny
+dtype: float64
+inputs:
+  x: {shape: [], value: -1.0, grad: true}
+  y: {shape: [3], value: [0.0, 1.0, 2.0], grad: true}
+nodes:
+  - {name: l, op: log, inputs: [x]}
+  - {name: r, op: log, inputs: [y]}
+  - {name: s, op: sum, inputs: [r]}
+  - {name: out, op: add, inputs: [l, s]}
+output: out
+"""
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("args,code", [(["run", "--steps", "1"], 0), (["check"], 1), (["jacobian"], 0),
+                                       (["plan"], 0), (["numeric"], 0)])
+def test_json_of_a_nan_loss_is_one_document(run_main, tmp_path, args, code):
+    """A loss of nan (log of a negative input) broke --json halfway: half a document, a traceback."""
+    cfg = tmp_path / "nan.yaml"
+    cfg.write_text(NAN_MODEL)
+    res = run_main([args[0], str(cfg), *args[1:], "--json"])
+    assert res.exit_code == code and "Traceback" not in res.stderr, res.output
+    doc = json.loads(res.stdout)  # strict JSON: no NaN token
+    if args[0] == "run":
+        assert doc["loss"] is None and doc["gradients"]["x"] == -1.0 and doc["gradients"]["y"][0] is None
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_compile_check_of_a_nan_loss_passes(run_main, tmp_path):
+    """nan == nan is False: the generated step's nan loss was called different from the interpreter's."""
+    cfg = tmp_path / "nan.yaml"
+    cfg.write_text(NAN_MODEL)
+    res = run_main(["compile", str(cfg), "-o", str(tmp_path / "s.py"), "--check", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["check"]["bitwise"] is True
