@@ -186,3 +186,40 @@ def test_compile_check_of_a_nan_loss_passes(run_main, tmp_path):
     res = run_main(["compile", str(cfg), "-o", str(tmp_path / "s.py"), "--check", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["check"]["bitwise"] is True
+
+
+# ---- every command takes --json ------------------------------------------------------------------------
+def test_every_command_takes_json():
+    """DESIGN: every command takes --json; trace, export and export-config did not."""
+    from ckpt.cli import LAZY_COMMANDS, cli
+    import click
+    ctx = click.Context(cli)
+    for name in LAZY_COMMANDS:
+        opts = {o for p in cli.get_command(ctx, name).params for o in getattr(p, "opts", [])}
+        assert "--json" in opts, name
+
+
+@pytest.mark.parametrize("mode", ["reverse", "forward"])
+def test_trace_json_holds_the_seed_traces(run_main, mode):
+    res = run_main(["trace", SEED, "--mode", mode, "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    primal = {r["v"]: r for r in doc["primal"]}
+    assert primal["v1"]["expression"] == "log(v-1)" and primal["v5"]["value"] == pytest.approx(11.652071455)
+    assert doc["output"] == "v5"
+    if mode == "reverse":  # the seed's adjoints: x1-bar = 5.5, x2-bar = 1.716
+        adj = {r["node"]: r["value"] for r in doc["adjoint"]}
+        assert adj["grad:x1"] == pytest.approx(5.5) and adj["grad:x2"] == pytest.approx(1.7163378145)
+    else:
+        assert doc["wrt"] == "x1" and doc["derivative"] == pytest.approx(5.5)
+    text = run_main(["trace", SEED, "--mode", mode]).stdout  # the same rows as the text
+    assert all(f"= {r['expression']}" in text for r in doc["primal"][2:])
+
+
+@pytest.mark.parametrize("args", [["export", SEED], ["export-config", "examples/seed.py:f"]])
+def test_export_json_summary_and_standard_output(run_main, tmp_path, args):
+    out = tmp_path / "x"
+    res = run_main([*args, "-o", str(out), "--json"])
+    assert res.exit_code == 0 and res.stderr == "", res.output
+    assert json.loads(res.stdout)["output"] == str(out) and out.exists()
+    assert_one_line(run_main([*args, "-o", "-", "--json"]), needle="choose one")

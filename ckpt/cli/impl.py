@@ -23,12 +23,17 @@ from .common import (budget_bytes, budget_opt, config_arg, dtype_opt, json_opt, 
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the YAML.")
 @set_opt
 @dtype_opt
-def export_config(model, output, sets, dtype):
+@json_opt
+def export_config(model, output, sets, dtype, as_json):
     """Write a Python model function (MODEL.py[:NAME]) as the equivalent YAML config."""
     from ..frontends.python import is_python_model, to_yaml, trace_document
     if not is_python_model(model):
         raise ConfigError("export-config reads a Python model, MODEL.py[:NAME]; a YAML config is already one",
                           file=model)
+    if output == "-" and as_json:
+        raise ConfigError("-o - and --json both print on standard output: choose one")
+    if output != "-":
+        check_writable(output)
     ov = overrides(sets)
     if dtype:
         ov["dtype"] = dtype
@@ -36,8 +41,13 @@ def export_config(model, output, sets, dtype):
     load_model(model, overrides(sets), dtype)  # the same checks as every command (shapes, scalar output)
     text = to_yaml(doc, source=model)
     write_atomic(output, lambda f: f.write(text))
-    click.echo(f"wrote {output}: {len(doc['nodes'])} nodes, "
-               f"{len(doc.get('inputs', {}))} inputs, {len(doc.get('params', {}))} params", err=True)
+    summary = {"output": output, "nodes": len(doc["nodes"]), "inputs": len(doc.get("inputs", {})),
+               "params": len(doc.get("params", {}))}
+    if as_json:
+        emit_json(summary)
+        return
+    click.echo(f"wrote {'standard output' if output == '-' else output}: {summary['nodes']} nodes, "
+               f"{summary['inputs']} inputs, {summary['params']} params", err=True)
 
 
 @click.command("compile")

@@ -141,13 +141,23 @@ def _raise_unfit(row):
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the JSON.")
 @set_opt
 @dtype_opt
-def export(config, output, sets, dtype):
+@json_opt
+def export(config, output, sets, dtype, as_json):
     """Write the model's joint forward+backward graph as node-link JSON with costs and bytes."""
+    if output == "-" and as_json:
+        raise ConfigError("-o - and --json both print on standard output: choose one")
+    if output != "-":
+        check_writable(output)
     model = load_model(config, overrides(sets), dtype)
     require_model(model, "export")
     write_json_atomic(output, cost_graph_doc(model.joint))  # `-o -`: standard output
-    click.echo(f"wrote {'standard output' if output == '-' else output}: {len(model.index.order)} nodes ({len(model.index.fwd)} forward, "
-               f"{len(model.index.bwd)} backward), {model.joint.number_of_edges()} edges", err=True)
+    doc = {"output": output, "model": model.joint.graph["name"], "nodes": len(model.index.order),
+           "forward": len(model.index.fwd), "backward": len(model.index.bwd), "edges": model.joint.number_of_edges()}
+    if as_json:
+        emit_json(doc)
+        return
+    click.echo(f"wrote {'standard output' if output == '-' else output}: {doc['nodes']} nodes ({doc['forward']} forward, "
+               f"{doc['backward']} backward), {doc['edges']} edges", err=True)
 
 
 

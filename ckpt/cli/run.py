@@ -118,24 +118,29 @@ def _numbering(g):
     return leaves, num
 
 
-def _print_primal(g, num, leaves, host, values):
-    def name(v):
-        return f"v{num[v]}"
-
-    click.echo("forward primal trace")
-    for v in leaves:
-        click.echo(f"  {name(v):>5} = {v:<24} = {fmt_value(host[v])}")
+def _primal_rows(g, num, leaves, host, values):
+    """The primal trace: (label, expression, value, node) per input, parameter and op computed."""
+    rows = [(f"v{num[v]}", v, host[v], v) for v in leaves]
     for v in g.graph["order"]:
-        if v not in values:
-            continue
-        d = g.nodes[v]
-        expr = f"{d['op']}({', '.join(name(u) for u in d['inputs'])})"
-        label = f"   [{v}]" if v != name(v) else ""
-        click.echo(f"  {name(v):>5} = {expr:<24} = {fmt_value(values[v])}{label}")
-    click.echo(f"      y = {name(g.graph['output'])}")
+        if v in values:
+            rows.append((f"v{num[v]}", f"{g.nodes[v]['op']}({', '.join(f'v{num[u]}' for u in g.nodes[v]['inputs'])})",
+                         values[v], v))
+    return rows
 
 
-def _print_trace(model, steps, backend):
+def _echo_rows(title, rows, width=5, tagged=False):
+    click.echo(title)
+    for label, expr, value, node in rows:
+        tag = f"   [{node}]" if tagged and node not in (label, expr) else ""  # a leaf is named in its row
+        click.echo(f"  {label:>{width}} = {expr:<24} = {fmt_value(value)}{tag}")
+
+
+def _json_rows(rows):
+    return [{"v": label, "expression": expr, "node": node, "value": gradient_summary(value)}
+            for label, expr, value, node in rows]
+
+
+def _reverse_trace(model, steps, backend):
     """The seed's §2.6 reverse-mode traces: the primal trace, then the adjoints v̄ in reverse."""
     from ..execute import Executor
     from ..session import device_leaves
@@ -144,13 +149,12 @@ def _print_trace(model, steps, backend):
     seen = {}
     host = device_leaves(model, backend)
     Executor(g, model.joint, steps, backend).step(host, on_value=lambda x, a: seen.setdefault(x, backend.to_host(a)))
-    _print_primal(g, num, leaves, {k: backend.to_host(v) for k, v in host.items()}, seen)
-    click.echo("reverse adjoint trace")
+    primal = _primal_rows(g, num, leaves, {k: backend.to_host(v) for k, v in host.items()}, seen)
+    adjoint = []
     for x in model.joint.graph["order"]:
         if not x.startswith(GRAD) or x not in seen:
             continue
         v = x[len(GRAD):]
-        bar = f"v\u0304{num[v]}"
         if v == g.graph["output"]:
             expr = "y\u0304 (seed)"
         else:
@@ -158,10 +162,11 @@ def _print_trace(model, steps, backend):
                      if g.nodes[w].get("grad") and g.nodes[w]["kind"] == "op"
                      for u in g.nodes[w]["inputs"] if u == v]
             expr = " + ".join(terms)
-        click.echo(f"  {bar:>6} = {expr:<24} = {fmt_value(seen[x])}")
+        adjoint.append((f"v\u0304{num[v]}", expr, seen[x], x))
+    return {"mode": "reverse", "primal": primal, "output": f"v{num[g.graph['output']]}", "adjoint": adjoint}
 
 
-def _print_tangent_trace(model, wrt, backend):
+def _forward_trace(model, wrt, backend):
     """The seed's §2.6 forward-mode traces: each value with its tangent v̇ = dv/d(wrt[0])."""
     import numpy as np
 
@@ -181,18 +186,39 @@ def _print_tangent_trace(model, wrt, backend):
     device = {k: backend.asarray(v) for k, v in host.items()}
     r = jvp(g, device, {target: backend.asarray(t)}, backend, record=True)
     values = {v: backend.to_host(a) for v, a, _ in r.trace}
-    _print_primal(g, num, leaves, host, values)
     what = f"{target}[0]" if host[target].ndim else target
-    click.echo(f"forward tangent trace (v\u0307 = dv/d{what})")
-    for v in leaves:
-        tv = t if v == target else np.zeros(())
-        click.echo(f"  {'v' + chr(0x307) + str(num[v]):>6} = {'':<24} = {fmt_value(tv)}")
+    tangent = [("v" + chr(0x307) + str(num[v]), "", t if v == target else np.zeros(()), v) for v in leaves]
     for v, _, tan in r.trace:
         d = g.nodes[v]
         terms = [f"∂v{num[v]}/∂v{num[u]}·v\u0307{num[u]}" for u in d["inputs"]]
-        click.echo(f"  {'v' + chr(0x307) + str(num[v]):>6} = {' + '.join(terms):<24} = "
-                   f"{fmt_value(tan if tan is not None else np.zeros(d['shape']))}")
-    click.echo(f"  dy/d{what} = {fmt_value(r.tangent)}")
+        tangent.append(("v" + chr(0x307) + str(num[v]), " + ".join(terms),
+                        tan if tan is not None else np.zeros(d["shape"]), v))
+    return {"mode": "forward", "primal": _primal_rows(g, num, leaves, host, values),
+            "output": f"v{num[g.graph['output']]}", "wrt": what, "tangent": tangent, "derivative": r.tangent}
+
+
+def _print_trace(model, steps, backend):
+    _echo_traces(_reverse_trace(model, steps, backend))
+
+
+def _echo_traces(tr):
+    _echo_rows("forward primal trace", tr["primal"], tagged=True)
+    click.echo(f"      y = {tr['output']}")
+    if tr["mode"] == "reverse":
+        _echo_rows("reverse adjoint trace", tr["adjoint"], width=6)
+    else:
+        _echo_rows(f"forward tangent trace (v\u0307 = dv/d{tr['wrt']})", tr["tangent"], width=6)
+        click.echo(f"  dy/d{tr['wrt']} = {fmt_value(tr['derivative'])}")
+
+
+def _traces_doc(model, tr):
+    doc = {"model": model.graph.graph["name"], "config": model.path, "mode": tr["mode"],
+           "primal": _json_rows(tr["primal"]), "output": tr["output"]}
+    if tr["mode"] == "reverse":
+        doc["adjoint"] = _json_rows(tr["adjoint"])
+    else:
+        doc.update(wrt=tr["wrt"], tangent=_json_rows(tr["tangent"]), derivative=gradient_summary(tr["derivative"]))
+    return doc
 
 
 @click.command()
@@ -200,7 +226,8 @@ def _print_tangent_trace(model, wrt, backend):
 @click.option("--mode", default="reverse", show_default=True, type=click.Choice(["forward", "reverse"]))
 @click.option("--wrt", help="Forward mode: the input or parameter whose first element carries the tangent.")
 @set_opt
-def trace(config, mode, wrt, sets):
+@json_opt
+def trace(config, mode, wrt, sets, as_json):
     """Print the primal, tangent (forward) or adjoint (reverse) traces in the seed's notation."""
     keep_heap()
     model = load_model(config, overrides(sets))
@@ -211,7 +238,8 @@ def trace(config, mode, wrt, sets):
     copies = sum(d["ram"] for _, d in model.joint.nodes(data=True))
     require_memory(model, sim.peak + copies, backend, "tracing this model",
                    "a store-all step and a copy of every value and gradient")
-    if mode == "reverse":
-        _print_trace(model, p.steps, backend)
+    tr = _reverse_trace(model, p.steps, backend) if mode == "reverse" else _forward_trace(model, wrt, backend)
+    if as_json:
+        emit_json(_traces_doc(model, tr))
     else:
-        _print_tangent_trace(model, wrt, backend)
+        _echo_traces(tr)
