@@ -223,3 +223,23 @@ def test_export_json_summary_and_standard_output(run_main, tmp_path, args):
     assert res.exit_code == 0 and res.stderr == "", res.output
     assert json.loads(res.stdout)["output"] == str(out) and out.exists()
     assert_one_line(run_main([*args, "-o", "-", "--json"]), needle="choose one")
+
+
+# ---- options that the command, as asked, would drop without a word --------------------------------------
+@pytest.mark.parametrize("args,needle", [
+    (["trace", SEED, "--wrt", "x2"], "--wrt picks the input the tangent is taken along"),
+    (["methods", SEED, "--depth", "3"], "--depth: used only by the --swell study"),
+    (["methods", SEED, "--family", "seed", "--depth", "2"], "--depth, --family: used only by the --swell study"),
+    (["methods", "--swell", SEED], "CONFIG: --swell studies built-in expressions"),
+    (["methods", "--swell", "--set", "B=2"], "--set: --swell studies built-in expressions"),
+    (["plan", SEED, "--points", "3"], "--points: used only by --sweep"),
+    (["plan", SEED, "--no-compare"], "--compare/--no-compare: used only with --emit torch"),
+])
+def test_options_the_command_would_drop_are_refused(run_main, args, needle):
+    assert_one_line(run_main(args), needle=needle)
+
+
+def test_options_at_their_defaults_or_used_are_not_refused(run_main):
+    assert run_main(["trace", SEED, "--mode", "forward", "--wrt", "x2"]).exit_code == 0
+    assert run_main(["plan", SEED, "--sweep", "--points", "3", "--json"]).exit_code == 0
+    assert run_main(["methods", "--swell", "--depth", "2", "--family", "seed", "--json"]).exit_code == 0

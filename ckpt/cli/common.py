@@ -35,6 +35,20 @@ def budget_bytes(text, model):
     return parse_budget(text, _store_all_peak(model))
 
 
+def refuse_unused(used, why, *names):
+    """Refuse options typed on the command line that the command, as asked, would drop without a
+    word (`methods CONFIG --depth 5`); a default is not typed, so it is never refused."""
+    ctx = click.get_current_context()
+    typed = [n for n in names if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
+    if typed and not used:
+        flags = []
+        for n in typed:
+            p = next(p for p in ctx.command.params if p.name == n)
+            flags.append("/".join(p.opts[:1] + p.secondary_opts) if p.param_type_name == "option"
+                         else p.human_readable_name)
+        raise ConfigError(f"{', '.join(flags)}: {why}")
+
+
 def check_plot_file(path):
     """Before the work a figure shows (a sweep, timed steps), everything that would refuse it
     after: matplotlib missing, `-`, a path the writer refuses, a format matplotlib does not write."""

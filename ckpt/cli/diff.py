@@ -7,7 +7,7 @@ from ..errors import ConfigError
 from ..report import Progress, emit_json, fmt_bytes, fmt_time, table
 from ..session import (check_gradients, jacobian as jacobian_of, load_model, methods as methods_study, numeric_study,
                        raise_if_failed, swell as swell_study)
-from .common import FiniteFloat, check_plot_file, config_arg, dtype_opt, json_opt, keep_heap, overrides, set_opt
+from .common import FiniteFloat, check_plot_file, config_arg, refuse_unused, dtype_opt, json_opt, keep_heap, overrides, set_opt
 
 
 @click.command()
@@ -89,6 +89,9 @@ def numeric(config, wrt, plot_file, sets, as_json):
 @json_opt
 def methods(config, swell, depth, family, plot_file, sets, as_json):
     """Numeric, symbolic and automatic differentiation side by side, or the expression swell."""
+    refuse_unused(swell, "used only by the --swell study: add --swell", "depth", "family")
+    refuse_unused(not swell, "--swell studies built-in expressions, not a model: drop one or the other", "config",
+                  "sets")
     if swell:
         if plot_file:
             check_plot_file(plot_file)

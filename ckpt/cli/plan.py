@@ -11,7 +11,7 @@ from ..plan import STRATEGIES, plan as make_plan, plan_table, smallest_peak
 from ..report import Progress, emit_json, fmt_bytes, fmt_pct, fmt_time, table
 from ..session import load_model, measure_costs, require_model, with_costs
 from .common import (budget_bytes, budget_opt, check_plot_file, config_arg, dtype_opt, json_opt, keep_heap, over_budget_message,
-                     overrides, set_opt, time_limit_opt)
+                     overrides, refuse_unused, set_opt, time_limit_opt)
 
 
 @click.command()
@@ -41,6 +41,8 @@ from .common import (budget_bytes, budget_opt, check_plot_file, config_arg, dtyp
 def plan(config, budget, strategy, sweep, points, plot_file, time_limit, device, show_saved, emit, emit_file, compare,
          sets, dtype, as_json):
     """Plan without running: predicted peak and compute overhead of each strategy."""
+    refuse_unused(sweep, "used only by --sweep (the number of budgets): add --sweep", "points")
+    refuse_unused(emit, "used only with --emit torch (whether ckpt's own plan is made beside it)", "compare")
     if emit or emit_file:
         _check_emit_flags(emit, emit_file, strategy, sweep, plot_file, show_saved, as_json)
     model = load_model(config, overrides(sets), dtype)

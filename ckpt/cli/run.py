@@ -229,6 +229,9 @@ def _traces_doc(model, tr):
 @json_opt
 def trace(config, mode, wrt, sets, as_json):
     """Print the primal, tangent (forward) or adjoint (reverse) traces in the seed's notation."""
+    if wrt is not None and mode == "reverse":  # it would be dropped without a word
+        raise ConfigError("--wrt picks the input the tangent is taken along, in forward mode (--mode forward); "
+                          "reverse mode gives every adjoint at once")
     keep_heap()
     model = load_model(config, overrides(sets))
     require_model(model, "trace")
