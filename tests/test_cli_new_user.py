@@ -243,3 +243,11 @@ def test_options_at_their_defaults_or_used_are_not_refused(run_main):
     assert run_main(["trace", SEED, "--mode", "forward", "--wrt", "x2"]).exit_code == 0
     assert run_main(["plan", SEED, "--sweep", "--points", "3", "--json"]).exit_code == 0
     assert run_main(["methods", "--swell", "--depth", "2", "--family", "seed", "--json"]).exit_code == 0
+
+
+def test_run_lists_gradients_in_layer_order(run_main):
+    """body.10.W came before body.2.W (string order): the first twelve shown skipped layers 2 to 9."""
+    res = run_main(["run", config_path("mlp_deep"), "--set", "L=12", "--set", "B=2", "--set", "D=4", "--steps", "1"])
+    assert res.exit_code == 0, res.output
+    names = [line.split(":")[0].strip() for line in res.stdout.splitlines() if line.startswith("  body.")]
+    assert names[:6] == ["body.0.W", "body.0.b", "body.1.W", "body.1.b", "body.2.W", "body.2.b"]

@@ -1,5 +1,6 @@
 """ckpt run and ckpt trace: execute a schedule, report memory and time, print the seed's traces."""
 
+import re
 import statistics
 
 import click
@@ -88,7 +89,7 @@ def run(config, steps, strategy, budget, time_limit, device, trace, plot_file, s
     click.echo(f"strategy  {strategy}" + (f" (solver: {p.solver})" if strategy == "budget" else ""))
     click.echo(f"loss      {r.loss:.6g}")
     click.echo("gradients")
-    shown = sorted(r.grads.items())
+    shown = sorted(r.grads.items(), key=lambda kv: _natural(kv[0]))  # body.2 before body.10
     for k, v in shown[:12]:
         click.echo(f"  {k}: {fmt_value(v)}")
     if len(shown) > 12:
@@ -108,6 +109,11 @@ def run(config, steps, strategy, budget, time_limit, device, trace, plot_file, s
         if doc["allocator_over_budget"]:
             click.echo(f"WARNING   the allocator's peak {fmt_bytes(r.allocator_peak)} is above the budget by "
                        f"{fmt_bytes(r.allocator_peak - budget_b)} (op temporaries the plan did not keep within it)")
+
+
+def _natural(name):
+    """A sort key that reads the numbers in a name as numbers: body.2.W before body.10.W."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name)]
 
 
 def _numbering(g):
