@@ -251,3 +251,16 @@ def test_run_lists_gradients_in_layer_order(run_main):
     assert res.exit_code == 0, res.output
     names = [line.split(":")[0].strip() for line in res.stdout.splitlines() if line.startswith("  body.")]
     assert names[:6] == ["body.0.W", "body.0.b", "body.1.W", "body.1.b", "body.2.W", "body.2.b"]
+
+
+@pytest.mark.parametrize("tol,ok", [("10", False), ("1", False), ("1.5", False), ("10%", True), ("0.1", True),
+                                    ("150%", True)])
+def test_a_bare_time_tolerance_of_one_or_more_is_refused(tol, ok):
+    """`--time-tolerance 10` (meant as 10%) allowed a time ratio to rise a thousand percent."""
+    from ckpt.cli.bench import _tolerance
+    from ckpt.errors import ConfigError
+    if ok:
+        assert _tolerance(tol) == pytest.approx(float(tol.rstrip("%")) / (100 if tol.endswith("%") else 1))
+    else:
+        with pytest.raises(ConfigError, match=f"write {tol}% for {tol} percent"):
+            _tolerance(tol)

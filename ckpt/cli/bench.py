@@ -23,6 +23,9 @@ def _tolerance(text):
         raise ConfigError(f"time tolerance must be a finite number, got {text!r}")
     if value < 0:
         raise ConfigError(f"time tolerance must be >= 0, got {text!r}")
+    if value >= 1 and not t.endswith("%"):  # `10` meant as 10% would allow a thousand percent
+        raise ConfigError(f"time tolerance {text!r} is a fraction, {value:.0%}: write {t}% for {t} percent, or "
+                          f"{value * 100:g}% if you mean that")
     return value
 
 
