@@ -264,3 +264,13 @@ def test_a_bare_time_tolerance_of_one_or_more_is_refused(tol, ok):
     else:
         with pytest.raises(ConfigError, match=f"write {tol}% for {tol} percent"):
             _tolerance(tol)
+
+
+@pytest.mark.parametrize("out,needle", [("m.txt", "end the name in .yaml or .json"),
+                                        ("m", "end the name in .yaml or .json"),
+                                        ("no/such/m.yaml", "no such directory")])
+def test_import_output_is_checked_before_the_trace(run_main, tmp_path, monkeypatch, out, needle):
+    """-o m.txt wrote a YAML config under .txt; a missing folder failed only after the trace."""
+    import ckpt.frontends.torch_import as ti
+    monkeypatch.setattr(ti, "import_model", lambda *a, **k: pytest.fail("traced before -o was checked"))
+    assert_one_line(run_main(["import", "m.py:f", "-o", str(tmp_path / out)]), needle=needle)
