@@ -117,7 +117,7 @@ def test_plan_one_fixed_strategy_over_the_budget_exits_3_after_the_table(run_mai
         assert f"{strategy} " in res.stdout and ("  no " if code else " yes ") in res.stdout
         if code:
             assert res.stderr.count("\n") == 1 and f"{strategy}'s plan peaks at" in res.stderr
-            assert f"({sim.peak_ws} bytes, with op workspace)" in res.stderr and f"({budget} bytes)" in res.stderr
+            assert f"({sim.peak_ws} bytes) with op workspace" in res.stderr and f"({budget} bytes)" in res.stderr
         res = run_main(args + ["--memory-budget", str(budget), "--json"])
         assert res.exit_code == code
         doc = json.loads(res.stdout)  # still one document on stdout

@@ -70,10 +70,12 @@ def over_budget_message(strategy, peak_ws, budget, peak=None):
     """The line for a fixed strategy's plan (store-all, sqrt-n: they do not plan to a budget) whose
     peak with workspace, the figure a budget bounds, is over the budget; `peak`, the model's peak
     without op workspace, is named where it alone would have met it."""
+    def exact(n):  # under 1 KiB fmt_bytes is already exact
+        return fmt_bytes(n) if n < 1024 else f"{fmt_bytes(n)} ({n} bytes)"
     temps = f" (the model peak {fmt_bytes(peak)} meets it; op temporaries do not)" \
         if peak is not None and peak <= budget else ""
-    return (f"{strategy}'s plan peaks at {fmt_bytes(peak_ws)} ({peak_ws} bytes, with op workspace), over the "
-            f"memory budget of {fmt_bytes(budget)} ({budget} bytes){temps}: --strategy budget plans to a budget")
+    return (f"{strategy}'s plan peaks at {exact(peak_ws)} with op workspace, over the memory budget of "
+            f"{exact(budget)}{temps}: --strategy budget plans to a budget")
 
 
 def require_within_budget(strategy, sim, budget):
