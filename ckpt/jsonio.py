@@ -187,7 +187,11 @@ def write_atomic(path, write, binary=False):
                     write(f)
                     f.flush()
                     os.fsync(f.fileno())
-                os.chmod(tmp, mode)
+                if st is not None and (st.st_uid, st.st_gid) != (os.getuid(), os.getgid()):
+                    # the file's owner and group too (root updating a user's file, a shared group)
+                    with contextlib.suppress(OSError, AttributeError):
+                        os.chown(tmp, st.st_uid, st.st_gid)
+                os.chmod(tmp, mode)  # after chown, which clears the set-id bits
                 os.replace(tmp, real)
                 tmp = None
             finally:

@@ -274,3 +274,14 @@ def test_import_output_is_checked_before_the_trace(run_main, tmp_path, monkeypat
     import ckpt.frontends.torch_import as ti
     monkeypatch.setattr(ti, "import_model", lambda *a, **k: pytest.fail("traced before -o was checked"))
     assert_one_line(run_main(["import", "m.py:f", "-o", str(tmp_path / out)]), needle=needle)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="giving a file to another owner needs root")
+def test_an_existing_file_keeps_its_owner_and_group(run_main, tmp_path):
+    out = tmp_path / "graph.json"
+    out.write_text("old\n")
+    os.chown(out, 4321, 4322)
+    out.chmod(0o2640)
+    assert run_main(["export", SEED, "-o", str(out)]).exit_code == 0
+    st = out.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (4321, 4322, 0o2640)
