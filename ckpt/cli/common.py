@@ -115,7 +115,9 @@ set_opt = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
 dtype_opt = click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32", "float64"]),
                          help="Override the config's float dtype.")
 budget_opt = click.option("--memory-budget", "budget", metavar="SIZE",
-                          help="Peak memory allowed: 512MiB, 2GB, 1.5GiB, bytes, or 0.8x of store-all's peak.")
+                          help="Peak memory allowed, op workspace included: 512MiB, 2GB, 1.5GiB, bytes, or 0.8x of "
+                               "store-all's peak. The budget strategy plans to it; --strategy store-all or sqrt-n "
+                               "alone exits 3 when its plan is over it.")
 time_limit_opt = click.option("--time-limit", default=120.0, show_default=True, type=FiniteFloat(0.1),
                               help="Safety net: seconds the exact DAG solver (MILP) may take. Plans are bounded "
                                    "by counted work, not the clock; the report says if this limit struck.")
