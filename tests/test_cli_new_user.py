@@ -299,3 +299,33 @@ def test_a_reader_that_stops_early_is_not_a_failed_check():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0, err
     assert "Traceback" not in err and "Exception ignored" not in err and "error" not in err
+
+
+# ---- -o naming the very file the command reads ---------------------------------------------------------
+@pytest.mark.parametrize("args", [
+    ["compile", "{cfg}", "-o", "{cfg}"],
+    ["export", "{cfg}", "-o", "{d}/./cfg.yaml"],
+    ["export-config", "{py}:f", "-o", "{py}"],
+    ["bench", "{cfg}", "--steps", "1", "-o", "{cfg}"],
+    ["bench", "{cfg}", "--steps", "1", "--baseline", "{cfg}", "--update-baseline"],
+    ["plan", "{cfg}", "--emit", "torch", "-o", "{link}"],
+])
+def test_output_that_is_the_input_is_refused(run_main, tmp_path, args):
+    """`compile model.yaml -o model.yaml` replaced the user's model with the code made from it."""
+    import shutil
+    cfg, py = tmp_path / "cfg.yaml", tmp_path / "m.py"
+    shutil.copy(SEED, cfg)
+    shutil.copy("examples/seed.py", py)
+    (tmp_path / "link.yaml").symlink_to(cfg)
+    before = cfg.read_bytes(), py.read_bytes()
+    res = run_main([a.format(cfg=cfg, py=py, d=tmp_path, link=tmp_path / "link.yaml") for a in args])
+    assert_one_line(res, needle="is the file this command reads")
+    assert (cfg.read_bytes(), py.read_bytes()) == before
+
+
+def test_bench_output_that_is_the_baseline_is_refused(run_main, tmp_path):
+    base = tmp_path / "base.json"
+    base.write_text('{"schema": 1, "entries": {}}\n')
+    res = run_main(["bench", SEED, "--steps", "1", "--baseline", str(base), "-o", str(base)])
+    assert_one_line(res, needle="use --update-baseline")
+    assert base.read_text() == '{"schema": 1, "entries": {}}\n'

@@ -10,7 +10,7 @@ from ..jsonio import check_writable, write_json_atomic
 from ..plan import STRATEGIES
 from ..report import emit_json, fmt_bytes, fmt_time, table
 from ..sizes import parse_budget
-from .common import json_opt, keep_heap, overrides, set_opt, step_count, time_limit_opt
+from .common import json_opt, keep_heap, overrides, refuse_overwriting_input, set_opt, step_count, time_limit_opt
 
 
 def _tolerance(text):
@@ -73,6 +73,10 @@ def bench(configs, strategies, budgets, steps, baseline, time_tolerance, update_
     for path in (output if output != "-" else None, baseline if update_baseline else None):
         if path is not None:  # "" too: refused, not taken as no -o at all
             check_writable(path)  # a missing folder is one line now, not after the whole run
+            refuse_overwriting_input(path, *configs)
+    if output and output != "-" and baseline and os.path.exists(baseline) and os.path.samefile(output, baseline):
+        raise ConfigError(f"-o {output} is the --baseline file: the results would replace the baseline in another "
+                          "form; to record them in it use --update-baseline")
     keep_heap()
     base = None
     if baseline and (not update_baseline or os.path.exists(baseline)):

@@ -49,6 +49,24 @@ def refuse_unused(used, why, *names):
         raise ConfigError(f"{', '.join(flags)}: {why}")
 
 
+def refuse_overwriting_input(output, *inputs):
+    """`-o` naming a file the command reads (`compile model.yaml -o model.yaml`) would replace the
+    user's model with what was made from it."""
+    if not output or output == "-":
+        return
+    for src in inputs:
+        path = str(src)
+        if ":" in path and path.rsplit(":", 1)[0].lower().endswith(".py"):  # MODEL.py:NAME
+            path = path.rsplit(":", 1)[0]
+        try:
+            same = os.path.samefile(output, path)
+        except OSError:  # either is missing: nothing to overwrite
+            continue
+        if same:
+            raise ConfigError(f"-o {output} is the file this command reads ({src}): writing would replace it; "
+                              "give another name")
+
+
 def check_plot_file(path):
     """Before the work a figure shows (a sweep, timed steps), everything that would refuse it
     after: matplotlib missing, `-`, a path the writer refuses, a format matplotlib does not write."""

@@ -15,7 +15,7 @@ from ..plan import STRATEGIES, plan as make_plan
 from ..report import emit_json, fmt_bytes, fmt_time, table
 from ..session import load_model, require_model
 from .common import (budget_bytes, budget_opt, config_arg, dtype_opt, json_opt, keep_heap, overrides,
-                     require_within_budget, set_opt, step_count, time_limit_opt)
+                     refuse_overwriting_input, require_within_budget, set_opt, step_count, time_limit_opt)
 
 
 @click.command("export-config")
@@ -34,6 +34,7 @@ def export_config(model, output, sets, dtype, as_json):
         raise ConfigError("-o - and --json both print on standard output: choose one")
     if output != "-":
         check_writable(output)
+        refuse_overwriting_input(output, model)
     ov = overrides(sets)
     if dtype:
         ov["dtype"] = dtype
@@ -68,6 +69,7 @@ def compile_step(config, output, strategy, budget, time_limit, check, sets, dtyp
         raise ConfigError("-o - and --json both print on standard output: choose one")
     if output != "-":
         check_writable(output)  # before planning, which may take long, not after
+        refuse_overwriting_input(output, config)
     model = load_model(config, overrides(sets), dtype)
     require_model(model, "compile")
     if model.graph.graph["dtype"] == "bfloat16":

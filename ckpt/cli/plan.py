@@ -11,7 +11,7 @@ from ..plan import STRATEGIES, plan as make_plan, plan_table, smallest_peak
 from ..report import Progress, emit_json, fmt_bytes, fmt_pct, fmt_time, table
 from ..session import load_model, measure_costs, require_model, with_costs
 from .common import (budget_bytes, budget_opt, check_plot_file, config_arg, dtype_opt, json_opt, keep_heap, over_budget_message,
-                     overrides, refuse_unused, set_opt, time_limit_opt)
+                     overrides, refuse_overwriting_input, refuse_unused, set_opt, time_limit_opt)
 
 
 @click.command()
@@ -44,7 +44,7 @@ def plan(config, budget, strategy, sweep, points, plot_file, time_limit, device,
     refuse_unused(sweep, "used only by --sweep (the number of budgets): add --sweep", "points")
     refuse_unused(emit, "used only with --emit torch (whether ckpt's own plan is made beside it)", "compare")
     if emit or emit_file:
-        _check_emit_flags(emit, emit_file, strategy, sweep, plot_file, show_saved, as_json)
+        _check_emit_flags(config, emit, emit_file, strategy, sweep, plot_file, show_saved, as_json)
     model = load_model(config, overrides(sets), dtype)
     budget_b = budget_bytes(budget, model)
     if device is not None:
@@ -150,6 +150,7 @@ def export(config, output, sets, dtype, as_json):
         raise ConfigError("-o - and --json both print on standard output: choose one")
     if output != "-":
         check_writable(output)
+        refuse_overwriting_input(output, config)
     model = load_model(config, overrides(sets), dtype)
     require_model(model, "export")
     write_json_atomic(output, cost_graph_doc(model.joint))  # `-o -`: standard output
@@ -236,7 +237,7 @@ def _print_saved(rows):
                 click.echo(f"  {' ' * len(b)}  recomputed: {', '.join(v['recomputed'])}")
 
 
-def _check_emit_flags(emit, emit_file, strategy, sweep, plot_file, show_saved, as_json):
+def _check_emit_flags(config, emit, emit_file, strategy, sweep, plot_file, show_saved, as_json):
     """Before any work: -o and --emit go together, and the report's flags, which --emit would drop
     without a word, are refused."""
     if not emit:
@@ -254,6 +255,7 @@ def _check_emit_flags(emit, emit_file, strategy, sweep, plot_file, show_saved, a
         raise ConfigError("-o - and --json both print on standard output: choose one")
     if emit_file != "-":
         check_writable(emit_file)  # now, not after planning
+        refuse_overwriting_input(emit_file, config)
 
 
 def _emit(model, config, budget, emit, emit_file, time_limit, as_json, compare=True):
