@@ -34,7 +34,8 @@ def _tolerance(text):
 @click.option("--strategy", "strategies", multiple=True, type=click.Choice(STRATEGIES),
               help="Repeatable; default: all three.")
 @click.option("--memory-budget", "budgets", multiple=True, metavar="SIZE",
-              help="Budgets for the budget strategy (repeatable; default 0.8x of store-all's peak).")
+              help="Budgets for the budget strategy (repeatable; default 0.8x of store-all's peak); refused "
+                   "when --strategy leaves the budget strategy out.")
 @click.option("--steps", default=5, show_default=True, type=step_count, help="Timed steps per entry.")
 @click.option("--baseline", type=click.Path(dir_okay=False), help="Compare with this baseline (exit 1 on a regression).")
 @click.option("--time-tolerance", default="10%", show_default=True, help="Allowed rise of the time ratio to store-all.")
