@@ -329,3 +329,16 @@ def test_bench_output_that_is_the_baseline_is_refused(run_main, tmp_path):
     res = run_main(["bench", SEED, "--steps", "1", "--baseline", str(base), "-o", str(base)])
     assert_one_line(res, needle="use --update-baseline")
     assert base.read_text() == '{"schema": 1, "entries": {}}\n'
+
+
+@pytest.mark.parametrize("path", ["/dev/stdout", "/dev/stderr", "/dev/fd/1", "/proc/self/fd/1", "/dev/./stdout"])
+def test_another_name_for_standard_output_is_refused(run_main, path):
+    """-o /dev/stdout with stdout redirected to a file renamed a new file over it (the shell's output
+    then went to a deleted file); on a terminal or a pipe it said only "not a regular file"."""
+    assert_one_line(run_main(["export", SEED, "-o", path]), needle="for standard output give -")
+
+
+def test_a_named_pipe_as_output_points_to_standard_output(run_main, tmp_path):
+    fifo = tmp_path / "p"
+    os.mkfifo(fifo)
+    assert_one_line(run_main(["export", SEED, "-o", str(fifo)]), needle="not a regular file (for standard output give -)")
