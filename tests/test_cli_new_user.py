@@ -342,3 +342,10 @@ def test_a_named_pipe_as_output_points_to_standard_output(run_main, tmp_path):
     fifo = tmp_path / "p"
     os.mkfifo(fifo)
     assert_one_line(run_main(["export", SEED, "-o", str(fifo)]), needle="not a regular file (for standard output give -)")
+
+
+def test_a_dim_set_twice_to_two_values_is_refused(run_main):
+    """--set B=64 --set B=32 planned B=32 without a word."""
+    assert_one_line(run_main(["plan", SEED, "--set", "B=64", "--set", "B=32"]), needle="--set B is given twice (64 and 32)")
+    res = run_main(["plan", config_path("mlp_deep"), "--set", "B=4", "--set", " B = 4", "--json"])
+    assert res.exit_code == 0, res.output  # the same value twice says the same thing

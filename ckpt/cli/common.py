@@ -22,9 +22,12 @@ def overrides(pairs):
             raise ConfigError(f"--set {shown}: use KEY=VALUE, for example --set B=64")
         k, v = p.split("=", 1)
         try:
-            out[k.strip()] = int(v)
+            value = int(v)
         except ValueError:  # not an integer, or more digits than Python converts
             raise ConfigError(f"--set {shown}: the value must be an integer") from None
+        if k.strip() in out and out[k.strip()] != value:  # the last would win without a word
+            raise ConfigError(f"--set {k.strip()} is given twice ({out[k.strip()]} and {value}): give it once")
+        out[k.strip()] = value
     return out
 
 
