@@ -169,3 +169,19 @@ def test_bench_where_no_entry_fits_exits_3_after_the_report(run_main, tmp_path):
     res = run_main(["bench", config_path("seed_example"), "--strategy", "budget", "--memory-budget", "10",
                     "--memory-budget", "1GiB", "--steps", "1"])
     assert res.exit_code == 0, res.output
+
+
+def test_a_strategy_or_budget_given_twice_is_measured_once(run_main, monkeypatch):
+    import ckpt.bench
+    seen = {}
+    real = ckpt.bench.run_bench
+
+    def spy(configs, strategies, budgets, **k):
+        seen.update(strategies=tuple(strategies), budgets=tuple(budgets))
+        return real(configs, strategies, budgets, **k)
+    monkeypatch.setattr(ckpt.bench, "run_bench", spy)
+    res = run_main(["bench", config_path("seed_example"), "--strategy", "budget", "--strategy", "budget",
+                    "--memory-budget", "1GiB", "--memory-budget", "1GiB", "--steps", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    assert seen == {"strategies": ("budget",), "budgets": ("1GiB",)}
+    assert list(json.loads(res.stdout)["entries"]) == ["seed_example:budget@1GiB"]

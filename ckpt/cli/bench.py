@@ -48,7 +48,8 @@ def bench(configs, strategies, budgets, steps, baseline, time_tolerance, update_
           as_json):
     """Measure memory and time per config and strategy; compare with or update a baseline."""
     from ..bench import compare, entry_key, load_baseline, run_bench, update_baseline as merge_into
-    configs = list(dict.fromkeys(configs))  # a config given twice is measured once
+    configs = list(dict.fromkeys(configs))  # a config given twice is measured once; so is a strategy or budget
+    strategies, budgets = tuple(dict.fromkeys(strategies)), tuple(dict.fromkeys(budgets))
     named = {}
     for c in configs:  # entries are named by the file's stem: two configs of one stem would overwrite
         name = entry_key(c, "", None)[:-1]
