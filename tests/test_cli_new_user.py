@@ -349,3 +349,12 @@ def test_a_dim_set_twice_to_two_values_is_refused(run_main):
     assert_one_line(run_main(["plan", SEED, "--set", "B=64", "--set", "B=32"]), needle="--set B is given twice (64 and 32)")
     res = run_main(["plan", config_path("mlp_deep"), "--set", "B=4", "--set", " B = 4", "--json"])
     assert res.exit_code == 0, res.output  # the same value twice says the same thing
+
+
+def test_show_saved_lists_a_plan_over_the_budget_too(run_main):
+    """store-all over the budget (fits: no) had no saved lists: it is still a plan the user compares."""
+    res = run_main(["plan", config_path("mlp_deep"), "--set", "L=2", "--set", "B=2", "--set", "D=3",
+                    "--memory-budget", "0.95x", "--show-saved", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = {r["name"]: r for r in json.loads(res.stdout)["strategies"]}
+    assert rows["store-all"]["feasible"] is False and rows["store-all"]["saved"] and rows["store-all"]["steps"]

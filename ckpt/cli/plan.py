@@ -211,7 +211,7 @@ def saved_values(joint, steps):
 def _attach_saved(model, rows, budget_b, time_limit):
     block = block_of(model)
     for r in rows:
-        if not r.get("feasible", True) or r.get("peak_bytes") is None:
+        if r.get("peak_bytes") is None:  # no plan (the budget strategy found none); a plan over the budget is shown
             continue
         p, _ = make_plan(model.joint, r["name"], r["budget_bytes"], time_limit=time_limit, ix=model.index)
         kept, rec = saved_values(model.joint, p.steps)
