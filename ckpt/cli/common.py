@@ -57,10 +57,9 @@ def refuse_overwriting_input(output, *inputs):
     user's model with what was made from it."""
     if not output or output == "-":
         return
+    from ..frontends.python import split_path  # MODEL.py:NAME reads MODEL.py
     for src in inputs:
-        path = str(src)
-        if ":" in path and path.rsplit(":", 1)[0].lower().endswith(".py"):  # MODEL.py:NAME
-            path = path.rsplit(":", 1)[0]
+        path = split_path(src)[0]
         try:
             same = os.path.samefile(output, path)
         except OSError:  # either is missing: nothing to overwrite

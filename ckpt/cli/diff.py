@@ -7,7 +7,8 @@ from ..errors import ConfigError
 from ..report import Progress, emit_json, fmt_bytes, fmt_time, table
 from ..session import (check_gradients, jacobian as jacobian_of, load_model, methods as methods_study, numeric_study,
                        raise_if_failed, swell as swell_study)
-from .common import FiniteFloat, check_plot_file, config_arg, refuse_unused, dtype_opt, json_opt, keep_heap, overrides, set_opt
+from .common import (FiniteFloat, check_plot_file, config_arg, dtype_opt, json_opt, keep_heap, overrides,
+                     refuse_unused, set_opt)
 
 
 @click.command()

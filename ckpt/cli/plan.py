@@ -10,8 +10,8 @@ from ..model.costgraph import cost_graph_doc
 from ..plan import STRATEGIES, plan as make_plan, plan_table, smallest_peak
 from ..report import Progress, emit_json, fmt_bytes, fmt_pct, fmt_time, table
 from ..session import load_model, measure_costs, require_model, with_costs
-from .common import (budget_bytes, budget_opt, check_plot_file, config_arg, dtype_opt, json_opt, keep_heap, over_budget_message,
-                     overrides, refuse_overwriting_input, refuse_unused, set_opt, time_limit_opt)
+from .common import (budget_bytes, budget_opt, check_plot_file, config_arg, dtype_opt, json_opt, keep_heap,
+                     over_budget_message, overrides, refuse_overwriting_input, refuse_unused, set_opt, time_limit_opt)
 
 
 @click.command()
