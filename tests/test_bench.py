@@ -185,3 +185,37 @@ def test_a_strategy_or_budget_given_twice_is_measured_once(run_main, monkeypatch
     assert res.exit_code == 0, res.output
     assert seen == {"strategies": ("budget",), "budgets": ("1GiB",)}
     assert list(json.loads(res.stdout)["entries"]) == ["seed_example:budget@1GiB"]
+
+
+def test_a_config_that_cannot_run_stops_bench_before_any_is_measured(run_main, monkeypatch):
+    """`ckpt bench configs/*.yaml`: a model too large for the machine was refused only when its turn
+    came, after the configs before it had been timed."""
+    import ckpt.bench
+    from ckpt.errors import ConfigError as CE
+    real = ckpt.bench.require_memory
+
+    def require_memory(model, peak, backend, *a, **k):
+        if model.joint.graph["name"] == "mlp_deep":
+            raise CE("running this model needs more memory than this process may use (a test)")
+        return real(model, peak, backend, *a, **k)
+    monkeypatch.setattr(ckpt.bench, "require_memory", require_memory)
+    monkeypatch.setattr(ckpt.bench, "run_plan", lambda *a, **k: pytest.fail("measured before every config was checked"))
+    res = run_main(["bench", config_path("seed_example"), config_path("mlp_deep"), "--steps", "1"])
+    assert res.exit_code == 2 and "(a test)" in res.stderr and res.stdout == ""
+
+
+def test_a_fraction_budget_is_of_store_alls_peak_with_workspace(run_main):
+    """bench read 0.9x of store-all's peak without workspace; plan, run and the README read it with."""
+    from ckpt.plan import plan
+    from ckpt.session import load_model
+    m = load_model(config_path("mlp_deep"), {"L": 3, "B": 4, "D": 8})
+    ws = plan(m.joint, "store-all", ix=m.index)[1].peak_ws
+    args = [config_path("mlp_deep"), "--set", "L=3", "--set", "B=4", "--set", "D=8", "--memory-budget", "0.99x",
+            "--json"]
+    res = run_main(["bench", *args, "--strategy", "budget", "--steps", "1"])
+    assert res.exit_code == 0, res.output
+    import math
+    from fractions import Fraction
+    want = math.ceil(Fraction("0.99") * ws)
+    assert json.loads(res.stdout)["entries"]["mlp_deep:budget@0.99x"]["budget_bytes"] == want
+    assert json.loads(run_main(["plan", *args, "--strategy", "budget"]).stdout)["budget_bytes"] == want
