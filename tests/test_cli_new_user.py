@@ -358,3 +358,23 @@ def test_show_saved_lists_a_plan_over_the_budget_too(run_main):
     assert res.exit_code == 0, res.output
     rows = {r["name"]: r for r in json.loads(res.stdout)["strategies"]}
     assert rows["store-all"]["feasible"] is False and rows["store-all"]["saved"] and rows["store-all"]["steps"]
+
+
+def test_the_python_api_reads_a_fraction_budget_as_the_command_line_does(run_main, monkeypatch):
+    """ckpt.plan(m, budget="0.9x") took 0.9 of store-all's peak without workspace; plan, run and bench
+    take it with (what a budget bounds)."""
+    import ckpt
+    import ckpt.plan as planners
+    seen = []
+    real = planners.plan
+
+    def spy(joint, strategy, budget=None, **k):
+        if strategy == "budget":
+            seen.append(budget)
+        return real(joint, strategy, budget, **k)
+    monkeypatch.setattr(planners, "plan", spy)
+    m = ckpt.load(config_path("mlp_deep"), {"B": 8, "D": 16, "L": 4})
+    ckpt.plan(m, budget="0.9x")
+    res = run_main(["plan", config_path("mlp_deep"), "--set", "B=8", "--set", "D=16", "--set", "L=4",
+                    "--strategy", "budget", "--memory-budget", "0.9x", "--json"])
+    assert seen[0] == json.loads(res.stdout)["budget_bytes"]
