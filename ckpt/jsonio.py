@@ -150,6 +150,8 @@ def check_writable(path):
         # redirected it to, under the table the command prints there
         raise ConfigError("cannot write: this is another name for an open file descriptor; for standard "
                           "output give -", file=path)
+    if path.endswith(("/", os.sep)):  # realpath would drop the slash and write a file of the folder's name
+        raise ConfigError("cannot write: the path ends in / (a directory): give a file name", file=path)
     real = os.path.realpath(path)  # a symlink keeps pointing at the file it names
     try:
         st = os.stat(real)

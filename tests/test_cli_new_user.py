@@ -378,3 +378,12 @@ def test_the_python_api_reads_a_fraction_budget_as_the_command_line_does(run_mai
     res = run_main(["plan", config_path("mlp_deep"), "--set", "B=8", "--set", "D=16", "--set", "L=4",
                     "--strategy", "budget", "--memory-budget", "0.9x", "--json"])
     assert seen[0] == json.loads(res.stdout)["budget_bytes"]
+
+
+@pytest.mark.parametrize("args", [["export", SEED], ["compile", SEED], ["bench", SEED, "--steps", "1"],
+                                  ["export-config", "examples/seed.py:f"]])
+def test_an_output_ending_in_a_slash_is_refused(run_main, tmp_path, args):
+    """-o newdir/ (a folder not made yet) wrote a file named newdir."""
+    res = run_main([*args, "-o", f"{tmp_path}/newdir/"])
+    assert_one_line(res, needle="ends in / (a directory)")
+    assert os.listdir(tmp_path) == []
