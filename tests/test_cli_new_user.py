@@ -387,3 +387,12 @@ def test_an_output_ending_in_a_slash_is_refused(run_main, tmp_path, args):
     res = run_main([*args, "-o", f"{tmp_path}/newdir/"])
     assert_one_line(res, needle="ends in / (a directory)")
     assert os.listdir(tmp_path) == []
+
+
+def test_a_pgf_plot_without_latex_is_refused_first(run_main, tmp_path, monkeypatch):
+    """.pgf is a format matplotlib knows, but it sets the text through LaTeX: without it, a traceback
+    after the sweep."""
+    pytest.importorskip("matplotlib")
+    import shutil
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
+    assert_one_line(run_main(["plan", SEED, "--sweep", "--plot", str(tmp_path / "f.pgf")]), needle="needs LaTeX")

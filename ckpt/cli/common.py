@@ -84,6 +84,12 @@ def check_plot_file(path):
     if fmt not in known:
         raise ConfigError(f"cannot write a plot as .{fmt}: end the name in .png or .svg (matplotlib also writes "
                           f"{', '.join(sorted(k for k in known if k not in ('png', 'svg')))})", file=path)
+    if fmt == "pgf":  # matplotlib sets its text through LaTeX for pgf, and fails without it
+        import shutil
+        from matplotlib import rcParams
+        if not shutil.which(rcParams["pgf.texsystem"]):
+            raise ConfigError(f"a .pgf plot needs LaTeX ({rcParams['pgf.texsystem']}), which is not installed: "
+                              "use .png, .svg or .pdf", file=path)
 
 
 def over_budget_message(strategy, peak_ws, budget, peak=None):
