@@ -396,3 +396,28 @@ def test_a_pgf_plot_without_latex_is_refused_first(run_main, tmp_path, monkeypat
     import shutil
     monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
     assert_one_line(run_main(["plan", SEED, "--sweep", "--plot", str(tmp_path / "f.pgf")]), needle="needs LaTeX")
+
+
+# ---- the README's commands name options that exist ---------------------------------------------------------
+def test_every_option_the_readme_shows_exists():
+    """A new user copies the README's commands: every `--flag` shown for `ckpt COMMAND` must be one
+    of that command's options (a renamed flag would fail there first)."""
+    import re
+
+    import click
+
+    from ckpt.cli import LAZY_COMMANDS, cli
+    from conftest import ROOT
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    ctx = click.Context(cli)
+    checked = 0
+    for snippet in re.findall(r"`(ckpt [^`]+)`", text) + re.findall(r"^(ckpt [^\n#]+)", text, re.M):
+        words = snippet.split()
+        if len(words) < 2 or words[1] not in LAZY_COMMANDS:
+            continue
+        cmd = cli.get_command(ctx, words[1])
+        opts = {o for p in cmd.params for o in getattr(p, "opts", []) + getattr(p, "secondary_opts", [])}
+        for flag in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", snippet):
+            assert flag in opts, f"README: `{snippet}`: {flag} is not an option of ckpt {words[1]}"
+            checked += 1
+    assert checked > 40  # the README's commands were found
