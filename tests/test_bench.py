@@ -219,3 +219,10 @@ def test_a_fraction_budget_is_of_store_alls_peak_with_workspace(run_main):
     want = math.ceil(Fraction("0.99") * ws)
     assert json.loads(res.stdout)["entries"]["mlp_deep:budget@0.99x"]["budget_bytes"] == want
     assert json.loads(run_main(["plan", *args, "--strategy", "budget"]).stdout)["budget_bytes"] == want
+
+
+def test_bench_says_why_an_entry_does_not_fit(run_main):
+    res = run_main(["bench", config_path("seed_example"), "--memory-budget", "10", "--strategy", "budget",
+                    "--strategy", "store-all", "--steps", "1"])
+    assert res.exit_code == 0, res.output
+    assert "seed_example:budget@10: no schedule fits a memory budget of 10 B" in res.stdout

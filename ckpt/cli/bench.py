@@ -104,6 +104,9 @@ def bench(configs, strategies, budgets, steps, baseline, time_tolerance, update_
                   fmt_time(e.get("time_s")) if e.get("feasible") else "-",
                   f"{e['time_ratio']:.3f}" if e.get("feasible") else "-") for k, e in sorted(entries.items())]
         click.echo(table(trows, ["entry", "fits", "predicted", "measured", "allocator", "CPU time/step", "vs store-all"]))
+        for k, e in sorted(entries.items()):  # why a row says no
+            if not e.get("feasible") and e.get("error"):
+                click.echo(f"{k}: {e['error']}")
         if update_baseline:
             click.echo(f"baseline {baseline} updated ({len(entries)} entries)")
         elif base is not None:
