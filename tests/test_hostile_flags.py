@@ -142,6 +142,8 @@ def test_plan_comparison_keeps_exit_0_while_the_budget_strategy_fits(run_main):
     assert res.exit_code == 0, res.output
     fits = {r["name"]: r["feasible"] for r in json.loads(res.stdout)["strategies"]}
     assert fits["store-all"] is False and fits["budget"] is True
+    res = run_main(["plan", config_path("mlp_deep"), *MLP_SMALL, "--memory-budget", budget])
+    assert res.exit_code == 0 and "store-all's plan peaks at" in res.stdout and res.stderr == ""  # why "no"
 
 
 @pytest.mark.parametrize("strategy", ["store-all", "sqrt-n"])

@@ -105,6 +105,9 @@ def plan(config, budget, strategy, sweep, points, plot_file, time_limit, device,
     for r in rows:
         if r.get("error"):
             click.echo(f"{r['name']}: {r['error']}")
+        elif not r["feasible"]:  # a fixed strategy's plan over the budget: say by how much
+            click.echo(over_budget_message(r["name"], r["peak_with_workspace_bytes"], r["budget_bytes"],
+                                           r["peak_bytes"]))
         if r.get("lower_bound_overhead") is not None and r["solver"] not in ("store-all fits", "chain-dp", "direct"):
             lb, gap = r["lower_bound_overhead"], r["overhead"] - r["lower_bound_overhead"]
             click.echo(f"{r['name']}: proved optimal" if gap <= 0 else
