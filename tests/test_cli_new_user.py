@@ -421,3 +421,9 @@ def test_every_option_the_readme_shows_exists():
             assert flag in opts, f"README: `{snippet}`: {flag} is not an option of ckpt {words[1]}"
             checked += 1
     assert checked > 40  # the README's commands were found
+
+
+@pytest.mark.parametrize("command", ["plan", "run", "check", "compile"])
+def test_a_config_of_dash_points_to_dev_stdin(run_main, command):
+    """`ckpt plan -` said "-: no such file"; -o - is standard output, so - is tried for input too."""
+    assert_one_line(run_main([command, "-"]), needle="for standard input give /dev/stdin")

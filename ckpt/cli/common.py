@@ -134,7 +134,13 @@ class FiniteFloat(click.ParamType):
         return x
 
 
-config_arg = click.argument("config", type=click.Path(dir_okay=False))
+def _config_path(ctx, param, value):
+    if value == "-":  # `-o -` is standard output, so a user tries `-` for standard input too
+        raise ConfigError("CONFIG -: ckpt reads a config from a file; for standard input give /dev/stdin")
+    return value
+
+
+config_arg = click.argument("config", type=click.Path(dir_okay=False), callback=_config_path)
 json_opt = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout, nothing else.")
 set_opt = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                        help="Override a dim of the config (repeatable), e.g. --set B=64.")
