@@ -60,14 +60,14 @@ def _deny_writes_to(monkeypatch, denied):
 
 def test_a_read_only_file_is_not_replaced(run_main, tmp_path, monkeypatch):
     """The atomic rename replaced a file its owner had made read-only (`>` and `cp` refuse)."""
-    out = tmp_path / "graph.json"
-    out.write_text("keep me\n")
-    out.chmod(0o444)
-    _deny_writes_to(monkeypatch, out)
-    for args in (["export", SEED, "-o", str(out)], ["compile", SEED, "-o", str(out)],
-                 ["bench", SEED, "--steps", "1", "--strategy", "store-all", "-o", str(out)],
-                 ["export-config", "examples/seed.py:f", "-o", str(out)]):
-        res = run_main(args)
+    for name, args in (("graph.json", ["export", SEED]), ("step.py", ["compile", SEED]),
+                       ("r.json", ["bench", SEED, "--steps", "1", "--strategy", "store-all"]),
+                       ("m.yaml", ["export-config", "examples/seed.py:f"])):
+        out = tmp_path / name
+        out.write_text("keep me\n")
+        out.chmod(0o444)
+        _deny_writes_to(monkeypatch, out)
+        res = run_main([*args, "-o", str(out)])
         assert_one_line(res, needle="read-only")
         assert out.read_text() == "keep me\n" and (out.stat().st_mode & 0o777) == 0o444
 
@@ -216,9 +216,9 @@ def test_trace_json_holds_the_seed_traces(run_main, mode):
     assert all(f"= {r['expression']}" in text for r in doc["primal"][2:])
 
 
-@pytest.mark.parametrize("args", [["export", SEED], ["export-config", "examples/seed.py:f"]])
-def test_export_json_summary_and_standard_output(run_main, tmp_path, args):
-    out = tmp_path / "x"
+@pytest.mark.parametrize("args,name", [(["export", SEED], "g.json"), (["export-config", "examples/seed.py:f"], "m.yaml")])
+def test_export_json_summary_and_standard_output(run_main, tmp_path, args, name):
+    out = tmp_path / name
     res = run_main([*args, "-o", str(out), "--json"])
     assert res.exit_code == 0 and res.stderr == "", res.output
     assert json.loads(res.stdout)["output"] == str(out) and out.exists()
@@ -427,3 +427,17 @@ def test_every_option_the_readme_shows_exists():
 def test_a_config_of_dash_points_to_dev_stdin(run_main, command):
     """`ckpt plan -` said "-: no such file"; -o - is standard output, so - is tried for input too."""
     assert_one_line(run_main([command, "-"]), needle="for standard input give /dev/stdin")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["export", SEED, "-o", "{d}/graph.yaml"], "end the name in .json"),
+    (["export-config", "examples/seed.py:f", "-o", "{d}/m.json"], "end the name in .yaml"),
+    (["compile", SEED, "-o", "{d}/step.yaml"], "end the name in .py"),
+    (["compile", SEED, "-o", "{d}/step"], "end the name in .py"),
+])
+def test_an_output_name_ckpt_would_misread_is_refused(run_main, tmp_path, args, needle):
+    """export -o graph.yaml wrote a cost graph that `ckpt plan` then read as a (broken) YAML config;
+    export-config -o m.json a config read back as a cost graph; compile -o step a module no
+    `import` finds."""
+    assert_one_line(run_main([a.format(d=tmp_path) for a in args]), needle=needle)
+    assert os.listdir(tmp_path) == []

@@ -35,6 +35,9 @@ def export_config(model, output, sets, dtype, as_json):
     if output != "-":
         check_writable(output)
         refuse_overwriting_input(output, model)
+        if output.lower().endswith(".json"):  # ckpt would read it back as a cost graph, not a config
+            raise ConfigError("export-config writes a YAML config, and ckpt reads a .json file as a cost graph: "
+                              "end the name in .yaml", file=output)
     ov = overrides(sets)
     if dtype:
         ov["dtype"] = dtype
@@ -70,6 +73,8 @@ def compile_step(config, output, strategy, budget, time_limit, check, sets, dtyp
     if output != "-":
         check_writable(output)  # before planning, which may take long, not after
         refuse_overwriting_input(output, config)
+        if not output.endswith(".py"):  # `import step` finds a module only under a .py name
+            raise ConfigError("compile writes a Python module: end the name in .py (step.py)", file=output)
     model = load_model(config, overrides(sets), dtype)
     require_model(model, "compile")
     if model.graph.graph["dtype"] == "bfloat16":

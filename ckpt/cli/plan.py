@@ -154,6 +154,9 @@ def export(config, output, sets, dtype, as_json):
     if output != "-":
         check_writable(output)
         refuse_overwriting_input(output, config)
+        if not output.lower().endswith(".json"):  # ckpt reads a cost graph back only from a .json name
+            raise ConfigError("export writes a cost graph, which `ckpt plan` reads from a .json file: end the "
+                              "name in .json", file=output)
     model = load_model(config, overrides(sets), dtype)
     require_model(model, "export")
     write_json_atomic(output, cost_graph_doc(model.joint))  # `-o -`: standard output
