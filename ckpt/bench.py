@@ -83,11 +83,13 @@ def entry_key(config, strategy, budget_spec):
 
 
 def run_bench(configs, strategies, budgets, steps=5, time_limit=10.0, overrides=None, progress=True,
-              baseline=None, time_tolerance=None):
+              baseline=None, time_tolerance=None, check_budgets=()):
     """One entry per (config, strategy[, budget]): predicted and measured peaks, allocator peak,
     median step time (by step_clock: CPU time on the CPU), and that time over store-all's: the median of per-round ratios over at least
     MIN_ROUNDS interleaved rounds, with its confidence bounds. Given a baseline, a ratio that
-    looks like a regression is measured again at once (gate_ratios; `rechecked`)."""
+    looks like a regression is measured again at once (gate_ratios; `rechecked`). `check_budgets`:
+    budgets (`512MiB`, `0.8x`) each store-all and sqrt-n entry is checked against, by its peak with
+    workspace (`budget_check`: per budget its bytes and whether the plan meets it)."""
     rounds = max(steps, MIN_ROUNDS)
     jobs = [(c, s, b) for c in configs for s in strategies for b in (budgets if s == "budget" else [None])]
     entries = {}
@@ -143,7 +145,12 @@ def run_bench(configs, strategies, budgets, steps=5, time_limit=10.0, overrides=
                     "peak_allocator": r.allocator_peak, "time_s": t, "time_ratio": ratio,
                     "time_ratios": ratios, "time_ratio_bounds": list(median_bounds(ratios)), "rechecked": rechecked,
                     "overhead_predicted": sim.time / sa_sim.time - 1.0 if sa_sim.time else 0.0,
+                    "peak_with_workspace": sim.peak_ws,
                 }
+                if check_budgets and strategy != "budget":
+                    entries[key]["budget_check"] = {
+                        s: {"budget_bytes": b, "met": sim.peak_ws <= b}
+                        for s, b in ((s, parse_budget(s, sa_sim.peak_ws)) for s in check_budgets)}
                 if bar:
                     bar.update(1)
     return entries

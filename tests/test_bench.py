@@ -149,12 +149,40 @@ def test_entry_names_of_yaml_configs_are_unchanged():
         assert entry_key(config_path(stem), strategy, spec or None) == key
 
 
-def test_a_budget_without_the_budget_strategy_is_refused(run_main):
-    """bench's budgets are the budget strategy's: with store-all or sqrt-n alone it was ignored."""
-    res = run_main(["bench", config_path("seed_example"), "--strategy", "sqrt-n", "--memory-budget", "1KiB",
-                    "--steps", "1"])
-    assert res.exit_code == 2 and res.stdout == "" and res.stderr.count("\n") == 1
-    assert "add --strategy budget" in res.stderr
+@pytest.mark.parametrize("strategies", [["sqrt-n"], ["store-all", "sqrt-n"]])
+def test_fixed_strategies_that_miss_the_budget_exit_3_after_the_report(run_main, tmp_path, strategies):
+    """bench's --memory-budget was ignored without a word when only store-all or sqrt-n were asked
+    for: their plans are now checked against it, and a budget none of them meets is exit 3."""
+    out = tmp_path / "r.json"
+    args = ["bench", config_path("seed_example"), *[a for s in strategies for a in ("--strategy", s)], "--steps", "1"]
+    res = run_main(args + ["--memory-budget", "80", "--json", "-o", str(out)])
+    assert res.exit_code == 3 and res.stderr.count("\n") == 1, res.output
+    assert "no plan asked for meets the memory budget 80" in res.stderr and "sqrt-n 88 B" in res.stderr
+    doc = json.loads(res.stdout)  # the report is still printed, and written
+    for s in strategies:
+        e = doc["entries"][f"seed_example:{s}"]
+        assert e["feasible"] is True and e["budget_check"]["80"] == {"budget_bytes": 80, "met": False}
+    assert json.loads(out.read_text())["entries"] == doc["entries"]
+    res = run_main(args + ["--memory-budget", "80"])  # the table says no, and why
+    import re
+    assert res.exit_code == 3 and re.search(r"seed_example:sqrt-n +no ", res.stdout)
+    assert "no plan asked for meets" in res.stdout
+    res = run_main(args + ["--memory-budget", "88", "--memory-budget", "1GiB"])  # met (88 B is the peak)
+    assert res.exit_code == 0 and "  no  " not in res.stdout, res.output
+
+
+def test_a_budget_one_fixed_plan_meets_is_exit_0(run_main):
+    from ckpt.plan import plan
+    from ckpt.session import load_model
+    m = load_model(config_path("mlp_deep"), {"L": 6, "B": 8, "D": 16})
+    sqrt_ws = plan(m.joint, "sqrt-n", ix=m.index)[1].peak_ws
+    assert sqrt_ws < plan(m.joint, "store-all", ix=m.index)[1].peak_ws
+    res = run_main(["bench", config_path("mlp_deep"), "--set", "L=6", "--set", "B=8", "--set", "D=16",
+                    "--strategy", "store-all", "--strategy", "sqrt-n", "--memory-budget", str(sqrt_ws),
+                    "--steps", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    checks = {k: e["budget_check"][str(sqrt_ws)]["met"] for k, e in json.loads(res.stdout)["entries"].items()}
+    assert checks == {"mlp_deep:store-all": False, "mlp_deep:sqrt-n": True}
 
 
 def test_bench_where_no_entry_fits_exits_3_after_the_report(run_main, tmp_path):

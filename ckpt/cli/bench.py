@@ -29,13 +29,28 @@ def _tolerance(text):
     return value
 
 
+def _unmet_budgets(entries, configs, strategies, budgets, entry_key):
+    """A line per (config, budget) that none of the fixed strategies' plans asked for meets."""
+    lines = []
+    for c in configs if budgets else ():
+        rows = [(s, entries[entry_key(c, s, None)]) for s in strategies]
+        for spec in budgets:
+            if not any(e["budget_check"][spec]["met"] for _, e in rows):
+                b = rows[0][1]["budget_check"][spec]["budget_bytes"]
+                peaks = ", ".join(f"{s} {fmt_bytes(e['peak_with_workspace'])}" for s, e in rows)
+                lines.append(f"{entry_key(c, '', None)[:-1]}: no plan asked for meets the memory budget {spec} "
+                             f"({fmt_bytes(b)}): peaks with op workspace {peaks}; --strategy budget plans to a budget")
+    return lines
+
+
 @click.command()
 @click.argument("configs", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--strategy", "strategies", multiple=True, type=click.Choice(STRATEGIES),
               help="Repeatable; default: all three.")
 @click.option("--memory-budget", "budgets", multiple=True, metavar="SIZE",
-              help="Budgets for the budget strategy (repeatable; default 0.8x of store-all's peak); refused "
-                   "when --strategy leaves the budget strategy out.")
+              help="Budgets for the budget strategy (repeatable; default 0.8x of store-all's peak). With "
+                   "only store-all or sqrt-n asked for, their plans are checked against it: exit 3 when none "
+                   "meets it.")
 @click.option("--steps", default=5, show_default=True, type=step_count, help="Timed steps per entry.")
 @click.option("--baseline", type=click.Path(dir_okay=False), help="Compare with this baseline (exit 1 on a regression).")
 @click.option("--time-tolerance", default="10%", show_default=True, help="Allowed rise of the time ratio to store-all.")
@@ -57,12 +72,9 @@ def bench(configs, strategies, budgets, steps, baseline, time_tolerance, update_
             raise ConfigError(f"{named[name]} and {c} both make entries named {name!r} (an entry is named by its "
                               "file's stem, and a Python model's by its function too): give one another file name")
         named[name] = c
-    if budgets and strategies and "budget" not in strategies:
-        # the budgets are the budget strategy's; store-all and sqrt-n would be measured as if none
-        # were given, and a plan over it reported as if it were fine
-        raise ConfigError("--memory-budget sets the budget strategy's budgets: add --strategy budget (to check "
-                          f"{' and '.join(strategies)} against a budget: `ckpt plan CONFIG --strategy "
-                          f"{strategies[0]} --memory-budget SIZE`)")
+    # only fixed strategies asked for (store-all, sqrt-n: they plan to no budget) and a budget
+    # given: their plans are checked against it, and a budget that none of them meets is exit 3
+    fixed_check = tuple(budgets) if budgets and strategies and "budget" not in strategies else ()
     for spec in budgets:  # a budget that cannot be read is one line now, not after the first config ran
         parse_budget(spec, 1)
     tol = _tolerance(time_tolerance)
@@ -85,7 +97,9 @@ def bench(configs, strategies, budgets, steps, baseline, time_tolerance, update_
         base = load_baseline(baseline)  # a corrupt baseline stops here, before anything is written
     entries = run_bench(configs, strategies or STRATEGIES, budgets or ("0.8x",), steps=steps,
                         time_limit=time_limit, overrides=overrides(sets), progress=not as_json and output != "-",
-                        baseline=None if update_baseline else base, time_tolerance=tol)
+                        baseline=None if update_baseline else base, time_tolerance=tol,
+                        check_budgets=fixed_check)
+    unmet = _unmet_budgets(entries, configs, strategies, fixed_check, entry_key)
     if output:
         write_json_atomic(output, {"entries": entries}, sort_keys=True)
     if update_baseline:
@@ -98,7 +112,8 @@ def bench(configs, strategies, budgets, steps, baseline, time_tolerance, update_
         emit_json({"entries": entries, "comparison": [dict(zip(("entry", "figure", "baseline", "current", "status"), r))
                                                       for r in rows], "regressions": len(regressions)})
     else:
-        trows = [(k, "yes" if e.get("feasible") else "no", fmt_bytes(e["peak_predicted"]) if e.get("feasible") else "-",
+        trows = [(k, "yes" if e.get("feasible") and all(c["met"] for c in e.get("budget_check", {}).values())
+                  else "no", fmt_bytes(e["peak_predicted"]) if e.get("feasible") else "-",
                   fmt_bytes(e["peak_measured"]) if e.get("feasible") else "-",
                   fmt_bytes(e["peak_allocator"]) if e.get("feasible") else "-",
                   fmt_time(e.get("time_s")) if e.get("feasible") else "-",
@@ -107,6 +122,8 @@ def bench(configs, strategies, budgets, steps, baseline, time_tolerance, update_
         for k, e in sorted(entries.items()):  # why a row says no
             if not e.get("feasible") and e.get("error"):
                 click.echo(f"{k}: {e['error']}")
+        for line in unmet:
+            click.echo(line)
         if update_baseline:
             click.echo(f"baseline {baseline} updated ({len(entries)} entries)")
         elif base is not None:
@@ -120,6 +137,8 @@ def bench(configs, strategies, budgets, steps, baseline, time_tolerance, update_
                        f"to record, time tolerance {tol:.0%}")
     if regressions:
         raise CheckFailed(f"{len(regressions)} regression(s) against {baseline}")
+    if unmet:
+        raise BudgetError(unmet[0] + (f" (and {len(unmet) - 1} more)" if len(unmet) > 1 else ""))
     if not any(e.get("feasible") for e in entries.values()):
         # nothing measured: every entry asked for was the budget strategy's, and none fits
         key, e = min(entries.items())
