@@ -145,6 +145,7 @@ def check_writable(path):
     it exists and is not a regular file. Returns (real path, its stat or None)."""
     if not path:
         raise ConfigError("cannot write to an empty path: give a file name, or - for standard output")
+    path = os.fspath(path)  # a pathlib.Path from the library as well as a string from the command line
     if re.fullmatch(r"/dev/(stdout|stderr|fd/\d+)|/proc/(self|\d+)/fd/\d+", os.path.normpath(path)):
         # another name of an open descriptor: the rename would replace whatever file the shell
         # redirected it to, under the table the command prints there

@@ -441,3 +441,12 @@ def test_an_output_name_ckpt_would_misread_is_refused(run_main, tmp_path, args, 
     `import` finds."""
     assert_one_line(run_main([a.format(d=tmp_path) for a in args]), needle=needle)
     assert os.listdir(tmp_path) == []
+
+
+def test_the_writer_takes_a_pathlib_path(tmp_path):
+    """Library code (plan --emit torch's writer) passes pathlib paths; the checks for -o read strings."""
+    from ckpt.jsonio import write_json_atomic
+    write_json_atomic(tmp_path / "x.json", {"a": 1})
+    assert json.loads((tmp_path / "x.json").read_text()) == {"a": 1}
+    with pytest.raises(Exception, match="ends in /"):
+        write_json_atomic(str(tmp_path / "d") + "/", {})
