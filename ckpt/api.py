@@ -24,7 +24,8 @@ def plan(model, budget=None, strategy=None, time_limit=10.0):
     from .plan import plan as make_plan
     from .sizes import parse_budget
     if isinstance(budget, str):
-        budget = parse_budget(budget, make_plan(model.joint, "store-all", ix=model.index)[1].peak)
+        # a fraction of store-all's peak with workspace, as on the command line
+        budget = parse_budget(budget, make_plan(model.joint, "store-all", ix=model.index)[1].peak_ws)
     strategy = strategy or ("budget" if budget is not None else "store-all")
     return make_plan(model.joint, strategy, budget, time_limit=time_limit, ix=model.index)[0]
 

@@ -73,32 +73,45 @@ def time_status(samples, base, tolerance, confidence=CONFIDENCE):
 
 
 def entry_key(config, strategy, budget_spec):
-    name = os.path.splitext(os.path.basename(config))[0]
+    """`STEM:STRATEGY[@BUDGET]`: a YAML config is named by its file's stem, a Python model
+    (MODEL.py:NAME) by its stem and function, `m:f`, so that two functions of one file are two
+    entries."""
+    from .frontends.python import split_path
+    file, function = split_path(config)
+    name = os.path.splitext(os.path.basename(file))[0] + (f":{function}" if function else "")
     return f"{name}:{strategy}" + (f"@{budget_spec}" if strategy == "budget" else "")
 
 
 def run_bench(configs, strategies, budgets, steps=5, time_limit=10.0, overrides=None, progress=True,
-              baseline=None, time_tolerance=None):
+              baseline=None, time_tolerance=None, check_budgets=()):
     """One entry per (config, strategy[, budget]): predicted and measured peaks, allocator peak,
     median step time (by step_clock: CPU time on the CPU), and that time over store-all's: the median of per-round ratios over at least
     MIN_ROUNDS interleaved rounds, with its confidence bounds. Given a baseline, a ratio that
-    looks like a regression is measured again at once (gate_ratios; `rechecked`)."""
+    looks like a regression is measured again at once (gate_ratios; `rechecked`). `check_budgets`:
+    budgets (`512MiB`, `0.8x`) each store-all and sqrt-n entry is checked against, by its peak with
+    workspace (`budget_check`: per budget its bytes and whether the plan meets it)."""
     rounds = max(steps, MIN_ROUNDS)
     jobs = [(c, s, b) for c in configs for s in strategies for b in (budgets if s == "budget" else [None])]
     entries = {}
     backend = get_backend("cpu")
     progress = progress and sys.stderr.isatty()  # a bar only where someone watches it
     shown = click.progressbar(length=len(jobs), label="benchmarking", file=sys.stderr) if progress else nullcontext()
+    # every config is loaded and checked against the memory this process may use before any is
+    # measured: one that cannot run is one line at once, not after the others' minutes of timing
+    loaded = []
+    for config in configs:
+        model = load_model(config, overrides)
+        require_model(model, "bench")
+        sa, sa_sim = plan(model.joint, "store-all", ix=model.index)
+        require_memory(model, sa_sim.peak, backend)
+        loaded.append((config, model, sa, sa_sim))
     with shown as bar:
-        for config in configs:
-            model = load_model(config, overrides)
-            require_model(model, "bench")
-            sa, sa_sim = plan(model.joint, "store-all", ix=model.index)
-            require_memory(model, sa_sim.peak, backend)
+        for config, model, sa, sa_sim in loaded:
             leaves = device_leaves(model, backend)
             for c, strategy, spec in [j for j in jobs if j[0] == config]:
                 key = entry_key(c, strategy, spec)
-                budget = parse_budget(spec, sa_sim.peak) if strategy == "budget" else None
+                # `0.8x` as everywhere: of store-all's peak with its workspace (what a budget bounds)
+                budget = parse_budget(spec, sa_sim.peak_ws) if strategy == "budget" else None
                 try:
                     p, sim = plan(model.joint, strategy, budget, time_limit=time_limit, ix=model.index)
                 except BudgetError as e:
@@ -132,7 +145,12 @@ def run_bench(configs, strategies, budgets, steps=5, time_limit=10.0, overrides=
                     "peak_allocator": r.allocator_peak, "time_s": t, "time_ratio": ratio,
                     "time_ratios": ratios, "time_ratio_bounds": list(median_bounds(ratios)), "rechecked": rechecked,
                     "overhead_predicted": sim.time / sa_sim.time - 1.0 if sa_sim.time else 0.0,
+                    "peak_with_workspace": sim.peak_ws,
                 }
+                if check_budgets and strategy != "budget":
+                    entries[key]["budget_check"] = {
+                        s: {"budget_bytes": b, "met": sim.peak_ws <= b}
+                        for s, b in ((s, parse_budget(s, sa_sim.peak_ws)) for s in check_budgets)}
                 if bar:
                     bar.update(1)
     return entries

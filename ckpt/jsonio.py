@@ -13,6 +13,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import signal
 import stat
 import sys
@@ -144,6 +145,14 @@ def check_writable(path):
     it exists and is not a regular file. Returns (real path, its stat or None)."""
     if not path:
         raise ConfigError("cannot write to an empty path: give a file name, or - for standard output")
+    path = os.fspath(path)  # a pathlib.Path from the library as well as a string from the command line
+    if re.fullmatch(r"/dev/(stdout|stderr|fd/\d+)|/proc/(self|\d+)/fd/\d+", os.path.normpath(path)):
+        # another name of an open descriptor: the rename would replace whatever file the shell
+        # redirected it to, under the table the command prints there
+        raise ConfigError("cannot write: this is another name for an open file descriptor; for standard "
+                          "output give -", file=path)
+    if path.endswith(("/", os.sep)):  # realpath would drop the slash and write a file of the folder's name
+        raise ConfigError("cannot write: the path ends in / (a directory): give a file name", file=path)
     real = os.path.realpath(path)  # a symlink keeps pointing at the file it names
     try:
         st = os.stat(real)
@@ -152,9 +161,18 @@ def check_writable(path):
     except OSError as e:
         raise ConfigError(f"cannot write: {e.strerror}", file=path) from None
     if st is not None and not stat.S_ISREG(st.st_mode):
-        raise ConfigError("cannot write: the path exists and is not a regular file", file=path)
+        terminal = stat.S_ISCHR(st.st_mode) and real.startswith(("/dev/pts/", "/dev/tty"))
+        hint = " (for standard output give -)" if terminal or stat.S_ISFIFO(st.st_mode) else ""
+        raise ConfigError(f"cannot write: the path exists and is not a regular file{hint}", file=path)
     if not os.path.isdir(os.path.dirname(real)):
         raise ConfigError(f"cannot write: no such directory {os.path.dirname(path) or '.'!r}", file=path)
+    # the rename would replace a file its owner made read-only, which `>` or `cp` refuse; and a
+    # folder the temporary file cannot be made in fails the write only after the work
+    if st is not None and not os.access(real, os.W_OK):
+        raise ConfigError("cannot write: the file is read-only (permission denied)", file=path)
+    if not os.access(os.path.dirname(real), os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write: permission denied in the directory {os.path.dirname(path) or '.'!r}",
+                          file=path)
     return real, st
 
 
@@ -180,7 +198,11 @@ def write_atomic(path, write, binary=False):
                     write(f)
                     f.flush()
                     os.fsync(f.fileno())
-                os.chmod(tmp, mode)
+                if st is not None and (st.st_uid, st.st_gid) != (os.getuid(), os.getgid()):
+                    # the file's owner and group too (root updating a user's file, a shared group)
+                    with contextlib.suppress(OSError, AttributeError):
+                        os.chown(tmp, st.st_uid, st.st_gid)
+                os.chmod(tmp, mode)  # after chown, which clears the set-id bits
                 os.replace(tmp, real)
                 tmp = None
             finally:

@@ -12,9 +12,23 @@ from .sizes import fmt_bytes
 
 
 def emit_json(doc):
-    """The one way ckpt writes JSON: one document on stdout, nothing else."""
-    json.dump(doc, sys.stdout, indent=2, sort_keys=True, allow_nan=False, default=_jsonable)
-    sys.stdout.write("\n")
+    """The one way ckpt writes JSON: one document on stdout, nothing else. A number that is not
+    finite (a loss of nan, a gradient of inf) is null: JSON has no NaN, and a value that failed
+    to encode halfway left half a document and a traceback. Encoded whole before it is written."""
+    text = json.dumps(_finite(doc), indent=2, sort_keys=True, allow_nan=False, default=_jsonable)
+    sys.stdout.write(text + "\n")
+
+
+def _finite(x):
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _finite(x.tolist())
+    if isinstance(x, (float, np.floating)) and not math.isfinite(x):
+        return None
+    return x
 
 
 def _jsonable(x):

@@ -57,7 +57,16 @@ def parse_size(text, *, what="size"):
 def parse_budget(text, store_all_peak):
     """A memory budget: a size, or a fraction of store-all's peak such as `0.8x`."""
     t = str(text).strip()
+    if t.endswith("%"):  # a natural guess at the fraction form: say what it is
+        raise ConfigError(f"cannot read memory budget {text!r}: a fraction of store-all's peak is written like "
+                          "0.5x, not as a percentage")
     if not t.lower().endswith("x"):
+        m = _SIZE.match(t)
+        if not m or m.group(2).lower() not in _UNITS:
+            unit = m.group(2) if m else ""
+            guess = f" ({m.group(1)}{unit.upper()}B or {m.group(1)}{unit.upper()}iB?)" if unit.lower() in ("k", "m", "g", "t") else ""
+            raise ConfigError(f"cannot read memory budget {text!r}{guess}: use a size like 512MiB, 2GB, 1.5GiB or "
+                              "bytes, or a fraction of store-all's peak like 0.8x")
         return parse_size(t, what="memory budget")
     m = _FRACTION.match(t)
     if not m:

@@ -120,3 +120,137 @@ def test_frontier_and_memory_plots(tmp_path):
 def test_plot_without_sweep_is_bad_input(tmp_path):
     res = CliRunner().invoke(cli, ["plan", config_path("seed_example"), "--plot", str(tmp_path / "x.png")])
     assert res.exit_code == 2 and "--sweep" in res.output
+
+
+# ---- entry names, and budgets that no entry meets -------------------------------------------------
+def test_two_functions_of_one_python_model_file_are_two_entries(run_main):
+    """`ckpt bench m.py:f m.py:g` was refused: both entries were named by the file's stem alone."""
+    res = run_main(["bench", "examples/seed.py:f", "examples/seed.py:leaky", "--strategy", "store-all",
+                    "--steps", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    assert sorted(json.loads(res.stdout)["entries"]) == ["seed:f:store-all", "seed:leaky:store-all"]
+
+
+def test_entry_names_of_yaml_configs_are_unchanged():
+    """The committed baseline's keys must still match: a YAML config is named by its stem alone."""
+    from ckpt.bench import entry_key
+    assert entry_key("configs/gpt_small.yaml", "budget", "0.9x") == "gpt_small:budget@0.9x"
+    assert entry_key("configs/gpt_small.yaml", "sqrt-n", "0.9x") == "gpt_small:sqrt-n"
+    assert entry_key("examples/seed.py", "store-all", None) == "seed:store-all"
+    assert entry_key("examples/seed.py:f", "store-all", None) == "seed:f:store-all"
+    import os
+
+    from conftest import ROOT
+    with open(os.path.join(ROOT, "benchmarks", "baseline.json")) as f:
+        keys = json.load(f)["entries"]
+    for key in keys:  # every committed key is one this naming still makes
+        stem, rest = key.split(":", 1)
+        strategy, _, spec = rest.partition("@")
+        assert entry_key(config_path(stem), strategy, spec or None) == key
+
+
+@pytest.mark.parametrize("strategies", [["sqrt-n"], ["store-all", "sqrt-n"]])
+def test_fixed_strategies_that_miss_the_budget_exit_3_after_the_report(run_main, tmp_path, strategies):
+    """bench's --memory-budget was ignored without a word when only store-all or sqrt-n were asked
+    for: their plans are now checked against it, and a budget none of them meets is exit 3."""
+    out = tmp_path / "r.json"
+    args = ["bench", config_path("seed_example"), *[a for s in strategies for a in ("--strategy", s)], "--steps", "1"]
+    res = run_main(args + ["--memory-budget", "80", "--json", "-o", str(out)])
+    assert res.exit_code == 3 and res.stderr.count("\n") == 1, res.output
+    assert "no plan asked for meets the memory budget 80" in res.stderr and "sqrt-n 88 B" in res.stderr
+    doc = json.loads(res.stdout)  # the report is still printed, and written
+    for s in strategies:
+        e = doc["entries"][f"seed_example:{s}"]
+        assert e["feasible"] is True and e["budget_check"]["80"] == {"budget_bytes": 80, "met": False}
+    assert json.loads(out.read_text())["entries"] == doc["entries"]
+    res = run_main(args + ["--memory-budget", "80"])  # the table says no, and why
+    import re
+    assert res.exit_code == 3 and re.search(r"seed_example:sqrt-n +no ", res.stdout)
+    assert "no plan asked for meets" in res.stdout
+    res = run_main(args + ["--memory-budget", "88", "--memory-budget", "1GiB"])  # met (88 B is the peak)
+    assert res.exit_code == 0 and "  no  " not in res.stdout, res.output
+
+
+def test_a_budget_one_fixed_plan_meets_is_exit_0(run_main):
+    from ckpt.plan import plan
+    from ckpt.session import load_model
+    m = load_model(config_path("mlp_deep"), {"L": 6, "B": 8, "D": 16})
+    sqrt_ws = plan(m.joint, "sqrt-n", ix=m.index)[1].peak_ws
+    assert sqrt_ws < plan(m.joint, "store-all", ix=m.index)[1].peak_ws
+    res = run_main(["bench", config_path("mlp_deep"), "--set", "L=6", "--set", "B=8", "--set", "D=16",
+                    "--strategy", "store-all", "--strategy", "sqrt-n", "--memory-budget", str(sqrt_ws),
+                    "--steps", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    checks = {k: e["budget_check"][str(sqrt_ws)]["met"] for k, e in json.loads(res.stdout)["entries"].items()}
+    assert checks == {"mlp_deep:store-all": False, "mlp_deep:sqrt-n": True}
+
+
+def test_bench_where_no_entry_fits_exits_3_after_the_report(run_main, tmp_path):
+    out = tmp_path / "r.json"
+    res = run_main(["bench", config_path("seed_example"), "--strategy", "budget", "--memory-budget", "10",
+                    "--steps", "1", "--json", "-o", str(out)])
+    assert res.exit_code == 3 and res.stderr.count("\n") == 1 and "smallest feasible peak" in res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["entries"]["seed_example:budget@10"]["feasible"] is False
+    assert json.loads(out.read_text())["entries"] == doc["entries"]  # the results are still written
+    # one entry that fits is a measurement: exit 0, the other entry's row says "no"
+    res = run_main(["bench", config_path("seed_example"), "--strategy", "budget", "--memory-budget", "10",
+                    "--memory-budget", "1GiB", "--steps", "1"])
+    assert res.exit_code == 0, res.output
+
+
+def test_a_strategy_or_budget_given_twice_is_measured_once(run_main, monkeypatch):
+    import ckpt.bench
+    seen = {}
+    real = ckpt.bench.run_bench
+
+    def spy(configs, strategies, budgets, **k):
+        seen.update(strategies=tuple(strategies), budgets=tuple(budgets))
+        return real(configs, strategies, budgets, **k)
+    monkeypatch.setattr(ckpt.bench, "run_bench", spy)
+    res = run_main(["bench", config_path("seed_example"), "--strategy", "budget", "--strategy", "budget",
+                    "--memory-budget", "1GiB", "--memory-budget", "1GiB", "--steps", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    assert seen == {"strategies": ("budget",), "budgets": ("1GiB",)}
+    assert list(json.loads(res.stdout)["entries"]) == ["seed_example:budget@1GiB"]
+
+
+def test_a_config_that_cannot_run_stops_bench_before_any_is_measured(run_main, monkeypatch):
+    """`ckpt bench configs/*.yaml`: a model too large for the machine was refused only when its turn
+    came, after the configs before it had been timed."""
+    import ckpt.bench
+    from ckpt.errors import ConfigError as CE
+    real = ckpt.bench.require_memory
+
+    def require_memory(model, peak, backend, *a, **k):
+        if model.joint.graph["name"] == "mlp_deep":
+            raise CE("running this model needs more memory than this process may use (a test)")
+        return real(model, peak, backend, *a, **k)
+    monkeypatch.setattr(ckpt.bench, "require_memory", require_memory)
+    monkeypatch.setattr(ckpt.bench, "run_plan", lambda *a, **k: pytest.fail("measured before every config was checked"))
+    res = run_main(["bench", config_path("seed_example"), config_path("mlp_deep"), "--steps", "1"])
+    assert res.exit_code == 2 and "(a test)" in res.stderr and res.stdout == ""
+
+
+def test_a_fraction_budget_is_of_store_alls_peak_with_workspace(run_main):
+    """bench read 0.9x of store-all's peak without workspace; plan, run and the README read it with."""
+    from ckpt.plan import plan
+    from ckpt.session import load_model
+    m = load_model(config_path("mlp_deep"), {"L": 3, "B": 4, "D": 8})
+    ws = plan(m.joint, "store-all", ix=m.index)[1].peak_ws
+    args = [config_path("mlp_deep"), "--set", "L=3", "--set", "B=4", "--set", "D=8", "--memory-budget", "0.99x",
+            "--json"]
+    res = run_main(["bench", *args, "--strategy", "budget", "--steps", "1"])
+    assert res.exit_code == 0, res.output
+    import math
+    from fractions import Fraction
+    want = math.ceil(Fraction("0.99") * ws)
+    assert json.loads(res.stdout)["entries"]["mlp_deep:budget@0.99x"]["budget_bytes"] == want
+    assert json.loads(run_main(["plan", *args, "--strategy", "budget"]).stdout)["budget_bytes"] == want
+
+
+def test_bench_says_why_an_entry_does_not_fit(run_main):
+    res = run_main(["bench", config_path("seed_example"), "--memory-budget", "10", "--strategy", "budget",
+                    "--strategy", "store-all", "--steps", "1"])
+    assert res.exit_code == 0, res.output
+    assert "seed_example:budget@10: no schedule fits a memory budget of 10 B" in res.stdout

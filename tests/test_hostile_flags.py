@@ -98,6 +98,87 @@ def test_plan_fitting_budget_exits_0():
     assert invoke(["plan", SEED, "--memory-budget", "1GiB"]).exit_code == 0
 
 
+# ---- a fixed strategy (store-all, sqrt-n) that misses the budget the user gave -----------------
+def _fixed_peak(strategy):
+    from ckpt.plan import plan
+    from ckpt.session import load_model
+    m = load_model(config_path("mlp_deep"), {"B": 4, "D": 8, "L": 3})
+    return plan(m.joint, strategy, ix=m.index)[1]
+
+
+@pytest.mark.parametrize("strategy", ["store-all", "sqrt-n"])
+def test_plan_one_fixed_strategy_over_the_budget_exits_3_after_the_table(run_main, strategy):
+    """It printed "no" in the fits column and exited 0, as if a budget were a label."""
+    sim = _fixed_peak(strategy)
+    args = ["plan", config_path("mlp_deep"), *MLP_SMALL, "--strategy", strategy]
+    for budget, code in [(sim.peak_ws - 1, 3), (sim.peak_ws, 0)]:  # the bound is the peak with workspace
+        res = run_main(args + ["--memory-budget", str(budget)])
+        assert res.exit_code == code, res.output
+        assert f"{strategy} " in res.stdout and ("  no " if code else " yes ") in res.stdout
+        if code:
+            assert res.stderr.count("\n") == 1 and f"{strategy}'s plan peaks at" in res.stderr
+            assert f"({sim.peak_ws} bytes) with op workspace" in res.stderr and f"({budget} bytes)" in res.stderr
+        res = run_main(args + ["--memory-budget", str(budget), "--json"])
+        assert res.exit_code == code
+        doc = json.loads(res.stdout)  # still one document on stdout
+        assert [r["feasible"] for r in doc["strategies"]] == [not code]
+
+
+def test_plan_budget_strategy_that_cannot_fit_prints_its_report_then_exits_3(run_main):
+    """--strategy budget stopped before the report: --json printed nothing on stdout."""
+    args = ["plan", SEED, "--strategy", "budget", "--memory-budget", "1"]
+    res = run_main(args + ["--json"])
+    assert res.exit_code == 3 and res.stderr.count("\n") == 1 and "smallest feasible peak is 88 B" in res.stderr
+    (row,) = json.loads(res.stdout)["strategies"]
+    assert row["name"] == "budget" and row["feasible"] is False and row["min_peak_bytes"] == 88
+    res = run_main(args)
+    assert res.exit_code == 3 and "budget      no" in res.stdout
+
+
+def test_plan_comparison_keeps_exit_0_while_the_budget_strategy_fits(run_main):
+    """store-all misses a byte under its own peak, the budget strategy meets it: a comparison, exit 0."""
+    budget = str(_fixed_peak("store-all").peak_ws - 1)
+    res = run_main(["plan", config_path("mlp_deep"), *MLP_SMALL, "--memory-budget", budget, "--json"])
+    assert res.exit_code == 0, res.output
+    fits = {r["name"]: r["feasible"] for r in json.loads(res.stdout)["strategies"]}
+    assert fits["store-all"] is False and fits["budget"] is True
+    res = run_main(["plan", config_path("mlp_deep"), *MLP_SMALL, "--memory-budget", budget])
+    assert res.exit_code == 0 and "store-all's plan peaks at" in res.stdout and res.stderr == ""  # why "no"
+
+
+@pytest.mark.parametrize("strategy", ["store-all", "sqrt-n"])
+def test_run_refuses_a_fixed_plan_over_the_budget_before_running(run_main, strategy, monkeypatch):
+    """run ran the step and printed EXCEEDED with exit 0; now exit 3 before a step runs."""
+    import ckpt.cli.run as run_cli
+    monkeypatch.setattr(run_cli, "run_plan", lambda *a, **k: pytest.fail("ran a plan over its budget"))
+    sim = _fixed_peak(strategy)
+    for extra in ([], ["--json"]):
+        res = run_main(["run", config_path("mlp_deep"), *MLP_SMALL, "--strategy", strategy, "--steps", "1",
+                        "--memory-budget", str(sim.peak_ws - 1), *extra])
+        assert_one_line(res, code=3, needle=f"{strategy}'s plan peaks at")
+        assert res.stdout == "" and res.stderr.count("\n") == 1
+
+
+def test_run_a_fixed_plan_within_the_budget_says_met(run_main):
+    sim = _fixed_peak("sqrt-n")
+    res = run_main(["run", config_path("mlp_deep"), *MLP_SMALL, "--strategy", "sqrt-n", "--steps", "1",
+                    "--memory-budget", str(sim.peak_ws)])
+    assert res.exit_code == 0 and "budget " in res.stdout and ": met (peak with workspace" in res.stdout, res.output
+
+
+@pytest.mark.parametrize("strategy", ["store-all", "sqrt-n"])
+def test_compile_refuses_a_fixed_plan_over_the_budget(run_main, tmp_path, strategy):
+    out = tmp_path / "step.py"
+    sim = _fixed_peak(strategy)
+    res = run_main(["compile", config_path("mlp_deep"), *MLP_SMALL, "--strategy", strategy, "-o", str(out),
+                    "--memory-budget", str(sim.peak_ws - 1)])
+    assert_one_line(res, code=3, needle="--strategy budget plans to a budget")
+    assert not out.exists()
+    res = run_main(["compile", config_path("mlp_deep"), *MLP_SMALL, "--strategy", strategy, "-o", str(out),
+                    "--memory-budget", str(sim.peak_ws), "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["budget_met"] is True and out.exists()
+
+
 def test_progress_is_silent_off_a_terminal_and_under_json():
     res = subprocess.run([sys.executable, "-m", "ckpt", "check", SEED], capture_output=True, text=True)
     assert res.returncode == 0 and res.stderr == ""

@@ -363,10 +363,10 @@ def test_run_flags_an_allocator_peak_over_the_budget():
     res = CliRunner().invoke(cli, ["run", path, "--steps", "1", "--json"])
     assert _json.loads(res.output)["allocator_over_budget"] is None  # no budget, nothing to flag
     # store-all plans without the budget: between its model peak and its peak with workspace, the
-    # budget line says the temporaries exceed it
+    # temporaries exceed it, and run refuses before running (exit 3) saying so
     _, sim = plan(m.joint, "store-all", ix=m.index)
     assert sim.peak < sim.peak_ws
-    for budget, verdict in [(sim.peak_ws, ": met"), (sim.peak, "EXCEEDED by the op temporaries"),
-                            (sim.peak - 1, "EXCEEDED\n")]:
-        text = CliRunner().invoke(cli, ["run", path, "--memory-budget", str(budget), "--steps", "1"]).output
-        assert verdict in text, (budget, text)
+    for budget, code, verdict in [(sim.peak_ws, 0, ": met"), (sim.peak, 3, "op temporaries do not"),
+                                  (sim.peak - 1, 3, "over the memory budget")]:
+        res = CliRunner().invoke(cli, ["run", path, "--memory-budget", str(budget), "--steps", "1"])
+        assert res.exit_code == code and verdict in res.output, (budget, res.output)

@@ -71,7 +71,9 @@ def agreement(ref, got):
         same = same and a.dtype == b.dtype and a.tobytes() == b.tobytes()
         scale = float(np.max(np.abs(a))) if a.size else 0.0
         worst = max(worst, float(np.max(np.abs(a - b))) / scale if scale else float(np.max(np.abs(b), initial=0.0)))
-    return worst, same and ref[0] == got[0]
+    # a loss of nan from both is the same loss (nan == nan is False)
+    same_loss = ref[0] == got[0] or (np.isnan(ref[0]) and np.isnan(got[0]))
+    return worst, bool(same and same_loss)
 
 
 def measure(steps, rounds=7, sample_s=0.05, reference="hand-written"):

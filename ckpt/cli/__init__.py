@@ -6,6 +6,7 @@ module (and with it numpy, networkx, the planners) is imported only when that co
 more than the rest of start-up)."""
 
 import importlib
+import os
 import sys
 import warnings
 
@@ -81,6 +82,11 @@ class _Group(click.Group):
         except CkptError as e:
             click.echo(f"ckpt: error: {e}", err=True)
             ctx.exit(e.exit_code)
+        except BrokenPipeError:
+            # the reader of standard output went away (`ckpt export ... -o - | head`): click would
+            # call that exit 1, which ckpt's codes read as a failed check
+            _quiet_stdout()
+            ctx.exit(0)
         except MemoryError:  # the memory check should refuse first; this is the last line of defence
             click.echo("ckpt: error: out of memory (the machine or a limit on this process refused an "
                        "allocation); `ckpt plan` plans without allocating", err=True)
@@ -92,6 +98,16 @@ class _Group(click.Group):
 def cli():
     """ckpt: what to keep, what to recompute, and what it costs, for training deep networks."""
 
+
+
+def _quiet_stdout():
+    """Point standard output at /dev/null, so that the interpreter's last flush into the closed
+    pipe raises nothing more."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout is not a file (a test's capture)
+        pass
 
 
 def _one_line_warning(message, category, filename, lineno, line=None):

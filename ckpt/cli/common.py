@@ -5,8 +5,8 @@ import os
 
 import click
 
-from ..errors import ConfigError
-from ..sizes import MAX_STEPS, parse_budget
+from ..errors import BudgetError, ConfigError
+from ..sizes import MAX_STEPS, fmt_bytes, parse_budget
 
 # A count of timed steps or rounds: at least one, at most sizes.MAX_STEPS.
 step_count = click.IntRange(1, MAX_STEPS)
@@ -22,9 +22,12 @@ def overrides(pairs):
             raise ConfigError(f"--set {shown}: use KEY=VALUE, for example --set B=64")
         k, v = p.split("=", 1)
         try:
-            out[k.strip()] = int(v)
+            value = int(v)
         except ValueError:  # not an integer, or more digits than Python converts
             raise ConfigError(f"--set {shown}: the value must be an integer") from None
+        if k.strip() in out and out[k.strip()] != value:  # the last would win without a word
+            raise ConfigError(f"--set {k.strip()} is given twice ({out[k.strip()]} and {value}): give it once")
+        out[k.strip()] = value
     return out
 
 
@@ -33,6 +36,79 @@ def budget_bytes(text, model):
     if text is None:
         return None
     return parse_budget(text, _store_all_peak(model))
+
+
+def refuse_unused(used, why, *names):
+    """Refuse options typed on the command line that the command, as asked, would drop without a
+    word (`methods CONFIG --depth 5`); a default is not typed, so it is never refused."""
+    ctx = click.get_current_context()
+    typed = [n for n in names if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
+    if typed and not used:
+        flags = []
+        for n in typed:
+            p = next(p for p in ctx.command.params if p.name == n)
+            flags.append("/".join(p.opts[:1] + p.secondary_opts) if p.param_type_name == "option"
+                         else p.human_readable_name)
+        raise ConfigError(f"{', '.join(flags)}: {why}")
+
+
+def refuse_overwriting_input(output, *inputs):
+    """`-o` naming a file the command reads (`compile model.yaml -o model.yaml`) would replace the
+    user's model with what was made from it."""
+    if not output or output == "-":
+        return
+    from ..frontends.python import split_path  # MODEL.py:NAME reads MODEL.py
+    for src in inputs:
+        path = split_path(src)[0]
+        try:
+            same = os.path.samefile(output, path)
+        except OSError:  # either is missing: nothing to overwrite
+            continue
+        if same:
+            raise ConfigError(f"-o {output} is the file this command reads ({src}): writing would replace it; "
+                              "give another name")
+
+
+def check_plot_file(path):
+    """Before the work a figure shows (a sweep, timed steps), everything that would refuse it
+    after: matplotlib missing, `-`, a path the writer refuses, a format matplotlib does not write."""
+    from ..jsonio import STDOUT, check_writable
+    from ..plots import pyplot
+    pyplot()  # says how to install matplotlib
+    if path == STDOUT:
+        raise ConfigError("a plot is written to a file: give a path ending in .png or .svg, not -")
+    check_writable(path)
+    fmt = os.path.splitext(path)[1].lstrip(".").lower() or "png"
+    from matplotlib.backend_bases import FigureCanvasBase
+    known = FigureCanvasBase.get_supported_filetypes()
+    if fmt not in known:
+        raise ConfigError(f"cannot write a plot as .{fmt}: end the name in .png or .svg (matplotlib also writes "
+                          f"{', '.join(sorted(k for k in known if k not in ('png', 'svg')))})", file=path)
+    if fmt == "pgf":  # matplotlib sets its text through LaTeX for pgf, and fails without it
+        import shutil
+        from matplotlib import rcParams
+        if not shutil.which(rcParams["pgf.texsystem"]):
+            raise ConfigError(f"a .pgf plot needs LaTeX ({rcParams['pgf.texsystem']}), which is not installed: "
+                              "use .png, .svg or .pdf", file=path)
+
+
+def over_budget_message(strategy, peak_ws, budget, peak=None):
+    """The line for a fixed strategy's plan (store-all, sqrt-n: they do not plan to a budget) whose
+    peak with workspace, the figure a budget bounds, is over the budget; `peak`, the model's peak
+    without op workspace, is named where it alone would have met it."""
+    def exact(n):  # under 1 KiB fmt_bytes is already exact
+        return fmt_bytes(n) if n < 1024 else f"{fmt_bytes(n)} ({n} bytes)"
+    temps = f" (the model peak {fmt_bytes(peak)} meets it; op temporaries do not)" \
+        if peak is not None and peak <= budget else ""
+    return (f"{strategy}'s plan peaks at {exact(peak_ws)} with op workspace, over the memory budget of "
+            f"{exact(budget)}{temps}: --strategy budget plans to a budget")
+
+
+def require_within_budget(strategy, sim, budget):
+    """Exit 3 (BudgetError) before a fixed strategy's plan is run or written while it misses the
+    budget the user gave: a budget is a bound to meet, not a label on the report."""
+    if budget is not None and sim.peak_ws > budget:
+        raise BudgetError(over_budget_message(strategy, sim.peak_ws, budget, sim.peak))
 
 
 class FiniteFloat(click.ParamType):
@@ -58,14 +134,22 @@ class FiniteFloat(click.ParamType):
         return x
 
 
-config_arg = click.argument("config", type=click.Path(dir_okay=False))
+def _config_path(ctx, param, value):
+    if value == "-":  # `-o -` is standard output, so a user tries `-` for standard input too
+        raise ConfigError("CONFIG -: ckpt reads a config from a file; for standard input give /dev/stdin")
+    return value
+
+
+config_arg = click.argument("config", type=click.Path(dir_okay=False), callback=_config_path)
 json_opt = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout, nothing else.")
 set_opt = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                        help="Override a dim of the config (repeatable), e.g. --set B=64.")
 dtype_opt = click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32", "float64"]),
                          help="Override the config's float dtype.")
 budget_opt = click.option("--memory-budget", "budget", metavar="SIZE",
-                          help="Peak memory allowed: 512MiB, 2GB, 1.5GiB, bytes, or 0.8x of store-all's peak.")
+                          help="Peak memory allowed, op workspace included: 512MiB, 2GB, 1.5GiB, bytes, or 0.8x of "
+                               "store-all's peak. The budget strategy plans to it; --strategy store-all or sqrt-n "
+                               "alone exits 3 when its plan is over it.")
 time_limit_opt = click.option("--time-limit", default=120.0, show_default=True, type=FiniteFloat(0.1),
                               help="Safety net: seconds the exact DAG solver (MILP) may take. Plans are bounded "
                                    "by counted work, not the clock; the report says if this limit struck.")

@@ -7,7 +7,8 @@ from ..errors import ConfigError
 from ..report import Progress, emit_json, fmt_bytes, fmt_time, table
 from ..session import (check_gradients, jacobian as jacobian_of, load_model, methods as methods_study, numeric_study,
                        raise_if_failed, swell as swell_study)
-from .common import FiniteFloat, config_arg, dtype_opt, json_opt, keep_heap, overrides, set_opt
+from .common import (FiniteFloat, check_plot_file, config_arg, dtype_opt, json_opt, keep_heap, overrides,
+                     refuse_unused, set_opt)
 
 
 @click.command()
@@ -51,6 +52,8 @@ def jacobian(config, of, wrt, mode, sets, dtype, as_json):
 def numeric(config, wrt, plot_file, sets, as_json):
     """Numeric differences against reverse mode for h from 1e-1 to 1e-12: truncation vs round-off."""
     keep_heap()
+    if plot_file:
+        check_plot_file(plot_file)
     res = numeric_study(config, wrt=wrt, overrides=overrides(sets))
     if plot_file:
         plots.plot_numeric(res, plot_file)
@@ -87,7 +90,12 @@ def numeric(config, wrt, plot_file, sets, as_json):
 @json_opt
 def methods(config, swell, depth, family, plot_file, sets, as_json):
     """Numeric, symbolic and automatic differentiation side by side, or the expression swell."""
+    refuse_unused(swell, "used only by the --swell study: add --swell", "depth", "family")
+    refuse_unused(not swell, "--swell studies built-in expressions, not a model: drop one or the other", "config",
+                  "sets")
     if swell:
+        if plot_file:
+            check_plot_file(plot_file)
         res = swell_study(depth, family)
         if plot_file:
             plots.plot_swell(res, plot_file)

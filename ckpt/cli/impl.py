@@ -10,12 +10,12 @@ import sys
 import click
 
 from ..errors import CheckFailed, ConfigError
-from ..jsonio import write_atomic
+from ..jsonio import check_writable, write_atomic
 from ..plan import STRATEGIES, plan as make_plan
 from ..report import emit_json, fmt_bytes, fmt_time, table
 from ..session import load_model, require_model
-from .common import (budget_bytes, budget_opt, config_arg, dtype_opt, json_opt, keep_heap, overrides, set_opt,
-                     step_count, time_limit_opt)
+from .common import (budget_bytes, budget_opt, config_arg, dtype_opt, json_opt, keep_heap, overrides,
+                     refuse_overwriting_input, require_within_budget, set_opt, step_count, time_limit_opt)
 
 
 @click.command("export-config")
@@ -23,12 +23,21 @@ from .common import (budget_bytes, budget_opt, config_arg, dtype_opt, json_opt, 
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the YAML.")
 @set_opt
 @dtype_opt
-def export_config(model, output, sets, dtype):
+@json_opt
+def export_config(model, output, sets, dtype, as_json):
     """Write a Python model function (MODEL.py[:NAME]) as the equivalent YAML config."""
     from ..frontends.python import is_python_model, to_yaml, trace_document
     if not is_python_model(model):
         raise ConfigError("export-config reads a Python model, MODEL.py[:NAME]; a YAML config is already one",
                           file=model)
+    if output == "-" and as_json:
+        raise ConfigError("-o - and --json both print on standard output: choose one")
+    if output != "-":
+        check_writable(output)
+        refuse_overwriting_input(output, model)
+        if output.lower().endswith(".json"):  # ckpt would read it back as a cost graph, not a config
+            raise ConfigError("export-config writes a YAML config, and ckpt reads a .json file as a cost graph: "
+                              "end the name in .yaml", file=output)
     ov = overrides(sets)
     if dtype:
         ov["dtype"] = dtype
@@ -36,8 +45,13 @@ def export_config(model, output, sets, dtype):
     load_model(model, overrides(sets), dtype)  # the same checks as every command (shapes, scalar output)
     text = to_yaml(doc, source=model)
     write_atomic(output, lambda f: f.write(text))
-    click.echo(f"wrote {output}: {len(doc['nodes'])} nodes, "
-               f"{len(doc.get('inputs', {}))} inputs, {len(doc.get('params', {}))} params", err=True)
+    summary = {"output": output, "nodes": len(doc["nodes"]), "inputs": len(doc.get("inputs", {})),
+               "params": len(doc.get("params", {}))}
+    if as_json:
+        emit_json(summary)
+        return
+    click.echo(f"wrote {'standard output' if output == '-' else output}: {summary['nodes']} nodes, "
+               f"{summary['inputs']} inputs, {summary['params']} params", err=True)
 
 
 @click.command("compile")
@@ -56,6 +70,11 @@ def compile_step(config, output, strategy, budget, time_limit, check, sets, dtyp
     from ..backends.codegen import generate
     if output == "-" and as_json:
         raise ConfigError("-o - and --json both print on standard output: choose one")
+    if output != "-":
+        check_writable(output)  # before planning, which may take long, not after
+        refuse_overwriting_input(output, config)
+        if not output.endswith(".py"):  # `import step` finds a module only under a .py name
+            raise ConfigError("compile writes a Python module: end the name in .py (step.py)", file=output)
     model = load_model(config, overrides(sets), dtype)
     require_model(model, "compile")
     if model.graph.graph["dtype"] == "bfloat16":
@@ -63,12 +82,13 @@ def compile_step(config, output, strategy, budget, time_limit, check, sets, dtyp
                           "(use --dtype float32)", file=model.path)
     budget_b = budget_bytes(budget, model)
     p, sim = make_plan(model.joint, strategy, budget_b, time_limit=time_limit, ix=model.index)
+    require_within_budget(strategy, sim, budget_b)  # exit 3, nothing written, as for the budget strategy
     source = generate(model, p.steps, strategy=strategy, source=config, sim=sim)
     write_atomic(output, lambda f: f.write(source))
     doc = {"output": output, "model": model.graph.graph["name"], "strategy": strategy, "solver": p.solver,
            "lines": source.count("\n"), "steps": len(p.steps), "recomputes": sim.recomputes,
            "peak_bytes": sim.peak, "resident_bytes": sim.resident, "managed_peak_bytes": sim.peak_managed}
-    if budget_b is not None:  # store-all and sqrt-n do not plan to a budget: say whether it is met
+    if budget_b is not None:  # met: a plan over it was refused above
         doc["budget_bytes"], doc["budget_met"] = budget_b, sim.peak_ws <= budget_b
     if check:
         keep_heap()
@@ -81,7 +101,7 @@ def compile_step(config, output, strategy, budget, time_limit, check, sets, dtyp
                    f"schedule steps, {sim.recomputes} recomputes; predicted peak {fmt_bytes(sim.peak)} "
                    f"(resident {fmt_bytes(sim.resident)}, managed {fmt_bytes(sim.peak_managed)})", err=to_err)
         if budget_b is not None:
-            click.echo(f"budget    {fmt_bytes(budget_b)}: {'met' if doc['budget_met'] else 'EXCEEDED'} (peak with "
+            click.echo(f"budget    {fmt_bytes(budget_b)}: met (peak with "
                        f"workspace {fmt_bytes(sim.peak_ws)})", err=to_err)
         if check:
             c = doc["check"]

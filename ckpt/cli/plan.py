@@ -5,13 +5,13 @@ import click
 from .. import plots
 from ..backend import get_backend
 from ..errors import BudgetError, ConfigError
-from ..jsonio import write_json_atomic
+from ..jsonio import check_writable, write_json_atomic
 from ..model.costgraph import cost_graph_doc
 from ..plan import STRATEGIES, plan as make_plan, plan_table, smallest_peak
 from ..report import Progress, emit_json, fmt_bytes, fmt_pct, fmt_time, table
 from ..session import load_model, measure_costs, require_model, with_costs
-from .common import (budget_bytes, budget_opt, config_arg, dtype_opt, json_opt, keep_heap, overrides, set_opt,
-                     time_limit_opt)
+from .common import (budget_bytes, budget_opt, check_plot_file, config_arg, dtype_opt, json_opt, keep_heap,
+                     over_budget_message, overrides, refuse_overwriting_input, refuse_unused, set_opt, time_limit_opt)
 
 
 @click.command()
@@ -41,6 +41,10 @@ from .common import (budget_bytes, budget_opt, config_arg, dtype_opt, json_opt, 
 def plan(config, budget, strategy, sweep, points, plot_file, time_limit, device, show_saved, emit, emit_file, compare,
          sets, dtype, as_json):
     """Plan without running: predicted peak and compute overhead of each strategy."""
+    refuse_unused(sweep, "used only by --sweep (the number of budgets): add --sweep", "points")
+    refuse_unused(emit, "used only with --emit torch (whether ckpt's own plan is made beside it)", "compare")
+    if emit or emit_file:
+        _check_emit_flags(config, emit, emit_file, strategy, sweep, plot_file, show_saved, as_json)
     model = load_model(config, overrides(sets), dtype)
     budget_b = budget_bytes(budget, model)
     if device is not None:
@@ -54,15 +58,14 @@ def plan(config, budget, strategy, sweep, points, plot_file, time_limit, device,
         if strategy == "budget":
             raise ConfigError("the budget strategy needs --memory-budget")
         names = tuple(n for n in names if n != "budget")
-    rows = plan_table(model.joint, names, budget_b, time_limit=time_limit, ix=model.index,
-                      strict=strategy == "budget")
+    rows = plan_table(model.joint, names, budget_b, time_limit=time_limit, ix=model.index)
     doc = {"model": model.joint.graph["name"], "config": config, "budget_bytes": budget_b, "strategies": rows,
            "costs": f"seconds measured on {device}" if device else "nanoseconds (the calibrated cost model)"
            if model.graph is not None else "the cost graph's own units"}
     if plot_file and not sweep:
         raise ConfigError("--plot draws the --sweep frontier: add --sweep")
     if plot_file:
-        plots.pyplot()  # say how to install matplotlib before the sweep, not after
+        check_plot_file(plot_file)  # before the sweep, not after it
     if sweep:
         with Progress(f"sweeping {points} budgets", enabled=not as_json):
             doc["sweep"] = _sweep(model, points, time_limit)
@@ -70,8 +73,11 @@ def plan(config, budget, strategy, sweep, points, plot_file, time_limit, device,
         plots.plot_frontier(doc, plot_file)
     if show_saved:
         _attach_saved(model, rows, budget_b, time_limit)
-    # the budget strategy that cannot fit is exit 3 (after the report: --json still prints it)
-    unfit = next((r for r in rows if r["name"] == "budget" and r.get("error")), None)
+    # exit 3 after the report (--json still prints it): the budget strategy found no plan, or the
+    # one fixed strategy asked for misses the budget; a comparison of every strategy exits 3 only
+    # when the budget strategy fails
+    unfit = next((r for r in rows if r["name"] == "budget" and r.get("error")), None) or \
+        next((r for r in rows if strategy != "all" and not r["feasible"]), None)
     if as_json:
         emit_json(doc)
         _raise_unfit(unfit)
@@ -99,6 +105,9 @@ def plan(config, budget, strategy, sweep, points, plot_file, time_limit, device,
     for r in rows:
         if r.get("error"):
             click.echo(f"{r['name']}: {r['error']}")
+        elif not r["feasible"]:  # a fixed strategy's plan over the budget: say by how much
+            click.echo(over_budget_message(r["name"], r["peak_with_workspace_bytes"], r["budget_bytes"],
+                                           r["peak_bytes"]))
         if r.get("lower_bound_overhead") is not None and r["solver"] not in ("store-all fits", "chain-dp", "direct"):
             lb, gap = r["lower_bound_overhead"], r["overhead"] - r["lower_bound_overhead"]
             click.echo(f"{r['name']}: proved optimal" if gap <= 0 else
@@ -124,8 +133,12 @@ def plan(config, budget, strategy, sweep, points, plot_file, time_limit, device,
 
 
 def _raise_unfit(row):
-    if row is not None:
+    if row is None:
+        return
+    if row.get("error"):
         raise BudgetError(row["error"], min_peak=row.get("min_peak_bytes"))
+    raise BudgetError(over_budget_message(row["name"], row["peak_with_workspace_bytes"], row["budget_bytes"],
+                                          row["peak_bytes"]))
 
 
 @click.command()
@@ -133,13 +146,27 @@ def _raise_unfit(row):
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the JSON.")
 @set_opt
 @dtype_opt
-def export(config, output, sets, dtype):
+@json_opt
+def export(config, output, sets, dtype, as_json):
     """Write the model's joint forward+backward graph as node-link JSON with costs and bytes."""
+    if output == "-" and as_json:
+        raise ConfigError("-o - and --json both print on standard output: choose one")
+    if output != "-":
+        check_writable(output)
+        refuse_overwriting_input(output, config)
+        if not output.lower().endswith(".json"):  # ckpt reads a cost graph back only from a .json name
+            raise ConfigError("export writes a cost graph, which `ckpt plan` reads from a .json file: end the "
+                              "name in .json", file=output)
     model = load_model(config, overrides(sets), dtype)
     require_model(model, "export")
     write_json_atomic(output, cost_graph_doc(model.joint))  # `-o -`: standard output
-    click.echo(f"wrote {'standard output' if output == '-' else output}: {len(model.index.order)} nodes ({len(model.index.fwd)} forward, "
-               f"{len(model.index.bwd)} backward), {model.joint.number_of_edges()} edges", err=True)
+    doc = {"output": output, "model": model.joint.graph["name"], "nodes": len(model.index.order),
+           "forward": len(model.index.fwd), "backward": len(model.index.bwd), "edges": model.joint.number_of_edges()}
+    if as_json:
+        emit_json(doc)
+        return
+    click.echo(f"wrote {'standard output' if output == '-' else output}: {doc['nodes']} nodes ({doc['forward']} forward, "
+               f"{doc['backward']} backward), {doc['edges']} edges", err=True)
 
 
 
@@ -190,7 +217,7 @@ def saved_values(joint, steps):
 def _attach_saved(model, rows, budget_b, time_limit):
     block = block_of(model)
     for r in rows:
-        if not r.get("feasible", True) or r.get("peak_bytes") is None:
+        if r.get("peak_bytes") is None:  # no plan (the budget strategy found none); a plan over the budget is shown
             continue
         p, _ = make_plan(model.joint, r["name"], r["budget_bytes"], time_limit=time_limit, ix=model.index)
         kept, rec = saved_values(model.joint, p.steps)
@@ -216,9 +243,28 @@ def _print_saved(rows):
                 click.echo(f"  {' ' * len(b)}  recomputed: {', '.join(v['recomputed'])}")
 
 
+def _check_emit_flags(config, emit, emit_file, strategy, sweep, plot_file, show_saved, as_json):
+    """Before any work: -o and --emit go together, and the report's flags, which --emit would drop
+    without a word, are refused."""
+    if not emit:
+        raise ConfigError("plan -o writes a PyTorch plan, with --emit torch; for the report as a file use "
+                          "--json > FILE")
+    if not emit_file:
+        raise ConfigError("--emit torch needs -o FILE, where the plan is written")
+    ignored = [flag for flag, given in (("--sweep", sweep), ("--plot", plot_file), ("--show-saved", show_saved),
+                                        (f"--strategy {strategy}", strategy not in ("all", "budget"))) if given]
+    if ignored:
+        raise ConfigError(f"--emit torch writes a PyTorch region plan at the budget; {', '.join(ignored)} "
+                          f"{'does' if len(ignored) == 1 else 'do'} not apply to it: run `ckpt plan` without --emit "
+                          "for that")
+    if emit_file == "-" and as_json:
+        raise ConfigError("-o - and --json both print on standard output: choose one")
+    if emit_file != "-":
+        check_writable(emit_file)  # now, not after planning
+        refuse_overwriting_input(emit_file, config)
+
+
 def _emit(model, config, budget, emit, emit_file, time_limit, as_json, compare=True):
-    if not (emit and emit_file):
-        raise ConfigError("--emit torch and -o FILE go together")
     from ..backends.torch_plan import emit_torch_plan, summary_lines
     require_model(model, "plan --emit torch")
     doc = emit_torch_plan(model, budget, emit_file, time_limit=time_limit, compare=compare)
@@ -226,4 +272,4 @@ def _emit(model, config, budget, emit, emit_file, time_limit, as_json, compare=T
         emit_json(doc)
         return
     for line in summary_lines(doc):
-        click.echo(line)
+        click.echo(line, err=emit_file == "-")  # `-o -`: standard output holds the plan alone

@@ -1,5 +1,6 @@
 """ckpt run and ckpt trace: execute a schedule, report memory and time, print the seed's traces."""
 
+import re
 import statistics
 
 import click
@@ -10,8 +11,8 @@ from ..model.joint import GRAD
 from ..plan import STRATEGIES, plan as make_plan
 from ..report import Progress, emit_json, fmt_bytes, fmt_pct, fmt_time, fmt_value, gradient_summary, table
 from ..session import load_model, require_memory, require_model, run_plan, time_side_by_side
-from .common import (budget_bytes, budget_opt, config_arg, dtype_opt, json_opt, keep_heap, overrides, set_opt,
-                     step_count, time_limit_opt)
+from .common import (budget_bytes, budget_opt, check_plot_file, config_arg, dtype_opt, json_opt, keep_heap, overrides,
+                     require_within_budget, set_opt, step_count, time_limit_opt)
 
 
 @click.command()
@@ -37,10 +38,11 @@ def run(config, steps, strategy, budget, time_limit, device, trace, plot_file, s
     budget_b = budget_bytes(budget, model)
     backend = get_backend(device)
     p, sim = make_plan(model.joint, strategy, budget_b, time_limit=time_limit, ix=model.index)
+    require_within_budget(strategy, sim, budget_b)  # exit 3 before running, not a step run over it
     require_memory(model, sim.peak, backend)
     if plot_file:  # the figures' module (and matplotlib) only when a figure is asked for
         from .. import plots
-        plots.pyplot()
+        check_plot_file(plot_file)  # before the steps run, not after
     sa, sa_sim = make_plan(model.joint, "store-all", ix=model.index)
     with Progress(f"running {steps} steps", enabled=not as_json):
         if strategy == "store-all":
@@ -87,7 +89,7 @@ def run(config, steps, strategy, budget, time_limit, device, trace, plot_file, s
     click.echo(f"strategy  {strategy}" + (f" (solver: {p.solver})" if strategy == "budget" else ""))
     click.echo(f"loss      {r.loss:.6g}")
     click.echo("gradients")
-    shown = sorted(r.grads.items())
+    shown = sorted(r.grads.items(), key=lambda kv: _natural(kv[0]))  # body.2 before body.10
     for k, v in shown[:12]:
         click.echo(f"  {k}: {fmt_value(v)}")
     if len(shown) > 12:
@@ -102,14 +104,16 @@ def run(config, steps, strategy, budget, time_limit, device, trace, plot_file, s
     ]
     click.echo(table(rows, ["", "predicted", "measured"]))
     if budget_b is not None:
-        # the budget bounds the peak with workspace (what the allocator sees); store-all and sqrt-n
-        # plan without it, so their model peak may meet it while their temporaries do not
-        verdict = ("met" if sim.peak_ws <= budget_b else
-                   "EXCEEDED by the op temporaries (the model peak meets it)" if sim.peak <= budget_b else "EXCEEDED")
-        click.echo(f"budget    {fmt_bytes(budget_b)}: {verdict}")
+        # the budget bounds the peak with workspace; a plan over it was refused before running
+        click.echo(f"budget    {fmt_bytes(budget_b)}: met (peak with workspace {fmt_bytes(sim.peak_ws)})")
         if doc["allocator_over_budget"]:
             click.echo(f"WARNING   the allocator's peak {fmt_bytes(r.allocator_peak)} is above the budget by "
                        f"{fmt_bytes(r.allocator_peak - budget_b)} (op temporaries the plan did not keep within it)")
+
+
+def _natural(name):
+    """A sort key that reads the numbers in a name as numbers: body.2.W before body.10.W."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name)]
 
 
 def _numbering(g):
@@ -120,24 +124,29 @@ def _numbering(g):
     return leaves, num
 
 
-def _print_primal(g, num, leaves, host, values):
-    def name(v):
-        return f"v{num[v]}"
-
-    click.echo("forward primal trace")
-    for v in leaves:
-        click.echo(f"  {name(v):>5} = {v:<24} = {fmt_value(host[v])}")
+def _primal_rows(g, num, leaves, host, values):
+    """The primal trace: (label, expression, value, node) per input, parameter and op computed."""
+    rows = [(f"v{num[v]}", v, host[v], v) for v in leaves]
     for v in g.graph["order"]:
-        if v not in values:
-            continue
-        d = g.nodes[v]
-        expr = f"{d['op']}({', '.join(name(u) for u in d['inputs'])})"
-        label = f"   [{v}]" if v != name(v) else ""
-        click.echo(f"  {name(v):>5} = {expr:<24} = {fmt_value(values[v])}{label}")
-    click.echo(f"      y = {name(g.graph['output'])}")
+        if v in values:
+            rows.append((f"v{num[v]}", f"{g.nodes[v]['op']}({', '.join(f'v{num[u]}' for u in g.nodes[v]['inputs'])})",
+                         values[v], v))
+    return rows
 
 
-def _print_trace(model, steps, backend):
+def _echo_rows(title, rows, width=5, tagged=False):
+    click.echo(title)
+    for label, expr, value, node in rows:
+        tag = f"   [{node}]" if tagged and node not in (label, expr) else ""  # a leaf is named in its row
+        click.echo(f"  {label:>{width}} = {expr:<24} = {fmt_value(value)}{tag}")
+
+
+def _json_rows(rows):
+    return [{"v": label, "expression": expr, "node": node, "value": gradient_summary(value)}
+            for label, expr, value, node in rows]
+
+
+def _reverse_trace(model, steps, backend):
     """The seed's §2.6 reverse-mode traces: the primal trace, then the adjoints v̄ in reverse."""
     from ..execute import Executor
     from ..session import device_leaves
@@ -146,13 +155,12 @@ def _print_trace(model, steps, backend):
     seen = {}
     host = device_leaves(model, backend)
     Executor(g, model.joint, steps, backend).step(host, on_value=lambda x, a: seen.setdefault(x, backend.to_host(a)))
-    _print_primal(g, num, leaves, {k: backend.to_host(v) for k, v in host.items()}, seen)
-    click.echo("reverse adjoint trace")
+    primal = _primal_rows(g, num, leaves, {k: backend.to_host(v) for k, v in host.items()}, seen)
+    adjoint = []
     for x in model.joint.graph["order"]:
         if not x.startswith(GRAD) or x not in seen:
             continue
         v = x[len(GRAD):]
-        bar = f"v\u0304{num[v]}"
         if v == g.graph["output"]:
             expr = "y\u0304 (seed)"
         else:
@@ -160,10 +168,11 @@ def _print_trace(model, steps, backend):
                      if g.nodes[w].get("grad") and g.nodes[w]["kind"] == "op"
                      for u in g.nodes[w]["inputs"] if u == v]
             expr = " + ".join(terms)
-        click.echo(f"  {bar:>6} = {expr:<24} = {fmt_value(seen[x])}")
+        adjoint.append((f"v\u0304{num[v]}", expr, seen[x], x))
+    return {"mode": "reverse", "primal": primal, "output": f"v{num[g.graph['output']]}", "adjoint": adjoint}
 
 
-def _print_tangent_trace(model, wrt, backend):
+def _forward_trace(model, wrt, backend):
     """The seed's §2.6 forward-mode traces: each value with its tangent v̇ = dv/d(wrt[0])."""
     import numpy as np
 
@@ -183,18 +192,39 @@ def _print_tangent_trace(model, wrt, backend):
     device = {k: backend.asarray(v) for k, v in host.items()}
     r = jvp(g, device, {target: backend.asarray(t)}, backend, record=True)
     values = {v: backend.to_host(a) for v, a, _ in r.trace}
-    _print_primal(g, num, leaves, host, values)
     what = f"{target}[0]" if host[target].ndim else target
-    click.echo(f"forward tangent trace (v\u0307 = dv/d{what})")
-    for v in leaves:
-        tv = t if v == target else np.zeros(())
-        click.echo(f"  {'v' + chr(0x307) + str(num[v]):>6} = {'':<24} = {fmt_value(tv)}")
+    tangent = [("v" + chr(0x307) + str(num[v]), "", t if v == target else np.zeros(()), v) for v in leaves]
     for v, _, tan in r.trace:
         d = g.nodes[v]
         terms = [f"∂v{num[v]}/∂v{num[u]}·v\u0307{num[u]}" for u in d["inputs"]]
-        click.echo(f"  {'v' + chr(0x307) + str(num[v]):>6} = {' + '.join(terms):<24} = "
-                   f"{fmt_value(tan if tan is not None else np.zeros(d['shape']))}")
-    click.echo(f"  dy/d{what} = {fmt_value(r.tangent)}")
+        tangent.append(("v" + chr(0x307) + str(num[v]), " + ".join(terms),
+                        tan if tan is not None else np.zeros(d["shape"]), v))
+    return {"mode": "forward", "primal": _primal_rows(g, num, leaves, host, values),
+            "output": f"v{num[g.graph['output']]}", "wrt": what, "tangent": tangent, "derivative": r.tangent}
+
+
+def _print_trace(model, steps, backend):
+    _echo_traces(_reverse_trace(model, steps, backend))
+
+
+def _echo_traces(tr):
+    _echo_rows("forward primal trace", tr["primal"], tagged=True)
+    click.echo(f"      y = {tr['output']}")
+    if tr["mode"] == "reverse":
+        _echo_rows("reverse adjoint trace", tr["adjoint"], width=6)
+    else:
+        _echo_rows(f"forward tangent trace (v\u0307 = dv/d{tr['wrt']})", tr["tangent"], width=6)
+        click.echo(f"  dy/d{tr['wrt']} = {fmt_value(tr['derivative'])}")
+
+
+def _traces_doc(model, tr):
+    doc = {"model": model.graph.graph["name"], "config": model.path, "mode": tr["mode"],
+           "primal": _json_rows(tr["primal"]), "output": tr["output"]}
+    if tr["mode"] == "reverse":
+        doc["adjoint"] = _json_rows(tr["adjoint"])
+    else:
+        doc.update(wrt=tr["wrt"], tangent=_json_rows(tr["tangent"]), derivative=gradient_summary(tr["derivative"]))
+    return doc
 
 
 @click.command()
@@ -202,8 +232,12 @@ def _print_tangent_trace(model, wrt, backend):
 @click.option("--mode", default="reverse", show_default=True, type=click.Choice(["forward", "reverse"]))
 @click.option("--wrt", help="Forward mode: the input or parameter whose first element carries the tangent.")
 @set_opt
-def trace(config, mode, wrt, sets):
+@json_opt
+def trace(config, mode, wrt, sets, as_json):
     """Print the primal, tangent (forward) or adjoint (reverse) traces in the seed's notation."""
+    if wrt is not None and mode == "reverse":  # it would be dropped without a word
+        raise ConfigError("--wrt picks the input the tangent is taken along, in forward mode (--mode forward); "
+                          "reverse mode gives every adjoint at once")
     keep_heap()
     model = load_model(config, overrides(sets))
     require_model(model, "trace")
@@ -213,7 +247,8 @@ def trace(config, mode, wrt, sets):
     copies = sum(d["ram"] for _, d in model.joint.nodes(data=True))
     require_memory(model, sim.peak + copies, backend, "tracing this model",
                    "a store-all step and a copy of every value and gradient")
-    if mode == "reverse":
-        _print_trace(model, p.steps, backend)
+    tr = _reverse_trace(model, p.steps, backend) if mode == "reverse" else _forward_trace(model, wrt, backend)
+    if as_json:
+        emit_json(_traces_doc(model, tr))
     else:
-        _print_tangent_trace(model, wrt, backend)
+        _echo_traces(tr)

@@ -20,7 +20,16 @@ input_opt = click.option("--input", "inputs", multiple=True, metavar="NAME=8x128
 @json_opt
 def import_(target, inputs, output, seed, as_json):
     """Trace a PyTorch module (its forward returns the loss) into a ckpt config or a cost graph."""
+    import os
+
+    from ..errors import ConfigError
+    from ..jsonio import check_writable
     from ..frontends.torch_import import import_model
+    if os.path.splitext(output)[1].lower() not in (".yaml", ".yml", ".json"):
+        # the suffix says which of the two is written: a config other commands read as YAML, or a cost graph
+        raise ConfigError("import writes a ckpt config (-o model.yaml, with model.npz and model.torch.json "
+                          "beside it) or a cost graph (-o graph.json): end the name in .yaml or .json", file=output)
+    check_writable(output)  # before the trace, not after it
     r = import_model(target, inputs, output, seed=seed)
     if as_json:
         emit_json(r)
