@@ -133,3 +133,21 @@ def test_a_model_with_no_parameters_imports_and_runs(tmp_path):
     sa, _ = plan(m.joint, "store-all", ix=m.index)
     x = np.load(out[:-5] + ".npz")["x"]
     assert run_plan(m, sa.steps, get_backend("cpu"), n_steps=1, warmup=0).loss == pytest.approx(float((x * x).sum()))
+
+
+def test_import_writes_through_the_shared_writer(tmp_path):
+    """The config goes through ckpt's one atomic writer: a symlink stays a link (its target is
+    written), and a read-only config is refused in one line, untouched (it was replaced)."""
+    target = tmp_path / "real.yaml"
+    link = tmp_path / "link.yaml"
+    link.symlink_to(target)
+    res, _ = do_import(tmp_path, "mlp", out="link.yaml")
+    assert res.exit_code == 0, res.output
+    assert link.is_symlink() and "nodes:" in target.read_text()
+    ro = tmp_path / "ro.yaml"
+    ro.write_text("mine\n")
+    ro.chmod(0o444)
+    res, _ = do_import(tmp_path, "mlp", out="ro.yaml")
+    if os.geteuid() != 0:  # root may write anything
+        assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
+        assert ro.read_text() == "mine\n"

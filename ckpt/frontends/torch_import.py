@@ -2034,9 +2034,9 @@ def import_model(target, inputs, output, seed=0):
     # What PyTorch holds for backward, op by op: one plain forward on the example inputs (the
     # planner for `--emit torch` reads it; nothing else in the import allocates activations).
     meta["profile"] = _fake_profile(model, [rec.arrays[n] for n in arg_names], meta["regions"])
-    from ..jsonio import write_json_atomic
-    _write_atomic(stem + ".npz", lambda f: np.savez(f, **rec.arrays), binary=True)
-    _write_atomic(output, lambda f: f.write(text))
+    from ..jsonio import write_atomic, write_json_atomic
+    write_atomic(stem + ".npz", lambda f: np.savez(f, **rec.arrays), binary=True)
+    write_atomic(output, lambda f: f.write(text))
     write_json_atomic(stem + ".torch.json", meta)
     return {"config": output, "weights": stem + ".npz", "torch_meta": stem + ".torch.json", "nodes": len(rec.nodes),
             "params": len(rec.params), "inputs": list(rec.inputs), "transposed": len(rec.transposed),
@@ -2080,25 +2080,3 @@ def _fake_profile(model, arrays, regions):
 
 def _natural(name):
     return [int(p) if p.isdigit() else p for p in name.split(".")]
-
-
-def _write_atomic(path, write, binary=False):
-    import tempfile
-    d = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=".ckpt-")
-        with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
-            write(f)
-        if os.path.exists(path):
-            os.chmod(tmp, os.stat(path).st_mode & 0o7777)
-        else:
-            os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except OSError as e:
-        raise ConfigError(f"cannot write: {e.strerror}", file=path) from None
-
-
-def _umask():
-    m = os.umask(0)
-    os.umask(m)
-    return m
