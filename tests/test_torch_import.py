@@ -151,3 +151,9 @@ def test_import_writes_through_the_shared_writer(tmp_path):
     if os.geteuid() != 0:  # root may write anything
         assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
         assert ro.read_text() == "mine\n"
+
+
+def test_run_on_a_pytorch_factory_points_to_import():
+    res = CliRunner().invoke(cli, ["run", f"{MODELS}:mlp"])
+    assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
+    assert f"ckpt import {MODELS}:mlp --input" in res.output

@@ -448,8 +448,12 @@ def load_function(path):
         near = ", ".join(sorted(models)) or "none"
         raise ConfigError(f"no function {name!r} (functions marked @ckpt.traced: {near})", file=file)
     if not hasattr(fn, "__ckpt_model__"):
-        raise ConfigError(f"{name}: declare its inputs with @ckpt.traced(inputs={{...}}) above `def {name}`",
-                          file=file, line=_first_line(fn))
+        # a file that uses PyTorch holds a module factory, which `ckpt import` reads instead
+        torch_hint = f"; for a PyTorch model, `ckpt import {file}:{name} --input NAME=SHAPE... -o model.yaml` " \
+                     f"makes a config" if "torch" in sys.modules and any(
+                         v is sys.modules["torch"] for v in vars(module).values()) else ""
+        raise ConfigError(f"{name}: declare its inputs with @ckpt.traced(inputs={{...}}) above `def {name}`"
+                          + torch_hint, file=file, line=_first_line(fn))
     return file, fn
 
 
