@@ -26,6 +26,7 @@ cost): a move drops or keeps a whole class at once, so a 96-layer transformer is
 layer is. An untied pass follows where the evaluation budget allows.
 """
 
+import itertools
 import math
 from typing import NamedTuple
 
@@ -359,8 +360,10 @@ def kick(ix, ev, classes, s, cost, budget_managed):
         kept.sort(key=lambda c: (-sum(ix.ram[u] for u in c), min(ix.pos[u] for u in c)))
         outside = [frozenset(c) for c in classes if not frozenset(c) <= s.keep]
         outside.sort(key=lambda c: (-sum(ix.cost[u] for u in c - s.keep), min(ix.pos[u] for u in c)))
-        tries = [s._replace(hold=frozenset())] + [s._replace(hold=s.hold - c) for c in held]
-        tries += (State((s.keep - c) | d, frozenset(), s.refetch) for c in kept[:KICKS] for d in outside[:KICKS])
+        # made one at a time: on a 10,000-layer MLP a list of them would hold a set per value
+        tries = itertools.chain([s._replace(hold=frozenset())], (s._replace(hold=s.hold - c) for c in held),
+                                (State((s.keep - c) | d, frozenset(), s.refetch)
+                                 for c in kept[:KICKS] for d in outside[:KICKS]))
         for k in tries:
             if ev.exhausted:
                 break
