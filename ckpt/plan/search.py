@@ -39,6 +39,7 @@ from .keepset import keep_schedule
 WORK = 2_500_000
 STARTS = 4  # distinct starting plans improved by local moves
 KICKS = 12  # kept classes at the peak, and classes outside, that a kick's swaps pair
+KICK_EVALS = 20  # evaluations a kick's work must allow at least: fewer never found a cheaper plan
 
 
 def value_classes(ix):
@@ -427,6 +428,8 @@ def kicked(ix, budget_managed, s, work=None):
     it only where the lower bound leaves room, and the block planner's searches never do."""
     ev = Evaluator(ix, (work or WORK) // 4)
     cost = ev(s)[1]
+    if ev.walked * KICK_EVALS > ev.work:  # a kick improves a plan only after several evaluations
+        return None
     s2, cost2 = kick(ix, ev, [(u,) for u in ix.fwd], s, cost, budget_managed)
     return _plan(ix, s2, ev) if cost2 < cost else None
 
