@@ -89,8 +89,10 @@ def _save(fig, plt, path):
     fmt = os.path.splitext(path)[1].lstrip(".").lower() or "png"
     try:
         write_atomic(path, lambda f: fig.savefig(f, format=fmt), binary=True)
-    except ValueError as e:  # a format matplotlib does not know
-        raise ConfigError(f"cannot write the plot: {e}", file=path) from None
+    except (ValueError, RuntimeError, OverflowError) as e:  # a format it does not know, a size or a
+        # backend (LaTeX, a font) it cannot render with: the figures are computed, the image is not
+        raise ConfigError(f"cannot write the plot: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                          file=path) from None
     finally:
         plt.close(fig)
 

@@ -85,3 +85,20 @@ def test_usage_errors_are_one_line_through_the_entry_point(tmp_path):
                          capture_output=True, text=True)
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0 and "ckpt: error:" in res.stderr
+
+
+def test_a_plot_matplotlib_cannot_render_is_one_line(tmp_path, monkeypatch, run_main):
+    """Past the format checks, matplotlib may still fail to render (a LaTeX or font backend, a
+    size): one line naming the file and the error, exit 2, and no file left behind."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    def fail(self, *a, **k):
+        raise RuntimeError("Failed to process string with tex because latex could not be found\nmore detail")
+
+    monkeypatch.setattr(Figure, "savefig", fail)
+    out = tmp_path / "f.png"
+    r = run_main(["plan", "configs/seed_example.yaml", "--sweep", "--points", "3", "--plot", str(out)])
+    assert r.exit_code == 2, r.output
+    assert r.stderr.count("\n") == 1 and "cannot write the plot: RuntimeError: Failed to process" in r.stderr, r.stderr
+    assert not out.exists() and not list(tmp_path.iterdir())
