@@ -102,3 +102,15 @@ def test_a_plot_matplotlib_cannot_render_is_one_line(tmp_path, monkeypatch, run_
     assert r.exit_code == 2, r.output
     assert r.stderr.count("\n") == 1 and "cannot write the plot: RuntimeError: Failed to process" in r.stderr, r.stderr
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("doc,needle", [
+    ({"format": "ckpt-torch-plan", "regions": {}}, "this is a plan for PyTorch"),
+    ({"arg_order": ["x"], "profile": {}, "regions": []}, "what `ckpt import` records of the PyTorch model"),
+])
+def test_planning_ckpts_own_torch_files_says_what_they_are(tmp_path, run_main, doc, needle):
+    import json
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(doc))
+    r = run_main(["plan", str(path)])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and needle in r.stderr, r.output

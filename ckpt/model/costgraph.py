@@ -28,6 +28,11 @@ def parse_cost_graph(doc, file="<graph>"):
     def err(msg, key=None):
         return ConfigError(msg, file=file, key=key)
 
+    if isinstance(doc, dict) and doc.get("format") == "ckpt-torch-plan":
+        raise err("this is a plan for PyTorch (ckpt plan --emit torch): check it with `ckpt torch-check "
+                  "MODEL.py:FACTORY --plan FILE`; plan the config that `ckpt import` wrote beside it")
+    if isinstance(doc, dict) and "arg_order" in doc and "profile" in doc:
+        raise err("this is what `ckpt import` records of the PyTorch model: plan the .yaml config it wrote beside it")
     if not isinstance(doc, dict) or "nodes" not in doc:
         raise err("a node-link graph needs a 'nodes' list (and 'links' or 'edges')")
     nodes, links = doc["nodes"], doc.get("links", doc.get("edges", []))
