@@ -25,6 +25,8 @@ def overrides(pairs):
             value = int(v)
         except ValueError:  # not an integer, or more digits than Python converts
             raise ConfigError(f"--set {shown}: the value must be an integer") from None
+        if value < 1:  # dims are sizes; said here, not at the config's dims line
+            raise ConfigError(f"--set {shown}: a size must be a positive integer")
         if k.strip() in out and out[k.strip()] != value:  # the last would win without a word
             raise ConfigError(f"--set {k.strip()} is given twice ({out[k.strip()]} and {value}): give it once")
         out[k.strip()] = value
