@@ -167,9 +167,9 @@ class Chain:
         and a gradient that reads only a mask no longer needs its stage's value. The DP counts the
         side values still to be read (`reserve`) as live throughout each subproblem after the
         first forward pass, and in that pass those computed so far (`computed`): its plans fit,
-        and it is exact over neither family. `which(side, first)` picks the side values kept (first: computed
-        before its stage's value, as a mask is); None where it picks none, or one that no gradient
-        reads."""
+        and it is exact over neither family. `which(side, first)` picks the side values kept
+        (first: computed before its stage's value, as a mask is); None where it picks none, or
+        one that no gradient reads."""
         keep = frozenset(s for s, first in self.side.values() if which(s, first))
         if not keep or any(not any(s in self.ix.fpreds[b] for g in self.groups[1:] for b in g) for s in keep):
             return None

@@ -346,7 +346,7 @@ def improve(ix, ev, classes, s, budget_managed):
 
 
 def kick(ix, ev, classes, s, cost, budget_managed):
-    """Iterated local search with the evaluations left: a local optimum of `improve` often holds
+    """Iterated local search within `ev`'s work: a local optimum of `improve` often holds
     recomputed values that block the better keep-sets (holding them was cheaper on the way). Each
     kick — release every held value, release one held class, or swap a kept class for one
     outside with the holds released — is improved again and taken when it ends cheaper. On a
