@@ -97,19 +97,20 @@ def test_a_weight_shared_by_two_blocks_gives_no_block_view():
     assert Blocks.of(JointIndex(pg.joint_of(untied)))
 
 
-def test_the_budget_strategy_takes_the_block_plan_where_it_is_cheapest():
+def test_the_budget_strategy_takes_the_cheapest_of_the_block_plan_and_the_search():
     """gpt_small at 0.28 of store-all's peak (near its least peak): the block DP (multi-level
-    recompute) beats the keep-set search, and the budget plan is the cheapest of the candidates it
-    reports."""
+    recompute, +34.1%) beats the keep-set search's local optimum (+44.1%); the kicked search, its
+    plans releasing kept values before the peak, beats both (+28.9%; the bound: +23.3%). The
+    budget plan is the cheapest of the candidates it reports."""
     m = load_model(config_path("gpt_small"))
     ix = m.index
     resident = m.joint.graph["resident"]
     budget = resident + int(0.28 * _store_all_peak(ix))
     p, sim = plan(m.joint, "budget", budget, ix=ix)
     cands = {k: v for k, v in p.notes["candidates"].items() if not isinstance(v, str)}
-    assert any(k.startswith("blocks-dp") for k in cands)
+    blocks = [v for k, v in cands.items() if k.startswith("blocks-dp")]
+    assert blocks and blocks[0] < cands["search"]
     assert sim.cost == min(cands.values())
-    assert p.solver.startswith("blocks-dp")
 
 
 @pytest.mark.parametrize("seed", [1, 2])

@@ -37,7 +37,7 @@ class JointIndex:
         self.views = {}  # what planners derive from the graph once (blocks.py's block views)
 
 
-def keep_schedule(ix, keep, eager=False, hold=None, refetch=frozenset(), max_steps=None):
+def keep_schedule(ix, keep, eager=False, hold=None, refetch=frozenset(), max_steps=None, release=()):
     """`eager`: a recomputed value outside `keep` is dropped once the gradient that wanted it is
     computed, instead of being kept until its last reader. `hold`, where given, says it value by
     value: the recomputed values in `hold` are kept until their last reader, the others dropped
@@ -45,6 +45,9 @@ def keep_schedule(ix, keep, eager=False, hold=None, refetch=frozenset(), max_ste
     schedule grows quadratically in a long chain: past `max_steps` steps it returns None.
     `refetch`: values (outside `keep`) freed after each forward reader and recomputed before the
     next, rather than held across the forward pass (a U-Net's skip connections, for one).
+    `release`: (u, b) pairs: a kept value u is dropped once gradient b is computed, and recomputed
+    for the readers still to come (kept for a first gradient that needs it beside little else, and
+    not through a later peak).
 
     Demand is kept up to date incrementally, so a schedule costs time linear in the graph:
     `support[u]` counts the reasons u is still demanded (a gradient still to come reads it, or a
@@ -93,6 +96,12 @@ def keep_schedule(ix, keep, eager=False, hold=None, refetch=frozenset(), max_ste
         hold = frozenset() if eager else ix.fwd_set
     eager = len(hold) < len(fwd)  # some values are dropped by the eager rule
 
+    released = {}
+    for u, b in release:
+        if u in keep:
+            released.setdefault(b, []).append(u)
+    keep = set(keep) if released else keep  # a released value leaves it
+
     def by_demand(u):  # freed when `support` runs out (else by the eager rule)
         return u in keep or u in hold
 
@@ -116,6 +125,15 @@ def keep_schedule(ix, keep, eager=False, hold=None, refetch=frozenset(), max_ste
             else:
                 # a value no longer demanded (live outside `keep` under the eager policy, or
                 # already dropped) no longer demands what it is computed from
+                stack.extend(fpreds[u])
+
+    def gain(u):
+        """A reason for demanding u is back (a consumer released): as `lose`, the other way."""
+        stack = [u]
+        while stack:
+            u = stack.pop()
+            support[u] += 1
+            if support[u] == 1 and counts(u):
                 stack.extend(fpreds[u])
 
     for u in fwd:
@@ -157,4 +175,10 @@ def keep_schedule(ix, keep, eager=False, hold=None, refetch=frozenset(), max_ste
             for u in current:
                 if u in live and not by_demand(u):
                     drop(u)
+        for u in released.get(b, ()):
+            keep.discard(u)
+            if u in live:  # still demanded (else it went when its support ran out)
+                drop(u)
+                for p in fpreds[u]:
+                    gain(p)
     return steps
