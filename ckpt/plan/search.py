@@ -412,13 +412,10 @@ def improve(ix, ev, classes, s, budget_managed):
                 break
             if not c & s.keep:
                 continue
-            # or released just before the peak (kept for the gradients before it)
-            before = None if c & {u for u, _ in s.release} else ev.before_peak(s)
             for in_c in outside[:12]:
                 if ev.exhausted or frozenset(in_c) == c:
                     continue
-                if accept(s._replace(keep=(s.keep - c) | set(in_c))) or (before is not None and accept(
-                        s._replace(keep=s.keep | set(in_c), release=s.release | {(u, before) for u in c & s.keep}))):
+                if accept(s._replace(keep=(s.keep - c) | set(in_c))):
                     improved = True
                     break
             if improved:
@@ -504,27 +501,27 @@ def search(ix, budget_managed, starts=(), work=None, ev=None, floors=True):
 
 
 def kicked(ix, budget_managed, s, work=None):
-    """The search's plan from State `s`, kicked (see `kick`) with a quarter of the search's work,
-    from the cheaper of `s` and the release descents' plans (another quarter), or None where
-    nothing found is cheaper than `s`. Apart from `search`, so that the budget strategy runs it
+    """The cheapest of the search's plan from State `s` kicked (see `kick`, a quarter of the
+    search's work) and the release descents' plans (half of it), or None where nothing found is
+    cheaper than `s`. Apart from `search`, so that the budget strategy runs it
     only where the lower bound leaves room, and the block planner's searches never do."""
     ev = Evaluator(ix, (work or WORK) // 4)
     cost = ev(s)[1]
     if ev.walked * KICK_EVALS > ev.work:  # a kick improves a plan only after several evaluations
         return None
     singles = [(u,) for u in ix.fwd]
-    start, start_cost = s, cost
-    # where the local moves cannot reach them, plans that release kept values before the peak:
+    best, best_cost = kick(ix, ev, singles, s, cost, budget_managed)
+    # plans the local moves cannot reach from `s`, that release kept values before the peak:
     # built from store-all's by a descent of their own, with work of their own
-    rd = Evaluator(ix, ev.work)
+    rd = Evaluator(ix, 2 * ev.work)
     for hold in _policies(ix):
         r = release_descent(ix, rd, value_classes(ix), hold, budget_managed, share=2)
-        if r is not None:
-            r, r_cost = improve(ix, rd, singles, r, budget_managed)
-            if r_cost < start_cost:
-                start, start_cost = r, r_cost
-    s2, cost2 = kick(ix, ev, singles, start, start_cost, budget_managed)
-    return _plan(ix, s2, ev) if cost2 < cost else None
+        if r is None:
+            break  # out of work (the other policy's descent would be as long) or stuck
+        r, r_cost = improve(ix, rd, singles, r, budget_managed)
+        if r_cost < best_cost:
+            best, best_cost = r, r_cost
+    return _plan(ix, best, ev) if best_cost < cost else None
 
 
 def _plan(ix, s, ev):
