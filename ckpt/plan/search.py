@@ -4,8 +4,9 @@ A plan here is a keep-set (the forward values held from the first forward pass i
 pass), a hold-set (the recomputed values kept until their last reader; the others are dropped
 as soon as the gradient that wanted them is done: see keepset.py), values refetched between
 forward readers, and releases (a kept value dropped once a given gradient is done, recomputed for
-the readers after it); `keep_schedule` turns them into steps and `walk` gives its peak and cost. The search is deterministic: it counts evaluations, never
-reads the clock, so a plan is a function of the graph, the budget and the options alone.
+the readers after it); `keep_schedule` turns them into steps and `walk` gives its peak and cost.
+The search is deterministic: it counts evaluations, never reads the clock, so a plan is a
+function of the graph, the budget and the options alone.
 
 Two phases:
 - *descent*: from store-all's keep-set, repeatedly drop the kept value, live at the peak, that
@@ -503,8 +504,8 @@ def search(ix, budget_managed, starts=(), work=None, ev=None, floors=True):
 def kicked(ix, budget_managed, s, work=None):
     """The cheapest of the search's plan from State `s` kicked (see `kick`, a quarter of the
     search's work) and the release descents' plans (half of it), or None where nothing found is
-    cheaper than `s`. Apart from `search`, so that the budget strategy runs it
-    only where the lower bound leaves room, and the block planner's searches never do."""
+    cheaper than `s`. Apart from `search`, so that the budget strategy runs it only where the
+    lower bound leaves room, and the block planner's searches never do."""
     ev = Evaluator(ix, (work or WORK) // 4)
     cost = ev(s)[1]
     if ev.walked * KICK_EVALS > ev.work:  # a kick improves a plan only after several evaluations
