@@ -516,9 +516,12 @@ def kicked(ix, budget_managed, s, work=None):
     # built from store-all's by a descent of their own, with work of their own
     rd = Evaluator(ix, 2 * ev.work)
     for hold in _policies(ix):
+        start = rd.walked
         r = release_descent(ix, rd, value_classes(ix), hold, budget_managed, share=2)
-        if r is None:
-            break  # out of work (the other policy's descent would be as long) or stuck
+        if r is None and rd.walked - start >= rd.work // 2:
+            break  # out of its work: the other policy's descent would be as long
+        if r is None:  # stuck: no move lowers the peak
+            continue
         r, r_cost = improve(ix, rd, singles, r, budget_managed)
         if r_cost < best_cost:
             best, best_cost = r, r_cost
