@@ -1071,3 +1071,82 @@ def dqn():
 
 REAL_INPUTS["dqn"] = ["s=5x4", "a=5:int64", "r=5", "s2=5x4"]
 INPUTS.update(REAL_INPUTS)
+
+
+# ---- transposed convolutions in general, unequal strides ---------------------------------------
+class DCGANGenerator(nn.Module):
+    """DCGAN's generator (Radford et al. 2016, the PyTorch example): z (N, nz, 1, 1) up to an image
+    by ConvTranspose2d of kernel 4, stride 1 then stride 2 with padding 1, BatchNorm, ReLU, Tanh."""
+
+    def __init__(self, nz=4, ngf=4, nc=3):
+        super().__init__()
+        self.main = nn.Sequential(
+            nn.ConvTranspose2d(nz, ngf * 2, 4, 1, 0, bias=False), nn.BatchNorm2d(ngf * 2), nn.ReLU(True),
+            nn.ConvTranspose2d(ngf * 2, ngf, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf), nn.ReLU(True),
+            nn.ConvTranspose2d(ngf, nc, 4, 2, 1, bias=False), nn.Tanh())
+
+    def forward(self, z):
+        return self.main(z)
+
+
+class DCGANDiscriminator(nn.Module):
+    def __init__(self, nc=3, ndf=4):
+        super().__init__()
+        self.main = nn.Sequential(
+            nn.Conv2d(nc, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(ndf, ndf * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 2), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(ndf * 2, 1, 4, 1, 0, bias=False))
+
+    def forward(self, x):
+        return self.main(x).view(-1)
+
+
+class DCGAN(nn.Module):
+    """One step's losses of both players on a 16 x 16 image: the discriminator's on real and fake
+    images, the generator's on its fakes (non-saturating), as one scalar."""
+
+    def __init__(self):
+        super().__init__()
+        self.netG, self.netD = DCGANGenerator(), DCGANDiscriminator()
+
+    def forward(self, z, real):
+        fake = self.netG(z)
+        d_real, d_fake = self.netD(real), self.netD(fake)
+        ones, zeros = torch.ones_like(d_real), torch.zeros_like(d_fake)
+        return (F.binary_cross_entropy_with_logits(d_real, ones) + F.binary_cross_entropy_with_logits(d_fake, zeros)
+                + F.binary_cross_entropy_with_logits(d_fake, ones))
+
+
+def dcgan():
+    torch.manual_seed(0)
+    return DCGAN().double()
+
+
+class ConvTransposeZoo(nn.Module):
+    """Transposed convolutions of every geometry a decoder uses: output padding, dilation, groups,
+    unequal kernels and strides, padding past the kernel's reach (a crop); ConvTranspose1d (a
+    vocoder's up-sampler); Conv2d with unequal strides (2, 1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.up_op = nn.ConvTranspose2d(2, 4, 3, stride=2, padding=1, output_padding=1)
+        self.up_g = nn.ConvTranspose2d(4, 4, (3, 2), stride=(1, 2), groups=2, dilation=(2, 1), bias=False)
+        self.crop = nn.ConvTranspose2d(4, 2, 2, stride=3, padding=2)
+        self.down = nn.Conv2d(2, 3, 3, stride=(2, 1), padding=1)
+        self.up1d = nn.ConvTranspose1d(3, 2, 5, stride=3, padding=2, output_padding=1, dilation=2)
+
+    def forward(self, x, y):
+        h = torch.tanh(self.up_op(x))
+        h = torch.relu(self.up_g(h))
+        h = self.down(self.crop(h))
+        s = self.up1d(h.mean(2))
+        return F.mse_loss(s, y) + h.pow(2).mean()
+
+
+def conv_transpose_zoo():
+    torch.manual_seed(0)
+    return ConvTransposeZoo().double()
+
+
+REAL_INPUTS.update({"dcgan": ["z=2x4x1x1", "real=2x3x16x16"], "conv_transpose_zoo": ["x=2x2x3x4", "y=2x2x132"]})
+INPUTS.update(REAL_INPUTS)

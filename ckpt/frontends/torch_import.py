@@ -13,6 +13,7 @@ stored transposed (ckpt's linear takes W as (in, out); torch's as (out, in)).
 
 import importlib.util
 import json
+import math
 import os
 import re
 import sys
@@ -1040,6 +1041,20 @@ def _conv_padding(padding, k, d):
     return [(int(v), int(v)) for v in p]
 
 
+def _dilations(r, w, d):
+    """(w, dilation) for ckpt's conv2d, which dilates both axes alike: a dilation along an axis of
+    kernel size 1 spaces nothing; unequal ones (2, 1) are the kernel itself with d - 1 zeros
+    between its taps along each axis, at dilation 1."""
+    kh, kw = r.shape(w)[2:]
+    dil = {v for v, k in zip(d, (kh, kw)) if k > 1} or {1}
+    if len(dil) == 1:
+        return w, dil.pop()
+    for axis, (k, da) in enumerate(zip((kh, kw), d), start=2):
+        if k > 1 and da > 1:
+            w = _slice(r, _stuff(r, w, axis, da), axis, 0, da * (k - 1) + 1)
+    return w, 1
+
+
 def _conv(r, x, w, b, stride, pads, groups, dilation=1):
     """ckpt's conv2d (one square stride, one padding and one dilation for both axes) for torch's:
     unequal or one-sided padding is joined as zeros first; groups are convolutions of channel
@@ -1071,13 +1086,19 @@ def _conv2d(r, node, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1
     kh, kw = r.shape(w)[2:]
     if min(d) < 1:
         r.unsupported(f"conv2d with dilation {tuple(d)} (each must be at least 1)")
-    if s[0] != s[1] and not (r.shape(x)[2] == 1 and kh == 1):
-        r.unsupported("conv2d with unequal strides")
-    # A dilation along an axis of kernel size 1 spaces nothing: only the other axis's counts
-    dil = {v for v, k in zip(d, (kh, kw)) if k > 1} or {1}
-    if len(dil) > 1:
-        r.unsupported("conv2d with unequal dilations")
-    return _conv(r, x, w, b, s[1], _conv_padding(padding, r.shape(w)[2:], d), int(groups), dil.pop())
+    if min(s) < 1:
+        r.unsupported(f"conv2d with stride {tuple(s)} (each must be at least 1)")
+    if r.shape(x)[2] == 1 and kh == 1:  # one row: the row stride moves nothing
+        s[0] = s[1]
+    w, dil = _dilations(r, w, d)
+    # Unequal strides (2, 1): ckpt's conv2d at their common divisor, then every (s / g)-th output
+    # row or column (exact; the skipped outputs cost their FLOPs and their bytes)
+    g = math.gcd(*s)
+    y = _conv(r, x, w, b, g, _conv_padding(padding, r.shape(w)[2:], d), int(groups), dil)
+    for axis, sa in ((2, s[0]), (3, s[1])):
+        if sa != g:
+            y = _slice(r, y, axis, 0, None, sa // g)
+    return y
 
 
 @handles("aten.conv1d.default", "aten.conv1d.padding")
@@ -1346,7 +1367,7 @@ def _getitem(r, node, xs, i):
 def _filled(fill_arg):
     def rule(r, node, *args, **kw):
         val = node.meta["val"]
-        fill = kw.get("fill_value", args[fill_arg] if fill_arg is not None and len(args) > fill_arg else 0)
+        fill = kw.get("fill_value", args[fill_arg] if isinstance(fill_arg, int) and len(args) > fill_arg else 0)
         fill = 1 if fill_arg == "one" else fill
         dt = r.dtype if val.is_floating_point() or str(val.dtype) == "torch.bool" else str(val.dtype)[6:]
         return r.const(np.full(tuple(val.shape), float(fill)), dtype=dt)
@@ -1842,6 +1863,8 @@ def _cumsum(r, node, x, dim, dtype=None):
 def _flip(r, node, x, dims):
     for d in dims:
         n = r.shape(x)[int(d)]
+        if n == 1:
+            continue
         x = _along(r, x, d, np.eye(n)[::-1].copy())
     return x
 
@@ -1907,16 +1930,67 @@ def _up_bilinear(r, node, x, output_size=None, align_corners=False, scales=None)
     return _upsample(r, node, x, "bilinear", align_corners, scales)
 
 
+def _stuff(r, x, axis, s):
+    """x with s - 1 zeros after each entry along `axis` (the last entry's trailing zeros kept):
+    a transposed convolution's input as the equivalent ordinary convolution reads it."""
+    if s == 1:
+        return x
+    shape = list(r.shape(x))
+    col = r.emit("reshape", [x], {"shape": shape[:axis + 1] + [1] + shape[axis + 1:]})
+    zeros = r.const(np.zeros(shape[:axis + 1] + [s - 1] + shape[axis + 1:]))
+    both = r.emit("concat", [col, zeros], {"axis": axis + 1})
+    return r.emit("reshape", [both], {"shape": shape[:axis] + [shape[axis] * s] + shape[axis + 1:]})
+
+
+def _pad_or_crop(r, x, axis, left, right):
+    """Zeros joined on either side of an axis where the count is positive; entries cut where negative."""
+    n = r.shape(x)[axis]
+    x = _slice(r, x, axis, max(0, -left), n - max(0, -right))
+    return _pad_axis(r, x, axis, max(0, left), max(0, right))
+
+
+def _conv_transpose_general(r, x, w, b, s, p, op, d, groups):
+    """A transposed convolution of (N, Cin, H, W) by w (Cin, Cout/groups, kh, kw), any stride,
+    padding, output padding, dilation and groups, as the ordinary convolution it is the gradient
+    of: the input with s - 1 zeros between entries, padded by d (k - 1) - p on the left and
+    d (k - 1) - p + output_padding on the right (cut where negative), convolved at stride 1 with
+    the kernel flipped in both spatial axes and its in/out channels swapped per group. The zeros
+    add nothing, so the sums are torch's up to round-off; the cost is the zeros' (s^2 more FLOPs
+    than a direct kernel)."""
+    cin, cout_g, kh, kw = r.shape(w)
+    w, dil = _dilations(r, w, d)
+    for axis, k in ((2, kh), (3, kw)):
+        a = axis - 2
+        x = _stuff(r, x, axis, s[a])
+        span = d[a] * (k - 1)
+        # the stuffed axis has s - 1 trailing zeros beyond the (H - 1) s + 1 the convolution reads
+        x = _pad_or_crop(r, x, axis, span - p[a], span - p[a] + op[a] - (s[a] - 1))
+    wf = _flip(r, None, w, [2, 3])
+    kh, kw = r.shape(w)[2:]
+    g, cin_g = int(groups), cin // int(groups)
+    wf = r.emit("reshape", [wf], {"shape": [g, cin_g, cout_g, kh, kw]})
+    wf = r.emit("transpose", [wf], {"axes": [0, 2, 1, 3, 4]})
+    wf = r.emit("reshape", [wf], {"shape": [g * cout_g, cin_g, kh, kw]})
+    return _conv(r, x, wf, b, 1, [(0, 0), (0, 0)], g, dil)
+
+
 @handles("aten.conv_transpose2d.input")
 def _conv_transpose2d(r, node, x, w, b=None, stride=(1, 1), padding=(0, 0), output_padding=(0, 0), groups=1,
                       dilation=(1, 1)):
     """With kernel == stride and no padding (UNet's up-convolution) each input pixel writes its own
-    k x k block: y[n, o, i*k + a, j*k + b] = sum_c x[n, c, i, j] w[c, o, a, b], one matrix product."""
+    k x k block: y[n, o, i*k + a, j*k + b] = sum_c x[n, c, i, j] w[c, o, a, b], one matrix product.
+    Any other geometry (DCGAN's kernel 4, stride 2, padding 1) is the equivalent convolution."""
     cin, cout, kh, kw = r.shape(w)
-    s = _pair(stride)
-    if [kh, kw] != s or kh != kw or _pair(padding) != [0, 0] or _pair(output_padding) != [0, 0] \
-            or groups != 1 or _pair(dilation) != [1, 1]:
-        r.unsupported("transposed convolution other than kernel == stride, no padding, groups or dilation")
+    s, p, op, d = (_ints(v, 2) for v in (stride, padding, output_padding, dilation))
+    if len(r.shape(x)) != 4:
+        r.unsupported("transposed convolution of other than (N, C, H, W)")
+    if min(s) < 1 or min(d) < 1 or min(p) < 0 or min(op) < 0:
+        r.unsupported(f"transposed convolution with stride {tuple(s)}, padding {tuple(p)}, output padding "
+                      f"{tuple(op)} and dilation {tuple(d)}")
+    if [kh, kw] != s or kh != kw or p != [0, 0] or op != [0, 0] or groups != 1 or d != [1, 1]:
+        y = _conv_transpose_general(r, x, w, b, s, p, op, d, groups)
+        return y if r.shape(y) == _out_shape(node) else r.unsupported(
+            f"transposed convolution made {r.shape(y)}, torch {_out_shape(node)}")
     n, _, h, wd = r.shape(x)
     k = kh
     xt = r.emit("transpose", [x], {"axes": [0, 2, 3, 1]})  # (N, H, W, Cin)
@@ -1925,6 +1999,22 @@ def _conv_transpose2d(r, node, x, w, b=None, stride=(1, 1), padding=(0, 0), outp
     y = r.emit("transpose", [y], {"axes": [0, 3, 1, 4, 2, 5]})  # (N, Cout, H, k, W, k)
     y = r.emit("reshape", [y], {"shape": [n, cout, h * k, wd * k]})
     return _affine(r, y, None, b, 4)
+
+
+@handles("aten.conv_transpose1d.default")
+def _conv_transpose1d(r, node, x, w, b=None, stride=(1,), padding=(0,), output_padding=(0,), groups=1,
+                      dilation=(1,)):
+    """(N, C, L) as an image of height 1, through the 2-D rule."""
+    if len(r.shape(x)) != 3:
+        r.unsupported("transposed convolution of other than (N, C, L)")
+    n, c, length = r.shape(x)
+    x4 = r.emit("reshape", [x], {"shape": [n, c, 1, length]})
+    w4 = r.emit("reshape", [w], {"shape": list(r.shape(w)[:2]) + [1, r.shape(w)[2]]})
+    s, p, op, d = (_ints(v, 1)[0] for v in (stride, padding, output_padding, dilation))
+    if min(s, d) < 1 or min(p, op) < 0:
+        r.unsupported(f"transposed convolution with stride {s}, padding {p}, output padding {op} and dilation {d}")
+    y = _conv_transpose_general(r, x4, w4, b, [1, s], [0, p], [0, op], [1, d], groups)
+    return r.emit("reshape", [y], {"shape": list(_out_shape(node))})
 
 
 for _name in ("aten._assert_tensor_metadata.default", "aten._assert_scalar.default"):
