@@ -67,7 +67,7 @@ def test_names_and_regions(tmp_path):
     meta = json.load(open(out[:-5] + ".torch.json"))
     assert [r for r in meta["regions"] if r.startswith("layers.")] == [f"layers.{i}" for i in range(4)]
     ops = {n.op for n in load_model(out).spec.nodes}
-    assert {"embedding", "layernorm", "softmax", "gelu", "linear", "matmul", "softmax_cross_entropy"} <= ops
+    assert {"embedding", "layernorm", "softmax", "gelu", "linear", "matmul", "log_softmax", "nll"} <= ops
     assert "dropout" not in ops  # eval mode: dropout is the identity
 
 

@@ -232,6 +232,7 @@ class _Recorder:
         self.env, self.where, self.transposed, self.consts = {}, {}, [], 0
         self.const_cache, self.int_views = {}, {}
         self.high = {}  # int input -> exclusive upper bound of its values (rows, classes)
+        self.float_of = {}  # integer value -> its label_float node
         self.input_names = input_names
         self.cur = None
         self.values = {}  # fx name -> torch tensor of a constant (buffers, folded ops); see _Lazy
@@ -241,6 +242,9 @@ class _Recorder:
         return tuple(self.info[v][0])
 
     def emit(self, op, inputs, attrs=None, name=None):
+        from ..ops import REGISTRY
+        inputs = [self.as_float(v) if k not in REGISTRY[op].int_inputs and self.info[v][1].startswith("int") else v
+                  for k, v in enumerate(inputs)]
         # The fx node's own name for its first ckpt node; a decomposition's others add their op.
         base = name or (self.cur.name if self.cur is not None else op)
         if base in self.info:
@@ -259,6 +263,18 @@ class _Recorder:
                             "aten": str(self.cur.target) if self.cur is not None else "", "fx": self.cur.name
                             if self.cur is not None else ""}
         return name
+
+    def as_float(self, x):
+        """Integers read as data where an op takes floats (a padding mask `idx != pad`, `idx.float()`):
+        one label_float node per integer value, computed in the forward, taking no gradient. Where
+        the traced op itself returns integers (`idx + 1` used as labels) ckpt has no such value."""
+        val = self.cur.meta.get("val") if self.cur is not None else None
+        if getattr(val, "dtype", None) is not None and not val.is_floating_point() and str(val.dtype) != "torch.bool":
+            self.unsupported("integers computed by the model from integers (ckpt's labels are inputs, "
+                             "their views, or indices from topk/argmax)")
+        if x not in self.float_of:
+            self.float_of[x] = self.emit("label_float", [x, self.const(0.0)], name=f"{x}_float")
+        return self.float_of[x]
 
     def const(self, value, dtype=None):
         """A scalar or small constant as an input leaf (grad: false) whose value lives in the npz."""
@@ -566,8 +582,6 @@ handles("aten.div.Tensor", "aten.div.Scalar")(_binary("div", lambda r, a, s: r.e
 # where(), mul() and the like, and takes no gradient
 def _compare(rel):
     def rule(r, node, a, b):
-        if any(_is_tensor(r, v) and r.info[v][1].startswith("int") for v in (a, b)):
-            r.unsupported("a comparison of integers (a mask from token ids, say): pass the mask as a float input")
         a = a if _is_tensor(r, a) else r.const(float(a))
         b = b if _is_tensor(r, b) else r.const(float(b))
         if rel == "eq":
@@ -741,9 +755,10 @@ def _sdpa(r, node, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scal
     if attn_mask is not None:
         fx_mask = node.kwargs.get("attn_mask", node.args[3] if len(node.args) > 3 else None)
         if str(fx_mask.meta["val"].dtype) == "torch.bool":  # True: attend; read here as 0/1 floats
-            if r.value(attn_mask) is None:
-                r.unsupported("a boolean attention mask computed from the inputs (pass an additive float mask)")
-            attn_mask = r.const(np.where(r.value(attn_mask) != 0, 0.0, -np.inf))
+            if r.value(attn_mask) is None:  # from the inputs (a padding mask): 0 or -inf, in the forward
+                attn_mask = r.emit("where", [attn_mask, r.const(0.0), r.const(-np.inf)])
+            else:
+                attn_mask = r.const(np.where(r.value(attn_mask) != 0, 0.0, -np.inf))
         elif r.info[attn_mask][1].startswith("int"):
             r.unsupported("an integer attention mask")
         s = r.emit("add", [s, attn_mask])
@@ -922,31 +937,50 @@ def _reduced(r, loss, reduction, rows, what):
     r.unsupported(f"{what} with reduction='none' (return a scalar: its mean or sum)")
 
 
+def _nll_loss(r, logp, target, weight, reduction, ignore_index, what):
+    """PyTorch's nll_loss of rows (rows, C) in one nll node: class weights (a constant, or a value
+    passed through stop_gradient: PyTorch gives them no gradient), the rows labelled ignore_index
+    skipped (the default -100, or a padding id), their weighted mean or sum."""
+    if reduction not in (1, 2):
+        r.unsupported(f"{what} with reduction='none' (return a scalar: its mean or sum)")
+    return r.emit("nll", [logp, target] + ([_class_weight(r, weight)] if weight is not None else []),
+                  {"ignore_index": int(ignore_index), "average": reduction == 1})
+
+
+def _class_weight(r, weight):
+    return weight if weight is None or r.value(weight) is not None else r.emit("stop_gradient", [weight])
+
+
 @handles("aten.cross_entropy_loss.default")
 def _cross_entropy(r, node, logits, target, weight=None, reduction=1, ignore_index=-100, label_smoothing=0.0):
-    if weight is not None:
-        r.unsupported("cross entropy with class weights")
+    """log_softmax, then nll (class weights, ignore_index, mean or sum). Label smoothing, as
+    PyTorch adds it: eps / C times the sum over kept rows of -sum_c w_c logp[r, c], over the same
+    divisor as the nll's (the kept rows' weights, or the kept rows)."""
     logits, target = _class_rows(r, logits, target)
-    loss = r.emit("softmax_cross_entropy", [logits, target])
-    if label_smoothing:
-        # torch: (1 - eps) * cross entropy + eps * the mean over rows of -mean_c log_softmax
-        eps = float(label_smoothing)
-        smooth = r.emit("mean", [r.emit("log_softmax", [logits], {"axis": -1})], {"axis": None, "keepdims": False})
-        loss = r.emit("sub", [r.emit("scale", [loss], {"factor": 1.0 - eps}),
-                              r.emit("scale", [smooth], {"factor": eps})])
-    return _reduced(r, loss, reduction, r.shape(logits)[0], "cross entropy")
+    weight = _class_weight(r, weight)
+    logp = r.emit("log_softmax", [logits], {"axis": -1})
+    loss = _nll_loss(r, logp, target, weight, reduction, ignore_index, "cross entropy")
+    if not label_smoothing:
+        return loss
+    eps, rows, classes = float(label_smoothing), *r.shape(logits)
+    per = r.emit("sum", [r.emit("mul", [logp, weight]) if weight is not None else logp], {"axis": [-1], "keepdims": False})
+    keep = _compare("ne")(r, node, target, float(ignore_index))
+    smooth = r.emit("neg", [r.emit("sum", [r.emit("mul", [per, keep])], {"axis": None, "keepdims": False})])
+    if reduction == 1:
+        if weight is None:
+            total = r.emit("sum", [keep], {"axis": None, "keepdims": False})
+        else:  # the kept rows' weights: each row's one-hot (none for an ignored row) times the weights
+            onehot = _compare("eq")(r, node, r.int_view(target, (rows, 1)), r.const(np.arange(classes, dtype=float)))
+            total = r.emit("sum", [r.emit("mul", [onehot, weight])], {"axis": None, "keepdims": False})
+        smooth = r.emit("div", [smooth, total])
+    return r.emit("add", [r.emit("scale", [loss], {"factor": 1.0 - eps}),
+                          r.emit("scale", [smooth], {"factor": eps / classes})])
 
 
 @handles("aten.nll_loss_nd.default", "aten.nll_loss.default", "aten.nll_loss2d.default")
 def _nll(r, node, logp, target, weight=None, reduction=1, ignore_index=-100):
-    """-mean of logp at each row's label: the label's row of an identity table (embedding) picks it."""
-    if weight is not None:
-        r.unsupported("nll loss with class weights")
     logp, target = _class_rows(r, logp, target)
-    rows, classes = r.shape(logp)
-    onehot = r.emit("embedding", [r.const(np.eye(classes)), target])
-    picked = r.emit("sum", [r.emit("mul", [logp, onehot])], {"axis": None, "keepdims": False})
-    return _reduced(r, r.emit("scale", [picked], {"factor": -1.0 / rows}), reduction, rows, "nll loss")
+    return _nll_loss(r, logp, target, weight, reduction, ignore_index, "nll loss")
 
 
 @handles("aten.mse_loss.default")
@@ -1386,7 +1420,7 @@ def _to(r, node, x, *rest, **kw):
     if not node.meta["val"].is_floating_point():
         r.unsupported("a cast to a non-float dtype")
     if r.info[x][1].startswith("int"):
-        r.unsupported("a cast of integers to floats")
+        return r.as_float(x)
     return x  # one float dtype per ckpt model: a cast between float dtypes is the model's dtype
 
 

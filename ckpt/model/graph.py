@@ -240,6 +240,8 @@ def _check_labels(g, values):
         for i in op.int_inputs:
             u = d["inputs"][i]
             arr = values.get(u)
+            if arr is not None and d["attrs"].get("ignore_index") is not None:  # a label the op skips (padding)
+                arr = arr[arr != d["attrs"]["ignore_index"]]
             if arr is None or arr.size == 0:
                 continue
             lo, hi = int(arr.min()), int(arr.max())

@@ -87,3 +87,27 @@ register(Op(
     int_inputs=(1,), labels_below=lambda s: s[0][-1],  # a position along the last axis
     example={"shapes": [(3, 4, 6), (3, 4, 2)]},
 ))
+
+
+# ---- label_float: integer labels read as the model's floats -------------------------------------
+# What a model computes from its integer inputs as data: a padding mask `(idx != pad)`, token ids
+# cast to float. The second input, a 0-d constant of the model's float dtype, gives the dtype (ckpt's
+# values are floats; this is the one op whose only data are integers). The result is a mask or a
+# count, not a quantity of the parameters: it takes no gradient. Integers up to 2^24 (float32) or
+# 2^53 (float64) are read exactly.
+def _label_float_shape(shapes, a):
+    if tuple(shapes[1]) != ():
+        raise shape_error("label_float", "needs integer labels and a 0-d float constant (the dtype)", shapes)
+    return tuple(shapes[0])
+
+
+register(Op(
+    name="label_float", arity=(2, 2), shape=_label_float_shape, differentiable=False,
+    forward=lambda xp, ins, a: ins[0].astype(ins[1].dtype),
+    vjp=lambda xp, i, g, c: xp.zeros(tuple(c.in_shapes[i]), dtype=g.dtype),
+    jvp=lambda xp, t, c: xp.zeros(tuple(c.out_shape), dtype=t[1].dtype),
+    needs=lambda i: (), flops=lambda s, o, a: size(o), vjp_flops=lambda i, s, o, a: 0,
+    workspace=lambda which, s, o, a, itemsize: 0,
+    int_inputs=(0,),
+    example={"shapes": [(3, 4), ()]},
+))
