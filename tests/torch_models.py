@@ -1150,3 +1150,113 @@ def conv_transpose_zoo():
 
 REAL_INPUTS.update({"dcgan": ["z=2x4x1x1", "real=2x3x16x16"], "conv_transpose_zoo": ["x=2x2x3x4", "y=2x2x132"]})
 INPUTS.update(REAL_INPUTS)
+
+
+# ---- masks from integer inputs, ignore_index, class weights ---------------------------------------
+class BertAttention(nn.Module):
+    """Self-attention under a padding mask, in one of the three ways BERT code writes it:
+    masked_fill of the scores with -inf where the key is padding; a boolean attn_mask to
+    scaled_dot_product_attention (True: attend); Hugging Face's additive mask,
+    (1 - mask) * finfo.min."""
+
+    def __init__(self, d, heads, how):
+        super().__init__()
+        self.heads, self.how = heads, how
+        self.qkv, self.out = nn.Linear(d, 3 * d), nn.Linear(d, d)
+
+    def forward(self, x, keep):  # keep: (B, T) bool, True at real tokens
+        b, t, d = x.shape
+        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in self.qkv(x).split(d, dim=2))
+        if self.how == "sdpa":
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
+        else:
+            att = q @ k.transpose(-2, -1) / math.sqrt(d // self.heads)
+            if self.how == "masked_fill":
+                att = att.masked_fill(~keep[:, None, None, :], float("-inf"))
+            else:
+                att = att + (1.0 - keep[:, None, None, :].to(att.dtype)) * torch.finfo(att.dtype).min
+            y = att.softmax(-1) @ v
+        return self.out(y.transpose(1, 2).reshape(b, t, d))
+
+
+class BertLayer(nn.Module):
+    def __init__(self, d, heads, how):
+        super().__init__()
+        self.attn, self.ln1 = BertAttention(d, heads, how), nn.LayerNorm(d)
+        self.ff, self.ln2 = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d)), nn.LayerNorm(d)
+
+    def forward(self, x, keep):
+        x = self.ln1(x + self.attn(x, keep))
+        return self.ln2(x + self.ff(x))
+
+
+class Bert(nn.Module):
+    """A small BERT encoder for masked-language modelling: token, position and segment embeddings,
+    post-LN layers whose attention masks the padding tokens (idx == pad), an MLM head tied to the
+    token embedding, and the cross entropy of the labels with ignore_index = pad (padding positions
+    count nothing). A small vocabulary, so that random example tokens include padding."""
+
+    def __init__(self, vocab=6, d=8, heads=2, t=8, pad=0, ignore_index=None):
+        super().__init__()
+        self.pad = pad
+        self.ignore_index = pad if ignore_index is None else ignore_index
+        self.tok, self.pos, self.seg = nn.Embedding(vocab, d, padding_idx=pad), nn.Embedding(t, d), nn.Embedding(2, d)
+        self.ln = nn.LayerNorm(d)
+        self.layers = nn.ModuleList([BertLayer(d, heads, how) for how in ("masked_fill", "sdpa", "additive")])
+        self.head = nn.Linear(d, vocab, bias=False)
+        self.head.weight = self.tok.weight
+
+    def forward(self, idx, labels):
+        keep = idx != self.pad
+        t = idx.shape[1]
+        segment = (torch.arange(t, device=idx.device) >= t // 2).long()
+        h = self.ln(self.tok(idx) + self.pos(torch.arange(t, device=idx.device)) + self.seg(segment))
+        for layer in self.layers:
+            h = layer(h, keep)
+        logits = self.head(h)
+        # the mean over real tokens of each sequence, as a sentence embedding: a count from the mask
+        sent = (h * keep[..., None].float()).sum(1) / keep.sum(1, keepdim=True).to(h.dtype)
+        return (F.cross_entropy(logits.view(-1, logits.size(-1)), labels.view(-1), ignore_index=self.ignore_index)
+                + 0.1 * sent.pow(2).mean())
+
+
+def bert():
+    torch.manual_seed(0)
+    return Bert().double()
+
+
+def bert_default_ignore():
+    """The labels' ignore_index is PyTorch's default, -100 (Hugging Face's unmasked positions)."""
+    torch.manual_seed(0)
+    return Bert(ignore_index=-100).double()
+
+
+class WeightedClassifier(nn.Module):
+    """Class-weighted losses on an imbalanced problem: cross entropy with weight= (mean: over the
+    weights of the rows), the same summed with label smoothing, NLL summed, and a segmentation
+    head's per-pixel weighted cross entropy that ignores one label."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 4))
+        self.register_buffer("class_weight", torch.tensor([0.5, 1.0, 2.0, 4.0]))
+        self.seg = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x, y, img, pixels):
+        logits = self.body(x)
+        loss = F.cross_entropy(logits, y, weight=self.class_weight)
+        loss = loss + 0.5 * F.cross_entropy(logits, y, weight=self.class_weight, label_smoothing=0.1, reduction="sum")
+        loss = loss + F.nll_loss(F.log_softmax(logits, -1), y, reduction="sum") / 8
+        loss = loss + F.cross_entropy(logits, y, label_smoothing=0.2, ignore_index=1)
+        return loss + F.cross_entropy(self.seg(img), pixels, weight=self.class_weight, ignore_index=3)
+
+
+def weighted_classifier():
+    torch.manual_seed(0)
+    return WeightedClassifier().double()
+
+
+REAL_INPUTS.update({"bert": ["idx=2x8:int64", "labels=2x8:int64"],
+                    "weighted_classifier": ["x=8x6", "y=8:int64", "img=2x3x4x4", "pixels=2x4x4:int64"]})
+INPUTS.update(REAL_INPUTS)
+INPUTS["bert_default_ignore"] = INPUTS["bert"]

@@ -418,7 +418,11 @@ class _Recorder:
             return self.env[node.args[0].name][node.args[1]]
         tensors = [a for a in torch.utils._pytree.tree_leaves((node.args, node.kwargs)) if hasattr(a, "op")]
         val = node.meta.get("val")
-        creation = not tensors and isinstance(val, torch.Tensor) and _op_key(node.target) not in HANDLERS
+        # arange off the meta device is a constant like any other (positions, then `>= t // 2`,
+        # `.long()`: a segment id); on the meta device it has no values, and its handler makes them
+        on_meta = str(node.kwargs.get("device")) == "meta"
+        creation = not tensors and isinstance(val, torch.Tensor) and (
+            _op_key(node.target) not in HANDLERS or (str(node.target).startswith("aten.arange") and not on_meta))
         if not creation and (not tensors or any(a.name not in self.values for a in tensors)):
             return None
         if any(w in str(node.target) for w in _RANDOM):  # a new draw each step: not a constant
