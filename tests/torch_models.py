@@ -1260,3 +1260,104 @@ REAL_INPUTS.update({"bert": ["idx=2x8:int64", "labels=2x8:int64"],
                     "weighted_classifier": ["x=8x6", "y=8:int64", "img=2x3x4x4", "pixels=2x4x4:int64"]})
 INPUTS.update(REAL_INPUTS)
 INPUTS["bert_default_ignore"] = INPUTS["bert"]
+
+
+# ---- indices the model computes: top-k routing, sorting, argmax -----------------------------------
+class Expert(nn.Module):
+    def __init__(self, d, hidden):
+        super().__init__()
+        self.up, self.down = nn.Linear(d, hidden), nn.Linear(hidden, d)
+
+    def forward(self, x):
+        return self.down(F.gelu(self.up(x)))
+
+
+class MoELayer(nn.Module):
+    """A top-2 mixture-of-experts layer as dense implementations write it (every expert on every
+    token, weighted by sparse gates): the router's top-k logits, softmax over the kept ones, the
+    gates scattered back to their experts (zeros elsewhere), the experts' outputs stacked and
+    combined; Switch's load-balancing loss from the top-1 choice (argmax, one_hot) and the mean
+    router probability; each token's routing weight of its chosen experts gathered from the
+    probabilities; the expert load summed by scatter_add."""
+
+    def __init__(self, d=8, experts=4, k=2, hidden=12):
+        super().__init__()
+        self.k, self.n = k, experts
+        self.router = nn.Linear(d, experts, bias=False)
+        self.experts = nn.ModuleList([Expert(d, hidden) for _ in range(experts)])
+
+    def forward(self, x):  # (B, T, d)
+        logits = self.router(x)
+        top_v, top_i = torch.topk(logits, self.k, dim=-1)
+        gates = torch.zeros_like(logits).scatter(-1, top_i, F.softmax(top_v, dim=-1))
+        out = torch.stack([e(x) for e in self.experts], dim=-2)  # (B, T, E, d)
+        y = (gates.unsqueeze(-1) * out).sum(-2)
+        probs = logits.softmax(-1)
+        frac = F.one_hot(logits.argmax(-1), self.n).to(probs.dtype).mean((0, 1))
+        aux = self.n * (frac * probs.mean((0, 1))).sum()
+        chosen = probs.gather(-1, top_i).sum(-1).mean()
+        load = torch.zeros_like(probs).scatter_add(-1, top_i, torch.ones_like(top_v)).mean((0, 1))
+        return y, aux + 0.1 * chosen + 0.01 * (load * probs.mean((0, 1))).sum()
+
+
+class MoETransformer(nn.Module):
+    """Pre-LN blocks whose MLP is the top-2 MoE layer; a language-model head and loss, plus the
+    layers' auxiliary losses."""
+
+    def __init__(self, vocab=11, d=8, layers=2):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.lns = nn.ModuleList([nn.LayerNorm(d) for _ in range(layers)])
+        self.moes = nn.ModuleList([MoELayer(d) for _ in range(layers)])
+        self.head = nn.Linear(d, vocab)
+
+    def forward(self, idx, targets):
+        h = self.emb(idx)
+        aux = 0.0
+        for ln, moe in zip(self.lns, self.moes):
+            y, a = moe(ln(h))
+            h, aux = h + y, aux + a
+        logits = self.head(h)
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten()) + 0.01 * aux
+
+
+def moe():
+    torch.manual_seed(0)
+    return MoETransformer().double()
+
+
+class SortAndRank(nn.Module):
+    """Values by sorting: a trimmed mean (sort, drop the extremes), top-k pooling over time along a
+    middle axis, the smallest k distances (topk largest=False), the kth value by sort along dim 0;
+    argmax/argmin and torch.max(dim)'s indices read as values (a hard accuracy-like term, which
+    takes no gradient); knowledge distillation against a teacher's argmax labels; messages summed
+    at graph nodes (index_add) and rows picked by index_select."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(5, 6)
+        self.teacher = nn.Linear(5, 6)
+
+    def forward(self, x, y, seq, src, dst):
+        h = torch.tanh(self.fc(x))  # (8, 6)
+        trimmed = h.sort(dim=-1).values[:, 1:-1].mean()
+        pooled = torch.topk(seq * self.fc.weight[0, :4], 2, dim=1).values.sum()  # seq (2, 7, 4): over time
+        near = torch.topk((h[:, None, :] - h[None, :, :]).pow(2).sum(-1), 3, largest=False).values.mean()
+        kth = torch.sort(h, dim=0, descending=True).values[2].sum()
+        hits = (h.argmax(-1) == y).double().mean() + h.argmin(dim=1, keepdim=True).double().mean()
+        idx_term = (h.max(dim=1).indices.to(h.dtype) * 0.5).sum()
+        distill = F.cross_entropy(h, self.teacher(x).detach().argmax(-1))
+        msgs = torch.zeros(4, 6, dtype=h.dtype).index_add(0, dst, h[src] * 0.5, alpha=2.0)
+        picked = h.index_select(1, src[:3])
+        return (trimmed + pooled + near + kth + 0.1 * hits + 0.01 * idx_term + distill
+                + msgs.pow(2).mean() + picked.mean())
+
+
+def sort_and_rank():
+    torch.manual_seed(0)
+    return SortAndRank().double()
+
+
+REAL_INPUTS.update({"moe": ["idx=2x6:int64", "targets=2x6:int64"],
+                    "sort_and_rank": ["x=8x5", "y=8:int64", "seq=2x7x4", "src=10:int64", "dst=10:int64"]})
+INPUTS.update(REAL_INPUTS)

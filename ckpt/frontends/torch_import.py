@@ -233,6 +233,7 @@ class _Recorder:
         self.const_cache, self.int_views = {}, {}
         self.high = {}  # int input -> exclusive upper bound of its values (rows, classes)
         self.float_of = {}  # integer value -> its label_float node
+        self.distinct = set()  # (indices, axis): no index repeats along the axis (topk's, sort's)
         self.input_names = input_names
         self.cur = None
         self.values = {}  # fx name -> torch tensor of a constant (buffers, folded ops); see _Lazy
@@ -258,18 +259,19 @@ class _Recorder:
         self.nodes.append(node)
         from ..ops import REGISTRY
         shape = REGISTRY[op].shape([self.shape(i) for i in inputs], {**_defaults(op), **(attrs or {})})
-        self.info[name] = (tuple(shape), self.dtype)
+        self.info[name] = (tuple(shape), REGISTRY[op].dtype or self.dtype)
         self.where[name] = {"module": _module_path(self.cur) if self.cur is not None else "",
                             "aten": str(self.cur.target) if self.cur is not None else "", "fx": self.cur.name
                             if self.cur is not None else ""}
         return name
 
-    def as_float(self, x):
+    def as_float(self, x, check=True):
         """Integers read as data where an op takes floats (a padding mask `idx != pad`, `idx.float()`):
         one label_float node per integer value, computed in the forward, taking no gradient. Where
         the traced op itself returns integers (`idx + 1` used as labels) ckpt has no such value."""
         val = self.cur.meta.get("val") if self.cur is not None else None
-        if getattr(val, "dtype", None) is not None and not val.is_floating_point() and str(val.dtype) != "torch.bool":
+        if check and getattr(val, "dtype", None) is not None and not val.is_floating_point() \
+                and str(val.dtype) != "torch.bool":
             self.unsupported("integers computed by the model from integers (ckpt's labels are inputs, "
                              "their views, or indices from topk/argmax)")
         if x not in self.float_of:
@@ -294,6 +296,8 @@ class _Recorder:
         """Integer labels reshaped (or sliced: `how` maps the source's array to the view's): ckpt's
         ops take floats, so the view is an input leaf of its own whose values are the source's,
         transformed (filled in once the source's values are drawn)."""
+        if x not in self.inputs:  # indices an op computed: only permuted and reshaped (int_rearranged)
+            self.unsupported("a slice or broadcast of indices computed by the model (topk's, argmax's)")
         name = f"{x}_{tag}{'x'.join(map(str, shape))}"
         if name not in self.info:
             self.inputs[name] = {"shape": list(shape), "dtype": self.info[x][1]}
@@ -304,6 +308,16 @@ class _Recorder:
             else:
                 self.int_views[name] = (x, how)
         return name
+
+    def int_rearranged(self, x, shape, perm=None, tag=""):
+        """Integers with axes permuted (perm), then reshaped: a view leaf of an integer input or a
+        constant (its values are known once the input's are drawn), a labels_view node of indices
+        that an op computes."""
+        nd = len(self.shape(x))
+        if x in self.inputs:
+            how = (lambda a, _p=tuple(perm), _s=tuple(shape): a.transpose(_p).reshape(_s)) if perm else None
+            return self.int_view(x, shape, how, tag=tag)
+        return self.emit("labels_view", [x], {"axes": list(perm or range(nd)), "shape": list(shape)})
 
     def source(self, x):
         while x in self.int_views:
@@ -806,7 +820,7 @@ def _gather_along(r, x, idx, dim):
     perm = [d for d in range(nd) if d != dim] + [dim]
     inv = [perm.index(d) for d in range(nd)]
     shape = tuple(r.shape(idx)[p] for p in perm)
-    idx = r.int_view(idx, shape, lambda a, _p=tuple(perm): a.transpose(_p), tag=f"last{dim}_")
+    idx = r.int_rearranged(idx, shape, perm, tag=f"last{dim}_")
     y = r.emit("gather", [r.emit("transpose", [x], {"axes": perm}), idx])
     return r.emit("transpose", [y], {"axes": inv})
 
@@ -868,7 +882,7 @@ def _reshape(r, node, x, *rest):
     if shape == r.shape(x):
         return x
     if r.info[x][1].startswith("int"):
-        return r.int_view(x, shape)
+        return r.int_rearranged(x, shape)
     return r.emit("reshape", [x], {"shape": list(shape)})
 
 
@@ -922,7 +936,7 @@ def _class_rows(r, logits, target):
     if len(shape) > 2:
         logits = r.emit("transpose", [logits], {"axes": [0] + list(range(2, len(shape))) + [1]})
         logits = r.emit("reshape", [logits], {"shape": [-1, shape[1]]})
-        target = r.int_view(target, (size_of(r.shape(target)),))
+        target = r.int_rearranged(target, (size_of(r.shape(target)),))
     src = r.source(target)
     r.high[src] = min(r.high.get(src, 1 << 62), shape[1])
     return logits, target
@@ -1314,7 +1328,19 @@ def _max_dim(r, node, x, dim, keepdim=False):
     the element whose index torch returns. The indices are no ckpt value (integers from floats): a
     model that reads them is refused where it does."""
     values = r.emit(_extreme_op(node), [x], {"axis": int(dim), "keepdims": bool(keepdim), "first": True})
-    return [values, None]
+    return [values, _arg_extreme(r, node, x, dim, keepdim, "max" in str(node.target))]
+
+
+def _arg_extreme(r, node, x, dim, keepdim, largest):
+    """The index of the first maximum (minimum) along dim, as torch.argmax and torch.max(x, dim)
+    return it: topk's first position (ties by position), without the axis unless keepdim."""
+    if dim is None:
+        x, dim = _reshape_to(r, x, [size_of(r.shape(x))]), 0
+    _, idx = _topk_along(r, x, 1, dim, largest)
+    val = node.meta["val"]
+    val = val[1] if isinstance(val, (tuple, list)) else val
+    shape = tuple(int(d) for d in val.shape)
+    return idx if shape == r.shape(idx) else r.int_rearranged(idx, shape)
 
 
 def _adaptive_max(r, x, oh, ow):
@@ -1918,6 +1944,128 @@ def _index(r, node, x, indices):
     r.high[src] = min(r.high.get(src, 1 << 62), shape[0])
     rows = _reshape_to(r, x, [shape[0], size_of(shape[1:])])
     return _reshape_to(r, r.emit("embedding", [rows, idx]), list(_out_shape(node)))
+
+
+# ---- topk, sort, argmax: indices the model computes; one_hot; scatter ------------------------------
+def _topk_along(r, x, k, dim, largest):
+    """(values, indices) of the k largest (smallest) along dim, in order: topk_indices along the
+    last axis (dim moved there), the values gathered by them (their gradient is gather's: to the
+    picked elements, as torch.topk's), both moved back."""
+    nd = len(r.shape(x))
+    dim = int(dim) % nd
+    perm = [d for d in range(nd) if d != dim] + [dim]
+    xt = _permute_to(r, x, list(range(nd)), perm)
+    idx = r.emit("topk_indices", [xt], {"k": int(k), "largest": bool(largest)})
+    vals = r.emit("gather", [xt, idx])
+    if dim != nd - 1:
+        inv = [perm.index(d) for d in range(nd)]
+        vals = r.emit("transpose", [vals], {"axes": inv})
+        idx = r.int_rearranged(idx, tuple(r.shape(idx)[p] for p in inv), inv)
+    r.distinct.add((idx, dim))
+    return vals, idx
+
+
+@handles("aten.topk.default")
+def _topk(r, node, x, k, dim=-1, largest=True, sorted=True):
+    return list(_topk_along(r, x, k, dim, largest))
+
+
+@handles("aten.sort.default")
+def _sort(r, node, x, dim=-1, descending=False):
+    return list(_topk_along(r, x, r.shape(x)[int(dim)], dim, bool(descending)))
+
+
+@handles("aten.sort.stable")
+def _sort_stable(r, node, x, stable=None, dim=-1, descending=False):
+    return _sort(r, node, x, dim, descending)
+
+
+@handles("aten.argmax.default", "aten.argmin.default")
+def _argmax(r, node, x, dim=None, keepdim=False):
+    return _arg_extreme(r, node, x, dim, keepdim, "argmax" in str(node.target))
+
+
+@handles("aten.one_hot.default")
+def _one_hot(r, node, idx, num_classes=-1):
+    """F.one_hot: each index compared with 0..C-1, as floats (1 at the index): a mask like any
+    other, computed in the forward."""
+    classes = _out_shape(node)[-1]
+    f = r.as_float(idx, check=False)
+    f = r.emit("reshape", [f], {"shape": list(r.shape(f)) + [1]})
+    return _compare("eq")(r, node, f, r.const(np.arange(classes, dtype=float)))
+
+
+def _scatter_last(r, base, dim, index, src):
+    """base + src added at index along dim, by scatter_add along the last axis (dim moved there)."""
+    nd = len(r.shape(base))
+    dim = int(dim) % nd
+    if len(r.shape(index)) != nd or r.shape(index) != r.shape(src) or \
+            any(r.shape(index)[d] != r.shape(base)[d] for d in range(nd) if d != dim):
+        r.unsupported("scatter with an index of other than src's shape, or shorter than the tensor off dim")
+    if not r.info[index][1].startswith("int"):
+        r.unsupported("scatter by float indices")
+    perm = [d for d in range(nd) if d != dim] + [dim]
+    inv = [perm.index(d) for d in range(nd)]
+    idx = index if dim == nd - 1 else r.int_rearranged(index, tuple(r.shape(index)[p] for p in perm), perm,
+                                                         tag=f"last{dim}_")
+    src_ = r.source(idx)
+    r.high[src_] = min(r.high.get(src_, 1 << 62), r.shape(base)[dim])
+    out = r.emit("scatter_add", [_permute_to(r, base, list(range(nd)), perm), idx,
+                                 _permute_to(r, src, list(range(nd)), perm)])
+    return _permute_to(r, out, list(range(nd)), inv)
+
+
+@handles("aten.scatter_add.default")
+def _scatter_add(r, node, base, dim, index, src):
+    return _scatter_last(r, base, dim, index, src)
+
+
+@handles("aten.scatter.src", "aten.scatter.value")
+def _scatter_rule(r, node, base, dim, index, src):
+    """x.scatter(dim, index, src): src written at index. By indices that repeat nowhere along dim
+    (topk's), a write is an add into zeros: where the written positions, the added values, else
+    the base (a base of zeros is the sum alone)."""
+    dim = int(dim) % len(r.shape(base))
+    if (index, dim) not in r.distinct:
+        r.unsupported("scatter (overwrite) by indices that may repeat (torch keeps one of the values; use "
+                      "scatter_add, or indices from topk)")
+    if not _is_tensor(r, src):
+        src = r.const(np.full(r.shape(index), float(src)))
+    zeros = r.value(base) is not None and not r.value(base).any()
+    added = _scatter_last(r, base if zeros else r.const(np.zeros(r.shape(base))), dim, index, src)
+    if zeros:
+        return added
+    hit = _scatter_last(r, r.const(np.zeros(r.shape(base))), dim, index, r.const(np.ones(r.shape(index))))
+    return r.emit("where", [hit, added, base])
+
+
+@handles("aten.index_add.default")
+def _index_add(r, node, base, dim, index, src, alpha=1):
+    """x.index_add(dim, index, src): src's slices added at index along dim (a graph network's
+    messages summed at their nodes): scatter_add with the index repeated across src's other axes."""
+    nd = len(r.shape(base))
+    dim = int(dim) % nd
+    if len(r.shape(index)) != 1:
+        r.unsupported("index_add with an index of other than one axis")
+    shape = r.shape(src)
+    pos = [1] * nd
+    pos[dim] = shape[dim]
+    index = r.int_view(r.int_rearranged(index, tuple(pos)), shape, lambda a, _s=shape: np.broadcast_to(a, _s), tag="b")
+    if alpha != 1:
+        src = r.emit("scale", [src], {"factor": float(alpha)})
+    return _scatter_last(r, base, dim, index, src)
+
+
+@handles("aten.index_select.default")
+def _index_select(r, node, x, dim, index):
+    """x.index_select(dim, index): gather with the index repeated across x's other axes."""
+    nd = len(r.shape(x))
+    dim = int(dim) % nd
+    shape = tuple(r.shape(index)[0] if d == dim else n for d, n in enumerate(r.shape(x)))
+    pos = [1] * nd
+    pos[dim] = shape[dim]
+    index = r.int_view(r.int_rearranged(index, tuple(pos)), shape, lambda a, _s=shape: np.broadcast_to(a, _s), tag="b")
+    return _gather_along(r, x, index, dim)
 
 
 # ---- up-sampling and transposed convolution --------------------------------------------------------

@@ -72,7 +72,8 @@ ATTR_KINDS = {
     "dilation": "count", "first": "bool", "ignore_index": "integer", "average": "bool",
 }
 ATTR_KINDS_BY_OP = {("concat", "axis"): "axis", ("softmax", "axis"): "axis", ("log_softmax", "axis"): "axis",
-                    ("slice", "axis"): "axis"}
+                    ("slice", "axis"): "axis", ("labels_view", "axes"): "permutation", ("topk_indices", "k"): "count",
+                    ("topk_indices", "largest"): "bool"}
 KIND_TEXT = {
     "number": "a finite number", "positive": "a finite number > 0", "probability": "a number in [0, 1)",
     "bool": "true or false", "count": "an integer >= 1", "index": "an integer >= 0", "integer": "an integer",
@@ -769,6 +770,10 @@ OP_SUMMARY = {
            "by weight[label] (optional third input, (C,)), rows labelled `ignore_index` skipped; divided by "
            "the weights' sum (`average`) or summed",
     "label_float": "integer labels read as floats (the second input, a 0-d float, gives the dtype); no gradient",
+    "topk_indices": "positions (int64) of the k largest (or smallest) along the last axis, in order; ties by "
+                    "position; no gradient",
+    "labels_view": "integer labels an op computed, axes permuted, then reshaped",
+    "scatter_add": "base (..., n) plus src (..., k) added at integer positions idx (..., k) along the last axis",
 }
 
 _LEAF_DOC = {
