@@ -78,6 +78,7 @@ def _torch_matches(out, ours, make, tol=1e-9):
     ("nn.ConvTranspose2d(2, 4, 3, stride=2, padding=1, output_padding=1, groups=2)", "1x2x3x2"),
     ("nn.ConvTranspose2d(2, 2, (2, 3), stride=(3, 1), padding=(0, 2), dilation=(1, 2), bias=False)", "1x2x2x4"),
     ("nn.ConvTranspose2d(2, 3, 1, stride=1)", "1x2x3x3"),
+    ("nn.ConvTranspose2d(2, 2, 2, stride=3, padding=2)", "1x2x4x3"),  # phases no tap reaches; a cut input
     ("nn.ConvTranspose1d(2, 3, 4, stride=2, padding=1, output_padding=1)", "2x2x5"),
     ("nn.Conv2d(2, 3, (3, 2), stride=(2, 1), padding=1, dilation=(1, 2))", "1x2x7x6"),
 ])

@@ -2135,6 +2135,57 @@ def _pad_or_crop(r, x, axis, left, right):
     return _pad_axis(r, x, axis, max(0, left), max(0, right))
 
 
+def _phase_plan(n, k, s, p, o):
+    """Along one axis of a transposed convolution (input n, kernel k, stride s, padding p, output
+    o; no dilation), the outputs o' = j, j + s, ... (phase j < s) read the taps k' = r, r + s, ...
+    with r = (j + p) mod s, each an ordinary convolution of the input: per phase, (taps, first tap
+    r, outputs, left and right padding of the input, negative to cut)."""
+    out = []
+    for j in range(s):
+        r_ = (j + p) % s
+        taps, count = len(range(r_, k, s)), len(range(j, o, s))
+        q0 = (j + p - r_) // s  # the first output's position in the phase's own sequence
+        out.append((taps, r_, count, taps - 1 - q0, q0 + count - n))
+    return out
+
+
+def _conv_transpose_phases(r, x, w, b, s, p, o, groups):
+    """A transposed convolution without dilation as s_h s_w ordinary convolutions, one per output
+    phase (sub-pixel convolution): phase (j, i) holds the outputs y[j::s_h, i::s_w], a stride-1
+    convolution of the input (padded or cut) by the kernel's taps that land there, flipped, with
+    in/out channels swapped per group. The phases are interleaved (stacked on new axes, reshaped)
+    and cut to the output's size. As many FLOPs as the direct kernel, and no zeros in the input."""
+    n, cin, h, wd = r.shape(x)
+    _, cout_g, kh, kw = r.shape(w)
+    g, cin_g = int(groups), cin // int(groups)
+    wf = _flip(r, None, w, [2, 3])  # the flipped kernel: a phase's taps, flipped, are a strided slice of it
+    wf = r.emit("reshape", [wf], {"shape": [g, cin_g, cout_g, kh, kw]})
+    wf = r.emit("transpose", [wf], {"axes": [0, 2, 1, 3, 4]})
+    wf = r.emit("reshape", [wf], {"shape": [g * cout_g, cin_g, kh, kw]})
+    rows, cols = _phase_plan(h, kh, s[0], p[0], o[0]), _phase_plan(wd, kw, s[1], p[1], o[1])
+    mh, mw = -(-o[0] // s[0]), -(-o[1] // s[1])
+    out_rows = []
+    for th, rh, nh, lh, rrh in rows:
+        phases = []
+        for tw, rw, nw, lw, rrw in cols:
+            if th == 0 or tw == 0 or nh == 0 or nw == 0:  # no tap lands here: zeros (the bias is added after)
+                phases.append(r.const(np.zeros((n, g * cout_g, mh, mw, 1))))
+                continue
+            # taps rh, rh + s, ... flipped: from kh - 1 - rh - s (th - 1), every s-th of the flipped kernel
+            sub = _slice(r, wf, 2, kh - 1 - rh - s[0] * (th - 1), kh - rh, s[0])
+            sub = _slice(r, sub, 3, kw - 1 - rw - s[1] * (tw - 1), kw - rw, s[1])
+            xc = _slice(r, _slice(r, x, 2, max(0, -lh), h - max(0, -rrh)), 3, max(0, -lw), wd - max(0, -rrw))
+            y = _conv(r, xc, sub, None, 1, [(max(0, lh), max(0, rrh)), (max(0, lw), max(0, rrw))], g)
+            y = _pad_axis(r, _pad_axis(r, y, 2, 0, mh - nh), 3, 0, mw - nw)
+            phases.append(r.emit("reshape", [y], {"shape": [n, g * cout_g, mh, mw, 1]}))
+        row = r.emit("concat", phases, {"axis": 4}) if len(phases) > 1 else phases[0]
+        out_rows.append(r.emit("reshape", [row], {"shape": [n, g * cout_g, mh, 1, mw * s[1]]}))
+    y = r.emit("concat", out_rows, {"axis": 3}) if len(out_rows) > 1 else out_rows[0]
+    y = r.emit("reshape", [y], {"shape": [n, g * cout_g, mh * s[0], mw * s[1]]})
+    y = _slice(r, _slice(r, y, 2, 0, o[0]), 3, 0, o[1])
+    return _affine(r, y, None, b, 4)
+
+
 def _conv_transpose_general(r, x, w, b, s, p, op, d, groups):
     """A transposed convolution of (N, Cin, H, W) by w (Cin, Cout/groups, kh, kw), any stride,
     padding, output padding, dilation and groups, as the ordinary convolution it is the gradient
@@ -2174,7 +2225,10 @@ def _conv_transpose2d(r, node, x, w, b=None, stride=(1, 1), padding=(0, 0), outp
         r.unsupported(f"transposed convolution with stride {tuple(s)}, padding {tuple(p)}, output padding "
                       f"{tuple(op)} and dilation {tuple(d)}")
     if [kh, kw] != s or kh != kw or p != [0, 0] or op != [0, 0] or groups != 1 or d != [1, 1]:
-        y = _conv_transpose_general(r, x, w, b, s, p, op, d, groups)
+        if d == [1, 1]:
+            y = _conv_transpose_phases(r, x, w, b, s, p, list(_out_shape(node)[2:]), groups)
+        else:
+            y = _conv_transpose_general(r, x, w, b, s, p, op, d, groups)
         return y if r.shape(y) == _out_shape(node) else r.unsupported(
             f"transposed convolution made {r.shape(y)}, torch {_out_shape(node)}")
     n, _, h, wd = r.shape(x)
@@ -2199,7 +2253,10 @@ def _conv_transpose1d(r, node, x, w, b=None, stride=(1,), padding=(0,), output_p
     s, p, op, d = (_ints(v, 1)[0] for v in (stride, padding, output_padding, dilation))
     if min(s, d) < 1 or min(p, op) < 0:
         r.unsupported(f"transposed convolution with stride {s}, padding {p}, output padding {op} and dilation {d}")
-    y = _conv_transpose_general(r, x4, w4, b, [1, s], [0, p], [0, op], [1, d], groups)
+    if d == 1:
+        y = _conv_transpose_phases(r, x4, w4, b, [1, s], [0, p], [1, _out_shape(node)[2]], groups)
+    else:
+        y = _conv_transpose_general(r, x4, w4, b, [1, s], [0, p], [0, op], [1, d], groups)
     return r.emit("reshape", [y], {"shape": list(_out_shape(node))})
 
 
