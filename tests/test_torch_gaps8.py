@@ -301,6 +301,7 @@ def test_moe_routes_by_topk_indices(imported):
     ("return x.gather(1, x.topk(2).indices[:, :1]).sum()", ["x=2x3", "i=2x3:int64"], "aten.slice.Tensor"),
     ("return x[:, :2].gather(1, i[:, :2] + 1).sum()", ["x=2x3", "i=2x3:int64"], "aten.add.Tensor"),
     ("return x.median(dim=1).values.sum() + i.sum()", ["x=2x3", "i=2x3:int64"], "aten.median.dim"),
+    ("return x.gather(1, (i > 0).sum(1, keepdim=True)).sum()", ["x=2x3", "i=2x3:int64"], "aten.gather.default"),
 ])
 def test_what_stays_refused_is_one_line(tmp_path, body, inputs, needle):
     path = _module_file(tmp_path, f"""

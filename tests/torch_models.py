@@ -1248,6 +1248,11 @@ class WeightedClassifier(nn.Module):
         loss = loss + 0.5 * F.cross_entropy(logits, y, weight=self.class_weight, label_smoothing=0.1, reduction="sum")
         loss = loss + F.nll_loss(F.log_softmax(logits, -1), y, reduction="sum") / 8
         loss = loss + F.cross_entropy(logits, y, label_smoothing=0.2, ignore_index=1)
+        # a multi-label head on the same logits: positives weighted per class, and per sample
+        tags = (F.one_hot(y, 4) + (x[:, :4] > 0.5).long()).clamp(max=1).to(logits.dtype)
+        loss = loss + F.binary_cross_entropy_with_logits(logits, tags, weight=torch.linspace(0.5, 1.5, 8)[:, None].to(
+            logits.dtype), pos_weight=self.class_weight)
+        loss = loss + F.binary_cross_entropy(torch.sigmoid(logits), tags, weight=self.class_weight, reduction="sum") / 8
         return loss + F.cross_entropy(self.seg(img), pixels, weight=self.class_weight, ignore_index=3)
 
 

@@ -246,6 +246,10 @@ class _Recorder:
         from ..ops import REGISTRY
         inputs = [self.as_float(v) if k not in REGISTRY[op].int_inputs and self.info[v][1].startswith("int") else v
                   for k, v in enumerate(inputs)]
+        if any(k < len(inputs) and not self.info[inputs[k]][1].startswith("int") for k in REGISTRY[op].int_inputs):
+            # torch's integers made from masks (a count `mask.sum(1)`) are floats in ckpt: no index
+            self.unsupported("indices computed by the model from a mask or by arithmetic (ckpt indexes by "
+                             "integer inputs, constants, and topk's, sort's and argmax's indices)")
         # The fx node's own name for its first ckpt node; a decomposition's others add their op.
         base = name or (self.cur.name if self.cur is not None else op)
         if base in self.info:
@@ -1010,22 +1014,29 @@ def _mse(r, node, a, b, reduction=1):
 
 @handles("aten.binary_cross_entropy_with_logits.default")
 def _bce_logits(r, node, x, y, weight=None, pos_weight=None, reduction=1):
-    """mean(softplus(x) - x y), written stably: relu(x) - x y + log(1 + e^-|x|)."""
-    if weight is not None or pos_weight is not None:
-        r.unsupported("binary cross entropy with weight or pos_weight")
-    per = r.emit("sub", [_softplus_of(r, x), r.emit("mul", [x, y])])
+    """mean(softplus(x) - x y), written stably: relu(x) - x y + log(1 + e^-|x|). With pos_weight p
+    (per class) and weight w, PyTorch's w ((1 - y) x + (1 + (p - 1) y) softplus(-x))."""
+    if pos_weight is None:
+        per = r.emit("sub", [_softplus_of(r, x), r.emit("mul", [x, y])])
+    else:
+        one = r.const(1.0)
+        lw = r.emit("add", [r.emit("mul", [r.emit("sub", [pos_weight, one]), y]), one])
+        per = r.emit("add", [r.emit("mul", [r.emit("sub", [one, y]), x]),
+                             r.emit("mul", [lw, _softplus_of(r, r.emit("neg", [x]))])])
+    if weight is not None:
+        per = r.emit("mul", [per, weight])
     return _reduced(r, r.emit("mean", [per], {"axis": None, "keepdims": False}), reduction,
                     size_of(r.shape(per)), "binary cross entropy")
 
 
 @handles("aten.binary_cross_entropy.default")
 def _bce(r, node, p, y, weight=None, reduction=1):
-    """-mean(y log p + (1 - y) log(1 - p)) (torch also clamps each log at -100: p of 0 or 1 only)."""
-    if weight is not None:
-        r.unsupported("binary cross entropy with weight")
+    """-mean(w (y log p + (1 - y) log(1 - p))) (torch also clamps each log at -100: p of 0 or 1 only)."""
     one = r.const(1.0)
     ll = r.emit("add", [r.emit("mul", [y, r.emit("log", [p])]),
                         r.emit("mul", [r.emit("sub", [one, y]), r.emit("log", [r.emit("sub", [one, p])])])])
+    if weight is not None:
+        ll = r.emit("mul", [ll, weight])
     loss = r.emit("neg", [r.emit("mean", [ll], {"axis": None, "keepdims": False})])
     return _reduced(r, loss, reduction, size_of(r.shape(ll)), "binary cross entropy")
 
@@ -1448,6 +1459,9 @@ handles("aten.full_like.default")(_filled(1))
 @handles("aten._to_copy.default", "aten.to.dtype", "aten.to.dtype_layout", "aten.type_as.default")
 def _to(r, node, x, *rest, **kw):
     if not node.meta["val"].is_floating_point():
+        src = getattr(node.args[0], "meta", {}).get("val")
+        if str(getattr(src, "dtype", "")) == "torch.bool" and not r.info[x][1].startswith("int"):
+            return x  # a mask's 0/1 as integers (`mask.long()`): ckpt's mask is 0/1 already, as data
         r.unsupported("a cast to a non-float dtype")
     if r.info[x][1].startswith("int"):
         return r.as_float(x)
