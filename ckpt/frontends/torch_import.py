@@ -992,7 +992,8 @@ def _cross_entropy(r, node, logits, target, weight=None, reduction=1, ignore_ind
         if weight is None:
             total = r.emit("sum", [keep], {"axis": None, "keepdims": False})
         else:  # the kept rows' weights: each row's one-hot (none for an ignored row) times the weights
-            onehot = _compare("eq")(r, node, r.int_view(target, (rows, 1)), r.const(np.arange(classes, dtype=float)))
+            onehot = _compare("eq")(r, node, r.int_rearranged(target, (rows, 1)),
+                                    r.const(np.arange(classes, dtype=float)))
             total = r.emit("sum", [r.emit("mul", [onehot, weight])], {"axis": None, "keepdims": False})
         smooth = r.emit("div", [smooth, total])
     return r.emit("add", [r.emit("scale", [loss], {"factor": 1.0 - eps}),
@@ -1336,8 +1337,8 @@ def _max_all(r, node, x):
 @handles("aten.max.dim", "aten.min.dim")
 def _max_dim(r, node, x, dim, keepdim=False):
     """torch.max(x, dim): (values, indices); the first extremum along the axis takes the gradient,
-    the element whose index torch returns. The indices are no ckpt value (integers from floats): a
-    model that reads them is refused where it does."""
+    the element whose index torch returns; the indices, that element's position (a node only where
+    the model reads them)."""
     values = r.emit(_extreme_op(node), [x], {"axis": int(dim), "keepdims": bool(keepdim), "first": True})
     return [values, _arg_extreme(r, node, x, dim, keepdim, "max" in str(node.target))]
 
