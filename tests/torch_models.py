@@ -1366,3 +1366,29 @@ def sort_and_rank():
 REAL_INPUTS.update({"moe": ["idx=2x6:int64", "targets=2x6:int64"],
                     "sort_and_rank": ["x=8x5", "y=8:int64", "seq=2x7x4", "src=10:int64", "dst=10:int64"]})
 INPUTS.update(REAL_INPUTS)
+
+
+class EncoderWithPadding(nn.Module):
+    """PyTorch's own nn.TransformerEncoder with src_key_padding_mask from the data loader's
+    attention_mask (an integer input, 1 at real tokens, as Hugging Face tokenizers give it), and
+    the loss ignoring the padding id."""
+
+    def __init__(self, vocab=6, d=8):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d, padding_idx=0)
+        layer = nn.TransformerEncoderLayer(d, 2, 16, dropout=0.0, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(d, vocab)
+
+    def forward(self, idx, attention_mask, labels):
+        h = self.enc(self.emb(idx), src_key_padding_mask=attention_mask == 0)
+        return F.cross_entropy(self.head(h).flatten(0, 1), labels.flatten(), ignore_index=0)
+
+
+def encoder_padding():
+    torch.manual_seed(0)
+    return EncoderWithPadding().double()
+
+
+REAL_INPUTS["encoder_padding"] = ["idx=2x8:int64", "attention_mask=2x8:int64", "labels=2x8:int64"]
+INPUTS.update(REAL_INPUTS)
