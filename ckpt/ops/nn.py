@@ -1023,7 +1023,7 @@ register(Op(
     needs=lambda i: (1, 2) if i == 0 else (0, 1, 2), flops=lambda s, o, a: 3 * size(s[1]), int_inputs=(1,),
     labels_below=lambda s: s[0][-1],  # a class (ignore_index aside)
     # zero dx and write a row each; the weights': a few operations a row
-    vjp_flops=lambda i, s, o, a: size(s[0]) + 3 * size(s[1]) if i == 0 else 6 * size(s[1]),
+    vjp_flops=lambda i, s, o, a: (size(s[0]) + 3 * size(s[1]), 0, 6 * size(s[1]))[i],
     workspace=_nll_workspace,
     example={"shapes": [(3, 5), (3,), (5,)], "attrs": {"ignore_index": 2}},
 ))
