@@ -974,6 +974,8 @@ def _nll_forward(xp, ins, a):
 
 
 def _nll_vjp(xp, i, g, c):
+    if i == 1:  # the labels: no gradient
+        return xp.zeros(tuple(c.in_shapes[1]), dtype=g.dtype)
     labels, keep, w, flat = _nll_rows(xp, c.ins, c.in_shapes[0][-1], c.attrs, g.dtype)
     if i == 0:
         w *= -g / w.sum() if c.attrs["average"] else -g
@@ -984,7 +986,7 @@ def _nll_vjp(xp, i, g, c):
     per = -xp.take(c.ins[0].reshape(-1), flat)
     if c.attrs["average"]:
         total = w.sum()
-        per += (per * w).sum() / total * -1.0
+        per -= (per * w).sum() / total  # (per * w).sum() / total is the loss
         per /= total
     if keep is not None:
         per *= keep
@@ -1020,7 +1022,7 @@ def _nll_workspace(which, s, o, a, itemsize):
 register(Op(
     name="nll", arity=(2, 3), shape=_nll_shape, attrs={"ignore_index": None, "average": True},
     forward=_nll_forward, vjp=_nll_vjp, jvp=_nll_jvp,
-    needs=lambda i: (1, 2) if i == 0 else (0, 1, 2), flops=lambda s, o, a: 3 * size(s[1]), int_inputs=(1,),
+    needs=lambda i: ((1, 2), (), (0, 1, 2))[i], flops=lambda s, o, a: 3 * size(s[1]), int_inputs=(1,),
     labels_below=lambda s: s[0][-1],  # a class (ignore_index aside)
     # zero dx and write a row each; the weights': a few operations a row
     vjp_flops=lambda i, s, o, a: (size(s[0]) + 3 * size(s[1]), 0, 6 * size(s[1]))[i],
