@@ -158,6 +158,21 @@ def unsupported():
     return Unsupported().double()
 
 
+class StillUnsupported(nn.Module):
+    """torch.sort imports now; median does not."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return torch.median(self.fc(x), dim=0).values.sum()
+
+
+def still_unsupported():
+    return StillUnsupported().double()
+
+
 def gpt_meta():
     """Built on the meta device: shapes without values, as a model too large for this machine."""
     with torch.device("meta"):
