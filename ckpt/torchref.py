@@ -57,6 +57,9 @@ TORCH = {
     "label_float": lambda x, a: x[0].to(x[1].dtype),
     "topk_indices": lambda x, a: torch.topk(x[0], a["k"], dim=-1, largest=a["largest"]).indices,
     "labels_view": lambda x, a: x[0].permute(*a["axes"]).reshape(a["shape"]),
+    "labels_slice": lambda x, a: x[0].narrow(a["axis"], a["start"], a["stop"] - a["start"])[
+        (slice(None),) * (a["axis"] % x[0].ndim) + (slice(None, None, a["step"]),)],
+    "labels_expand": lambda x, a: x[0].expand(*a["shape"]),
     "scatter_add": lambda x, a: x[0].scatter_add(-1, x[1].long(), x[2]),
     "embedding": lambda x, a: F.embedding(x[1], x[0]),
     "gather": lambda x, a: torch.gather(x[0], -1, x[1].long()),

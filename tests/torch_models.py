@@ -1295,25 +1295,31 @@ class Expert(nn.Module):
 class MoELayer(nn.Module):
     """A top-2 mixture-of-experts layer as dense implementations write it (every expert on every
     token, weighted by sparse gates): the router's top-k logits, softmax over the kept ones, the
-    gates scattered back to their experts (zeros elsewhere), the experts' outputs stacked and
-    combined; Switch's load-balancing loss from the top-1 choice (argmax, one_hot) and the mean
-    router probability; each token's routing weight of its chosen experts gathered from the
+    gates scattered back to their experts (zeros elsewhere) and the experts' outputs combined, or
+    the chosen experts' outputs gathered by the top-k indices; Switch's load-balancing loss from
+    the top-1 choice (argmax, or topk's first: one_hot) and the mean router probability; each token's routing weight of its chosen experts gathered from the
     probabilities; the expert load summed by scatter_add."""
 
-    def __init__(self, d=8, experts=4, k=2, hidden=12):
+    def __init__(self, d=8, experts=4, k=2, hidden=12, combine="scatter"):
         super().__init__()
-        self.k, self.n = k, experts
+        self.k, self.n, self.combine = k, experts, combine
         self.router = nn.Linear(d, experts, bias=False)
         self.experts = nn.ModuleList([Expert(d, hidden) for _ in range(experts)])
 
     def forward(self, x):  # (B, T, d)
         logits = self.router(x)
         top_v, top_i = torch.topk(logits, self.k, dim=-1)
-        gates = torch.zeros_like(logits).scatter(-1, top_i, F.softmax(top_v, dim=-1))
         out = torch.stack([e(x) for e in self.experts], dim=-2)  # (B, T, E, d)
-        y = (gates.unsqueeze(-1) * out).sum(-2)
+        if self.combine == "scatter":  # the gates scattered to their experts
+            gates = torch.zeros_like(logits).scatter(-1, top_i, F.softmax(top_v, dim=-1))
+            y = (gates.unsqueeze(-1) * out).sum(-2)
+            top1 = logits.argmax(-1)
+        else:  # the chosen experts' outputs gathered by the indices, expanded over the features
+            picked = out.gather(-2, top_i.unsqueeze(-1).expand(*top_i.shape, out.size(-1)))
+            y = (F.softmax(top_v, dim=-1).unsqueeze(-1) * picked).sum(-2)
+            top1 = top_i[..., 0]
         probs = logits.softmax(-1)
-        frac = F.one_hot(logits.argmax(-1), self.n).to(probs.dtype).mean((0, 1))
+        frac = F.one_hot(top1, self.n).to(probs.dtype).mean((0, 1))
         aux = self.n * (frac * probs.mean((0, 1))).sum()
         chosen = probs.gather(-1, top_i).sum(-1).mean()
         load = torch.zeros_like(probs).scatter_add(-1, top_i, torch.ones_like(top_v)).mean((0, 1))
@@ -1328,7 +1334,7 @@ class MoETransformer(nn.Module):
         super().__init__()
         self.emb = nn.Embedding(vocab, d)
         self.lns = nn.ModuleList([nn.LayerNorm(d) for _ in range(layers)])
-        self.moes = nn.ModuleList([MoELayer(d) for _ in range(layers)])
+        self.moes = nn.ModuleList([MoELayer(d, combine=("scatter", "gather")[k % 2]) for k in range(layers)])
         self.head = nn.Linear(d, vocab)
 
     def forward(self, idx, targets):

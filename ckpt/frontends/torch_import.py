@@ -301,7 +301,8 @@ class _Recorder:
         ops take floats, so the view is an input leaf of its own whose values are the source's,
         transformed (filled in once the source's values are drawn)."""
         if x not in self.inputs:  # indices an op computed: only permuted and reshaped (int_rearranged)
-            self.unsupported("a slice or broadcast of indices computed by the model (topk's, argmax's)")
+            self.unsupported("this view of indices computed by the model (topk's, argmax's: slices, "
+                             "permutes, reshapes and expands import)")
         name = f"{x}_{tag}{'x'.join(map(str, shape))}"
         if name not in self.info:
             self.inputs[name] = {"shape": list(shape), "dtype": self.info[x][1]}
@@ -322,6 +323,15 @@ class _Recorder:
             how = (lambda a, _p=tuple(perm), _s=tuple(shape): a.transpose(_p).reshape(_s)) if perm else None
             return self.int_view(x, shape, how, tag=tag)
         return self.emit("labels_view", [x], {"axes": list(perm or range(nd)), "shape": list(shape)})
+
+    def int_broadcast(self, x, shape):
+        """Integers broadcast to `shape` (axes of size 1 repeated): a view leaf, or labels_expand."""
+        shape = tuple(shape)
+        if shape == self.shape(x):
+            return x
+        if x in self.inputs:
+            return self.int_view(x, shape, lambda a, _s=shape: np.broadcast_to(a, _s), tag="b")
+        return self.emit("labels_expand", [x], {"shape": list(shape)})
 
     def source(self, x):
         while x in self.int_views:
@@ -849,7 +859,7 @@ def _take_along_dim(r, node, x, index, dim=None):
     flattened x)."""
     if dim is None:
         n = size_of(r.shape(x))
-        flat = r.int_view(index, (size_of(r.shape(index)),)) if len(r.shape(index)) != 1 else index
+        flat = r.int_rearranged(index, (size_of(r.shape(index)),)) if len(r.shape(index)) != 1 else index
         return _gather_along(r, r.emit("reshape", [x], {"shape": [n]}) if len(r.shape(x)) != 1 else x, flat, 0)
     xs, ids = r.shape(x), r.shape(index)
     if not xs or len(ids) != len(xs):
@@ -859,7 +869,7 @@ def _take_along_dim(r, node, x, index, dim=None):
         r.unsupported("take_along_dim broadcasting the tensor (only the index broadcasts here)")
     shape = tuple(ids[d] if d == dim else xs[d] for d in range(len(xs)))
     if shape != ids:
-        index = r.int_view(index, shape, lambda a, _s=shape: np.broadcast_to(a, _s), tag="b")
+        index = r.int_broadcast(index, shape)
     return _gather_along(r, x, index, dim)
 
 
@@ -1552,6 +1562,8 @@ def _slice(r, x, dim, start, stop, step=1):
     sp = st + (n - 1) * stp + 1
     if r.info[x][1].startswith("int"):
         index = (slice(None),) * dim + (slice(st, sp, stp),)
+        if x not in r.inputs:  # indices an op computed (topk's first choice)
+            return r.emit("labels_slice", [x], {"axis": dim, "start": st, "stop": sp, "step": stp})
         return r.int_view(x, shape[:dim] + (n,) + shape[dim + 1:], lambda a, _i=index: a[_i], tag=f"s{dim}_{st}_{stp}_")
     return r.emit("slice", [x], {"axis": dim, "start": st, "stop": sp, "step": stp})
 
@@ -1563,6 +1575,8 @@ def _select(r, x, dim, index):
     part = _slice(r, x, dim, index, index + 1)
     out = shape[:dim] + shape[dim + 1:]
     if r.info[x][1].startswith("int"):
+        if x not in r.inputs:
+            return r.int_rearranged(part, out)
         return r.int_view(x, out, lambda a, _d=dim, _i=index: np.take(a, _i, axis=_d), tag=f"i{dim}_{index}_")
     return r.emit("reshape", [part], {"shape": list(out)})
 
@@ -1687,6 +1701,10 @@ def _expand(r, node, x, *rest):
     shape = _out_shape(node)
     if shape == r.shape(x):
         return x
+    if r.info[x][1].startswith("int"):  # indices expanded over a feature axis, to gather whole rows
+        if len(shape) != len(r.shape(x)):
+            x = r.int_rearranged(x, (1,) * (len(shape) - len(r.shape(x))) + r.shape(x))
+        return r.int_broadcast(x, shape)
     # ckpt's elementwise ops broadcast by themselves; an explicit expand adds zeros of its shape
     return r.emit("add", [x, r.const(np.zeros(shape))])
 
@@ -2065,7 +2083,7 @@ def _index_add(r, node, base, dim, index, src, alpha=1):
     shape = r.shape(src)
     pos = [1] * nd
     pos[dim] = shape[dim]
-    index = r.int_view(r.int_rearranged(index, tuple(pos)), shape, lambda a, _s=shape: np.broadcast_to(a, _s), tag="b")
+    index = r.int_broadcast(r.int_rearranged(index, tuple(pos)), shape)
     if alpha != 1:
         src = r.emit("scale", [src], {"factor": float(alpha)})
     return _scatter_last(r, base, dim, index, src)
@@ -2079,7 +2097,7 @@ def _index_select(r, node, x, dim, index):
     shape = tuple(r.shape(index)[0] if d == dim else n for d, n in enumerate(r.shape(x)))
     pos = [1] * nd
     pos[dim] = shape[dim]
-    index = r.int_view(r.int_rearranged(index, tuple(pos)), shape, lambda a, _s=shape: np.broadcast_to(a, _s), tag="b")
+    index = r.int_broadcast(r.int_rearranged(index, tuple(pos)), shape)
     return _gather_along(r, x, index, dim)
 
 

@@ -240,3 +240,51 @@ register(Op(
     int_inputs=(1,), labels_below=lambda s: s[0][-1],
     example={"shapes": [(3, 4, 6), (3, 4, 2), (3, 4, 2)]},
 ))
+
+
+# ---- labels_slice, labels_expand: more views of indices the model computed -----------------------
+# topk's first choice `idx[..., 0]`, the indices expanded over a feature axis to gather whole rows
+# (`idx[..., None].expand(..., d)`): integer inputs have such views as leaves of their own.
+def _labels_slice_shape(shapes, a):
+    s = tuple(shapes[0])
+    ax, start, stop, step = a["axis"], a["start"], a["stop"], a["step"]
+    if not s or not -len(s) <= ax < len(s) or not 0 <= start < stop <= s[ax] or step < 1:
+        raise shape_error("labels_slice", f"[{start}:{stop}:{step}] of axis {ax} is no non-empty range", shapes)
+    ax %= len(s)
+    return s[:ax] + (len(range(start, stop, step)),) + s[ax + 1:]
+
+
+register(Op(
+    name="labels_slice", arity=(1, 1), shape=_labels_slice_shape,
+    attrs={"axis": REQUIRED, "start": 0, "stop": REQUIRED, "step": 1},
+    differentiable=False, dtype="int64", int_inputs=(0,),
+    forward=lambda xp, ins, a: ins[0][(slice(None),) * (a["axis"] % ins[0].ndim) + (slice(a["start"], a["stop"], a["step"]),)],
+    vjp=lambda xp, i, g, c: xp.zeros(tuple(c.in_shapes[0]), dtype=g.dtype),
+    jvp=lambda xp, t, c: xp.zeros(tuple(c.out_shape), dtype=xp.int64),
+    needs=lambda i: (), flops=lambda s, o, a: 0, vjp_flops=lambda i, s, o, a: 0,
+    workspace=lambda which, s, o, a, itemsize: 0,  # a view, copied once to be the output
+    example={"shapes": [(3, 7, 2)], "attrs": {"axis": 1, "start": 1, "stop": 7, "step": 2}},
+))
+
+
+def _labels_expand_shape(shapes, a):
+    """torch.expand's sizes: -1 keeps the input's."""
+    s, shape = tuple(shapes[0]), tuple(a["shape"])
+    if len(shape) != len(s):
+        raise shape_error("labels_expand", f"the input does not broadcast to {shape}", shapes)
+    shape = tuple(n if d == -1 else d for d, n in zip(shape, s))
+    if any(d != n and n != 1 for d, n in zip(shape, s)) or min(shape, default=1) < 1:
+        raise shape_error("labels_expand", f"the input does not broadcast to {shape}", shapes)
+    return shape
+
+
+register(Op(
+    name="labels_expand", arity=(1, 1), shape=_labels_expand_shape, attrs={"shape": REQUIRED},
+    differentiable=False, dtype="int64", int_inputs=(0,),
+    forward=lambda xp, ins, a: xp.broadcast_to(ins[0], _labels_expand_shape([ins[0].shape], a)),
+    vjp=lambda xp, i, g, c: xp.zeros(tuple(c.in_shapes[0]), dtype=g.dtype),
+    jvp=lambda xp, t, c: xp.zeros(tuple(c.out_shape), dtype=xp.int64),
+    needs=lambda i: (), flops=lambda s, o, a: 0, vjp_flops=lambda i, s, o, a: 0,
+    workspace=lambda which, s, o, a, itemsize: 0,  # a view, copied once to be the output
+    example={"shapes": [(1, 2)], "attrs": {"shape": [4, -1]}},
+))
