@@ -263,6 +263,37 @@ def test_bert_padding_mask_is_computed_in_the_forward(imported):
     _torch_matches(out, ckpt.run(m, ckpt.plan(m)), torch_models.bert)
 
 
+def test_boolean_attention_mask_from_the_ids_even_a_row_of_padding_only(tmp_path):
+    """scaled_dot_product_attention with attn_mask=(idx != 0)[:, None, None, :]: PyTorch's; a
+    sequence that is all padding attends to nothing, zeros in PyTorch's kernel (not softmax's NaN),
+    and its NaN-free gradients are PyTorch's too."""
+    path = _module_file(tmp_path, """
+        class M(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.qkv = nn.Linear(4, 12)
+
+            def forward(self, x, idx):
+                q, k, v = self.qkv(x).view(2, 5, 3, 4).permute(2, 0, 1, 3).unsqueeze(2).unbind(0)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=(idx != 0)[:, None, None, :])
+                return y.pow(2).sum()
+
+
+        def make():
+            torch.manual_seed(0)
+            return M().double()
+        """)
+    _, out = _import_and_compare(tmp_path, path, ["x=2x5x4", "idx=2x5:int64"])
+    z = dict(np.load(out[:-5] + ".npz"))
+    assert (z["idx"][0] == 0).any() and (z["idx"][0] != 0).any()
+    z["idx"][1] = 0
+    np.savez(out[:-5] + ".npz", **z)
+    m = ckpt.load(out)
+    ours = ckpt.run(m, ckpt.plan(m))
+    assert np.isfinite(ours.loss) and all(np.isfinite(g).all() for g in ours.grads.values())
+    _torch_matches(out, ours, _load_factory(path))
+
+
 def test_max_indices_read_as_values(tmp_path):
     """torch.max(x, dim).indices, once refused, is data: the first maximum's position."""
     res, out = do_import(tmp_path, "x", factory="max_indices", inputs=["x=2x2x7x7"])

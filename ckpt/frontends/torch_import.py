@@ -784,17 +784,28 @@ def _sdpa(r, node, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scal
     if is_causal:
         # -inf above the diagonal, as torch's math kernel; exp(-inf) is exactly 0 in both.
         s = r.emit("add", [s, r.const(np.triu(np.full((lq, lk), -np.inf), k=1))])
+    alive = None  # a boolean mask's rows that attend to some key (0 where it hides every key)
     if attn_mask is not None:
         fx_mask = node.kwargs.get("attn_mask", node.args[3] if len(node.args) > 3 else None)
         if str(fx_mask.meta["val"].dtype) == "torch.bool":  # True: attend; read here as 0/1 floats
+            keep = attn_mask
             if r.value(attn_mask) is None:  # from the inputs (a padding mask): 0 or -inf, in the forward
                 attn_mask = r.emit("where", [attn_mask, r.const(0.0), r.const(-np.inf)])
+                alive = r.emit("amax", [keep], {"axis": -1, "keepdims": True})
             else:
+                if not r.value(attn_mask).any(axis=-1).all():
+                    alive = r.const(r.value(attn_mask).any(axis=-1, keepdims=True).astype(float))
                 attn_mask = r.const(np.where(r.value(attn_mask) != 0, 0.0, -np.inf))
         elif r.info[attn_mask][1].startswith("int"):
             r.unsupported("an integer attention mask")
         s = r.emit("add", [s, attn_mask])
-    p = r.emit("softmax", [s], {"axis": -1})
+    if alive is not None:
+        # PyTorch's kernels give a row whose keys are all hidden zeros, not softmax's 0/0: its scores
+        # are made 0 (finite, so that no NaN reaches the gradients) and its weights 0
+        s = r.emit("where", [alive, s, r.const(0.0)])
+        p = r.emit("where", [alive, r.emit("softmax", [s], {"axis": -1}), r.const(0.0)])
+    else:
+        p = r.emit("softmax", [s], {"axis": -1})
     if dropout_p:
         p = r.emit("dropout", [p], {"p": float(dropout_p)})
     return r.emit("matmul", [p, v])
