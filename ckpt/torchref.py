@@ -60,6 +60,7 @@ TORCH = {
     "labels_slice": lambda x, a: x[0].narrow(a["axis"], a["start"], a["stop"] - a["start"])[
         (slice(None),) * (a["axis"] % x[0].ndim) + (slice(None, None, a["step"]),)],
     "labels_expand": lambda x, a: x[0].expand(*a["shape"]),
+    "float_labels": lambda x, a: torch.round(x[0]).long(),
     "scatter_add": lambda x, a: x[0].scatter_add(-1, x[1].long(), x[2]),
     "embedding": lambda x, a: F.embedding(x[1], x[0]),
     "gather": lambda x, a: torch.gather(x[0], -1, x[1].long()),

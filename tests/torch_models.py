@@ -1413,3 +1413,43 @@ def encoder_padding():
 
 REAL_INPUTS["encoder_padding"] = ["idx=2x8:int64", "attention_mask=2x8:int64", "labels=2x8:int64"]
 INPUTS.update(REAL_INPUTS)
+
+
+# ---- integers the model computes from integers -------------------------------------------------------
+class RobertaStyle(nn.Module):
+    """RoBERTa's embeddings (Hugging Face's create_position_ids_from_input_ids: the positions count
+    real tokens only, cumsum(mask) * mask + pad), token types from zeros_like, the labels masked
+    with -100 at the padding inside the model, a masked-LM loss with the default ignore_index, and
+    a sequence classifier reading each sequence's last real token (a count of real tokens, less 1,
+    expanded to gather the row)."""
+
+    def __init__(self, vocab=6, d=8, t=8, pad=1):
+        super().__init__()
+        self.pad = pad
+        self.tok = nn.Embedding(vocab, d, padding_idx=pad)
+        self.pos = nn.Embedding(t + pad + 1, d, padding_idx=pad)
+        self.typ = nn.Embedding(1, d)
+        self.ln = nn.LayerNorm(d)
+        self.layer = BertLayer(d, 2, "additive")
+        self.lm = nn.Linear(d, vocab)
+        self.cls = nn.Linear(d, 3)
+
+    def forward(self, idx, labels, y):
+        mask = idx.ne(self.pad).int()
+        positions = (torch.cumsum(mask, dim=1).type_as(mask) * mask).long() + self.pad
+        h = self.ln(self.tok(idx) + self.pos(positions) + self.typ(torch.zeros_like(idx)))
+        h = self.layer(h, mask.bool())
+        labels = labels.masked_fill(idx == self.pad, -100)
+        mlm = F.cross_entropy(self.lm(h).flatten(0, 1), labels.flatten())
+        last = mask.sum(1) - 1
+        pooled = h.gather(1, last[:, None, None].expand(-1, 1, h.size(-1))).squeeze(1)
+        return mlm + F.cross_entropy(self.cls(pooled), y)
+
+
+def roberta_style():
+    torch.manual_seed(0)
+    return RobertaStyle().double()
+
+
+REAL_INPUTS["roberta_style"] = ["idx=2x8:int64", "labels=2x8:int64", "y=2:int64"]
+INPUTS.update(REAL_INPUTS)

@@ -234,6 +234,8 @@ class _Recorder:
         self.high = {}  # int input -> exclusive upper bound of its values (rows, classes)
         self.float_of = {}  # integer value -> its label_float node
         self.distinct = set()  # (indices, axis): no index repeats along the axis (topk's, sort's)
+        self.whole = set()  # float values standing for PyTorch's integers (a count, position ids)
+        self.labels_of = {}  # such a value -> its float_labels node, where it indexes
         self.input_names = input_names
         self.cur = None
         self.values = {}  # fx name -> torch tensor of a constant (buffers, folded ops); see _Lazy
@@ -246,10 +248,11 @@ class _Recorder:
         from ..ops import REGISTRY
         inputs = [self.as_float(v) if k not in REGISTRY[op].int_inputs and self.info[v][1].startswith("int") else v
                   for k, v in enumerate(inputs)]
-        if any(k < len(inputs) and not self.info[inputs[k]][1].startswith("int") for k in REGISTRY[op].int_inputs):
-            # torch's integers made from masks (a count `mask.sum(1)`) are floats in ckpt: no index
-            self.unsupported("indices computed by the model from a mask or by arithmetic (ckpt indexes by "
-                             "integer inputs, constants, and topk's, sort's and argmax's indices)")
+        if any(not self.info[inputs[k]][1].startswith("int") for k in REGISTRY[op].int_inputs if k < len(inputs)):
+            bound = REGISTRY[op].labels_below([self.shape(v) for v in inputs])
+            ignore = (attrs or {}).get("ignore_index")
+            inputs = [self.as_labels(v, bound, ignore) if k in REGISTRY[op].int_inputs else v
+                      for k, v in enumerate(inputs)]
         # The fx node's own name for its first ckpt node; a decomposition's others add their op.
         base = name or (self.cur.name if self.cur is not None else op)
         if base in self.info:
@@ -269,18 +272,37 @@ class _Recorder:
                             if self.cur is not None else ""}
         return name
 
-    def as_float(self, x, check=True):
-        """Integers read as data where an op takes floats (a padding mask `idx != pad`, `idx.float()`):
-        one label_float node per integer value, computed in the forward, taking no gradient. Where
-        the traced op itself returns integers (`idx + 1` used as labels) ckpt has no such value."""
-        val = self.cur.meta.get("val") if self.cur is not None else None
-        if check and getattr(val, "dtype", None) is not None and not val.is_floating_point() \
-                and str(val.dtype) != "torch.bool":
-            self.unsupported("integers computed by the model from integers (ckpt's labels are inputs, "
-                             "their views, or indices from topk/argmax)")
+    def as_float(self, x):
+        """Integers read as data where an op takes floats (a padding mask `idx != pad`, `idx.float()`,
+        `idx + 1`): one label_float node per integer value, computed in the forward, taking no
+        gradient. What PyTorch computes from them in integers, ckpt computes in floats (whole)."""
         if x not in self.float_of:
             self.float_of[x] = self.emit("label_float", [x, self.const(0.0)], name=f"{x}_float")
         return self.float_of[x]
+
+    def as_labels(self, x, high, ignore=None):
+        """A float value where an op takes integer labels below `high`: one PyTorch computes in
+        integers (RoBERTa's position ids `cumsum(mask) * mask + pad`, labels masked with -100),
+        read back by float_labels, which checks the range as it runs."""
+        if x in self.info and self.info[x][1].startswith("int"):
+            return x
+        if x not in self.whole:
+            self.unsupported("indices computed by the model from floats other than by topk, sort or argmax")
+        key = (x, int(high), ignore)
+        if key not in self.labels_of:
+            attrs = {"high": int(high)} if ignore is None else {"high": int(high), "ignore_index": int(ignore)}
+            self.labels_of[key] = self.emit("float_labels", [x], attrs, name=f"{x}_labels")
+        return self.labels_of[key]
+
+    def mark_whole(self, node):
+        """A PyTorch integer result (not a boolean mask) that ckpt holds as floats."""
+        val, out = node.meta.get("val"), self.env.get(node.name)
+        if isinstance(out, str) and out in self.info and not self.info[out][1].startswith("int") \
+                and getattr(val, "dtype", None) is not None and not val.is_floating_point() \
+                and str(val.dtype) != "torch.bool":
+            if any(w in str(node.target) for w in ("bitwise", "logical", "div", "remainder", "floor", "shift")):
+                self.unsupported("integer arithmetic other than +, -, *, sums and comparisons")
+            self.whole.add(out)
 
     def const(self, value, dtype=None):
         """A scalar or small constant as an input leaf (grad: false) whose value lives in the npz."""
@@ -395,6 +417,7 @@ class _Recorder:
                     self.env[node.name] = self.fold(node)
                     if self.env[node.name] is None:
                         self.env[node.name] = self.call(node)
+                        self.mark_whole(node)
                 except UnsupportedOp:
                     raise
                 except Exception as e:  # noqa: BLE001 -- arguments ckpt did not foresee, a shape it refuses
@@ -631,11 +654,20 @@ for _aten, _rel in (("gt", "greater"), ("ge", "greater_equal"), ("lt", "less"), 
 
 @handles("aten.logical_not.default", "aten.bitwise_not.default")
 def _not(r, node, m):
+    _booleans(r, node)
     return r.emit("sub", [r.const(1.0), m])
+
+
+def _booleans(r, node):
+    """~ and & of masks are 1 - m and a * b; of integers they are bitwise, which ckpt does not do."""
+    if any(str(getattr(a, "meta", {}).get("val", torch_or_error().zeros(0, dtype=bool)).dtype) != "torch.bool"
+           for a in node.args if hasattr(a, "meta")):
+        r.unsupported("bitwise operations on integers")
 
 
 @handles("aten.logical_and.default", "aten.bitwise_and.Tensor")
 def _and(r, node, a, b):
+    _booleans(r, node)
     return r.emit("mul", [a, b])
 
 
@@ -835,8 +867,10 @@ def _embedding(r, node, w, idx, padding_idx=-1, scale_grad_by_freq=False, sparse
 def _gather_along(r, x, idx, dim):
     """x and integer positions idx of the same rank and the same sizes off `dim`, gathered along
     dim: ckpt's gather along the last axis, with dim moved there (and back)."""
+    idx = r.as_labels(idx, r.shape(x)[dim]) if idx in r.whole else idx
     if not r.info[idx][1].startswith("int"):
-        r.unsupported("indices computed by the model (ckpt gathers by integer inputs and constants)")
+        r.unsupported("indices computed by the model from floats (ckpt gathers by integers: inputs, "
+                      "constants, topk's, argmax's, and integer arithmetic on them)")
     nd = len(r.shape(x))
     src = r.source(idx)
     r.high[src] = min(r.high.get(src, 1 << 62), r.shape(x)[dim])
@@ -956,15 +990,25 @@ def _class_rows(r, logits, target):
     """Logits (N, C, d1, ...) and labels (N, d1, ...) as ckpt's (rows, C) and (rows,): the class
     axis moved last (torch's layout for images and sequences)."""
     shape = r.shape(logits)
-    if r.info[target][1] not in ("int64", "int32") or len(r.shape(target)) != len(shape) - 1:
+    if r.info[target][1] not in ("int64", "int32") and target not in r.whole \
+            or len(r.shape(target)) != len(shape) - 1:
         r.unsupported("a loss against class probabilities (ckpt's take integer class indices)")
     if len(shape) > 2:
         logits = r.emit("transpose", [logits], {"axes": [0] + list(range(2, len(shape))) + [1]})
         logits = r.emit("reshape", [logits], {"shape": [-1, shape[1]]})
-        target = r.int_rearranged(target, (size_of(r.shape(target)),))
+        target = _labels_reshaped(r, target, (size_of(r.shape(target)),))
     src = r.source(target)
     r.high[src] = min(r.high.get(src, 1 << 62), shape[1])
     return logits, target
+
+
+def _labels_reshaped(r, x, shape):
+    """Labels reshaped: integers as their views, whole floats (labels the model computed) as floats."""
+    if x not in r.whole:
+        return r.int_rearranged(x, tuple(shape))
+    y = _reshape_to(r, x, list(shape))
+    r.whole.add(y)
+    return y
 
 
 def size_of(shape):
@@ -1013,7 +1057,7 @@ def _cross_entropy(r, node, logits, target, weight=None, reduction=1, ignore_ind
         if weight is None:
             total = r.emit("sum", [keep], {"axis": None, "keepdims": False})
         else:  # the kept rows' weights: each row's one-hot (none for an ignored row) times the weights
-            onehot = _compare("eq")(r, node, r.int_rearranged(target, (rows, 1)),
+            onehot = _compare("eq")(r, node, _labels_reshaped(r, target, (rows, 1)),
                                     r.const(np.arange(classes, dtype=float)))
             total = r.emit("sum", [r.emit("mul", [onehot, weight])], {"axis": None, "keepdims": False})
         smooth = r.emit("div", [smooth, total])
@@ -1482,9 +1526,11 @@ handles("aten.full_like.default")(_filled(1))
 def _to(r, node, x, *rest, **kw):
     if not node.meta["val"].is_floating_point():
         src = getattr(node.args[0], "meta", {}).get("val")
-        if str(getattr(src, "dtype", "")) == "torch.bool" and not r.info[x][1].startswith("int"):
-            return x  # a mask's 0/1 as integers (`mask.long()`): ckpt's mask is 0/1 already, as data
-        r.unsupported("a cast to a non-float dtype")
+        if r.info[x][1].startswith("int") or str(getattr(src, "dtype", "")) == "torch.bool" or x in r.whole:
+            # integers as another integer dtype; a mask's 0/1 (`mask.long()`) or whole floats as
+            # integers: the same values (whole floats read back as labels where they index)
+            return x
+        r.unsupported("a cast of floats to integers (other than of a mask or of integers ckpt holds as floats)")
     if r.info[x][1].startswith("int"):
         return r.as_float(x)
     return x  # one float dtype per ckpt model: a cast between float dtypes is the model's dtype
@@ -1961,8 +2007,6 @@ def _along(r, x, dim, matrix):
 
 @handles("aten.cumsum.default")
 def _cumsum(r, node, x, dim, dtype=None):
-    if r.info[x][1].startswith("int"):
-        r.unsupported("a cumulative sum of integers")
     n = r.shape(x)[int(dim)]
     return _along(r, x, dim, np.triu(np.ones((n, n))))  # y_j = sum over i <= j of x_i
 
@@ -1980,6 +2024,7 @@ def _flip(r, node, x, dims):
 @handles("aten.index.Tensor")
 def _index(r, node, x, indices):
     """x[idx] with one integer index tensor on the first axis: rows gathered, as an embedding."""
+    indices = [r.as_labels(i, r.shape(x)[0]) if k == 0 and i in r.whole else i for k, i in enumerate(indices)]
     if len(indices) != 1 or indices[0] is None or not _is_tensor(r, indices[0]) \
             or not r.info[indices[0]][1].startswith("int") or len(r.shape(x)) < 2 or r.info[x][1].startswith("int"):
         r.unsupported("indexing other than rows of a float tensor by one integer tensor (x[idx])")
@@ -2034,7 +2079,7 @@ def _one_hot(r, node, idx, num_classes=-1):
     """F.one_hot: each index compared with 0..C-1, as floats (1 at the index): a mask like any
     other, computed in the forward."""
     classes = _out_shape(node)[-1]
-    f = r.as_float(idx, check=False)
+    f = r.as_float(idx) if r.info[idx][1].startswith("int") else idx
     f = r.emit("reshape", [f], {"shape": list(r.shape(f)) + [1]})
     return _compare("eq")(r, node, f, r.const(np.arange(classes, dtype=float)))
 
@@ -2046,6 +2091,7 @@ def _scatter_last(r, base, dim, index, src):
     if len(r.shape(index)) != nd or r.shape(index) != r.shape(src) or \
             any(r.shape(index)[d] != r.shape(base)[d] for d in range(nd) if d != dim):
         r.unsupported("scatter with an index of other than src's shape, or shorter than the tensor off dim")
+    index = r.as_labels(index, r.shape(base)[dim]) if index in r.whole else index
     if not r.info[index][1].startswith("int"):
         r.unsupported("scatter by float indices")
     perm = [d for d in range(nd) if d != dim] + [dim]

@@ -73,7 +73,8 @@ ATTR_KINDS = {
 }
 ATTR_KINDS_BY_OP = {("concat", "axis"): "axis", ("softmax", "axis"): "axis", ("log_softmax", "axis"): "axis",
                     ("slice", "axis"): "axis", ("labels_view", "axes"): "permutation", ("topk_indices", "k"): "count",
-                    ("topk_indices", "largest"): "bool", ("labels_slice", "axis"): "axis"}
+                    ("topk_indices", "largest"): "bool", ("labels_slice", "axis"): "axis",
+                    ("float_labels", "high"): "count"}
 KIND_TEXT = {
     "number": "a finite number", "positive": "a finite number > 0", "probability": "a number in [0, 1)",
     "bool": "true or false", "count": "an integer >= 1", "index": "an integer >= 0", "integer": "an integer",
@@ -775,6 +776,8 @@ OP_SUMMARY = {
     "labels_view": "integer labels an op computed, axes permuted, then reshaped",
     "labels_slice": "integer labels an op computed, x[start:stop:step] along an axis",
     "labels_expand": "integer labels an op computed, broadcast to a shape (axes of size 1 repeated)",
+    "float_labels": "floats holding whole numbers (positions, counts) read as integer labels, each checked "
+                    "to lie below `high` (`ignore_index` aside); no gradient",
     "scatter_add": "base (..., n) plus src (..., k) added at integer positions idx (..., k) along the last axis",
 }
 

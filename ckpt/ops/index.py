@@ -2,6 +2,7 @@
 block per op."""
 
 from . import REQUIRED, Op, register, shape_error, size
+from ..errors import ConfigError
 
 
 # ---- embedding: out[..., :] = W[idx[...], :] -----------------------------------------------------
@@ -287,4 +288,41 @@ register(Op(
     needs=lambda i: (), flops=lambda s, o, a: 0, vjp_flops=lambda i, s, o, a: 0,
     workspace=lambda which, s, o, a, itemsize: 0,  # a view, copied once to be the output
     example={"shapes": [(1, 2)], "attrs": {"shape": [4, -1]}},
+))
+
+
+# ---- float_labels: whole numbers the model computed as floats, read as integer labels -------------
+# What PyTorch computes in integers from integers, ckpt computes in the model's floats (exact for
+# magnitudes up to 2^24 in float32, 2^53 in float64): RoBERTa's position ids, cumsum(mask) * mask +
+# pad; labels masked with -100; a count of real tokens. Where such a value indexes (an embedding, a
+# gather, a loss's labels), this op reads it back as int64 labels, each below `high` (what the
+# reader indexes; `ignore_index` aside): computed labels are checked as they are made, as inputs
+# are before the step (one outside would index from the end, or past it, silently). No gradient.
+def _float_labels(xp, ins, a):
+    out = xp.rint(ins[0]).astype(xp.int64)
+    if out.size and (int(out.min()) < 0 or int(out.max()) >= a["high"]):
+        rest = out[out != a["ignore_index"]] if a["ignore_index"] is not None else out
+        if rest.size and (int(rest.min()) < 0 or int(rest.max()) >= a["high"]):
+            bad = int(rest.min()) if int(rest.min()) < 0 else int(rest.max())
+            raise ConfigError(f"the model computed label {bad}, outside 0..{a['high'] - 1}, the range its reader "
+                              f"indexes")
+    return out
+
+
+def _float_labels_workspace(which, s, o, a, itemsize):
+    """The rounded floats, before their integer copy; with ignore_index, where a label lies outside
+    the range, the mask of the others (a byte each) and their copy (int64)."""
+    n = size(o)
+    return max(n * itemsize, 9 * n if a["ignore_index"] is not None else 0) if which == "forward" else 0
+
+
+register(Op(
+    name="float_labels", arity=(1, 1), shape=lambda shapes, a: tuple(shapes[0]),
+    attrs={"high": REQUIRED, "ignore_index": None}, differentiable=False, dtype="int64",
+    forward=_float_labels,
+    vjp=lambda xp, i, g, c: xp.zeros(tuple(c.in_shapes[0]), dtype=g.dtype),
+    jvp=lambda xp, t, c: xp.zeros(tuple(c.out_shape), dtype=xp.int64),
+    needs=lambda i: (), flops=lambda s, o, a: 3 * size(o), vjp_flops=lambda i, s, o, a: 0,
+    workspace=_float_labels_workspace,
+    example={"shapes": [(3, 4)], "attrs": {"high": 1000}, "positive": True},
 ))
