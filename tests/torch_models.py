@@ -1453,3 +1453,43 @@ def roberta_style():
 
 REAL_INPUTS["roberta_style"] = ["idx=2x8:int64", "labels=2x8:int64", "y=2:int64"]
 INPUTS.update(REAL_INPUTS)
+
+
+class PerElementLosses(nn.Module):
+    """Losses with reduction='none', reduced by the model: a focal loss (Lin et al. 2017) from the
+    per-sample cross entropy; a sequence loss averaged over real tokens only (the per-token loss
+    times the padding mask, over the mask's sum), with class weights and label smoothing; per-pixel
+    NLL ignoring a label; per-sample weighted BCE, mse, L1 and smooth L1."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 5)
+        self.register_buffer("w", torch.tensor([1.0, 2.0, 0.5, 1.5, 1.0]))
+        self.seg = nn.Conv2d(2, 5, 1)
+
+    def forward(self, x, y, seq, tokens, img, pixels):
+        logits = self.fc(x)
+        ce = F.cross_entropy(logits, y, reduction="none")
+        focal = (0.25 * (1 - torch.exp(-ce)) ** 2 * ce).mean()
+        tok_logits = self.fc(seq)  # (B, T, 5)
+        mask = (tokens != 0).to(seq.dtype)
+        per_tok = F.cross_entropy(tok_logits.transpose(1, 2), tokens, weight=self.w, reduction="none",
+                                  label_smoothing=0.1, ignore_index=0)
+        seq_loss = (per_tok * mask).sum() / mask.sum()
+        pix = F.nll_loss(F.log_softmax(self.seg(img), 1), pixels, reduction="none", ignore_index=2)
+        t = torch.sigmoid(x[:, :5])
+        bce = F.binary_cross_entropy_with_logits(logits, t, reduction="none").mean(1)
+        rows = torch.linspace(0.5, 1.5, x.size(0), dtype=x.dtype)
+        other = (F.mse_loss(logits, t, reduction="none") + F.l1_loss(logits, t, reduction="none")
+                 + F.smooth_l1_loss(logits, t, reduction="none")).sum(1)
+        return focal + seq_loss + pix.pow(2).mean() + (bce * rows).sum() + (other * rows).mean()
+
+
+def per_element_losses():
+    torch.manual_seed(0)
+    return PerElementLosses().double()
+
+
+REAL_INPUTS["per_element_losses"] = ["x=4x6", "y=4:int64", "seq=2x5x6", "tokens=2x5:int64", "img=2x2x3x3",
+                                     "pixels=2x3x3:int64"]
+INPUTS.update(REAL_INPUTS)

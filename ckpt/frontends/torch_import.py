@@ -1015,23 +1015,34 @@ def size_of(shape):
     return int(np.prod(shape, dtype=np.int64)) if shape else 1
 
 
-def _reduced(r, loss, reduction, rows, what):
-    """mean (1) as ckpt's losses compute it, sum (2) as rows times the mean; none (0) is not a loss."""
-    if reduction == 1:
-        return loss
-    if reduction == 2:
-        return r.emit("scale", [loss], {"factor": float(rows)})
-    r.unsupported(f"{what} with reduction='none' (return a scalar: its mean or sum)")
+def _reduced(r, per, reduction):
+    """An elementwise loss reduced as PyTorch's `reduction`: none (0) the tensor, mean (1), sum (2)."""
+    if reduction == 0:
+        return per
+    return r.emit("mean" if reduction == 1 else "sum", [per], {"axis": None, "keepdims": False})
 
 
-def _nll_loss(r, logp, target, weight, reduction, ignore_index, what):
-    """PyTorch's nll_loss of rows (rows, C) in one nll node: class weights (a constant, or a value
-    passed through stop_gradient: PyTorch gives them no gradient), the rows labelled ignore_index
-    skipped (the default -100, or a padding id), their weighted mean or sum."""
-    if reduction not in (1, 2):
-        r.unsupported(f"{what} with reduction='none' (return a scalar: its mean or sum)")
-    return r.emit("nll", [logp, target] + ([_class_weight(r, weight)] if weight is not None else []),
-                  {"ignore_index": int(ignore_index), "average": reduction == 1})
+def _nll_loss(r, logp, target, weight, reduction, ignore_index, node, shape):
+    """PyTorch's nll_loss of rows (rows, C): class weights (a constant, or a value passed through
+    stop_gradient: PyTorch gives them no gradient), the rows labelled ignore_index skipped (the
+    default -100, or a padding id). Their weighted mean or sum is one nll node; reduction='none'
+    is each row's -w[t] logp[t] (0 where ignored), in the labels' `shape` (a focal loss, a loss
+    masked by padding)."""
+    if reduction in (1, 2):
+        return r.emit("nll", [logp, target] + ([weight] if weight is not None else []),
+                      {"ignore_index": int(ignore_index), "average": reduction == 1})
+    rows, classes = r.shape(logp)
+    keep = _compare("ne")(r, node, target, float(ignore_index))
+    tf = r.as_float(target) if r.info[target][1].startswith("int") else target
+    safe = r.emit("where", [keep, tf, r.const(0.0)])  # an ignored row reads class 0, then counts 0
+    r.whole.add(safe)
+    col = _labels_reshaped(r, safe, (rows, 1))
+    per = r.emit("reshape", [_gather_along(r, logp, col, 1)], {"shape": [rows]})
+    if weight is not None:
+        per = r.emit("mul", [per, r.emit("reshape", [r.emit("embedding", [r.emit("reshape", [weight], {
+            "shape": [classes, 1]}), safe]), ], {"shape": [rows]})])
+    per = r.emit("neg", [r.emit("mul", [per, keep])])
+    return per if tuple(shape) == (rows,) else r.emit("reshape", [per], {"shape": list(shape)})
 
 
 def _class_weight(r, weight):
@@ -1040,19 +1051,24 @@ def _class_weight(r, weight):
 
 @handles("aten.cross_entropy_loss.default")
 def _cross_entropy(r, node, logits, target, weight=None, reduction=1, ignore_index=-100, label_smoothing=0.0):
-    """log_softmax, then nll (class weights, ignore_index, mean or sum). Label smoothing, as
-    PyTorch adds it: eps / C times the sum over kept rows of -sum_c w_c logp[r, c], over the same
-    divisor as the nll's (the kept rows' weights, or the kept rows)."""
+    """log_softmax, then nll (class weights, ignore_index, mean, sum or none). Label smoothing, as
+    PyTorch adds it: eps / C times each kept row's -sum_c w_c logp[r, c], summed over the rows and
+    divided as the nll is (by the kept rows' weights, or the kept rows) for mean."""
+    shape = r.shape(target)
     logits, target = _class_rows(r, logits, target)
     weight = _class_weight(r, weight)
     logp = r.emit("log_softmax", [logits], {"axis": -1})
-    loss = _nll_loss(r, logp, target, weight, reduction, ignore_index, "cross entropy")
+    loss = _nll_loss(r, logp, target, weight, reduction, ignore_index, node, shape)
     if not label_smoothing:
         return loss
     eps, rows, classes = float(label_smoothing), *r.shape(logits)
     per = r.emit("sum", [r.emit("mul", [logp, weight]) if weight is not None else logp], {"axis": [-1], "keepdims": False})
     keep = _compare("ne")(r, node, target, float(ignore_index))
-    smooth = r.emit("neg", [r.emit("sum", [r.emit("mul", [per, keep])], {"axis": None, "keepdims": False})])
+    smooth = r.emit("neg", [r.emit("mul", [per, keep])])
+    if reduction == 0:
+        smooth = smooth if tuple(shape) == (rows,) else r.emit("reshape", [smooth], {"shape": list(shape)})
+    else:
+        smooth = r.emit("sum", [smooth], {"axis": None, "keepdims": False})
     if reduction == 1:
         if weight is None:
             total = r.emit("sum", [keep], {"axis": None, "keepdims": False})
@@ -1067,15 +1083,19 @@ def _cross_entropy(r, node, logits, target, weight=None, reduction=1, ignore_ind
 
 @handles("aten.nll_loss_nd.default", "aten.nll_loss.default", "aten.nll_loss2d.default")
 def _nll(r, node, logp, target, weight=None, reduction=1, ignore_index=-100):
+    shape = r.shape(target)
     logp, target = _class_rows(r, logp, target)
-    return _nll_loss(r, logp, target, weight, reduction, ignore_index, "nll loss")
+    return _nll_loss(r, logp, target, _class_weight(r, weight), reduction, ignore_index, node, shape)
 
 
 @handles("aten.mse_loss.default")
 def _mse(r, node, a, b, reduction=1):
     if r.shape(a) != r.shape(b):
         r.unsupported("mse of tensors of different shapes")
-    return _reduced(r, r.emit("mse", [a, b]), reduction, size_of(r.shape(a)), "mse")
+    if reduction == 1:
+        return r.emit("mse", [a, b])
+    d = r.emit("sub", [a, b])
+    return _reduced(r, r.emit("mul", [d, d]), reduction)
 
 
 @handles("aten.binary_cross_entropy_with_logits.default")
@@ -1091,8 +1111,7 @@ def _bce_logits(r, node, x, y, weight=None, pos_weight=None, reduction=1):
                              r.emit("mul", [lw, _softplus_of(r, r.emit("neg", [x]))])])
     if weight is not None:
         per = r.emit("mul", [per, weight])
-    return _reduced(r, r.emit("mean", [per], {"axis": None, "keepdims": False}), reduction,
-                    size_of(r.shape(per)), "binary cross entropy")
+    return _reduced(r, per, reduction)
 
 
 @handles("aten.binary_cross_entropy.default")
@@ -1103,8 +1122,9 @@ def _bce(r, node, p, y, weight=None, reduction=1):
                         r.emit("mul", [r.emit("sub", [one, y]), r.emit("log", [r.emit("sub", [one, p])])])])
     if weight is not None:
         ll = r.emit("mul", [ll, weight])
-    loss = r.emit("neg", [r.emit("mean", [ll], {"axis": None, "keepdims": False})])
-    return _reduced(r, loss, reduction, size_of(r.shape(ll)), "binary cross entropy")
+    if reduction == 0:
+        return r.emit("neg", [ll])
+    return r.emit("neg", [_reduced(r, ll, reduction)])
 
 
 @handles("aten.smooth_l1_loss.default", "aten.huber_loss.default")
@@ -1117,8 +1137,7 @@ def _smooth_l1(r, node, a, b, reduction=1, beta=1.0):
     lin = r.emit("sub", [ad if not huber else r.emit("scale", [ad], {"factor": float(beta)}),
                          r.const(0.5 * beta if not huber else 0.5 * beta * beta)])
     per = r.emit("where", [r.emit("less", [ad, r.const(float(beta))]), quad, lin])
-    return _reduced(r, r.emit("mean", [per], {"axis": None, "keepdims": False}), reduction,
-                    size_of(r.shape(per)), "smooth l1 loss")
+    return _reduced(r, per, reduction)
 
 
 @handles("aten.l1_loss.default")
@@ -1126,8 +1145,7 @@ def _l1(r, node, a, b, reduction=1):
     d = r.emit("sub", [a, b])
     # |d| = d * sign(d), with sign = 2 [d > 0] - 1 (a comparison: no gradient through it)
     sign = r.emit("sub", [r.emit("scale", [r.emit("greater", [d, r.const(0.0)])], {"factor": 2.0}), r.const(1.0)])
-    loss = r.emit("mean", [r.emit("mul", [d, sign])], {"axis": None, "keepdims": False})
-    return _reduced(r, loss, reduction, size_of(r.shape(a)), "l1 loss")
+    return _reduced(r, r.emit("mul", [d, sign]), reduction)
 
 
 def _pair(v):
