@@ -81,6 +81,8 @@ def _torch_matches(out, ours, make, tol=1e-9):
     ("nn.ConvTranspose2d(2, 2, 2, stride=3, padding=2)", "1x2x4x3"),  # phases no tap reaches; a cut input
     ("nn.ConvTranspose1d(2, 3, 4, stride=2, padding=1, output_padding=1)", "2x2x5"),
     ("nn.Conv2d(2, 3, (3, 2), stride=(2, 1), padding=1, dilation=(1, 2))", "1x2x7x6"),
+    ("nn.Sequential(nn.ReflectionPad2d((3, 1, 2, 0)), nn.Conv2d(2, 2, 3, padding=1, padding_mode='circular'), "
+     "nn.ReplicationPad2d(2), nn.Conv2d(2, 3, 3, padding=(2, 1), padding_mode='reflect'))", "1x2x4x5"),
 ])
 def test_transposed_and_strided_convolutions_match_pytorch(tmp_path, layer, x):
     path = _module_file(tmp_path, f"""
@@ -319,6 +321,33 @@ def test_integers_computed_from_integers_index_with_their_range_checked(imported
     assert "the model computed label -1, outside 0..7" in res.output, res.output
     with pytest.raises(Exception):
         torch_models.roberta_style()(*[torch.from_numpy(z[k]) for k in ("idx", "labels", "y")])
+
+
+def test_integer_mask_cast_to_bool_is_nonzero(tmp_path):
+    """`m.bool()` of integers is 1 where nonzero (a count of 2 is true once), then used as a mask
+    and as data; ~ of it is its complement."""
+    path = _module_file(tmp_path, """
+        class M(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(3, 3)
+
+            def forward(self, x, m):
+                keep = m.bool()
+                h = self.fc(x).masked_fill(~keep, 0.0)
+                return (h * keep.to(x.dtype)).pow(2).sum() + (m * h).sum()
+
+
+        def make():
+            torch.manual_seed(0)
+            return M().double()
+        """)
+    _, out = _import_and_compare(tmp_path, path, ["x=4x3", "m=4x3:int64"])
+    z = dict(np.load(out[:-5] + ".npz"))
+    z["m"] = np.array([[0, 2, 1], [3, 0, 0], [1, 1, 2], [0, 0, 5]])
+    np.savez(out[:-5] + ".npz", **z)
+    m = ckpt.load(out)
+    _torch_matches(out, ckpt.run(m, ckpt.plan(m)), _load_factory(path))
 
 
 def test_max_indices_read_as_values(tmp_path):

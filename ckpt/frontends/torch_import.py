@@ -1165,15 +1165,39 @@ def _pad_axis(r, x, axis, left, right, value=0.0):
     return r.emit("concat", parts[0] + [x] + parts[1], {"axis": axis})
 
 
+def _pad_from(r, x, axis, left, right, mode):
+    """x with entries of itself joined on either side of an axis: reflected about the edge
+    (ReflectionPad, CycleGAN's and pix2pix's generators), the edge repeated (ReplicationPad), or
+    the other end (circular): slices of one entry, or of the wrapped end, joined. The gradient
+    flows back through each slice, so an entry read twice takes both gradients, as in PyTorch."""
+    n = r.shape(x)[axis]
+    if mode == "reflect":
+        if max(left, right) >= n:
+            r.unsupported(f"reflect padding of {max(left, right)} on an axis of {n} (it must be less)")
+        lo, hi = list(range(left, 0, -1)), list(range(n - 2, n - 2 - right, -1))
+    elif mode == "replicate":
+        lo, hi = [0] * left, [n - 1] * right
+    else:  # circular
+        if max(left, right) > n:
+            r.unsupported(f"circular padding of {max(left, right)} on an axis of {n} (at most its size)")
+        lo, hi = list(range(n - left, n)), list(range(right))
+    parts = [_slice(r, x, axis, i, i + 1) for i in lo] + [x] + [_slice(r, x, axis, i, i + 1) for i in hi]
+    return x if len(parts) == 1 else r.emit("concat", parts, {"axis": axis})
+
+
 @handles("aten.constant_pad_nd.default", "aten.pad.default")
 def _constant_pad(r, node, x, pad, mode="constant", value=None):
-    if mode != "constant":
-        r.unsupported(f"{mode} padding (only constant padding)")
+    if mode not in ("constant", "reflect", "replicate", "circular"):
+        r.unsupported(f"{mode} padding")
     nd = len(r.shape(x))
     if any(int(v) < 0 for v in pad):
         r.unsupported("negative padding (cropping)")
     for k in range(len(pad) // 2):  # torch's order: the last axis first, (left, right) each
-        x = _pad_axis(r, x, nd - 1 - k, int(pad[2 * k]), int(pad[2 * k + 1]), value or 0.0)
+        left, right = int(pad[2 * k]), int(pad[2 * k + 1])
+        if mode == "constant":
+            x = _pad_axis(r, x, nd - 1 - k, left, right, value or 0.0)
+        else:
+            x = _pad_from(r, x, nd - 1 - k, left, right, mode)
     return x
 
 
@@ -1542,6 +1566,9 @@ handles("aten.full_like.default")(_filled(1))
 
 @handles("aten._to_copy.default", "aten.to.dtype", "aten.to.dtype_layout", "aten.type_as.default")
 def _to(r, node, x, *rest, **kw):
+    if str(node.meta["val"].dtype) == "torch.bool":  # x.bool(): nonzero is true, a 0/1 mask
+        src = getattr(node.args[0], "meta", {}).get("val")
+        return x if str(getattr(src, "dtype", "")) == "torch.bool" else _compare("ne")(r, node, x, 0.0)
     if not node.meta["val"].is_floating_point():
         src = getattr(node.args[0], "meta", {}).get("val")
         if r.info[x][1].startswith("int") or str(getattr(src, "dtype", "")) == "torch.bool" or x in r.whole:
