@@ -129,6 +129,27 @@ def test_transposed_convolution_flipping_the_kernel_is_wrong(tmp_path):
         ti._flip = flip
 
 
+def test_spectral_norm_in_eval_mode(tmp_path):
+    """SNGAN's spectral norm, evaluated: W / (u . W v) from its stored vectors (mv, dot); the
+    gradient reaches W through sigma too."""
+    path = _module_file(tmp_path, """
+        class M(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.c = nn.utils.parametrizations.spectral_norm(nn.Conv2d(2, 3, 4, 2, 1))
+                self.t = nn.ConvTranspose2d(3, 2, 4, 2, 1)
+
+            def forward(self, x):
+                return F.mse_loss(torch.tanh(self.t(F.leaky_relu(self.c(x), 0.2))), x)
+
+
+        def make():
+            torch.manual_seed(0)
+            return M().double().eval()
+        """)
+    _import_and_compare(tmp_path, path, ["x=2x2x8x8"])
+
+
 # ---- the ops, against PyTorch and central differences ----------------------------------------------
 def _nll_case(seed, weighted, ignore, average):
     rng = np.random.default_rng(seed)

@@ -608,6 +608,19 @@ def _matmul(r, node, a, b):
     return y if r.shape(y) == _out_shape(node) else r.emit("reshape", [y], {"shape": list(_out_shape(node))})
 
 
+@handles("aten.mv.default")
+def _mv(r, node, a, v):
+    """A matrix times a vector (spectral norm's W v): the vector as one column."""
+    col = r.emit("reshape", [v], {"shape": [r.shape(v)[0], 1]})
+    return r.emit("reshape", [r.emit("matmul", [a, col])], {"shape": [r.shape(a)[0]]})
+
+
+@handles("aten.dot.default", "aten.vdot.default")
+def _dot(r, node, a, b):
+    """The dot product of two vectors (spectral norm's u . W v)."""
+    return r.emit("sum", [r.emit("mul", [a, b])], {"axis": None, "keepdims": False})
+
+
 @handles("aten.addmm.default")
 def _addmm(r, node, bias, a, b, beta=1, alpha=1):
     if beta != 1 or alpha != 1:
