@@ -230,12 +230,13 @@ class _Recorder:
         self.ep, self.model, self.dtype = ep, model, dtype
         self.nodes, self.inputs, self.params, self.arrays = [], {}, {}, {}
         self.env, self.where, self.transposed, self.consts = {}, {}, [], 0
-        self.const_cache, self.int_views = {}, {}
+        self.const_cache = {}
         self.high = {}  # int input -> exclusive upper bound of its values (rows, classes)
         self.float_of = {}  # integer value -> its label_float node
         self.distinct = set()  # (indices, axis): no index repeats along the axis (topk's, sort's)
         self.whole = set()  # float values standing for PyTorch's integers (a count, position ids)
         self.labels_of = {}  # such a value -> its float_labels node, where it indexes
+        self.label_src = {}  # a labels_view/slice/expand node -> the integers it rearranges
         self.input_names = input_names
         self.cur = None
         self.values = {}  # fx name -> torch tensor of a constant (buffers, folded ops); see _Lazy
@@ -319,45 +320,51 @@ class _Recorder:
         return name
 
     def int_view(self, x, shape, how=None, tag=""):
-        """Integer labels reshaped (or sliced: `how` maps the source's array to the view's): ckpt's
-        ops take floats, so the view is an input leaf of its own whose values are the source's,
-        transformed (filled in once the source's values are drawn)."""
-        if x not in self.inputs:  # indices an op computed: only permuted and reshaped (int_rearranged)
-            self.unsupported("this view of indices computed by the model (topk's, argmax's: slices, "
-                             "permutes, reshapes and expands import)")
+        """A view of a constant's integers (reshaped, or sliced: `how` maps its array to the
+        view's): a constant of its own."""
+        if not self.constant(x):  # inputs and computed indices: views are ops (int_rearranged, ...)
+            self.unsupported("this view of integers (slices, permutes, reshapes and expands import)")
         name = f"{x}_{tag}{'x'.join(map(str, shape))}"
         if name not in self.info:
             self.inputs[name] = {"shape": list(shape), "dtype": self.info[x][1]}
             self.info[name] = (tuple(shape), self.info[x][1])
             how = how or (lambda a, _s=tuple(shape): a.reshape(_s))
-            if x in self.arrays and x not in self.input_names:  # of a constant (a buffer): a constant
-                self.arrays[name] = np.ascontiguousarray(how(self.arrays[x]))
-            else:
-                self.int_views[name] = (x, how)
+            self.arrays[name] = np.ascontiguousarray(how(self.arrays[x]))
         return name
 
+    def constant(self, x):
+        """Whether x is a constant leaf (a buffer, a folded value): its views are constants too."""
+        return x in self.inputs and x not in self.input_names
+
+    def label_op(self, op, x, attrs):
+        """A view of integers that an op computes in the forward (of an input, or of indices the
+        model computed): changing the input changes it; its labels are checked as the input's."""
+        y = self.emit(op, [x], attrs)
+        self.label_src[y] = self.source(x)
+        return y
+
     def int_rearranged(self, x, shape, perm=None, tag=""):
-        """Integers with axes permuted (perm), then reshaped: a view leaf of an integer input or a
-        constant (its values are known once the input's are drawn), a labels_view node of indices
-        that an op computes."""
+        """Integers with axes permuted (perm), then reshaped: a constant of a constant, else a
+        labels_view node."""
         nd = len(self.shape(x))
-        if x in self.inputs:
+        if self.constant(x):
             how = (lambda a, _p=tuple(perm), _s=tuple(shape): a.transpose(_p).reshape(_s)) if perm else None
             return self.int_view(x, shape, how, tag=tag)
-        return self.emit("labels_view", [x], {"axes": list(perm or range(nd)), "shape": list(shape)})
+        return self.label_op("labels_view", x, {"axes": list(perm or range(nd)), "shape": list(shape)})
 
     def int_broadcast(self, x, shape):
-        """Integers broadcast to `shape` (axes of size 1 repeated): a view leaf, or labels_expand."""
+        """Integers broadcast to `shape` (axes of size 1 repeated): a constant, or labels_expand."""
         shape = tuple(shape)
         if shape == self.shape(x):
             return x
-        if x in self.inputs:
+        if self.constant(x):
             return self.int_view(x, shape, lambda a, _s=shape: np.broadcast_to(a, _s), tag="b")
-        return self.emit("labels_expand", [x], {"shape": list(shape)})
+        return self.label_op("labels_expand", x, {"shape": list(shape)})
 
     def source(self, x):
-        while x in self.int_views:
-            x = self.int_views[x][0]
+        """The input whose values a view of integers holds (for the range its readers index)."""
+        while x in self.label_src:
+            x = self.label_src[x]
         return x
 
     def run(self):
@@ -455,7 +462,7 @@ class _Recorder:
         self.nodes = [n for n in self.nodes if n["name"] in live]
         for k in [k for k in self.where if k not in live]:
             del self.where[k]
-        for k in [k for k in self.inputs if k not in live and k not in self.input_names and k not in self.int_views]:
+        for k in [k for k in self.inputs if k not in live and k not in self.input_names]:
             del self.inputs[k]
             self.arrays.pop(k, None)
 
@@ -1677,8 +1684,8 @@ def _slice(r, x, dim, start, stop, step=1):
     sp = st + (n - 1) * stp + 1
     if r.info[x][1].startswith("int"):
         index = (slice(None),) * dim + (slice(st, sp, stp),)
-        if x not in r.inputs:  # indices an op computed (topk's first choice)
-            return r.emit("labels_slice", [x], {"axis": dim, "start": st, "stop": sp, "step": stp})
+        if not r.constant(x):  # of an input, or of indices an op computed (topk's first choice)
+            return r.label_op("labels_slice", x, {"axis": dim, "start": st, "stop": sp, "step": stp})
         return r.int_view(x, shape[:dim] + (n,) + shape[dim + 1:], lambda a, _i=index: a[_i], tag=f"s{dim}_{st}_{stp}_")
     return r.emit("slice", [x], {"axis": dim, "start": st, "stop": sp, "step": stp})
 
@@ -1690,7 +1697,7 @@ def _select(r, x, dim, index):
     part = _slice(r, x, dim, index, index + 1)
     out = shape[:dim] + shape[dim + 1:]
     if r.info[x][1].startswith("int"):
-        if x not in r.inputs:
+        if not r.constant(x):
             return r.int_rearranged(part, out)
         return r.int_view(x, out, lambda a, _d=dim, _i=index: np.take(a, _i, axis=_d), tag=f"i{dim}_{index}_")
     return r.emit("reshape", [part], {"shape": list(out)})
@@ -2453,8 +2460,6 @@ def _fill_inputs(rec, arg_names, args, seed):
             info["high"] = int(high)
         else:
             rec.arrays[name] = rng.standard_normal(info["shape"]).astype(rec.dtype)
-    for name, (src, how) in rec.int_views.items():  # in the order made: a view's source is filled first
-        rec.arrays[name] = np.ascontiguousarray(how(rec.arrays[src]))
 
 
 def _flow(d):
