@@ -181,8 +181,10 @@ def test_nll_matches_pytorch_and_its_vjp_is_exact(weighted, ignore, average):
     if weighted:  # the weights' derivative (PyTorch gives none): central differences
         t = np.random.default_rng(1).standard_normal(5)
         h = 1e-6
-        num = (op.forward(np, ins[:2] + [ins[2] + h * t], attrs) - op.forward(np, ins[:2] + [ins[2] - h * t], attrs)) / (2 * h)
-        ctx2 = Ctx([a if k in set(op.needs(2)) else None for k, a in enumerate(ins)], None, [a.shape for a in ins], (), attrs)
+        num = (op.forward(np, ins[:2] + [ins[2] + h * t], attrs)
+               - op.forward(np, ins[:2] + [ins[2] - h * t], attrs)) / (2 * h)
+        ctx2 = Ctx([a if k in set(op.needs(2)) else None for k, a in enumerate(ins)], None, [a.shape for a in ins],
+                   (), attrs)
         assert abs(np.sum(op.vjp(np, 2, np.float64(1.0), ctx2) * t) - num) <= 1e-7 * max(1.0, abs(num))
 
 

@@ -1297,8 +1297,9 @@ class MoELayer(nn.Module):
     token, weighted by sparse gates): the router's top-k logits, softmax over the kept ones, the
     gates scattered back to their experts (zeros elsewhere) and the experts' outputs combined, or
     the chosen experts' outputs gathered by the top-k indices; Switch's load-balancing loss from
-    the top-1 choice (argmax, or topk's first: one_hot) and the mean router probability; each token's routing weight of its chosen experts gathered from the
-    probabilities; the expert load summed by scatter_add."""
+    the top-1 choice (argmax, or topk's first: one_hot) and the mean router probability; each
+    token's routing weight of its chosen experts gathered from the probabilities; the expert load
+    summed by scatter_add."""
 
     def __init__(self, d=8, experts=4, k=2, hidden=12, combine="scatter"):
         super().__init__()

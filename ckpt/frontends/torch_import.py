@@ -1082,7 +1082,8 @@ def _cross_entropy(r, node, logits, target, weight=None, reduction=1, ignore_ind
     if not label_smoothing:
         return loss
     eps, rows, classes = float(label_smoothing), *r.shape(logits)
-    per = r.emit("sum", [r.emit("mul", [logp, weight]) if weight is not None else logp], {"axis": [-1], "keepdims": False})
+    weighted = r.emit("mul", [logp, weight]) if weight is not None else logp
+    per = r.emit("sum", [weighted], {"axis": [-1], "keepdims": False})
     keep = _compare("ne")(r, node, target, float(ignore_index))
     smooth = r.emit("neg", [r.emit("mul", [per, keep])])
     if reduction == 0:

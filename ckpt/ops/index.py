@@ -259,7 +259,8 @@ register(Op(
     name="labels_slice", arity=(1, 1), shape=_labels_slice_shape,
     attrs={"axis": REQUIRED, "start": 0, "stop": REQUIRED, "step": 1},
     differentiable=False, dtype="int64", int_inputs=(0,),
-    forward=lambda xp, ins, a: ins[0][(slice(None),) * (a["axis"] % ins[0].ndim) + (slice(a["start"], a["stop"], a["step"]),)],
+    forward=lambda xp, ins, a: ins[0][(slice(None),) * (a["axis"] % ins[0].ndim)
+                                      + (slice(a["start"], a["stop"], a["step"]),)],
     vjp=lambda xp, i, g, c: xp.zeros(tuple(c.in_shapes[0]), dtype=g.dtype),
     jvp=lambda xp, t, c: xp.zeros(tuple(c.out_shape), dtype=xp.int64),
     needs=lambda i: (), flops=lambda s, o, a: 0, vjp_flops=lambda i, s, o, a: 0,
