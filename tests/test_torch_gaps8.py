@@ -150,6 +150,31 @@ def test_spectral_norm_in_eval_mode(tmp_path):
     _import_and_compare(tmp_path, path, ["x=2x2x8x8"])
 
 
+def test_no_grad_block_in_forward_is_one_line(tmp_path):
+    """Spectral norm in training mode runs its power iteration under no_grad inside forward: a
+    traced sub-graph ckpt does not run; refused in one line naming its module and source line."""
+    from click.testing import CliRunner
+
+    from ckpt.cli import cli
+    path = _module_file(tmp_path, """
+        class M(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.c = nn.utils.parametrizations.spectral_norm(nn.Conv2d(2, 3, 3))
+
+            def forward(self, x):
+                return self.c(x).pow(2).mean()
+
+
+        def make():
+            return M().double()
+        """)
+    res = CliRunner().invoke(cli, ["import", f"{path}:make", "-o", str(tmp_path / "m.yaml"), "--input", "x=1x2x5x5"])
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and "Traceback" not in res.output, res.output
+    assert "wrap_with_set_grad_enabled in c.parametrizations.weight.0" in res.output and "m.py:" in res.output
+    assert "torch.no_grad()" in res.output
+
+
 # ---- the ops, against PyTorch and central differences ----------------------------------------------
 def _nll_case(seed, weighted, ignore, average):
     rng = np.random.default_rng(seed)

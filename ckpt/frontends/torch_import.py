@@ -443,6 +443,8 @@ class _Recorder:
                                       f"differentiate; it returns {len(outs)} value(s), {len(scalars)} of them "
                                       f"float scalars")
                 self.output = scalars[0]
+            elif node.op == "get_attr":  # a traced sub-graph (a no_grad block's): named by its caller
+                self.env[node.name] = None
             else:
                 raise UnsupportedOp(f"unsupported graph node {node.op} {node.target} (node {node.name})")
         self.prune()
@@ -542,6 +544,12 @@ class _Recorder:
         node = self.cur
         where = _module_path(node) or "the top-level module"
         line = _source_line(node)
+        for a in node.args if not line else ():  # a traced sub-graph's call: the line of its first op
+            if getattr(a, "op", None) == "get_attr":
+                inner = getattr(self.ep.graph_module, a.target, None)
+                line = next((_source_line(n) for n in getattr(getattr(inner, "graph", None), "nodes", ())
+                             if _source_line(n)), "")
+                break
         raise UnsupportedOp(f"unsupported op {node.target} in {where} (node {node.name}"
                             + (f", {line}" if line else "") + ")" + (f": {why}" if why else "")
                             + "; `ckpt import ... -o graph.json` writes a cost graph that `ckpt plan` accepts")
@@ -553,6 +561,9 @@ class _Recorder:
             head, _, overload = key.rpartition(".")
             key = f"{head[:-1]}.{overload}" if head.endswith("_") else key
         handler = HANDLERS.get(key)
+        if handler is None and "set_grad_enabled" in key:
+            self.unsupported("a torch.no_grad() or set_grad_enabled block inside forward (spectral norm's "
+                             "power iteration in training mode, say)")
         if handler is None:
             self.unsupported()
         args = [self.arg(a) if not isinstance(a, (list, tuple)) else [self.arg(x) for x in a] for a in node.args]
