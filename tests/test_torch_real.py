@@ -123,7 +123,6 @@ def test_unsupported_op_names_op_module_and_line(tmp_path, factory, inputs, need
     ("pool_padding", "pad should be at most half of effective kernel size"),
     ("pool_dilation_0", "dilation should be greater than zero"),
     ("conv_dilation_0", "conv2d with dilation (0, 0) (each must be at least 1)"),
-    ("max_indices", "a value ckpt does not hold"),
     ("unpool", "unsupported op aten.max_unpool2d.default"),
 ])
 def test_bad_pooling_and_dilation_are_one_line(tmp_path, factory, needle):

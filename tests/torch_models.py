@@ -158,6 +158,21 @@ def unsupported():
     return Unsupported().double()
 
 
+class StillUnsupported(nn.Module):
+    """torch.sort imports now; median does not."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return torch.median(self.fc(x), dim=0).values.sum()
+
+
+def still_unsupported():
+    return StillUnsupported().double()
+
+
 def gpt_meta():
     """Built on the meta device: shapes without values, as a model too large for this machine."""
     with torch.device("meta"):
@@ -1070,4 +1085,412 @@ def dqn():
 
 
 REAL_INPUTS["dqn"] = ["s=5x4", "a=5:int64", "r=5", "s2=5x4"]
+INPUTS.update(REAL_INPUTS)
+
+
+# ---- transposed convolutions in general, unequal strides ---------------------------------------
+class DCGANGenerator(nn.Module):
+    """DCGAN's generator (Radford et al. 2016, the PyTorch example): z (N, nz, 1, 1) up to an image
+    by ConvTranspose2d of kernel 4, stride 1 then stride 2 with padding 1, BatchNorm, ReLU, Tanh."""
+
+    def __init__(self, nz=4, ngf=4, nc=3):
+        super().__init__()
+        self.main = nn.Sequential(
+            nn.ConvTranspose2d(nz, ngf * 2, 4, 1, 0, bias=False), nn.BatchNorm2d(ngf * 2), nn.ReLU(True),
+            nn.ConvTranspose2d(ngf * 2, ngf, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf), nn.ReLU(True),
+            nn.ConvTranspose2d(ngf, nc, 4, 2, 1, bias=False), nn.Tanh())
+
+    def forward(self, z):
+        return self.main(z)
+
+
+class DCGANDiscriminator(nn.Module):
+    def __init__(self, nc=3, ndf=4):
+        super().__init__()
+        self.main = nn.Sequential(
+            nn.Conv2d(nc, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(ndf, ndf * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 2), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(ndf * 2, 1, 4, 1, 0, bias=False))
+
+    def forward(self, x):
+        return self.main(x).view(-1)
+
+
+class DCGAN(nn.Module):
+    """One step's losses of both players on a 16 x 16 image: the discriminator's on real and fake
+    images, the generator's on its fakes (non-saturating), as one scalar."""
+
+    def __init__(self):
+        super().__init__()
+        self.netG, self.netD = DCGANGenerator(), DCGANDiscriminator()
+
+    def forward(self, z, real):
+        fake = self.netG(z)
+        d_real, d_fake = self.netD(real), self.netD(fake)
+        ones, zeros = torch.ones_like(d_real), torch.zeros_like(d_fake)
+        return (F.binary_cross_entropy_with_logits(d_real, ones) + F.binary_cross_entropy_with_logits(d_fake, zeros)
+                + F.binary_cross_entropy_with_logits(d_fake, ones))
+
+
+def dcgan():
+    torch.manual_seed(0)
+    return DCGAN().double()
+
+
+class ConvTransposeZoo(nn.Module):
+    """Transposed convolutions of every geometry a decoder uses: output padding, dilation, groups,
+    unequal kernels and strides, padding past the kernel's reach (a crop); ConvTranspose1d (a
+    vocoder's up-sampler); Conv2d with unequal strides (2, 1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.up_op = nn.ConvTranspose2d(2, 4, 3, stride=2, padding=1, output_padding=1)
+        self.up_g = nn.ConvTranspose2d(4, 4, (3, 2), stride=(1, 2), groups=2, dilation=(2, 1), bias=False)
+        self.crop = nn.ConvTranspose2d(4, 2, 2, stride=3, padding=2)
+        self.down = nn.Conv2d(2, 3, 3, stride=(2, 1), padding=1)
+        self.up1d = nn.ConvTranspose1d(3, 2, 5, stride=3, padding=2, output_padding=1, dilation=2)
+
+    def forward(self, x, y):
+        h = torch.tanh(self.up_op(x))
+        h = torch.relu(self.up_g(h))
+        h = self.down(self.crop(h))
+        s = self.up1d(h.mean(2))
+        return F.mse_loss(s, y) + h.pow(2).mean()
+
+
+def conv_transpose_zoo():
+    torch.manual_seed(0)
+    return ConvTransposeZoo().double()
+
+
+REAL_INPUTS.update({"dcgan": ["z=2x4x1x1", "real=2x3x16x16"], "conv_transpose_zoo": ["x=2x2x3x4", "y=2x2x132"]})
+INPUTS.update(REAL_INPUTS)
+
+
+# ---- masks from integer inputs, ignore_index, class weights ---------------------------------------
+class BertAttention(nn.Module):
+    """Self-attention under a padding mask, in one of the three ways BERT code writes it:
+    masked_fill of the scores with -inf where the key is padding; a boolean attn_mask to
+    scaled_dot_product_attention (True: attend); Hugging Face's additive mask,
+    (1 - mask) * finfo.min."""
+
+    def __init__(self, d, heads, how):
+        super().__init__()
+        self.heads, self.how = heads, how
+        self.qkv, self.out = nn.Linear(d, 3 * d), nn.Linear(d, d)
+
+    def forward(self, x, keep):  # keep: (B, T) bool, True at real tokens
+        b, t, d = x.shape
+        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in self.qkv(x).split(d, dim=2))
+        if self.how == "sdpa":
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
+        else:
+            att = q @ k.transpose(-2, -1) / math.sqrt(d // self.heads)
+            if self.how == "masked_fill":
+                att = att.masked_fill(~keep[:, None, None, :], float("-inf"))
+            else:
+                att = att + (1.0 - keep[:, None, None, :].to(att.dtype)) * torch.finfo(att.dtype).min
+            y = att.softmax(-1) @ v
+        return self.out(y.transpose(1, 2).reshape(b, t, d))
+
+
+class BertLayer(nn.Module):
+    def __init__(self, d, heads, how):
+        super().__init__()
+        self.attn, self.ln1 = BertAttention(d, heads, how), nn.LayerNorm(d)
+        self.ff, self.ln2 = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d)), nn.LayerNorm(d)
+
+    def forward(self, x, keep):
+        x = self.ln1(x + self.attn(x, keep))
+        return self.ln2(x + self.ff(x))
+
+
+class Bert(nn.Module):
+    """A small BERT encoder for masked-language modelling: token, position and segment embeddings,
+    post-LN layers whose attention masks the padding tokens (idx == pad), an MLM head tied to the
+    token embedding, and the cross entropy of the labels with ignore_index = pad (padding positions
+    count nothing). A small vocabulary, so that random example tokens include padding."""
+
+    def __init__(self, vocab=6, d=8, heads=2, t=8, pad=0, ignore_index=None):
+        super().__init__()
+        self.pad = pad
+        self.ignore_index = pad if ignore_index is None else ignore_index
+        self.tok, self.pos, self.seg = nn.Embedding(vocab, d, padding_idx=pad), nn.Embedding(t, d), nn.Embedding(2, d)
+        self.ln = nn.LayerNorm(d)
+        self.layers = nn.ModuleList([BertLayer(d, heads, how) for how in ("masked_fill", "sdpa", "additive")])
+        self.head = nn.Linear(d, vocab, bias=False)
+        self.head.weight = self.tok.weight
+
+    def forward(self, idx, labels):
+        keep = idx != self.pad
+        t = idx.shape[1]
+        segment = (torch.arange(t, device=idx.device) >= t // 2).long()
+        h = self.ln(self.tok(idx) + self.pos(torch.arange(t, device=idx.device)) + self.seg(segment))
+        for layer in self.layers:
+            h = layer(h, keep)
+        logits = self.head(h)
+        # the mean over real tokens of each sequence, as a sentence embedding: a count from the mask
+        sent = (h * keep[..., None].float()).sum(1) / keep.sum(1, keepdim=True).to(h.dtype)
+        return (F.cross_entropy(logits.view(-1, logits.size(-1)), labels.view(-1), ignore_index=self.ignore_index)
+                + 0.1 * sent.pow(2).mean())
+
+
+def bert():
+    torch.manual_seed(0)
+    return Bert().double()
+
+
+def bert_default_ignore():
+    """The labels' ignore_index is PyTorch's default, -100 (Hugging Face's unmasked positions)."""
+    torch.manual_seed(0)
+    return Bert(ignore_index=-100).double()
+
+
+class WeightedClassifier(nn.Module):
+    """Class-weighted losses on an imbalanced problem: cross entropy with weight= (mean: over the
+    weights of the rows), the same summed with label smoothing, NLL summed, and a segmentation
+    head's per-pixel weighted cross entropy that ignores one label."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 4))
+        self.register_buffer("class_weight", torch.tensor([0.5, 1.0, 2.0, 4.0]))
+        self.seg = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x, y, img, pixels):
+        logits = self.body(x)
+        loss = F.cross_entropy(logits, y, weight=self.class_weight)
+        loss = loss + 0.5 * F.cross_entropy(logits, y, weight=self.class_weight, label_smoothing=0.1, reduction="sum")
+        loss = loss + F.nll_loss(F.log_softmax(logits, -1), y, reduction="sum") / 8
+        loss = loss + F.cross_entropy(logits, y, label_smoothing=0.2, ignore_index=1)
+        # a multi-label head on the same logits: positives weighted per class, and per sample
+        tags = (F.one_hot(y, 4) + (x[:, :4] > 0.5).long()).clamp(max=1).to(logits.dtype)
+        loss = loss + F.binary_cross_entropy_with_logits(logits, tags, weight=torch.linspace(0.5, 1.5, 8)[:, None].to(
+            logits.dtype), pos_weight=self.class_weight)
+        loss = loss + F.binary_cross_entropy(torch.sigmoid(logits), tags, weight=self.class_weight, reduction="sum") / 8
+        return loss + F.cross_entropy(self.seg(img), pixels, weight=self.class_weight, ignore_index=3)
+
+
+def weighted_classifier():
+    torch.manual_seed(0)
+    return WeightedClassifier().double()
+
+
+REAL_INPUTS.update({"bert": ["idx=2x8:int64", "labels=2x8:int64"],
+                    "weighted_classifier": ["x=8x6", "y=8:int64", "img=2x3x4x4", "pixels=2x4x4:int64"]})
+INPUTS.update(REAL_INPUTS)
+INPUTS["bert_default_ignore"] = INPUTS["bert"]
+
+
+# ---- indices the model computes: top-k routing, sorting, argmax -----------------------------------
+class Expert(nn.Module):
+    def __init__(self, d, hidden):
+        super().__init__()
+        self.up, self.down = nn.Linear(d, hidden), nn.Linear(hidden, d)
+
+    def forward(self, x):
+        return self.down(F.gelu(self.up(x)))
+
+
+class MoELayer(nn.Module):
+    """A top-2 mixture-of-experts layer as dense implementations write it (every expert on every
+    token, weighted by sparse gates): the router's top-k logits, softmax over the kept ones, the
+    gates scattered back to their experts (zeros elsewhere) and the experts' outputs combined, or
+    the chosen experts' outputs gathered by the top-k indices; Switch's load-balancing loss from
+    the top-1 choice (argmax, or topk's first: one_hot) and the mean router probability; each
+    token's routing weight of its chosen experts gathered from the probabilities; the expert load
+    summed by scatter_add."""
+
+    def __init__(self, d=8, experts=4, k=2, hidden=12, combine="scatter"):
+        super().__init__()
+        self.k, self.n, self.combine = k, experts, combine
+        self.router = nn.Linear(d, experts, bias=False)
+        self.experts = nn.ModuleList([Expert(d, hidden) for _ in range(experts)])
+
+    def forward(self, x):  # (B, T, d)
+        logits = self.router(x)
+        top_v, top_i = torch.topk(logits, self.k, dim=-1)
+        out = torch.stack([e(x) for e in self.experts], dim=-2)  # (B, T, E, d)
+        if self.combine == "scatter":  # the gates scattered to their experts
+            gates = torch.zeros_like(logits).scatter(-1, top_i, F.softmax(top_v, dim=-1))
+            y = (gates.unsqueeze(-1) * out).sum(-2)
+            top1 = logits.argmax(-1)
+        else:  # the chosen experts' outputs gathered by the indices, expanded over the features
+            picked = out.gather(-2, top_i.unsqueeze(-1).expand(*top_i.shape, out.size(-1)))
+            y = (F.softmax(top_v, dim=-1).unsqueeze(-1) * picked).sum(-2)
+            top1 = top_i[..., 0]
+        probs = logits.softmax(-1)
+        frac = F.one_hot(top1, self.n).to(probs.dtype).mean((0, 1))
+        aux = self.n * (frac * probs.mean((0, 1))).sum()
+        chosen = probs.gather(-1, top_i).sum(-1).mean()
+        load = torch.zeros_like(probs).scatter_add(-1, top_i, torch.ones_like(top_v)).mean((0, 1))
+        return y, aux + 0.1 * chosen + 0.01 * (load * probs.mean((0, 1))).sum()
+
+
+class MoETransformer(nn.Module):
+    """Pre-LN blocks whose MLP is the top-2 MoE layer; a language-model head and loss, plus the
+    layers' auxiliary losses."""
+
+    def __init__(self, vocab=11, d=8, layers=2):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.lns = nn.ModuleList([nn.LayerNorm(d) for _ in range(layers)])
+        self.moes = nn.ModuleList([MoELayer(d, combine=("scatter", "gather")[k % 2]) for k in range(layers)])
+        self.head = nn.Linear(d, vocab)
+
+    def forward(self, idx, targets):
+        h = self.emb(idx)
+        aux = 0.0
+        for ln, moe in zip(self.lns, self.moes):
+            y, a = moe(ln(h))
+            h, aux = h + y, aux + a
+        logits = self.head(h)
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten()) + 0.01 * aux
+
+
+def moe():
+    torch.manual_seed(0)
+    return MoETransformer().double()
+
+
+class SortAndRank(nn.Module):
+    """Values by sorting: a trimmed mean (sort, drop the extremes), top-k pooling over time along a
+    middle axis, the smallest k distances (topk largest=False), the kth value by sort along dim 0;
+    argmax/argmin and torch.max(dim)'s indices read as values (a hard accuracy-like term, which
+    takes no gradient); knowledge distillation against a teacher's argmax labels; messages summed
+    at graph nodes (index_add) and rows picked by index_select."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(5, 6)
+        self.teacher = nn.Linear(5, 6)
+
+    def forward(self, x, y, seq, src, dst):
+        h = torch.tanh(self.fc(x))  # (8, 6)
+        trimmed = h.sort(dim=-1).values[:, 1:-1].mean()
+        pooled = torch.topk(seq * self.fc.weight[0, :4], 2, dim=1).values.sum()  # seq (2, 7, 4): over time
+        near = torch.topk((h[:, None, :] - h[None, :, :]).pow(2).sum(-1), 3, largest=False).values.mean()
+        kth = torch.sort(h, dim=0, descending=True).values[2].sum()
+        hits = (h.argmax(-1) == y).double().mean() + h.argmin(dim=1, keepdim=True).double().mean()
+        idx_term = (h.max(dim=1).indices.to(h.dtype) * 0.5).sum()
+        distill = F.cross_entropy(h, self.teacher(x).detach().argmax(-1))
+        msgs = torch.zeros(4, 6, dtype=h.dtype).index_add(0, dst, h[src] * 0.5, alpha=2.0)
+        picked = h.index_select(1, src[:3])
+        return (trimmed + pooled + near + kth + 0.1 * hits + 0.01 * idx_term + distill
+                + msgs.pow(2).mean() + picked.mean())
+
+
+def sort_and_rank():
+    torch.manual_seed(0)
+    return SortAndRank().double()
+
+
+REAL_INPUTS.update({"moe": ["idx=2x6:int64", "targets=2x6:int64"],
+                    "sort_and_rank": ["x=8x5", "y=8:int64", "seq=2x7x4", "src=10:int64", "dst=10:int64"]})
+INPUTS.update(REAL_INPUTS)
+
+
+class EncoderWithPadding(nn.Module):
+    """PyTorch's own nn.TransformerEncoder with src_key_padding_mask from the data loader's
+    attention_mask (an integer input, 1 at real tokens, as Hugging Face tokenizers give it), and
+    the loss ignoring the padding id."""
+
+    def __init__(self, vocab=6, d=8):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d, padding_idx=0)
+        layer = nn.TransformerEncoderLayer(d, 2, 16, dropout=0.0, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(d, vocab)
+
+    def forward(self, idx, attention_mask, labels):
+        h = self.enc(self.emb(idx), src_key_padding_mask=attention_mask == 0)
+        return F.cross_entropy(self.head(h).flatten(0, 1), labels.flatten(), ignore_index=0)
+
+
+def encoder_padding():
+    torch.manual_seed(0)
+    return EncoderWithPadding().double()
+
+
+REAL_INPUTS["encoder_padding"] = ["idx=2x8:int64", "attention_mask=2x8:int64", "labels=2x8:int64"]
+INPUTS.update(REAL_INPUTS)
+
+
+# ---- integers the model computes from integers -------------------------------------------------------
+class RobertaStyle(nn.Module):
+    """RoBERTa's embeddings (Hugging Face's create_position_ids_from_input_ids: the positions count
+    real tokens only, cumsum(mask) * mask + pad), token types from zeros_like, the labels masked
+    with -100 at the padding inside the model, a masked-LM loss with the default ignore_index, and
+    a sequence classifier reading each sequence's last real token (a count of real tokens, less 1,
+    expanded to gather the row)."""
+
+    def __init__(self, vocab=6, d=8, t=8, pad=1):
+        super().__init__()
+        self.pad = pad
+        self.tok = nn.Embedding(vocab, d, padding_idx=pad)
+        self.pos = nn.Embedding(t + pad + 1, d, padding_idx=pad)
+        self.typ = nn.Embedding(1, d)
+        self.ln = nn.LayerNorm(d)
+        self.layer = BertLayer(d, 2, "additive")
+        self.lm = nn.Linear(d, vocab)
+        self.cls = nn.Linear(d, 3)
+
+    def forward(self, idx, labels, y):
+        mask = idx.ne(self.pad).int()
+        positions = (torch.cumsum(mask, dim=1).type_as(mask) * mask).long() + self.pad
+        h = self.ln(self.tok(idx) + self.pos(positions) + self.typ(torch.zeros_like(idx)))
+        h = self.layer(h, mask.bool())
+        labels = labels.masked_fill(idx == self.pad, -100)
+        mlm = F.cross_entropy(self.lm(h).flatten(0, 1), labels.flatten())
+        last = mask.sum(1) - 1
+        pooled = h.gather(1, last[:, None, None].expand(-1, 1, h.size(-1))).squeeze(1)
+        return mlm + F.cross_entropy(self.cls(pooled), y)
+
+
+def roberta_style():
+    torch.manual_seed(0)
+    return RobertaStyle().double()
+
+
+REAL_INPUTS["roberta_style"] = ["idx=2x8:int64", "labels=2x8:int64", "y=2:int64"]
+INPUTS.update(REAL_INPUTS)
+
+
+class PerElementLosses(nn.Module):
+    """Losses with reduction='none', reduced by the model: a focal loss (Lin et al. 2017) from the
+    per-sample cross entropy; a sequence loss averaged over real tokens only (the per-token loss
+    times the padding mask, over the mask's sum), with class weights and label smoothing; per-pixel
+    NLL ignoring a label; per-sample weighted BCE, mse, L1 and smooth L1."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 5)
+        self.register_buffer("w", torch.tensor([1.0, 2.0, 0.5, 1.5, 1.0]))
+        self.seg = nn.Conv2d(2, 5, 1)
+
+    def forward(self, x, y, seq, tokens, img, pixels):
+        logits = self.fc(x)
+        ce = F.cross_entropy(logits, y, reduction="none")
+        focal = (0.25 * (1 - torch.exp(-ce)) ** 2 * ce).mean()
+        tok_logits = self.fc(seq)  # (B, T, 5)
+        mask = (tokens != 0).to(seq.dtype)
+        per_tok = F.cross_entropy(tok_logits.transpose(1, 2), tokens, weight=self.w, reduction="none",
+                                  label_smoothing=0.1, ignore_index=0)
+        seq_loss = (per_tok * mask).sum() / mask.sum()
+        pix = F.nll_loss(F.log_softmax(self.seg(img), 1), pixels, reduction="none", ignore_index=2)
+        t = torch.sigmoid(x[:, :5])
+        bce = F.binary_cross_entropy_with_logits(logits, t, reduction="none").mean(1)
+        rows = torch.linspace(0.5, 1.5, x.size(0), dtype=x.dtype)
+        other = (F.mse_loss(logits, t, reduction="none") + F.l1_loss(logits, t, reduction="none")
+                 + F.smooth_l1_loss(logits, t, reduction="none")).sum(1)
+        return focal + seq_loss + pix.pow(2).mean() + (bce * rows).sum() + (other * rows).mean()
+
+
+def per_element_losses():
+    torch.manual_seed(0)
+    return PerElementLosses().double()
+
+
+REAL_INPUTS["per_element_losses"] = ["x=4x6", "y=4:int64", "seq=2x5x6", "tokens=2x5:int64", "img=2x2x3x3",
+                                     "pixels=2x3x3:int64"]
 INPUTS.update(REAL_INPUTS)

@@ -13,6 +13,7 @@ stored transposed (ckpt's linear takes W as (in, out); torch's as (out, in)).
 
 import importlib.util
 import json
+import math
 import os
 import re
 import sys
@@ -229,8 +230,13 @@ class _Recorder:
         self.ep, self.model, self.dtype = ep, model, dtype
         self.nodes, self.inputs, self.params, self.arrays = [], {}, {}, {}
         self.env, self.where, self.transposed, self.consts = {}, {}, [], 0
-        self.const_cache, self.int_views = {}, {}
+        self.const_cache = {}
         self.high = {}  # int input -> exclusive upper bound of its values (rows, classes)
+        self.float_of = {}  # integer value -> its label_float node
+        self.distinct = set()  # (indices, axis): no index repeats along the axis (topk's, sort's)
+        self.whole = set()  # float values standing for PyTorch's integers (a count, position ids)
+        self.labels_of = {}  # such a value -> its float_labels node, where it indexes
+        self.label_src = {}  # a labels_view/slice/expand node -> the integers it rearranges
         self.input_names = input_names
         self.cur = None
         self.values = {}  # fx name -> torch tensor of a constant (buffers, folded ops); see _Lazy
@@ -240,6 +246,14 @@ class _Recorder:
         return tuple(self.info[v][0])
 
     def emit(self, op, inputs, attrs=None, name=None):
+        from ..ops import REGISTRY
+        inputs = [self.as_float(v) if k not in REGISTRY[op].int_inputs and self.info[v][1].startswith("int") else v
+                  for k, v in enumerate(inputs)]
+        if any(not self.info[inputs[k]][1].startswith("int") for k in REGISTRY[op].int_inputs if k < len(inputs)):
+            bound = REGISTRY[op].labels_below([self.shape(v) for v in inputs])
+            ignore = (attrs or {}).get("ignore_index")
+            inputs = [self.as_labels(v, bound, ignore) if k in REGISTRY[op].int_inputs else v
+                      for k, v in enumerate(inputs)]
         # The fx node's own name for its first ckpt node; a decomposition's others add their op.
         base = name or (self.cur.name if self.cur is not None else op)
         if base in self.info:
@@ -253,11 +267,43 @@ class _Recorder:
         self.nodes.append(node)
         from ..ops import REGISTRY
         shape = REGISTRY[op].shape([self.shape(i) for i in inputs], {**_defaults(op), **(attrs or {})})
-        self.info[name] = (tuple(shape), self.dtype)
+        self.info[name] = (tuple(shape), REGISTRY[op].dtype or self.dtype)
         self.where[name] = {"module": _module_path(self.cur) if self.cur is not None else "",
                             "aten": str(self.cur.target) if self.cur is not None else "", "fx": self.cur.name
                             if self.cur is not None else ""}
         return name
+
+    def as_float(self, x):
+        """Integers read as data where an op takes floats (a padding mask `idx != pad`, `idx.float()`,
+        `idx + 1`): one label_float node per integer value, computed in the forward, taking no
+        gradient. What PyTorch computes from them in integers, ckpt computes in floats (whole)."""
+        if x not in self.float_of:
+            self.float_of[x] = self.emit("label_float", [x, self.const(0.0)], name=f"{x}_float")
+        return self.float_of[x]
+
+    def as_labels(self, x, high, ignore=None):
+        """A float value where an op takes integer labels below `high`: one PyTorch computes in
+        integers (RoBERTa's position ids `cumsum(mask) * mask + pad`, labels masked with -100),
+        read back by float_labels, which checks the range as it runs."""
+        if x in self.info and self.info[x][1].startswith("int"):
+            return x
+        if x not in self.whole:
+            self.unsupported("indices computed by the model from floats other than by topk, sort or argmax")
+        key = (x, int(high), ignore)
+        if key not in self.labels_of:
+            attrs = {"high": int(high)} if ignore is None else {"high": int(high), "ignore_index": int(ignore)}
+            self.labels_of[key] = self.emit("float_labels", [x], attrs, name=f"{x}_labels")
+        return self.labels_of[key]
+
+    def mark_whole(self, node):
+        """A PyTorch integer result (not a boolean mask) that ckpt holds as floats."""
+        val, out = node.meta.get("val"), self.env.get(node.name)
+        if isinstance(out, str) and out in self.info and not self.info[out][1].startswith("int") \
+                and getattr(val, "dtype", None) is not None and not val.is_floating_point() \
+                and str(val.dtype) != "torch.bool":
+            if any(w in str(node.target) for w in ("bitwise", "logical", "div", "remainder", "floor", "shift")):
+                self.unsupported("integer arithmetic other than +, -, *, sums and comparisons")
+            self.whole.add(out)
 
     def const(self, value, dtype=None):
         """A scalar or small constant as an input leaf (grad: false) whose value lives in the npz."""
@@ -274,23 +320,51 @@ class _Recorder:
         return name
 
     def int_view(self, x, shape, how=None, tag=""):
-        """Integer labels reshaped (or sliced: `how` maps the source's array to the view's): ckpt's
-        ops take floats, so the view is an input leaf of its own whose values are the source's,
-        transformed (filled in once the source's values are drawn)."""
+        """A view of a constant's integers (reshaped, or sliced: `how` maps its array to the
+        view's): a constant of its own."""
+        if not self.constant(x):  # inputs and computed indices: views are ops (int_rearranged, ...)
+            self.unsupported("this view of integers (slices, permutes, reshapes and expands import)")
         name = f"{x}_{tag}{'x'.join(map(str, shape))}"
         if name not in self.info:
             self.inputs[name] = {"shape": list(shape), "dtype": self.info[x][1]}
             self.info[name] = (tuple(shape), self.info[x][1])
             how = how or (lambda a, _s=tuple(shape): a.reshape(_s))
-            if x in self.arrays and x not in self.input_names:  # of a constant (a buffer): a constant
-                self.arrays[name] = np.ascontiguousarray(how(self.arrays[x]))
-            else:
-                self.int_views[name] = (x, how)
+            self.arrays[name] = np.ascontiguousarray(how(self.arrays[x]))
         return name
 
+    def constant(self, x):
+        """Whether x is a constant leaf (a buffer, a folded value): its views are constants too."""
+        return x in self.inputs and x not in self.input_names
+
+    def label_op(self, op, x, attrs):
+        """A view of integers that an op computes in the forward (of an input, or of indices the
+        model computed): changing the input changes it; its labels are checked as the input's."""
+        y = self.emit(op, [x], attrs)
+        self.label_src[y] = self.source(x)
+        return y
+
+    def int_rearranged(self, x, shape, perm=None, tag=""):
+        """Integers with axes permuted (perm), then reshaped: a constant of a constant, else a
+        labels_view node."""
+        nd = len(self.shape(x))
+        if self.constant(x):
+            how = (lambda a, _p=tuple(perm), _s=tuple(shape): a.transpose(_p).reshape(_s)) if perm else None
+            return self.int_view(x, shape, how, tag=tag)
+        return self.label_op("labels_view", x, {"axes": list(perm or range(nd)), "shape": list(shape)})
+
+    def int_broadcast(self, x, shape):
+        """Integers broadcast to `shape` (axes of size 1 repeated): a constant, or labels_expand."""
+        shape = tuple(shape)
+        if shape == self.shape(x):
+            return x
+        if self.constant(x):
+            return self.int_view(x, shape, lambda a, _s=shape: np.broadcast_to(a, _s), tag="b")
+        return self.label_op("labels_expand", x, {"shape": list(shape)})
+
     def source(self, x):
-        while x in self.int_views:
-            x = self.int_views[x][0]
+        """The input whose values a view of integers holds (for the range its readers index)."""
+        while x in self.label_src:
+            x = self.label_src[x]
         return x
 
     def run(self):
@@ -350,6 +424,7 @@ class _Recorder:
                     self.env[node.name] = self.fold(node)
                     if self.env[node.name] is None:
                         self.env[node.name] = self.call(node)
+                        self.mark_whole(node)
                 except UnsupportedOp:
                     raise
                 except Exception as e:  # noqa: BLE001 -- arguments ckpt did not foresee, a shape it refuses
@@ -368,6 +443,8 @@ class _Recorder:
                                       f"differentiate; it returns {len(outs)} value(s), {len(scalars)} of them "
                                       f"float scalars")
                 self.output = scalars[0]
+            elif node.op == "get_attr":  # a traced sub-graph (a no_grad block's): named by its caller
+                self.env[node.name] = None
             else:
                 raise UnsupportedOp(f"unsupported graph node {node.op} {node.target} (node {node.name})")
         self.prune()
@@ -387,7 +464,7 @@ class _Recorder:
         self.nodes = [n for n in self.nodes if n["name"] in live]
         for k in [k for k in self.where if k not in live]:
             del self.where[k]
-        for k in [k for k in self.inputs if k not in live and k not in self.input_names and k not in self.int_views]:
+        for k in [k for k in self.inputs if k not in live and k not in self.input_names]:
             del self.inputs[k]
             self.arrays.pop(k, None)
 
@@ -401,7 +478,11 @@ class _Recorder:
             return self.env[node.args[0].name][node.args[1]]
         tensors = [a for a in torch.utils._pytree.tree_leaves((node.args, node.kwargs)) if hasattr(a, "op")]
         val = node.meta.get("val")
-        creation = not tensors and isinstance(val, torch.Tensor) and _op_key(node.target) not in HANDLERS
+        # arange off the meta device is a constant like any other (positions, then `>= t // 2`,
+        # `.long()`: a segment id); on the meta device it has no values, and its handler makes them
+        on_meta = str(node.kwargs.get("device")) == "meta"
+        creation = not tensors and isinstance(val, torch.Tensor) and (
+            _op_key(node.target) not in HANDLERS or (str(node.target).startswith("aten.arange") and not on_meta))
         if not creation and (not tensors or any(a.name not in self.values for a in tensors)):
             return None
         if any(w in str(node.target) for w in _RANDOM):  # a new draw each step: not a constant
@@ -463,6 +544,12 @@ class _Recorder:
         node = self.cur
         where = _module_path(node) or "the top-level module"
         line = _source_line(node)
+        for a in node.args if not line else ():  # a traced sub-graph's call: the line of its first op
+            if getattr(a, "op", None) == "get_attr":
+                inner = getattr(self.ep.graph_module, a.target, None)
+                line = next((_source_line(n) for n in getattr(getattr(inner, "graph", None), "nodes", ())
+                             if _source_line(n)), "")
+                break
         raise UnsupportedOp(f"unsupported op {node.target} in {where} (node {node.name}"
                             + (f", {line}" if line else "") + ")" + (f": {why}" if why else "")
                             + "; `ckpt import ... -o graph.json` writes a cost graph that `ckpt plan` accepts")
@@ -474,6 +561,9 @@ class _Recorder:
             head, _, overload = key.rpartition(".")
             key = f"{head[:-1]}.{overload}" if head.endswith("_") else key
         handler = HANDLERS.get(key)
+        if handler is None and "set_grad_enabled" in key:
+            self.unsupported("a torch.no_grad() or set_grad_enabled block inside forward (spectral norm's "
+                             "power iteration in training mode, say)")
         if handler is None:
             self.unsupported()
         args = [self.arg(a) if not isinstance(a, (list, tuple)) else [self.arg(x) for x in a] for a in node.args]
@@ -536,6 +626,19 @@ def _matmul(r, node, a, b):
     return y if r.shape(y) == _out_shape(node) else r.emit("reshape", [y], {"shape": list(_out_shape(node))})
 
 
+@handles("aten.mv.default")
+def _mv(r, node, a, v):
+    """A matrix times a vector (spectral norm's W v): the vector as one column."""
+    col = r.emit("reshape", [v], {"shape": [r.shape(v)[0], 1]})
+    return r.emit("reshape", [r.emit("matmul", [a, col])], {"shape": [r.shape(a)[0]]})
+
+
+@handles("aten.dot.default", "aten.vdot.default")
+def _dot(r, node, a, b):
+    """The dot product of two vectors (spectral norm's u . W v)."""
+    return r.emit("sum", [r.emit("mul", [a, b])], {"axis": None, "keepdims": False})
+
+
 @handles("aten.addmm.default")
 def _addmm(r, node, bias, a, b, beta=1, alpha=1):
     if beta != 1 or alpha != 1:
@@ -565,8 +668,6 @@ handles("aten.div.Tensor", "aten.div.Scalar")(_binary("div", lambda r, a, s: r.e
 # where(), mul() and the like, and takes no gradient
 def _compare(rel):
     def rule(r, node, a, b):
-        if any(_is_tensor(r, v) and r.info[v][1].startswith("int") for v in (a, b)):
-            r.unsupported("a comparison of integers (a mask from token ids, say): pass the mask as a float input")
         a = a if _is_tensor(r, a) else r.const(float(a))
         b = b if _is_tensor(r, b) else r.const(float(b))
         if rel == "eq":
@@ -584,11 +685,20 @@ for _aten, _rel in (("gt", "greater"), ("ge", "greater_equal"), ("lt", "less"), 
 
 @handles("aten.logical_not.default", "aten.bitwise_not.default")
 def _not(r, node, m):
+    _booleans(r, node)
     return r.emit("sub", [r.const(1.0), m])
+
+
+def _booleans(r, node):
+    """~ and & of masks are 1 - m and a * b; of integers they are bitwise, which ckpt does not do."""
+    if any(str(getattr(a, "meta", {}).get("val", torch_or_error().zeros(0, dtype=bool)).dtype) != "torch.bool"
+           for a in node.args if hasattr(a, "meta")):
+        r.unsupported("bitwise operations on integers")
 
 
 @handles("aten.logical_and.default", "aten.bitwise_and.Tensor")
 def _and(r, node, a, b):
+    _booleans(r, node)
     return r.emit("mul", [a, b])
 
 
@@ -737,16 +847,28 @@ def _sdpa(r, node, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scal
     if is_causal:
         # -inf above the diagonal, as torch's math kernel; exp(-inf) is exactly 0 in both.
         s = r.emit("add", [s, r.const(np.triu(np.full((lq, lk), -np.inf), k=1))])
+    alive = None  # a boolean mask's rows that attend to some key (0 where it hides every key)
     if attn_mask is not None:
         fx_mask = node.kwargs.get("attn_mask", node.args[3] if len(node.args) > 3 else None)
         if str(fx_mask.meta["val"].dtype) == "torch.bool":  # True: attend; read here as 0/1 floats
-            if r.value(attn_mask) is None:
-                r.unsupported("a boolean attention mask computed from the inputs (pass an additive float mask)")
-            attn_mask = r.const(np.where(r.value(attn_mask) != 0, 0.0, -np.inf))
+            keep = attn_mask
+            if r.value(attn_mask) is None:  # from the inputs (a padding mask): 0 or -inf, in the forward
+                attn_mask = r.emit("where", [attn_mask, r.const(0.0), r.const(-np.inf)])
+                alive = r.emit("amax", [keep], {"axis": -1, "keepdims": True})
+            else:
+                if not r.value(attn_mask).any(axis=-1).all():
+                    alive = r.const(r.value(attn_mask).any(axis=-1, keepdims=True).astype(float))
+                attn_mask = r.const(np.where(r.value(attn_mask) != 0, 0.0, -np.inf))
         elif r.info[attn_mask][1].startswith("int"):
             r.unsupported("an integer attention mask")
         s = r.emit("add", [s, attn_mask])
-    p = r.emit("softmax", [s], {"axis": -1})
+    if alive is not None:
+        # PyTorch's kernels give a row whose keys are all hidden zeros, not softmax's 0/0: its scores
+        # are made 0 (finite, so that no NaN reaches the gradients) and its weights 0
+        s = r.emit("where", [alive, s, r.const(0.0)])
+        p = r.emit("where", [alive, r.emit("softmax", [s], {"axis": -1}), r.const(0.0)])
+    else:
+        p = r.emit("softmax", [s], {"axis": -1})
     if dropout_p:
         p = r.emit("dropout", [p], {"p": float(dropout_p)})
     return r.emit("matmul", [p, v])
@@ -776,8 +898,10 @@ def _embedding(r, node, w, idx, padding_idx=-1, scale_grad_by_freq=False, sparse
 def _gather_along(r, x, idx, dim):
     """x and integer positions idx of the same rank and the same sizes off `dim`, gathered along
     dim: ckpt's gather along the last axis, with dim moved there (and back)."""
+    idx = r.as_labels(idx, r.shape(x)[dim]) if idx in r.whole else idx
     if not r.info[idx][1].startswith("int"):
-        r.unsupported("indices computed by the model (ckpt gathers by integer inputs and constants)")
+        r.unsupported("indices computed by the model from floats (ckpt gathers by integers: inputs, "
+                      "constants, topk's, argmax's, and integer arithmetic on them)")
     nd = len(r.shape(x))
     src = r.source(idx)
     r.high[src] = min(r.high.get(src, 1 << 62), r.shape(x)[dim])
@@ -786,7 +910,7 @@ def _gather_along(r, x, idx, dim):
     perm = [d for d in range(nd) if d != dim] + [dim]
     inv = [perm.index(d) for d in range(nd)]
     shape = tuple(r.shape(idx)[p] for p in perm)
-    idx = r.int_view(idx, shape, lambda a, _p=tuple(perm): a.transpose(_p), tag=f"last{dim}_")
+    idx = r.int_rearranged(idx, shape, perm, tag=f"last{dim}_")
     y = r.emit("gather", [r.emit("transpose", [x], {"axes": perm}), idx])
     return r.emit("transpose", [y], {"axes": inv})
 
@@ -811,7 +935,7 @@ def _take_along_dim(r, node, x, index, dim=None):
     flattened x)."""
     if dim is None:
         n = size_of(r.shape(x))
-        flat = r.int_view(index, (size_of(r.shape(index)),)) if len(r.shape(index)) != 1 else index
+        flat = r.int_rearranged(index, (size_of(r.shape(index)),)) if len(r.shape(index)) != 1 else index
         return _gather_along(r, r.emit("reshape", [x], {"shape": [n]}) if len(r.shape(x)) != 1 else x, flat, 0)
     xs, ids = r.shape(x), r.shape(index)
     if not xs or len(ids) != len(xs):
@@ -821,7 +945,7 @@ def _take_along_dim(r, node, x, index, dim=None):
         r.unsupported("take_along_dim broadcasting the tensor (only the index broadcasts here)")
     shape = tuple(ids[d] if d == dim else xs[d] for d in range(len(xs)))
     if shape != ids:
-        index = r.int_view(index, shape, lambda a, _s=shape: np.broadcast_to(a, _s), tag="b")
+        index = r.int_broadcast(index, shape)
     return _gather_along(r, x, index, dim)
 
 
@@ -848,7 +972,7 @@ def _reshape(r, node, x, *rest):
     if shape == r.shape(x):
         return x
     if r.info[x][1].startswith("int"):
-        return r.int_view(x, shape)
+        return r.int_rearranged(x, shape)
     return r.emit("reshape", [x], {"shape": list(shape)})
 
 
@@ -897,84 +1021,142 @@ def _class_rows(r, logits, target):
     """Logits (N, C, d1, ...) and labels (N, d1, ...) as ckpt's (rows, C) and (rows,): the class
     axis moved last (torch's layout for images and sequences)."""
     shape = r.shape(logits)
-    if r.info[target][1] not in ("int64", "int32") or len(r.shape(target)) != len(shape) - 1:
+    if r.info[target][1] not in ("int64", "int32") and target not in r.whole \
+            or len(r.shape(target)) != len(shape) - 1:
         r.unsupported("a loss against class probabilities (ckpt's take integer class indices)")
     if len(shape) > 2:
         logits = r.emit("transpose", [logits], {"axes": [0] + list(range(2, len(shape))) + [1]})
         logits = r.emit("reshape", [logits], {"shape": [-1, shape[1]]})
-        target = r.int_view(target, (size_of(r.shape(target)),))
+        target = _labels_reshaped(r, target, (size_of(r.shape(target)),))
     src = r.source(target)
     r.high[src] = min(r.high.get(src, 1 << 62), shape[1])
     return logits, target
+
+
+def _labels_reshaped(r, x, shape):
+    """Labels reshaped: integers as their views, whole floats (labels the model computed) as floats."""
+    if x not in r.whole:
+        return r.int_rearranged(x, tuple(shape))
+    y = _reshape_to(r, x, list(shape))
+    r.whole.add(y)
+    return y
 
 
 def size_of(shape):
     return int(np.prod(shape, dtype=np.int64)) if shape else 1
 
 
-def _reduced(r, loss, reduction, rows, what):
-    """mean (1) as ckpt's losses compute it, sum (2) as rows times the mean; none (0) is not a loss."""
-    if reduction == 1:
-        return loss
-    if reduction == 2:
-        return r.emit("scale", [loss], {"factor": float(rows)})
-    r.unsupported(f"{what} with reduction='none' (return a scalar: its mean or sum)")
+def _reduced(r, per, reduction):
+    """An elementwise loss reduced as PyTorch's `reduction`: none (0) the tensor, mean (1), sum (2)."""
+    if reduction == 0:
+        return per
+    return r.emit("mean" if reduction == 1 else "sum", [per], {"axis": None, "keepdims": False})
+
+
+def _nll_loss(r, logp, target, weight, reduction, ignore_index, node, shape):
+    """PyTorch's nll_loss of rows (rows, C): class weights (a constant, or a value passed through
+    stop_gradient: PyTorch gives them no gradient), the rows labelled ignore_index skipped (the
+    default -100, or a padding id). Their weighted mean or sum is one nll node; reduction='none'
+    is each row's -w[t] logp[t] (0 where ignored), in the labels' `shape` (a focal loss, a loss
+    masked by padding)."""
+    if reduction in (1, 2):
+        return r.emit("nll", [logp, target] + ([weight] if weight is not None else []),
+                      {"ignore_index": int(ignore_index), "average": reduction == 1})
+    rows, classes = r.shape(logp)
+    keep = _compare("ne")(r, node, target, float(ignore_index))
+    tf = r.as_float(target) if r.info[target][1].startswith("int") else target
+    safe = r.emit("where", [keep, tf, r.const(0.0)])  # an ignored row reads class 0, then counts 0
+    r.whole.add(safe)
+    col = _labels_reshaped(r, safe, (rows, 1))
+    per = r.emit("reshape", [_gather_along(r, logp, col, 1)], {"shape": [rows]})
+    if weight is not None:
+        per = r.emit("mul", [per, r.emit("reshape", [r.emit("embedding", [r.emit("reshape", [weight], {
+            "shape": [classes, 1]}), safe]), ], {"shape": [rows]})])
+    per = r.emit("neg", [r.emit("mul", [per, keep])])
+    return per if tuple(shape) == (rows,) else r.emit("reshape", [per], {"shape": list(shape)})
+
+
+def _class_weight(r, weight):
+    return weight if weight is None or r.value(weight) is not None else r.emit("stop_gradient", [weight])
 
 
 @handles("aten.cross_entropy_loss.default")
 def _cross_entropy(r, node, logits, target, weight=None, reduction=1, ignore_index=-100, label_smoothing=0.0):
-    if weight is not None:
-        r.unsupported("cross entropy with class weights")
+    """log_softmax, then nll (class weights, ignore_index, mean, sum or none). Label smoothing, as
+    PyTorch adds it: eps / C times each kept row's -sum_c w_c logp[r, c], summed over the rows and
+    divided as the nll is (by the kept rows' weights, or the kept rows) for mean."""
+    shape = r.shape(target)
     logits, target = _class_rows(r, logits, target)
-    loss = r.emit("softmax_cross_entropy", [logits, target])
-    if label_smoothing:
-        # torch: (1 - eps) * cross entropy + eps * the mean over rows of -mean_c log_softmax
-        eps = float(label_smoothing)
-        smooth = r.emit("mean", [r.emit("log_softmax", [logits], {"axis": -1})], {"axis": None, "keepdims": False})
-        loss = r.emit("sub", [r.emit("scale", [loss], {"factor": 1.0 - eps}),
-                              r.emit("scale", [smooth], {"factor": eps})])
-    return _reduced(r, loss, reduction, r.shape(logits)[0], "cross entropy")
+    weight = _class_weight(r, weight)
+    logp = r.emit("log_softmax", [logits], {"axis": -1})
+    loss = _nll_loss(r, logp, target, weight, reduction, ignore_index, node, shape)
+    if not label_smoothing:
+        return loss
+    eps, rows, classes = float(label_smoothing), *r.shape(logits)
+    weighted = r.emit("mul", [logp, weight]) if weight is not None else logp
+    per = r.emit("sum", [weighted], {"axis": [-1], "keepdims": False})
+    keep = _compare("ne")(r, node, target, float(ignore_index))
+    smooth = r.emit("neg", [r.emit("mul", [per, keep])])
+    if reduction == 0:
+        smooth = smooth if tuple(shape) == (rows,) else r.emit("reshape", [smooth], {"shape": list(shape)})
+    else:
+        smooth = r.emit("sum", [smooth], {"axis": None, "keepdims": False})
+    if reduction == 1:
+        if weight is None:
+            total = r.emit("sum", [keep], {"axis": None, "keepdims": False})
+        else:  # the kept rows' weights: each row's one-hot (none for an ignored row) times the weights
+            onehot = _compare("eq")(r, node, _labels_reshaped(r, target, (rows, 1)),
+                                    r.const(np.arange(classes, dtype=float)))
+            total = r.emit("sum", [r.emit("mul", [onehot, weight])], {"axis": None, "keepdims": False})
+        smooth = r.emit("div", [smooth, total])
+    return r.emit("add", [r.emit("scale", [loss], {"factor": 1.0 - eps}),
+                          r.emit("scale", [smooth], {"factor": eps / classes})])
 
 
 @handles("aten.nll_loss_nd.default", "aten.nll_loss.default", "aten.nll_loss2d.default")
 def _nll(r, node, logp, target, weight=None, reduction=1, ignore_index=-100):
-    """-mean of logp at each row's label: the label's row of an identity table (embedding) picks it."""
-    if weight is not None:
-        r.unsupported("nll loss with class weights")
+    shape = r.shape(target)
     logp, target = _class_rows(r, logp, target)
-    rows, classes = r.shape(logp)
-    onehot = r.emit("embedding", [r.const(np.eye(classes)), target])
-    picked = r.emit("sum", [r.emit("mul", [logp, onehot])], {"axis": None, "keepdims": False})
-    return _reduced(r, r.emit("scale", [picked], {"factor": -1.0 / rows}), reduction, rows, "nll loss")
+    return _nll_loss(r, logp, target, _class_weight(r, weight), reduction, ignore_index, node, shape)
 
 
 @handles("aten.mse_loss.default")
 def _mse(r, node, a, b, reduction=1):
     if r.shape(a) != r.shape(b):
         r.unsupported("mse of tensors of different shapes")
-    return _reduced(r, r.emit("mse", [a, b]), reduction, size_of(r.shape(a)), "mse")
+    if reduction == 1:
+        return r.emit("mse", [a, b])
+    d = r.emit("sub", [a, b])
+    return _reduced(r, r.emit("mul", [d, d]), reduction)
 
 
 @handles("aten.binary_cross_entropy_with_logits.default")
 def _bce_logits(r, node, x, y, weight=None, pos_weight=None, reduction=1):
-    """mean(softplus(x) - x y), written stably: relu(x) - x y + log(1 + e^-|x|)."""
-    if weight is not None or pos_weight is not None:
-        r.unsupported("binary cross entropy with weight or pos_weight")
-    per = r.emit("sub", [_softplus_of(r, x), r.emit("mul", [x, y])])
-    return _reduced(r, r.emit("mean", [per], {"axis": None, "keepdims": False}), reduction,
-                    size_of(r.shape(per)), "binary cross entropy")
+    """mean(softplus(x) - x y), written stably: relu(x) - x y + log(1 + e^-|x|). With pos_weight p
+    (per class) and weight w, PyTorch's w ((1 - y) x + (1 + (p - 1) y) softplus(-x))."""
+    if pos_weight is None:
+        per = r.emit("sub", [_softplus_of(r, x), r.emit("mul", [x, y])])
+    else:
+        one = r.const(1.0)
+        lw = r.emit("add", [r.emit("mul", [r.emit("sub", [pos_weight, one]), y]), one])
+        per = r.emit("add", [r.emit("mul", [r.emit("sub", [one, y]), x]),
+                             r.emit("mul", [lw, _softplus_of(r, r.emit("neg", [x]))])])
+    if weight is not None:
+        per = r.emit("mul", [per, weight])
+    return _reduced(r, per, reduction)
 
 
 @handles("aten.binary_cross_entropy.default")
 def _bce(r, node, p, y, weight=None, reduction=1):
-    """-mean(y log p + (1 - y) log(1 - p)) (torch also clamps each log at -100: p of 0 or 1 only)."""
-    if weight is not None:
-        r.unsupported("binary cross entropy with weight")
+    """-mean(w (y log p + (1 - y) log(1 - p))) (torch also clamps each log at -100: p of 0 or 1 only)."""
     one = r.const(1.0)
     ll = r.emit("add", [r.emit("mul", [y, r.emit("log", [p])]),
                         r.emit("mul", [r.emit("sub", [one, y]), r.emit("log", [r.emit("sub", [one, p])])])])
-    loss = r.emit("neg", [r.emit("mean", [ll], {"axis": None, "keepdims": False})])
-    return _reduced(r, loss, reduction, size_of(r.shape(ll)), "binary cross entropy")
+    if weight is not None:
+        ll = r.emit("mul", [ll, weight])
+    if reduction == 0:
+        return r.emit("neg", [ll])
+    return r.emit("neg", [_reduced(r, ll, reduction)])
 
 
 @handles("aten.smooth_l1_loss.default", "aten.huber_loss.default")
@@ -987,8 +1169,7 @@ def _smooth_l1(r, node, a, b, reduction=1, beta=1.0):
     lin = r.emit("sub", [ad if not huber else r.emit("scale", [ad], {"factor": float(beta)}),
                          r.const(0.5 * beta if not huber else 0.5 * beta * beta)])
     per = r.emit("where", [r.emit("less", [ad, r.const(float(beta))]), quad, lin])
-    return _reduced(r, r.emit("mean", [per], {"axis": None, "keepdims": False}), reduction,
-                    size_of(r.shape(per)), "smooth l1 loss")
+    return _reduced(r, per, reduction)
 
 
 @handles("aten.l1_loss.default")
@@ -996,8 +1177,7 @@ def _l1(r, node, a, b, reduction=1):
     d = r.emit("sub", [a, b])
     # |d| = d * sign(d), with sign = 2 [d > 0] - 1 (a comparison: no gradient through it)
     sign = r.emit("sub", [r.emit("scale", [r.emit("greater", [d, r.const(0.0)])], {"factor": 2.0}), r.const(1.0)])
-    loss = r.emit("mean", [r.emit("mul", [d, sign])], {"axis": None, "keepdims": False})
-    return _reduced(r, loss, reduction, size_of(r.shape(a)), "l1 loss")
+    return _reduced(r, r.emit("mul", [d, sign]), reduction)
 
 
 def _pair(v):
@@ -1017,15 +1197,39 @@ def _pad_axis(r, x, axis, left, right, value=0.0):
     return r.emit("concat", parts[0] + [x] + parts[1], {"axis": axis})
 
 
+def _pad_from(r, x, axis, left, right, mode):
+    """x with entries of itself joined on either side of an axis: reflected about the edge
+    (ReflectionPad, CycleGAN's and pix2pix's generators), the edge repeated (ReplicationPad), or
+    the other end (circular): slices of one entry, or of the wrapped end, joined. The gradient
+    flows back through each slice, so an entry read twice takes both gradients, as in PyTorch."""
+    n = r.shape(x)[axis]
+    if mode == "reflect":
+        if max(left, right) >= n:
+            r.unsupported(f"reflect padding of {max(left, right)} on an axis of {n} (it must be less)")
+        lo, hi = list(range(left, 0, -1)), list(range(n - 2, n - 2 - right, -1))
+    elif mode == "replicate":
+        lo, hi = [0] * left, [n - 1] * right
+    else:  # circular
+        if max(left, right) > n:
+            r.unsupported(f"circular padding of {max(left, right)} on an axis of {n} (at most its size)")
+        lo, hi = list(range(n - left, n)), list(range(right))
+    parts = [_slice(r, x, axis, i, i + 1) for i in lo] + [x] + [_slice(r, x, axis, i, i + 1) for i in hi]
+    return x if len(parts) == 1 else r.emit("concat", parts, {"axis": axis})
+
+
 @handles("aten.constant_pad_nd.default", "aten.pad.default")
 def _constant_pad(r, node, x, pad, mode="constant", value=None):
-    if mode != "constant":
-        r.unsupported(f"{mode} padding (only constant padding)")
+    if mode not in ("constant", "reflect", "replicate", "circular"):
+        r.unsupported(f"{mode} padding")
     nd = len(r.shape(x))
     if any(int(v) < 0 for v in pad):
         r.unsupported("negative padding (cropping)")
     for k in range(len(pad) // 2):  # torch's order: the last axis first, (left, right) each
-        x = _pad_axis(r, x, nd - 1 - k, int(pad[2 * k]), int(pad[2 * k + 1]), value or 0.0)
+        left, right = int(pad[2 * k]), int(pad[2 * k + 1])
+        if mode == "constant":
+            x = _pad_axis(r, x, nd - 1 - k, left, right, value or 0.0)
+        else:
+            x = _pad_from(r, x, nd - 1 - k, left, right, mode)
     return x
 
 
@@ -1038,6 +1242,20 @@ def _conv_padding(padding, k, d):
     p = list(padding) if isinstance(padding, (list, tuple)) else [padding] * len(k)
     p = p * len(k) if len(p) == 1 else p
     return [(int(v), int(v)) for v in p]
+
+
+def _dilations(r, w, d):
+    """(w, dilation) for ckpt's conv2d, which dilates both axes alike: a dilation along an axis of
+    kernel size 1 spaces nothing; unequal ones (2, 1) are the kernel itself with d - 1 zeros
+    between its taps along each axis, at dilation 1."""
+    kh, kw = r.shape(w)[2:]
+    dil = {v for v, k in zip(d, (kh, kw)) if k > 1} or {1}
+    if len(dil) == 1:
+        return w, dil.pop()
+    for axis, (k, da) in enumerate(zip((kh, kw), d), start=2):
+        if k > 1 and da > 1:
+            w = _slice(r, _stuff(r, w, axis, da), axis, 0, da * (k - 1) + 1)
+    return w, 1
 
 
 def _conv(r, x, w, b, stride, pads, groups, dilation=1):
@@ -1071,13 +1289,19 @@ def _conv2d(r, node, x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1
     kh, kw = r.shape(w)[2:]
     if min(d) < 1:
         r.unsupported(f"conv2d with dilation {tuple(d)} (each must be at least 1)")
-    if s[0] != s[1] and not (r.shape(x)[2] == 1 and kh == 1):
-        r.unsupported("conv2d with unequal strides")
-    # A dilation along an axis of kernel size 1 spaces nothing: only the other axis's counts
-    dil = {v for v, k in zip(d, (kh, kw)) if k > 1} or {1}
-    if len(dil) > 1:
-        r.unsupported("conv2d with unequal dilations")
-    return _conv(r, x, w, b, s[1], _conv_padding(padding, r.shape(w)[2:], d), int(groups), dil.pop())
+    if min(s) < 1:
+        r.unsupported(f"conv2d with stride {tuple(s)} (each must be at least 1)")
+    if r.shape(x)[2] == 1 and kh == 1:  # one row: the row stride moves nothing
+        s[0] = s[1]
+    w, dil = _dilations(r, w, d)
+    # Unequal strides (2, 1): ckpt's conv2d at their common divisor, then every (s / g)-th output
+    # row or column (exact; the skipped outputs cost their FLOPs and their bytes)
+    g = math.gcd(*s)
+    y = _conv(r, x, w, b, g, _conv_padding(padding, r.shape(w)[2:], d), int(groups), dil)
+    for axis, sa in ((2, s[0]), (3, s[1])):
+        if sa != g:
+            y = _slice(r, y, axis, 0, None, sa // g)
+    return y
 
 
 @handles("aten.conv1d.default", "aten.conv1d.padding")
@@ -1252,10 +1476,22 @@ def _max_all(r, node, x):
 @handles("aten.max.dim", "aten.min.dim")
 def _max_dim(r, node, x, dim, keepdim=False):
     """torch.max(x, dim): (values, indices); the first extremum along the axis takes the gradient,
-    the element whose index torch returns. The indices are no ckpt value (integers from floats): a
-    model that reads them is refused where it does."""
+    the element whose index torch returns; the indices, that element's position (a node only where
+    the model reads them)."""
     values = r.emit(_extreme_op(node), [x], {"axis": int(dim), "keepdims": bool(keepdim), "first": True})
-    return [values, None]
+    return [values, _arg_extreme(r, node, x, dim, keepdim, "max" in str(node.target))]
+
+
+def _arg_extreme(r, node, x, dim, keepdim, largest):
+    """The index of the first maximum (minimum) along dim, as torch.argmax and torch.max(x, dim)
+    return it: topk's first position (ties by position), without the axis unless keepdim."""
+    if dim is None:
+        x, dim = _reshape_to(r, x, [size_of(r.shape(x))]), 0
+    _, idx = _topk_along(r, x, 1, dim, largest)
+    val = node.meta["val"]
+    val = val[1] if isinstance(val, (tuple, list)) else val
+    shape = tuple(int(d) for d in val.shape)
+    return idx if shape == r.shape(idx) else r.int_rearranged(idx, shape)
 
 
 def _adaptive_max(r, x, oh, ow):
@@ -1346,7 +1582,7 @@ def _getitem(r, node, xs, i):
 def _filled(fill_arg):
     def rule(r, node, *args, **kw):
         val = node.meta["val"]
-        fill = kw.get("fill_value", args[fill_arg] if fill_arg is not None and len(args) > fill_arg else 0)
+        fill = kw.get("fill_value", args[fill_arg] if isinstance(fill_arg, int) and len(args) > fill_arg else 0)
         fill = 1 if fill_arg == "one" else fill
         dt = r.dtype if val.is_floating_point() or str(val.dtype) == "torch.bool" else str(val.dtype)[6:]
         return r.const(np.full(tuple(val.shape), float(fill)), dtype=dt)
@@ -1362,10 +1598,18 @@ handles("aten.full_like.default")(_filled(1))
 
 @handles("aten._to_copy.default", "aten.to.dtype", "aten.to.dtype_layout", "aten.type_as.default")
 def _to(r, node, x, *rest, **kw):
+    if str(node.meta["val"].dtype) == "torch.bool":  # x.bool(): nonzero is true, a 0/1 mask
+        src = getattr(node.args[0], "meta", {}).get("val")
+        return x if str(getattr(src, "dtype", "")) == "torch.bool" else _compare("ne")(r, node, x, 0.0)
     if not node.meta["val"].is_floating_point():
-        r.unsupported("a cast to a non-float dtype")
+        src = getattr(node.args[0], "meta", {}).get("val")
+        if r.info[x][1].startswith("int") or str(getattr(src, "dtype", "")) == "torch.bool" or x in r.whole:
+            # integers as another integer dtype; a mask's 0/1 (`mask.long()`) or whole floats as
+            # integers: the same values (whole floats read back as labels where they index)
+            return x
+        r.unsupported("a cast of floats to integers (other than of a mask or of integers ckpt holds as floats)")
     if r.info[x][1].startswith("int"):
-        r.unsupported("a cast of integers to floats")
+        return r.as_float(x)
     return x  # one float dtype per ckpt model: a cast between float dtypes is the model's dtype
 
 
@@ -1452,6 +1696,8 @@ def _slice(r, x, dim, start, stop, step=1):
     sp = st + (n - 1) * stp + 1
     if r.info[x][1].startswith("int"):
         index = (slice(None),) * dim + (slice(st, sp, stp),)
+        if not r.constant(x):  # of an input, or of indices an op computed (topk's first choice)
+            return r.label_op("labels_slice", x, {"axis": dim, "start": st, "stop": sp, "step": stp})
         return r.int_view(x, shape[:dim] + (n,) + shape[dim + 1:], lambda a, _i=index: a[_i], tag=f"s{dim}_{st}_{stp}_")
     return r.emit("slice", [x], {"axis": dim, "start": st, "stop": sp, "step": stp})
 
@@ -1463,6 +1709,8 @@ def _select(r, x, dim, index):
     part = _slice(r, x, dim, index, index + 1)
     out = shape[:dim] + shape[dim + 1:]
     if r.info[x][1].startswith("int"):
+        if not r.constant(x):
+            return r.int_rearranged(part, out)
         return r.int_view(x, out, lambda a, _d=dim, _i=index: np.take(a, _i, axis=_d), tag=f"i{dim}_{index}_")
     return r.emit("reshape", [part], {"shape": list(out)})
 
@@ -1587,6 +1835,10 @@ def _expand(r, node, x, *rest):
     shape = _out_shape(node)
     if shape == r.shape(x):
         return x
+    if r.info[x][1].startswith("int"):  # indices expanded over a feature axis, to gather whole rows
+        if len(shape) != len(r.shape(x)):
+            x = r.int_rearranged(x, (1,) * (len(shape) - len(r.shape(x))) + r.shape(x))
+        return r.int_broadcast(x, shape)
     # ckpt's elementwise ops broadcast by themselves; an explicit expand adds zeros of its shape
     return r.emit("add", [x, r.const(np.zeros(shape))])
 
@@ -1832,8 +2084,6 @@ def _along(r, x, dim, matrix):
 
 @handles("aten.cumsum.default")
 def _cumsum(r, node, x, dim, dtype=None):
-    if r.info[x][1].startswith("int"):
-        r.unsupported("a cumulative sum of integers")
     n = r.shape(x)[int(dim)]
     return _along(r, x, dim, np.triu(np.ones((n, n))))  # y_j = sum over i <= j of x_i
 
@@ -1842,6 +2092,8 @@ def _cumsum(r, node, x, dim, dtype=None):
 def _flip(r, node, x, dims):
     for d in dims:
         n = r.shape(x)[int(d)]
+        if n == 1:
+            continue
         x = _along(r, x, d, np.eye(n)[::-1].copy())
     return x
 
@@ -1849,6 +2101,7 @@ def _flip(r, node, x, dims):
 @handles("aten.index.Tensor")
 def _index(r, node, x, indices):
     """x[idx] with one integer index tensor on the first axis: rows gathered, as an embedding."""
+    indices = [r.as_labels(i, r.shape(x)[0]) if k == 0 and i in r.whole else i for k, i in enumerate(indices)]
     if len(indices) != 1 or indices[0] is None or not _is_tensor(r, indices[0]) \
             or not r.info[indices[0]][1].startswith("int") or len(r.shape(x)) < 2 or r.info[x][1].startswith("int"):
         r.unsupported("indexing other than rows of a float tensor by one integer tensor (x[idx])")
@@ -1857,6 +2110,129 @@ def _index(r, node, x, indices):
     r.high[src] = min(r.high.get(src, 1 << 62), shape[0])
     rows = _reshape_to(r, x, [shape[0], size_of(shape[1:])])
     return _reshape_to(r, r.emit("embedding", [rows, idx]), list(_out_shape(node)))
+
+
+# ---- topk, sort, argmax: indices the model computes; one_hot; scatter ------------------------------
+def _topk_along(r, x, k, dim, largest):
+    """(values, indices) of the k largest (smallest) along dim, in order: topk_indices along the
+    last axis (dim moved there), the values gathered by them (their gradient is gather's: to the
+    picked elements, as torch.topk's), both moved back."""
+    nd = len(r.shape(x))
+    dim = int(dim) % nd
+    perm = [d for d in range(nd) if d != dim] + [dim]
+    xt = _permute_to(r, x, list(range(nd)), perm)
+    idx = r.emit("topk_indices", [xt], {"k": int(k), "largest": bool(largest)})
+    vals = r.emit("gather", [xt, idx])
+    if dim != nd - 1:
+        inv = [perm.index(d) for d in range(nd)]
+        vals = r.emit("transpose", [vals], {"axes": inv})
+        idx = r.int_rearranged(idx, tuple(r.shape(idx)[p] for p in inv), inv)
+    r.distinct.add((idx, dim))
+    return vals, idx
+
+
+@handles("aten.topk.default")
+def _topk(r, node, x, k, dim=-1, largest=True, sorted=True):
+    return list(_topk_along(r, x, k, dim, largest))
+
+
+@handles("aten.sort.default")
+def _sort(r, node, x, dim=-1, descending=False):
+    return list(_topk_along(r, x, r.shape(x)[int(dim)], dim, bool(descending)))
+
+
+@handles("aten.sort.stable")
+def _sort_stable(r, node, x, stable=None, dim=-1, descending=False):
+    return _sort(r, node, x, dim, descending)
+
+
+@handles("aten.argmax.default", "aten.argmin.default")
+def _argmax(r, node, x, dim=None, keepdim=False):
+    return _arg_extreme(r, node, x, dim, keepdim, "argmax" in str(node.target))
+
+
+@handles("aten.one_hot.default")
+def _one_hot(r, node, idx, num_classes=-1):
+    """F.one_hot: each index compared with 0..C-1, as floats (1 at the index): a mask like any
+    other, computed in the forward."""
+    classes = _out_shape(node)[-1]
+    f = r.as_float(idx) if r.info[idx][1].startswith("int") else idx
+    f = r.emit("reshape", [f], {"shape": list(r.shape(f)) + [1]})
+    return _compare("eq")(r, node, f, r.const(np.arange(classes, dtype=float)))
+
+
+def _scatter_last(r, base, dim, index, src):
+    """base + src added at index along dim, by scatter_add along the last axis (dim moved there)."""
+    nd = len(r.shape(base))
+    dim = int(dim) % nd
+    if len(r.shape(index)) != nd or r.shape(index) != r.shape(src) or \
+            any(r.shape(index)[d] != r.shape(base)[d] for d in range(nd) if d != dim):
+        r.unsupported("scatter with an index of other than src's shape, or shorter than the tensor off dim")
+    index = r.as_labels(index, r.shape(base)[dim]) if index in r.whole else index
+    if not r.info[index][1].startswith("int"):
+        r.unsupported("scatter by float indices")
+    perm = [d for d in range(nd) if d != dim] + [dim]
+    inv = [perm.index(d) for d in range(nd)]
+    idx = index if dim == nd - 1 else r.int_rearranged(index, tuple(r.shape(index)[p] for p in perm), perm,
+                                                         tag=f"last{dim}_")
+    src_ = r.source(idx)
+    r.high[src_] = min(r.high.get(src_, 1 << 62), r.shape(base)[dim])
+    out = r.emit("scatter_add", [_permute_to(r, base, list(range(nd)), perm), idx,
+                                 _permute_to(r, src, list(range(nd)), perm)])
+    return _permute_to(r, out, list(range(nd)), inv)
+
+
+@handles("aten.scatter_add.default")
+def _scatter_add(r, node, base, dim, index, src):
+    return _scatter_last(r, base, dim, index, src)
+
+
+@handles("aten.scatter.src", "aten.scatter.value")
+def _scatter_rule(r, node, base, dim, index, src):
+    """x.scatter(dim, index, src): src written at index. By indices that repeat nowhere along dim
+    (topk's), a write is an add into zeros: where the written positions, the added values, else
+    the base (a base of zeros is the sum alone)."""
+    dim = int(dim) % len(r.shape(base))
+    if (index, dim) not in r.distinct:
+        r.unsupported("scatter (overwrite) by indices that may repeat (torch keeps one of the values; use "
+                      "scatter_add, or indices from topk)")
+    if not _is_tensor(r, src):
+        src = r.const(np.full(r.shape(index), float(src)))
+    zeros = r.value(base) is not None and not r.value(base).any()
+    added = _scatter_last(r, base if zeros else r.const(np.zeros(r.shape(base))), dim, index, src)
+    if zeros:
+        return added
+    hit = _scatter_last(r, r.const(np.zeros(r.shape(base))), dim, index, r.const(np.ones(r.shape(index))))
+    return r.emit("where", [hit, added, base])
+
+
+@handles("aten.index_add.default")
+def _index_add(r, node, base, dim, index, src, alpha=1):
+    """x.index_add(dim, index, src): src's slices added at index along dim (a graph network's
+    messages summed at their nodes): scatter_add with the index repeated across src's other axes."""
+    nd = len(r.shape(base))
+    dim = int(dim) % nd
+    if len(r.shape(index)) != 1:
+        r.unsupported("index_add with an index of other than one axis")
+    shape = r.shape(src)
+    pos = [1] * nd
+    pos[dim] = shape[dim]
+    index = r.int_broadcast(r.int_rearranged(index, tuple(pos)), shape)
+    if alpha != 1:
+        src = r.emit("scale", [src], {"factor": float(alpha)})
+    return _scatter_last(r, base, dim, index, src)
+
+
+@handles("aten.index_select.default")
+def _index_select(r, node, x, dim, index):
+    """x.index_select(dim, index): gather with the index repeated across x's other axes."""
+    nd = len(r.shape(x))
+    dim = int(dim) % nd
+    shape = tuple(r.shape(index)[0] if d == dim else n for d, n in enumerate(r.shape(x)))
+    pos = [1] * nd
+    pos[dim] = shape[dim]
+    index = r.int_broadcast(r.int_rearranged(index, tuple(pos)), shape)
+    return _gather_along(r, x, index, dim)
 
 
 # ---- up-sampling and transposed convolution --------------------------------------------------------
@@ -1907,16 +2283,121 @@ def _up_bilinear(r, node, x, output_size=None, align_corners=False, scales=None)
     return _upsample(r, node, x, "bilinear", align_corners, scales)
 
 
+def _stuff(r, x, axis, s):
+    """x with s - 1 zeros after each entry along `axis` (the last entry's trailing zeros kept):
+    a transposed convolution's input as the equivalent ordinary convolution reads it."""
+    if s == 1:
+        return x
+    shape = list(r.shape(x))
+    col = r.emit("reshape", [x], {"shape": shape[:axis + 1] + [1] + shape[axis + 1:]})
+    zeros = r.const(np.zeros(shape[:axis + 1] + [s - 1] + shape[axis + 1:]))
+    both = r.emit("concat", [col, zeros], {"axis": axis + 1})
+    return r.emit("reshape", [both], {"shape": shape[:axis] + [shape[axis] * s] + shape[axis + 1:]})
+
+
+def _pad_or_crop(r, x, axis, left, right):
+    """Zeros joined on either side of an axis where the count is positive; entries cut where negative."""
+    n = r.shape(x)[axis]
+    x = _slice(r, x, axis, max(0, -left), n - max(0, -right))
+    return _pad_axis(r, x, axis, max(0, left), max(0, right))
+
+
+def _phase_plan(n, k, s, p, o):
+    """Along one axis of a transposed convolution (input n, kernel k, stride s, padding p, output
+    o; no dilation), the outputs o' = j, j + s, ... (phase j < s) read the taps k' = r, r + s, ...
+    with r = (j + p) mod s, each an ordinary convolution of the input: per phase, (taps, first tap
+    r, outputs, left and right padding of the input, negative to cut)."""
+    out = []
+    for j in range(s):
+        r_ = (j + p) % s
+        taps, count = len(range(r_, k, s)), len(range(j, o, s))
+        q0 = (j + p - r_) // s  # the first output's position in the phase's own sequence
+        out.append((taps, r_, count, taps - 1 - q0, q0 + count - n))
+    return out
+
+
+def _conv_transpose_phases(r, x, w, b, s, p, o, groups):
+    """A transposed convolution without dilation as s_h s_w ordinary convolutions, one per output
+    phase (sub-pixel convolution): phase (j, i) holds the outputs y[j::s_h, i::s_w], a stride-1
+    convolution of the input (padded or cut) by the kernel's taps that land there, flipped, with
+    in/out channels swapped per group. The phases are interleaved (stacked on new axes, reshaped)
+    and cut to the output's size. As many FLOPs as the direct kernel, and no zeros in the input."""
+    n, cin, h, wd = r.shape(x)
+    _, cout_g, kh, kw = r.shape(w)
+    g, cin_g = int(groups), cin // int(groups)
+    wf = _flip(r, None, w, [2, 3])  # the flipped kernel: a phase's taps, flipped, are a strided slice of it
+    wf = r.emit("reshape", [wf], {"shape": [g, cin_g, cout_g, kh, kw]})
+    wf = r.emit("transpose", [wf], {"axes": [0, 2, 1, 3, 4]})
+    wf = r.emit("reshape", [wf], {"shape": [g * cout_g, cin_g, kh, kw]})
+    rows, cols = _phase_plan(h, kh, s[0], p[0], o[0]), _phase_plan(wd, kw, s[1], p[1], o[1])
+    mh, mw = -(-o[0] // s[0]), -(-o[1] // s[1])
+    out_rows = []
+    for th, rh, nh, lh, rrh in rows:
+        phases = []
+        for tw, rw, nw, lw, rrw in cols:
+            if th == 0 or tw == 0 or nh == 0 or nw == 0:  # no tap lands here: zeros (the bias is added after)
+                phases.append(r.const(np.zeros((n, g * cout_g, mh, mw, 1))))
+                continue
+            # taps rh, rh + s, ... flipped: from kh - 1 - rh - s (th - 1), every s-th of the flipped kernel
+            sub = _slice(r, wf, 2, kh - 1 - rh - s[0] * (th - 1), kh - rh, s[0])
+            sub = _slice(r, sub, 3, kw - 1 - rw - s[1] * (tw - 1), kw - rw, s[1])
+            xc = _slice(r, _slice(r, x, 2, max(0, -lh), h - max(0, -rrh)), 3, max(0, -lw), wd - max(0, -rrw))
+            y = _conv(r, xc, sub, None, 1, [(max(0, lh), max(0, rrh)), (max(0, lw), max(0, rrw))], g)
+            y = _pad_axis(r, _pad_axis(r, y, 2, 0, mh - nh), 3, 0, mw - nw)
+            phases.append(r.emit("reshape", [y], {"shape": [n, g * cout_g, mh, mw, 1]}))
+        row = r.emit("concat", phases, {"axis": 4}) if len(phases) > 1 else phases[0]
+        out_rows.append(r.emit("reshape", [row], {"shape": [n, g * cout_g, mh, 1, mw * s[1]]}))
+    y = r.emit("concat", out_rows, {"axis": 3}) if len(out_rows) > 1 else out_rows[0]
+    y = r.emit("reshape", [y], {"shape": [n, g * cout_g, mh * s[0], mw * s[1]]})
+    y = _slice(r, _slice(r, y, 2, 0, o[0]), 3, 0, o[1])
+    return _affine(r, y, None, b, 4)
+
+
+def _conv_transpose_general(r, x, w, b, s, p, op, d, groups):
+    """A transposed convolution of (N, Cin, H, W) by w (Cin, Cout/groups, kh, kw), any stride,
+    padding, output padding, dilation and groups, as the ordinary convolution it is the gradient
+    of: the input with s - 1 zeros between entries, padded by d (k - 1) - p on the left and
+    d (k - 1) - p + output_padding on the right (cut where negative), convolved at stride 1 with
+    the kernel flipped in both spatial axes and its in/out channels swapped per group. The zeros
+    add nothing, so the sums are torch's up to round-off; the cost is the zeros' (s^2 more FLOPs
+    than a direct kernel)."""
+    cin, cout_g, kh, kw = r.shape(w)
+    w, dil = _dilations(r, w, d)
+    for axis, k in ((2, kh), (3, kw)):
+        a = axis - 2
+        x = _stuff(r, x, axis, s[a])
+        span = d[a] * (k - 1)
+        # the stuffed axis has s - 1 trailing zeros beyond the (H - 1) s + 1 the convolution reads
+        x = _pad_or_crop(r, x, axis, span - p[a], span - p[a] + op[a] - (s[a] - 1))
+    wf = _flip(r, None, w, [2, 3])
+    kh, kw = r.shape(w)[2:]
+    g, cin_g = int(groups), cin // int(groups)
+    wf = r.emit("reshape", [wf], {"shape": [g, cin_g, cout_g, kh, kw]})
+    wf = r.emit("transpose", [wf], {"axes": [0, 2, 1, 3, 4]})
+    wf = r.emit("reshape", [wf], {"shape": [g * cout_g, cin_g, kh, kw]})
+    return _conv(r, x, wf, b, 1, [(0, 0), (0, 0)], g, dil)
+
+
 @handles("aten.conv_transpose2d.input")
 def _conv_transpose2d(r, node, x, w, b=None, stride=(1, 1), padding=(0, 0), output_padding=(0, 0), groups=1,
                       dilation=(1, 1)):
     """With kernel == stride and no padding (UNet's up-convolution) each input pixel writes its own
-    k x k block: y[n, o, i*k + a, j*k + b] = sum_c x[n, c, i, j] w[c, o, a, b], one matrix product."""
+    k x k block: y[n, o, i*k + a, j*k + b] = sum_c x[n, c, i, j] w[c, o, a, b], one matrix product.
+    Any other geometry (DCGAN's kernel 4, stride 2, padding 1) is the equivalent convolution."""
     cin, cout, kh, kw = r.shape(w)
-    s = _pair(stride)
-    if [kh, kw] != s or kh != kw or _pair(padding) != [0, 0] or _pair(output_padding) != [0, 0] \
-            or groups != 1 or _pair(dilation) != [1, 1]:
-        r.unsupported("transposed convolution other than kernel == stride, no padding, groups or dilation")
+    s, p, op, d = (_ints(v, 2) for v in (stride, padding, output_padding, dilation))
+    if len(r.shape(x)) != 4:
+        r.unsupported("transposed convolution of other than (N, C, H, W)")
+    if min(s) < 1 or min(d) < 1 or min(p) < 0 or min(op) < 0:
+        r.unsupported(f"transposed convolution with stride {tuple(s)}, padding {tuple(p)}, output padding "
+                      f"{tuple(op)} and dilation {tuple(d)}")
+    if [kh, kw] != s or kh != kw or p != [0, 0] or op != [0, 0] or groups != 1 or d != [1, 1]:
+        if d == [1, 1]:
+            y = _conv_transpose_phases(r, x, w, b, s, p, list(_out_shape(node)[2:]), groups)
+        else:
+            y = _conv_transpose_general(r, x, w, b, s, p, op, d, groups)
+        return y if r.shape(y) == _out_shape(node) else r.unsupported(
+            f"transposed convolution made {r.shape(y)}, torch {_out_shape(node)}")
     n, _, h, wd = r.shape(x)
     k = kh
     xt = r.emit("transpose", [x], {"axes": [0, 2, 3, 1]})  # (N, H, W, Cin)
@@ -1925,6 +2406,25 @@ def _conv_transpose2d(r, node, x, w, b=None, stride=(1, 1), padding=(0, 0), outp
     y = r.emit("transpose", [y], {"axes": [0, 3, 1, 4, 2, 5]})  # (N, Cout, H, k, W, k)
     y = r.emit("reshape", [y], {"shape": [n, cout, h * k, wd * k]})
     return _affine(r, y, None, b, 4)
+
+
+@handles("aten.conv_transpose1d.default")
+def _conv_transpose1d(r, node, x, w, b=None, stride=(1,), padding=(0,), output_padding=(0,), groups=1,
+                      dilation=(1,)):
+    """(N, C, L) as an image of height 1, through the 2-D rule."""
+    if len(r.shape(x)) != 3:
+        r.unsupported("transposed convolution of other than (N, C, L)")
+    n, c, length = r.shape(x)
+    x4 = r.emit("reshape", [x], {"shape": [n, c, 1, length]})
+    w4 = r.emit("reshape", [w], {"shape": list(r.shape(w)[:2]) + [1, r.shape(w)[2]]})
+    s, p, op, d = (_ints(v, 1)[0] for v in (stride, padding, output_padding, dilation))
+    if min(s, d) < 1 or min(p, op) < 0:
+        r.unsupported(f"transposed convolution with stride {s}, padding {p}, output padding {op} and dilation {d}")
+    if d == 1:
+        y = _conv_transpose_phases(r, x4, w4, b, [1, s], [0, p], [1, _out_shape(node)[2]], groups)
+    else:
+        y = _conv_transpose_general(r, x4, w4, b, [1, s], [0, p], [0, op], [1, d], groups)
+    return r.emit("reshape", [y], {"shape": list(_out_shape(node))})
 
 
 for _name in ("aten._assert_tensor_metadata.default", "aten._assert_scalar.default"):
@@ -1972,8 +2472,6 @@ def _fill_inputs(rec, arg_names, args, seed):
             info["high"] = int(high)
         else:
             rec.arrays[name] = rng.standard_normal(info["shape"]).astype(rec.dtype)
-    for name, (src, how) in rec.int_views.items():  # in the order made: a view's source is filled first
-        rec.arrays[name] = np.ascontiguousarray(how(rec.arrays[src]))
 
 
 def _flow(d):

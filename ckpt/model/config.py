@@ -69,13 +69,15 @@ ATTR_KINDS = {
     "factor": "number", "axis": "axes", "keepdims": "bool", "shape": "shape", "axes": "permutation",
     "eps": "positive", "stride": "count", "padding": "index", "kernel": "count", "scale": "count",
     "p": "probability", "exponent": "number", "start": "index", "stop": "count", "step": "count",
-    "dilation": "count", "first": "bool",
+    "dilation": "count", "first": "bool", "ignore_index": "integer", "average": "bool",
 }
 ATTR_KINDS_BY_OP = {("concat", "axis"): "axis", ("softmax", "axis"): "axis", ("log_softmax", "axis"): "axis",
-                    ("slice", "axis"): "axis"}
+                    ("slice", "axis"): "axis", ("labels_view", "axes"): "permutation", ("topk_indices", "k"): "count",
+                    ("topk_indices", "largest"): "bool", ("labels_slice", "axis"): "axis",
+                    ("float_labels", "high"): "count"}
 KIND_TEXT = {
     "number": "a finite number", "positive": "a finite number > 0", "probability": "a number in [0, 1)",
-    "bool": "true or false", "count": "an integer >= 1", "index": "an integer >= 0",
+    "bool": "true or false", "count": "an integer >= 1", "index": "an integer >= 0", "integer": "an integer",
     "axis": "an integer axis (negative counts from the end)",
     "axes": "null (every axis), an integer axis, or a list of axes",
     "permutation": "null (reverse the axes) or a list of axes",
@@ -429,7 +431,7 @@ class _Reader:
             if (kind == "positive" and n <= 0) or (kind == "probability" and not 0 <= n < 1):
                 raise bad()
             return n
-        if kind in ("count", "index", "axis"):
+        if kind in ("count", "index", "axis", "integer"):
             if isinstance(v, (list, dict)) or v is None:
                 raise bad()
             n = integer(v)
@@ -765,6 +767,18 @@ OP_SUMMARY = {
     "amin": "smallest element over axes; ties as `amax`",
     "stop_gradient": "x, passing no gradient back (torch's detach)",
     "gather": "x (..., n) at integer positions idx (..., k) along the last axis: out[..., j] = x[..., idx[..., j]]",
+    "nll": "negative log-likelihood of log-probabilities (..., C) at integer labels (...), each row weighted "
+           "by weight[label] (optional third input, (C,)), rows labelled `ignore_index` skipped; divided by "
+           "the weights' sum (`average`) or summed",
+    "label_float": "integer labels read as floats (the second input, a 0-d float, gives the dtype); no gradient",
+    "topk_indices": "positions (int64) of the k largest (or smallest) along the last axis, in order; ties by "
+                    "position; no gradient",
+    "labels_view": "integer labels an op computed, axes permuted, then reshaped",
+    "labels_slice": "integer labels an op computed, x[start:stop:step] along an axis",
+    "labels_expand": "integer labels an op computed, broadcast to a shape (axes of size 1 repeated)",
+    "float_labels": "floats holding whole numbers (positions, counts) read as integer labels, each checked "
+                    "to lie below `high` (`ignore_index` aside); no gradient",
+    "scatter_add": "base (..., n) plus src (..., k) added at integer positions idx (..., k) along the last axis",
 }
 
 _LEAF_DOC = {

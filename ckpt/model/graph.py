@@ -228,10 +228,22 @@ def leaf_values(g, dtype_override=None):
     return values
 
 
+# Ops that only rearrange integer labels (an imported model's `targets.view(-1)`): the labels they
+# pass on are checked as the input's, rearranged.
+LABEL_VIEWS = ("labels_view", "labels_slice", "labels_expand")
+
+
 def _check_labels(g, values):
     """Every integer label in range of what its op indexes (Op.labels_below): numpy would index
     from the end with a negative one, silently, and fail deep inside the op past the end. Labels
-    are leaves (no op makes integers), so this is one pass over them before any step."""
+    are leaves, their views (LABEL_VIEWS, rearranged here from the leaves' values) or computed by
+    ops that check their own (float_labels) or cannot leave the range (topk_indices), so this is
+    one pass before any step."""
+    views = dict(values)
+    for v in g.graph["order"]:
+        d = g.nodes[v]
+        if d["op"] in LABEL_VIEWS and all(u in views for u in d["inputs"]):
+            views[v] = REGISTRY[d["op"]].forward(np, [views[u] for u in d["inputs"]], d["attrs"])
     for w, d in g.nodes(data=True):
         op = REGISTRY[d["op"]] if d["kind"] == "op" else None
         if op is None or op.labels_below is None:
@@ -239,11 +251,15 @@ def _check_labels(g, values):
         bound = op.labels_below([g.nodes[u]["shape"] for u in d["inputs"]])
         for i in op.int_inputs:
             u = d["inputs"][i]
-            arr = values.get(u)
+            arr = views.get(u)
+            if arr is not None and d["attrs"].get("ignore_index") is not None:  # a label the op skips (padding)
+                arr = arr[arr != d["attrs"]["ignore_index"]]
             if arr is None or arr.size == 0:
                 continue
             lo, hi = int(arr.min()), int(arr.max())
             if lo < 0 or hi >= bound:
+                while g.nodes[u]["kind"] == "op":  # a view: the input it rearranges
+                    u = g.nodes[u]["inputs"][0]
                 raise ConfigError(f"label {lo if lo < 0 else hi} is outside 0..{bound - 1}, the range {d['op']} "
                                   f"node {w!r} indexes", file=g.graph.get("file"), line=g.nodes[u]["spec"].line, key=u)
 

@@ -931,3 +931,101 @@ register(Op(
     workspace=_xent_workspace,
     example={"shapes": [(3, 5), (3,)]},
 ))
+
+
+# ---- nll: the negative log-likelihood of integer labels, with class weights and an ignored label --
+# PyTorch's nll_loss (and cross_entropy as log_softmax, then this): row r of log-probabilities logp
+# (..., C) with label t_r counts w_r = weight[t_r] (1 without weights), 0 where t_r is ignore_index
+# (padding, -100); the loss is -sum_r w_r logp[r, t_r], divided by sum_r w_r when `average`
+# (reduction='mean'; every row ignored: 0 / 0, NaN, as in PyTorch) and not when summed. The VJP
+# for logp reads only the labels and the weights: the log-probabilities are not kept for it.
+# (PyTorch gives the weights no gradient; the front end passes them through stop_gradient where
+# they are not constants. Their VJP here is the true derivative.)
+def _nll_shape(shapes, a):
+    logp, labels = tuple(shapes[0]), tuple(shapes[1])
+    if len(logp) < 1 or logp[:-1] != labels:
+        raise shape_error("nll", "needs log-probabilities (..., classes) and labels (...)", shapes)
+    if len(shapes) == 3 and tuple(shapes[2]) != logp[-1:]:
+        raise shape_error("nll", "needs class weights of shape (classes,)", shapes)
+    return ()
+
+
+def _nll_rows(xp, ins, classes, a, dtype):
+    """(each row's label, an ignored row's made 0; the rows kept, None where none is ignored;
+    each row's weight w_r; each label's position in the flattened logp)."""
+    labels = ins[1].reshape(-1).astype(xp.int64)  # a copy: the ignored rows are rewritten
+    keep = None if a["ignore_index"] is None else labels != a["ignore_index"]
+    if keep is not None:
+        labels *= keep
+    w = ins[2].reshape(-1)[labels] if len(ins) == 3 else xp.ones(labels.shape, dtype=dtype)
+    if keep is not None:
+        w *= keep
+    flat = xp.arange(0, labels.size * classes, classes, dtype=xp.int64)
+    flat += labels
+    return labels, keep, w, flat
+
+
+def _nll_forward(xp, ins, a):
+    _, _, w, flat = _nll_rows(xp, ins, ins[0].shape[-1], a, ins[0].dtype)
+    picked = xp.take(ins[0].reshape(-1), flat)
+    picked *= w
+    total = -picked.sum()
+    return total / w.sum() if a["average"] else total
+
+
+def _nll_vjp(xp, i, g, c):
+    if i == 1:  # the labels: no gradient
+        return xp.zeros(tuple(c.in_shapes[1]), dtype=g.dtype)
+    labels, keep, w, flat = _nll_rows(xp, c.ins, c.in_shapes[0][-1], c.attrs, g.dtype)
+    if i == 0:
+        w *= -g / w.sum() if c.attrs["average"] else -g
+        dx = xp.zeros(tuple(c.in_shapes[0]), dtype=g.dtype)
+        dx.reshape(-1)[flat] = w  # one label per row: each position is written once
+        return dx
+    # the weights: row r adds -logp_r (sum), or (-logp_r - loss) / sum_r w_r (mean), to its class
+    per = -xp.take(c.ins[0].reshape(-1), flat)
+    if c.attrs["average"]:
+        total = w.sum()
+        per -= (per * w).sum() / total  # (per * w).sum() / total is the loss
+        per /= total
+    if keep is not None:
+        per *= keep
+    dw = xp.zeros(tuple(c.in_shapes[2]), dtype=g.dtype)
+    xp.add.at(dw, labels, per * g)
+    return dw
+
+
+def _nll_jvp(xp, t, c):
+    labels, keep, w, flat = _nll_rows(xp, c.ins, c.in_shapes[0][-1], c.attrs, t[0].dtype)
+    lp = xp.take(c.ins[0].reshape(-1), flat)
+    dnum = -(xp.take(t[0].reshape(-1), flat) * w).sum()
+    if len(t) == 3:
+        tw = t[2].reshape(-1)[labels] * keep if keep is not None else t[2].reshape(-1)[labels]
+        dnum = dnum - (lp * tw).sum()
+    if not c.attrs["average"]:
+        return dnum
+    total = w.sum()
+    loss = -(lp * w).sum() / total
+    return (dnum - loss * tw.sum()) / total if len(t) == 3 else dnum / total
+
+
+def _nll_workspace(which, s, o, a, itemsize):
+    """Every rule holds the labels and their flat positions (int64 each), the kept rows' mask (a
+    byte a row, with ignore_index) and the rows' weights; beside them the forward holds the picked
+    log-probabilities, the weights' VJP the picked ones, their product with the weights and the
+    contribution of each row (a row each)."""
+    rows = size(s[1])
+    held = 16 * rows + (rows if a["ignore_index"] is not None else 0) + rows * itemsize
+    return held + rows * itemsize * {"forward": 1, 0: 0}.get(which, 3)
+
+
+register(Op(
+    name="nll", arity=(2, 3), shape=_nll_shape, attrs={"ignore_index": None, "average": True},
+    forward=_nll_forward, vjp=_nll_vjp, jvp=_nll_jvp,
+    needs=lambda i: ((1, 2), (), (0, 1, 2))[i], flops=lambda s, o, a: 3 * size(s[1]), int_inputs=(1,),
+    labels_below=lambda s: s[0][-1],  # a class (ignore_index aside)
+    # zero dx and write a row each; the weights': a few operations a row
+    vjp_flops=lambda i, s, o, a: (size(s[0]) + 3 * size(s[1]), 0, 6 * size(s[1]))[i],
+    workspace=_nll_workspace,
+    example={"shapes": [(3, 5), (3,), (5,)], "attrs": {"ignore_index": 2}},
+))
