@@ -682,6 +682,8 @@ class _Reader:
         name = doc.get("name", "model")
         if not isinstance(name, (str, int)) or isinstance(name, bool):
             raise self.err(f"name must be a string, got {_describe(name)}", doc, key="name", node_key="name")
+        if not str(name).isprintable():  # printed at the head of every report, and into compiled modules
+            raise self.err(f"name holds a control character: {_describe(name)}", doc, key="name", node_key="name")
         self.dtype = doc.get("dtype", "float32")
         if self.overrides.get("dtype") is not None:
             self.dtype = self.overrides.pop("dtype")
