@@ -253,3 +253,22 @@ def test_weights_that_are_fine(tmp_path, dtype, arrays):
     assert res.exit_code == 0, res.output
     res = invoke(["run", p, "--steps", "1"])
     assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+
+
+# ---- MODEL.py:NAME naming a function the file imports ----------------------------------------------
+def test_a_function_imported_into_the_model_file_is_named_as_imported(tmp_path):
+    """`examples/seed.py:log` said `examples/seed.py:248: ... above def log`: line 248 of ckpt's own
+    frontends/python.py, given as the model file's."""
+    p = tmp_path / "m.py"
+    p.write_text("import ckpt\nfrom ckpt import log\nfrom os.path import join\n\n"
+                 '@ckpt.traced(inputs={"x": {"shape": [3], "grad": True}})\ndef f(x):\n    return log(x).sum()\n')
+    for name, origin in (("log", "ckpt.frontends.python"), ("join", "posixpath")):
+        res = invoke(["plan", f"{p}:{name}"])
+        assert_one_line(res, needle=f"m.py: {name} is imported into this file from {origin}")
+        assert "(functions marked @ckpt.traced: f)" in res.output
+
+
+def test_a_plain_function_of_the_file_still_names_its_line(tmp_path):
+    p = tmp_path / "m.py"
+    p.write_text("import ckpt\n\n\ndef g(x):\n    return x\n")
+    assert_one_line(invoke(["plan", f"{p}:g"]), needle="m.py:4: g: declare its inputs")
