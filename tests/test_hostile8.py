@@ -272,3 +272,16 @@ def test_a_plain_function_of_the_file_still_names_its_line(tmp_path):
     p = tmp_path / "m.py"
     p.write_text("import ckpt\n\n\ndef g(x):\n    return x\n")
     assert_one_line(invoke(["plan", f"{p}:g"]), needle="m.py:4: g: declare its inputs")
+
+
+# ---- import writes three files: each is checked before any is written ------------------------------
+@pytest.mark.parametrize("companion", ["m.npz", "m.torch.json"])
+def test_import_checks_the_configs_companions_before_the_trace(tmp_path, monkeypatch, companion):
+    """m.torch.json a directory: m.yaml and m.npz were written, then the third write was refused,
+    leaving a config without the file `torch-check` and `plan --emit torch` read beside it."""
+    import ckpt.frontends.torch_import as ti
+    monkeypatch.setattr(ti, "import_model", lambda *a, **k: pytest.fail("traced before the outputs were checked"))
+    (tmp_path / companion).mkdir()
+    res = invoke(["import", "m.py:f", "-o", str(tmp_path / "m.yaml")])
+    assert_one_line(res, needle=f"{companion}: cannot write: the path exists and is not a regular file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [companion]
