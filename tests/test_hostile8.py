@@ -285,3 +285,25 @@ def test_import_checks_the_configs_companions_before_the_trace(tmp_path, monkeyp
     res = invoke(["import", "m.py:f", "-o", str(tmp_path / "m.yaml")])
     assert_one_line(res, needle=f"{companion}: cannot write: the path exists and is not a regular file")
     assert sorted(p.name for p in tmp_path.iterdir()) == [companion]
+
+
+# ---- an output that is a file the config brings with it ---------------------------------------------
+IMPORTED = SEED.replace("name: m", "name: m\nweights: m.npz")
+
+
+@pytest.mark.parametrize("args,target", [
+    (["plan", "CFG", "--emit", "torch", "-o", "OUT"], "m.torch.json"),
+    (["export", "CFG", "-o", "OUT"], "m.torch.json"),
+    (["bench", "CFG", "--steps", "1", "-o", "OUT"], "m.torch.json"),
+    (["bench", "CFG", "--steps", "1", "-o", "OUT"], "m.npz"),
+])
+def test_an_output_that_is_the_configs_companion_is_refused(tmp_path, args, target):
+    """`plan m.yaml --emit torch -o m.torch.json` replaced the metadata `ckpt import` wrote, which
+    that very command reads: every later plan of m.yaml failed (`re-run ckpt import`)."""
+    cfg = _write(tmp_path, IMPORTED, "m.yaml")
+    np.savez(tmp_path / "m.npz", x1=np.float64(2.0))
+    (tmp_path / "m.torch.json").write_text('{"old": true}')
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    res = invoke([cfg if a == "CFG" else str(tmp_path / target) if a == "OUT" else a for a in args])
+    assert_one_line(res, needle=f"{target} is a file this command reads (its ")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
