@@ -307,3 +307,19 @@ def test_an_output_that_is_the_configs_companion_is_refused(tmp_path, args, targ
     res = invoke([cfg if a == "CFG" else str(tmp_path / target) if a == "OUT" else a for a in args])
     assert_one_line(res, needle=f"{target} is a file this command reads (its ")
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+# ---- a terminal that cannot show a character ckpt prints ---------------------------------------------
+@pytest.mark.parametrize("encoding", ["latin-1", "ascii"])
+def test_output_in_an_encoding_without_the_characters_is_escaped(tmp_path, encoding):
+    """The seed's adjoint trace writes v̄ (a combining macron): UnicodeEncodeError traceback in a
+    latin-1 locale."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONIOENCODING": encoding}
+    p = subprocess.run([sys.executable, "-m", "ckpt", "trace", os.path.join(root, "configs", "seed_example.yaml")],
+                       cwd=root, env=env, capture_output=True, timeout=60)
+    assert p.returncode == 0 and b"Traceback" not in p.stderr, p.stderr.decode(errors="replace")
+    assert b"\\u0304" in p.stdout

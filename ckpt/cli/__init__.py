@@ -126,6 +126,13 @@ def _one_line_warning(message, category, filename, lineno, line=None):
 
 def main(args=None):
     warnings.formatwarning = _one_line_warning
+    for stream in (sys.stdout, sys.stderr):
+        # a terminal or pipe whose encoding lacks a character ckpt prints (the seed's v̄ in a latin-1
+        # locale, a model's name in ASCII): that character escaped, not a UnicodeEncodeError traceback
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):  # not a text file (a test's capture)
+            pass
     try:
         rv = cli.main(args=args, prog_name="ckpt", standalone_mode=False)
     except click.exceptions.Exit as e:
