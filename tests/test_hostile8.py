@@ -324,3 +324,35 @@ def test_output_in_an_encoding_without_the_characters_is_escaped(tmp_path, encod
     assert p.returncode == 0 and b"Traceback" not in p.stderr, p.stderr.decode(errors="replace")
     # escaped, or (click, seeing a stream that claims ASCII) written as UTF-8
     assert b"\\u0304" in p.stdout or "\u0304".encode() in p.stdout
+
+
+# ---- methods CONFIG: the symbolic side is bounded, never a hang ---------------------------------------
+@pytest.mark.parametrize("n,needle", [
+    (3, None),                                          # simplify of a 114-node derivative: 11 s
+    (5, "symbolic derivatives of more than 5000 tree nodes are not evaluated"),
+    (9, "f as one closed-form expression has more than 5000 tree nodes"),
+    (300, "the model has 2098 ops, more than the 64"),  # to_sympy alone ran for minutes
+])
+def test_methods_on_a_deep_scalar_model_finishes(n, needle, monkeypatch):
+    """`ckpt methods examples/seed.py:seed_chain` ran for minutes at every N (sympy's simplify at
+    N=3, the exponential closed form past it). An alarm fails the test instead of hanging it."""
+    import os
+    import signal
+    pytest.importorskip("sympy")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def hung(*_):
+        raise AssertionError("methods ran over 20 s")
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    try:
+        res = invoke(["methods", os.path.join(root, "examples", "seed.py") + ":seed_chain", "--set", f"N={n}"])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert res.exit_code == 0, res.output
+    assert "reverse mode runs" in res.output
+    if needle:
+        assert needle in res.output
+    else:
+        assert "d/dx1 = " in res.output and "simplified" not in res.output
