@@ -1,5 +1,5 @@
-"""Hostile inputs found by driving every command with a probe (scripts/probe_hostile.py): each class
-with its test. Every case is exit 0 with the right figures, or one line and its exit code; never a
+"""Hostile inputs found by driving every command with a fuzz probe (run outside the suite): each
+class with its test. Every case is exit 0 with the right figures, or one line and its exit code; never a
 traceback, never a value read other than as written, never code run that the user did not write."""
 
 import json
