@@ -497,7 +497,22 @@ def reverse_op_count(g):
     return ops + terms
 
 
-def methods(path, overrides=None, simplify_limit=4000):
+# The sizes (expression-tree nodes) `methods CONFIG` takes symbolically. A closed form grows
+# exponentially with the depth of a model that reads a value twice (the expression swell), and
+# walking, differentiating and printing it grows with it: the seed chain at N=9 ran for minutes.
+# sympy's simplify is slower still, and unbounded: 46 nodes took 0.5 s, 114 nodes 11 s, 202 over 15 s.
+SYMBOLIC_LIMIT = 5_000
+SYMBOLIC_MAX_OPS = 64  # sympy builds a deep closed form slowly itself: the seed chain at N=300 ran for minutes
+SIMPLIFY_LIMIT = 80
+
+
+def _bounded_size(sp, expr, limit):
+    """tree_size, counted no further than limit + 1 (the tree of a shared DAG can be exponential)."""
+    import itertools
+    return sum(1 for _ in itertools.islice(sp.preorder_traversal(expr), limit + 1))
+
+
+def methods(path, overrides=None, simplify_limit=SIMPLIFY_LIMIT):
     """For each input that takes a gradient: the derivative by central differences, by symbolic
     differentiation (sympy) and by reverse mode, their disagreements, times and sizes."""
     from .autodiff import evaluate, numeric_derivative
@@ -528,9 +543,18 @@ def methods(path, overrides=None, simplify_limit=4000):
         sym_note = INSTALL
     else:
         try:
+            n_ops = sum(1 for _, d in g.nodes(data=True) if d["kind"] == "op")
+            if n_ops > SYMBOLIC_MAX_OPS:
+                raise Unsupported(f"the model has {n_ops} ops, more than the {SYMBOLIC_MAX_OPS} whose closed form "
+                                  "this comparison builds (the expression swell: `ckpt methods --swell`)")
             expr, syms = to_sympy(sp, g)
-            out["symbolic"] = {"expression_size": tree_size(sp, expr)}
+            size = _bounded_size(sp, expr, SYMBOLIC_LIMIT)
+            if size > SYMBOLIC_LIMIT:
+                raise Unsupported(f"f as one closed-form expression has more than {SYMBOLIC_LIMIT} tree nodes "
+                                  "(the expression swell: `ckpt methods --swell`)")
+            out["symbolic"] = {"expression_size": size}
         except Unsupported as e:
+            expr = None
             sym_note = f"symbolic differentiation skipped: {e}"
     out["symbolic_note"] = sym_note
     eps = np.finfo(np.float64).eps
@@ -556,6 +580,11 @@ def methods(path, overrides=None, simplify_limit=4000):
         if expr is not None:
             t0 = _time.perf_counter()
             dexpr = sp.diff(expr, syms[v])
+            if _bounded_size(sp, dexpr, SYMBOLIC_LIMIT) > SYMBOLIC_LIMIT:
+                out["symbolic_note"] = (f"symbolic derivatives of more than {SYMBOLIC_LIMIT} tree nodes are not "
+                                        "evaluated (the expression swell: `ckpt methods --swell`)")
+                out["inputs"].append(row)
+                continue
             value = float(dexpr.evalf(subs={syms[k]: float(host[k]) for k in syms}))
             row["symbolic_time_s"] = _time.perf_counter() - t0
             row.update(symbolic=value, symbolic_vs_reverse=abs(value - exact) / max(abs(exact), 1e-300),

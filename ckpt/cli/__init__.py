@@ -80,7 +80,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except CkptError as e:
-            click.echo(f"ckpt: error: {e}", err=True)
+            click.echo(f"ckpt: error: {one_line(str(e))}", err=True)
             ctx.exit(e.exit_code)
         except BrokenPipeError:
             # the reader of standard output went away (`ckpt export ... -o - | head`): click would
@@ -100,6 +100,14 @@ def cli():
 
 
 
+def one_line(text):
+    """A message as one line on a terminal: a newline or escape sequence in a name the user gave (a
+    file called `a\nb.json`) is shown escaped, as Python writes it, not obeyed."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def _quiet_stdout():
     """Point standard output at /dev/null, so that the interpreter's last flush into the closed
     pipe raises nothing more."""
@@ -113,11 +121,18 @@ def _quiet_stdout():
 def _one_line_warning(message, category, filename, lineno, line=None):
     """A warning (numpy's overflow in exp, say) as one line: not the file and source line inside ckpt
     that raised it, which read like the start of a traceback."""
-    return f"ckpt: warning: {message}\n"
+    return f"ckpt: warning: {one_line(str(message))}\n"
 
 
 def main(args=None):
     warnings.formatwarning = _one_line_warning
+    for stream in (sys.stdout, sys.stderr):
+        # a terminal or pipe whose encoding lacks a character ckpt prints (the seed's v̄ in a latin-1
+        # locale, a model's name in ASCII): that character escaped, not a UnicodeEncodeError traceback
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):  # not a text file (a test's capture)
+            pass
     try:
         rv = cli.main(args=args, prog_name="ckpt", standalone_mode=False)
     except click.exceptions.Exit as e:
@@ -126,7 +141,7 @@ def main(args=None):
         click.echo("ckpt: aborted", err=True)
         sys.exit(130)
     except click.ClickException as e:
-        click.echo(f"ckpt: error: {e.format_message()}", err=True)
+        click.echo(f"ckpt: error: {one_line(e.format_message())}", err=True)
         sys.exit(e.exit_code)
     except BrokenPipeError:
         sys.exit(0)

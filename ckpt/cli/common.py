@@ -62,13 +62,20 @@ def refuse_overwriting_input(output, *inputs):
     from ..frontends.python import split_path  # MODEL.py:NAME reads MODEL.py
     for src in inputs:
         path = split_path(src)[0]
-        try:
-            same = os.path.samefile(output, path)
-        except OSError:  # either is missing: nothing to overwrite
-            continue
-        if same:
-            raise ConfigError(f"-o {output} is the file this command reads ({src}): writing would replace it; "
-                              "give another name")
+        read = [(path, "")]
+        if path.lower().endswith((".yaml", ".yml")):
+            # what `ckpt import` writes beside a config, read with it (`plan --emit torch` reads the
+            # metadata): `plan m.yaml --emit torch -o m.torch.json` destroyed the import
+            stem = os.path.splitext(path)[0]
+            read += [(stem + ".torch.json", "its PyTorch metadata, "), (stem + ".npz", "its weights, ")]
+        for file, what in read:
+            try:
+                same = os.path.samefile(output, file)
+            except OSError:  # either is missing: nothing to overwrite
+                continue
+            if same:
+                raise ConfigError(f"-o {output} is {'a' if what else 'the'} file this command reads ({what}{src}): "
+                                  "writing would replace it; give another name")
 
 
 def check_plot_file(path):

@@ -30,6 +30,12 @@ def import_(target, inputs, output, seed, as_json):
         raise ConfigError("import writes a ckpt config (-o model.yaml, with model.npz and model.torch.json "
                           "beside it) or a cost graph (-o graph.json): end the name in .yaml or .json", file=output)
     check_writable(output)  # before the trace, not after it
+    if not output.lower().endswith(".json"):
+        # the config's two companions too: one refused after the others are written would leave a
+        # config naming weights that are not there, or a set from two different imports
+        stem = os.path.splitext(output)[0]
+        for companion in (stem + ".npz", stem + ".torch.json"):
+            check_writable(companion)
     r = import_model(target, inputs, output, seed=seed)
     if as_json:
         emit_json(r)

@@ -447,6 +447,11 @@ def load_function(path):
     if fn is None or not callable(fn):
         near = ", ".join(sorted(models)) or "none"
         raise ConfigError(f"no function {name!r} (functions marked @ckpt.traced: {near})", file=file)
+    if not hasattr(fn, "__ckpt_model__") and getattr(fn, "__module__", None) != mod_name:
+        # imported into the file (`from ckpt import log`): its line is another file's
+        raise ConfigError(f"{name} is imported into this file from {getattr(fn, '__module__', None) or 'elsewhere'}, "
+                          f"not a model function defined in it (functions marked @ckpt.traced: "
+                          f"{', '.join(sorted(models)) or 'none'})", file=file)
     if not hasattr(fn, "__ckpt_model__"):
         # a file that uses PyTorch holds a module factory, which `ckpt import` reads instead
         torch_hint = f"; for a PyTorch model, `ckpt import {file}:{name} --input NAME=SHAPE... -o model.yaml` " \

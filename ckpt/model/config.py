@@ -684,6 +684,8 @@ class _Reader:
         name = doc.get("name", "model")
         if not isinstance(name, (str, int)) or isinstance(name, bool):
             raise self.err(f"name must be a string, got {_describe(name)}", doc, key="name", node_key="name")
+        if not str(name).isprintable():  # printed at the head of every report, and into compiled modules
+            raise self.err(f"name holds a control character: {_describe(name)}", doc, key="name", node_key="name")
         self.dtype = doc.get("dtype", "float32")
         if self.overrides.get("dtype") is not None:
             self.dtype = self.overrides.pop("dtype")
@@ -935,6 +937,12 @@ def attach_weights(leaves, weights, file, line=None):
         return ConfigError(f"weights {weights}: {name} {what}", file=file, line=leaves[name].line, key=name)
 
     try:
+        with open(path, "rb") as f:  # np.load would read a bare .npy (or a pickle) whole, whatever its size
+            magic = f.read(4)
+        if magic not in (b"PK\x03\x04", b"PK\x05\x06"):
+            what = "a single .npy array" if magic == b"\x93NUM" else "not a zip archive"
+            raise ConfigError(f"weights {weights} is {what}: ckpt reads an .npz (np.savez) of arrays by name",
+                              file=file, line=line, key="weights")
         with np.load(path, allow_pickle=False) as z:
             for name in z.files:
                 leaf = leaves.get(name)
@@ -952,10 +960,34 @@ def attach_weights(leaves, weights, file, line=None):
                     raise refuse(name, "holds nan values")
                 if leaf.dtype in INT_DTYPES and dtype.kind == "f" and not (arr == np.round(arr)).all():
                     raise refuse(name, f"holds fractions, and the config's dtype is {leaf.dtype}")
+                _check_range(arr, leaf.dtype, lambda what: refuse(name, what))
                 leaf.init, leaf.value = "value", arr
-    except (OSError, ValueError, EOFError, KeyError) as e:
-        raise ConfigError(f"cannot read weights {weights}: {e.__class__.__name__}", file=file, line=line,
-                          key="weights") from None
+    except (ConfigError, MemoryError):
+        raise
+    except Exception as e:  # noqa: BLE001 - zipfile, zlib, lzma and numpy's header parser each raise their own
+        reason = str(e).splitlines()[0][:80] if str(e) else ""
+        raise ConfigError(f"cannot read weights {weights}: {e.__class__.__name__}" + (f" ({reason})" if reason else ""),
+                          file=file, line=line, key="weights") from None
+
+
+def _check_range(arr, dtype, refuse):
+    """Weights the leaf's dtype holds as written: a float past its range would become inf (1e10 in
+    float16) and an integer would wrap around (2**32 in int32 is label 0), silently, when cast."""
+    import numpy as np
+
+    if arr.size == 0:
+        return
+    if dtype in INT_DTYPES:
+        lo, hi = np.iinfo(dtype).min, np.iinfo(dtype).max
+        # compared as Python numbers: a uint64 or a float beside an int64 bound would round
+        if int(arr.min()) < lo or int(arr.max()) > hi:
+            raise refuse(f"holds values outside the range of {dtype} ({int(arr.min())} to {int(arr.max())})")
+    elif arr.dtype.kind == "f" or dtype in ("float16", "bfloat16", "float32"):
+        # float64's own limit, not the literal's 1e300: a mask imported from PyTorch holds finfo.min
+        limit = float(np.finfo(np.float64).max) if dtype == "float64" else _VALUE_RANGE[dtype]
+        finite = arr[np.isfinite(arr)] if arr.dtype.kind == "f" else arr
+        if finite.size and float(np.abs(finite).max()) > limit:
+            raise refuse(f"holds {float(np.abs(finite).max()):g}, past the range of {dtype} (it would be read as inf)")
 
 
 def _npy_header(np, z, name):

@@ -45,7 +45,12 @@ def parse_cost_graph(doc, file="<graph>"):
         graph_attrs = {}
     if not isinstance(graph_attrs, dict):
         raise err(f"'graph' must be a mapping of graph attributes, got {type(graph_attrs).__name__}", key="graph")
-    j = nx.DiGraph(name=str(graph_attrs.get("name", os.path.basename(str(file)))))
+    name = graph_attrs.get("name")
+    if name is None:
+        name = os.path.basename(str(file))
+    if not _id(name) or not str(name).isprintable():  # printed at the head of the report, on one line
+        raise err(f"the graph's name must be a string without control characters, got {_short(name)}", key="graph")
+    j = nx.DiGraph(name=str(name))
     position, total_ram, max_ws = {}, 0, 0
     for n, node in enumerate(nodes):
         if not isinstance(node, dict) or "id" not in node:
@@ -103,8 +108,9 @@ def parse_cost_graph(doc, file="<graph>"):
         if j.nodes[x]["kind"] == "forward" and any(j.nodes[u]["kind"] == "backward" for u in j.predecessors(x)):
             raise err("a forward node reads a backward node's output", key=x)
     resident = graph_attrs.get("resident_bytes", 0)
-    if not _number(resident) or resident < 0 or resident + total_ram > MAX_BYTES:
-        raise err(f"resident_bytes must be a number >= 0 (at most 2**62 with cost_ram), got {_short(resident)}", key="graph")
+    if not _number(resident) or resident < 0 or int(resident) != resident or resident + total_ram > MAX_BYTES:
+        raise err(f"resident_bytes must be a whole number of bytes >= 0 (at most 2**62 with cost_ram), got "
+                  f"{_short(resident)}", key="graph")
     if resident + total_ram + max_ws > MAX_BYTES:  # a peak is their sum at most: it stays exact in 64 bits
         raise err(f"resident_bytes, cost_ram and the largest ws total more than {MAX_BYTES} bytes (2**62), the most "
                   "ckpt handles", key="graph")

@@ -218,6 +218,9 @@ def residuals(g, w, i):
 
 def leaf_values(g, dtype_override=None):
     """Host (numpy) arrays for every input and parameter, reproducible from the config's seed."""
+    if g.graph.get("dtype") == "bfloat16":  # numpy has no bfloat16: every command that makes arrays comes here
+        raise ConfigError("this command computes, and numpy has no bfloat16: it is for planning only "
+                          "(use --dtype float32)", file=g.graph.get("file"))
     seed = g.graph["seed"]
     values = {}
     for v, d in g.nodes(data=True):
@@ -267,7 +270,7 @@ def _check_labels(g, values):
 def _init(name, d, seed, file):
     shape, spec = d["shape"], d["spec"]
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-    np_dtype = np.dtype(d["dtype"])  # bfloat16 never gets here: `run` refuses it first
+    np_dtype = np.dtype(d["dtype"])  # bfloat16 never gets here: leaf_values refuses it
     if spec.init == "value":
         try:
             arr = np.asarray(spec.value, dtype=np_dtype)
