@@ -92,6 +92,34 @@ def test_plan_for_another_model_is_exit_2(imported, tmp_path):
     assert res.exit_code == 2 and "not a ckpt PyTorch plan" in res.output
 
 
+def test_an_edited_plan_that_would_compute_something_else_is_refused(imported, tmp_path):
+    """A unit of several members runs them in the listed order as one function: listed in another
+    order (or with a gap) it computes another function, and gave gradients that differ (exit 1)
+    instead of a refusal. A module in two units, or inside another unit, is refused too."""
+    emit(imported["mlp"], "0.6x", tmp_path / "p.json")
+    doc = json.loads((tmp_path / "p.json").read_text())
+    seg = next(i for i, r in enumerate(doc["regions"]) if r["checkpoint"] and len(r.get("members", [])) > 2)
+    free = next(i for i, r in enumerate(doc["regions"]) if not r["checkpoint"])
+    members = doc["regions"][seg]["members"]
+
+    def edited(change):
+        d = json.loads(json.dumps(doc))
+        change(d["regions"])
+        (tmp_path / "e.json").write_text(json.dumps(d))
+        return invoke("torch-check", f"{MODELS}:mlp", "--plan", tmp_path / "e.json", "--steps", 1)
+
+    def also(name):
+        return lambda rs: rs[free].update(checkpoint=True, members=[name])
+
+    for change, needle in [(lambda rs: rs[seg].update(members=members[::-1]), "not consecutive items"),
+                           (lambda rs: rs[seg].update(members=[members[0], members[2]]), "not consecutive items"),
+                           (also(members[1]), "checkpointed already"), (also(""), "checkpointed already")]:
+        res = edited(change)
+        assert res.exit_code == 2 and needle in res.output and res.output.count("\n") == 1, res.output
+    res = edited(lambda rs: None)
+    assert res.exit_code == 0, res.output
+
+
 def test_show_saved_lists_kept_and_recomputed_per_block(imported):
     res = invoke("plan", imported["mlp"], "--strategy", "sqrt-n", "--show-saved", "--json")
     assert res.exit_code == 0, res.output

@@ -356,6 +356,7 @@ def apply(model, plan):
     doc = check_plan(model, plan)
     units = [r for r in doc["regions"] if r["checkpoint"]]
     mods = _region_modules(model, [m for r in units for m in r.get("members", [r["name"]])])
+    _check_units(model, units, plan)
     for name, mod in dict(model.named_modules()).items():
         if hasattr(mod, "_ckpt_forward"):
             mod.forward = mod._ckpt_forward
@@ -418,6 +419,39 @@ def apply(model, plan):
         for m in members[1:]:
             mods[m].forward = _identity  # the segment's first item ran it
     return model
+
+
+def _check_units(model, units, plan):
+    """What a plan checkpoints is what `ckpt plan` could have written for this model: a unit of
+    several members runs them one after another as one function, so they must be consecutive items
+    of one nn.Sequential in its own order (a plan edited to list them otherwise would compute
+    something else, and gradients that differ); and no module is in two units, or inside another
+    (a checkpoint in a checkpoint)."""
+    torch = _torch()
+    mods = dict(model.named_modules())
+    file = plan if isinstance(plan, str) else None
+    seen = []
+    for unit in units:
+        members = unit.get("members", [unit["name"]])
+        if len(members) > 1:
+            parents = {m.rpartition(".")[0] for m in members}
+            parent = parents.pop() if len(parents) == 1 else None
+            items = list(mods[parent]._modules) if isinstance(mods.get(parent), torch.nn.Sequential) else []
+            names = [m.rpartition(".")[2] for m in members]
+            first = items.index(names[0]) if names[0] in items else -1
+            if first < 0 or items[first:first + len(names)] != names:
+                raise ConfigError(f"region {unit['name']!r}: members {', '.join(members)} are not consecutive items "
+                                  "of one nn.Sequential in its order: the plan was edited or made for another model",
+                                  file=file)
+        for m in members:
+            clash = next((o for o in seen if o == m or not o or not m or m.startswith(o + ".")
+                          or o.startswith(m + ".")), None)
+            if clash is not None:
+                raise ConfigError(f"region {unit['name']!r}: module {m or '(the model)'!r} is also in, or around, "
+                                  f"{clash or '(the model)'!r}, checkpointed already: the plan was edited or made "
+                                  "for another model", file=file)
+        seen += members
+    return units
 
 
 _RECOMPUTING = [0]  # > 0 while a checkpoint recomputes its region inside the backward
