@@ -518,7 +518,7 @@ def kicked(ix, budget_managed, s, work=None):
     # plans the local moves cannot reach from `s`, that release kept values before the peak:
     # built from store-all's by a descent of their own, with work of their own, where that work
     # allows a few measured steps per class (gpt_large's descent, allowed 36 evaluations for 34
-    # classes, found nothing in 1.5 s; a 243-node random DAG's, 1,048 for 100, found +11.6% where
+    # classes, found nothing in 1.5 s; a 243-node random DAG's, 1,048 for 100, found +12.1% where
     # the kicks found +14.0%)
     rd = Evaluator(ix, 2 * ev.work)
     classes = value_classes(ix)
