@@ -176,10 +176,13 @@ def load_baseline(path):
     """The entries of a baseline file, every one checked: a corrupt baseline is one line (exit 2)
     and is never compared against or overwritten."""
     doc = read_json(path, "baseline")
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA or not isinstance(doc.get("entries"), dict):
+    # (`true` and `1.0` equal 1 in Python: the schema must be the integer itself)
+    if not isinstance(doc, dict) or type(doc.get("schema")) is not int or doc["schema"] != SCHEMA \
+            or not isinstance(doc.get("entries"), dict):
         raise ConfigError(f"not a ckpt baseline (want an object with schema {SCHEMA} and entries)", file=path)
     for key, e in doc["entries"].items():
-        problem = _entry_problem(e)
+        # entry names are printed in the comparison table, a row each
+        problem = _entry_problem(e) if key.isprintable() else "has a name with a control character"
         if problem:
             raise ConfigError(f"baseline entry {key!r} {problem}", file=path)
     return doc["entries"]

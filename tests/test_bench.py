@@ -72,7 +72,10 @@ def test_baseline_round_trip_is_stable(tmp_path, entries):
 
 
 @pytest.mark.parametrize("text", ["{not json", '{"schema": 99, "entries": {}}', '{"entries": []}',
-                                  '{"schema": 1, "entries": {"a:store-all": {"peak_measured": "x"}}}'])
+                                  '{"schema": 1, "entries": {"a:store-all": {"peak_measured": "x"}}}',
+                                  # true and 1.0 equal 1 in Python; a name with a newline would break a row
+                                  '{"schema": true, "entries": {}}', '{"schema": 1.0, "entries": {}}',
+                                  '{"schema": 1, "entries": {"a\\nb:store-all": {"feasible": false}}}'])
 def test_corrupt_baseline_is_exit_2_and_never_overwritten(tmp_path, text):
     path = tmp_path / "b.json"
     path.write_text(text)
