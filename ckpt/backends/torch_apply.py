@@ -451,7 +451,6 @@ def _check_units(model, units, plan):
                                   f"{clash or '(the model)'!r}, checkpointed already: the plan was edited or made "
                                   "for another model", file=file)
         seen += members
-    return units
 
 
 _RECOMPUTING = [0]  # > 0 while a checkpoint recomputes its region inside the backward
