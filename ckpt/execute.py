@@ -25,6 +25,7 @@ from sys import getrefcount
 from .errors import ScheduleError, ShapeError
 from .model.joint import GRAD
 from .ops import OUT, REGISTRY, Ctx
+from .ops.elementwise import arith
 from .schedule import COMPUTE, validate
 
 # Program entries, one per compute step, by their first field. Each ends with the same four
@@ -297,10 +298,10 @@ class Executor:
             if grad is None:
                 grad = c
             elif not fresh:
-                grad = grad + c
+                grad = arith(xp, "add", grad, c)
                 fresh = True
             else:
-                grad += c
+                grad = arith(xp, "add", grad, c, out=grad)
             c = None  # nor may a term outlive its sum
         if fresh:
             return self._owned(x, grad, (), shape)

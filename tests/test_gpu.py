@@ -84,9 +84,14 @@ def test_fused_kernels_give_the_array_rules_on_cuda(dtype):
     xp = get_backend("cuda").xp
     rng = np.random.default_rng(1)
     tol = 2e-6 if dtype == "float32" else 1e-13
+    # rows held in shared memory (up to ops.nn._ROWS_CACHED bytes) and rows too long for it
     cases = [("gelu", [(4, 300)], {}), ("gelu_erf", [(4, 300)], {}), ("softmax", [(3, 1)], {"axis": -1}),
-             ("softmax", [(2, 5, 7)], {"axis": -1}),
+             ("softmax", [(2, 5, 7)], {"axis": -1}), ("softmax", [(2, 20000)], {"axis": -1}),
              ("softmax", [(4, 1024)], {"axis": -1}), ("softmax", [(2, 1500)], {"axis": -1}),
+             ("layernorm_stats", [(8, 1024)], {"eps": 1e-5}), ("layernorm_stats", [(2, 9000)], {"eps": 1e-5}),
+             ("layernorm", [(4, 2, 1024), (1024,), (1024,), "stats"], {"eps": 1e-5}),
+             ("layernorm", [(3, 5000), (5000,), (5000,), "stats"], {"eps": 1e-5}),
+             ("layernorm", [(3, 7), (7,), (7,), "stats"], {"eps": 1e-5}),
              ("softmax", [(6, 5, 4)], {"axis": 1}), ("layernorm", [(3, 4, 40), (40,), (40,)], {"eps": 1e-5}),
              ("layernorm_stats", [(3, 4, 40)], {"eps": 1e-5}), ("layernorm", [(3, 4, 40), (40,), (40,), "stats"],
                                                                {"eps": 1e-5})]
@@ -111,6 +116,17 @@ def test_fused_kernels_give_the_array_rules_on_cuda(dtype):
             a, b = xp.asnumpy(a), xp.asnumpy(b)
             assert a.dtype == b.dtype and a.shape == b.shape, name
             assert np.abs(a - b).max() <= tol * max(np.abs(b).max(), 1.0), (name, shapes)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(REASON is not None, reason=REASON or "")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_vector_kernels_give_cupys_bits_on_cuda(dtype):
+    """ckpt's 16-byte elementwise kernels on every layout (tails, biases, masks, row statistics,
+    misaligned views, in place) against cupy's own operators."""
+    from test_vector_kernels import check_arith_layouts
+    xp = get_backend("cuda").xp
+    check_arith_layouts(xp, dtype, xp.asnumpy)
 
 
 @pytest.mark.gpu
@@ -185,7 +201,7 @@ class _InterpretedKernel:
         for st in self.body:
             name, expr = (t.strip() for t in st.split("=", 1))
             env[name] = eval(expr, {}, env)
-        return np.ascontiguousarray(np.broadcast_to(env[self.out], shape).astype(dtype))
+        return np.broadcast_to(env[self.out], shape).astype(dtype)  # a copy of its own, C order, 0-d kept
 
 
 class _InterpretedReduction:
@@ -246,7 +262,7 @@ def test_fused_kernels_give_the_array_rules_on_a_numpy_interpreter(dtype):
     from ckpt.ops import _kernels
     used = {n for (xp, n), k in _kernels.items() if xp is fake.xp and k}
     assert used == {"dropout_mask", "dropout_masked", "gelu", "gelu_vjp", "exp_sub", "rowdot", "softmax_vjp",
-                    "ln_sqdev", "ln_fwd", "ln_gxhat", "ln_dx"}
+                    "ln_sqdev", "ln_fwd", "ln_gxhat", "ln_dx", "add", "scale"}
 
 
 def test_gelu_erf_kernels_on_a_numpy_interpreter():

@@ -156,14 +156,177 @@ def compiles(xp):
 
 def kernel(xp, maker, name, *spec, dtype=None):
     """`xp.<maker>(*spec, "ckpt_" + name)` compiled once, or None where the array rule must run:
-    numpy, kernels switched off, or (when `dtype` is given) a dtype other than float32/float64."""
+    numpy, kernels switched off, or (when `dtype` is given) a dtype other than float32/float64.
+    An ElementwiseKernel is a `VectorKernel` where the module also compiles raw CUDA."""
     if not compiles(xp) or (dtype is not None and dtype not in (np.float32, np.float64)):
         return None
     key = (xp, name)
     if key not in _kernels:
         make = getattr(xp, maker, None)
+        if maker == "ElementwiseKernel" and hasattr(xp, "RawKernel"):
+            make = lambda *a: VectorKernel(xp, *a)  # noqa: E731
         _kernels[key] = make(*spec, "ckpt_" + name) if make is not None else None
     return _kernels[key]
+
+
+def column_sum(xp, a):
+    """A 2-D `a` summed over its rows (a bias's gradient): where kernels compile, as the product
+    of a vector of ones with it, which cuBLAS reads at the device's bandwidth (cupy's reduction over
+    the leading axis reached a third of PyTorch's column sum: scripts/bench_kernels.py on an H200);
+    else numpy's (pairwise) sum."""
+    if compiles(xp) and a.dtype in (np.float32, np.float64):
+        ones = xp.empty(a.shape[0], dtype=a.dtype)
+        ones.fill(1)
+        return ones @ a
+    return a.sum(axis=0)
+
+
+# An ElementwiseKernel's body as a raw kernel that moves 16 bytes per load and store: cupy's own
+# elementwise kernels load one element at a time through a general indexer and reach about half of
+# the bandwidth PyTorch's vectorised kernels do (measured by scripts/bench_kernels.py on an H200:
+# 1.3 against 2.7 TB/s on attention scores). Each thread takes V consecutive elements (V * itemsize
+# = 16 bytes of T); an operand of the output's shape is read as vectors, one broadcast along the
+# leading axes (a bias, a mask) at i % size, one along the trailing axes (a row statistic) at
+# i / (n / size). Any other layout, a misaligned view or another dtype runs cupy's kernel, which
+# gives the same values: the body is the same C.
+_VEC_TYPES = {"T": None, "bool": "bool", "uint8": "unsigned char", "int32": "int", "int64": "long long",
+              "uint64": "unsigned long long", "float32": "float", "float64": "double"}
+_VEC_HEAD = """template <typename E, int V> struct alignas(sizeof(E) * V) ckpt_vec { E v[V]; };
+"""
+
+
+def _address(a):
+    """The device address of an array's first element (numpy's, where the CPU suite runs these)."""
+    ptr = getattr(a.data, "ptr", None)
+    return a.ctypes.data if ptr is None else ptr
+
+
+class VectorKernel:
+    def __init__(self, xp, params, out, body, name):
+        self.xp, self.body, self.name = xp, body, name
+        self.fallback = xp.ElementwiseKernel(params, out, body, name)
+        self.params = [tuple(p.split()) for p in params.split(",")]
+        self.out = tuple(out.split())
+        self.compiled = {}
+
+    def __call__(self, *args):
+        xp = self.xp
+        launch = self._layout(args)
+        if launch is None:
+            return self.fallback(*args)
+        key, t, out, n, kargs = launch
+        if key not in self.compiled:
+            self.compiled[key] = xp.RawKernel(self._source(key), self.name + "_vec")
+        v = 16 // t.itemsize
+        threads = 256
+        self.compiled[key](((n + threads * v - 1) // (threads * v),), (threads,), kargs)
+        return out
+
+    def _layout(self, args):
+        """(variant key, T, output, n, kernel arguments), or None where cupy's kernel must run."""
+        xp = self.xp
+        given = len(args) == len(self.params) + 1
+        if len(args) != len(self.params) + given:
+            return None
+        t = next((np.dtype(a.dtype) for (ty, _), a in zip(self.params, args) if ty == "T" and hasattr(a, "dtype")),
+                 None if any(ty == "T" for ty, _ in self.params) else np.dtype(np.float32))  # (a mask's kernel)
+        if t not in (np.float32, np.float64):
+            return None
+        arrays = [a for a in args if isinstance(a, xp.ndarray)]
+        if given:
+            shape = args[-1].shape
+        else:
+            try:
+                shape = np.broadcast_shapes(*[a.shape for a in arrays])
+            except ValueError:
+                return None
+        n = size(shape)
+        if n == 0:
+            return None
+        v = 16 // t.itemsize
+        layout, kargs = [], []
+        for (ty, _), a in zip(self.params, args):
+            if ty not in _VEC_TYPES:
+                return None
+            if not isinstance(a, xp.ndarray):  # a scalar, in the parameter's type
+                layout.append("c")
+                kargs.append(np.dtype(t if ty == "T" else ty).type(a))
+                continue
+            if (t if ty == "T" else np.dtype(ty)) != a.dtype or not a.flags.c_contiguous:
+                return None
+            if a.shape == shape:
+                if _address(a) % (v * a.itemsize):
+                    return None
+                layout.append("v")
+                kargs.append(a)
+                continue
+            full = (1,) * (len(shape) - a.ndim) + tuple(a.shape)  # at the output's rank
+            lead = next((j for j, d in enumerate(full) if d != 1), len(full))
+            last = len(full) - next((j for j, d in enumerate(reversed(full)) if d != 1), len(full))
+            # capitals: every vector lies in one period (one row), so its index is taken once
+            if full[lead:] == tuple(shape[lead:]):  # broadcast along the leading axes: a bias, a mask
+                layout.append("M" if a.size % v == 0 and _address(a) % (v * a.itemsize) == 0 else "m")
+                kargs += [a, np.int64(a.size)]
+            elif full[:last] == tuple(shape[:last]):  # along the trailing axes: a row statistic
+                layout.append("D" if (n // a.size) % v == 0 else "d")
+                kargs += [a, np.int64(n // a.size)]
+            else:
+                return None
+        ot, oname = self.out
+        odt = t if ot == "T" else np.dtype(ot)
+        if given:
+            out = args[-1]
+            if out.dtype != odt or not out.flags.c_contiguous or _address(out) % (v * out.itemsize):
+                return None
+        else:
+            out = xp.empty(shape, dtype=odt)
+        kargs += [out, np.int64(n)]
+        return (t.name, tuple(layout)), t, out, n, tuple(kargs)
+
+    def _source(self, key):
+        tname, layout = key
+        c = {"float32": "float", "float64": "double"}[tname]
+        v = 16 // np.dtype(tname).itemsize
+
+        def ctype(ty):
+            return c if ty == "T" else _VEC_TYPES[ty]
+        sig, loads, lane, one = [], [], [], []  # lane: an operand in the vector loop; one: at the tail
+        for (ty, nm), how in zip(self.params, layout):
+            if how == "c":
+                sig.append(f"{ctype(ty)} {nm}")
+                continue
+            sig.append(f"const {ctype(ty)}* {nm}_p")
+            if how != "v":
+                sig.append(f"long long {nm}_k")
+            at = {"v": "i", "m": f"i % {nm}_k", "M": f"i % {nm}_k", "d": f"i / {nm}_k", "D": f"i / {nm}_k"}[how]
+            one.append(f"{ctype(ty)} {nm} = {nm}_p[{at}];")
+            vt = f"ckpt_vec<{ctype(ty)}, {v}>"
+            if how in "vM":  # a whole vector: the operand's own, or the bias's part under it
+                start = "ckpt_base" if how == "v" else f"ckpt_base % {nm}_k"
+                loads.append(f"{vt} {nm}_v = *(const {vt}*)({nm}_p + {start});")
+                lane.append(f"{ctype(ty)} {nm} = {nm}_v.v[ckpt_l];")
+            elif how == "D":  # one value under the whole vector
+                loads.append(f"{ctype(ty)} {nm}_1 = {nm}_p[ckpt_base / {nm}_k];")
+                lane.append(f"{ctype(ty)} {nm} = {nm}_1;")
+            else:
+                lane.append(one[-1])
+        ot, on = self.out
+        ov = f"ckpt_vec<{ctype(ot)}, {v}>"
+        sig += [f"{ctype(ot)}* {on}_p", "long long ckpt_n"]
+        body = f"{ctype(ot)} {on}; {{ {self.body}; }}"
+        return "\n".join([
+            f"typedef {c} T;", _VEC_HEAD,
+            f'extern "C" __global__ void {self.name}_vec({", ".join(sig)}) {{',
+            f"  long long ckpt_base = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * {v};",
+            "  if (ckpt_base >= ckpt_n) return;",
+            f"  if (ckpt_base + {v} <= ckpt_n) {{", *loads, f"    {ov} {on}_v;",
+            "#pragma unroll",
+            f"    for (int ckpt_l = 0; ckpt_l < {v}; ckpt_l++) {{",
+            "      long long i = ckpt_base + ckpt_l;", *lane, body, f"      {on}_v.v[ckpt_l] = {on};", "    }",
+            f"    *({ov}*)({on}_p + ckpt_base) = {on}_v;",
+            "  } else {",
+            "    for (long long i = ckpt_base; i < ckpt_n; i++) {", *one, body, f"      {on}_p[i] = {on};", "    }",
+            "  }", "}", ""])
 
 
 from . import elementwise, tensor, nn, index  # noqa: E402,F401  (each module registers its ops)

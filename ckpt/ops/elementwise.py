@@ -2,7 +2,7 @@
 
 import math
 
-from . import OUT, Op, broadcast_shapes, iter_buffer, kernel, register, size, unbroadcast
+from . import OUT, Op, broadcast_shapes, compiles, iter_buffer, kernel, register, size, unbroadcast
 
 
 def _same_shape(op):
@@ -181,12 +181,12 @@ unary("gelu_erf", _gelu_erf, _dgelu_erf, needs=(0,), k=6, vjp=_gelu_erf_vjp, vk=
 
 
 def _scale_vjp(xp, i, g, c):
-    return g * c.attrs["factor"]
+    return scaled(xp, g, c.attrs["factor"])
 
 
 register(Op(
     name="scale", arity=(1, 1), shape=_same_shape("scale"), attrs={"factor": 1.0},
-    forward=lambda xp, ins, a: ins[0] * a["factor"], vjp=_scale_vjp,
+    forward=lambda xp, ins, a: scaled(xp, ins[0], a["factor"]), vjp=_scale_vjp,
     jvp=lambda xp, t, c: t[0] * c.attrs["factor"], needs=lambda i: (), flops=_ew_flops(1),
     vjp_flops=_ew_vjp_flops(1),
     example={"shapes": [(3, 4)], "attrs": {"factor": 0.5}},
@@ -208,6 +208,31 @@ register(Op(
 
 
 # ---- broadcasting binaries ---------------------------------------------------------------------
+# On a GPU, + - * and a scale by a constant run as ckpt's kernels (16 bytes per load: see
+# ops.VectorKernel), the same IEEE operation as the array module's, so the same bits.
+_ARITH_CUDA = {"add": "y = a + b", "sub": "y = a - b", "mul": "y = a * b"}
+_UFUNCS = {"add": "add", "sub": "subtract", "mul": "multiply"}
+
+
+def arith(xp, name, a, b, out=None):
+    """a + b, a - b or a * b (`name`), into `out` when given (which may be a; use the result, as
+    after `+=`): by the kernel where one compiles and both are arrays of one float dtype, else by
+    the array module's operator."""
+    if compiles(xp) and getattr(b, "dtype", None) == a.dtype:
+        k = kernel(xp, "ElementwiseKernel", name, "T a, T b", "T y", _ARITH_CUDA[name], dtype=a.dtype)
+        if k:
+            return k(a, b) if out is None else k(a, b, out)
+    f = getattr(xp, _UFUNCS[name])
+    # (numpy makes a 0-d result a scalar, which cannot be written into: a new one, as `+=` does)
+    return f(a, b) if out is None or not isinstance(out, xp.ndarray) else f(a, b, out=out)
+
+
+def scaled(xp, x, factor):
+    """x * factor, factor a Python number (in x's dtype, as numpy's operator takes it)."""
+    k = kernel(xp, "ElementwiseKernel", "scale", "T x, T f", "T y", "y = x * f", dtype=x.dtype)
+    return k(x, factor) if k else x * factor
+
+
 def _binary_vjp_flops(k):
     """k operations per output element for input i (k[i]), and a reduction over the output where
     input i was broadcast (unbroadcast sums the gradient back down to its shape)."""
@@ -239,28 +264,28 @@ def _binary_workspace(prod):
 def binary(name, f, vjp, jvp, needs, vk, ws, positive=False):
     register(Op(
         name=name, arity=(2, 2), shape=lambda shapes, a: broadcast_shapes(name, shapes),
-        forward=lambda xp, ins, a: f(ins[0], ins[1]),
-        vjp=lambda xp, i, g, c: unbroadcast(xp, vjp(i, g, c), c.in_shapes[i]),
+        forward=lambda xp, ins, a: f(xp, ins[0], ins[1]),
+        vjp=lambda xp, i, g, c: unbroadcast(xp, vjp(xp, i, g, c), c.in_shapes[i]),
         jvp=jvp, needs=lambda i: needs[i], flops=_ew_flops(1), vjp_flops=_binary_vjp_flops(vk),
         workspace=_binary_workspace(ws),
         example={"shapes": [(3, 4), (4,)], "positive": positive},
     ))
 
 
-binary("add", lambda a, b: a + b,
-       lambda i, g, c: g,
+binary("add", lambda xp, a, b: arith(xp, "add", a, b),
+       lambda xp, i, g, c: g,
        lambda xp, t, c: t[0] + t[1], needs=((), ()), vk=(0, 0),
        ws=lambda i, b: (0, False))
-binary("sub", lambda a, b: a - b,
-       lambda i, g, c: g if i == 0 else -g,
+binary("sub", lambda xp, a, b: arith(xp, "sub", a, b),
+       lambda xp, i, g, c: g if i == 0 else -g,
        lambda xp, t, c: t[0] - t[1], needs=((), ()), vk=(0, 1),
        ws=lambda i, b: (i, False))  # -g
-binary("mul", lambda a, b: a * b,
-       lambda i, g, c: g * c.ins[1 - i],
+binary("mul", lambda xp, a, b: arith(xp, "mul", a, b),
+       lambda xp, i, g, c: arith(xp, "mul", g, c.ins[1 - i]),
        lambda xp, t, c: t[0] * c.ins[1] + c.ins[0] * t[1], needs=((1,), (0,)), vk=(1, 1),
        ws=lambda i, b: (1, b[1 - i]))
-binary("div", lambda a, b: a / b,
-       lambda i, g, c: g / c.ins[1] if i == 0 else -g * c.out / c.ins[1],
+binary("div", lambda xp, a, b: a / b,
+       lambda xp, i, g, c: g / c.ins[1] if i == 0 else -g * c.out / c.ins[1],
        lambda xp, t, c: (t[0] - c.out * t[1]) / c.ins[1], needs=((1,), (1, OUT)), vk=(1, 3),
        ws=lambda i, b: (1 + i, b[1]), positive=True)  # g / b; -g and -g * out, / b
 

@@ -2,14 +2,16 @@
 
 import numpy as np
 
-from . import OUT, Op, compiles, iter_buffer, kernel, register, shape_error, size
+from . import OUT, Op, column_sum, compiles, iter_buffer, kernel, register, shape_error, size
 from ..errors import ShapeError
 
 
 # ---- softmax, log_softmax ----------------------------------------------------------------------
 # Softmax over the last axis as one CUDA block per row, where the array module compiles raw CUDA:
 # the row's max, exponentials and sum in one kernel (the array rule makes four passes over memory
-# and two reductions), and the VJP's row dot product and product in another.
+# and two reductions), and the VJP's row dot product and product in another. Layernorm's rules
+# that read saved statistics are row kernels too (below), which read the (mean, 1/std) pairs
+# where they lie; as elementwise kernels they needed them copied out into arrays of their own.
 _ROWS_CUDA = """
 __device__ __forceinline__ T ckpt_block_sum(T v, T* sh) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -29,11 +31,24 @@ __device__ __forceinline__ T ckpt_block_max(T v, T* sh) {
     for (int k = 1; k < (int)(blockDim.x >> 5); k++) v = sh[k] > v ? sh[k] : v;
     return v;
 }
-extern "C" __global__ void ckpt_softmax_rows_T(const T* x, T* y, int n) {
+/* A row of at most ROWS_CACHED bytes is read from memory once: the block holds it in shared memory
+   (dynamic, `cached` set by the launch) between the passes that a longer row makes over memory. */
+extern "C" __global__ void ckpt_softmax_rows_T(const T* x, T* y, int n, int cached) {
     __shared__ T sh[32];
+    extern __shared__ __align__(16) unsigned char ckpt_dyn[];
+    T* row = (T*)ckpt_dyn;
     const T* xr = x + (long long)blockIdx.x * n;
     T* yr = y + (long long)blockIdx.x * n;
     T m = xr[0];
+    if (cached) {
+        for (int j = threadIdx.x; j < n; j += blockDim.x) { T v = xr[j]; row[j] = v; m = v > m ? v : m; }
+        m = ckpt_block_max(m, sh);
+        T s = 0;
+        for (int j = threadIdx.x; j < n; j += blockDim.x) { T e = EXP(row[j] - m); row[j] = e; s += e; }
+        s = ckpt_block_sum(s, sh);
+        for (int j = threadIdx.x; j < n; j += blockDim.x) yr[j] = row[j] / s;
+        return;
+    }
     for (int j = threadIdx.x; j < n; j += blockDim.x) m = xr[j] > m ? xr[j] : m;
     m = ckpt_block_max(m, sh);
     T s = 0;
@@ -41,7 +56,7 @@ extern "C" __global__ void ckpt_softmax_rows_T(const T* x, T* y, int n) {
     s = ckpt_block_sum(s, sh);
     for (int j = threadIdx.x; j < n; j += blockDim.x) yr[j] = yr[j] / s;
 }
-extern "C" __global__ void ckpt_softmax_rows_vjp_T(const T* y, const T* g, T* dx, int n) {
+extern "C" __global__ void ckpt_softmax_rows_vjp_T(const T* y, const T* g, T* dx, int n, int cached) {
     __shared__ T sh[32];
     long long base = (long long)blockIdx.x * n;
     T s = 0;
@@ -49,24 +64,89 @@ extern "C" __global__ void ckpt_softmax_rows_vjp_T(const T* y, const T* g, T* dx
     s = ckpt_block_sum(s, sh);
     for (int j = threadIdx.x; j < n; j += blockDim.x) dx[base + j] = y[base + j] * (g[base + j] - s);
 }
+/* Layernorm's row statistics, (mean, 1/std) per row, as the array rule computes them: the mean,
+   then the mean of squared deviations from it. */
+extern "C" __global__ void ckpt_ln_stats_rows_T(const T* x, T* st, int n, int cached, T eps) {
+    __shared__ T sh[32];
+    extern __shared__ __align__(16) unsigned char ckpt_dyn[];
+    T* row = (T*)ckpt_dyn;
+    const T* xr = x + (long long)blockIdx.x * n;
+    T s = 0;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) { T v = xr[j]; if (cached) row[j] = v; s += v; }
+    T mu = ckpt_block_sum(s, sh) / (T)n;
+    T q = 0;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) { T c = (cached ? row[j] : xr[j]) - mu; q += c * c; }
+    q = ckpt_block_sum(q, sh) / (T)n;
+    if (threadIdx.x == 0) {
+        st[2 * (long long)blockIdx.x] = mu;
+        st[2 * (long long)blockIdx.x + 1] = (T)1 / SQRT(q + eps);
+    }
+}
+/* Layernorm from saved statistics, one row per block (the formulas of the ln_ elementwise kernels,
+   which read the statistics as arrays of their own): the forward, and g * xhat for gamma's VJP. */
+extern "C" __global__ void ckpt_ln_fwd_rows_T(const T* x, const T* gamma, const T* beta, const T* st, T* y,
+                                              int n, int cached) {
+    long long base = (long long)blockIdx.x * n;
+    T mu = st[2 * (long long)blockIdx.x], rstd = st[2 * (long long)blockIdx.x + 1];
+    for (int j = threadIdx.x; j < n; j += blockDim.x) y[base + j] = ((x[base + j] - mu) * rstd) * gamma[j] + beta[j];
+}
+extern "C" __global__ void ckpt_ln_gxhat_rows_T(const T* g, const T* x, const T* st, T* t, int n, int cached) {
+    long long base = (long long)blockIdx.x * n;
+    T mu = st[2 * (long long)blockIdx.x], rstd = st[2 * (long long)blockIdx.x + 1];
+    for (int j = threadIdx.x; j < n; j += blockDim.x) t[base + j] = g[base + j] * ((x[base + j] - mu) * rstd);
+}
+/* Layernorm's VJP for x from saved statistics, one row per block: rstd * (gg - mean(gg) - xhat *
+   mean(gg * xhat)) with gg = g * gamma; gg and xhat are held in shared memory between the passes. */
+extern "C" __global__ void ckpt_ln_dx_rows_T(const T* g, const T* x, const T* gamma, const T* st, T* dx, int n,
+                                             int cached) {
+    __shared__ T sh[32];
+    extern __shared__ __align__(16) unsigned char ckpt_dyn[];
+    T* ggs = (T*)ckpt_dyn;
+    T* xhs = ggs + n;
+    long long base = (long long)blockIdx.x * n;
+    T mu = st[2 * (long long)blockIdx.x], rstd = st[2 * (long long)blockIdx.x + 1];
+    T s1 = 0, s2 = 0;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        T gg = g[base + j] * gamma[j], xh = (x[base + j] - mu) * rstd;
+        if (cached) { ggs[j] = gg; xhs[j] = xh; }
+        s1 += gg;
+        s2 += gg * xh;
+    }
+    T m1 = ckpt_block_sum(s1, sh) / (T)n;
+    T m2 = ckpt_block_sum(s2, sh) / (T)n;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        T gg = cached ? ggs[j] : g[base + j] * gamma[j];
+        T xh = cached ? xhs[j] : (x[base + j] - mu) * rstd;
+        dx[base + j] = rstd * (gg - m1 - xh * m2);
+    }
+}
 """
+_ROWS_CACHED = 32768  # bytes of shared memory a block may hold a row in (48 KiB without opting in)
 
 
-def _rows_kernel(xp, which, x, axis):
-    """The compiled row kernel for x's dtype, or None where the other rules must run."""
+def _rows_kernel(xp, fn, x, axis=-1):
+    """The compiled row kernel `fn` for x's dtype, or None where the other rules must run."""
     if not compiles(xp) or x.ndim == 0 or axis not in (-1, x.ndim - 1) or x.size == 0:
         return None  # (asked first: on numpy, the dtype's name and the source cost 10-40 us a call)
     t = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}.get(x.dtype)
     if t is None:
         return None
-    code = "typedef %s T;\n#define EXP %s\n" % (t, "expf" if t == "float" else "exp") + _ROWS_CUDA
-    return kernel(xp, "RawKernel", f"softmax_rows{which}_{t}", code.replace("_T(", f"_{t}("))
+    code = "typedef %s T;\n#define EXP %s\n#define SQRT %s\n" % (
+        t, *(("expf", "sqrtf") if t == "float" else ("exp", "sqrt"))) + _ROWS_CUDA
+    return kernel(xp, "RawKernel", f"{fn}_{t}", code.replace("_T(", f"_{t}("))
 
 
-def _launch_rows(xp, k, arrays, n):
+def _launch_rows(xp, k, arrays, n, out_shape=None, extra=(), cache_rows=1):
+    """One block per row of n elements: `arrays` (contiguous) and a new output of `out_shape` (the
+    first array's shape unless given), then n, whether the row is cached (`cache_rows` rows of
+    arrays[0]'s dtype fit in shared memory) and `extra` arguments."""
     block = min(256, max(32, 1 << (n - 1).bit_length()))  # whole warps, at most 256 threads
-    out = xp.empty(arrays[0].shape, dtype=arrays[0].dtype)
-    k((arrays[0].size // n,), (block,), tuple(xp.ascontiguousarray(a) for a in arrays) + (out, xp.int32(n)))
+    first = arrays[0]
+    out = xp.empty(first.shape if out_shape is None else out_shape, dtype=first.dtype)
+    nbytes = cache_rows * n * first.itemsize
+    cached = nbytes <= _ROWS_CACHED
+    k((first.size // n,), (block,), tuple(xp.ascontiguousarray(a) for a in arrays) +
+      (out, xp.int32(n), xp.int32(cached)) + tuple(extra), shared_mem=nbytes if cached else 0)
     return out
 
 
@@ -87,7 +167,7 @@ def _row_sum(xp, x, axis):
 
 
 def _softmax(xp, x, axis):
-    rows = _rows_kernel(xp, "", x, axis)
+    rows = _rows_kernel(xp, "softmax_rows", x, axis)
     if rows:
         return _launch_rows(xp, rows, [x], x.shape[-1])
     m = x.max(axis=axis, keepdims=True)
@@ -103,9 +183,9 @@ def _softmax(xp, x, axis):
 
 def _softmax_vjp(xp, g, y, axis):
     """y * (g - sum(g * y)) along the axis: the VJP and the JVP of y = softmax(x)."""
-    rows = _rows_kernel(xp, "_vjp", y, axis)
+    rows = _rows_kernel(xp, "softmax_rows_vjp", y, axis)
     if rows:
-        return _launch_rows(xp, rows, [y, g], y.shape[-1])
+        return _launch_rows(xp, rows, [y, g], y.shape[-1], cache_rows=0)
     dot = kernel(xp, "ReductionKernel", "rowdot", "T g, T y", "T s", "g * y", "a + b", "s = a", "0", dtype=g.dtype)
     if dot:
         s = dot(g, y, axis=axis, keepdims=True)
@@ -233,14 +313,17 @@ def _ln_fused(xp, ins, eps):
     ks = _ln_kernels(xp, ins[0].dtype)
     if not ks:
         return None
-    if len(ins) == 4:
-        return _ln_saved(ins[3]) + (ks,)
+    if len(ins) == 4:  # (contiguous: the kernels then read them as one value per vector of x)
+        return tuple(xp.ascontiguousarray(v) for v in _ln_saved(ins[3])) + (ks,)
     x = ins[0]
     mu = x.mean(axis=-1, keepdims=True)
     return mu, 1.0 / xp.sqrt(ks["sqdev"](x, mu).mean(axis=-1, keepdims=True) + eps), ks
 
 
 def _ln_forward(xp, ins, a):
+    rows = _rows_kernel(xp, "ln_fwd_rows", ins[0]) if len(ins) == 4 else None
+    if rows:
+        return _launch_rows(xp, rows, ins, ins[0].shape[-1], cache_rows=0)
     fused = _ln_fused(xp, ins, a["eps"])
     if fused:
         mu, rstd, k = fused
@@ -251,20 +334,25 @@ def _ln_forward(xp, ins, a):
     return xhat
 
 
-def _lead_sum(g):
-    return g.reshape(-1, g.shape[-1]).sum(axis=0)
+def _lead_sum(xp, g):
+    return column_sum(xp, g.reshape(-1, g.shape[-1]))
 
 
 def _ln_vjp(xp, i, g, c):
     """The total derivative through the statistics (they take no gradient of their own)."""
     if i == 2:
-        return _lead_sum(g)
+        return _lead_sum(xp, g)
     x = c.ins[0]
+    rows = _rows_kernel(xp, ("ln_dx_rows", "ln_gxhat_rows")[i], x) if len(c.ins) == 4 else None
+    if rows and i == 0:
+        return _launch_rows(xp, rows, [g, x, c.ins[1], c.ins[3]], x.shape[-1], cache_rows=2)
+    if rows:
+        return _lead_sum(xp, _launch_rows(xp, rows, [g, x, c.ins[3]], x.shape[-1], cache_rows=0))
     fused = _ln_fused(xp, c.ins, c.attrs["eps"])
     if fused:
         mu, rstd, k = fused
         if i == 1:
-            return _lead_sum(k["gxhat"](g, x, mu, rstd))
+            return _lead_sum(xp, k["gxhat"](g, x, mu, rstd))
         gg = g * c.ins[1]
         m1 = gg.mean(axis=-1, keepdims=True)
         m2 = k["gxhat"](gg, x, mu, rstd).mean(axis=-1, keepdims=True)
@@ -273,7 +361,7 @@ def _ln_vjp(xp, i, g, c):
     xhat, rstd = _ln_xhat(xp, x, c.ins[3]) if saved else _ln_stats(xp, x, c.attrs["eps"])
     if i == 1:
         xhat *= g
-        return _lead_sum(xhat)
+        return _lead_sum(xp, xhat)
     # rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = g * gamma: in two buffers
     dx = g * c.ins[1]
     t = dx * xhat
@@ -328,6 +416,9 @@ register(Op(
 
 def _ln_stats_forward(xp, x, eps):
     """Row mean and 1/std of x as (..., 2): the numbers `_ln_stats` (or the kernels) compute."""
+    rows = _rows_kernel(xp, "ln_stats_rows", x)
+    if rows:
+        return _launch_rows(xp, rows, [x], x.shape[-1], x.shape[:-1] + (2,), (x.dtype.type(eps),))
     ks = _ln_kernels(xp, x.dtype)
     out = xp.empty(x.shape[:-1] + (2,), dtype=x.dtype)
     if ks:

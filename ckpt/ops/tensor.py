@@ -1,6 +1,7 @@
 """Reductions, shape ops, concat and matrix products. One block per op."""
 
-from . import OUT, REQUIRED, Op, broadcast_shapes, iter_buffer, register, shape_error, size, unbroadcast
+from . import OUT, REQUIRED, Op, broadcast_shapes, column_sum, iter_buffer, register, shape_error, size, unbroadcast
+from .elementwise import arith
 from ..errors import ShapeError
 
 
@@ -393,8 +394,8 @@ def _rows_matmul(xp, a, b):
 
 def _linear_forward(xp, ins, a):
     y = _rows_matmul(xp, ins[0], ins[1])
-    if len(ins) == 3:
-        y += ins[2]  # in place: y is fresh, and this saves a temporary the size of the output
+    if len(ins) == 3:  # in place: y is fresh, and this saves a temporary the size of the output
+        y = arith(xp, "add", y, ins[2], out=y)
     return y
 
 
@@ -403,7 +404,7 @@ def _linear_vjp(xp, i, g, c):
         return _rows_matmul(xp, g, c.ins[1].T)
     if i == 1:
         return xp.dot(_rows(c.ins[0]).T, _rows(g))
-    return _rows(g).sum(axis=0)
+    return column_sum(xp, _rows(g))
 
 
 def _linear_vjp_flops(i, s, o, a):
