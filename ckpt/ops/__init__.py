@@ -202,6 +202,9 @@ def _address(a):
 
 
 class VectorKernel:
+    """cupy.ElementwiseKernel's interface (parameters, output, body, name; called with the
+    arguments, the output optional): each layout of the arguments compiled once as a raw kernel."""
+
     def __init__(self, xp, params, out, body, name):
         self.xp, self.body, self.name = xp, body, name
         self.fallback = xp.ElementwiseKernel(params, out, body, name)
@@ -272,8 +275,7 @@ class VectorKernel:
                 kargs += [a, np.int64(n // a.size)]
             else:
                 return None
-        ot, oname = self.out
-        odt = t if ot == "T" else np.dtype(ot)
+        odt = t if self.out[0] == "T" else np.dtype(self.out[0])
         if given:
             out = args[-1]
             if out.dtype != odt or not out.flags.c_contiguous or _address(out) % (v * out.itemsize):

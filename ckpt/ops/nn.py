@@ -144,7 +144,7 @@ def _launch_rows(xp, k, arrays, n, out_shape=None, extra=(), cache_rows=1):
     first = arrays[0]
     out = xp.empty(first.shape if out_shape is None else out_shape, dtype=first.dtype)
     nbytes = cache_rows * n * first.itemsize
-    cached = nbytes <= _ROWS_CACHED
+    cached = 0 < nbytes <= _ROWS_CACHED
     k((first.size // n,), (block,), tuple(xp.ascontiguousarray(a) for a in arrays) +
       (out, xp.int32(n), xp.int32(cached)) + tuple(extra), shared_mem=nbytes if cached else 0)
     return out
