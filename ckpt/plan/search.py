@@ -372,6 +372,56 @@ def release_descent(ix, ev, classes, hold, budget_managed, share=4, overshoot=Fa
     return None
 
 
+def gradients_before_highs(ix, steps, k=4):
+    """The last gradient node computed before each of the k highest steps of a schedule (distinct,
+    highest first): where a kept value released would be off those steps."""
+    ram, ws, fwd = ix.ram, ix.ws, ix.fwd_set
+    live, last, levels = 0, None, []
+    for n, (kind, x) in enumerate(steps):
+        if kind == COMPUTE:
+            levels.append((live + ram[x] + ws[x], -n, last))
+            live += ram[x]
+            if x not in fwd:
+                last = x
+        else:
+            live -= ram[x]
+    found = []
+    for _, _, b in sorted(levels, reverse=True):
+        if b is not None and b not in found:
+            found.append(b)
+            if len(found) == k:
+                break
+    return found
+
+
+def improve_releasing(ix, ev, s, budget_managed):
+    """`improve` by single values, then moves that keep a value (dearest to recompute first) but
+    release it after a gradient before one of the highest steps, taken while one makes the plan
+    cheaper: near the least peak, keeping a value to its last reader no longer fits, but keeping
+    it up to a high step does (a 43-node DAG at 0.5x: +117% -> +71%)."""
+    singles = [(u,) for u in ix.fwd]
+    order = sorted(ix.fwd, key=lambda u: (-ix.cost[u], ix.pos[u]))
+    s, cost = improve(ix, ev, singles, s, budget_managed)
+    improved = True
+    while improved and not ev.exhausted:
+        improved = False
+        highs = gradients_before_highs(ix, s.steps(ix))
+        ev.walked += len(ix.order)  # (the schedule rebuilt for it, counted as walked)
+        for u in order:
+            for b in highs:
+                if ev.exhausted:
+                    return s, cost
+                m = State(s.keep | {u}, s.hold, s.refetch, frozenset(r for r in s.release if r[0] != u) | {(u, b)})
+                p2, c2, _ = ev(m)
+                if p2 <= budget_managed and c2 < cost:
+                    s, cost = improve(ix, ev, singles, m, budget_managed)
+                    improved = True
+                    break
+            if improved:
+                break
+    return s, cost
+
+
 def _policies(ix):
     return (ix.fwd_set, frozenset())  # lazy, eager
 
@@ -571,6 +621,10 @@ def kicked(ix, budget_managed, s, work=None):
             r, r_cost = improve(ix, rd, singles, r, budget_managed)
             if r_cost < best_cost:
                 best, best_cost = r, r_cost
+    # the best plan so far, kept values released where they reach a high step: work of its own
+    r, r_cost = improve_releasing(ix, Evaluator(ix, ev.work), best, budget_managed)
+    if r_cost < best_cost:
+        best, best_cost = r, r_cost
     return _plan(ix, best, ev) if best_cost < cost else None
 
 
