@@ -24,6 +24,18 @@ MAX_NDIM = 64
 # and would keep the command running for days rather than fail.
 MAX_STEPS = 100_000
 
+
+
+def joint_nodes_error(n, file=None, line=None, at_least=False):
+    """The one refusal of a joint forward+gradient graph past MAX_NODES, wherever it is counted
+    (the model graph; a config before it expands; a Python model while it is traced)."""
+    if at_least:  # counted while recording, before the whole is known
+        return ConfigError(f"the joint forward+gradient graph has more than the {MAX_NODES} nodes ckpt handles",
+                           file=file, line=line)
+    return ConfigError(f"the joint forward+gradient graph has {n} nodes, more than the {MAX_NODES} ckpt handles",
+                       file=file, line=line)
+
+
 _UNITS = {
     "": 1, "b": 1,
     "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,

@@ -31,7 +31,7 @@ import yaml
 from ..errors import ConfigError
 from ..jsonio import read_text
 from ..ops import REGISTRY, REQUIRED, size as n_elements
-from ..sizes import MAX_BYTES, MAX_DEPTH, MAX_NDIM, MAX_NODES
+from ..sizes import MAX_BYTES, MAX_DEPTH, MAX_NDIM, MAX_NODES, joint_nodes_error
 
 
 def _close_matches(word, choices, n=1):
@@ -568,6 +568,129 @@ class _Reader:
                 return n
         return n
 
+    def joint_nodes(self):
+        """The nodes of the joint forward+gradient graph that this document lowers to, counted by
+        graph.joint_size's rule from names and ops alone: a model past the limit is refused before
+        its nodes are read and built (a tenth of the time or less). Names resolve as expand() and
+        spec() resolve them; None where the document is malformed, for expand() to say how. Needs
+        the dims read (read_dims)."""
+        blocks = self.doc.get("blocks") if isinstance(self.doc.get("blocks"), dict) else {}
+        public = {k for k, o in REGISTRY.items() if not o.internal}
+        names, preds, ops, grad_leaf = [], [], [], []  # per value: full name, inputs (None: a leaf), op
+
+        def add(full, inputs, op):
+            names.append(full)
+            preds.append(inputs)
+            ops.append(op)
+            return len(names) - 1
+
+        def leaf(full, m, default):
+            grad = m.get("grad", default) if isinstance(m, dict) else None
+            if not isinstance(full, str) or not isinstance(grad, bool):
+                raise ValueError  # malformed: expand() says how
+            if grad:
+                grad_leaf.append(len(names))
+            return add(full, None, None)
+
+        def expand(items, scope, prefix):
+            last = None
+            for item in items if isinstance(items, list) else ():
+                name = item.get("name") if isinstance(item, dict) else None
+                if not isinstance(name, str):
+                    raise ValueError
+                if "repeat" in item:
+                    last = repeat(item, scope, prefix + name)
+                else:
+                    op, inputs = item.get("op"), item.get("inputs", [])
+                    inputs = [inputs] if isinstance(inputs, str) else inputs
+                    if op not in public or not isinstance(inputs, list):
+                        raise ValueError
+                    last = add(prefix + name, [resolve(i, scope) for i in inputs], op)
+                scope[name] = last
+            return last
+
+        def resolve(name, scope):
+            found = scope.find(name) if isinstance(name, str) else None
+            if found is None:
+                if scope is not top or not isinstance(name, str):
+                    raise ValueError
+                return name  # a later top-level name, or a full one (`body.3.h`): resolved at the end
+            return found
+
+        def repeat(item, scope, full):
+            block = blocks.get(item.get("repeat")) if isinstance(item.get("repeat"), str) else None
+            if not isinstance(block, dict):
+                raise ValueError
+            times = self.size(item.get("times", 1), item, full, node_key="times")
+            current = resolve(item.get("input"), scope)
+            params, out = block.get("params") or {}, block.get("output")
+            if not isinstance(params, dict):
+                raise ValueError
+            for i in range(times):
+                pre = f"{full}.{i}."
+                inner = _Scope(scope)
+                inner["in"] = current
+                for pname, pm in params.items():
+                    inner[pname] = leaf(pre + pname if isinstance(pname, str) else None, pm, True)
+                last = expand(block.get("nodes"), inner, pre)
+                current = last if out is None else inner.get(out)
+                if last is None or current is None:
+                    raise ValueError
+            return current
+
+        top = _Scope()
+        try:
+            for kind in ("input", "param"):
+                for leaf_name, m in self.mapping(self.doc.get(kind + "s"), kind + "s", self.doc).items():
+                    top[leaf_name] = leaf(leaf_name, m, kind == "param")
+            expand(self.doc.get("nodes"), top, "")
+            index = None
+            for v, inputs in enumerate(preds):
+                if inputs is not None and any(isinstance(u, str) for u in inputs):
+                    index = index or {n: k for k, n in enumerate(names)}
+                    preds[v] = [u if isinstance(u, int) else index[u] if u in index else top[u] for u in inputs]
+                    if any(isinstance(u, str) for u in preds[v]):
+                        return None  # a block whose output is its `in`, read before it is defined
+            output = self.doc.get("output")
+            out = top.get(output) if isinstance(output, str) else None
+            out = (index or {n: k for k, n in enumerate(names)})[output] if out is None else out
+        except (ValueError, KeyError, TypeError, ConfigError, RecursionError):
+            return None
+        if preds[out] is None:
+            return None
+        # forward nodes: the ops the output reads (each op's residual, a node of its own, with it)
+        seen, stack = {out}, [out]
+        while stack:
+            for u in preds[stack.pop()]:
+                if u not in seen and preds[u] is not None:
+                    seen.add(u)
+                    stack.append(u)
+        joint = sum(1 + (REGISTRY[ops[v]].residual is not None) for v in seen)
+        # gradient nodes (graph._mark_grad): values the output's gradient reaches through
+        # differentiable ops that depend on a leaf taking one; a residual takes none
+        diff = [op is not None and REGISTRY[op].differentiable for op in ops]
+        reach, stack = {out}, [out]
+        while stack:
+            v = stack.pop()
+            if diff[v]:
+                for u in preds[v]:
+                    if u not in reach:
+                        reach.add(u)
+                        stack.append(u)
+        users = {}
+        for v in reach:
+            if diff[v]:
+                for u in preds[v]:
+                    users.setdefault(u, []).append(v)
+        grads = {v for v in grad_leaf if v in reach}
+        stack = list(grads)
+        while stack:
+            for w in users.get(stack.pop(), ()):
+                if w not in grads:
+                    grads.add(w)
+                    stack.append(w)
+        return joint + len(grads)
+
     # ---- nodes and repeated blocks -------------------------------------------------------------
     def expand(self, items, scope, prefix, where_key):
         """Expand a node list; `scope` maps local names to full names. Returns the last name."""
@@ -709,6 +832,12 @@ class _Reader:
         if total > MAX_NODES:
             raise self.err(f"the model expands to {total} nodes, more than the {MAX_NODES} ckpt handles", doc,
                            key="nodes", node_key="nodes")
+        # A model node makes at most three joint nodes (its value, its gradient, an op's residual):
+        # below that bound the count is not needed, and the model graph counts them exactly anyway.
+        if 3 * total > MAX_NODES:
+            joint = self.joint_nodes()
+            if joint is not None and joint > MAX_NODES:
+                raise joint_nodes_error(joint, file=self.file)
         for kind in ("input", "param"):
             for leaf_name, m in groups[kind].items():
                 # a parameter may keep a module path for its name (`layers.3.attn.q_proj.weight`)
