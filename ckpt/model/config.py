@@ -577,6 +577,7 @@ class _Reader:
         blocks = self.doc.get("blocks") if isinstance(self.doc.get("blocks"), dict) else {}
         public = {k for k, o in REGISTRY.items() if not o.internal}
         names, preds, ops, grad_leaf = [], [], [], []  # per value: full name, inputs (None: a leaf), op
+        pending = []  # names read before they are defined
 
         def add(full, inputs, op):
             names.append(full)
@@ -605,7 +606,13 @@ class _Reader:
                     inputs = [inputs] if isinstance(inputs, str) else inputs
                     if op not in public or not isinstance(inputs, list):
                         raise ValueError
-                    last = add(prefix + name, [resolve(i, scope) for i in inputs], op)
+                    found = [scope.find(i) for i in inputs]  # the common case inline: a million calls fewer
+                    if None in found:
+                        found = [u if u is not None else resolve(i, scope) for u, i in zip(found, inputs)]
+                    names.append(prefix + name)
+                    preds.append(found)
+                    ops.append(op)
+                    last = len(ops) - 1
                 scope[name] = last
             return last
 
@@ -614,6 +621,7 @@ class _Reader:
             if found is None:
                 if scope is not top or not isinstance(name, str):
                     raise ValueError
+                pending.append(name)
                 return name  # a later top-level name, or a full one (`body.3.h`): resolved at the end
             return found
 
@@ -644,52 +652,50 @@ class _Reader:
                 for leaf_name, m in self.mapping(self.doc.get(kind + "s"), kind + "s", self.doc).items():
                     top[leaf_name] = leaf(leaf_name, m, kind == "param")
             expand(self.doc.get("nodes"), top, "")
-            index = None
-            for v, inputs in enumerate(preds):
-                if inputs is not None and any(isinstance(u, str) for u in inputs):
-                    index = index or {n: k for k, n in enumerate(names)}
-                    preds[v] = [u if isinstance(u, int) else index[u] if u in index else top[u] for u in inputs]
-                    if any(isinstance(u, str) for u in preds[v]):
-                        return None  # a block whose output is its `in`, read before it is defined
+            index = {n: k for k, n in enumerate(names)} if pending else {}
+            for v, inputs in enumerate(preds) if pending else ():
+                if inputs is not None and str in map(type, inputs):
+                    preds[v] = [u if isinstance(u, int) else top[u] if u in top else index[u] for u in inputs]
             output = self.doc.get("output")
-            out = top.get(output) if isinstance(output, str) else None
-            out = (index or {n: k for k, n in enumerate(names)})[output] if out is None else out
+            out = top[output] if output in top else index[output]
+            if preds[out] is None or any(str in map(type, p) for p in preds if p is not None and pending):
+                return None  # a leaf; a block whose output is its `in`, read before it is defined
         except (ValueError, KeyError, TypeError, ConfigError, RecursionError):
             return None
-        if preds[out] is None:
-            return None
         # forward nodes: the ops the output reads (each op's residual, a node of its own, with it)
-        seen, stack = {out}, [out]
+        n = len(preds)
+        seen, stack = bytearray(n), [out]
+        seen[out] = 1
         while stack:
             for u in preds[stack.pop()]:
-                if u not in seen and preds[u] is not None:
-                    seen.add(u)
+                if not seen[u] and preds[u] is not None:
+                    seen[u] = 1
                     stack.append(u)
-        joint = sum(1 + (REGISTRY[ops[v]].residual is not None) for v in seen)
+        with_residual = {k for k, o in REGISTRY.items() if o.residual is not None}
+        joint = seen.count(1) + sum(1 for v in range(n) if seen[v] and ops[v] in with_residual)
         # gradient nodes (graph._mark_grad): values the output's gradient reaches through
         # differentiable ops that depend on a leaf taking one; a residual takes none
-        diff = [op is not None and REGISTRY[op].differentiable for op in ops]
-        reach, stack = {out}, [out]
+        differentiable = {k for k, o in REGISTRY.items() if o.differentiable}
+        reach, stack, users = bytearray(n), [out], {}
+        reach[out] = 1
         while stack:
             v = stack.pop()
-            if diff[v]:
-                for u in preds[v]:
-                    if u not in reach:
-                        reach.add(u)
-                        stack.append(u)
-        users = {}
-        for v in reach:
-            if diff[v]:
+            if ops[v] in differentiable:
                 for u in preds[v]:
                     users.setdefault(u, []).append(v)
-        grads = {v for v in grad_leaf if v in reach}
-        stack = list(grads)
+                    if not reach[u]:
+                        reach[u] = 1
+                        stack.append(u)
+        grads = bytearray(n)
+        stack = [v for v in grad_leaf if reach[v]]
+        for v in stack:
+            grads[v] = 1
         while stack:
             for w in users.get(stack.pop(), ()):
-                if w not in grads:
-                    grads.add(w)
+                if not grads[w]:
+                    grads[w] = 1
                     stack.append(w)
-        return joint + len(grads)
+        return joint + grads.count(1)
 
     # ---- nodes and repeated blocks -------------------------------------------------------------
     def expand(self, items, scope, prefix, where_key):
