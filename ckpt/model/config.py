@@ -579,19 +579,16 @@ class _Reader:
         names, preds, ops, grad_leaf = [], [], [], []  # per value: full name, inputs (None: a leaf), op
         pending = []  # names read before they are defined
 
-        def add(full, inputs, op):
-            names.append(full)
-            preds.append(inputs)
-            ops.append(op)
-            return len(names) - 1
-
         def leaf(full, m, default):
             grad = m.get("grad", default) if isinstance(m, dict) else None
             if not isinstance(full, str) or not isinstance(grad, bool):
                 raise ValueError  # malformed: expand() says how
             if grad:
                 grad_leaf.append(len(names))
-            return add(full, None, None)
+            names.append(full)
+            preds.append(None)
+            ops.append(None)
+            return len(names) - 1
 
         def expand(items, scope, prefix):
             last = None
@@ -658,7 +655,7 @@ class _Reader:
                     preds[v] = [u if isinstance(u, int) else top[u] if u in top else index[u] for u in inputs]
             output = self.doc.get("output")
             out = top[output] if output in top else index[output]
-            if preds[out] is None or any(str in map(type, p) for p in preds if p is not None and pending):
+            if preds[out] is None or (pending and any(str in map(type, p) for p in preds if p is not None)):
                 return None  # a leaf; a block whose output is its `in`, read before it is defined
         except (ValueError, KeyError, TypeError, ConfigError, RecursionError):
             return None
