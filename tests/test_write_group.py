@@ -28,7 +28,8 @@ def group(folder, tag="new"):
 
 def snapshot(folder):
     """Every file in the folder (temporaries included): its bytes and mode."""
-    return {n: ((folder / n).read_bytes(), stat.S_IMODE((folder / n).stat().st_mode)) for n in sorted(os.listdir(folder))}
+    return {n: ((folder / n).read_bytes(), stat.S_IMODE((folder / n).stat().st_mode))
+            for n in sorted(os.listdir(folder))}
 
 
 def existing(folder):

@@ -347,7 +347,7 @@ class GraphTape:
         takes_grad = op.differentiable and any(a.ref in self.grad_refs for a in ins)
         self.joint += 1 + (op.residual is not None) + takes_grad
         if self.joint > MAX_NODES:
-            raise joint_nodes_error(None, file=self.file, line=_user_line(self), at_least=True)
+            raise joint_nodes_error(None, file=self.file, line=_user_line(self), at_least=True, limit=MAX_NODES)
         self.nodes.append({"op": name, "inputs": [a.ref for a in ins], "attrs": attrs, "line": _user_line(self)})
         if takes_grad:
             self.grad_refs.add(f"#{len(self.nodes) - 1}")

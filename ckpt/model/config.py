@@ -840,7 +840,7 @@ class _Reader:
         if 3 * total > MAX_NODES:
             joint = self.joint_nodes()
             if joint is not None and joint > MAX_NODES:
-                raise joint_nodes_error(joint, file=self.file)
+                raise joint_nodes_error(joint, file=self.file, limit=MAX_NODES)
         for kind in ("input", "param"):
             for leaf_name, m in groups[kind].items():
                 # a parameter may keep a module path for its name (`layers.3.attn.q_proj.weight`)

@@ -88,7 +88,7 @@ def _check_totals(g, spec):
                           line=g.nodes[node].get("line"), key=node)
     joint = joint_size(g)
     if joint > MAX_NODES:
-        raise joint_nodes_error(joint, file=spec.file)
+        raise joint_nodes_error(joint, file=spec.file, limit=MAX_NODES)
 
 
 def _largest_workspace(g, v):
