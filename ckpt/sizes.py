@@ -25,7 +25,6 @@ MAX_NDIM = 64
 MAX_STEPS = 100_000
 
 
-
 def joint_nodes_error(n, file=None, line=None, at_least=False, limit=MAX_NODES):
     """The one refusal of a joint forward+gradient graph past the limit, wherever it is counted
     (the model graph; a config before it expands; a Python model while it is traced)."""

@@ -289,7 +289,8 @@ class GraphTape:
         # A bound on the joint forward+gradient graph, kept while recording so that a runaway loop
         # stops at its line: each op's value and residual, a gradient for each op that depends on
         # a leaf taking one, and for each such leaf a differentiable op reads. It is the exact
-        # count when every recorded op feeds the loss; the loader counts exactly after the trace.
+        # count when every recorded op feeds the loss and no stop_gradient cuts off a gradient;
+        # it can only be more, and the loader counts exactly after the trace.
         self.joint, self.grad_refs, self.grad_leaves = 0, set(), set()
 
     def leaf(self, name, kind, m, shape=None):

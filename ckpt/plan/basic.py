@@ -40,12 +40,13 @@ def sqrt_n(ix):
     chosen |= {u for u in ix.fwd[last + 1:] if u in ix.residuals}
     chosen = _recomputed_from(ix, chosen)
     steps = keep_schedule(ix, chosen)
-    # Even spacing counts values, not bytes: a boundary larger than the residuals behind it
-    # holds more than storing them would. sqrt-n exists to lower the peak; where its segments
-    # do not, store-all's plan is at least as low and recomputes nothing.
+    # Even spacing counts values, not bytes: a boundary larger than the residuals behind it, or
+    # recomputed while other values are live, can hold more than storing them would. sqrt-n
+    # exists to lower the peak; where its segments do not (higher on either figure, or equal on
+    # both), store-all's plan is as low and recomputes nothing.
     sa = store_all(ix)
     mine, theirs = _peaks(ix, steps), _peaks(ix, sa.steps)
-    if any(a > b for a, b in zip(mine, theirs)) or mine == theirs:
+    if not (all(a <= b for a, b in zip(mine, theirs)) and mine != theirs):
         sa.strategy, sa.solver = "sqrt-n", "store-all (sqrt-n no lower)"
         sa.notes.update(checkpoints=0, keep=frozenset(ix.residuals))
         return sa
