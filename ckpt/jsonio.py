@@ -6,7 +6,9 @@ renames it over the target, so a crash leaves the old file or the new one, never
 keeps an existing file's mode (a new file gets the umask's default, as `open` would give it),
 refuses a path that exists and is not a regular file (a device, a directory, a pipe), and on any
 failure, Ctrl-C or SIGTERM removes its temporary file. A temporary file that a `kill -9` left
-behind is removed by the next write to the same path. `-` means standard output.
+behind is removed by the next write to the same path. `-` means standard output. Files that only
+make sense together (`ckpt import`'s config, weights and metadata) go through `write_atomic_group`:
+all written before any is renamed into place.
 """
 
 import contextlib
@@ -176,6 +178,36 @@ def check_writable(path):
     return real, st
 
 
+def _write_temp(real, st, write, binary):
+    """Call `write(f)` on a new temporary file beside `real`, flushed to the disk, with the mode
+    (and owner) of the file `real` is (`st`, its stat) or a new file's: the file that the rename
+    over `real` then makes. Returns its path; on any failure removes it and raises."""
+    folder, base = os.path.split(real)
+    mode = stat.S_IMODE(st.st_mode) if st is not None else _umask_mode()
+    _remove_stale(folder, base)
+    fd, tmp = tempfile.mkstemp(prefix=f".{base}.{os.getpid()}.", suffix=_TMP_SUFFIX, dir=folder)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        if st is not None and (st.st_uid, st.st_gid) != (os.getuid(), os.getgid()):
+            # the file's owner and group too (root updating a user's file, a shared group)
+            with contextlib.suppress(OSError, AttributeError):
+                os.chown(tmp, st.st_uid, st.st_gid)
+        os.chmod(tmp, mode)  # after chown, which clears the set-id bits
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def _write_error(e, path):
+    why = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
+    return ConfigError(f"cannot write: {why}", file=path)
+
+
 def write_atomic(path, write, binary=False):
     """Call `write(f)` on a temporary file beside `path`, then rename it over `path`. Failures
     the user can fix (no such directory, read-only, disk full, not a regular file) are one
@@ -186,23 +218,11 @@ def write_atomic(path, write, binary=False):
         out.flush()
         return
     real, st = check_writable(path)
-    folder, base = os.path.split(real)
-    mode = stat.S_IMODE(st.st_mode) if st is not None else _umask_mode()
-    _remove_stale(folder, base)
     tmp = None
     try:
         with _sigterm_raises():
             try:
-                fd, tmp = tempfile.mkstemp(prefix=f".{base}.{os.getpid()}.", suffix=_TMP_SUFFIX, dir=folder)
-                with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
-                    write(f)
-                    f.flush()
-                    os.fsync(f.fileno())
-                if st is not None and (st.st_uid, st.st_gid) != (os.getuid(), os.getgid()):
-                    # the file's owner and group too (root updating a user's file, a shared group)
-                    with contextlib.suppress(OSError, AttributeError):
-                        os.chown(tmp, st.st_uid, st.st_gid)
-                os.chmod(tmp, mode)  # after chown, which clears the set-id bits
+                tmp = _write_temp(real, st, write, binary)
                 os.replace(tmp, real)
                 tmp = None
             finally:
@@ -212,16 +232,86 @@ def write_atomic(path, write, binary=False):
     except _Terminated:
         raise SystemExit(128 + signal.SIGTERM) from None
     except OSError as e:
-        why = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
-        raise ConfigError(f"cannot write: {why}", file=path) from None
+        raise _write_error(e, path) from None
+
+
+def write_atomic_group(files):
+    """Write files that only make sense together (a config, its weights, its metadata): `files`
+    is [(path, write, binary)], written as write_atomic writes one. Every file is written to its
+    temporary first; only when all are on the disk are they renamed into place, in the order
+    given (so put the file that names the others last). A failure while writing (disk full, an
+    error in a writer, Ctrl-C, SIGTERM) leaves every path as it was and no temporary behind; a
+    failure while renaming puts back the files already renamed (an old one from a hard link made
+    before the renames, where the filesystem has them). Only a crash between two renames can
+    leave a mix, which no sequence of renames avoids."""
+    targets = []
+    for path, write, binary in files:
+        real, st = check_writable(path)
+        same = next((p for p, r, _, _, _ in targets if r == real), None)
+        if same is not None:
+            raise ConfigError(f"cannot write: {same} and {path} are the same file", file=path)
+        targets.append((path, real, st, write, binary))
+    temps, backups, placed, current = {}, {}, [], None
+    try:
+        with _sigterm_raises():
+            try:
+                for path, real, st, write, binary in targets:
+                    current = path
+                    temps[path] = _write_temp(real, st, write, binary)
+                for path, real, st, _, _ in targets:
+                    if st is not None:
+                        backups[path] = _hard_link_beside(real)
+                for path, real, _, _, _ in targets:
+                    current = path
+                    os.replace(temps[path], real)
+                    del temps[path]
+                    placed.append((path, real))
+            except BaseException:
+                existed = {path for path, _, st, _, _ in targets if st is not None}
+                for path, real in reversed(placed):
+                    with contextlib.suppress(OSError):
+                        if backups.get(path) is not None:
+                            os.replace(backups.pop(path), real)
+                        elif path not in existed:
+                            os.unlink(real)  # new with this group: gone again
+                raise
+            finally:
+                for tmp in [*temps.values(), *backups.values()]:
+                    if tmp is not None:
+                        with contextlib.suppress(OSError):
+                            os.unlink(tmp)
+    except _Terminated:
+        raise SystemExit(128 + signal.SIGTERM) from None
+    except OSError as e:
+        raise _write_error(e, current) from None
+
+
+def _hard_link_beside(real):
+    """A second name for the file `real`, named as a temporary file (so that a killed process's is
+    removed by the next write), or None where the filesystem has no hard links."""
+    folder, base = os.path.split(real)
+    for _ in range(100):
+        name = os.path.join(folder, f".{base}.{os.getpid()}.{os.urandom(4).hex()}{_TMP_SUFFIX}")
+        try:
+            os.link(real, name)
+            return name
+        except FileExistsError:
+            continue
+        except OSError:
+            return None
+    return None
+
+
+def _json_writer(doc, sort_keys=False):
+    def write(f):
+        json.dump(doc, f, indent=1, sort_keys=sort_keys, allow_nan=False, default=_plain)
+        f.write("\n")
+    return write
 
 
 def write_json_atomic(path, doc, sort_keys=False):
     """One JSON document, indented, ending in a newline; `-` prints it on standard output."""
-    def write(f):
-        json.dump(doc, f, indent=1, sort_keys=sort_keys, allow_nan=False, default=_plain)
-        f.write("\n")
-    write_atomic(path, write)
+    write_atomic(path, _json_writer(doc, sort_keys))
 
 
 def _plain(x):

@@ -1,7 +1,9 @@
 """Loading time against graph size: a YAML MLP of L layers (a repeat block) loaded, built and
 lowered, and a node-link cost graph of n forward and n gradient nodes parsed, at sizes that
 double. Linear loading shows as a time ratio near 2 per doubling (quadratic would be 4). Also
-times the refusal of `times: 1000000000` (counted before expanding).
+times the refusal of `times: 1000000000` (counted before expanding), of L=60,000 layers (240,003
+model nodes, under the limit; 360,002 joint nodes, over it: counted from the names before
+expanding), and that count alone at L=41,666 (249,998 joint nodes: counted, then loaded).
 
     python scripts/bench_loading.py [--repeats 3]
 """
@@ -85,6 +87,28 @@ def main():
         parse_config(MLP.format(L=1000000000))
     except ConfigError as e:
         print(f"times: 1000000000 refused in {time.perf_counter() - t0:.3f} s: {e}")
+    found = []
+
+    def refuse():
+        try:
+            parse_config(MLP.format(L=60000))
+        except ConfigError as e:
+            found.append(e)
+    t = median_time(refuse, args.repeats)
+    print(f"L=60000 refused in {t:.2f} s: {found[-1]}")
+    from ckpt.model import config
+    text = MLP.format(L=41666)
+
+    def count():
+        loader = config._Loader(text)
+        try:
+            reader = config._Reader("<config>", loader.get_single_data(), {})
+        finally:
+            loader.dispose()
+        reader.read_dims()
+        found.append(reader.joint_nodes())
+    t = median_time(count, args.repeats)
+    print(f"L=41666 ({found[-1]} joint nodes, within the limit): the early count takes {t:.2f} s before loading")
 
 
 if __name__ == "__main__":

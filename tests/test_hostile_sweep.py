@@ -394,7 +394,9 @@ def test_a_runaway_trace_stops_at_the_node_limit(tmp_path, monkeypatch):
     p = tmp_path / "m.py"
     p.write_text(PY_HEAD + "    s = x.sum()\n    for i in range(10**9):\n        s = s + 1.0\n    return s\n")
     res = invoke(["export-config", f"{p}:f", "-o", str(tmp_path / "m.yaml")])
-    assert_one_line(res, needle="more than 50 ops")
+    assert_one_line(res)
+    # whichever count passes the limit first: ops recorded, or (x takes a gradient) joint nodes
+    assert "more than 50 ops" in res.output or "has more than the 50 nodes" in res.output, res.output
     assert "m.py:9:" in res.output
 
 

@@ -41,7 +41,7 @@ def test_every_strategy_is_exact_and_bitwise_equal(small_config):
 
 
 def test_a_plan_that_releases_kept_values_runs_exact_and_bitwise_equal():
-    """gpt_small (small dims) at 0.6 of store-all's managed peak: the budget plan keeps values
+    """gpt_small (small dims) at 0.6 (or less) of store-all's managed peak: the budget plan keeps values
     into the backward pass only up to the peak (releases) and recomputes them after; the executor
     measures the bytes the simulator predicts and the gradients are store-all's, bit for bit."""
     from conftest import SMALL, config_path
@@ -49,7 +49,10 @@ def test_a_plan_that_releases_kept_values_runs_exact_and_bitwise_equal():
     leaves = device_leaves(model, get_backend("cpu"))
     sa, sa_sim = plan(model.joint, "store-all", ix=model.index)
     ref = _run(model, sa.steps, leaves)
-    p, sim = plan(model.joint, "budget", sa_sim.resident + int(0.6 * sa_sim.peak_managed_ws), ix=model.index)
+    for frac in (0.6, 0.5, 0.45):  # which budget's plan releases depends on where the search starts
+        p, sim = plan(model.joint, "budget", sa_sim.resident + int(frac * sa_sim.peak_managed_ws), ix=model.index)
+        if p.notes["released"] > 0:
+            break
     assert p.notes["released"] > 0
     r = _run(model, p.steps, leaves)
     assert r.measured_managed == sim.peak_managed and r.timeline == sim.timeline

@@ -39,7 +39,7 @@ import numpy as np
 
 from ..errors import CkptError, ConfigError, ShapeError
 from ..ops import REGISTRY, REQUIRED, Ctx
-from ..sizes import MAX_NODES
+from ..sizes import MAX_NODES, joint_nodes_error
 
 _ACTIVE = []  # the tape being recorded (a stack: tracing is not re-entrant across threads)
 _NUMBERED = re.compile(r"^(v|c)\d+$")
@@ -286,6 +286,12 @@ class GraphTape:
         self.leaves = {}  # name -> (kind, YAML leaf mapping)
         self.nodes = []  # {"op", "inputs", "attrs", "line"}; inputs name leaves or "#k" (node k)
         self.n_const = 0
+        # A bound on the joint forward+gradient graph, kept while recording so that a runaway loop
+        # stops at its line: each op's value and residual, a gradient for each op that depends on
+        # a leaf taking one, and for each such leaf a differentiable op reads. It is the exact
+        # count when every recorded op feeds the loss and no stop_gradient cuts off a gradient;
+        # it can only be more, and the loader counts exactly after the trace.
+        self.joint, self.grad_refs, self.grad_leaves = 0, set(), set()
 
     def leaf(self, name, kind, m, shape=None):
         if not isinstance(name, str) or not name or any(c in name for c in ":./ #"):
@@ -300,6 +306,8 @@ class GraphTape:
                     e.line = _user_line(self)
                 raise
         self.leaves[name] = (kind, m)
+        if isinstance(m, dict) and m.get("grad", kind == "param"):
+            self.grad_refs.add(name)
         dtype = m.get("dtype", self.dtype) if str(m.get("dtype", "")).startswith("int") else self.dtype
         return Traced(self, name, tuple(shape), dtype)
 
@@ -333,7 +341,17 @@ class GraphTape:
         dtype = next((a.dtype for a in ins if not a.dtype.startswith("int")), self.dtype)
         if len(self.nodes) >= MAX_NODES:  # stop a runaway loop here, at its line, not after recording it all
             raise _error(f"the model records more than {MAX_NODES} ops, more than ckpt handles")
+        if op.differentiable:
+            used = {a.ref for a in ins if a.ref in self.grad_refs and not a.ref.startswith("#")} - self.grad_leaves
+            self.grad_leaves |= used
+            self.joint += len(used)
+        takes_grad = op.differentiable and any(a.ref in self.grad_refs for a in ins)
+        self.joint += 1 + (op.residual is not None) + takes_grad
+        if self.joint > MAX_NODES:
+            raise joint_nodes_error(None, file=self.file, line=_user_line(self), at_least=True, limit=MAX_NODES)
         self.nodes.append({"op": name, "inputs": [a.ref for a in ins], "attrs": attrs, "line": _user_line(self)})
+        if takes_grad:
+            self.grad_refs.add(f"#{len(self.nodes) - 1}")
         return Traced(self, f"#{len(self.nodes) - 1}", shape, dtype)
 
     def document(self, decl, dims, out):

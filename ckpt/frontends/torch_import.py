@@ -2532,10 +2532,12 @@ def import_model(target, inputs, output, seed=0):
     # What PyTorch holds for backward, op by op: one plain forward on the example inputs (the
     # planner for `--emit torch` reads it; nothing else in the import allocates activations).
     meta["profile"] = _fake_profile(model, [rec.arrays[n] for n in arg_names], meta["regions"])
-    from ..jsonio import write_atomic, write_json_atomic
-    write_atomic(stem + ".npz", lambda f: np.savez(f, **rec.arrays), binary=True)
-    write_atomic(output, lambda f: f.write(text))
-    write_json_atomic(stem + ".torch.json", meta)
+    from ..jsonio import _json_writer, write_atomic_group
+    # all three or none: a config without its weights, or beside another import's, is worse than
+    # the old set or no set; the config, which names the others, goes into place last
+    write_atomic_group([(stem + ".npz", lambda f: np.savez(f, **rec.arrays), True),
+                        (stem + ".torch.json", _json_writer(meta), False),
+                        (output, lambda f: f.write(text), False)])
     return {"config": output, "weights": stem + ".npz", "torch_meta": stem + ".torch.json", "nodes": len(rec.nodes),
             "params": len(rec.params), "inputs": list(rec.inputs), "transposed": len(rec.transposed),
             "regions": meta["regions"]}

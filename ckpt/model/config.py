@@ -31,7 +31,7 @@ import yaml
 from ..errors import ConfigError
 from ..jsonio import read_text
 from ..ops import REGISTRY, REQUIRED, size as n_elements
-from ..sizes import MAX_BYTES, MAX_DEPTH, MAX_NDIM, MAX_NODES
+from ..sizes import MAX_BYTES, MAX_DEPTH, MAX_NDIM, MAX_NODES, joint_nodes_error
 
 
 def _close_matches(word, choices, n=1):
@@ -568,6 +568,132 @@ class _Reader:
                 return n
         return n
 
+    def joint_nodes(self):
+        """The nodes of the joint forward+gradient graph that this document lowers to, counted by
+        graph.joint_size's rule from names and ops alone: a model past the limit is refused before
+        its nodes are read and built (a tenth of the time or less). Names resolve as expand() and
+        spec() resolve them; None where the document is malformed, for expand() to say how. Needs
+        the dims read (read_dims)."""
+        blocks = self.doc.get("blocks") if isinstance(self.doc.get("blocks"), dict) else {}
+        public = {k for k, o in REGISTRY.items() if not o.internal}
+        names, preds, ops, grad_leaf = [], [], [], []  # per value: full name, inputs (None: a leaf), op
+        pending = []  # names read before they are defined
+
+        def leaf(full, m, default):
+            grad = m.get("grad", default) if isinstance(m, dict) else None
+            if not isinstance(full, str) or not isinstance(grad, bool):
+                raise ValueError  # malformed: expand() says how
+            if grad:
+                grad_leaf.append(len(names))
+            names.append(full)
+            preds.append(None)
+            ops.append(None)
+            return len(names) - 1
+
+        def expand(items, scope, prefix):
+            last = None
+            for item in items if isinstance(items, list) else ():
+                name = item.get("name") if isinstance(item, dict) else None
+                if not isinstance(name, str):
+                    raise ValueError
+                if "repeat" in item:
+                    last = repeat(item, scope, prefix + name)
+                else:
+                    op, inputs = item.get("op"), item.get("inputs", [])
+                    inputs = [inputs] if isinstance(inputs, str) else inputs
+                    if op not in public or not isinstance(inputs, list):
+                        raise ValueError
+                    found = [scope.find(i) for i in inputs]  # the common case inline: a million calls fewer
+                    if None in found:
+                        found = [u if u is not None else resolve(i, scope) for u, i in zip(found, inputs)]
+                    names.append(prefix + name)
+                    preds.append(found)
+                    ops.append(op)
+                    last = len(ops) - 1
+                scope[name] = last
+            return last
+
+        def resolve(name, scope):
+            found = scope.find(name) if isinstance(name, str) else None
+            if found is None:
+                if scope is not top or not isinstance(name, str):
+                    raise ValueError
+                pending.append(name)
+                return name  # a later top-level name, or a full one (`body.3.h`): resolved at the end
+            return found
+
+        def repeat(item, scope, full):
+            block = blocks.get(item.get("repeat")) if isinstance(item.get("repeat"), str) else None
+            if not isinstance(block, dict):
+                raise ValueError
+            times = self.size(item.get("times", 1), item, full, node_key="times")
+            current = resolve(item.get("input"), scope)
+            params, out = block.get("params") or {}, block.get("output")
+            if not isinstance(params, dict):
+                raise ValueError
+            for i in range(times):
+                pre = f"{full}.{i}."
+                inner = _Scope(scope)
+                inner["in"] = current
+                for pname, pm in params.items():
+                    inner[pname] = leaf(pre + pname if isinstance(pname, str) else None, pm, True)
+                last = expand(block.get("nodes"), inner, pre)
+                current = last if out is None else inner.get(out)
+                if last is None or current is None:
+                    raise ValueError
+            return current
+
+        top = _Scope()
+        try:
+            for kind in ("input", "param"):
+                for leaf_name, m in self.mapping(self.doc.get(kind + "s"), kind + "s", self.doc).items():
+                    top[leaf_name] = leaf(leaf_name, m, kind == "param")
+            expand(self.doc.get("nodes"), top, "")
+            index = {n: k for k, n in enumerate(names)} if pending else {}
+            for v, inputs in enumerate(preds) if pending else ():
+                if inputs is not None and str in map(type, inputs):
+                    preds[v] = [u if isinstance(u, int) else top[u] if u in top else index[u] for u in inputs]
+            output = self.doc.get("output")
+            out = top[output] if output in top else index[output]
+            if preds[out] is None or (pending and any(str in map(type, p) for p in preds if p is not None)):
+                return None  # a leaf; a block whose output is its `in`, read before it is defined
+        except (ValueError, KeyError, TypeError, ConfigError, RecursionError):
+            return None
+        # forward nodes: the ops the output reads (each op's residual, a node of its own, with it)
+        n = len(preds)
+        seen, stack = bytearray(n), [out]
+        seen[out] = 1
+        while stack:
+            for u in preds[stack.pop()]:
+                if not seen[u] and preds[u] is not None:
+                    seen[u] = 1
+                    stack.append(u)
+        with_residual = {k for k, o in REGISTRY.items() if o.residual is not None}
+        joint = seen.count(1) + sum(1 for v in range(n) if seen[v] and ops[v] in with_residual)
+        # gradient nodes (graph._mark_grad): values the output's gradient reaches through
+        # differentiable ops that depend on a leaf taking one; a residual takes none
+        differentiable = {k for k, o in REGISTRY.items() if o.differentiable}
+        reach, stack, users = bytearray(n), [out], {}
+        reach[out] = 1
+        while stack:
+            v = stack.pop()
+            if ops[v] in differentiable:
+                for u in preds[v]:
+                    users.setdefault(u, []).append(v)
+                    if not reach[u]:
+                        reach[u] = 1
+                        stack.append(u)
+        grads = bytearray(n)
+        stack = [v for v in grad_leaf if reach[v]]
+        for v in stack:
+            grads[v] = 1
+        while stack:
+            for w in users.get(stack.pop(), ()):
+                if not grads[w]:
+                    grads[w] = 1
+                    stack.append(w)
+        return joint + grads.count(1)
+
     # ---- nodes and repeated blocks -------------------------------------------------------------
     def expand(self, items, scope, prefix, where_key):
         """Expand a node list; `scope` maps local names to full names. Returns the last name."""
@@ -709,6 +835,12 @@ class _Reader:
         if total > MAX_NODES:
             raise self.err(f"the model expands to {total} nodes, more than the {MAX_NODES} ckpt handles", doc,
                            key="nodes", node_key="nodes")
+        # A model node makes at most three joint nodes (its value, its gradient, an op's residual):
+        # below that bound the count is not needed, and the model graph counts them exactly anyway.
+        if 3 * total > MAX_NODES:
+            joint = self.joint_nodes()
+            if joint is not None and joint > MAX_NODES:
+                raise joint_nodes_error(joint, file=self.file, limit=MAX_NODES)
         for kind in ("input", "param"):
             for leaf_name, m in groups[kind].items():
                 # a parameter may keep a module path for its name (`layers.3.attn.q_proj.weight`)

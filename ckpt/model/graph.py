@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import ConfigError, ShapeError
 from ..ops import OUT, REGISTRY, size
-from ..sizes import MAX_BYTES, MAX_NODES
+from ..sizes import MAX_BYTES, MAX_NODES, joint_nodes_error
 
 ITEMSIZE = {"bool": 1, "float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "int32": 4, "int64": 8}
 
@@ -88,8 +88,7 @@ def _check_totals(g, spec):
                           line=g.nodes[node].get("line"), key=node)
     joint = joint_size(g)
     if joint > MAX_NODES:
-        raise ConfigError(f"the joint forward+gradient graph has {joint} nodes, more than the {MAX_NODES} "
-                          "ckpt handles", file=spec.file)
+        raise joint_nodes_error(joint, file=spec.file, limit=MAX_NODES)
 
 
 def _largest_workspace(g, v):
