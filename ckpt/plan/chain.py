@@ -81,7 +81,10 @@ class Chain:
         grad_of = {fwd[-1]: roots[0]}
         groups = {}
         for k in range(len(fwd), 0, -1):
-            g = grad_of[fwd[k - 1]]
+            g = grad_of.get(fwd[k - 1])
+            if g is None:  # k = 1, grad(a_1) read by nothing (below): group 1 is empty
+                groups[k] = []
+                continue
             members = [b for b in ix.breaders[g] if bpreds(b) == [g]]
             if len(members) != len(ix.breaders[g]):
                 return None  # something else reads grad(a_k) too
@@ -90,6 +93,11 @@ class Chain:
             if any(not set(ix.fpreds[b]) <= allowed for b in members):
                 return None
             passing = [b for b in members if ix.breaders[b]]
+            if k == 2 and not passing:
+                # grad(a_1) read by nothing (the input needs no gradient: a cost graph's chain
+                # often ends so): group 2 frees it as it goes, and group 1 is empty
+                groups[k] = members
+                continue
             if len(passing) != (1 if k >= 2 else 0):
                 return None
             if k >= 2:
@@ -232,6 +240,9 @@ def solve_chain(chain, budget_managed, coarse=True, least=True):
     schedule's from below. Equal costs prove the plan optimal to the byte."""
     start = time.perf_counter()
     sizes = chain.sizes()
+    L = chain.L
+    if (chain.keep or _period(chain) is None) and MAX_WORK // (L * (L + 1) * (L + 2) // 6) < 4:
+        return None  # every pair its own row: told before the L^2 rows are listed (10,000 layers: 7 GB)
     lay = _Layout(chain)
     # the DP's work is (split points) x (slots) over all rows: fewer, coarser slots on long chains
     splits = sum(j - i for i, j in lay.pairs)
