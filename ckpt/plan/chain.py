@@ -25,6 +25,7 @@ from ..schedule import COMPUTE, FREE, Plan
 
 MAX_SLOTS = 512
 MAX_CELLS = 4e7  # table cells (2 x rows x slots) beyond which the DP is not attempted
+MAX_ROWS = 45_000  # subproblems (about 300 layers unless they repeat): each is a Python step
 MAX_WORK = 1.5e8  # split points x slots: a few seconds of numpy; the slots coarsen to stay within it
 
 
@@ -241,8 +242,11 @@ def solve_chain(chain, budget_managed, coarse=True, least=True):
     start = time.perf_counter()
     sizes = chain.sizes()
     L = chain.L
-    if (chain.keep or _period(chain) is None) and MAX_WORK // (L * (L + 1) * (L + 2) // 6) < 4:
-        return None  # every pair its own row: told before the L^2 rows are listed (10,000 layers: 7 GB)
+    if (chain.keep or _period(chain) is None) and (MAX_WORK // (L * (L + 1) * (L + 2) // 6) < 4 or
+                                                   L * (L + 1) // 2 > MAX_ROWS):
+        # every pair its own row: told before the L^2 rows are listed (10,000 layers: 7 GB), and
+        # before a Python step per row runs (600 layers: 180,000 rows, a minute, 4 slots)
+        return None
     lay = _Layout(chain)
     # the DP's work is (split points) x (slots) over all rows: fewer, coarser slots on long chains
     splits = sum(j - i for i, j in lay.pairs)
