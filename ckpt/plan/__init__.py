@@ -167,8 +167,13 @@ def smallest_peak(joint, ix, time_limit=120.0):
     sa_peak = walk(ix, store_all(ix).steps)[0]
     # no step can run with less than its operands, its output and its workspace live
     floor = max(ix.ram[x] + ix.ws[x] + sum(ix.ram[u] for u in ix.preds[x]) for x in ix.order)
-    hi, exact = min(lowest(ix)[0], sa_peak), False
     chain = Chain.of(ix)
+    if chain is not None and chain.l >= LONG_CHAIN and not block_views(ix) and chain_view(chain) is not None:
+        # the search's descent to the least peak walks thousands of schedules of thousands of
+        # steps (11 s on 3,000 layers); the blocks DP over runs of layers, below, goes lower
+        hi, exact = min(walk(ix, sqrt_n(ix).steps)[0], sa_peak), False
+    else:
+        hi, exact = min(lowest(ix)[0], sa_peak), False
     if chain is not None:
         p = solve_chain(chain, sa_peak)
         if p is not None and p.notes["min_managed"] is not None:
