@@ -77,7 +77,8 @@ def _budget(joint, ix, budget, time_limit):
         # Where its slots would be coarse (a long chain of unlike layers), the block DP does better.
         # (a chain whose layers carry side values, however, is one of like layers: their sizes
         # only make the common unit small)
-        p = solve_chain(chain, managed, coarse=not views or bool(chain.side), least=False)
+        coarse = not (views or chain_view(chain)) or bool(chain.side)
+        p = solve_chain(chain, managed, coarse=coarse, least=False)
         if p is None:
             notes["chain-dp"] = "chain too long for the DP table"
         else:
