@@ -22,6 +22,7 @@ MILP_MAX_NODES = 80  # joint nodes; beyond this HiGHS rarely closes the Checkmat
 MILP_MIN_GAP = 1e-3  # relative: a plan proved this close to optimal is not worth a MILP's minute...
 MILP_QUICK_NODES = 40  # ...except on graphs this small, where HiGHS closes the gap in a second
 LONG_CHAIN = 300  # layers: a chain this long that the blocks DP plans gets no keep-set search beside it
+MILP_CHAIN_NODES = 24  # joint nodes: a chain this small gets the MILP beside the chain DP
 PROOF_TOLERANCE = 1e-5  # relative: a plan this close to the lower bound is optimal up to HiGHS's tolerances
 
 
@@ -138,7 +139,8 @@ def _budget(joint, ix, budget, time_limit):
     # recomputing a_2 from it and recomputes a_1 later is outside (5 unlike layers at 0.6x: 893
     # against the DP's 997), so the MILP checks it where it is quick. Not on a chain of like layers,
     # where the stack's binomial schedule is optimal (Griewank) and HiGHS takes seconds to agree
-    quick_chain = chain is not None and len(ix.order) <= MILP_QUICK_NODES and not _alike(chain)
+    # (on mlp_deep's 38 nodes it takes seconds a budget: only smaller chains)
+    quick_chain = chain is not None and len(ix.order) <= MILP_CHAIN_NODES and not _alike(chain)
     if (chain is None or chain.side or quick_chain) and len(ix.order) <= MILP_MAX_NODES and \
             (best is None or best > lower * (1 + gap)):
         m, status = solve_milp(ix, managed, time_limit=time_limit, cutoff=best)
