@@ -115,7 +115,7 @@ def block_views(ix):
     return ix.views["blocks"]
 
 
-CHAIN_BLOCKS = 30  # blocks a long chain is cut into (chain_view): the DP's table stays small
+CHAIN_BLOCKS = 15  # blocks a long chain is cut into (chain_view): the DP's table stays small
 
 
 def chain_view(chain):
@@ -341,7 +341,7 @@ def _pareto(ix, blk, sub, states):
     return [(*k[:4], *found[k], *k[4:]) for k in pareto]
 
 
-CHAIN_OPTIONS = 24  # keep-sets tried per block of a chain, spread over its values
+CHAIN_OPTIONS = 32  # keep-sets tried per block of a chain, spread over its values
 
 
 def _chain_options(ix, blk, work):
@@ -354,8 +354,12 @@ def _chain_options(ix, blk, work):
     F = sub.fwd[:-1]  # the output is kept by every option
     dear = sorted(F, key=lambda u: (-(ix.cost[u] / max(ix.ram[u], 1)), sub.pos[u]))
     counts = sorted({round(i * len(F) / (CHAIN_OPTIONS - 1)) for i in range(CHAIN_OPTIONS)})
-    keeps = [frozenset(dear[:t]) for t in counts] + [frozenset(F[o::k]) for k in (2, 3) for o in range(k)]
-    return _pareto(ix, blk, sub, [State(k, sub.fwd_set) for k in dict.fromkeys(keeps)])
+    keeps = [frozenset(dear[:t]) for t in counts] + [frozenset(F[o::k]) for k in (2, 3, 8) for o in range(k)]
+    # recomputed values held until their gradient, or (for the least peaks, at tight budgets)
+    # dropped at once and recomputed for each gradient from the nearest kept value
+    states = [State(k, sub.fwd_set) for k in dict.fromkeys(keeps)]
+    states += [State(k, frozenset()) for k in dict.fromkeys(keeps[:2] + keeps[-11:])]
+    return _pareto(ix, blk, sub, states)
 
 
 def _parts(blocks, work):
