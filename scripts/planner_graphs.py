@@ -271,3 +271,25 @@ def plain_greedy(joint, ix, budget_managed):
         keep.discard(u)
         found = best_of(keep)
     return found
+
+
+def chain_cost_graph(n, seed=0, uniform=False, plain=False):
+    """A plain chain as a cost graph document (networkx node-link JSON, README "Cost graphs from
+    other tools"): forward nodes f0 -> f1 -> ... -> f{n-1}, and gradient nodes b{n-1} -> ... -> b0,
+    where b_i reads f_i and b_{i+1}. Sizes and costs are drawn per node from a seeded generator
+    (`uniform`: all alike). `plain`: no `backward` flags (Checkmate's form: ckpt finds the loss)."""
+    rng = random.Random(seed)
+
+    def draw(lo, hi):
+        return lo if uniform else rng.randint(lo, hi)
+
+    nodes = [{"id": f"f{i}", "cost_cpu": float(draw(1, 100)), "cost_ram": 4 * draw(16, 4096)} for i in range(n)]
+    for i in range(n):
+        b = {"id": f"b{i}", "cost_cpu": float(draw(1, 200)), "cost_ram": nodes[i]["cost_ram"]}
+        if not plain:
+            b["backward"] = True
+        nodes.append(b)
+    links = [(f"f{i}", f"f{i + 1}") for i in range(n - 1)] + [(f"b{i + 1}", f"b{i}") for i in range(n - 1)]
+    links += [(f"f{i}", f"b{i}") for i in range(n)]
+    return {"graph": {"name": f"chain{n}{'u' if uniform else ''}_s{seed}"}, "nodes": nodes,
+            "links": [{"source": u, "target": v} for u, v in links]}

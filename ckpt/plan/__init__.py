@@ -10,7 +10,7 @@ from ..errors import BudgetError, ConfigError
 from ..simulate import simulate
 from ..sizes import fmt_bytes
 from .basic import sqrt_n, store_all
-from .blocks import block_views, solve_blocks
+from .blocks import block_views, chain_view, solve_blocks
 from .bound import lower_bound
 from .chain import Chain, solve_chain
 from .keepset import JointIndex
@@ -21,6 +21,8 @@ STRATEGIES = ("store-all", "sqrt-n", "budget")
 MILP_MAX_NODES = 80  # joint nodes; beyond this HiGHS rarely closes the Checkmate MILP within its node limit
 MILP_MIN_GAP = 1e-3  # relative: a plan proved this close to optimal is not worth a MILP's minute...
 MILP_QUICK_NODES = 40  # ...except on graphs this small, where HiGHS closes the gap in a second
+LONG_CHAIN = 300  # layers: a chain this long that the blocks DP plans gets no keep-set search beside it
+MILP_CHAIN_NODES = 24  # joint nodes: a chain this small gets the MILP beside the chain DP
 PROOF_TOLERANCE = 1e-5  # relative: a plan this close to the lower bound is optimal up to HiGHS's tolerances
 
 
@@ -76,7 +78,8 @@ def _budget(joint, ix, budget, time_limit):
         # Where its slots would be coarse (a long chain of unlike layers), the block DP does better.
         # (a chain whose layers carry side values, however, is one of like layers: their sizes
         # only make the common unit small)
-        p = solve_chain(chain, managed, coarse=not views or bool(chain.side), least=False)
+        coarse = not (views or chain_view(chain)) or bool(chain.side)
+        p = solve_chain(chain, managed, coarse=coarse, least=False)
         if p is None:
             notes["chain-dp"] = "chain too long for the DP table"
         else:
@@ -91,10 +94,21 @@ def _budget(joint, ix, budget, time_limit):
             kept = chain.with_kept_sides(which)
             if kept is not None and (name == "all" or len(kept.keep) < len(chain.side)):
                 consider(solve_chain(kept, managed, least=False), f"chain-dp (residuals kept: {name})")
+    long_chain = False
+    if chain is not None and not chain_exact and not views and chain_view(chain) is not None:
+        # a chain the DP does not answer exactly (thousands of unlike layers: its slots would be
+        # far coarser than the values) is planned as runs of layers by the blocks DP
+        view = chain_view(chain)
+        p = solve_blocks(view, managed)
+        consider(p, f"blocks-dp (chain in {view.n} blocks)")
+        # beside it the search, walking whole schedules of thousands of steps, ran out of work
+        # near sqrt-n's plan (+32.7% where the blocks DP finds +6.6% and the bound +6.3%, 3,000
+        # unlike layers at 0.5x) after ten seconds: on long chains it is left out
+        long_chain = p.steps is not None and chain.l >= LONG_CHAIN
     sq = sqrt_n(ix)
     consider(sq, "sqrt-n")
     found = None  # the search's plan
-    if not chain_exact:
+    if not chain_exact and not long_chain:
         # beside a DP plan exact over its family (checkpoints on a stack), neither the block DP nor
         # the search found more than ties on chains (mlp_deep at L=30..200, 0.9x..0.2x; uniform
         # chains at Revolve's count): they would only double a long chain's planning time
@@ -121,7 +135,14 @@ def _budget(joint, ix, budget, time_limit):
     # the MILP runs where the bound leaves room for a real gain (it can take a minute on 70 nodes),
     # and on small graphs, where it is quick, wherever the bound has not proved the plan optimal
     gap = MILP_MIN_GAP if len(ix.order) > MILP_QUICK_NODES else 0.0
-    if (chain is None or chain.side) and len(ix.order) <= MILP_MAX_NODES and (best is None or best > lower * (1 + gap)):
+    # the chain DP is exact over checkpoints kept on a stack only: a schedule that drops a_1 while
+    # recomputing a_2 from it and recomputes a_1 later is outside (5 unlike layers at 0.6x: 893
+    # against the DP's 997), so the MILP checks it where it is quick. Not on a chain of like layers,
+    # where the stack's binomial schedule is optimal (Griewank) and HiGHS takes seconds to agree
+    # (on mlp_deep's 38 nodes it takes seconds a budget: only smaller chains)
+    quick_chain = chain is not None and len(ix.order) <= MILP_CHAIN_NODES and not _alike(chain)
+    if (chain is None or chain.side or quick_chain) and len(ix.order) <= MILP_MAX_NODES and \
+            (best is None or best > lower * (1 + gap)):
         m, status = solve_milp(ix, managed, time_limit=time_limit, cutoff=best)
         notes["milp"] = status
         if m is not None and m.notes["optimal"]:
@@ -147,6 +168,11 @@ def _budget(joint, ix, budget, time_limit):
     return p
 
 
+def _alike(chain):
+    """Every layer of the chain the same: its value's size and cost, its gradient's size."""
+    return len({(chain.x[k], chain.c[k], chain.gsz[k]) for k in range(2, chain.l)}) <= 1
+
+
 def smallest_peak(joint, ix, time_limit=120.0):
     """(bytes, exact): the least peak of a schedule ckpt can build (exact for chains whose DP
     proves it and small DAGs the MILP settles). Never above any schedule ckpt builds: the budget
@@ -155,8 +181,13 @@ def smallest_peak(joint, ix, time_limit=120.0):
     sa_peak = walk(ix, store_all(ix).steps)[0]
     # no step can run with less than its operands, its output and its workspace live
     floor = max(ix.ram[x] + ix.ws[x] + sum(ix.ram[u] for u in ix.preds[x]) for x in ix.order)
-    hi, exact = min(lowest(ix)[0], sa_peak), False
     chain = Chain.of(ix)
+    if chain is not None and chain.l >= LONG_CHAIN and not block_views(ix) and chain_view(chain) is not None:
+        # the search's descent to the least peak walks thousands of schedules of thousands of
+        # steps (11 s on 3,000 layers); the blocks DP over runs of layers, below, goes lower
+        hi, exact = min(walk(ix, sqrt_n(ix).steps)[0], sa_peak), False
+    else:
+        hi, exact = min(lowest(ix)[0], sa_peak), False
     if chain is not None:
         p = solve_chain(chain, sa_peak)
         if p is not None and p.notes["min_managed"] is not None:
@@ -164,7 +195,8 @@ def smallest_peak(joint, ix, time_limit=120.0):
             peak = walk(ix, steps)[0]
             if peak <= hi:
                 hi, exact = peak, p.notes["min_exact"] and peak == p.notes["min_managed"]
-    for view in block_views(ix):  # whole blocks recomputed, several levels deep, go lower
+    views = block_views(ix) or ([chain_view(chain)] if chain is not None and chain_view(chain) is not None else [])
+    for view in views:  # whole blocks recomputed, several levels deep, go lower
         steps = solve_blocks(view, sa_peak).notes.get("min_steps")
         if steps is not None and walk(ix, steps)[0] < hi:
             hi, exact = walk(ix, steps)[0], False

@@ -102,6 +102,7 @@ class Blocks:
         self.out = [f[-1] for f in self.fwd]
         bset = set(ix.bwd)
         self.parts = None  # (see _parts)
+        self.options = _options  # how a block's options are found (chain_view: _chain_options)
         self.grad_out = [GRAD + self.out[k] if k + 1 < self.n and GRAD + self.out[k] in bset else None
                          for k in range(self.n)]
 
@@ -112,6 +113,34 @@ def block_views(ix):
     if "blocks" not in ix.views:
         ix.views["blocks"] = Blocks.of(ix) or []
     return ix.views["blocks"]
+
+
+CHAIN_BLOCKS = 15  # blocks a long chain is cut into (chain_view): the DP's table stays small
+
+
+def chain_view(chain):
+    """A long chain (chain.py's Chain, without side values) as a Blocks view of CHAIN_BLOCKS runs
+    of consecutive layers, with options found by _chain_options: where the chain DP's slots would
+    be far coarser than the values (thousands of unlike layers), the blocks DP plans it instead,
+    each keep-set counted to the byte inside its block. None for a chain of fewer than three
+    blocks' worth of layers. Made once per index."""
+    ix = chain.ix
+    if "chain_blocks" not in ix.views:
+        view = None
+        l = chain.l
+        if not chain.side and l >= 3 * 2:
+            n = min(CHAIN_BLOCKS, l // 2)
+            bounds = [l * s // n for s in range(n + 1)]
+            F = [chain.fwd[a:b] for a, b in zip(bounds, bounds[1:])]
+            B = [[x for k in range(a + 1, b + 1) for x in chain.groups[k]] for a, b in zip(bounds, bounds[1:])]
+            B[-1].append(chain.seed)
+            view = Blocks(ix, F, [sorted(b, key=ix.pos.__getitem__) for b in B])
+            # the gradient a block passes to the one before: the chain knows it (cost graphs name
+            # their nodes freely)
+            view.grad_out = [chain.grad[b] for b in bounds[1:-1]] + [None]
+            view.options = _chain_options
+        ix.views["chain_blocks"] = view
+    return ix.views["chain_blocks"]
 
 
 def _signature(ix, F, B, prev, gin):
@@ -284,6 +313,12 @@ def _options(ix, blk, work):
         p = search(sub, carried.ballast + k, ev=_Carried(sub, work, carried.ballast))
         if p is not None:
             states.append(p.notes["state"])
+    return _pareto(ix, blk, sub, states)
+
+
+def _pareto(ix, blk, sub, states):
+    """The options of `states` (keep-sets of the block's sub-graph) that no other beats on every
+    figure, MAX_OPTIONS at most."""
     g_in = ix.ram[blk.g_in] if blk.g_in is not None else 0
     g_out = ix.ram[blk.g_out] if blk.g_out is not None else 0
     x_out = ix.ram[blk.out]
@@ -306,6 +341,29 @@ def _options(ix, blk, work):
     return [(*k[:4], *found[k], *k[4:]) for k in pareto]
 
 
+CHAIN_OPTIONS = 32  # keep-sets tried per block of a chain, spread over its values
+
+
+def _chain_options(ix, blk, work):
+    """A chain block's options without a search: on a chain, what to keep is mostly which values
+    are dearest to recompute for their bytes, so the keep-sets are the dearest t values for t
+    spread from none to all, and every second or third value; each is scheduled and measured as
+    _options measures the search's (the gradients read the values, so recomputed values are held
+    until their gradient has run). Walks a few hundred steps per keep-set; no clock, no search."""
+    sub = _Sub(ix, blk.F, blk.B, blk.g_out)
+    F = sub.fwd[:-1]  # the output is kept by every option
+    dear = sorted(F, key=lambda u: (-(ix.cost[u] / max(ix.ram[u], 1)), sub.pos[u]))
+    counts = sorted({round(i * len(F) / (CHAIN_OPTIONS - 1)) for i in range(CHAIN_OPTIONS)})
+    keeps = [frozenset(dear[:t]) for t in counts] + [frozenset(F[o::k]) for k in (2, 3, 8) for o in range(k)]
+    # recomputed values held until their gradient, or (for the least peaks, at tight budgets)
+    # dropped at once and recomputed for each gradient from the nearest kept value
+    states = [State(k, sub.fwd_set) for k in dict.fromkeys(keeps)]
+    # (only where every eighth value or more is kept: a long gap recomputed per gradient is
+    # quadratic, 220,000 steps for 667 layers)
+    states += [State(k, frozenset()) for k in dict.fromkeys(keeps[-13:])]
+    return _pareto(ix, blk, sub, states)
+
+
 def _parts(blocks, work):
     """[(block, its options)] and each block's structure id, computed once per Blocks: the options
     do not depend on the budget."""
@@ -323,7 +381,7 @@ def _parts(blocks, work):
             blk = _Block(ix, F, B, prev, g_in, g_out)
             sig = _signature(ix, F, B, prev, g_in)
             if sig not in cache:
-                cache[sig] = (len(cache), blk, _options(ix, blk, work))
+                cache[sig] = (len(cache), blk, blocks.options(ix, blk, work))
             sid, rep, opts = cache[sig]
             if rep is not blk:  # the same structure: the representative's options, renamed
                 name = dict(zip(rep.F + rep.B, F + B))

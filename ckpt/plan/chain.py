@@ -25,6 +25,7 @@ from ..schedule import COMPUTE, FREE, Plan
 
 MAX_SLOTS = 512
 MAX_CELLS = 4e7  # table cells (2 x rows x slots) beyond which the DP is not attempted
+MAX_ROWS = 45_000  # subproblems (about 300 layers unless they repeat): each is a Python step
 MAX_WORK = 1.5e8  # split points x slots: a few seconds of numpy; the slots coarsen to stay within it
 
 
@@ -81,7 +82,10 @@ class Chain:
         grad_of = {fwd[-1]: roots[0]}
         groups = {}
         for k in range(len(fwd), 0, -1):
-            g = grad_of[fwd[k - 1]]
+            g = grad_of.get(fwd[k - 1])
+            if g is None:  # k = 1, grad(a_1) read by nothing (below): group 1 is empty
+                groups[k] = []
+                continue
             members = [b for b in ix.breaders[g] if bpreds(b) == [g]]
             if len(members) != len(ix.breaders[g]):
                 return None  # something else reads grad(a_k) too
@@ -90,6 +94,11 @@ class Chain:
             if any(not set(ix.fpreds[b]) <= allowed for b in members):
                 return None
             passing = [b for b in members if ix.breaders[b]]
+            if k == 2 and not passing:
+                # grad(a_1) read by nothing (the input needs no gradient: a cost graph's chain
+                # often ends so): group 2 frees it as it goes, and group 1 is empty
+                groups[k] = members
+                continue
             if len(passing) != (1 if k >= 2 else 0):
                 return None
             if k >= 2:
@@ -232,6 +241,12 @@ def solve_chain(chain, budget_managed, coarse=True, least=True):
     schedule's from below. Equal costs prove the plan optimal to the byte."""
     start = time.perf_counter()
     sizes = chain.sizes()
+    L = chain.L
+    if (chain.keep or _period(chain) is None) and (MAX_WORK // (L * (L + 1) * (L + 2) // 6) < 4 or
+                                                   L * (L + 1) // 2 > MAX_ROWS):
+        # every pair its own row: told before the L^2 rows are listed (10,000 layers: 7 GB), and
+        # before a Python step per row runs (600 layers: 180,000 rows, a minute, 4 slots)
+        return None
     lay = _Layout(chain)
     # the DP's work is (split points) x (slots) over all rows: fewer, coarser slots on long chains
     splits = sum(j - i for i, j in lay.pairs)
