@@ -241,24 +241,31 @@ def test_cli_plan_with_costs_measured_on_cuda():
     assert rows["budget"]["peak_bytes"] <= doc["budget_bytes"]
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_fused_kernels_give_the_array_rules_on_a_numpy_interpreter(dtype):
-    """The kernels' formulas and the Python around them (arguments, broadcasting, axes), checked on
-    the CPU: every op of gpt_small and unet_small through the stand-in, whose kernels numpy
-    interprets, against the array rules; the same bytes, gradients equal to rounding."""
-    from ckpt.backend import Backend, CupyBackend
-    fake = CupyBackend(_numpy_standing_in_for_cupy())
+def check_models_against_the_array_rules(backend, dtype):
+    """gpt_small and unet_small, sqrt-n, on `backend` against numpy's array rules: the same bytes
+    step by step, gradients equal to rounding. Shared with test_vector_kernels."""
+    from ckpt.backend import Backend
     for name in ("gpt_small", "unet_small"):
         model = load_model(config_path(name), SMALL[name], dtype=dtype)
         p, sim = plan(model.joint, "sqrt-n", ix=model.index)
         ref = run_plan(model, p.steps, Backend(), n_steps=0, warmup=0)
-        r = run_plan(model, p.steps, fake, n_steps=0, leaves=device_leaves(model, fake), warmup=0)
+        r = run_plan(model, p.steps, backend, n_steps=0, leaves=device_leaves(model, backend), warmup=0)
         assert r.measured_managed == sim.peak_managed and r.timeline == ref.timeline
         tol = 1e-12 if dtype == "float64" else 1e-5
         assert r.loss == pytest.approx(ref.loss, rel=tol)
         for k, g in ref.grads.items():
             assert r.grads[k].dtype == g.dtype
             assert np.linalg.norm(r.grads[k] - g) <= tol * max(np.linalg.norm(g), 1e-12), (name, k)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_fused_kernels_give_the_array_rules_on_a_numpy_interpreter(dtype):
+    """The kernels' formulas and the Python around them (arguments, broadcasting, axes), checked on
+    the CPU: every op of gpt_small and unet_small through the stand-in, whose kernels numpy
+    interprets, against the array rules; the same bytes, gradients equal to rounding."""
+    from ckpt.backend import CupyBackend
+    fake = CupyBackend(_numpy_standing_in_for_cupy())
+    check_models_against_the_array_rules(fake, dtype)
     from ckpt.ops import _kernels
     used = {n for (xp, n), k in _kernels.items() if xp is fake.xp and k}
     assert used == {"dropout_mask", "dropout_masked", "gelu", "gelu_vjp", "exp_sub", "rowdot", "softmax_vjp",

@@ -14,7 +14,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from test_gpu import _numpy_standing_in_for_cupy
+from test_gpu import _numpy_standing_in_for_cupy, check_models_against_the_array_rules
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ to run the kernels on the CPU")
 
@@ -147,21 +147,8 @@ def test_models_through_the_vector_kernels_match_the_array_rules(xp, dtype):
     """gpt_small and unet_small (gelu, layernorm, dropout and its mask, softmax's VJP, the
     arithmetic) with every elementwise kernel on the vector path: the bytes of the plan, the
     dropout masks' bits, and gradients equal to the array rules' to rounding."""
-    from ckpt.backend import Backend, CupyBackend
-    from ckpt.plan import plan
-    from ckpt.session import device_leaves, load_model, run_plan
-    from conftest import SMALL, config_path
-    fake = CupyBackend(xp)
-    for name in ("gpt_small", "unet_small"):
-        model = load_model(config_path(name), SMALL[name], dtype=dtype)
-        p, sim = plan(model.joint, "sqrt-n", ix=model.index)
-        ref = run_plan(model, p.steps, Backend(), n_steps=0, warmup=0)
-        r = run_plan(model, p.steps, fake, n_steps=0, leaves=device_leaves(model, fake), warmup=0)
-        assert r.measured_managed == sim.peak_managed and r.timeline == ref.timeline
-        tol = 1e-12 if dtype == "float64" else 1e-5
-        assert r.loss == pytest.approx(ref.loss, rel=tol)
-        for k, g in ref.grads.items():
-            assert np.linalg.norm(r.grads[k] - g) <= tol * max(np.linalg.norm(g), 1e-12), (name, k)
+    from ckpt.backend import CupyBackend
+    check_models_against_the_array_rules(CupyBackend(xp), dtype)
     from ckpt.ops import _kernels
     vec = {n for (m, n), k in _kernels.items() if m is xp and getattr(k, "compiled", None)}
     assert vec >= {"dropout_mask", "dropout_masked", "gelu", "gelu_vjp", "ln_fwd", "ln_gxhat", "ln_dx", "add"}
