@@ -327,8 +327,9 @@ def release_descent(ix, ev, classes, hold, budget_managed, share=4, overshoot=Fa
     random 41-node DAG at 0.7x: +12.46%, Checkmate's optimum, where the descent and its local
     moves stop at +48.9%. `overshoot`: a move's gain is what it takes off `ev`'s overshoot (an
     Overshoot's), not off the peak: near the least peak several steps often share the peak, and no
-    single move lowers it (the same DAG at 0.58x: stuck at +18.1% and 6,656 B over a budget of
-    5,811 B; +61.2% with it, which fits). Neither gain finds the cheaper plan on every graph.
+    single move lowers it (the same DAG at 0.58x: stuck at a peak of 6,656 B, +18.1%, over a
+    budget of 5,811 B; +61.2% with it, which fits). Neither gain finds the cheaper plan on every
+    graph.
     Returns a State that fits, or None."""
     cap = ev.walked + ev.work // share
     of = {u: c for c in classes for u in c}
