@@ -720,8 +720,8 @@ class _Reader:
 
     def node(self, item, scope, full):
         op = item.get("op")
-        public = [k for k, o in REGISTRY.items() if not o.internal]
-        if not isinstance(op, str) or op not in public:
+        if not isinstance(op, str) or op not in REGISTRY or REGISTRY[op].internal:
+            public = [k for k, o in REGISTRY.items() if not o.internal]  # (built only for the message)
             near = _close_matches(str(op), public, n=1) if isinstance(op, str) else []
             raise self.err(f"unknown op {_describe(op)}" + (f" (did you mean {near[0]!r}?)" if near else ""),
                            item, key=full, node_key="op")
