@@ -217,22 +217,7 @@ def write_atomic(path, write, binary=False):
         write(out)
         out.flush()
         return
-    real, st = check_writable(path)
-    tmp = None
-    try:
-        with _sigterm_raises():
-            try:
-                tmp = _write_temp(real, st, write, binary)
-                os.replace(tmp, real)
-                tmp = None
-            finally:
-                if tmp is not None:
-                    with contextlib.suppress(OSError):
-                        os.unlink(tmp)
-    except _Terminated:
-        raise SystemExit(128 + signal.SIGTERM) from None
-    except OSError as e:
-        raise _write_error(e, path) from None
+    write_atomic_group([(path, write, binary)])
 
 
 def write_atomic_group(files):
@@ -259,7 +244,7 @@ def write_atomic_group(files):
                     current = path
                     temps[path] = _write_temp(real, st, write, binary)
                 for path, real, st, _, _ in targets:
-                    if st is not None:
+                    if st is not None and len(targets) > 1:  # (one rename needs no undoing)
                         backups[path] = _hard_link_beside(real)
                 for path, real, _, _, _ in targets:
                     current = path
